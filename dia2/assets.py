@@ -1,0 +1,122 @@
+"""Where a model's files are: a local folder or a Hub repo, and its `dia2_assets.json` manifest.
+
+A model repo holds `config.json` and `model.safetensors` (spec section 1). An optional manifest
+`{config, weights, tokenizer, mimi}` names other files or repos; its file name may be changed
+with the environment variable DIA2_ASSET_MANIFEST. Hub files come through `huggingface_hub`, so
+its cache serves them when offline (HF_HUB_OFFLINE=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST_ENV = "DIA2_ASSET_MANIFEST"
+DEFAULT_MANIFEST = "dia2_assets.json"
+
+
+class AssetError(FileNotFoundError):
+    """A model file that cannot be found or fetched; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class AssetManifest:
+    """File names inside the model repo (config, weights) and repos/paths of other assets."""
+
+    config: str = "config.json"
+    weights: str = "model.safetensors"
+    tokenizer: str | None = None
+    mimi: str | None = None
+
+    @classmethod
+    def parse(cls, raw: object, source: str) -> "AssetManifest":
+        if not isinstance(raw, dict):
+            raise AssetError(f"{source} must be a JSON object with keys config/weights/tokenizer/mimi")
+        values = {}
+        for key in ("config", "weights", "tokenizer", "mimi"):
+            value = raw.get(key)
+            if value is not None and not isinstance(value, str):
+                raise AssetError(f"{source}: '{key}' must be a string, got {value!r}")
+            if value:
+                values[key] = value
+        return cls(**values)
+
+
+def manifest_name() -> str:
+    return os.environ.get(MANIFEST_ENV) or DEFAULT_MANIFEST
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model location: a local folder, or a Hub repo (files fetched on demand)."""
+
+    location: str
+    is_local: bool
+    revision: str | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def resolve(cls, repo_or_dir: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None) -> "ModelSource":
+        path = Path(repo_or_dir).expanduser()
+        if path.is_dir():
+            return cls(str(path), True)
+        text = str(repo_or_dir)
+        if path.exists():
+            raise AssetError(f"{text} is a file; pass the model folder (holding config.json) or a Hub repo id")
+        if text.count("/") != 1 or text.startswith((".", "/", "~")):
+            raise AssetError(
+                f"model '{text}' is neither an existing folder nor a Hub repo id like 'nari-labs/Dia2-2B'"
+            )
+        return cls(text, False, revision, cache_dir)
+
+    def file(self, name: str, required: bool = True) -> Path | None:
+        """Local path of file `name` of this model (downloaded or taken from the cache)."""
+        if self.is_local:
+            path = Path(self.location) / name
+            if path.is_file():
+                return path
+            if required:
+                raise AssetError(f"{path} not found: the model folder {self.location} lacks '{name}'")
+            return None
+        return _hub_file(self.location, name, self.revision, self.cache_dir, required)
+
+    def manifest(self) -> AssetManifest:
+        name = manifest_name()
+        path = self.file(name, required=name != DEFAULT_MANIFEST)
+        if path is None:
+            return AssetManifest()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AssetError(f"{path} is not valid JSON ({exc}); fix or remove the manifest") from exc
+        return AssetManifest.parse(raw, str(path))
+
+
+def _hub_file(repo_id: str, name: str, revision: str | None, cache_dir: str | None, required: bool) -> Path | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        return Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir))
+    except hub_errors.LocalEntryNotFoundError as exc:
+        if not required:
+            # Offline with no cached copy: an optional file (the manifest) is simply absent.
+            return None
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = (
+            "HF_HUB_OFFLINE is set and the file is not in the local cache: unset it to download, or run "
+            f"`hf download {repo_id}` on a machine with network access and copy the cache"
+            if offline
+            else "the Hub could not be reached and the file is not cached: check the network, or pass a local folder"
+        )
+        raise AssetError(f"cannot get '{name}' of {repo_id}: {hint}") from exc
+    except (hub_errors.RemoteEntryNotFoundError, hub_errors.EntryNotFoundError) as exc:
+        if not required:
+            return None
+        raise AssetError(f"{repo_id} has no file '{name}' (revision {revision or 'main'})") from exc
+    except hub_errors.RepositoryNotFoundError as exc:
+        raise AssetError(f"Hub repo {repo_id} not found, or private: check the id or log in (`hf auth login`)") from exc
+    except hub_errors.RevisionNotFoundError as exc:
+        raise AssetError(f"revision '{revision}' of {repo_id} not found") from exc

@@ -1,0 +1,167 @@
+"""Loading and saving Dia2 weights (`model.safetensors`, spec sections 1 and 3).
+
+Weights are streamed: the model is built on the meta device, storage is allocated once on the
+target device, and each tensor is read from the (memory-mapped) file, cast and copied in place.
+Peak memory is the model plus one tensor, never two full copies. Every check runs against the
+file header before any storage is allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from dia2.assets import AssetError, ModelSource
+from dia2.config import Dia2Config, load_config
+from dia2.model import Dia2Model
+
+logger = logging.getLogger(__name__)
+
+_SHOW = 5  # how many key names an error lists before "... and N more"
+
+
+class CheckpointError(RuntimeError):
+    """Weights that do not fit the model or cannot be read; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The resolved files of one model: config and weights paths, plus the manifest's assets."""
+
+    config: Path
+    weights: Path
+    tokenizer: str | None
+    mimi: str | None
+    source: ModelSource
+
+
+def resolve_files(
+    repo_or_dir: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    config_path: str | os.PathLike | None = None,
+    weights_path: str | os.PathLike | None = None,
+) -> ModelFiles:
+    """Find config and weights of a model folder or Hub repo, honouring `dia2_assets.json`.
+
+    Explicit `config_path` / `weights_path` (local files) take precedence over the repo's.
+    """
+    source = ModelSource.resolve(repo_or_dir, revision, cache_dir)
+    manifest = source.manifest()
+    config = _explicit(config_path, "config") or source.file(manifest.config)
+    weights = _explicit(weights_path, "weights") or source.file(manifest.weights)
+    return ModelFiles(config, weights, manifest.tokenizer, manifest.mimi, source)
+
+
+def _explicit(path: str | os.PathLike | None, what: str) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AssetError(f"{what} file {path} not found")
+    return path
+
+
+def load_model(
+    repo_or_dir: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    config_path: str | os.PathLike | None = None,
+    weights_path: str | os.PathLike | None = None,
+) -> Dia2Model:
+    """Build the model of `config.json` and stream `model.safetensors` into it."""
+    files = resolve_files(repo_or_dir, revision, cache_dir, config_path, weights_path)
+    cfg = load_config(files.config)
+    model = Dia2Model.from_config(cfg, dtype=dtype, device="meta")
+    load_weights(model, files.weights, device=device)
+    model.eval()
+    return model
+
+
+def load_weights(model: Dia2Model, path: str | os.PathLike, device: torch.device | str | None = None) -> None:
+    """Stream a safetensors file into `model` (strict: same keys, same shapes).
+
+    A model on the meta device gets its storage allocated on `device` first; a materialised
+    model is overwritten in place. Tensors are cast to the model's dtype as they are copied.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} not found")
+    params = dict(model.state_dict(keep_vars=True))
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            _check_keys(set(params), set(f.keys()), path)
+            _check_shapes({k: tuple(f.get_slice(k).get_shape()) for k in params}, params, path)
+            if any(p.is_meta for p in params.values()):
+                model.to_empty(device=device or "cpu")
+                params = dict(model.state_dict(keep_vars=True))
+            with torch.no_grad():
+                for name, param in params.items():
+                    param.copy_(f.get_tensor(name))
+    except SafetensorError as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated or corrupt: "
+            "delete it and download it again"
+        ) from exc
+    logger.info("loaded %d tensors from %s", len(params), path)
+
+
+def _check_keys(expected: set[str], found: set[str], path: Path) -> None:
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_names(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_names(unexpected)}")
+    raise CheckpointError(
+        f"{path} does not match the model built from its config ({'; '.join(parts)}). "
+        "Check that config.json and model.safetensors come from the same Dia2 checkpoint."
+    )
+
+
+def _check_shapes(file_shapes: dict[str, tuple[int, ...]], params: dict[str, torch.Tensor], path: Path) -> None:
+    for name, param in params.items():
+        if file_shapes[name] != tuple(param.shape):
+            raise CheckpointError(
+                f"{path}: '{name}' has shape {list(file_shapes[name])} in the file but "
+                f"{list(param.shape)} in the model built from config.json; the config and weights disagree"
+            )
+
+
+def _names(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOW])
+    return shown + (f", ... and {len(keys) - _SHOW} more" if len(keys) > _SHOW else "")
+
+
+def save_model(model: Dia2Model, folder: str | os.PathLike, dtype: torch.dtype | None = torch.float32) -> Path:
+    """Write `config.json` + `model.safetensors` (float32 by default, like the published files).
+
+    The weights are written to a temporary name and renamed, so an interrupted save never
+    leaves a truncated `model.safetensors` behind.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.detach().to(dtype) if dtype is not None else v.detach()).contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
+    tmp = folder / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, folder / "model.safetensors")
+    save_config(model.config, folder / "config.json")
+    return folder
+
+
+def save_config(cfg: Dia2Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,230 @@
+"""Building blocks shared by the decoder and the depformer.
+
+Numerics (spec section 3): norms run in float32; the residual stream is float32; every linear
+layer receives its input in the compute dtype (the dtype of the norm weights, so float32 in
+float32 mode and bf16 with bf16 weights); attention uses softmax scale 1.0; logits are float32.
+
+Leaf modules take plain numbers, never the whole config. No cache means full causal attention
+over the given sequence; a cache means write-then-attend.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Per weight group, the positions (depformer stages) that use it.
+GroupIndex = tuple[tuple[int, ...], ...]
+
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "linear": lambda x: x,
+}
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32; returns the dtype of its weight (the compute dtype)."""
+
+    def __init__(self, dim: int, eps: float, dtype: torch.dtype | None = None, device=None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(self.weight.dtype)
+
+
+class Rotary:
+    """RoPE tables (half-split rotation) for a head dim and timescale range; holds no state.
+
+    timescale_i = min * (max/min) ** (2i / head_dim), i < head_dim/2.
+    """
+
+    def __init__(self, head_dim: int, min_timescale: float, max_timescale: float) -> None:
+        self.head_dim = head_dim
+        self.min_timescale = min_timescale
+        self.max_timescale = max_timescale
+
+    def tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """positions [T] (any int dtype, any device) -> (cos, sin), each [T, head_dim] float32."""
+        half = self.head_dim // 2
+        fraction = 2 * torch.arange(half, device=positions.device, dtype=torch.float32) / self.head_dim
+        timescale = self.min_timescale * (self.max_timescale / self.min_timescale) ** fraction
+        angles = positions.to(torch.float32)[:, None] / timescale[None, :]
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [B, H, T, hd] rotated in float32 with tables [T, hd]; returns x's dtype."""
+    x32 = x.float()
+    x1, x2 = x32.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+class MLP(nn.Module):
+    """Gated MLP: wo(act0(gate) * act1(up)), with `wi` holding the gate rows first, then up."""
+
+    def __init__(self, dim: int, hidden: int, activations: tuple[str, str], dtype=None, device=None) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.act_gate = _ACTIVATIONS[activations[0]]
+        self.act_up = _ACTIVATIONS[activations[1]]
+        self.wi = nn.Linear(dim, 2 * hidden, bias=False, dtype=dtype, device=device)
+        self.wo = nn.Linear(hidden, dim, bias=False, dtype=dtype, device=device)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.wi(x).split(self.hidden, dim=-1)
+        return self.wo(self.act_gate(gate) * self.act_up(up))
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one attention layer, preallocated: k, v [B, H_kv, S, hd]."""
+
+    k: Tensor
+    v: Tensor
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, length: int, head_dim: int, dtype, device) -> "KVCache":
+        shape = (batch, heads, length, head_dim)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+
+class Attention(nn.Module):
+    """Grouped-query attention for both stacks.
+
+    The decoder has separate `q_proj/k_proj/v_proj/o_proj`; the depformer has, per weight group
+    g, a fused `in_proj.{g}` (q, k, v rows in that order) and `out_proj.{g}`. That difference is
+    the `groups` constructor argument (None: separate projections, no groups).
+
+    q and k get a per-head RMSNorm **before** RoPE; the softmax scale is 1.0.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        eps: float,
+        groups: int | None = None,
+        dtype=None,
+        device=None,
+    ) -> None:
+        super().__init__()
+        assert n_heads % n_kv_heads == 0, (n_heads, n_kv_heads)
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.groups = groups
+        q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
+        self._split = (q_dim, kv_dim, kv_dim)
+
+        def linear(i: int, o: int) -> nn.Linear:
+            return nn.Linear(i, o, bias=False, dtype=dtype, device=device)
+
+        if groups is None:
+            self.q_proj = linear(dim, q_dim)
+            self.k_proj = linear(dim, kv_dim)
+            self.v_proj = linear(dim, kv_dim)
+            self.o_proj = linear(q_dim, dim)
+        else:
+            self.in_proj = nn.ModuleList(linear(dim, q_dim + 2 * kv_dim) for _ in range(groups))
+            self.out_proj = nn.ModuleList(linear(q_dim, dim) for _ in range(groups))
+        self.q_norm = RMSNorm(head_dim, eps, dtype=dtype, device=device)
+        self.k_norm = RMSNorm(head_dim, eps, dtype=dtype, device=device)
+
+    def _qkv(self, x: Tensor, group_index: GroupIndex | int | None) -> tuple[Tensor, Tensor, Tensor]:
+        if self.groups is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if isinstance(group_index, int):
+            return self.in_proj[group_index](x).split(self._split, dim=-1)
+        out = _grouped_linear(x, self.in_proj, group_index)
+        return out.split(self._split, dim=-1)
+
+    def _out(self, y: Tensor, group_index: GroupIndex | int | None) -> Tensor:
+        if self.groups is None:
+            return self.o_proj(y)
+        if isinstance(group_index, int):
+            return self.out_proj[group_index](y)
+        return _grouped_linear(y, self.out_proj, group_index)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor | None,
+        sin: Tensor | None,
+        cache: KVCache | None = None,
+        cache_index: Tensor | int | None = None,
+        group_index: GroupIndex | int | None = None,
+    ) -> Tensor:
+        """x [B, T, D] -> [B, T, D].
+
+        cos/sin [T, hd] (None: no RoPE). Without a cache: causal attention over the T positions.
+        With a cache: keys/values are written at `cache_index` + 0..T-1 (an int, or a 0-dim
+        long tensor so that CUDA graphs can replay the step), then each query attends to every
+        cache slot up to its own. `group_index`: the depformer weight group, an int for a single
+        stage, or per group the positions that use it (full sequence over stages).
+        """
+        B, T, _ = x.shape
+        q, k, v = self._qkv(x, group_index)
+        q = self.q_norm(q.view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(k.view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if cos is not None:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0, enable_gqa=self._gqa)
+        else:
+            y = self._attend_cached(q, k, v, cache, cache_index)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self._out(y, group_index)
+
+    @property
+    def _gqa(self) -> bool:
+        return self.n_heads != self.n_kv_heads
+
+    def _attend_cached(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, start: Tensor | int) -> Tensor:
+        T = q.shape[2]
+        if isinstance(start, int):
+            # Eager single-stage path (depformer): the filled prefix is a plain slice.
+            cache.k[:, :, start : start + T] = k
+            cache.v[:, :, start : start + T] = v
+            keys, values = cache.k[:, :, : start + T], cache.v[:, :, : start + T]
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(start)
+        else:
+            slots = start + torch.arange(T, device=q.device)
+            cache.k.index_copy_(2, slots, k)
+            cache.v.index_copy_(2, slots, v)
+            keys, values = cache.k, cache.v
+            mask = torch.arange(cache.capacity, device=q.device)[None, :] <= slots[:, None]
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=self._gqa)
+
+
+def _grouped_linear(x: Tensor, layers: nn.ModuleList, group_index: GroupIndex) -> Tensor:
+    """Apply layers[g] to the positions (dim -2) listed for group g; x [..., S, Din] -> [..., S, Dout]."""
+    outputs = [layers[g](x[..., list(idx), :]) for g, idx in enumerate(group_index)]
+    return torch.cat(outputs, dim=-2)[..., _inverse_order(group_index), :]
+
+
+@functools.lru_cache(maxsize=64)
+def _inverse_order(group_index: GroupIndex) -> list[int]:
+    """Where each position landed once the groups' outputs are concatenated."""
+    order = [pos for idx in group_index for pos in idx]
+    inverse = [0] * len(order)
+    for i, pos in enumerate(order):
+        inverse[pos] = i
+    return inverse

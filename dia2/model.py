@@ -1,0 +1,376 @@
+"""The Dia2 model: a decoder over frames and a depformer over the codebooks of one frame.
+
+One definition, three paths through the same layers (spec sections 3-4):
+
+- `forward(tokens[B, C, T])`: the full teacher-forced sequence, for training;
+- `prefill(tokens[B, C, T], state)`: many frames into the caller's KV caches;
+- `step(tokens[B, C, 1], state)` + `depformer_step(stage, ...)`: one frame, one stage.
+
+Parameter names are the checkpoint keys of the published files (spec section 3). This module
+does no IO; loading lives in `dia2.checkpoint`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from dia2.config import Dia2Config
+from dia2.layers import MLP, Attention, GroupIndex, KVCache, RMSNorm, Rotary
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+class TextEmbedding(nn.Module):
+    """Low-rank text embedding of the two text streams: main_proj(E[main]) + second_proj(E[second]).
+
+    The second stream contributes nothing where it holds the pad token.
+    """
+
+    def __init__(self, vocab: int, dim: int, rank: int, pad_id: int, dtype=None, device=None) -> None:
+        super().__init__()
+        self.pad_id = pad_id
+        self.embedding = nn.Embedding(vocab, rank, dtype=dtype, device=device)
+        self.main_proj = nn.Linear(rank, dim, bias=False, dtype=dtype, device=device)
+        self.second_proj = nn.Linear(rank, dim, bias=False, dtype=dtype, device=device)
+
+    def forward(self, main: Tensor, second: Tensor) -> Tensor:
+        """main, second [...] ints -> [..., D] float32."""
+        out = self.main_proj(self.embedding(main)).float()
+        second_out = self.second_proj(self.embedding(second)).float()
+        return out + second_out * (second != self.pad_id).unsqueeze(-1)
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm block: x += attn(pre_norm(x)); x += mlp(post_norm(x)). Residual stream float32."""
+
+    attention_name = "attn"
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        eps: float,
+        activations: tuple[str, str],
+        groups: int | None = None,
+        dropout: float = 0.0,
+        dtype=None,
+        device=None,
+    ) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.pre_norm = RMSNorm(dim, eps, dtype=dtype, device=device)
+        attention = Attention(dim, n_heads, n_kv_heads, head_dim, eps, groups=groups, dtype=dtype, device=device)
+        self.add_module(self.attention_name, attention)
+        self.post_norm = RMSNorm(dim, eps, dtype=dtype, device=device)
+        self.mlp = MLP(dim, hidden, activations, dtype=dtype, device=device)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor | None,
+        sin: Tensor | None,
+        cache: KVCache | None = None,
+        cache_index: Tensor | int | None = None,
+        group_index: GroupIndex | int | None = None,
+    ) -> Tensor:
+        attention: Attention = getattr(self, self.attention_name)
+        h = attention(self.pre_norm(x), cos, sin, cache, cache_index, group_index)
+        x = x + F.dropout(h.float(), self.dropout, self.training)
+        return x + F.dropout(self.mlp(self.post_norm(x)).float(), self.dropout, self.training)
+
+
+class DepformerLayer(TransformerLayer):
+    attention_name = "self_attention"
+
+
+@dataclass
+class DecoderOutput:
+    """What the decoder gives for each of T columns; column t predicts column t+1.
+
+    hidden [B, T, D] (final-normed, compute dtype: the depformer's input), action_logits
+    [B, T, V_action] and cb0_logits [B, T, V_audio], float32.
+    """
+
+    hidden: Tensor
+    action_logits: Tensor
+    cb0_logits: Tensor
+
+
+@dataclass
+class Dia2Output(DecoderOutput):
+    """`forward` output: the decoder's, plus depformer_logits [B, T-1, K-1, V_cut] float32.
+
+    depformer_logits[:, t, s] predicts codebook s+1 of column t+1, teacher-forced with the
+    codebooks 0..s of column t+1; the last column has no next column, so none there.
+    """
+
+    depformer_logits: Tensor
+
+
+@dataclass
+class DecodeState:
+    """KV caches of one decoding session, owned by the caller.
+
+    `position` is a 0-dim long tensor on the model's device (the next column to write), so a
+    captured CUDA graph can replay a step without host syncs.
+    """
+
+    decoder: list[KVCache]
+    depformer: list[KVCache]
+    position: Tensor
+
+    @property
+    def capacity(self) -> int:
+        return self.decoder[0].capacity
+
+    def reset(self) -> None:
+        self.position.zero_()
+
+
+class Decoder(nn.Module):
+    """The main stack over frames (checkpoint prefix `transformer.`)."""
+
+    def __init__(self, cfg: Dia2Config, dtype=None, device=None) -> None:
+        super().__init__()
+        data, m = cfg.data, cfg.model
+        s = m.decoder
+        self.num_codebooks = data.num_codebooks
+        self.gradient_checkpointing = False
+        self.text_embed = TextEmbedding(
+            data.text_vocab_size, s.n_embd, s.low_rank_dim or s.n_embd, data.text_pad_token_id, dtype, device
+        )
+        self.audio_embeds = nn.ModuleList(
+            nn.Embedding(data.audio_vocab_size, s.n_embd, dtype=dtype, device=device) for _ in range(data.num_codebooks)
+        )
+        self.layers = nn.ModuleList(
+            TransformerLayer(
+                s.n_embd, s.n_hidden, s.gqa_query_heads, s.kv_heads, s.gqa_head_dim,
+                m.normalization_layer_epsilon, m.mlp_activations, dropout=m.dropout, dtype=dtype, device=device,
+            )
+            for _ in range(s.n_layer)
+        )
+        self.norm = RMSNorm(s.n_embd, m.normalization_layer_epsilon, dtype=dtype, device=device)
+        self.action_head = nn.Linear(s.n_embd, data.action_vocab_size, bias=False, dtype=dtype, device=device)
+        self.cb0_head = nn.Linear(s.n_embd, data.audio_vocab_size, bias=False, dtype=dtype, device=device)
+        self.rotary = Rotary(s.gqa_head_dim, m.rope_min_timescale, m.rope_max_timescale)
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """tokens [B, C, T] -> [B, T, D] float32: text streams plus every codebook's embedding."""
+        x = self.text_embed(tokens[:, 0], tokens[:, 1])
+        for c, embed in enumerate(self.audio_embeds):
+            x = x + embed(tokens[:, 2 + c]).float()
+        return x
+
+    def forward(
+        self, tokens: Tensor, caches: list[KVCache] | None = None, position: Tensor | None = None
+    ) -> DecoderOutput:
+        """tokens [B, C, T]. Without caches: causal over columns 0..T-1. With caches: columns
+        position..position+T-1, attending to everything cached before them."""
+        B, C, T = tokens.shape
+        assert C == self.num_codebooks + 2, f"expected {self.num_codebooks + 2} channels, got {C}"
+        offset = torch.zeros((), dtype=torch.long, device=tokens.device) if position is None else position
+        cos, sin = self.rotary.tables(offset + torch.arange(T, device=tokens.device))
+        x = self.embed(tokens)
+        for i, layer in enumerate(self.layers):
+            if caches is None and self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, None if caches is None else caches[i], position)
+        hidden = self.norm(x)
+        return DecoderOutput(hidden, self.action_head(hidden).float(), self.cb0_head(hidden).float())
+
+
+class Depformer(nn.Module):
+    """The per-frame stack over codebooks (checkpoint prefix `depformer.`).
+
+    Stage s (0..K-2) predicts codebook s+1 from depformer_in[g](decoder hidden) +
+    audio_embeds[s](codebook s), with g = weights_schedule[s]; norms and MLPs are shared.
+    """
+
+    def __init__(self, cfg: Dia2Config, dtype=None, device=None) -> None:
+        super().__init__()
+        data, m = cfg.data, cfg.model
+        d = m.depformer
+        self.schedule = tuple(cfg.runtime.weights_schedule)
+        self.num_stages = cfg.num_depformer_stages
+        self.logit_size = cfg.depformer_logit_size
+        self.gradient_checkpointing = False
+        groups = cfg.num_weight_groups
+        # The stage positions each weight group serves, for the full-sequence path.
+        self.group_index: GroupIndex = tuple(
+            tuple(s for s, g in enumerate(self.schedule) if g == grp) for grp in range(groups)
+        )
+        self.audio_embeds = nn.ModuleList(
+            nn.Embedding(data.audio_vocab_size, d.n_embd, dtype=dtype, device=device) for _ in range(self.num_stages)
+        )
+        self.depformer_in = nn.ModuleList(
+            nn.Linear(m.decoder.n_embd, d.n_embd, bias=False, dtype=dtype, device=device) for _ in range(groups)
+        )
+        self.text_embed = (
+            TextEmbedding(data.text_vocab_size, d.n_embd, d.low_rank_dim or d.n_embd, data.text_pad_token_id, dtype, device)
+            if d.text_embedding
+            else None
+        )
+        self.layers = nn.ModuleList(
+            DepformerLayer(
+                d.n_embd, d.n_hidden, d.gqa_query_heads, d.kv_heads, d.gqa_head_dim, m.normalization_layer_epsilon,
+                d.mlp_activations, groups=groups, dropout=m.dropout, dtype=dtype, device=device,
+            )
+            for _ in range(d.n_layer)
+        )
+        self.norm = RMSNorm(d.n_embd, m.normalization_layer_epsilon, dtype=dtype, device=device)
+        self.logits = nn.ModuleList(
+            nn.Linear(d.n_embd, data.audio_vocab_size, bias=False, dtype=dtype, device=device)
+            for _ in range(self.num_stages)
+        )
+        self.rotary = Rotary(d.gqa_head_dim, m.rope_min_timescale, m.rope_max_timescale) if d.apply_rope else None
+
+    def _stage_input(self, stage: int, projected: Tensor, codes: Tensor, text: Tensor | None) -> Tensor:
+        x = projected.float() + self.audio_embeds[stage](codes).float()
+        if stage == 0 and self.text_embed is not None:
+            assert text is not None, "this depformer embeds text: pass the frame's (main, second) tokens"
+            x = x + self.text_embed(text[..., 0], text[..., 1])
+        return x
+
+    def forward(self, hidden: Tensor, codes: Tensor, text: Tensor | None = None) -> Tensor:
+        """All stages of N frames at once.
+
+        hidden [N, D] decoder hidden; codes [N, K-1] codebooks 0..K-2 of the frame being
+        predicted; text [N, 2] its (main, second) tokens (only with text_embedding).
+        Returns logits [N, K-1, V_cut] float32.
+        """
+        projected = [proj(hidden) for proj in self.depformer_in]
+        x = torch.stack(
+            [self._stage_input(s, projected[g], codes[:, s], text) for s, g in enumerate(self.schedule)], dim=1
+        )
+        cos = sin = None
+        if self.rotary is not None:
+            cos, sin = self.rotary.tables(torch.arange(self.num_stages, device=hidden.device))
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, None, None, self.group_index, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, group_index=self.group_index)
+        x = self.norm(x)
+        return torch.stack(
+            [head(x[:, s])[..., : self.logit_size].float() for s, head in enumerate(self.logits)], dim=1
+        )
+
+    def step(self, stage: int, hidden: Tensor, token: Tensor, caches: list[KVCache], text: Tensor | None = None) -> Tensor:
+        """One stage for B frames: hidden [B, D], token [B] (codebook `stage`) -> logits [B, V_cut].
+
+        Stages of a frame must run in order 0..K-2 with the same caches; stage 0 starts a frame.
+        """
+        group = self.schedule[stage]
+        x = self._stage_input(stage, self.depformer_in[group](hidden), token, text)[:, None, :]
+        cos = sin = None
+        if self.rotary is not None:
+            cos, sin = self.rotary.tables(torch.tensor([stage], device=hidden.device))
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, cos, sin, cache, stage, group)
+        return self.logits[stage](self.norm(x[:, 0]))[..., : self.logit_size].float()
+
+
+class Dia2Model(nn.Module):
+    """Dia2: `transformer` (decoder over frames) + `depformer` (over codebooks of a frame)."""
+
+    def __init__(self, cfg: Dia2Config, dtype: torch.dtype | None = None, device=None) -> None:
+        super().__init__()
+        self.config = cfg
+        self.transformer = Decoder(cfg, dtype=dtype, device=device)
+        self.depformer = Depformer(cfg, dtype=dtype, device=device)
+
+    @classmethod
+    def from_config(
+        cls, cfg: Dia2Config, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> "Dia2Model":
+        """A randomly initialised model (on `device="meta"`: shapes only, no memory)."""
+        return cls(cfg, dtype=dtype, device=device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_or_dir: "str | Path",
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        **kwargs,
+    ) -> "Dia2Model":
+        """Load a published checkpoint from a local folder or a Hub repo id; see dia2.checkpoint."""
+        from dia2.checkpoint import load_model  # IO stays out of this module at import time
+
+        return load_model(repo_or_dir, dtype=dtype, device=device, **kwargs)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.transformer.norm.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.norm.weight.device
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.transformer.gradient_checkpointing = enabled
+        self.depformer.gradient_checkpointing = enabled
+
+    def forward(self, tokens: Tensor) -> Dia2Output:
+        """Teacher-forced pass over the grid tokens [B, C, T] (C = K + 2 channels)."""
+        out = self.transformer(tokens)
+        B, _, T = tokens.shape
+        K = self.config.num_codebooks
+        nxt = tokens[:, :, 1:]
+        hidden = out.hidden[:, :-1].reshape(B * (T - 1), -1)
+        codes = nxt[:, 2 : 2 + K - 1].permute(0, 2, 1).reshape(B * (T - 1), K - 1)
+        text = nxt[:, :2].permute(0, 2, 1).reshape(B * (T - 1), 2)
+        dep = self.depformer(hidden, codes, text).view(B, T - 1, K - 1, -1)
+        return Dia2Output(out.hidden, out.action_logits, out.cb0_logits, dep)
+
+    def new_state(self, batch_size: int, max_frames: int) -> DecodeState:
+        """Empty caches for `batch_size` rows and up to `max_frames` columns (prefix included)."""
+        dec, dep = self.config.model.decoder, self.config.model.depformer
+
+        def caches(n: int, heads: int, length: int, head_dim: int) -> list[KVCache]:
+            return [
+                KVCache.empty(batch_size, heads, length, head_dim, self.compute_dtype, self.device) for _ in range(n)
+            ]
+
+        return DecodeState(
+            decoder=caches(dec.n_layer, dec.kv_heads, max_frames, dec.gqa_head_dim),
+            depformer=caches(dep.n_layer, dep.kv_heads, self.config.num_depformer_stages, dep.gqa_head_dim),
+            position=torch.zeros((), dtype=torch.long, device=self.device),
+        )
+
+    def prefill(self, tokens: Tensor, state: DecodeState) -> DecoderOutput:
+        """Run columns state.position .. +T-1 (tokens [B, C, T]) into the caches; advance."""
+        T = tokens.shape[-1]
+        if not state.position.is_cuda:  # on CUDA the check would be a host sync; the loop bounds it
+            end = int(state.position) + T
+            if end > state.capacity:
+                raise ValueError(
+                    f"decode state holds {state.capacity} frames but column {end - 1} was asked for; "
+                    "create it with a larger max_frames"
+                )
+        out = self.transformer(tokens, state.decoder, state.position)
+        state.position.add_(T)
+        return out
+
+    def step(self, tokens: Tensor, state: DecodeState) -> DecoderOutput:
+        """One column: tokens [B, C, 1] -> DecoderOutput with T = 1."""
+        assert tokens.shape[-1] == 1, f"step takes one column, got {tokens.shape[-1]}"
+        return self.prefill(tokens, state)
+
+    def depformer_step(
+        self, stage: int, hidden: Tensor, token: Tensor, state: DecodeState, text: Tensor | None = None
+    ) -> Tensor:
+        """Depformer stage `stage` for one frame: hidden [B, D] (the decoder's, last column),
+        token [B] (codebook `stage` of the frame) -> logits [B, V_cut] for codebook stage+1."""
+        return self.depformer.step(stage, hidden, token, state.depformer, text)

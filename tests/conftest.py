@@ -1,0 +1,45 @@
+"""Shared test setup: no network, tiny seeded models built in-process."""
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Without this a Hub lookup takes ~50 s to fail on these machines; tests must never reach the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONFIGS = REPO_ROOT / "configs" / "models"
+
+
+def tiny_raw_config(
+    schedule: list[int] | None = None,
+    text_embedding: bool = False,
+    low_rank_dim: int | None = 32,
+    **data_overrides,
+) -> dict:
+    """The tiny geometry as a config.json object, with the knobs the parity tests vary."""
+    raw = json.loads((MODEL_CONFIGS / "tiny.json").read_text())
+    raw = copy.deepcopy(raw)
+    if schedule is not None:
+        channels = len(schedule) + 3
+        raw["data"]["channels"] = channels
+        raw["data"]["delay_pattern"] = [0] + [1] * (channels - 3)
+        raw["runtime"]["weights_schedule"] = schedule
+    raw["model"]["depformer"]["text_embedding"] = text_embedding
+    if low_rank_dim is None:
+        raw["model"]["decoder"].pop("low_rank_dim", None)
+    else:
+        raw["model"]["decoder"]["low_rank_dim"] = low_rank_dim
+    raw["data"].update(data_overrides)
+    return raw
+
+
+@pytest.fixture
+def tiny_config():
+    from dia2.config import parse_config
+
+    return parse_config(tiny_raw_config())
