@@ -190,3 +190,45 @@ def test_save_is_atomic(saved, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_model(model, folder)
     Dia2Model.from_pretrained(folder)
+
+
+def test_load_streams_one_tensor_at_a_time(saved, monkeypatch):
+    """Never two full copies of the weights: at most one file tensor is alive during the load."""
+    import weakref
+
+    import dia2.checkpoint as ckpt
+
+    real_open = ckpt.safe_open
+    alive, peak, reads = set(), [0], [0]
+
+    class Tracking:
+        def __init__(self, *args, **kwargs):
+            self._handle = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self._inner = self._handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self._handle.__exit__(*exc)
+
+        def keys(self):
+            return self._inner.keys()
+
+        def get_slice(self, name):
+            return self._inner.get_slice(name)
+
+        def get_tensor(self, name):
+            tensor = self._inner.get_tensor(name)
+            token = object()
+            alive.add(id(token))
+            weakref.finalize(tensor, alive.discard, id(token))
+            peak[0] = max(peak[0], len(alive))
+            reads[0] += 1
+            return tensor
+
+    monkeypatch.setattr(ckpt, "safe_open", Tracking)
+    model, folder = saved
+    Dia2Model.from_pretrained(folder)
+    assert reads[0] == len(model.state_dict())
+    assert peak[0] == 1
