@@ -28,6 +28,17 @@ def matmul_peak_flops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats
     return 2 * n**3 / best
 
 
+def best_time(fn, repeats: int) -> float:
+    """Best wall time of `fn()` over `repeats` runs, after one warm-up run (allocator, kernels)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()

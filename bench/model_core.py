@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, matmul_peak_flops  # noqa: E402
+from machine import best_time, describe, matmul_peak_flops  # noqa: E402
 
 from dia2.config import Dia2Config, load_config  # noqa: E402
 from dia2.model import Dia2Model  # noqa: E402
@@ -52,16 +51,6 @@ def train_loss(model: Dia2Model, tokens: torch.Tensor) -> torch.Tensor:
     return loss + F.cross_entropy(out.depformer_logits.flatten(0, 2), dep_target.flatten())
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up: allocator, kernels
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def bench_train(model: Dia2Model, tokens: torch.Tensor, repeats: int) -> dict:
     model.train()
 
@@ -72,7 +61,7 @@ def bench_train(model: Dia2Model, tokens: torch.Tensor, repeats: int) -> dict:
     with FlopCounterMode(display=False) as counter:
         run()
     flops = counter.get_total_flops()
-    seconds = timed(run, repeats)
+    seconds = best_time(run, repeats)
     frames = tokens.shape[0] * tokens.shape[2]
     return {"seconds_per_step": seconds, "frames_per_s": frames / seconds, "flops_per_step": flops, "flops_per_s": flops / seconds}
 
@@ -80,7 +69,7 @@ def bench_train(model: Dia2Model, tokens: torch.Tensor, repeats: int) -> dict:
 def bench_forward(model: Dia2Model, tokens: torch.Tensor, repeats: int) -> dict:
     model.eval()
     with torch.no_grad():
-        seconds = timed(lambda: model(tokens), repeats)
+        seconds = best_time(lambda: model(tokens), repeats)
     return {"frames_per_s": tokens.shape[0] * tokens.shape[2] / seconds}
 
 
@@ -99,7 +88,7 @@ def bench_step(model: Dia2Model, tokens: torch.Tensor) -> dict:
                     model.depformer_step(s, out.hidden[:, 0], tokens[:, 2 + s, t + 1], state)
 
     with torch.no_grad():
-        seconds = timed(run, 1)
+        seconds = best_time(run, 1)
     return {"frames_per_s": T / seconds}
 
 
