@@ -83,6 +83,8 @@ def load_model(
     cfg = load_config(files.config)
     model = Dia2Model.from_config(cfg, dtype=dtype, device="meta")
     load_weights(model, files.weights, device=device)
+    # PEFT records this as an adapter's base_model_name_or_path.
+    model.name_or_path = str(repo_or_dir)
     model.eval()
     return model
 

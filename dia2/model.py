@@ -275,7 +275,7 @@ class Depformer(nn.Module):
         x = self._stage_input(stage, self.depformer_in[group](hidden), token, text)[:, None, :]
         cos = sin = None
         if self.rotary is not None:
-            cos, sin = self.rotary.tables(torch.tensor([stage], device=hidden.device))
+            cos, sin = self.rotary.tables(torch.arange(stage, stage + 1, device=hidden.device))
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cos, sin, cache, stage, group)
         return self.logits[stage](self.norm(x[:, 0]))[..., : self.logit_size].float()

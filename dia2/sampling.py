@@ -64,13 +64,13 @@ def guided_sample(
     cfg_scale: float,
     filter_k: int,
     generator: torch.Generator | None = None,
-    banned: tuple[int, ...] = (),
+    banned: Tensor | None = None,
 ) -> Tensor:
     """Sample one token per row from branch logits [branches, V] (branch 0 conditional,
-    branch 1 unconditional when present). `banned` ids are never drawn. Returns [] (0-dim)."""
-    if banned:
+    branch 1 unconditional when present). `banned` (long ids, on the logits' device) are never
+    drawn. Returns [] (0-dim)."""
+    if banned is not None:
         # A finite floor, not -inf: CFG subtracts the branches, and -inf - -inf would be NaN.
-        logits = logits.clone()
-        logits[:, list(banned)] = torch.finfo(logits.dtype).min
+        logits = logits.index_fill(-1, banned, torch.finfo(logits.dtype).min)
     uncond = logits[1] if logits.shape[0] > 1 else None
     return sample(guide(logits[0], uncond, cfg_scale, filter_k), config, generator)

@@ -6,10 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Without this a Hub lookup takes ~50 s to fail on these machines; tests must never reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests run tiny models: one thread avoids OpenMP spin-waits that make them slower, not faster,
+# and keeps timings steady when the two cores are shared.
+torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = REPO_ROOT / "configs" / "models"
@@ -38,8 +42,32 @@ def tiny_raw_config(
     return raw
 
 
+def random_tokens(cfg, batch: int, frames: int, seed: int) -> "torch.Tensor":
+    """A random grid [batch, channels, frames]: text ids in the text vocab, audio ids in the audio vocab."""
+    d = cfg.data
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.randint(0, d.audio_vocab_size, (batch, d.channels, frames), generator=g)
+    grid[:, :2] = torch.randint(0, d.text_vocab_size, (batch, 2, frames), generator=g)
+    return grid
+
+
 @pytest.fixture
 def tiny_config():
     from dia2.config import parse_config
 
     return parse_config(tiny_raw_config())
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory):
+    """The embedded tiny default (model + tokenizer + Mimi), built once per test session."""
+    from dia2.tiny import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tts(tiny_bundle_dir):
+    from dia2.runtime import Dia2
+
+    return Dia2.from_local(tiny_bundle_dir, device="cpu")

@@ -46,9 +46,9 @@ def test_banned_tokens_are_never_drawn_even_with_cfg():
     logits = torch.zeros(2, 10)
     logits[:, 8:] = 50.0  # bos/pad would win if not banned
     for _ in range(20):
-        tok = guided_sample(logits, SamplingConfig(1.0, 0), cfg_scale=2.0, filter_k=5, banned=(8, 9))
+        tok = guided_sample(logits, SamplingConfig(1.0, 0), cfg_scale=2.0, filter_k=5, banned=torch.tensor([8, 9]))
         assert tok.item() < 8
-    greedy = guided_sample(logits, SamplingConfig(0.0, 50), cfg_scale=2.0, filter_k=5, banned=(8, 9))
+    greedy = guided_sample(logits, SamplingConfig(0.0, 50), cfg_scale=2.0, filter_k=5, banned=torch.tensor([8, 9]))
     assert greedy.item() < 8
 
 

@@ -1,0 +1,60 @@
+"""Reading and writing audio files: soundfile for IO, soxr for resampling.
+
+(torchaudio does not import beside the CPU torch build these machines use; see
+shared/environment.md.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+WRITABLE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
+
+
+class AudioFileError(ValueError):
+    """An audio file that cannot be read or written; the message names the file."""
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """Read any file soundfile can decode as mono float32 at `sample_rate`: [S]."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioFileError(f"audio file {path} not found")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioFileError(f"cannot read {path} as audio ({exc}); give a wav/flac/ogg/mp3 file") from exc
+    if data.shape[0] == 0:
+        raise AudioFileError(f"{path} holds no audio samples")
+    return resample(data.mean(axis=1), rate, sample_rate)
+
+
+def resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Mono float32 waveform [S] from `rate` to `target` Hz (soxr, high quality)."""
+    if rate == target:
+        return np.ascontiguousarray(waveform, dtype=np.float32)
+    import soxr
+
+    return soxr.resample(np.asarray(waveform, dtype=np.float32), rate, target).astype(np.float32)
+
+
+def write_audio(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int) -> Path:
+    """Write mono audio [S] as wav, flac or ogg (by the file's extension)."""
+    import soundfile as sf
+
+    path = Path(path)
+    fmt = WRITABLE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise AudioFileError(
+            f"cannot write {path}: unknown extension '{path.suffix}'; use one of {', '.join(WRITABLE_FORMATS)}"
+        )
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    subtype = "VORBIS" if fmt == "OGG" else ("PCM_16" if fmt == "WAV" else None)
+    sf.write(str(path), np.asarray(waveform, dtype=np.float32), sample_rate, format=fmt, subtype=subtype)
+    return path

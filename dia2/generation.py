@@ -1,0 +1,319 @@
+"""The generation loop (spec section 6): frames of audio codes from entries, one column a step.
+
+Split by concern:
+- `GenerationConfig` holds every generation default, once (CLI, API and server read it here);
+- `FrameKernels` is the tensor work of one frame as two pure functions of explicit inputs
+  (decoder step + action sampling; cb0 + every depformer stage) - the units that CUDA graphs or
+  torch.compile wrap from outside (`dia2.graphs`);
+- `FrameLoop` is the host side: the state machine, the token buffers, the stop rule, and what a
+  streaming caller sees (`FrameUpdate`s as frames complete).
+
+Column bookkeeping: the decoder output at column t predicts column t+1. A run prefills columns
+0..P-1 in one call (P = prefix frames, or 1 for the lone bos column), then loops: sample the
+action and audio of column t+1 from the output at column t, then step column t+1. No column is
+run twice (a published quirk re-ran the last prefix column).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from dia2.align import NEW_WORD_STEP_OFFSET
+from dia2.grid import FRAME_RATE, delay_codes
+from dia2.model import DecodeState, DecoderOutput, Dia2Model
+from dia2.sampling import SamplingConfig, guided_sample
+from dia2.state_machine import MachineState, StateMachine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Every generation default, defined once."""
+
+    text: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.6, top_k=50))
+    """Sampling of the action stream (new word or not)."""
+    audio: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.8, top_k=50))
+    """Sampling of every audio codebook."""
+    cfg_scale: float = 2.0
+    """Classifier-free guidance scale; 1.0 disables CFG (and skips the unconditional branch)."""
+    cfg_filter_k: int = 50
+    """CFG keeps the top-k tokens of the guided logits, then samples the conditional ones."""
+    initial_padding: int = 2
+    """Pad frames forced before the first word."""
+    max_frames: int | None = None
+    """Most frames generated after the prefix (None: the model's runtime.max_context_steps)."""
+    seed: int | None = None
+    """Seed of the sampling RNG; the same seed gives the same audio on the same device."""
+    include_prefix: bool = False
+    """Keep the voice prefix's audio (and words) at the start of the output."""
+
+    def __post_init__(self) -> None:
+        if not self.cfg_scale > 0:
+            raise ValueError(f"cfg_scale must be > 0 (1.0 disables guidance), got {self.cfg_scale}")
+        if self.cfg_filter_k < 1:
+            raise ValueError(f"cfg_filter_k must be >= 1, got {self.cfg_filter_k}")
+        if self.initial_padding < 0:
+            raise ValueError(f"initial_padding must be >= 0, got {self.initial_padding}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+
+    @property
+    def branches(self) -> int:
+        """Rows the model runs per frame: conditional, plus unconditional when guiding."""
+        return 1 if self.cfg_scale == 1.0 else 2
+
+
+class FrameKernels:
+    """The tensor work of one frame; pure functions of their tensor inputs and the RNG.
+
+    `head` runs the decoder on column t and samples the action of column t+1; `audio` samples
+    codebook 0 and then every depformer stage of column t+1. Between the two, the host runs the
+    state machine (it needs the action) and writes the text of column t+1.
+    """
+
+    def __init__(self, model: Dia2Model, config: GenerationConfig, generator: torch.Generator | None) -> None:
+        self.model = model
+        self.config = config
+        self.generator = generator
+        data = model.config.data
+        self.banned_cb0 = torch.tensor([data.audio_bos_token_id, data.audio_pad_token_id], device=model.device)
+
+    def new_state(self, branches: int, capacity: int) -> DecodeState:
+        """Decode state for one utterance (a graph wrapper hands out its captured one)."""
+        return self.model.new_state(branches, capacity)
+
+    def action(self, out: DecoderOutput) -> Tensor:
+        """Action of the next column from the last column of a decoder output; 0-dim long."""
+        c = self.config
+        return guided_sample(out.action_logits[:, -1], c.text, c.cfg_scale, c.cfg_filter_k, self.generator)
+
+    def head(self, column: Tensor, state: DecodeState) -> tuple[Tensor, Tensor, Tensor]:
+        """column [branches, C, 1] -> (action [], hidden [branches, D], cb0_logits [branches, V])."""
+        out = self.model.step(column, state)
+        return self.action(out), out.hidden[:, -1], out.cb0_logits[:, -1]
+
+    def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState) -> Tensor:
+        """Codebooks 0..K-1 of the next column: hidden/cb0_logits of the current column,
+        text [branches, 2] of the next column. Returns codes [K] long."""
+        c = self.config
+        codes = [guided_sample(cb0_logits, c.audio, c.cfg_scale, c.cfg_filter_k, self.generator, self.banned_cb0)]
+        branches = hidden.shape[0]
+        for stage in range(self.model.config.num_depformer_stages):
+            token = codes[-1].expand(branches)
+            logits = self.model.depformer_step(stage, hidden, token, state, text=text)
+            codes.append(guided_sample(logits, c.audio, c.cfg_scale, c.cfg_filter_k, self.generator))
+        return torch.stack(codes)
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A voice prefix as the loop needs it: audio codes and the forced new_word steps.
+
+    codes [K, P] undelayed Mimi codes; new_word_steps are decoder steps (the alignment rule's);
+    `entries` (the prefix words, in order) go to the state machine before the script's.
+    """
+
+    codes: Tensor
+    new_word_steps: tuple[int, ...]
+    num_words: int
+
+    @property
+    def frames(self) -> int:
+        return self.codes.shape[-1]
+
+
+@dataclass
+class FrameUpdate:
+    """What one loop step produced, for streaming callers.
+
+    `frames` [K, n] are the audio frames completed by this step (all codebooks known), `words`
+    the (text, seconds) of words started at this step, `done` whether generation has ended.
+    """
+
+    step: int
+    frames: Tensor
+    words: list[tuple[str, float]]
+    done: bool = False
+
+
+class FrameLoop:
+    """Generate one utterance, column by column. Iterate to get `FrameUpdate`s."""
+
+    def __init__(
+        self,
+        model: Dia2Model,
+        machine: StateMachine,
+        machine_state: MachineState,
+        config: GenerationConfig,
+        prefix: Prefix | None = None,
+        feed: "EntryFeed | None" = None,
+        generator: torch.Generator | None = None,
+        kernels: FrameKernels | None = None,
+    ) -> None:
+        self.model, self.machine, self.mstate, self.config = model, machine, machine_state, config
+        self.feed = feed
+        data = model.config.data
+        self.delays = list(data.delays)
+        self.max_delay = max(self.delays)
+        self._delay_index = torch.tensor(self.delays, device=model.device)
+        self.kernels = kernels or FrameKernels(model, config, generator)
+        self.prefix_frames = prefix.frames if prefix is not None else 0
+        self.forced_steps = frozenset(prefix.new_word_steps) if prefix else frozenset()
+        # Every prefix column is prefilled in one call, so its steps are forced (pad between the
+        # prefix's words); forcing continues to the prefix's last word step if that lies later.
+        self.last_forced_step = max(self.forced_steps, default=-1)
+        if prefix is not None:
+            self.last_forced_step = max(self.last_forced_step, prefix.frames - 2)
+        self.prefix_words = prefix.num_words if prefix else 0
+        max_new = config.max_frames or model.config.runtime.max_context_steps
+        self.capacity = max(1, self.prefix_frames) + max_new
+        device = model.device
+        self.branches = config.branches
+        self.text = torch.empty(self.branches, 2, self.capacity, dtype=torch.long, device=device)
+        self.text[:, 1] = machine.ids.pad
+        self.text[0, 0, 0] = machine.ids.bos
+        if self.branches > 1:
+            # The unconditional branch reads (zero, pad) at every column.
+            self.text[1, 0] = machine.ids.zero
+        self.audio, self.locked = self._audio_buffers(prefix, data.audio_bos_token_id, device)
+        self.state = self.kernels.new_state(self.branches, self.capacity)
+        self.end_step: int | None = None
+        self.truncated = False
+        self.last_column = 0
+        self._words_reported = 0
+
+    def _audio_buffers(self, prefix: Prefix | None, bos: int, device) -> tuple[Tensor, Tensor]:
+        """Delayed audio [K, L] and the mask of cells generation must not overwrite: cells
+        before their codebook's delay (bos) and the delayed prefix."""
+        K, L = len(self.delays), self.capacity
+        column = torch.arange(L, device=device)
+        delay = torch.tensor(self.delays, device=device)[:, None]
+        locked = column[None, :] < delay
+        audio = torch.full((K, L), bos, dtype=torch.long, device=device)
+        if prefix is not None:
+            P = prefix.frames
+            span = min(P + self.max_delay, L)
+            audio[:, :span] = delay_codes(prefix.codes.to(device), self.delays, bos)[:, :span]
+            locked |= (column[None, :] >= delay) & (column[None, :] < delay + P)
+        return audio, locked
+
+    def _column(self, start: int, stop: int) -> Tensor:
+        """Model input columns start..stop-1: [branches, C, n]."""
+        audio = self.audio[:, start:stop].unsqueeze(0).expand(self.branches, -1, -1)
+        return torch.cat([self.text[:, :, start:stop], audio], dim=1)
+
+    def _prefill_text(self, columns: int) -> None:
+        """Text of the prefix columns 1..columns-1: the state machine forced along the prefix."""
+        for step in range(columns - 1):
+            self._advance_machine(step, None)
+
+    def _advance_machine(self, step: int, sampled: Tensor | None) -> None:
+        forced = step <= self.last_forced_step
+        if forced:
+            action = self.machine.action_new_word if step in self.forced_steps else self.machine.action_pad
+        else:
+            action = int(sampled)  # the one host sync of a frame: the state machine needs it
+        main, second = self.machine.process(self.mstate, step, action, forced=forced)
+        self.text[0, 0, step + 1] = main
+        self.text[0, 1, step + 1] = second
+        if self.mstate.end_step is not None and self.end_step is None:
+            self.end_step = self.mstate.end_step
+
+    def _completed_frames(self, column: int) -> Tensor:
+        """Audio frames completed once `column` is written: frame column - max_delay."""
+        frame = column - self.max_delay
+        first_kept = 0 if self.config.include_prefix else self.prefix_frames
+        if frame < first_kept:
+            return self.audio.new_empty(len(self.delays), 0)
+        return self.audio.gather(1, (self._delay_index + frame)[:, None])
+
+    def _new_words(self) -> list[tuple[str, float]]:
+        """Words the state machine started since the last call, with start times in seconds.
+
+        A word's new_word step s maps back to its first audio frame by the alignment rule
+        (frame = s + 1 - NEW_WORD_STEP_OFFSET), so the times match the audio, and the prefix's
+        frames are subtracted when it is cropped.
+        """
+        words = []
+        skip = 0 if self.config.include_prefix else self.prefix_words
+        origin = 0 if self.config.include_prefix else self.prefix_frames
+        for i in range(self._words_reported, len(self.mstate.transcript)):
+            text, step = self.mstate.transcript[i]
+            if i >= skip:
+                frame = max(0, step + 1 - NEW_WORD_STEP_OFFSET - origin)
+                words.append((text, frame / FRAME_RATE))
+        self._words_reported = len(self.mstate.transcript)
+        return words
+
+    def _finished(self, column: int) -> bool:
+        if self.end_step is not None and column >= self.end_step + self.max_delay + self.machine.max_padding:
+            return True
+        if column >= self.capacity - 1:
+            # Stopped before the end rule: the script, or the tail of its last word, is cut.
+            self.truncated = True
+            logger.warning("generation hit the %d-frame limit before the script ended: output truncated", self.capacity)
+            return True
+        return False
+
+    def __iter__(self) -> Iterator[FrameUpdate]:
+        k = self.kernels
+        columns = max(1, self.prefix_frames)
+        self._fill_entries()
+        self._prefill_text(columns)
+        out = self.model.prefill(self._column(0, columns), self.state)
+        action, hidden, cb0 = k.action(out), out.hidden[:, -1], out.cb0_logits[:, -1]
+        first = [self._completed_frames(c) for c in range(columns)]
+        yield FrameUpdate(columns - 1, torch.cat(first, dim=1), self._new_words())
+        t = columns - 1
+        while True:
+            self._fill_entries()
+            self._advance_machine(t, action)
+            codes = k.audio(hidden, cb0, self.text[:, :, t + 1], self.state)
+            locked = self.locked[:, t + 1]
+            self.audio[:, t + 1] = torch.where(locked, self.audio[:, t + 1], codes)
+            self.last_column = t + 1
+            done = self._finished(t + 1)
+            yield FrameUpdate(t, self._completed_frames(t + 1), self._new_words(), done)
+            if done:
+                return
+            t += 1
+            action, hidden, cb0 = k.head(self._column(t, t + 1), self.state)
+
+    def _fill_entries(self) -> None:
+        if self.feed is not None:
+            self.feed.fill(self.mstate, self.machine.second_stream_ahead)
+
+    def audio_codes(self) -> Tensor:
+        """All frames generated so far (prefix cropped unless include_prefix): [K, F]."""
+        frames = self.last_column + 1 - self.max_delay
+        first = 0 if self.config.include_prefix else self.prefix_frames
+        if frames <= first:
+            return self.audio.new_empty(len(self.delays), 0)
+        idx = self._delay_index[:, None] + torch.arange(first, frames, device=self.audio.device)
+        return self.audio.gather(1, idx)
+
+
+class EntryFeed:
+    """Entries of a script that arrives piece by piece (an iterator of entry lists).
+
+    Before each step the loop asks for enough entries that the state machine decides exactly
+    as it would with the whole script: more than k spoken entries queued (k = the look-ahead),
+    or the end of the text.
+    """
+
+    def __init__(self, chunks: Iterator[list]) -> None:
+        self._chunks = chunks
+        self.exhausted = False
+
+    def fill(self, state: MachineState, lookahead: int) -> None:
+        while not self.exhausted and sum(1 for e in state.entries if e.tokens) <= lookahead:
+            try:
+                state.append_entries(next(self._chunks))
+            except StopIteration:
+                self.exhausted = True

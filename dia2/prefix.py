@@ -1,0 +1,170 @@
+"""Voice prefixes: recorded speech that conditions the voice of what follows (spec section 6).
+
+speaker audio -> word timestamps (a `Transcriber`, faster-whisper by default) -> Mimi codes ->
+a `Voice` (codes + timed words, storable, so a server never re-transcribes a stored voice) ->
+entries and forced new_word steps through the shared alignment rule (`dia2.align`, the same
+function that builds training data) -> one `prefill` call in the generation loop.
+
+Two published quirks are fixed here: both speakers' words get the same step offset (the
+published runtime gave speaker 2 no +3, a plausible cause of "prefix speakers swapped"), and no
+prefix column is run twice (see `dia2.generation`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+from dia2.align import TimedWord, align_words
+from dia2.generation import Prefix
+from dia2.text import Entry, TextTokenIds, Tokenizer, encode_word
+
+logger = logging.getLogger(__name__)
+
+SPEAKER_TAG = {1: "[S1]", 2: "[S2]"}
+
+
+class PrefixError(ValueError):
+    """A voice prefix that cannot be used; the message names the input and the fix."""
+
+
+@dataclass(frozen=True)
+class Word:
+    """A transcribed word: text and its span in seconds within its own recording."""
+
+    text: str
+    start: float
+    end: float
+
+
+class Transcriber(Protocol):
+    """Speech -> timed words. Injectable: tests and servers bring their own."""
+
+    def transcribe(self, waveform: np.ndarray, sample_rate: int) -> list[Word]: ...
+
+
+class WhisperTranscriber:
+    """faster-whisper with word timestamps; `model` is a size name ("small.en") or a local path."""
+
+    def __init__(
+        self, model: str | os.PathLike = "small.en", device: str = "cpu", compute_type: str = "int8", language: str | None = None
+    ) -> None:
+        self.model_name, self.device, self.compute_type, self.language = str(model), device, compute_type, language
+        self._model = None
+
+    def _load(self):
+        if self._model is None:
+            from faster_whisper import WhisperModel
+
+            try:
+                self._model = WhisperModel(self.model_name, device=self.device, compute_type=self.compute_type)
+            except Exception as exc:  # faster-whisper raises many kinds; one clear message for all
+                raise PrefixError(
+                    f"cannot load the Whisper model '{self.model_name}' ({exc}); pass a local CTranslate2 "
+                    "model folder or a model name that is cached"
+                ) from exc
+        return self._model
+
+    def transcribe(self, waveform: np.ndarray, sample_rate: int) -> list[Word]:
+        from dia2.audio_io import resample
+
+        audio = resample(waveform, sample_rate, 16000)  # Whisper's input rate
+        segments, _ = self._load().transcribe(audio, word_timestamps=True, language=self.language, beam_size=5)
+        return [Word(w.word.strip(), float(w.start), float(w.end)) for seg in segments for w in (seg.words or []) if w.word.strip()]
+
+
+@dataclass(frozen=True)
+class VoiceWord:
+    """A word of a voice, timed on the voice's whole (concatenated) audio."""
+
+    text: str
+    start: float
+    end: float
+    speaker: int
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A ready voice prefix: Mimi codes [K, P] and its timed words (speaker 1's, then 2's)."""
+
+    codes: torch.Tensor
+    words: tuple[VoiceWord, ...]
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write `codes.npy` + `voice.json` to `folder`."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "codes.npy", self.codes.cpu().numpy().astype(np.int16))
+        (folder / "voice.json").write_text(json.dumps({"words": [asdict(w) for w in self.words]}, indent=1) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Voice":
+        folder = Path(folder)
+        try:
+            codes = torch.from_numpy(np.load(folder / "codes.npy").astype(np.int64))
+            raw = json.loads((folder / "voice.json").read_text())
+            words = tuple(VoiceWord(**w) for w in raw["words"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PrefixError(f"{folder} is not a stored voice (codes.npy + voice.json): {exc}") from exc
+        if codes.dim() != 2 or not words:
+            raise PrefixError(f"{folder}: a voice needs codes [K, P] and at least one word")
+        return cls(codes, words)
+
+
+def build_voice(
+    codec,
+    transcriber: Transcriber,
+    speaker_1: str | os.PathLike | np.ndarray,
+    speaker_2: str | os.PathLike | np.ndarray | None = None,
+) -> Voice:
+    """Transcribe and encode one or two speaker recordings (paths, or 24 kHz mono arrays)."""
+    from dia2.audio_io import read_audio
+
+    words: list[VoiceWord] = []
+    waves: list[np.ndarray] = []
+    offset = 0.0
+    for speaker, source in ((1, speaker_1), (2, speaker_2)):
+        if source is None:
+            continue
+        name = str(source) if not isinstance(source, np.ndarray) else f"speaker {speaker} audio"
+        wave = read_audio(source, codec.sample_rate) if not isinstance(source, np.ndarray) else source.astype(np.float32)
+        heard = transcriber.transcribe(wave, codec.sample_rate)
+        if not heard:
+            raise PrefixError(f"prefix {name} contains no recognisable speech; give a clip of the speaker talking")
+        words += [VoiceWord(w.text, w.start + offset, w.end + offset, speaker) for w in heard]
+        # Keep each speaker's audio on whole frames so speaker 2's word times stay frame-exact.
+        frame = codec.samples_per_frame
+        padded = np.pad(wave, (0, (-len(wave)) % frame))
+        waves.append(padded)
+        offset += len(padded) / codec.sample_rate
+    codes = codec.encode(torch.from_numpy(np.concatenate(waves)))[0]
+    return Voice(codes.cpu(), tuple(words))
+
+
+def voice_prefix(voice: Voice, tokenizer: Tokenizer, ids: TextTokenIds) -> tuple[list[Entry], Prefix]:
+    """Entries (each speaker's first word tagged) and the Prefix with its forced new_word steps."""
+    entries, timed = [], []
+    previous = None
+    for word in voice.words:
+        tag = SPEAKER_TAG[word.speaker] if word.speaker != previous else None
+        previous = word.speaker
+        tokens = encode_word(tokenizer, word.text, tag)
+        if not tokens:
+            continue
+        entries.append(tokens)
+        timed.append((word, TimedWord(word.start, word.end, len(tokens))))
+    if not timed:
+        raise PrefixError("the voice prefix has no words that the tokenizer can encode")
+    alignment = align_words([t for _, t in timed])
+    # Words near the end of the prefix get steps past its last column (step = frame + 2); the
+    # loop keeps forcing actions up to the last prefix step, so none is dropped or said twice.
+    result = [Entry(tok, w.text, a.padding) for tok, (w, _), a in zip(entries, timed, alignment.words)]
+    return result, Prefix(voice.codes, alignment.new_word_steps, len(result))

@@ -1,0 +1,252 @@
+"""The Python API: `Dia2.from_repo(...)` / `Dia2.from_local(...)`, `generate`, `stream`.
+
+    from dia2 import Dia2, GenerationConfig
+    tts = Dia2.from_repo("nari-labs/Dia2-2B")
+    result = tts.generate("[S1] Hello there. [S2] Hi!", GenerationConfig(seed=0))
+    result.save("hello.wav")
+
+A `Dia2` owns the model, tokenizer and codec; each call owns its own decode state, so one
+`Dia2` can serve many calls (one at a time per instance).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from dia2.checkpoint import load_model, resolve_files
+from dia2.generation import EntryFeed, FrameKernels, FrameLoop, GenerationConfig, Prefix
+from dia2.model import Dia2Model
+from dia2.prefix import Transcriber, Voice, build_voice, voice_prefix
+from dia2.state_machine import StateMachine
+from dia2.text import Entry, ScriptError, TextTokenIds, parse_script, parse_stream
+from dia2.tokenizer import load_tokenizer, tokenizer_source
+
+logger = logging.getLogger(__name__)
+
+KernelWrapper = Callable[[FrameKernels], FrameKernels]
+
+
+@dataclass
+class GenerationResult:
+    """audio_tokens [K, F] Mimi codes, waveform [S] float32 in [-1, 1], word timestamps
+    (word, start seconds), and whether the frame limit cut the script short."""
+
+    audio_tokens: torch.Tensor
+    waveform: np.ndarray
+    sample_rate: int
+    timestamps: list[tuple[str, float]]
+    truncated: bool = False
+
+    @property
+    def duration(self) -> float:
+        return len(self.waveform) / self.sample_rate
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the audio as wav, flac or ogg (by extension)."""
+        from dia2.audio_io import write_audio
+
+        return write_audio(path, self.waveform, self.sample_rate)
+
+
+@dataclass
+class AudioChunk:
+    """One piece of a stream: waveform [n] (may be empty), the codes [K, f] it decodes, and
+    the words that started since the previous chunk."""
+
+    waveform: np.ndarray
+    codes: torch.Tensor
+    words: list[tuple[str, float]] = field(default_factory=list)
+    done: bool = False
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bf16 weights on CUDA (half the bandwidth per step), float32 elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+class Dia2:
+    """A loaded Dia2 runtime: model + tokenizer + Mimi codec."""
+
+    def __init__(self, model: Dia2Model, tokenizer, codec, kernel_wrapper: KernelWrapper | None = None) -> None:
+        if codec.num_codebooks != model.config.num_codebooks:
+            raise ValueError(
+                f"the codec gives {codec.num_codebooks} codebooks but the model expects "
+                f"{model.config.num_codebooks}; pass the Mimi this checkpoint was trained with"
+            )
+        self.model, self.tokenizer, self.codec = model, tokenizer, codec
+        self.ids = TextTokenIds.from_tokenizer(model.config.data, tokenizer)
+        self.kernel_wrapper = kernel_wrapper
+
+    @classmethod
+    def from_repo(
+        cls,
+        repo_or_dir: str | os.PathLike = "nari-labs/Dia2-2B",
+        *,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        config_path: str | os.PathLike | None = None,
+        weights_path: str | os.PathLike | None = None,
+        tokenizer: str | None = None,
+        mimi: str | None = None,
+        low_vram: str | None = None,
+        adapter: str | os.PathLike | None = None,
+        merge_adapter: bool = True,
+        kernel_wrapper: KernelWrapper | None = None,
+    ) -> "Dia2":
+        """Load model, tokenizer and Mimi from a Hub repo id or a local folder.
+
+        tokenizer / mimi override the manifest and config; low_vram is "8bit" or "4bit";
+        adapter is a PEFT LoRA folder or repo id (merged unless merge_adapter=False).
+        """
+        from dia2.codec import MimiCodec
+
+        device = device or default_device()
+        dtype = dtype or default_dtype(device)
+        files = resolve_files(repo_or_dir, revision, None, config_path, weights_path)
+        model = load_model(
+            repo_or_dir, dtype=dtype, device="cpu" if low_vram else device, revision=revision,
+            config_path=config_path, weights_path=weights_path,
+        )
+        if adapter is not None:
+            from dia2.adapters import load_adapter
+
+            model = load_adapter(model, adapter, merge=merge_adapter)
+        if low_vram:
+            from dia2.quant import quantize
+
+            model = quantize(model, low_vram).to(device)
+        tok = load_tokenizer(tokenizer or tokenizer_source(files.source, files.tokenizer, model.config.assets.tokenizer))
+        mimi_source = mimi or _local_or_repo(files.source, files.mimi) or model.config.assets.mimi
+        codec = MimiCodec.from_pretrained(mimi_source, device=device, num_codebooks=model.config.num_codebooks)
+        return cls(model, tok, codec, kernel_wrapper)
+
+    from_local = from_repo
+
+    # --- scripts and voices --------------------------------------------------------------------
+
+    def parse(self, script: str) -> list[Entry]:
+        return parse_script(script, self.tokenizer, self.ids)
+
+    def make_voice(
+        self,
+        speaker_1: str | os.PathLike | np.ndarray,
+        speaker_2: str | os.PathLike | np.ndarray | None = None,
+        transcriber: Transcriber | None = None,
+    ) -> Voice:
+        """Transcribe + encode prefix recordings once; store the Voice to reuse it."""
+        from dia2.prefix import WhisperTranscriber
+
+        return build_voice(self.codec, transcriber or WhisperTranscriber(), speaker_1, speaker_2)
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def _loop(self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: EntryFeed | None) -> FrameLoop:
+        machine = StateMachine.from_config(self.model.config.data, self.ids, initial_padding=config.initial_padding)
+        prefix: Prefix | None = None
+        if voice is not None:
+            if voice.codes.shape[0] != self.model.config.num_codebooks:
+                raise ValueError(
+                    f"the voice has {voice.codes.shape[0]} codebooks but the model uses "
+                    f"{self.model.config.num_codebooks}: it was made with another codec"
+                )
+            prefix_entries, prefix = voice_prefix(voice, self.tokenizer, self.ids)
+            entries = prefix_entries + entries
+        generator = None
+        if config.seed is not None:
+            generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
+        kernels = FrameKernels(self.model, config, generator)
+        if self.kernel_wrapper is not None:
+            kernels = self.kernel_wrapper(kernels)
+        loop = FrameLoop(self.model, machine, machine.new_state(entries), config, prefix, feed, kernels=kernels)
+        if feed is None:
+            _check_fits(entries, loop.capacity, loop.max_delay + machine.max_padding + config.initial_padding)
+        return loop
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        script: str,
+        config: GenerationConfig | None = None,
+        *,
+        voice: Voice | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> GenerationResult:
+        """Speak a whole script. `progress(frame, limit)` is called after every frame."""
+        config = config or GenerationConfig()
+        loop = self._loop(self.parse(script), config, voice, None)
+        words: list[tuple[str, float]] = []
+        for update in loop:
+            words += update.words
+            if progress is not None:
+                progress(update.step + 1, loop.capacity)
+        codes = loop.audio_codes()
+        waveform = self._decode(codes)
+        return GenerationResult(codes.cpu(), waveform, self.codec.sample_rate, words, loop.truncated)
+
+    def _decode(self, codes: torch.Tensor) -> np.ndarray:
+        if codes.shape[-1] == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.codec.decode(codes.unsqueeze(0))[0].float().clamp(-1, 1).cpu().numpy()
+
+    @torch.inference_mode()
+    def stream(
+        self,
+        script: str | Iterable[str],
+        config: GenerationConfig | None = None,
+        *,
+        voice: Voice | None = None,
+    ) -> Iterator[AudioChunk]:
+        """Yield audio as frames are generated. `script` may be a string or an iterable of text
+        pieces (e.g. tokens from an LLM): speech starts before the whole script is known."""
+        config = config or GenerationConfig()
+        if isinstance(script, str):
+            loop = self._loop(self.parse(script), config, voice, None)
+        else:
+            entries = parse_stream(iter(script), self.tokenizer, self.ids)
+            loop = self._loop([], config, voice, EntryFeed([e] for e in entries))
+        decoder = self.codec.stream_decoder()
+        for update in loop:
+            frames = update.frames
+            audio = decoder.push(frames.unsqueeze(0))[0] if frames.shape[-1] else None
+            if update.done:
+                tail = decoder.flush()[0]
+                audio = tail if audio is None else torch.cat([audio, tail])
+            if audio is not None or update.words or update.done:
+                wave = np.zeros(0, np.float32) if audio is None else audio.float().clamp(-1, 1).cpu().numpy()
+                yield AudioChunk(wave, frames.cpu(), update.words, update.done)
+        if not loop.last_column:
+            raise ScriptError("the script produced no frames")
+
+
+def _local_or_repo(source, name: str | None) -> str | None:
+    """A manifest asset: a folder inside a local model repo, else a repo id / path as given."""
+    if not name:
+        return None
+    if source.is_local and (Path(source.location) / name).is_dir():
+        return str(Path(source.location) / name)
+    return name
+
+
+def _check_fits(entries: list[Entry], capacity: int, tail: int) -> None:
+    """Refuse a script that cannot fit the frame limit even at the fastest pace.
+
+    Each word takes at least its forced padding (one frame per token) plus its new_word frame.
+    """
+    needed = sum(max(len(e.tokens), e.padding) + 1 for e in entries) + tail
+    if needed > capacity:
+        raise ScriptError(
+            f"the script needs at least {needed} frames but the limit is {capacity} "
+            f"({capacity / 12.5:.0f} s): split it into shorter scripts or raise max_frames"
+        )

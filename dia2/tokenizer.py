@@ -1,0 +1,103 @@
+"""The Dia2 text tokenizer: where it comes from and how it is loaded (spec section 1).
+
+GPT-2 style byte-level BPE with added tokens `[S1]`, `[S2]` and non-verbal tags. Loaded with
+`AutoTokenizer.from_pretrained(..., use_fast=False)` and never re-saved: a save/load round
+trip of the published tokenizer drops its added tokens.
+
+Where it comes from, first match wins: the `dia2_assets.json` manifest's `tokenizer`, the
+config's `assets.tokenizer` (which falls back to `data.tokenizer_path`), then the model repo.
+A relative path is looked up inside a local model folder first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dia2.assets import AssetError, ModelSource
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
+
+
+class TokenizerError(AssetError):
+    """A tokenizer that cannot be found or loaded; the message names the source and the fix."""
+
+
+def tokenizer_source(model: ModelSource, manifest_tokenizer: str | None, config_tokenizer: str | None) -> str:
+    """The path or repo id the tokenizer is loaded from (see the module docstring)."""
+    for candidate in (manifest_tokenizer, config_tokenizer):
+        if not candidate:
+            continue
+        if model.is_local and (Path(model.location) / candidate).is_dir():
+            return str(Path(model.location) / candidate)
+        return candidate
+    return model.location
+
+
+def load_tokenizer(source: str | os.PathLike, revision: str | None = None) -> "PreTrainedTokenizerBase":
+    """Load the tokenizer from a folder or Hub repo id (`use_fast=False`, as published)."""
+    from transformers import AutoTokenizer
+
+    path = Path(source).expanduser()
+    if path.exists() and not path.is_dir():
+        raise TokenizerError(f"tokenizer source {source} is a file; pass the folder holding vocab.json/merges.txt")
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise TokenizerError(
+            f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}); pass the model repo or --tokenizer"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(source), use_fast=False, revision=revision)
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline else ""
+        raise TokenizerError(
+            f"cannot load the tokenizer from '{source}'{hint}: {exc}. Pass a folder or repo id with --tokenizer"
+        ) from exc
+
+
+# --- the embedded tiny tokenizer of the demo -----------------------------------------------------
+
+_TINY_CORPUS = """
+Hello there, how are you doing today? I am doing well, thank you for asking.
+This is a tiny demo of a dialogue model that speaks two voices, one after the other.
+The quick brown fox jumps over the lazy dog. A stable voice is what people need.
+What time is it? It is time to train the model, then to listen to what it says.
+We can talk about the weather, the news, music, books and the plans for the weekend.
+"""
+TINY_ADDED_TOKENS = ("[S1]", "[S2]", "(laughs)", "(sighs)", "(coughs)")
+
+
+def build_tiny_tokenizer(folder: str | os.PathLike, vocab_size: int = 512) -> Path:
+    """Write a small byte-level BPE tokenizer (deterministic) with Dia2's added tokens.
+
+    The files are those of a published Dia2 repo (vocab.json, merges.txt, tokenizer_config.json,
+    added tokens); ids stay below the tiny model's text vocab.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator([line for line in _TINY_CORPUS.splitlines() if line], trainer)
+    bpe.model.save(str(folder))
+    tokenizer = GPT2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tokenizer.add_tokens(list(TINY_ADDED_TOKENS))
+    tokenizer.save_pretrained(str(folder))
+    return folder

@@ -1,0 +1,74 @@
+"""`dia2-infer` end to end on the embedded tiny default: a playable file, and clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+
+from tests.conftest import REPO_ROOT
+
+
+def run_cli(*args, cache, timeout=600, stdin=None):
+    env = {**os.environ, "DIA2_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "dia2.cli", *map(str, args)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=timeout, env=env, input=stdin,
+    )
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("dia2-cache")
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg"])
+def test_cli_writes_a_playable_file(tmp_path, cache, ext):
+    out = tmp_path / f"speech.{ext}"
+    stamps = tmp_path / "words.json"
+    proc = run_cli("--tiny", "--text", "[S1] Hello there. [S2] Hi!", "--seed", "0", "--timestamps", stamps, out, cache=cache)
+    assert proc.returncode == 0, proc.stderr
+    assert "untrained" in proc.stderr and f"wrote {out}" in proc.stdout
+    data, rate = sf.read(str(out))
+    assert rate == 24000 and data.ndim == 1 and len(data) > 24000 // 2
+    assert [w["word"] for w in json.loads(stamps.read_text())] == ["Hello", "there.", "Hi!"]
+
+
+def test_cli_reads_the_script_from_a_file_and_is_reproducible(tmp_path, cache):
+    script = tmp_path / "script.txt"
+    script.write_text("[S1] Good morning. [S2] Morning!\n")
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    for out in (a, b):
+        proc = run_cli("--tiny", "--input", script, "--seed", "3", "--cfg", "3", "--temperature", "0.9", out, cache=cache)
+        assert proc.returncode == 0, proc.stderr
+    assert sf.read(str(a))[0].tolist() == sf.read(str(b))[0].tolist()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tiny", "--text", "hi", "out.mp4"], "unknown extension '.mp4'"),
+    (["--tiny", "out.wav"], "exactly one of --input FILE or --text"),
+    (["--tiny", "--input", "missing.txt", "out.wav"], "--input missing.txt: file not found"),
+    (["--tiny", "--text", "hi", "--prefix-speaker-1", "nope.wav", "out.wav"], "--prefix-speaker-1 nope.wav: file not found"),
+    (["--tiny", "--text", "hi", "--cfg", "0", "out.wav"], "cfg_scale must be > 0"),
+    (["--tiny", "--text", "hi", "--low-vram", "2bit", "out.wav"], "invalid choice: '2bit'"),
+    (["--tiny", "--hf", "x/y", "--text", "hi", "out.wav"], "cannot be combined"),
+    (["--tiny", "--text", "hi", "--cuda-graph", "--device", "cpu", "out.wav"], "--cuda-graph needs a CUDA device"),
+])
+def test_cli_rejects_bad_flags(tmp_path, cache, args, message):
+    proc = run_cli(*args, cache=cache, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tiny", "--text", "[S3] hello", "out.wav"], "[S3]"),
+    (["--tiny", "--text", "   ", "out.wav"], "empty"),
+    (["--hf", "nobody/NoSuchDia2", "--text", "hi", "out.wav"], "HF_HUB_OFFLINE is set"),
+    (["--tiny", "--text", "hi", "--adapter", "no/such/adapter", "out.wav"], "adapter"),
+])
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, cache, args, message):
+    proc = run_cli(*args, cache=cache)
+    assert proc.returncode == 1, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (REPO_ROOT / "out.wav").exists()

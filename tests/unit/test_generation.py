@@ -1,0 +1,156 @@
+"""Generation on the tiny default: determinism, end of speech, timestamps, streaming, CFG."""
+
+import numpy as np
+import pytest
+import torch
+
+from dia2.generation import GenerationConfig
+from dia2.text import ScriptError
+
+SCRIPT = "[S1] Hello there, how are you? [S2] I am doing well. <break time=\"0.4s\"/> [S1] Good."
+
+
+def test_seeded_generation_is_deterministic(tiny_tts):
+    a = tiny_tts.generate(SCRIPT, GenerationConfig(seed=3))
+    b = tiny_tts.generate(SCRIPT, GenerationConfig(seed=3))
+    c = tiny_tts.generate(SCRIPT, GenerationConfig(seed=4))
+    assert torch.equal(a.audio_tokens, b.audio_tokens)
+    assert np.array_equal(a.waveform, b.waveform)
+    assert not torch.equal(a.audio_tokens, c.audio_tokens) or a.audio_tokens.shape != c.audio_tokens.shape
+
+
+def test_stops_at_end_of_speech_well_before_the_limit(tiny_tts):
+    result = tiny_tts.generate(SCRIPT, GenerationConfig(seed=0))
+    K, frames = result.audio_tokens.shape
+    assert K == 8 and not result.truncated
+    assert 20 < frames < 200, frames  # the limit is 1500 frames
+    assert result.waveform.shape == (frames * 1920,)
+    assert result.sample_rate == 24000 and np.abs(result.waveform).max() <= 1.0
+    assert (result.audio_tokens < 2048).all()
+
+
+def test_every_word_is_timestamped_in_order(tiny_tts):
+    result = tiny_tts.generate(SCRIPT, GenerationConfig(seed=0))
+    words = [w for w, _ in result.timestamps]
+    assert words == ["Hello", "there,", "how", "are", "you?", "I", "am", "doing", "well.", "Good."]
+    times = [t for _, t in result.timestamps]
+    assert times == sorted(times) and times[0] >= 0 and times[-1] < result.duration
+
+
+def test_stream_produces_the_same_tokens_and_audio_as_generate(tiny_tts):
+    whole = tiny_tts.generate(SCRIPT, GenerationConfig(seed=5))
+    chunks = list(tiny_tts.stream(SCRIPT, GenerationConfig(seed=5)))
+    assert chunks[-1].done and not any(c.done for c in chunks[:-1])
+    assert torch.equal(torch.cat([c.codes for c in chunks], dim=1), whole.audio_tokens)
+    streamed = np.concatenate([c.waveform for c in chunks])
+    assert streamed.shape == whole.waveform.shape
+    np.testing.assert_allclose(streamed, whole.waveform, atol=1e-4)
+    assert [w for c in chunks for w in c.words] == whole.timestamps
+    # Audio arrives progressively, not all at the end.
+    assert sum(1 for c in chunks if len(c.waveform)) > 10
+
+
+def test_text_fed_piece_by_piece_gives_the_same_result(tiny_tts):
+    whole = tiny_tts.generate(SCRIPT, GenerationConfig(seed=7))
+    pulled = []
+
+    def pieces():
+        for i in range(0, len(SCRIPT), 5):
+            pulled.append(i)
+            yield SCRIPT[i : i + 5]
+
+    chunks = list(tiny_tts.stream(pieces(), GenerationConfig(seed=7)))
+    assert torch.equal(torch.cat([c.codes for c in chunks], dim=1), whole.audio_tokens)
+    assert [w for c in chunks for w in c.words] == whole.timestamps
+
+
+def test_streamed_text_starts_speaking_before_the_script_is_known(tiny_tts):
+    seen_before_first_audio = []
+    pulled = []
+
+    def pieces():
+        for word in SCRIPT.split(" "):
+            pulled.append(word)
+            yield word + " "
+
+    for chunk in tiny_tts.stream(pieces(), GenerationConfig(seed=1)):
+        if chunk.words:
+            seen_before_first_audio.append(len(pulled))
+            break
+    assert seen_before_first_audio and seen_before_first_audio[0] < len(SCRIPT.split(" "))
+
+
+def test_cfg_scale_one_runs_no_unconditional_branch(tiny_tts, monkeypatch):
+    batches = []
+    real_step = tiny_tts.model.step
+
+    def spy(tokens, state):
+        batches.append(tokens.shape[0])
+        return real_step(tokens, state)
+
+    monkeypatch.setattr(tiny_tts.model, "step", spy)
+    tiny_tts.generate("[S1] Hello there.", GenerationConfig(seed=0, cfg_scale=1.0))
+    assert batches and set(batches) == {1}
+    batches.clear()
+    tiny_tts.generate("[S1] Hello there.", GenerationConfig(seed=0, cfg_scale=3.0))
+    assert set(batches) == {2}
+
+
+def test_greedy_generation_matches_the_teacher_forced_forward(tiny_tts):
+    """The loop feeds the model exactly the grid it decoded: re-running that grid through the
+    training forward reproduces every greedy choice of the depformer."""
+    cfg = GenerationConfig(seed=0, cfg_scale=1.0, text=GenerationConfig().text.__class__(0.0, 1),
+                           audio=GenerationConfig().audio.__class__(0.0, 1))
+    from dia2.runtime import Dia2  # noqa: F401  (the fixture's class)
+
+    loop = tiny_tts._loop(tiny_tts.parse("[S1] Hello there, how are you?"), cfg, None, None)
+    with torch.inference_mode():
+        for _ in loop:
+            pass
+        last = loop.last_column
+        grid = loop._column(0, last + 1)
+        out = tiny_tts.model(grid)
+    delays = torch.tensor(tiny_tts.model.config.data.delays)
+    for t in range(last):
+        free = (t + 1) >= delays[1:]  # codebooks the loop sampled (not bos) at column t+1
+        predicted = out.depformer_logits[0, t].argmax(-1)
+        assert torch.equal(predicted[free], grid[0, 3:, t + 1][free]), t
+
+
+def test_script_longer_than_the_context_is_refused(tiny_tts):
+    long_script = "[S1] " + " ".join(["hello there"] * 400)
+    with pytest.raises(ScriptError, match="needs at least .* frames but the limit is"):
+        tiny_tts.generate(long_script, GenerationConfig(seed=0))
+
+
+def test_frame_limit_truncates_with_a_flag(tiny_tts, caplog):
+    script = "[S1] Hello there, how are you?"
+    full = tiny_tts.generate(script, GenerationConfig(seed=0))
+    assert not full.truncated
+    cut = tiny_tts.generate(script, GenerationConfig(seed=0, max_frames=28))
+    # 1 prefilled column + 28 generated; the last 3 (max delay) columns complete no frame.
+    assert cut.truncated and cut.audio_tokens.shape[1] == 1 + 28 - 3 < full.audio_tokens.shape[1]
+    assert torch.equal(cut.audio_tokens, full.audio_tokens[:, : cut.audio_tokens.shape[1]])
+    assert "output truncated" in caplog.text
+
+
+@pytest.mark.parametrize("script,message", [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("[S3] hello", "S3"),
+    ("hello <foo/> world", "foo"),
+])
+def test_bad_scripts(tiny_tts, script, message):
+    with pytest.raises(ScriptError, match=message):
+        tiny_tts.generate(script)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(cfg_scale=0), "cfg_scale"),
+    (dict(cfg_filter_k=0), "cfg_filter_k"),
+    (dict(max_frames=0), "max_frames"),
+    (dict(initial_padding=-1), "initial_padding"),
+])
+def test_bad_generation_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationConfig(**kwargs)
