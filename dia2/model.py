@@ -352,7 +352,8 @@ class Dia2Model(nn.Module):
     def prefill(self, tokens: Tensor, state: DecodeState) -> DecoderOutput:
         """Run columns state.position .. +T-1 (tokens [B, C, T]) into the caches; advance."""
         T = tokens.shape[-1]
-        if not state.position.is_cuda:  # on CUDA the check would be a host sync; the loop bounds it
+        # On CUDA (and under torch.compile) the check would be a host sync; the loop bounds it there.
+        if not state.position.is_cuda and not torch.compiler.is_compiling():
             end = int(state.position) + T
             if end > state.capacity:
                 raise ValueError(

@@ -1,0 +1,91 @@
+"""The runtime's loading options on the tiny bundle: adapters, low-VRAM, tokenizer sources."""
+
+import pytest
+import torch
+
+from dia2.generation import GenerationConfig
+from dia2.runtime import Dia2
+from dia2.sampling import SamplingConfig
+from dia2.tokenizer import TokenizerError, load_tokenizer, tokenizer_source
+from tests.unit.test_adapters import _save_random_adapter
+
+GREEDY = GenerationConfig(seed=0, text=SamplingConfig(0.0, 1), audio=SamplingConfig(0.0, 1))
+SCRIPT = "[S1] Hello there, how are you?"
+
+
+@pytest.fixture(scope="module")
+def voice_adapter(tiny_bundle_dir, tmp_path_factory):
+    base = Dia2.from_local(tiny_bundle_dir, device="cpu")
+    return _save_random_adapter(base.model.config, tmp_path_factory.mktemp("voice") / "adapter", seed=5)
+
+
+def test_adapter_changes_the_voice_and_merged_equals_unmerged(tiny_tts, tiny_bundle_dir, voice_adapter):
+    merged = Dia2.from_local(tiny_bundle_dir, device="cpu", adapter=voice_adapter)
+    unmerged = Dia2.from_local(tiny_bundle_dir, device="cpu", adapter=voice_adapter, merge_adapter=False)
+    base = tiny_tts.generate(SCRIPT, GREEDY).audio_tokens
+    a = merged.generate(SCRIPT, GREEDY).audio_tokens
+    b = unmerged.generate(SCRIPT, GREEDY).audio_tokens
+    assert not torch.equal(a, base)
+    n = min(a.shape[1], b.shape[1])
+    agree = (a[:, :n] == b[:, :n]).float().mean().item()
+    assert agree > 0.99, agree  # float rounding of merged weights may flip a rare near-tie
+    # The unmerged handle switches the voice off without reloading: back to the base model.
+    with unmerged.model.disabled():
+        assert torch.equal(unmerged.generate(SCRIPT, GREEDY).audio_tokens, base)
+
+
+def test_bad_adapter_path_is_refused(tiny_bundle_dir, tmp_path):
+    from dia2.adapters import AdapterError
+
+    with pytest.raises(AdapterError):
+        Dia2.from_local(tiny_bundle_dir, device="cpu", adapter=tmp_path / "missing")
+
+
+@pytest.mark.parametrize("mode", ["8bit", "4bit"])
+def test_low_vram_generation_runs_on_cpu(tiny_bundle_dir, mode):
+    tts = Dia2.from_local(tiny_bundle_dir, device="cpu", low_vram=mode)
+    result = tts.generate(SCRIPT, GenerationConfig(seed=0))
+    assert result.audio_tokens.shape[1] > 10 and not result.truncated
+    assert [w for w, _ in result.timestamps] == ["Hello", "there,", "how", "are", "you?"]
+
+
+def test_tokenizer_source_order(tiny_bundle_dir):
+    from dia2.assets import ModelSource
+
+    local = ModelSource.resolve(tiny_bundle_dir)
+    assert tokenizer_source(local, None, None) == str(tiny_bundle_dir)
+    assert tokenizer_source(local, "mimi", "x/y") == str(tiny_bundle_dir / "mimi")  # a folder inside the repo
+    assert tokenizer_source(local, None, "org/tok") == "org/tok"
+    assert tokenizer_source(local, "org/a", "org/b") == "org/a"  # the manifest wins
+
+
+def test_tokenizer_load_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TokenizerError, match="holds no tokenizer files"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(TokenizerError, match="is a file"):
+        load_tokenizer(tmp_path / "f.txt")
+    with pytest.raises(TokenizerError, match="HF_HUB_OFFLINE is set"):
+        load_tokenizer("nobody/no-such-tokenizer")
+
+
+def test_tiny_tokenizer_has_dia2_control_tokens(tiny_tts):
+    assert tiny_tts.ids.bos == 1  # the tokenizer reports bos 0; the runtime uses 1, as published
+    assert tiny_tts.ids.spk1 != tiny_tts.ids.spk2
+    assert tiny_tts.tokenizer.encode("[S1] hi", add_special_tokens=False)[0] == tiny_tts.ids.spk1
+
+
+def test_codec_with_the_wrong_codebook_count_is_refused(tiny_tts):
+    from dia2.codec import MimiCodec, build_tiny_mimi
+
+    with pytest.raises(ValueError, match="expects 8"):
+        Dia2(tiny_tts.model, tiny_tts.tokenizer, MimiCodec(build_tiny_mimi(num_codebooks=4)))
+
+
+def test_tiny_geometry_matches_the_shipped_config():
+    from dia2.config import load_config, parse_config
+    from dia2.tiny import TINY_GEOMETRY
+    from tests.conftest import MODEL_CONFIGS
+
+    assert parse_config(TINY_GEOMETRY) == load_config(MODEL_CONFIGS / "tiny.json")
