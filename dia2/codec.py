@@ -15,6 +15,8 @@ Shapes: B batch, K codebooks, T frames, S samples.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -30,6 +32,7 @@ from dia2.codec_stream import MimiStreamDecoder, check_codes, decoder_parts
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIMI_REPO = "kyutai/mimi"
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash"}
 
 
 class CodecError(OSError):
@@ -142,6 +145,18 @@ class MimiCodec:
         if audio.shape[-1] != expected:
             raise RuntimeError(f"Mimi decoded {audio.shape[-1]} samples for {frames} frames, expected {expected}")
         return audio[:, 0].float().clamp(-1.0, 1.0)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of what the codes mean: architecture, codebooks used and the first codebook's
+        centroids. Paths and library versions are left out, so the same codec on another
+        machine (or from the Hub cache vs a local copy) has the same fingerprint."""
+        config = {k: v for k, v in self.model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+        digest.update(str(self.num_codebooks).encode())
+        first = self.model.quantizer.semantic_residual_vector_quantizer.layers[0].codebook.embed
+        digest.update(first.detach().float().cpu().numpy().tobytes())
+        return "mimi-" + digest.hexdigest()[:16]
 
     def stream_decoder(self, batch_size: int = 1) -> MimiStreamDecoder:
         """A fresh streaming decoder: `push(codes [B, K, n])` returns the n frames' audio [B, n * 1920]

@@ -22,14 +22,11 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-from dia2.align import TimedWord, align_words
 from dia2.generation import Prefix
-from dia2.text import Entry, TextTokenIds, Tokenizer, encode_word
+from dia2.text import Entry, TextTokenIds, Tokenizer
+from dia2.utterance import SpokenWord, align_utterance
 
 logger = logging.getLogger(__name__)
-
-SPEAKER_TAG = {1: "[S1]", 2: "[S2]"}
-
 
 class PrefixError(ValueError):
     """A voice prefix that cannot be used; the message names the input and the fix."""
@@ -81,21 +78,11 @@ class WhisperTranscriber:
 
 
 @dataclass(frozen=True)
-class VoiceWord:
-    """A word of a voice, timed on the voice's whole (concatenated) audio."""
-
-    text: str
-    start: float
-    end: float
-    speaker: int
-
-
-@dataclass(frozen=True)
 class Voice:
     """A ready voice prefix: Mimi codes [K, P] and its timed words (speaker 1's, then 2's)."""
 
     codes: torch.Tensor
-    words: tuple[VoiceWord, ...]
+    words: tuple[SpokenWord, ...]
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write `codes.npy` + `voice.json` to `folder`."""
@@ -111,7 +98,7 @@ class Voice:
         try:
             codes = torch.from_numpy(np.load(folder / "codes.npy").astype(np.int64))
             raw = json.loads((folder / "voice.json").read_text())
-            words = tuple(VoiceWord(**w) for w in raw["words"])
+            words = tuple(SpokenWord(**w) for w in raw["words"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise PrefixError(f"{folder} is not a stored voice (codes.npy + voice.json): {exc}") from exc
         if codes.dim() != 2 or not words:
@@ -128,7 +115,7 @@ def build_voice(
     """Transcribe and encode one or two speaker recordings (paths, or 24 kHz mono arrays)."""
     from dia2.audio_io import read_audio
 
-    words: list[VoiceWord] = []
+    words: list[SpokenWord] = []
     waves: list[np.ndarray] = []
     offset = 0.0
     for speaker, source in ((1, speaker_1), (2, speaker_2)):
@@ -139,7 +126,7 @@ def build_voice(
         heard = transcriber.transcribe(wave, codec.sample_rate)
         if not heard:
             raise PrefixError(f"prefix {name} contains no recognisable speech; give a clip of the speaker talking")
-        words += [VoiceWord(w.text, w.start + offset, w.end + offset, speaker) for w in heard]
+        words += [SpokenWord(w.text, w.start + offset, w.end + offset, speaker) for w in heard]
         # Keep each speaker's audio on whole frames so speaker 2's word times stay frame-exact.
         frame = codec.samples_per_frame
         padded = np.pad(wave, (0, (-len(wave)) % frame))
@@ -150,21 +137,16 @@ def build_voice(
 
 
 def voice_prefix(voice: Voice, tokenizer: Tokenizer, ids: TextTokenIds) -> tuple[list[Entry], Prefix]:
-    """Entries (each speaker's first word tagged) and the Prefix with its forced new_word steps."""
-    entries, timed = [], []
-    previous = None
-    for word in voice.words:
-        tag = SPEAKER_TAG[word.speaker] if word.speaker != previous else None
-        previous = word.speaker
-        tokens = encode_word(tokenizer, word.text, tag)
-        if not tokens:
-            continue
-        entries.append(tokens)
-        timed.append((word, TimedWord(word.start, word.end, len(tokens))))
-    if not timed:
-        raise PrefixError("the voice prefix has no words that the tokenizer can encode")
-    alignment = align_words([t for _, t in timed])
+    """Entries (each speaker's first word tagged) and the Prefix with its forced new_word steps.
+
+    The words go through `align_utterance`, the function that builds training grids, so the
+    prefix is forced exactly the way the model was trained.
+    """
+    try:
+        utterance = align_utterance(voice.words, tokenizer, ids, prepend_s1_to_first_word=False)
+    except ValueError as exc:
+        raise PrefixError(f"voice prefix: {exc}") from exc
     # Words near the end of the prefix get steps past its last column (step = frame + 2); the
     # loop keeps forcing actions up to the last prefix step, so none is dropped or said twice.
-    result = [Entry(tok, w.text, a.padding) for tok, (w, _), a in zip(entries, timed, alignment.words)]
-    return result, Prefix(voice.codes, alignment.new_word_steps, len(result))
+    entries = list(utterance.entries)
+    return entries, Prefix(voice.codes, utterance.alignment.new_word_steps, len(entries))

@@ -11,6 +11,7 @@ A relative path is looked up inside a local model folder first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -61,6 +62,12 @@ def load_tokenizer(source: str | os.PathLike, revision: str | None = None) -> "P
         raise TokenizerError(
             f"cannot load the tokenizer from '{source}'{hint}: {exc}. Pass a folder or repo id with --tokenizer"
         ) from exc
+
+
+def tokenizer_fingerprint(tokenizer: "PreTrainedTokenizerBase") -> str:
+    """Identity of the token ids: a hash of the full vocabulary, added tokens included."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return "tok-" + hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 # --- the embedded tiny tokenizer of the demo -----------------------------------------------------

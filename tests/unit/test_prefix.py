@@ -8,7 +8,8 @@ import torch
 
 from dia2.align import NEW_WORD_STEP_OFFSET
 from dia2.generation import GenerationConfig
-from dia2.prefix import PrefixError, Voice, VoiceWord, Word, voice_prefix
+from dia2.prefix import PrefixError, Voice, Word, voice_prefix
+from dia2.utterance import SpokenWord
 from tests.conftest import REPO_ROOT
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
@@ -83,7 +84,7 @@ def test_prefill_runs_each_prefix_column_once(tiny_tts, monkeypatch):
 
 
 def test_stored_voice_round_trip_needs_no_transcriber(tiny_tts, tmp_path):
-    voice = Voice(torch.randint(0, 2048, (8, 20)), (VoiceWord("hello", 0.3, 0.6, 1), VoiceWord("you", 0.8, 1.0, 2)))
+    voice = Voice(torch.randint(0, 2048, (8, 20)), (SpokenWord("hello", 0.3, 0.6, 1), SpokenWord("you", 0.8, 1.0, 2)))
     loaded = Voice.load(voice.save(tmp_path / "v"))
     assert torch.equal(loaded.codes, voice.codes) and loaded.words == voice.words
     a = tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=1), voice=loaded)
@@ -104,7 +105,7 @@ def test_missing_and_non_speech_prefixes(tiny_tts, tmp_path):
         tiny_tts.make_voice(np.zeros(24000, np.float32), transcriber=ScriptedTranscriber([]))
     with pytest.raises(PrefixError, match="not a stored voice"):
         Voice.load(tmp_path)
-    wrong = Voice(torch.zeros(4, 10, dtype=torch.long), (VoiceWord("hi", 0.1, 0.3, 1),))
+    wrong = Voice(torch.zeros(4, 10, dtype=torch.long), (SpokenWord("hi", 0.1, 0.3, 1),))
     with pytest.raises(ValueError, match="made with another codec"):
         tiny_tts.generate("[S1] Hi.", voice=wrong)
 
