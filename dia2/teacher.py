@@ -1,0 +1,155 @@
+"""The teacher-forced training grid of an utterance (spec section 7).
+
+An utterance of N Mimi frames becomes a grid of L = N + max(delay) columns, built with the very
+code the decoder uses: words are aligned by `dia2.utterance` (the voice-prefix path), the text
+streams come from the state machine driven in forced mode (`forced_text_streams`), and the
+audio is delayed by `dia2.grid`. So the grids the model trains on are the grids it decodes.
+
+Targets at column t (t = 0..L-2, predicting column t+1):
+- action: new_word exactly at the aligned steps and at the end-of-speech step, pad elsewhere;
+- audio: the codes of column t+1, ignored where that cell is bos (before its delay) or pad
+  (after the audio).
+
+Shapes: C channels (K + 2), K codebooks, N frames, L grid columns, B batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from dia2.config import DataConfig
+from dia2.grid import delay_codes, mask_audio_bos
+from dia2.state_machine import StateMachine, forced_text_streams
+from dia2.text import TextTokenIds, Tokenizer
+from dia2.utterance import AlignedUtterance, SpokenWord, align_utterance
+
+TAIL_FRAMES = 8
+"""Real audio frames needed after the end-of-speech step: inference generates max(delay) +
+max_padding (24) columns past end_step, which reaches audio frame end_step + 7."""
+
+
+class GridError(ValueError):
+    """An utterance that cannot become a training grid; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """One utterance as model input and targets.
+
+    tokens [C, L]; action_target [L-1] (action ids); audio_target [K, L-1] with audio_mask
+    [K, L-1] (False = ignored). `new_word_steps` includes the end-of-speech step (last).
+    """
+
+    tokens: Tensor
+    action_target: Tensor
+    audio_target: Tensor
+    audio_mask: Tensor
+    new_word_steps: tuple[int, ...]
+
+    @property
+    def columns(self) -> int:
+        return self.tokens.shape[-1]
+
+
+def build_example(
+    codes: Tensor,
+    words: Sequence[SpokenWord],
+    tokenizer: Tokenizer,
+    ids: TextTokenIds,
+    data: DataConfig,
+    prepend_s1_to_first_word: bool = True,
+) -> TrainingExample:
+    """The grid and targets of an utterance: codes [K, N] and its timed words."""
+    try:
+        utterance = align_utterance(words, tokenizer, ids, prepend_s1_to_first_word)
+    except ValueError as exc:
+        raise GridError(str(exc)) from exc
+    return example_from_alignment(codes, utterance, ids, data)
+
+
+def example_from_alignment(codes: Tensor, utterance: AlignedUtterance, ids: TextTokenIds, data: DataConfig) -> TrainingExample:
+    K, N = codes.shape
+    if K != data.num_codebooks:
+        raise GridError(f"codes have {K} codebooks but the model uses {data.num_codebooks}")
+    eos = utterance.alignment.end_of_speech_step
+    if N < eos + TAIL_FRAMES:
+        raise GridError(
+            f"utterance has {N} frames but its end-of-speech step is {eos}: keep at least {TAIL_FRAMES} frames "
+            "of audio after it (pad the recording with silence before encoding)"
+        )
+    delays = list(data.delays)
+    L = N + max(delays)
+    steps = (*utterance.alignment.new_word_steps, eos)
+    machine = StateMachine.from_config(data, ids)
+    try:
+        main, second = forced_text_streams(machine, utterance.entries, steps, L)
+    except ValueError as exc:
+        raise GridError(f"cannot drive the state machine along this utterance: {exc}") from exc
+    audio = mask_audio_bos(delay_codes(codes.long(), delays, data.audio_pad_token_id), delays, data.audio_bos_token_id)
+    tokens = torch.cat([torch.tensor([main, second], dtype=torch.long), audio], dim=0)
+    action = torch.full((L - 1,), data.action_pad_token_id, dtype=torch.long)
+    action[list(steps)] = data.action_new_word_token_id
+    target = audio[:, 1:]
+    mask = (target != data.audio_bos_token_id) & (target != data.audio_pad_token_id)
+    return TrainingExample(tokens, action, target, mask, steps)
+
+
+def drop_text(tokens: Tensor, ids: TextTokenIds) -> Tensor:
+    """The unconditional branch's input: main text -> zero, second text -> pad, everywhere.
+
+    tokens [..., C, L] -> a new tensor; audio channels untouched.
+    """
+    dropped = tokens.clone()
+    dropped[..., 0, :] = ids.zero
+    dropped[..., 1, :] = ids.pad
+    return dropped
+
+
+@dataclass
+class Batch:
+    """Padded examples: tokens [B, C, L]; targets/masks over L-1 columns. Padding is masked."""
+
+    tokens: Tensor
+    action_target: Tensor
+    action_mask: Tensor
+    audio_target: Tensor
+    audio_mask: Tensor
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.tokens, self.action_target, self.action_mask, self.audio_target, self.audio_mask)))
+
+    @property
+    def frames(self) -> int:
+        """Real (unpadded) target columns in the batch."""
+        return int(self.action_mask.sum())
+
+
+def collate(
+    examples: Sequence[TrainingExample],
+    data: DataConfig,
+    ids: TextTokenIds,
+    drop_mask: Sequence[bool] | None = None,
+) -> Batch:
+    """Pad examples to the longest; drop_mask[i] True gives example i the unconditional input."""
+    if not examples:
+        raise ValueError("cannot collate an empty batch")
+    B, C, K = len(examples), examples[0].tokens.shape[0], examples[0].audio_target.shape[0]
+    L = max(e.columns for e in examples)
+    tokens = torch.full((B, C, L), data.audio_pad_token_id, dtype=torch.long)
+    tokens[:, 0], tokens[:, 1] = ids.pad, ids.pad
+    action = torch.full((B, L - 1), data.action_pad_token_id, dtype=torch.long)
+    action_mask = torch.zeros(B, L - 1, dtype=torch.bool)
+    audio = torch.full((B, K, L - 1), data.audio_pad_token_id, dtype=torch.long)
+    audio_mask = torch.zeros(B, K, L - 1, dtype=torch.bool)
+    for i, ex in enumerate(examples):
+        n = ex.columns
+        tokens[i, :, :n] = drop_text(ex.tokens, ids) if drop_mask is not None and drop_mask[i] else ex.tokens
+        action[i, : n - 1] = ex.action_target
+        action_mask[i, : n - 1] = True
+        audio[i, :, : n - 1] = ex.audio_target
+        audio_mask[i, :, : n - 1] = ex.audio_mask
+    return Batch(tokens, action, action_mask, audio, audio_mask)
