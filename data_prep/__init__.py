@@ -1,1 +1,10 @@
-"""data_prep."""
+"""Data prep for Dia2 voice adaptation: speaker recordings -> transcribed, Mimi-tokenized corpus.
+
+    dia2-prep recordings/ corpus/          (or: python -m data_prep recordings/ corpus/)
+
+Stages (one module each): `sources` (folders, manifests, speakers) -> `audio` (chunked reading)
+-> `transcribe` (faster-whisper) -> `segment` (utterances at pauses) -> `recording` (filters,
+shared alignment, Mimi encoding) -> `cache` (per-file results, resumable) -> `writer` (the
+`datasets` corpus of `dia2.corpus`) and `qc` (the report). `pipeline.run_prep` runs them;
+`config` holds every option. Imports `dia2` only.
+"""

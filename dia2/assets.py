@@ -82,6 +82,15 @@ class ModelSource:
             return None
         return _hub_file(self.location, name, self.revision, self.cache_dir, required)
 
+    def asset(self, name: str | None) -> str | None:
+        """A manifest asset (tokenizer, mimi): a folder inside a local model repo, else the repo id
+        or path as written; None when the manifest names none."""
+        if not name:
+            return None
+        if self.is_local and (Path(self.location) / name).is_dir():
+            return str(Path(self.location) / name)
+        return name
+
     def manifest(self) -> AssetManifest:
         name = manifest_name()
         path = self.file(name, required=name != DEFAULT_MANIFEST)

@@ -128,7 +128,7 @@ class Dia2:
 
             model = quantize(model, low_vram).to(device)
         tok = load_tokenizer(tokenizer or tokenizer_source(files.source, files.tokenizer, model.config.assets.tokenizer))
-        mimi_source = mimi or _local_or_repo(files.source, files.mimi) or model.config.assets.mimi
+        mimi_source = mimi or files.source.asset(files.mimi) or model.config.assets.mimi
         codec = MimiCodec.from_pretrained(mimi_source, device=device, num_codebooks=model.config.num_codebooks)
         return cls(model, tok, codec, kernel_wrapper)
 
@@ -228,15 +228,6 @@ class Dia2:
                 yield AudioChunk(wave, frames.cpu(), update.words, update.done)
         if not loop.last_column:
             raise ScriptError("the script produced no frames")
-
-
-def _local_or_repo(source, name: str | None) -> str | None:
-    """A manifest asset: a folder inside a local model repo, else a repo id / path as given."""
-    if not name:
-        return None
-    if source.is_local and (Path(source.location) / name).is_dir():
-        return str(Path(source.location) / name)
-    return name
 
 
 def _check_fits(entries: list[Entry], capacity: int, tail: int) -> None:

@@ -34,13 +34,7 @@ class TokenizerError(AssetError):
 
 def tokenizer_source(model: ModelSource, manifest_tokenizer: str | None, config_tokenizer: str | None) -> str:
     """The path or repo id the tokenizer is loaded from (see the module docstring)."""
-    for candidate in (manifest_tokenizer, config_tokenizer):
-        if not candidate:
-            continue
-        if model.is_local and (Path(model.location) / candidate).is_dir():
-            return str(Path(model.location) / candidate)
-        return candidate
-    return model.location
+    return model.asset(manifest_tokenizer) or model.asset(config_tokenizer) or model.location
 
 
 def load_tokenizer(source: str | os.PathLike, revision: str | None = None) -> "PreTrainedTokenizerBase":

@@ -1,0 +1,262 @@
+"""Every data-prep option, defined once: a frozen dataclass per concern.
+
+Each field's docstring (the string literal right after it) is its documentation, and the CLI
+shows it as the flag's `--help` (`field_docs` reads it from the source, litgpt-style), so the
+defaults and their explanations live here and nowhere else. The CLI flag of a field is its name
+with dashes (`max_seconds` -> `--max-seconds`); names are unique across sections for that reason.
+
+`PrepConfig.validate` checks what can be checked without the model; `check_context_budget`
+checks the utterance length against the model's context once its config is known.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+import textwrap
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+
+FRAME_RATE = 12.5  # Mimi frames per second (spec section 1)
+
+
+class PrepConfigError(ValueError):
+    """An option a user gave that cannot work; the message names the option and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Model: the tokenizer, delays, context length and Mimi codec the corpus is built for."""
+
+    model: str = "nari-labs/Dia2-2B"
+    """Dia2 model repo id or local folder; its tokenizer, config and Mimi codec define the corpus."""
+    tiny: bool = False
+    """Use the embedded tiny demo model (random weights, no download) instead of --model."""
+    tokenizer: str | None = None
+    """Tokenizer folder or repo id, overriding the model's."""
+    mimi: str | None = None
+    """Mimi codec folder or repo id, overriding the model's."""
+    device: str = "auto"
+    """Where Mimi encodes: cpu, cuda, cuda:1 ... (auto: cuda when available, else cpu)."""
+    codec_dtype: str = "float32"
+    """Mimi compute dtype: float32, or bfloat16 (about 2x faster on GPUs and AVX512-BF16 CPUs; some
+    deep-codebook codes differ from float32)."""
+    encode_batch_size: int = 0
+    """Utterances of one recording per Mimi encode call (0: 16 on CUDA, 1 on CPU, where batching
+    does not pay and costs memory)."""
+
+
+@dataclass(frozen=True)
+class AsrOptions:
+    """Transcription: faster-whisper with word timestamps."""
+
+    asr_model: str = "small.en"
+    """faster-whisper model: a size name (tiny.en, small.en, large-v3 ...) or a local CTranslate2 folder."""
+    asr_device: str = "auto"
+    """Where Whisper runs: cpu, cuda (auto: cuda when available, else cpu)."""
+    compute_type: str = "auto"
+    """CTranslate2 compute type: int8, int8_float16, float16, float32 (auto: float16 on CUDA, int8 on CPU)."""
+    language: str | None = None
+    """Spoken language code such as en (default: detected; English-only models always use en)."""
+    beam_size: int = 5
+    """Beam width of the Whisper decoder (1 is greedy: faster, a few more misheard words)."""
+    asr_batch_size: int = 0
+    """Whisper windows decoded together by faster-whisper's batched pipeline (0: 16 on CUDA,
+    unbatched on CPU, where batching does not pay)."""
+    chunk_seconds: float = 300.0
+    """Long recordings are read and transcribed in pieces of this many seconds, never whole."""
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Segmentation: utterances are cut at pauses between words."""
+
+    min_seconds: float = 1.0
+    """Shortest utterance kept (seconds from its first word's start to its last word's end)."""
+    max_seconds: float = 30.0
+    """Longest utterance; longer stretches of speech are cut at the last good pause that fits."""
+    max_pause: float = 1.5
+    """A silence between words longer than this always ends an utterance (seconds)."""
+    split_pause: float = 0.3
+    """When speech runs past --max-seconds, cut at the last pause at least this long (seconds);
+    without one, at the longest pause."""
+    lead_seconds: float = 0.1
+    """Audio kept before an utterance's first word (seconds), when the recording has it."""
+    prefix_seconds: float = 10.0
+    """Room left in the model's context for a voice prefix at inference (seconds): an utterance
+    plus this prefix must fit in runtime.max_context_steps."""
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """Quality filters: what is dropped, with the reason written to the QC report."""
+
+    min_confidence: float = 0.5
+    """Drop utterances whose mean Whisper word probability is below this (0 keeps all)."""
+    max_wer: float = 0.25
+    """With reference text, drop utterances whose word error rate against it exceeds this."""
+    silence_db: float = -50.0
+    """Audio whose peak stays below this level (dBFS) counts as silence and is not transcribed."""
+    max_clipped: float = 0.001
+    """Drop utterances with more than this fraction of samples at full scale (clipping)."""
+
+
+@dataclass(frozen=True)
+class SpeakerOptions:
+    """Speakers: one voice ([S1]), or a two-speaker dialogue ([S1] and [S2])."""
+
+    speakers: tuple[str, ...] = ()
+    """Names of [S1] and [S2], comma-separated, e.g. alice,bob (default: from --speaker-map or the
+    manifest's speaker column, else speaker_1[,speaker_2])."""
+    stereo: bool = False
+    """Two-channel files are dialogues: channel 0 is [S1], channel 1 is [S2] (one-channel files stay [S1])."""
+    speaker_map: Path | None = None
+    """JSON ({"file.wav": "alice"} or {"file.wav": ["alice", "bob"]} for one speaker per channel) or
+    CSV (path,speaker[,speaker_2]) giving each recording's speaker, paths relative to the input folder."""
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Output: the corpus folder, its split, and the Hub."""
+
+    validation_fraction: float = 0.05
+    """Share of source recordings held out for validation (split by recording, seeded; 0: none)."""
+    seed: int = 0
+    """Seed of the train/validation split."""
+    overwrite: bool = False
+    """Write into an existing folder that is not a dia2-prep corpus (its other files are left alone)."""
+    push_to_hub: str | None = None
+    """Also upload the corpus to this Hub dataset repo (e.g. me/my-voice-corpus)."""
+    hub_private: bool = False
+    """Make the Hub dataset repo private."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Run: threads, progress and logging."""
+
+    threads: int = 0
+    """CPU threads for Mimi and Whisper (0: all cores)."""
+    progress: bool = True
+    """Show progress bars."""
+    verbose: bool = False
+    """Log per-file details."""
+
+
+SECTIONS = (ModelOptions, AsrOptions, SegmentOptions, FilterOptions, SpeakerOptions, OutputOptions, RunOptions)
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """A whole data-prep run: where from, where to, and one section per concern."""
+
+    input: Path
+    output: Path
+    model: ModelOptions = field(default_factory=ModelOptions)
+    asr: AsrOptions = field(default_factory=AsrOptions)
+    segment: SegmentOptions = field(default_factory=SegmentOptions)
+    filters: FilterOptions = field(default_factory=FilterOptions)
+    speaker: SpeakerOptions = field(default_factory=SpeakerOptions)
+    out: OutputOptions = field(default_factory=OutputOptions)
+    run: RunOptions = field(default_factory=RunOptions)
+
+    def validate(self) -> "PrepConfig":
+        """Raise PrepConfigError on options that cannot work; return self."""
+        seg, asr, flt = self.segment, self.asr, self.filters
+        _positive("--min-seconds", seg.min_seconds)
+        if seg.min_seconds > seg.max_seconds:
+            raise PrepConfigError(
+                f"--min-seconds {seg.min_seconds} is more than --max-seconds {seg.max_seconds}: "
+                "lower the first or raise the second"
+            )
+        pauses = {"--max-pause": seg.max_pause, "--split-pause": seg.split_pause, "--lead-seconds": seg.lead_seconds,
+                  "--prefix-seconds": seg.prefix_seconds}
+        for flag, value in pauses.items():
+            if value < 0:
+                raise PrepConfigError(f"{flag} must be >= 0 seconds, got {value}")
+        if asr.beam_size < 1:
+            raise PrepConfigError(f"--beam-size must be at least 1, got {asr.beam_size}")
+        if asr.asr_batch_size < 0:
+            raise PrepConfigError(f"--asr-batch-size must be >= 0 (0 = automatic), got {asr.asr_batch_size}")
+        if asr.chunk_seconds < 60:
+            raise PrepConfigError(f"--chunk-seconds must be at least 60 (two Whisper windows), got {asr.chunk_seconds}")
+        if self.model.encode_batch_size < 0:
+            raise PrepConfigError(f"--encode-batch-size must be >= 0 (0 = automatic), got {self.model.encode_batch_size}")
+        if self.model.codec_dtype not in ("float32", "bfloat16"):
+            raise PrepConfigError(f"--codec-dtype must be float32 or bfloat16, got {self.model.codec_dtype}")
+        for flag, value in (("--min-confidence", flt.min_confidence), ("--max-clipped", flt.max_clipped)):
+            if not 0 <= value <= 1:
+                raise PrepConfigError(f"{flag} is a fraction in [0, 1], got {value}")
+        if flt.max_wer < 0:
+            raise PrepConfigError(f"--max-wer must be >= 0, got {flt.max_wer}")
+        if flt.silence_db >= 0:
+            raise PrepConfigError(f"--silence-db is a level below full scale (negative dBFS), got {flt.silence_db}")
+        if not 0 <= self.out.validation_fraction < 1:
+            raise PrepConfigError(f"--validation-fraction must be in [0, 1), got {self.out.validation_fraction}")
+        if self.run.threads < 0:
+            raise PrepConfigError(f"--threads must be >= 0 (0 = all cores), got {self.run.threads}")
+        self._validate_speakers()
+        return self
+
+    def _validate_speakers(self) -> None:
+        names = self.speaker.speakers
+        if len(names) > 2:
+            raise PrepConfigError(
+                f"--speakers names {len(names)} speakers but Dia2 has two slots ([S1], [S2]): give one or two names"
+            )
+        if any(not n.strip() for n in names) or len(set(names)) != len(names):
+            raise PrepConfigError(f"--speakers needs distinct, non-empty names, got {','.join(names)!r}")
+        if self.speaker.stereo and len(names) == 1:
+            raise PrepConfigError("--stereo puts two speakers in each file: give two names to --speakers (or none)")
+        if self.speaker.speaker_map is not None and self.speaker.stereo:
+            raise PrepConfigError(
+                "give either --stereo or --speaker-map (whose entries can name two speakers per file), not both"
+            )
+
+
+def _positive(flag: str, value: float) -> None:
+    if not value > 0:
+        raise PrepConfigError(f"{flag} must be > 0, got {value}")
+
+
+def check_context_budget(segment: SegmentOptions, max_context_steps: int, max_delay: int, tail_frames: int) -> int:
+    """The most frames an utterance may have, after checking --max-seconds fits in it.
+
+    An utterance of N frames trains on a grid of N + max_delay columns, and at inference it
+    shares the context with a voice prefix; N also includes `tail_frames` of audio after the
+    end-of-speech step. Raises PrepConfigError when --max-seconds cannot fit.
+    """
+    prefix_frames = math.ceil(segment.prefix_seconds * FRAME_RATE)
+    max_frames = max_context_steps - prefix_frames - max_delay
+    needed = math.ceil((segment.max_seconds + segment.lead_seconds) * FRAME_RATE) + tail_frames
+    if needed > max_frames:
+        longest = (max_frames - tail_frames) / FRAME_RATE - segment.lead_seconds
+        raise PrepConfigError(
+            f"--max-seconds {segment.max_seconds} does not fit the model's context: {max_context_steps} frames minus "
+            f"{prefix_frames} for --prefix-seconds {segment.prefix_seconds}, {max_delay} for the codebook delays and "
+            f"{tail_frames} of end-of-speech tail leave room for {longest:.1f} s; lower --max-seconds or --prefix-seconds"
+        )
+    return max_frames
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring after each field of dataclass `cls`, whitespace-normalised: the CLI help."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    missing = {f.name for f in fields(cls)} - set(docs)
+    if missing:
+        raise TypeError(f"{cls.__name__} fields without a docstring: {sorted(missing)}")
+    return docs

@@ -1,0 +1,221 @@
+"""The data-prep run: recordings -> cached per-file results -> corpus, meta and QC report.
+
+    from data_prep.config import PrepConfig
+    from data_prep.pipeline import run_prep
+    run_prep(PrepConfig(input=Path("recordings"), output=Path("corpus")))
+
+The model side (tokenizer, delays, context length, Mimi) comes from a Dia2 model repo or folder
+as the runtime reads it (manifest, config assets, overrides), without its weights. Recordings are
+prepared in sorted order, each result cached as soon as it is done; the corpus is assembled from
+the cache in that same order, so a run killed at any point and started again writes the same
+corpus as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from dia2.assets import ModelSource
+from dia2.config import DataConfig, load_config
+from dia2.corpus import META_FILE, CorpusMeta
+from dia2.teacher import TAIL_FRAMES
+from dia2.text import TextTokenIds
+from dia2.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_source
+from data_prep.cache import CACHE_DIR, FileCache, entry_key, file_fingerprint, options_digest
+from data_prep.config import FRAME_RATE, ModelOptions, PrepConfig, PrepConfigError, check_context_budget
+from data_prep.qc import JSON_FILE, TEXT_FILE, build_report, write_report
+from data_prep.recording import RecordingPreparer
+from data_prep.results import FAILED, FileResult, Skip
+from data_prep.sources import SourceFile, Sources, collect_sources
+from data_prep.timing import StageTimer
+from data_prep.transcribe import AsrError, SegmentTranscriber, WhisperAsr
+from data_prep.writer import assign_splits, push_corpus, write_corpus
+
+logger = logging.getLogger(__name__)
+
+
+class NothingKeptError(RuntimeError):
+    """Every recording or utterance was left out; the QC report says why."""
+
+
+@dataclass(frozen=True)
+class PrepModel:
+    """What the corpus is built for: codec, tokenizer and the model's data config."""
+
+    codec: Any  # dia2.codec.MimiCodec
+    codec_source: str
+    tokenizer: Any
+    tokenizer_source: str
+    ids: TextTokenIds
+    data: DataConfig
+    max_context_steps: int
+
+
+@dataclass(frozen=True)
+class PrepOutcome:
+    """Where the corpus went, and the QC report's figures."""
+
+    folder: Path
+    report: dict[str, Any]
+
+
+def load_prep_model(options: ModelOptions) -> PrepModel:
+    """Tokenizer, config and Mimi of a Dia2 model repo or folder (`--tiny`: the embedded demo)."""
+    from dia2.codec import MimiCodec
+    from dia2.runtime import default_device
+    from dia2.tiny import tiny_bundle
+
+    repo = str(tiny_bundle()) if options.tiny else options.model
+    source = ModelSource.resolve(repo)
+    manifest = source.manifest()
+    config = load_config(source.file(manifest.config))
+    tok_source = options.tokenizer or tokenizer_source(source, manifest.tokenizer, config.assets.tokenizer)
+    tokenizer = load_tokenizer(tok_source)
+    mimi_source = options.mimi or source.asset(manifest.mimi) or config.assets.mimi
+    device = default_device() if options.device == "auto" else options.device
+    dtype = torch.bfloat16 if options.codec_dtype == "bfloat16" else torch.float32
+    codec = MimiCodec.from_pretrained(mimi_source, device=device, dtype=dtype, num_codebooks=config.num_codebooks)
+    ids = TextTokenIds.from_tokenizer(config.data, tokenizer)
+    return PrepModel(codec, str(mimi_source), tokenizer, str(tok_source), ids, config.data, config.runtime.max_context_steps)
+
+
+def check_output(folder: Path, overwrite: bool) -> None:
+    """Refuse an output folder that holds something other than a dia2-prep corpus, unless --overwrite."""
+    if folder.exists() and not folder.is_dir():
+        raise PrepConfigError(f"output {folder} is a file: give a folder for the corpus")
+    if not folder.exists() or not any(folder.iterdir()):
+        return
+    if (folder / CACHE_DIR).is_dir() or (folder / META_FILE).is_file():
+        return  # an earlier run of ours: continue it, reusing what it prepared
+    if not overwrite:
+        shown = ", ".join(sorted(p.name for p in folder.iterdir())[:5])
+        raise PrepConfigError(
+            f"output folder {folder} exists and is not a dia2-prep corpus (it holds {shown} ...): choose a new folder, "
+            "or pass --overwrite to write the corpus into it (its other files are left alone)"
+        )
+
+
+def run_prep(config: PrepConfig, model: PrepModel | None = None, transcriber: SegmentTranscriber | None = None) -> PrepOutcome:
+    """Prepare every recording (reusing cached ones), then write corpus, meta and QC report.
+
+    model / transcriber: loaded from the config when not given (tests and benchmarks pass their
+    own to load them once). Raises PrepConfigError for bad options or inputs, NothingKeptError
+    when no utterance survives (the QC report is written first).
+    """
+    config.validate()
+    out = config.output
+    check_output(out, config.out.overwrite)
+    sources = collect_sources(config.input, config.speaker, exclude=out)
+    model = model or load_prep_model(config.model)
+    max_frames = check_context_budget(config.segment, model.max_context_steps, max(model.data.delays, default=0), TAIL_FRAMES)
+    if transcriber is None:
+        transcriber = WhisperAsr(config.asr, cpu_threads=config.run.threads or _cores())
+        transcriber.load()  # a model that cannot load is the run's error, not every file's
+    timer = StageTimer()
+    names = sources.speaker_names
+    preparer = RecordingPreparer(config, model.codec, model.tokenizer, model.ids, transcriber, names, max_frames, timer)
+    tokenizer_id = tokenizer_fingerprint(model.tokenizer)
+    options = options_digest(config, model.codec.fingerprint, tokenizer_id, transcriber.identity, max_frames, names)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = FileCache(out / CACHE_DIR)
+    results, reused = [], 0
+    bar = tqdm(sources.files, unit="file", desc="recordings", disable=not config.run.progress)
+    for source in bar:
+        key = entry_key(source, file_fingerprint(source.path), options)
+        result = cache.load(key)
+        if result is None:
+            result = _prepare(preparer, source, cache, key, timer)
+        else:
+            reused += 1
+        results.append(result)
+        bar.set_postfix(utterances=sum(len(r.rows) for r in results), reused=reused)
+    return _finish(config, model, sources, results, reused, timer, transcriber.identity)
+
+
+def _prepare(preparer: RecordingPreparer, source: SourceFile, cache: FileCache, key: str, timer: StageTimer) -> FileResult:
+    """Prepare one recording and cache it; an unexpected error costs the file, not the run."""
+    try:
+        fresh = preparer.prepare(source)
+    except AsrError:
+        raise
+    except Exception as exc:  # a bad file must not abort the run; the error is reported, and not cached
+        logger.warning("%s failed: %s", source.name, exc, exc_info=logger.isEnabledFor(logging.INFO))
+        return FileResult(source.name, skips=[Skip(source.name, FAILED, f"{type(exc).__name__}: {exc}")])
+    _log_result(fresh)
+    with timer.stage("write"):
+        cache.store(key, fresh)
+        # Assemble from what the cache holds, as a resumed run does, so both write the same corpus.
+        return cache.load(key) or fresh
+
+
+def _finish(
+    config: PrepConfig, model: PrepModel, sources: Sources, results: list[FileResult], reused: int, timer: StageTimer, asr: str
+) -> PrepOutcome:
+    out = config.output
+    splits = assign_splits([r.source for r in results if r.kept], config.out.validation_fraction, config.out.seed)
+    extra = {"files_from_cache": reused, "stage_seconds": timer.totals(), "output": str(out)}
+    if not splits:
+        write_report(build_report(results, sources.ignored, sources.speaker_names, splits, extra), out)
+        raise NothingKeptError(f"no utterance was kept from {len(results)} recording(s): see {out / TEXT_FILE} for why")
+    with timer.stage("write"):
+        counts = write_corpus(out, results, splits, model.codec.num_codebooks)
+        _meta(config, model, sources.speaker_names, counts, asr).save(out)
+    if "validation" not in counts:
+        logger.warning("the validation split is empty (%d recording(s) kept): the corpus has only a train split", len(splits))
+    extra["stage_seconds"] = timer.totals()
+    report = build_report(results, sources.ignored, sources.speaker_names, splits, extra)
+    write_report(report, out)
+    if config.out.push_to_hub:
+        push_corpus(out, config.out.push_to_hub, config.out.hub_private, [META_FILE, JSON_FILE, TEXT_FILE])
+    return PrepOutcome(out, report)
+
+
+def _meta(config: PrepConfig, model: PrepModel, speaker_names: tuple[str, ...], counts: dict[str, int], asr: str) -> CorpusMeta:
+    return CorpusMeta(
+        codec=model.codec_source,
+        codec_fingerprint=model.codec.fingerprint,
+        num_codebooks=model.codec.num_codebooks,
+        tokenizer=model.tokenizer_source,
+        tokenizer_fingerprint=tokenizer_fingerprint(model.tokenizer),
+        frame_rate=FRAME_RATE,
+        sample_rate=model.codec.sample_rate,
+        delay_pattern=tuple(model.data.delays),
+        asr_model=config.asr.asr_model,
+        tool_version=tool_version(),
+        extra={
+            "asr": asr,
+            "speakers": list(speaker_names),
+            "rows": counts,
+            "max_context_steps": model.max_context_steps,
+            "prefix_seconds": config.segment.prefix_seconds,
+            "codec_dtype": config.model.codec_dtype,
+        },
+    )
+
+
+def tool_version() -> str:
+    """This toolkit's installed version."""
+    try:
+        return metadata.version("dia2-toolkit")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _log_result(result: FileResult) -> None:
+    skipped = ", ".join(f"{s.reason}" for s in result.skips) or "nothing"
+    logger.info("%s: %d utterance(s) kept, skipped: %s", result.source, len(result.rows), skipped)

