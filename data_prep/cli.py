@@ -23,7 +23,8 @@ import typing
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
 
-from data_prep.config import SECTIONS, PrepConfig, PrepConfigError, field_docs
+from data_prep.config import SECTIONS, PrepConfig, PrepConfigError
+from dia2.field_docs import field_docs
 
 
 def build_parser() -> argparse.ArgumentParser:

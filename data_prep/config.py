@@ -11,12 +11,8 @@ checks the utterance length against the model's context once its config is known
 
 from __future__ import annotations
 
-import ast
-import inspect
 import math
-import textwrap
 from dataclasses import dataclass, field, fields
-from functools import cache
 from pathlib import Path
 
 FRAME_RATE = 12.5  # Mimi frames per second (spec section 1)
@@ -239,24 +235,3 @@ def check_context_budget(segment: SegmentOptions, max_context_steps: int, max_de
             f"{tail_frames} of end-of-speech tail leave room for {longest:.1f} s; lower --max-seconds or --prefix-seconds"
         )
     return max_frames
-
-
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring after each field of dataclass `cls`, whitespace-normalised: the CLI help."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, following in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    missing = {f.name for f in fields(cls)} - set(docs)
-    if missing:
-        raise TypeError(f"{cls.__name__} fields without a docstring: {sorted(missing)}")
-    return docs

@@ -1,0 +1,82 @@
+"""The model under training: the base (loaded as the runtime loads it) plus what trains.
+
+The base comes through `dia2.runtime.Dia2.from_repo`, the very path `dia2-infer` uses, so the
+tokenizer and codec the trainer builds grids with (and checks the corpus against) are the ones
+inference will use. LoRA layers are injected into that same `Dia2Model` in place, so the runtime
+object speaks evaluation samples with the current adapter and no copy of the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dia2.adapters import lora_model
+from dia2.model import Dia2Model
+from dia2.runtime import Dia2
+from finetune.config import ConfigError, LoraSection, ModelSection, QuantSection
+
+logger = logging.getLogger(__name__)
+
+TINY = "tiny"
+
+
+@dataclass
+class Base:
+    """The loaded base: the runtime (model, tokenizer, codec), where it came from, and the name
+    an adapter records for it."""
+
+    tts: Dia2
+    source: str
+    name: str
+
+
+def resolve_source(base: str) -> str:
+    """A local folder or Hub repo id for `model.base` (`tiny` builds or reuses the cached demo bundle)."""
+    if base == TINY:
+        from dia2.tiny import tiny_bundle
+
+        return str(tiny_bundle())
+    path = Path(base).expanduser()
+    return str(path.resolve()) if path.is_dir() else base
+
+
+def weights_dtype(section: ModelSection, full_finetune: bool, device: torch.device) -> torch.dtype:
+    """model.dtype resolved: auto is bf16 for frozen LoRA bases on CUDA, float32 otherwise."""
+    if section.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" and not full_finetune else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[section.dtype]
+
+
+def load_base(model: ModelSection, quant: QuantSection, full_finetune: bool, device: torch.device) -> Base:
+    """Load the base model, tokenizer and codec onto `device` (quantized for QLoRA)."""
+    source = resolve_source(model.base)
+    dtype = weights_dtype(model, full_finetune, device)
+    tts = Dia2.from_repo(source, device=str(device), dtype=dtype, low_vram=None if quant.mode == "none" else quant.mode)
+    name = model.base_name or (model.base if model.base == TINY else source)
+    logger.info("base %s (%s) on %s, %s, quantization %s", name, source, device, dtype, quant.mode)
+    return Base(tts, source, name)
+
+
+def make_trainable(model: Dia2Model, lora: LoraSection, base_name: str) -> nn.Module:
+    """The module the optimizer trains: `model` wrapped (in place) with fresh LoRA layers, a
+    PeftModel recording `base_name`; or, for full fine-tuning, `model` with every weight trainable."""
+    if lora.full_finetune:
+        model.requires_grad_(True)
+        return model
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    try:
+        return lora_model(model, lora.rank, lora.alpha, targets, lora.dropout, base_model_name_or_path=base_name)
+    except ValueError as exc:  # PEFT's "Target modules ... not found in the base model"
+        raise ConfigError(f"lora.target_modules={lora.target_modules!r} selects no layer of this model: {exc}") from exc
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable and total parameters (4-bit weights count as stored, two per byte)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "total": total}

@@ -1,0 +1,196 @@
+"""What a run leaves behind in `runs/<name>/`.
+
+| path | what |
+|---|---|
+| config.yaml | the resolved config |
+| metrics.jsonl | one JSON object per training step and per evaluation |
+| checkpoints/step_N/ | resumable checkpoints, the last output.keep_last (finetune.checkpoint) |
+| samples/step_N/sample_i.wav | sample scripts spoken at each evaluation |
+| adapter/ | PEFT save_pretrained output + dia2_voice.json + README.md (the model card) |
+| model/ | instead of adapter/ for full fine-tuning: a complete model folder |
+| merged/ | with --export-merged: base + adapter as full weights, a complete model folder |
+| loss.png | the loss curves |
+
+`dia2_voice.json` (not `voice.json`, which names a stored voice prefix in dia2) describes the
+voice: who speaks as [S1]/[S2], the corpus and its meta, and a training summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dia2.adapters import load_adapter
+from dia2.assets import DEFAULT_MANIFEST
+from dia2.checkpoint import load_model, resolve_files, save_model
+from dia2.model import Dia2Model
+
+logger = logging.getLogger(__name__)
+
+VOICE_FILE = "dia2_voice.json"
+VOICE_FORMAT = "dia2-voice/1"
+_MODEL_FILES = ("config.json", "model.safetensors", "README.md", VOICE_FILE)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files and folders of one run."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def adapter(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def loss_png(self) -> Path:
+        return self.root / "loss.png"
+
+    @property
+    def weights(self) -> Path:
+        """The folder holding the trained voice: adapter/ (LoRA) or model/ (full fine-tuning)."""
+        return self.model if (self.model / VOICE_FILE).is_file() else self.adapter
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl, written by the main process."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def truncate(self, last_step: int) -> None:
+        """Drop records after `last_step`: a resumed run writes them again."""
+        if self.enabled and self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r["step"] <= last_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def save_adapter(peft_model: nn.Module, folder: Path, voice: dict[str, Any]) -> Path:
+    """PEFT's own adapter folder, plus the voice file. save_embedding_layers=False: PEFT would
+    otherwise look the base config up (online) to decide whether embeddings were resized."""
+    peft_model.save_pretrained(str(folder), save_embedding_layers=False)
+    write_voice_file(folder, voice)
+    return folder
+
+
+def write_voice_file(folder: Path, voice: dict[str, Any]) -> Path:
+    path = folder / VOICE_FILE
+    path.write_text(json.dumps({"format": VOICE_FORMAT, **voice}, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_voice_file(folder: Path) -> dict[str, Any]:
+    path = folder / VOICE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {VOICE_FILE}: pass the adapter folder of a finished run")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save_full_model(model: Dia2Model, source: str, folder: Path, voice: dict[str, Any]) -> Path:
+    """A complete model folder (weights in the published layout, tokenizer, codec) for full fine-tuning."""
+    save_model(model, folder)
+    copy_model_assets(source, folder)
+    write_voice_file(folder, voice)
+    return folder
+
+
+def export_merged(source: str, adapter: Path, folder: Path) -> Path:
+    """Fold the adapter into a fresh float32 copy of the base and write it as a model folder.
+
+    A fresh load (rather than merging the trained model in place) works for QLoRA too, whose base
+    in memory is quantized, and goes through `dia2.adapters.load_adapter`, the inference path.
+    """
+    merged = load_adapter(load_model(source, dtype=torch.float32, device="cpu"), adapter, merge=True)
+    save_model(merged, folder)
+    copy_model_assets(source, folder)
+    logger.info("wrote merged model %s", folder)
+    return folder
+
+
+def copy_model_assets(source: str, folder: Path) -> None:
+    """Make `folder` (holding config.json + model.safetensors) a complete model like `source`.
+
+    A local base: its tokenizer files, manifest and codec folder are copied. A Hub base: a
+    manifest names the base repo as the tokenizer source (and its codec, if it named one).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = Path(source)
+    if path.is_dir():
+        for item in path.iterdir():
+            if item.name in _MODEL_FILES or item.name.startswith("."):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, folder / item.name, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, folder / item.name)
+        return
+    files = resolve_files(source)
+    manifest = {"tokenizer": files.tokenizer or source}
+    if files.mimi:
+        manifest["mimi"] = files.mimi
+    (folder / DEFAULT_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
+def loss_curve(metrics_path: Path, png: Path) -> Path | None:
+    """Train and held-out loss, and the per-stream train losses, against step; None without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is not installed: no %s (pip install matplotlib)", png.name)
+        return None
+    records = read_metrics(metrics_path) if metrics_path.is_file() else []
+    train = [r for r in records if r["split"] == "train"]
+    held = [r for r in records if r["split"] == "eval"]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    total, streams = fig.subplots(1, 2)
+    total.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+    if held:
+        total.plot([r["step"] for r in held], [r["loss"] for r in held], "o-", label="held-out")
+    total.set(xlabel="step", ylabel="loss", title="total loss")
+    total.legend()
+    for name in ("action", "cb0", "depformer"):
+        streams.plot([r["step"] for r in train], [r[f"loss_{name}"] for r in train], label=name)
+    streams.set(xlabel="step", ylabel="cross-entropy", title="train loss per stream", yscale="log")
+    streams.legend()
+    fig.savefig(png, dpi=100)
+    return png

