@@ -80,11 +80,16 @@ def load_model(
 ) -> Dia2Model:
     """Build the model of `config.json` and stream `model.safetensors` into it."""
     files = resolve_files(repo_or_dir, revision, cache_dir, config_path, weights_path)
+    return model_from_files(files, dtype, device)
+
+
+def model_from_files(files: ModelFiles, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Dia2Model:
+    """Build the model of resolved files and stream its weights in (eval mode)."""
     cfg = load_config(files.config)
     model = Dia2Model.from_config(cfg, dtype=dtype, device="meta")
     load_weights(model, files.weights, device=device)
     # PEFT records this as an adapter's base_model_name_or_path.
-    model.name_or_path = str(repo_or_dir)
+    model.name_or_path = files.source.location
     model.eval()
     return model
 

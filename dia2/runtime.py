@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from dia2.checkpoint import load_model, resolve_files
+from dia2.checkpoint import model_from_files, resolve_files
 from dia2.generation import EntryFeed, FrameKernels, FrameLoop, GenerationConfig, Prefix
 from dia2.model import Dia2Model
 from dia2.prefix import Transcriber, Voice, build_voice, voice_prefix
@@ -114,11 +114,11 @@ class Dia2:
 
         device = device or default_device()
         dtype = dtype or default_dtype(device)
+        if low_vram and adapter is not None and not merge_adapter:
+            raise ValueError("low_vram needs the adapter merged into the base first: drop the unmerged-adapter option")
         files = resolve_files(repo_or_dir, revision, None, config_path, weights_path)
-        model = load_model(
-            repo_or_dir, dtype=dtype, device="cpu" if low_vram else device, revision=revision,
-            config_path=config_path, weights_path=weights_path,
-        )
+        # A quantized model is loaded on the CPU, then quantized layer by layer onto the device.
+        model = model_from_files(files, dtype=dtype, device="cpu" if low_vram else device)
         if adapter is not None:
             from dia2.adapters import load_adapter
 
@@ -126,7 +126,7 @@ class Dia2:
         if low_vram:
             from dia2.quant import quantize
 
-            model = quantize(model, low_vram).to(device)
+            model = quantize(model, low_vram, device=device)
         tok = load_tokenizer(tokenizer or tokenizer_source(files.source, files.tokenizer, model.config.assets.tokenizer))
         mimi_source = mimi or files.source.asset(files.mimi) or model.config.assets.mimi
         codec = MimiCodec.from_pretrained(mimi_source, device=device, num_codebooks=model.config.num_codebooks)

@@ -89,3 +89,8 @@ def test_tiny_geometry_matches_the_shipped_config():
     from tests.conftest import MODEL_CONFIGS
 
     assert parse_config(TINY_GEOMETRY) == load_config(MODEL_CONFIGS / "tiny.json")
+
+
+def test_low_vram_with_an_unmerged_adapter_is_refused(tiny_bundle_dir, voice_adapter):
+    with pytest.raises(ValueError, match="needs the adapter merged"):
+        Dia2.from_local(tiny_bundle_dir, device="cpu", low_vram="4bit", adapter=voice_adapter, merge_adapter=False)
