@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dia2.generation import GenerationConfig
+from dia2.sampling import SamplingConfig
 from dia2.text import ScriptError
 
 SCRIPT = "[S1] Hello there, how are you? [S2] I am doing well. <break time=\"0.4s\"/> [S1] Good."
@@ -99,10 +100,7 @@ def test_cfg_scale_one_runs_no_unconditional_branch(tiny_tts, monkeypatch):
 def test_greedy_generation_matches_the_teacher_forced_forward(tiny_tts):
     """The loop feeds the model exactly the grid it decoded: re-running that grid through the
     training forward reproduces every greedy choice of the depformer."""
-    cfg = GenerationConfig(seed=0, cfg_scale=1.0, text=GenerationConfig().text.__class__(0.0, 1),
-                           audio=GenerationConfig().audio.__class__(0.0, 1))
-    from dia2.runtime import Dia2  # noqa: F401  (the fixture's class)
-
+    cfg = GenerationConfig(seed=0, cfg_scale=1.0, text=SamplingConfig(0.0, 1), audio=SamplingConfig(0.0, 1))
     loop = tiny_tts._loop(tiny_tts.parse("[S1] Hello there, how are you?"), cfg, None, None)
     with torch.inference_mode():
         for _ in loop:
