@@ -38,15 +38,21 @@ _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [str(_BENCH.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _BENCH] + [str(_BENCH)]
 from machine import describe  # noqa: E402
 
-from dia2.audio_io import resample  # noqa: E402
-from dia2.codec import MimiCodec, build_random_mimi  # noqa: E402
-from dia2.config import load_config  # noqa: E402
-from dia2.text import TextTokenIds  # noqa: E402
-from dia2.tokenizer import build_tiny_tokenizer, load_tokenizer  # noqa: E402
 from data_prep.cli import keep_freed_memory  # noqa: E402
-from data_prep.config import AsrOptions, ModelOptions, OutputOptions, PrepConfig, RunOptions  # noqa: E402
+from data_prep.config import (  # noqa: E402
+    AsrOptions,
+    ModelOptions,
+    OutputOptions,
+    PrepConfig,
+    RunOptions,
+)
 from data_prep.pipeline import PrepModel, run_prep  # noqa: E402
 from data_prep.transcribe import WhisperAsr  # noqa: E402
+from dia2.audio.codec import MimiCodec, build_random_mimi  # noqa: E402
+from dia2.audio.io import resample  # noqa: E402
+from dia2.model.config import load_config  # noqa: E402
+from dia2.text.script import TextTokenIds  # noqa: E402
+from dia2.text.tokenizer import build_tiny_tokenizer, load_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 44100

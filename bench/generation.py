@@ -22,13 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-from dia2.config import load_config  # noqa: E402
-from dia2.generation import FrameKernels, FrameLoop, GenerationConfig  # noqa: E402
-from dia2.graphs import kernel_wrapper  # noqa: E402
-from dia2.model import Dia2Model  # noqa: E402
-from dia2.state_machine import StateMachine  # noqa: E402
-from dia2.text import TextTokenIds, parse_script  # noqa: E402
-from dia2.tokenizer import build_tiny_tokenizer, load_tokenizer  # noqa: E402
+from dia2.generation.graphs import kernel_wrapper  # noqa: E402
+from dia2.generation.loop import FrameKernels, FrameLoop, GenerationConfig  # noqa: E402
+from dia2.model.config import load_config  # noqa: E402
+from dia2.model.network import Dia2Model  # noqa: E402
+from dia2.text.script import TextTokenIds, parse_script  # noqa: E402
+from dia2.text.state_machine import StateMachine  # noqa: E402
+from dia2.text.tokenizer import build_tiny_tokenizer, load_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = " ".join(["[S1] Hello there, how are you doing today?", "[S2] I am doing well, thank you for asking."] * 40)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     wrapper = kernel_wrapper(args.cuda_graph, args.torch_compile)
     import logging
 
-    logging.getLogger("dia2.generation").setLevel(logging.ERROR)  # every run is cut at --frames on purpose
+    logging.getLogger("dia2.generation.loop").setLevel(logging.ERROR)  # every run is cut at --frames on purpose
     with torch.inference_mode():
         bare_steps(model, 4, config.branches)  # warm-up
         full_loop(model, machine, entries, config, wrapper)

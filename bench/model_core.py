@@ -25,8 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import best_time, describe, matmul_peak_flops  # noqa: E402
 
-from dia2.config import Dia2Config, load_config  # noqa: E402
-from dia2.model import Dia2Model  # noqa: E402
+from dia2.model.config import Dia2Config, load_config  # noqa: E402
+from dia2.model.network import Dia2Model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

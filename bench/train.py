@@ -34,10 +34,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, matmul_peak_flops  # noqa: E402
 
-from dia2.config import Dia2Config, load_config  # noqa: E402
-from dia2.grid import FRAME_RATE  # noqa: E402
-from dia2.model import Dia2Model  # noqa: E402
-from dia2.teacher import Batch  # noqa: E402
+from dia2.data.grid import FRAME_RATE  # noqa: E402
+from dia2.data.teacher import Batch  # noqa: E402
+from dia2.model.config import Dia2Config, load_config  # noqa: E402
+from dia2.model.network import Dia2Model  # noqa: E402
 from finetune.config import LoraSection, LossSection  # noqa: E402
 from finetune.losses import training_loss  # noqa: E402
 from finetune.modeling import make_trainable  # noqa: E402
@@ -70,7 +70,7 @@ def child(args: argparse.Namespace) -> dict:
     weights = torch.bfloat16 if bf16 and mode != "full" else torch.float32
     model = Dia2Model.from_config(cfg, dtype=weights, device="cpu" if mode == "qlora" else device)
     if mode == "qlora":
-        from dia2.quant import quantize
+        from dia2.model.quant import quantize
 
         model = quantize(model, "4bit", device=device)
     model.set_gradient_checkpointing(args.checkpointing)

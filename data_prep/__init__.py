@@ -5,6 +5,6 @@
 Stages (one module each): `sources` (folders, manifests, speakers) -> `audio` (chunked reading)
 -> `transcribe` (faster-whisper) -> `segment` (utterances at pauses) -> `recording` (filters,
 shared alignment, Mimi encoding) -> `cache` (per-file results, resumable) -> `writer` (the
-`datasets` corpus of `dia2.corpus`) and `qc` (the report). `pipeline.run_prep` runs them;
+`datasets` corpus of `dia2.data.corpus`) and `qc` (the report). `pipeline.run_prep` runs them;
 `config` holds every option. Imports `dia2` only.
 """

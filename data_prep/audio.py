@@ -3,7 +3,7 @@
 A `Recording` seeks and reads spans in blocks, so an hours-long file costs only the span in
 memory, and a truncated or partly corrupt file yields the audio before the damage (the reader
 notes it as truncated) instead of failing outright. Spans come back resampled (soxr, through
-`dia2.audio_io.resample`) with a little extra audio on each side, so the resampler's edge
+`dia2.audio.io.resample`) with a little extra audio on each side, so the resampler's edge
 transient falls outside the span.
 
 Shapes: C channels, S samples.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dia2.audio_io import AudioFileError, resample
+from dia2.audio.io import AudioFileError, resample
 
 logger = logging.getLogger(__name__)
 

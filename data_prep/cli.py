@@ -24,7 +24,8 @@ from dataclasses import MISSING, Field, fields
 from pathlib import Path
 
 from data_prep.config import SECTIONS, PrepConfig, PrepConfigError
-from dia2.field_docs import field_docs
+from dia2.errors import Dia2Error
+from dia2.options import field_docs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,12 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     import torch
 
-    from dia2.assets import AssetError
-    from dia2.codec import CodecError
-    from dia2.config import ConfigError
     from data_prep.pipeline import NothingKeptError, run_prep
     from data_prep.qc import TEXT_FILE
-    from data_prep.transcribe import AsrError
     from data_prep.writer import PushError
 
     keep_freed_memory()
@@ -122,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         datasets.disable_progress_bars()
     try:
         outcome = run_prep(config)
-    except (PrepConfigError, AssetError, CodecError, ConfigError, AsrError) as exc:
-        print(f"dia2-prep: error: {exc}", file=sys.stderr)
-        return 2
     except (NothingKeptError, PushError) as exc:
         print(f"dia2-prep: {exc}", file=sys.stderr)
         return 1
+    except Dia2Error as exc:
+        print(f"dia2-prep: error: {exc}", file=sys.stderr)
+        return 2
     report = outcome.report
     splits = ", ".join(f"{k} {v}" for k, v in report["utterances"].items() if k not in ("kept", "skipped"))
     print(

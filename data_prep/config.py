@@ -12,13 +12,15 @@ checks the utterance length against the model's context once its config is known
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from dia2.errors import Dia2Error
 
 FRAME_RATE = 12.5  # Mimi frames per second (spec section 1)
 
 
-class PrepConfigError(ValueError):
+class PrepConfigError(Dia2Error, ValueError):
     """An option a user gave that cannot work; the message names the option and the fix."""
 
 

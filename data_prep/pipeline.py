@@ -23,14 +23,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dia2.assets import ModelSource
-from dia2.config import DataConfig, load_config
-from dia2.corpus import META_FILE, CorpusMeta
-from dia2.teacher import TAIL_FRAMES
-from dia2.text import TextTokenIds
-from dia2.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_source
-from data_prep.cache import CACHE_DIR, FileCache, entry_key, file_fingerprint, options_digest
-from data_prep.config import FRAME_RATE, ModelOptions, PrepConfig, PrepConfigError, check_context_budget
+from data_prep.cache import (
+    CACHE_DIR,
+    FileCache,
+    entry_key,
+    file_fingerprint,
+    options_digest,
+)
+from data_prep.config import (
+    FRAME_RATE,
+    ModelOptions,
+    PrepConfig,
+    PrepConfigError,
+    check_context_budget,
+)
 from data_prep.qc import JSON_FILE, TEXT_FILE, build_report, write_report
 from data_prep.recording import RecordingPreparer
 from data_prep.results import FAILED, FileResult, Skip
@@ -38,11 +44,18 @@ from data_prep.sources import SourceFile, Sources, collect_sources
 from data_prep.timing import StageTimer
 from data_prep.transcribe import AsrError, SegmentTranscriber, WhisperAsr
 from data_prep.writer import assign_splits, push_corpus, write_corpus
+from dia2.data.corpus import META_FILE, CorpusMeta
+from dia2.data.teacher import TAIL_FRAMES
+from dia2.errors import Dia2Error
+from dia2.model.assets import ModelSource
+from dia2.model.config import DataConfig, load_config
+from dia2.text.script import TextTokenIds
+from dia2.text.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_source
 
 logger = logging.getLogger(__name__)
 
 
-class NothingKeptError(RuntimeError):
+class NothingKeptError(Dia2Error, RuntimeError):
     """Every recording or utterance was left out; the QC report says why."""
 
 
@@ -50,7 +63,7 @@ class NothingKeptError(RuntimeError):
 class PrepModel:
     """What the corpus is built for: codec, tokenizer and the model's data config."""
 
-    codec: Any  # dia2.codec.MimiCodec
+    codec: Any  # dia2.audio.codec.MimiCodec
     codec_source: str
     tokenizer: Any
     tokenizer_source: str
@@ -69,8 +82,8 @@ class PrepOutcome:
 
 def load_prep_model(options: ModelOptions) -> PrepModel:
     """Tokenizer, config and Mimi of a Dia2 model repo or folder (`--tiny`: the embedded demo)."""
-    from dia2.codec import MimiCodec
-    from dia2.runtime import default_device
+    from dia2.audio.codec import MimiCodec
+    from dia2.generation.runtime import default_device
     from dia2.tiny import tiny_bundle
 
     repo = str(tiny_bundle()) if options.tiny else options.model

@@ -6,7 +6,7 @@ Per recording:
    words; otherwise the downmix), and merge the words by time;
 3. cut the words into utterances at pauses (`segment.py`), drop the ones that are too short or
    long, low in ASR confidence, or (with reference text) disagree with it;
-4. align each utterance's words to frames with the shared rule (`dia2.utterance`), and take its
+4. align each utterance's words to frames with the shared rule (`dia2.text.utterance`), and take its
    audio up to the end-of-speech tail (spec section 7): N >= end_of_speech_step + TAIL_FRAMES
    frames, real audio up to the next utterance's first word, silence after that;
 5. Mimi-encode the utterances as they come, in batches (of one on CPU, where batching does not
@@ -26,22 +26,33 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from dia2.audio_io import AudioFileError
-from dia2.corpus import make_row
-from dia2.teacher import TAIL_FRAMES
-from dia2.text import TextTokenIds, Tokenizer
-from dia2.utterance import SpokenWord, align_utterance
 from data_prep.audio import Recording, db_to_level, mix, probe
 from data_prep.config import PrepConfig
 from data_prep.reference import check_reference
 from data_prep.results import (
-    CHANNELS, CLIPPED, EMPTY, LOW_CONFIDENCE, NO_SPEAKABLE_WORDS, NO_SPEECH, SILENT, TEXT_MISMATCH, TOO_LONG,
-    TOO_SHORT, UNREADABLE, FileResult, Skip,
+    CHANNELS,
+    CLIPPED,
+    EMPTY,
+    LOW_CONFIDENCE,
+    NO_SPEAKABLE_WORDS,
+    NO_SPEECH,
+    SILENT,
+    TEXT_MISMATCH,
+    TOO_LONG,
+    TOO_SHORT,
+    UNREADABLE,
+    FileResult,
+    Skip,
 )
 from data_prep.segment import span_seconds, split_utterances
 from data_prep.sources import SourceFile
 from data_prep.timing import StageTimer
 from data_prep.transcribe import HeardWord, SegmentTranscriber, transcribe_stream
+from dia2.audio.io import AudioFileError
+from dia2.data.corpus import make_row
+from dia2.data.teacher import TAIL_FRAMES
+from dia2.text.script import TextTokenIds, Tokenizer
+from dia2.text.utterance import SpokenWord, align_utterance
 
 logger = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ class Skip:
 class FileResult:
     """One recording, prepared.
 
-    rows: corpus rows (`dia2.corpus.make_row` dicts; codes int16 [N, K]) in spoken order;
+    rows: corpus rows (`dia2.data.corpus.make_row` dicts; codes int16 [N, K]) in spoken order;
     seconds: the audio read (after truncation); wer: word error rate of the transcript against
     the reference text, when one was given; notes: things a user should know that did not cost a
     row (e.g. a truncated file).

@@ -1,6 +1,6 @@
 """Speech -> timed, scored words: faster-whisper with word timestamps, over recordings of any length.
 
-`WhisperAsr` wraps faster-whisper directly (the runtime's `dia2.prefix.WhisperTranscriber` has
+`WhisperAsr` wraps faster-whisper directly (the runtime's `dia2.generation.voice.WhisperTranscriber` has
 no word probabilities, beam or batching options); it also satisfies the runtime's `Transcriber`
 protocol. It decodes at temperature 0 only: the fallback to sampling at higher temperatures
 re-decodes a window up to five more times (it made tiny.en 6x slower on espeak-ng speech) and is
@@ -20,10 +20,11 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from dia2.prefix import Word
 from data_prep.audio import Recording
 from data_prep.config import AsrOptions
 from data_prep.timing import StageTimer
+from dia2.errors import Dia2Error
+from dia2.generation.voice import Word
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ _RESTART_BEFORE = 0.2  # seconds of audio before a dropped segment's first word 
 _MIN_ADVANCE = 5.0  # a chunk whose only cut would advance less than this keeps all its words
 
 
-class AsrError(RuntimeError):
+class AsrError(Dia2Error, RuntimeError):
     """The speech recogniser cannot be loaded; the message names the model and the fix."""
 
 
@@ -100,7 +101,7 @@ class WhisperAsr:
         return self._pipeline or self._model
 
     def transcribe_segments(self, waveform: np.ndarray, sample_rate: int) -> list[list[HeardWord]]:
-        from dia2.audio_io import resample
+        from dia2.audio.io import resample
 
         audio = resample(waveform, sample_rate, WHISPER_RATE)
         o = self.options

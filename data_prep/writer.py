@@ -1,7 +1,7 @@
 """Writing the corpus: the seeded split by recording, the `datasets` folder, the Hub upload.
 
 The folder is what `datasets.load_from_disk` reads (a `DatasetDict` with `train` and, when any
-recording is held out, `validation`), with the columns of `dia2.corpus`. Rows stream into Arrow
+recording is held out, `validation`), with the columns of `dia2.data.corpus`. Rows stream into Arrow
 files one by one, then the finished dataset replaces the previous one in the output folder only
 once it is complete, so a run killed while writing leaves the old corpus (or none), never a mix.
 
@@ -17,8 +17,9 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from dia2.corpus import SPLITS, corpus_features
 from data_prep.results import FileResult
+from dia2.data.corpus import SPLITS, corpus_features
+from dia2.errors import Dia2Error
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ TMP_DIR = ".dia2-prep-tmp"
 _DATASET_FILES = ("dataset_dict.json", *SPLITS)
 
 
-class PushError(RuntimeError):
+class PushError(Dia2Error, RuntimeError):
     """The Hub upload failed; the corpus on disk is complete and the message says how to retry."""
 
 

@@ -5,15 +5,16 @@
     tts.generate("[S1] Hello. [S2] Hi!", GenerationConfig(seed=0)).save("hello.wav")
 """
 
-from dia2.assets import AssetError
-from dia2.checkpoint import CheckpointError, load_model, save_model
-from dia2.config import ConfigError, Dia2Config, load_config, parse_config
-from dia2.generation import GenerationConfig
-from dia2.model import DecodeState, DecoderOutput, Dia2Model, Dia2Output
-from dia2.prefix import Voice
-from dia2.runtime import AudioChunk, Dia2, GenerationResult
-from dia2.sampling import SamplingConfig
-from dia2.text import ScriptError
+from dia2.errors import Dia2Error
+from dia2.generation.loop import GenerationConfig
+from dia2.generation.runtime import AudioChunk, Dia2, GenerationResult
+from dia2.generation.sampling import SamplingConfig
+from dia2.generation.voice import Voice
+from dia2.model.assets import AssetError
+from dia2.model.checkpoint import CheckpointError, load_model, save_model
+from dia2.model.config import ConfigError, Dia2Config, load_config, parse_config
+from dia2.model.network import DecoderOutput, DecodeState, Dia2Model, Dia2Output
+from dia2.text.script import ScriptError
 
 __all__ = [
     "AssetError",
@@ -24,6 +25,7 @@ __all__ = [
     "DecoderOutput",
     "Dia2",
     "Dia2Config",
+    "Dia2Error",
     "Dia2Model",
     "Dia2Output",
     "GenerationConfig",

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from dia2.audio_io import WRITABLE_FORMATS
-from dia2.generation import GenerationConfig
+from dia2.audio.io import WRITABLE_FORMATS
+from dia2.errors import Dia2Error, report
+from dia2.generation.loop import GenerationConfig
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULTS = GenerationConfig()
@@ -128,11 +129,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from dia2.assets import AssetError
-    from dia2.graphs import kernel_wrapper
-    from dia2.prefix import PrefixError, Voice, WhisperTranscriber
-    from dia2.runtime import Dia2
-    from dia2.text import ScriptError
+    from dia2.generation.graphs import kernel_wrapper
+    from dia2.generation.runtime import Dia2
+    from dia2.generation.voice import Voice, WhisperTranscriber
 
     try:
         if args.tiny:
@@ -160,9 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(frame - bar.n)
 
             result = tts.generate(script, config, voice=voice, progress=progress)
-    except (ScriptError, PrefixError, AssetError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except (Dia2Error, ValueError, OSError) as exc:
+        return report("dia2-infer", exc)
     path = result.save(args.output)
     if args.timestamps:
         args.timestamps.write_text(json.dumps([{"word": w, "start": t} for w, t in result.timestamps], indent=1) + "\n")

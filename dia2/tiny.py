@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from dia2.assets import DEFAULT_MANIFEST
-from dia2.checkpoint import save_model
-from dia2.config import parse_config
-from dia2.model import Dia2Model
-from dia2.tokenizer import build_tiny_tokenizer
+from dia2.model.assets import DEFAULT_MANIFEST
+from dia2.model.checkpoint import save_model
+from dia2.model.config import parse_config
+from dia2.model.network import Dia2Model
+from dia2.text.tokenizer import build_tiny_tokenizer
 
 BUNDLE_VERSION = 1
 """Bump when anything that goes into the bundle changes, so stale caches are rebuilt."""
@@ -59,7 +59,7 @@ def default_cache() -> Path:
 
 def build_tiny_bundle(folder: str | os.PathLike, seed: int = 0) -> Path:
     """Write the tiny model repo to `folder` (config, weights, tokenizer, mimi/, manifest)."""
-    from dia2.codec import build_tiny_mimi
+    from dia2.audio.codec import build_tiny_mimi
 
     folder = Path(folder)
     cfg = parse_config(TINY_GEOMETRY)

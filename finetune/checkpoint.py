@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dia2.errors import Dia2Error
 from finetune.data import DataPosition
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ PREFIX = "step_"
 PARTIAL = ".partial-"
 
 
-class ResumeError(RuntimeError):
+class ResumeError(Dia2Error, RuntimeError):
     """A checkpoint that cannot be resumed from; the message says why and what to do."""
 
 

@@ -12,10 +12,11 @@ import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Literal
 
-from dia2.adapters import DEFAULT_TARGET_MODULES
+from dia2.errors import Dia2Error
+from dia2.model.adapters import DEFAULT_TARGET_MODULES
 
 
-class ConfigError(ValueError):
+class ConfigError(Dia2Error, ValueError):
     """A training config that cannot be used; the message names the key and the fix."""
 
 
@@ -47,7 +48,7 @@ class LoraSection:
     target_modules: str | tuple[str, ...] = DEFAULT_TARGET_MODULES
     """Layers that get adapters: a regex matched against full module names, or a list of name
     suffixes. Default: attention and MLP of both stacks plus the depformer's per-group
-    projections (dia2.adapters.DEFAULT_TARGET_MODULES)."""
+    projections (dia2.model.adapters.DEFAULT_TARGET_MODULES)."""
     full_finetune: bool = False
     """Train every weight instead of LoRA adapters; the run then writes a full model folder
     (`model/`) instead of `adapter/`, and rank/alpha/dropout/target_modules are unused."""

@@ -23,9 +23,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from dia2.field_docs import field_docs
+from dia2.options import field_docs
 from finetune.config import SECTIONS, ConfigError, TrainConfig, check_config
-
 
 # --- loading -----------------------------------------------------------------------------------
 

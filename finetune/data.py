@@ -1,8 +1,8 @@
 """Corpus -> training batches: loading, the compatibility check, grids, and a resumable sampler.
 
-Rows become `TrainingExample`s through `dia2.teacher.build_example`, the same alignment, state
+Rows become `TrainingExample`s through `dia2.data.teacher.build_example`, the same alignment, state
 machine and delay code the decoder runs, so the grids the model trains on are the grids it
-decodes (spec section 7). Batches are padded and masked by `dia2.teacher.collate`.
+decodes (spec section 7). Batches are padded and masked by `dia2.data.teacher.collate`.
 
 Batches are length-bucketed by grid columns: each epoch shuffles the utterances, sorts them by
 length within buckets of `bucket_size`, cuts each bucket into batches of at most
@@ -21,11 +21,18 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from dia2.config import DataConfig
-from dia2.corpus import META_FILE, SPLITS, CorpusError, CorpusMeta, row_codes, row_words
-from dia2.teacher import Batch, GridError, TrainingExample, build_example, collate
-from dia2.text import TextTokenIds, Tokenizer
-from dia2.tokenizer import tokenizer_fingerprint
+from dia2.data.corpus import (
+    META_FILE,
+    SPLITS,
+    CorpusError,
+    CorpusMeta,
+    row_codes,
+    row_words,
+)
+from dia2.data.teacher import Batch, GridError, TrainingExample, build_example, collate
+from dia2.model.config import DataConfig
+from dia2.text.script import TextTokenIds, Tokenizer
+from dia2.text.tokenizer import tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 

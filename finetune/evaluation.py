@@ -14,10 +14,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from dia2.generation import GenerationConfig
-from dia2.grid import FRAME_RATE
-from dia2.runtime import Dia2
-from dia2.text import ScriptError
+from dia2.data.grid import FRAME_RATE
+from dia2.generation.loop import GenerationConfig
+from dia2.generation.runtime import Dia2
+from dia2.text.script import ScriptError
 from finetune.config import ConfigError, TrainConfig
 from finetune.data import TrainingData, eval_batches, make_batch
 from finetune.losses import metrics, training_loss

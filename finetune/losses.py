@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dia2.model import Dia2Output
-from dia2.teacher import Batch
+from dia2.data.teacher import Batch
+from dia2.model.network import Dia2Output
 from finetune.config import LossSection
 
 STREAMS = ("action", "cb0", "depformer")

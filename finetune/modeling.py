@@ -1,6 +1,6 @@
 """The model under training: the base (loaded as the runtime loads it) plus what trains.
 
-The base comes through `dia2.runtime.Dia2.from_repo`, the very path `dia2-infer` uses, so the
+The base comes through `dia2.generation.runtime.Dia2.from_repo`, the very path `dia2-infer` uses, so the
 tokenizer and codec the trainer builds grids with (and checks the corpus against) are the ones
 inference will use. LoRA layers are injected into that same `Dia2Model` in place, so the runtime
 object speaks evaluation samples with the current adapter and no copy of the model.
@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dia2.adapters import lora_model
-from dia2.model import Dia2Model
-from dia2.runtime import Dia2
+from dia2.generation.runtime import Dia2
+from dia2.model.adapters import lora_model
+from dia2.model.network import Dia2Model
 from finetune.config import ConfigError, LoraSection, ModelSection, QuantSection
 
 logger = logging.getLogger(__name__)

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from dia2.adapters import load_adapter
-from dia2.assets import DEFAULT_MANIFEST
-from dia2.checkpoint import load_model, resolve_files, save_model
-from dia2.model import Dia2Model
+from dia2.model.adapters import load_adapter
+from dia2.model.assets import DEFAULT_MANIFEST
+from dia2.model.checkpoint import load_model, resolve_files, save_model
+from dia2.model.network import Dia2Model
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def export_merged(source: str, adapter: Path, folder: Path) -> Path:
     """Fold the adapter into a fresh float32 copy of the base and write it as a model folder.
 
     A fresh load (rather than merging the trained model in place) works for QLoRA too, whose base
-    in memory is quantized, and goes through `dia2.adapters.load_adapter`, the inference path.
+    in memory is quantized, and goes through `dia2.model.adapters.load_adapter`, the inference path.
     """
     merged = load_adapter(load_model(source, dtype=torch.float32, device="cpu"), adapter, merge=True)
     save_model(merged, folder)

@@ -16,11 +16,12 @@ import json
 import sys
 from pathlib import Path
 
+from dia2.errors import Dia2Error, report
 from finetune.card import model_card
 from finetune.outputs import RunPaths, read_voice_file, write_voice_file
 
 
-class PushError(RuntimeError):
+class PushError(Dia2Error, RuntimeError):
     """An upload that cannot go ahead; the message says what to do."""
 
 
@@ -100,9 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         plan = push_run(args.run, args.repo, not args.public, args.dry_run, args.token, args.consent)
-    except PushError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except Dia2Error as exc:
+        return report("push", exc)
     listing = [{"file": str(local), "path_in_repo": remote, "bytes": local.stat().st_size} for local, remote in plan]
     verb = "would upload" if args.dry_run else "uploaded"
     print(json.dumps({"repo": args.repo, "dry_run": args.dry_run, verb: listing}, indent=1))

@@ -44,30 +44,44 @@ from accelerate.utils import set_seed
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
-from dia2.adapters import AdapterError
-from dia2.assets import AssetError
-from dia2.corpus import CorpusError
+from dia2.errors import Dia2Error, report
 from finetune.card import model_card
 from finetune.checkpoint import (
-    ResumeError, check_resumable, checkpoint_name, complete_checkpoints, load_checkpoint, resume_checkpoint,
+    check_resumable,
+    checkpoint_name,
+    complete_checkpoints,
+    load_checkpoint,
+    resume_checkpoint,
     save_checkpoint,
 )
-from finetune.config import ConfigError, OptimSection, TrainConfig
+from finetune.config import OptimSection, TrainConfig
 from finetune.config_file import config_to_dict, help_text, load_config, save_config
-from finetune.data import BatchStream, TrainingData, load_training_data, make_batch, uncond_mask
+from finetune.data import (
+    BatchStream,
+    TrainingData,
+    load_training_data,
+    make_batch,
+    uncond_mask,
+)
 from finetune.evaluation import check_scripts, held_out_loss, speak_samples
 from finetune.losses import metrics, training_loss
 from finetune.modeling import Base, load_base, make_trainable, parameter_counts
 from finetune.outputs import (
-    MetricsLog, RunPaths, export_merged, loss_curve, read_metrics, save_adapter, save_full_model,
+    MetricsLog,
+    RunPaths,
+    export_merged,
+    loss_curve,
+    read_metrics,
+    save_adapter,
+    save_full_model,
 )
-from finetune.push import PushError, push_run
+from finetune.push import push_run
 from finetune.tracking import Tracker, accelerate_kwargs
 
 logger = logging.getLogger("finetune.train")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(Dia2Error, RuntimeError):
     """A run that had to stop (non-finite loss, out of memory); the message says what to do."""
 
 
@@ -339,9 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("finetune").setLevel(logging.INFO)
     try:
         train(parse_args(argv))
-    except (ConfigError, CorpusError, ResumeError, TrainingError, AdapterError, AssetError, PushError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except Dia2Error as exc:
+        return report("train", exc)
     return 0
 
 

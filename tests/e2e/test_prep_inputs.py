@@ -11,7 +11,14 @@ import soundfile as sf
 
 from data_prep.config import AsrOptions, OutputOptions, PrepConfig, RunOptions
 from data_prep.pipeline import NothingKeptError, run_prep
-from data_prep.results import CLIPPED, EMPTY, NOT_AUDIO, SILENT, TEXT_MISMATCH, UNREADABLE
+from data_prep.results import (
+    CLIPPED,
+    EMPTY,
+    NOT_AUDIO,
+    SILENT,
+    TEXT_MISMATCH,
+    UNREADABLE,
+)
 from data_prep.transcribe import WhisperAsr
 from tests.conftest import REPO_ROOT
 
@@ -28,7 +35,7 @@ def config(input_path, output, **out):
 def make_inputs(folder):
     """Good recordings in odd rates, widths and formats, and every kind of bad file."""
     speech, rate = sf.read(str(FIXTURES / "bob/time.flac"), dtype="float32")
-    from dia2.audio_io import resample
+    from dia2.audio.io import resample
 
     good = {
         "good/u8_8k.wav": (resample(speech, rate, 8000), 8000, "PCM_U8"),

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 import finetune.checkpoint
 import finetune.train
-from dia2.adapters import AdaptedModel, load_adapter, lora_model
-from dia2.model import Dia2Model
-from dia2.runtime import Dia2
+from dia2.generation.runtime import Dia2
+from dia2.model.adapters import AdaptedModel, load_adapter, lora_model
+from dia2.model.network import Dia2Model
 from finetune.outputs import RunPaths, read_metrics
 from finetune.train import main
 from tests.conftest import REPO_ROOT, random_tokens
@@ -131,7 +131,7 @@ def test_reloaded_adapter_gives_the_trained_logits(finished, tiny_bundle_dir):
 
 
 def test_runtime_speaks_with_the_adapter_and_the_merged_model(finished, tiny_bundle_dir):
-    from dia2.generation import GenerationConfig
+    from dia2.generation.loop import GenerationConfig
 
     config = GenerationConfig(seed=0, max_frames=20)
     with_adapter = Dia2.from_local(tiny_bundle_dir, device="cpu", adapter=finished.adapter).generate("[S1] Hello.", config)

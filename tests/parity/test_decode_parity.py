@@ -4,8 +4,8 @@ column, the logits that step-by-step decoding (or prefill + steps) gives over th
 import pytest
 import torch
 
-from dia2.config import parse_config
-from dia2.model import Dia2Model
+from dia2.model.config import parse_config
+from dia2.model.network import Dia2Model
 from tests.conftest import tiny_raw_config
 
 ATOL = 1e-5

@@ -1,4 +1,4 @@
-"""dia2.adapters: PEFT LoRA folders loaded merged or live, switchable, and refused on the wrong base."""
+"""dia2.model.adapters: PEFT LoRA folders loaded merged or live, switchable, and refused on the wrong base."""
 
 import copy
 import json
@@ -10,9 +10,15 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from dia2.adapters import DEFAULT_TARGET_MODULES, AdaptedModel, AdapterError, load_adapter, lora_model
-from dia2.config import parse_config
-from dia2.model import Dia2Model
+from dia2.model.adapters import (
+    DEFAULT_TARGET_MODULES,
+    AdaptedModel,
+    AdapterError,
+    load_adapter,
+    lora_model,
+)
+from dia2.model.config import parse_config
+from dia2.model.network import Dia2Model
 from tests.conftest import random_tokens, tiny_raw_config
 
 ATOL = 1e-5
@@ -219,7 +225,7 @@ def test_repo_id_served_from_the_hub_cache(base, tokens, tmp_path, adapter_dir):
 
 def test_adapter_on_a_4bit_base(base, tokens, adapter_dir):
     """A QLoRA-style deployment: the voice served live on a quantized base, switchable off."""
-    from dia2.quant import quantize
+    from dia2.model.quant import quantize
 
     quantized = quantize(copy.deepcopy(base), "4bit")
     reference = _logits(quantized, tokens)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dia2.align import AlignedWord, TimedWord, align_words
+from dia2.text.align import AlignedWord, TimedWord, align_words
 
 # Three words, r = 12.5 frames/s, cur = 0. Python round() rounds halves to even.
 # w0 (0.20-0.50 s, 2 tokens): round(2.5) = 2 -> start = max(0+1, 2) = 2, end = 2+2 = 4, step = 2-1+3 = 4,

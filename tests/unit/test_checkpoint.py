@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dia2 import AssetError, CheckpointError, Dia2Model, save_model
-from dia2.checkpoint import load_weights
-from dia2.config import parse_config
+from dia2.model.checkpoint import load_weights
+from dia2.model.config import parse_config
 from tests.conftest import tiny_raw_config
 
 
@@ -179,7 +179,7 @@ def test_explicit_config_and_weights_paths(saved, tmp_path):
 def test_save_is_atomic(saved, monkeypatch):
     """A save that dies mid-write leaves the previous model.safetensors loadable."""
     model, folder = saved
-    import dia2.checkpoint as ckpt
+    import dia2.model.checkpoint as ckpt
 
     def dying_save(state, path, metadata=None):
         with open(path, "wb") as f:
@@ -196,7 +196,7 @@ def test_load_streams_one_tensor_at_a_time(saved, monkeypatch):
     """Never two full copies of the weights: at most one file tensor is alive during the load."""
     import weakref
 
-    import dia2.checkpoint as ckpt
+    import dia2.model.checkpoint as ckpt
 
     real_open = ckpt.safe_open
     alive, peak, reads = set(), [0], [0]

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from dia2.config import ConfigError, load_config, parse_config
+from dia2.model.config import ConfigError, load_config, parse_config
 from tests.conftest import MODEL_CONFIGS, tiny_raw_config
 
 

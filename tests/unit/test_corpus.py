@@ -4,8 +4,15 @@ import datasets
 import pytest
 import torch
 
-from dia2.corpus import CorpusError, CorpusMeta, corpus_features, make_row, row_codes, row_words
-from dia2.utterance import SpokenWord, align_utterance, entries_for_words
+from dia2.data.corpus import (
+    CorpusError,
+    CorpusMeta,
+    corpus_features,
+    make_row,
+    row_codes,
+    row_words,
+)
+from dia2.text.utterance import SpokenWord, align_utterance, entries_for_words
 
 
 def _meta(**overrides):
@@ -52,8 +59,12 @@ def test_utterance_entries_follow_the_script_parser(tiny_tts):
 
 
 def test_fingerprints_identify_codec_and_tokenizer(tiny_tts, tmp_path):
-    from dia2.codec import MimiCodec, build_tiny_mimi
-    from dia2.tokenizer import build_tiny_tokenizer, load_tokenizer, tokenizer_fingerprint
+    from dia2.audio.codec import MimiCodec, build_tiny_mimi
+    from dia2.text.tokenizer import (
+        build_tiny_tokenizer,
+        load_tokenizer,
+        tokenizer_fingerprint,
+    )
 
     same = MimiCodec(build_tiny_mimi(seed=0))
     assert same.fingerprint == tiny_tts.codec.fingerprint

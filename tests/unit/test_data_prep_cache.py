@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from data_prep.cache import FileCache, entry_key, file_fingerprint, options_digest
-from data_prep.config import AsrOptions, FilterOptions, ModelOptions, OutputOptions, PrepConfig, RunOptions, SegmentOptions
+from data_prep.config import (
+    AsrOptions,
+    FilterOptions,
+    ModelOptions,
+    OutputOptions,
+    PrepConfig,
+    RunOptions,
+    SegmentOptions,
+)
 from data_prep.qc import build_report, summary_text, write_report
 from data_prep.results import CLIPPED, EMPTY, NOT_AUDIO, TOO_SHORT, FileResult, Skip
 from data_prep.sources import SourceFile

@@ -7,10 +7,17 @@ from pathlib import Path
 import pytest
 
 from data_prep.cli import build_parser, config_from_args
-from data_prep.config import SECTIONS, PrepConfig, PrepConfigError, SegmentOptions, SpeakerOptions, check_context_budget
-from dia2.field_docs import field_docs
+from data_prep.config import (
+    SECTIONS,
+    PrepConfig,
+    PrepConfigError,
+    SegmentOptions,
+    SpeakerOptions,
+    check_context_budget,
+)
 from data_prep.pipeline import check_output
 from data_prep.sources import collect_sources
+from dia2.options import field_docs
 
 
 def touch(root: Path, *names: str) -> Path:

@@ -4,8 +4,8 @@ from dataclasses import fields
 
 import pytest
 
+from dia2.options import field_docs
 from finetune.config import SECTIONS, ConfigError, TrainConfig
-from dia2.field_docs import field_docs
 from finetune.config_file import help_text, load_config, save_config
 from tests.conftest import REPO_ROOT
 

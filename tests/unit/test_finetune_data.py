@@ -10,13 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from dia2.corpus import CorpusError, CorpusMeta, corpus_features, make_row
-from dia2.grid import FRAME_RATE
-from dia2.teacher import TAIL_FRAMES
-from dia2.tokenizer import tokenizer_fingerprint
-from dia2.utterance import SpokenWord, align_utterance
+from dia2.data.corpus import CorpusError, CorpusMeta, corpus_features, make_row
+from dia2.data.grid import FRAME_RATE
+from dia2.data.teacher import TAIL_FRAMES
+from dia2.text.tokenizer import tokenizer_fingerprint
+from dia2.text.utterance import SpokenWord, align_utterance
 from finetune.data import (
-    BatchStream, DataPosition, epoch_batches, examples_from_rows, load_training_data, make_batch, uncond_mask,
+    BatchStream,
+    DataPosition,
+    epoch_batches,
+    examples_from_rows,
+    load_training_data,
+    make_batch,
+    uncond_mask,
 )
 
 VOCAB = "hello there how are you doing today the quick brown fox jumps over lazy dog".split()
@@ -94,10 +100,10 @@ def _load(folder, tts, max_columns=10_000):
 
 def test_collator_on_a_hand_built_three_word_utterance():
     """Rows -> grids -> batch, on the three-word example worked out by hand in test_teacher."""
-    from tests.unit.test_teacher import N, STEPS, WORDS, LetterTokenizer, _data
+    from tests.unit.test_teacher import STEPS, WORDS, LetterTokenizer, N, _data
 
     data, tok = _data(), LetterTokenizer()
-    from dia2.text import TextTokenIds
+    from dia2.text.script import TextTokenIds
 
     ids = TextTokenIds.from_tokenizer(data, tok)
     codes = torch.arange(2 * N).view(2, N) % 2048

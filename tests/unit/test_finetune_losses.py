@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dia2.model import Dia2Output
-from dia2.teacher import Batch
+from dia2.data.teacher import Batch
+from dia2.model.network import Dia2Output
 from finetune.config import LossSection
 from finetune.losses import combine, metrics, training_loss
 

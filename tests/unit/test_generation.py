@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from dia2.generation import GenerationConfig
-from dia2.sampling import SamplingConfig
-from dia2.text import ScriptError
+from dia2.generation.loop import GenerationConfig
+from dia2.generation.sampling import SamplingConfig
+from dia2.text.script import ScriptError
 
 SCRIPT = "[S1] Hello there, how are you? [S2] I am doing well. <break time=\"0.4s\"/> [S1] Good."
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from dia2.generation import GenerationConfig
-from dia2.graphs import CudaGraphKernels, kernel_wrapper
-from dia2.runtime import Dia2
+from dia2.generation.graphs import CudaGraphKernels, kernel_wrapper
+from dia2.generation.loop import GenerationConfig
+from dia2.generation.runtime import Dia2
 
 SCRIPT = "[S1] Hello there. [S2] Hi!"
 
@@ -15,7 +15,7 @@ def test_no_flags_means_eager():
 
 
 def test_cuda_graphs_refuse_a_cpu_model(tiny_tts):
-    from dia2.generation import FrameKernels
+    from dia2.generation.loop import FrameKernels
 
     with pytest.raises(ValueError, match="CUDA device"):
         CudaGraphKernels(FrameKernels(tiny_tts.model, GenerationConfig(), None))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dia2.grid import delay_codes, mask_audio_bos, undelay_codes
+from dia2.data.grid import delay_codes, mask_audio_bos, undelay_codes
 
 P = 99  # pad
 BOS = 50

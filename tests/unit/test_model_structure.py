@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dia2.config import load_config
-from dia2.model import Dia2Model
+from dia2.model.config import load_config
+from dia2.model.network import Dia2Model
 from tests.conftest import MODEL_CONFIGS
 
 
@@ -76,7 +76,7 @@ def test_published_geometry_parameter_count_and_keys(name, total):
 
 
 def test_tiny_keys_with_depformer_text_embedding():
-    from dia2.config import parse_config
+    from dia2.model.config import parse_config
     from tests.conftest import tiny_raw_config
 
     cfg = parse_config(tiny_raw_config(schedule=[0, 1, 1, 2], text_embedding=True))
@@ -85,7 +85,7 @@ def test_tiny_keys_with_depformer_text_embedding():
 
 
 def test_bf16_weights_keep_float32_logits():
-    from dia2.config import parse_config
+    from dia2.model.config import parse_config
     from tests.conftest import tiny_raw_config
 
     cfg = parse_config(tiny_raw_config())

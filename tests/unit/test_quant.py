@@ -1,4 +1,4 @@
-"""dia2.quant: bitsandbytes 8-bit / 4-bit linears in a Dia2Model, on CPU; QLoRA on top."""
+"""dia2.model.quant: bitsandbytes 8-bit / 4-bit linears in a Dia2Model, on CPU; QLoRA on top."""
 
 import copy
 import re
@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from dia2.adapters import DEFAULT_TARGET_MODULES, lora_model
-from dia2.config import parse_config
-from dia2.layers import RMSNorm
-from dia2.model import Dia2Model
-from dia2.quant import quantize, quantized_module_names
+from dia2.model.adapters import DEFAULT_TARGET_MODULES, lora_model
+from dia2.model.config import parse_config
+from dia2.model.layers import RMSNorm
+from dia2.model.network import Dia2Model
+from dia2.model.quant import quantize, quantized_module_names
 from tests.conftest import random_tokens, tiny_raw_config
 
 FRAMES = 6

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from dia2.generation import GenerationConfig
-from dia2.runtime import Dia2
-from dia2.sampling import SamplingConfig
-from dia2.tokenizer import TokenizerError, load_tokenizer, tokenizer_source
+from dia2.generation.loop import GenerationConfig
+from dia2.generation.runtime import Dia2
+from dia2.generation.sampling import SamplingConfig
+from dia2.text.tokenizer import TokenizerError, load_tokenizer, tokenizer_source
 from tests.unit.test_adapters import _save_random_adapter
 
 GREEDY = GenerationConfig(seed=0, text=SamplingConfig(0.0, 1), audio=SamplingConfig(0.0, 1))
@@ -35,7 +35,7 @@ def test_adapter_changes_the_voice_and_merged_equals_unmerged(tiny_tts, tiny_bun
 
 
 def test_bad_adapter_path_is_refused(tiny_bundle_dir, tmp_path):
-    from dia2.adapters import AdapterError
+    from dia2.model.adapters import AdapterError
 
     with pytest.raises(AdapterError):
         Dia2.from_local(tiny_bundle_dir, device="cpu", adapter=tmp_path / "missing")
@@ -50,7 +50,7 @@ def test_low_vram_generation_runs_on_cpu(tiny_bundle_dir, mode):
 
 
 def test_tokenizer_source_order(tiny_bundle_dir):
-    from dia2.assets import ModelSource
+    from dia2.model.assets import ModelSource
 
     local = ModelSource.resolve(tiny_bundle_dir)
     assert tokenizer_source(local, None, None) == str(tiny_bundle_dir)
@@ -77,14 +77,14 @@ def test_tiny_tokenizer_has_dia2_control_tokens(tiny_tts):
 
 
 def test_codec_with_the_wrong_codebook_count_is_refused(tiny_tts):
-    from dia2.codec import MimiCodec, build_tiny_mimi
+    from dia2.audio.codec import MimiCodec, build_tiny_mimi
 
     with pytest.raises(ValueError, match="expects 8"):
         Dia2(tiny_tts.model, tiny_tts.tokenizer, MimiCodec(build_tiny_mimi(num_codebooks=4)))
 
 
 def test_tiny_geometry_matches_the_shipped_config():
-    from dia2.config import load_config, parse_config
+    from dia2.model.config import load_config, parse_config
     from dia2.tiny import TINY_GEOMETRY
     from tests.conftest import MODEL_CONFIGS
 

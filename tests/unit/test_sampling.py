@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dia2.sampling import SamplingConfig, guide, guided_sample, sample
+from dia2.generation.sampling import SamplingConfig, guide, guided_sample, sample
 
 
 def test_top_k_1_is_greedy_and_temperature_zero_is_argmax():

@@ -7,10 +7,10 @@ The tables are traced by hand from the spec's steps 1-5. Ids: bos 1, new_word 2,
 
 import pytest
 
-from dia2.align import TimedWord, align_words
-from dia2.config import DataConfig
-from dia2.state_machine import StateMachine, drive_forced, forced_text_streams
-from dia2.text import Entry, TextTokenIds
+from dia2.model.config import DataConfig
+from dia2.text.align import TimedWord, align_words
+from dia2.text.script import Entry, TextTokenIds
+from dia2.text.state_machine import StateMachine, drive_forced, forced_text_streams
 
 S1, S2 = 49152, 49153
 NW, PAD = 2, 3

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from dia2.config import parse_config
-from dia2.teacher import GridError, build_example, collate, drop_text
-from dia2.text import TextTokenIds
-from dia2.utterance import SpokenWord
+from dia2.data.teacher import GridError, build_example, collate, drop_text
+from dia2.model.config import parse_config
+from dia2.text.script import TextTokenIds
+from dia2.text.utterance import SpokenWord
 
 
 class LetterTokenizer:

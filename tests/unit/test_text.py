@@ -4,8 +4,15 @@ import random
 
 import pytest
 
-from dia2.config import DataConfig
-from dia2.text import Entry, ScriptError, ScriptParser, TextTokenIds, parse_script, parse_stream
+from dia2.model.config import DataConfig
+from dia2.text.script import (
+    Entry,
+    ScriptError,
+    ScriptParser,
+    TextTokenIds,
+    parse_script,
+    parse_stream,
+)
 
 S1, S2 = 49152, 49153
 

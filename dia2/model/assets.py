@@ -13,11 +13,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dia2.errors import Dia2Error
+
 MANIFEST_ENV = "DIA2_ASSET_MANIFEST"
 DEFAULT_MANIFEST = "dia2_assets.json"
 
 
-class AssetError(FileNotFoundError):
+class AssetError(Dia2Error, FileNotFoundError):
     """A model file that cannot be found or fetched; the message says what to do."""
 
 
@@ -104,8 +106,8 @@ class ModelSource:
 
 
 def _hub_file(repo_id: str, name: str, revision: str | None, cache_dir: str | None, required: bool) -> Path | None:
-    from huggingface_hub import hf_hub_download
     from huggingface_hub import errors as hub_errors
+    from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir))

@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from dia2.align import Alignment, TimedWord, align_words
-from dia2.text import Entry, ScriptError, ScriptParser, TextTokenIds, Tokenizer
+from dia2.text.align import Alignment, TimedWord, align_words
+from dia2.text.script import Entry, ScriptError, ScriptParser, TextTokenIds, Tokenizer
 
 logger = logging.getLogger(__name__)
 

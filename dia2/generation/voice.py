@@ -2,12 +2,12 @@
 
 speaker audio -> word timestamps (a `Transcriber`, faster-whisper by default) -> Mimi codes ->
 a `Voice` (codes + timed words, storable, so a server never re-transcribes a stored voice) ->
-entries and forced new_word steps through the shared alignment rule (`dia2.align`, the same
+entries and forced new_word steps through the shared alignment rule (`dia2.text.align`, the same
 function that builds training data) -> one `prefill` call in the generation loop.
 
 Two published quirks are fixed here: both speakers' words get the same step offset (the
 published runtime gave speaker 2 no +3, a plausible cause of "prefix speakers swapped"), and no
-prefix column is run twice (see `dia2.generation`).
+prefix column is run twice (see `dia2.generation.loop`).
 """
 
 from __future__ import annotations
@@ -17,18 +17,19 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from dia2.generation import Prefix
-from dia2.text import Entry, TextTokenIds, Tokenizer
-from dia2.utterance import SpokenWord, align_utterance
+from dia2.errors import Dia2Error
+from dia2.generation.loop import Prefix
+from dia2.text.script import Entry, TextTokenIds, Tokenizer
+from dia2.text.utterance import SpokenWord, align_utterance
 
 logger = logging.getLogger(__name__)
 
-class PrefixError(ValueError):
+class PrefixError(Dia2Error, ValueError):
     """A voice prefix that cannot be used; the message names the input and the fix."""
 
 
@@ -70,7 +71,7 @@ class WhisperTranscriber:
         return self._model
 
     def transcribe(self, waveform: np.ndarray, sample_rate: int) -> list[Word]:
-        from dia2.audio_io import resample
+        from dia2.audio.io import resample
 
         audio = resample(waveform, sample_rate, 16000)  # Whisper's input rate
         segments, _ = self._load().transcribe(audio, word_timestamps=True, language=self.language, beam_size=5)
@@ -113,7 +114,7 @@ def build_voice(
     speaker_2: str | os.PathLike | np.ndarray | None = None,
 ) -> Voice:
     """Transcribe and encode one or two speaker recordings (paths, or 24 kHz mono arrays)."""
-    from dia2.audio_io import read_audio
+    from dia2.audio.io import read_audio
 
     words: list[SpokenWord] = []
     waves: list[np.ndarray] = []

@@ -28,7 +28,11 @@ import torch
 from torch import nn
 from transformers import MimiModel
 from transformers.cache_utils import DynamicCache
-from transformers.models.mimi.modeling_mimi import MimiConv1d, MimiConvTranspose1d, MimiResnetBlock
+from transformers.models.mimi.modeling_mimi import (
+    MimiConv1d,
+    MimiConvTranspose1d,
+    MimiResnetBlock,
+)
 
 logger = logging.getLogger(__name__)
 

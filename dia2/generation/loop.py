@@ -4,7 +4,7 @@ Split by concern:
 - `GenerationConfig` holds every generation default, once (CLI, API and server read it here);
 - `FrameKernels` is the tensor work of one frame as two pure functions of explicit inputs
   (decoder step + action sampling; cb0 + every depformer stage) - the units that CUDA graphs or
-  torch.compile wrap from outside (`dia2.graphs`);
+  torch.compile wrap from outside (`dia2.generation.graphs`);
 - `FrameLoop` is the host side: the state machine, the token buffers, the stop rule, and what a
   streaming caller sees (`FrameUpdate`s as frames complete).
 
@@ -23,11 +23,11 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from dia2.align import NEW_WORD_STEP_OFFSET
-from dia2.grid import FRAME_RATE, delay_codes
-from dia2.model import DecodeState, DecoderOutput, Dia2Model
-from dia2.sampling import SamplingConfig, guided_sample
-from dia2.state_machine import MachineState, StateMachine
+from dia2.data.grid import FRAME_RATE, delay_codes
+from dia2.generation.sampling import SamplingConfig, guided_sample
+from dia2.model.network import DecoderOutput, DecodeState, Dia2Model
+from dia2.text.align import NEW_WORD_STEP_OFFSET
+from dia2.text.state_machine import MachineState, StateMachine
 
 logger = logging.getLogger(__name__)
 

@@ -29,13 +29,14 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
-from dia2.assets import AssetError, ModelSource
-from dia2.model import DecodeState, DecoderOutput, Dia2Model, Dia2Output
+from dia2.errors import Dia2Error
+from dia2.model.assets import AssetError, ModelSource
+from dia2.model.network import DecoderOutput, DecodeState, Dia2Model, Dia2Output
 
 if TYPE_CHECKING:
     import torch
 
-    from dia2.config import Dia2Config
+    from dia2.model.config import Dia2Config
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 #              depformer.layers.{i}.mlp.{wi,wo}, depformer.depformer_in.{g}
 # Left out: embeddings and the text embedding's projections (the text side does not change with
 # the voice) and the output heads (action_head, cb0_head, depformer.logits.{s}), which
-# `dia2.quant` also keeps in full precision, so QLoRA adapts exactly the quantized layers.
+# `dia2.model.quant` also keeps in full precision, so QLoRA adapts exactly the quantized layers.
 DEFAULT_TARGET_MODULES = (
     r"transformer\.layers\.\d+\.(attn\.[qkvo]_proj|mlp\.w[io])"
     r"|depformer\.layers\.\d+\.(self_attention\.(in|out)_proj\.\d+|mlp\.w[io])"
@@ -65,7 +66,7 @@ _LORA_KEY = re.compile(
 )
 
 
-class AdapterError(ValueError):
+class AdapterError(Dia2Error, ValueError):
     """An adapter that cannot be found, read, or applied to this model; the message says what to do."""
 
 

@@ -7,7 +7,7 @@ One definition, three paths through the same layers (spec sections 3-4):
 - `step(tokens[B, C, 1], state)` + `depformer_step(stage, ...)`: one frame, one stage.
 
 Parameter names are the checkpoint keys of the published files (spec section 3). This module
-does no IO; loading lives in `dia2.checkpoint`.
+does no IO; loading lives in `dia2.model.checkpoint`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from dia2.config import Dia2Config
-from dia2.layers import MLP, Attention, GroupIndex, KVCache, RMSNorm, Rotary
+from dia2.model.config import Dia2Config
+from dia2.model.layers import MLP, Attention, GroupIndex, KVCache, RMSNorm, Rotary
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -305,8 +305,10 @@ class Dia2Model(nn.Module):
         device: torch.device | str = "cpu",
         **kwargs,
     ) -> "Dia2Model":
-        """Load a published checkpoint from a local folder or a Hub repo id; see dia2.checkpoint."""
-        from dia2.checkpoint import load_model  # IO stays out of this module at import time
+        """Load a published checkpoint from a local folder or a Hub repo id; see dia2.model.checkpoint."""
+        from dia2.model.checkpoint import (
+            load_model,  # IO stays out of this module at import time
+        )
 
         return load_model(repo_or_dir, dtype=dtype, device=device, **kwargs)
 

@@ -20,13 +20,25 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from dia2.checkpoint import model_from_files, resolve_files
-from dia2.generation import EntryFeed, FrameKernels, FrameLoop, GenerationConfig, Prefix
-from dia2.model import Dia2Model
-from dia2.prefix import Transcriber, Voice, build_voice, voice_prefix
-from dia2.state_machine import StateMachine
-from dia2.text import Entry, ScriptError, TextTokenIds, parse_script, parse_stream
-from dia2.tokenizer import load_tokenizer, tokenizer_source
+from dia2.generation.loop import (
+    EntryFeed,
+    FrameKernels,
+    FrameLoop,
+    GenerationConfig,
+    Prefix,
+)
+from dia2.generation.voice import Transcriber, Voice, build_voice, voice_prefix
+from dia2.model.checkpoint import model_from_files, resolve_files
+from dia2.model.network import Dia2Model
+from dia2.text.script import (
+    Entry,
+    ScriptError,
+    TextTokenIds,
+    parse_script,
+    parse_stream,
+)
+from dia2.text.state_machine import StateMachine
+from dia2.text.tokenizer import load_tokenizer, tokenizer_source
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +62,7 @@ class GenerationResult:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the audio as wav, flac or ogg (by extension)."""
-        from dia2.audio_io import write_audio
+        from dia2.audio.io import write_audio
 
         return write_audio(path, self.waveform, self.sample_rate)
 
@@ -110,7 +122,7 @@ class Dia2:
         tokenizer / mimi override the manifest and config; low_vram is "8bit" or "4bit";
         adapter is a PEFT LoRA folder or repo id (merged unless merge_adapter=False).
         """
-        from dia2.codec import MimiCodec
+        from dia2.audio.codec import MimiCodec
 
         device = device or default_device()
         dtype = dtype or default_dtype(device)
@@ -120,11 +132,11 @@ class Dia2:
         # A quantized model is loaded on the CPU, then quantized layer by layer onto the device.
         model = model_from_files(files, dtype=dtype, device="cpu" if low_vram else device)
         if adapter is not None:
-            from dia2.adapters import load_adapter
+            from dia2.model.adapters import load_adapter
 
             model = load_adapter(model, adapter, merge=merge_adapter)
         if low_vram:
-            from dia2.quant import quantize
+            from dia2.model.quant import quantize
 
             model = quantize(model, low_vram, device=device)
         tok = load_tokenizer(tokenizer or tokenizer_source(files.source, files.tokenizer, model.config.assets.tokenizer))
@@ -146,7 +158,7 @@ class Dia2:
         transcriber: Transcriber | None = None,
     ) -> Voice:
         """Transcribe + encode prefix recordings once; store the Voice to reuse it."""
-        from dia2.prefix import WhisperTranscriber
+        from dia2.generation.voice import WhisperTranscriber
 
         return build_voice(self.codec, transcriber or WhisperTranscriber(), speaker_1, speaker_2)
 

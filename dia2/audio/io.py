@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dia2.errors import Dia2Error
+
 WRITABLE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 
 
-class AudioFileError(ValueError):
+class AudioFileError(Dia2Error, ValueError):
     """An audio file that cannot be read or written; the message names the file."""
 
 

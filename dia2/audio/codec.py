@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from transformers import MimiConfig, MimiModel
 
-from dia2.codec_stream import MimiStreamDecoder, check_codes, decoder_parts
+from dia2.audio.codec_stream import MimiStreamDecoder, check_codes, decoder_parts
+from dia2.errors import Dia2Error
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ DEFAULT_MIMI_REPO = "kyutai/mimi"
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash"}
 
 
-class CodecError(OSError):
+class CodecError(Dia2Error, OSError):
     """The codec cannot be loaded; the message names the input and the fix."""
 
 
@@ -160,7 +161,7 @@ class MimiCodec:
 
     def stream_decoder(self, batch_size: int = 1) -> MimiStreamDecoder:
         """A fresh streaming decoder: `push(codes [B, K, n])` returns the n frames' audio [B, n * 1920]
-        at once; the concatenated pushes equal `decode` of all frames (see dia2/codec_stream.py)."""
+        at once; the concatenated pushes equal `decode` of all frames (see dia2/audio/codec_stream.py)."""
         return MimiStreamDecoder(self.model, self._num_codebooks, batch_size)
 
     def _as_batch(self, waveform: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from dia2.grid import FRAME_RATE
+from dia2.data.grid import FRAME_RATE
 
 NEW_WORD_STEP_OFFSET = 3
 """new_word_step = start_frame - 1 + NEW_WORD_STEP_OFFSET; the published prefix path's offset."""

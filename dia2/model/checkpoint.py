@@ -18,16 +18,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from dia2.assets import AssetError, ModelSource
-from dia2.config import Dia2Config, load_config
-from dia2.model import Dia2Model
+from dia2.errors import Dia2Error
+from dia2.model.assets import AssetError, ModelSource
+from dia2.model.config import Dia2Config, load_config
+from dia2.model.network import Dia2Model
 
 logger = logging.getLogger(__name__)
 
 _SHOW = 5  # how many key names an error lists before "... and N more"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(Dia2Error, RuntimeError):
     """Weights that do not fit the model or cannot be read; the message says what to do."""
 
 

@@ -21,8 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Sequence
 
-from dia2.config import DataConfig
-from dia2.text import Entry, TextTokenIds
+from dia2.model.config import DataConfig
+from dia2.text.script import Entry, TextTokenIds
 
 PUBLISHED_MAX_PADDING = 6
 """The published runtime hard-codes 6; the config's `data.max_pad` (8) is not used by it."""

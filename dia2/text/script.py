@@ -2,7 +2,7 @@
 
 A script is one string such as `[S1] Hi there. [S2] Hello! <break time="0.5s"/> (laughs)`.
 Parsing turns it into entries, one per word (plus one per break), which the state machine
-(`dia2.state_machine`) feeds to the model one new_word at a time.
+(`dia2.text.state_machine`) feeds to the model one new_word at a time.
 
 The parse follows the published runtime: the typographic apostrophe becomes `'`, `:` becomes a
 space, words are split on whitespace and on break tags, `[S1]`/`[S2]` mark the speaker of the next
@@ -19,8 +19,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Protocol
 
-from dia2.config import DataConfig
-from dia2.grid import FRAME_RATE
+from dia2.data.grid import FRAME_RATE
+from dia2.errors import Dia2Error
+from dia2.model.config import DataConfig
 
 SPEAKER_TAGS = ("[S1]", "[S2]")
 
@@ -34,7 +35,7 @@ _NEGATIVE_TIME_RE = re.compile(r'time\s*=\s*"\s*-')
 _BRACKET_TAG_RE = re.compile(r"\[[^\[\]]*\]")
 
 
-class ScriptError(ValueError):
+class ScriptError(Dia2Error, ValueError):
     """A script that cannot be spoken; the message names the offending text and the fix."""
 
 

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dia2.assets import AssetError, ModelSource
+from dia2.model.assets import AssetError, ModelSource
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -29,14 +29,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from dia2.utterance import SpokenWord
+from dia2.errors import Dia2Error
+from dia2.text.utterance import SpokenWord
 
 SCHEMA_VERSION = 1
 META_FILE = "corpus_meta.json"
 SPLITS = ("train", "validation")
 
 
-class CorpusError(ValueError):
+class CorpusError(Dia2Error, ValueError):
     """A corpus that cannot be used; the message names the corpus and the fix."""
 
 

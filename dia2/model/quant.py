@@ -16,12 +16,12 @@ stays in the model's dtype:
   their error lands directly on the logits the sampler draws from, with no later layer or norm
   to absorb it, which is why LLM quantization keeps `lm_head` in full precision too. They cost
   67M parameters on Dia2-1B (6%) and 69M on Dia2-2B (4%).
-That is the same set of layers `dia2.adapters.DEFAULT_TARGET_MODULES` adapts, so QLoRA trains
+That is the same set of layers `dia2.model.adapters.DEFAULT_TARGET_MODULES` adapts, so QLoRA trains
 exactly the quantized layers.
 
 Dtypes: every linear receives the compute dtype (RMSNorm returns its weight dtype) and the
 residual adds `.float()` of each block output, so the quantized layers need no change in
-dia2/layers.py: Linear4bit computes in `compute_dtype` and returns its input dtype;
+dia2/model/layers.py: Linear4bit computes in `compute_dtype` and returns its input dtype;
 Linear8bitLt quantizes its input through float16 (LLM.int8()) and returns its input dtype.
 Measured on the tiny model, float32, CPU: logits within 1% (8-bit) and 10% (4-bit nf4)
 relative L2 error of the float model.
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from dia2.model import Dia2Model
+from dia2.model.network import Dia2Model
 
 if TYPE_CHECKING:
     from types import ModuleType

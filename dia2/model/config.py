@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from dia2.errors import Dia2Error
+
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "linear")
 
 
-class ConfigError(ValueError):
+class ConfigError(Dia2Error, ValueError):
     """A Dia2 config that cannot be used; the message names the offending key."""
 
 

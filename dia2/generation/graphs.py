@@ -1,6 +1,6 @@
 """CUDA graphs and torch.compile for the generation loop, wrapped from outside the model.
 
-`FrameKernels` (dia2.generation) exposes a frame's tensor work as two pure functions:
+`FrameKernels` (dia2.generation.loop) exposes a frame's tensor work as two pure functions:
 `head` (decoder step + action sampling) and `audio` (cb0 + every depformer stage, with their
 sampling). Here each is captured whole into one CUDA graph, so a frame costs two graph launches
 and one small host sync (the sampled action, which the state machine needs) instead of
@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from dia2.generation import FrameKernels
-from dia2.model import DecodeState, DecoderOutput
+from dia2.generation.loop import FrameKernels
+from dia2.model.network import DecoderOutput, DecodeState
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The teacher-forced training grid of an utterance (spec section 7).
 
 An utterance of N Mimi frames becomes a grid of L = N + max(delay) columns, built with the very
-code the decoder uses: words are aligned by `dia2.utterance` (the voice-prefix path), the text
+code the decoder uses: words are aligned by `dia2.text.utterance` (the voice-prefix path), the text
 streams come from the state machine driven in forced mode (`forced_text_streams`), and the
-audio is delayed by `dia2.grid`. So the grids the model trains on are the grids it decodes.
+audio is delayed by `dia2.data.grid`. So the grids the model trains on are the grids it decodes.
 
 Targets at column t (t = 0..L-2, predicting column t+1):
 - action: new_word exactly at the aligned steps and at the end-of-speech step, pad elsewhere;
@@ -21,18 +21,19 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from dia2.config import DataConfig
-from dia2.grid import delay_codes, mask_audio_bos
-from dia2.state_machine import StateMachine, forced_text_streams
-from dia2.text import TextTokenIds, Tokenizer
-from dia2.utterance import AlignedUtterance, SpokenWord, align_utterance
+from dia2.data.grid import delay_codes, mask_audio_bos
+from dia2.errors import Dia2Error
+from dia2.model.config import DataConfig
+from dia2.text.script import TextTokenIds, Tokenizer
+from dia2.text.state_machine import StateMachine, forced_text_streams
+from dia2.text.utterance import AlignedUtterance, SpokenWord, align_utterance
 
 TAIL_FRAMES = 8
 """Real audio frames needed after the end-of-speech step: inference generates max(delay) +
 max_padding (24) columns past end_step, which reaches audio frame end_step + 7."""
 
 
-class GridError(ValueError):
+class GridError(Dia2Error, ValueError):
     """An utterance that cannot become a training grid; the message says why."""
 
 

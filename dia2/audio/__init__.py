@@ -1,0 +1,1 @@
+"""Audio and the Mimi codec: encode/decode, exact streaming decode, audio files."""
