@@ -27,7 +27,7 @@ from dia2.data.grid import FRAME_RATE, delay_codes
 from dia2.generation.sampling import SamplingConfig, guided_sample
 from dia2.model.network import DecoderOutput, DecodeState, Dia2Model
 from dia2.text.align import NEW_WORD_STEP_OFFSET
-from dia2.text.state_machine import MachineState, StateMachine
+from dia2.text.state_machine import MachineState, StateMachine, last_column
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class FrameLoop:
         return words
 
     def _finished(self, column: int) -> bool:
-        if self.end_step is not None and column >= self.end_step + self.max_delay + self.machine.max_padding:
+        if self.end_step is not None and column >= last_column(self.end_step, self.max_delay, self.machine.max_padding):
             return True
         if column >= self.capacity - 1:
             # Stopped before the end rule: the script, or the tail of its last word, is cut.

@@ -28,6 +28,13 @@ PUBLISHED_MAX_PADDING = 6
 """The published runtime hard-codes 6; the config's `data.max_pad` (8) is not used by it."""
 
 
+def last_column(end_step: int, max_delay: int, max_padding: int) -> int:
+    """The last column decoding generates once the machine has set `end_step` (spec section 6):
+    max(delay) + max_padding columns later, so the delayed codebooks finish the last word's
+    audio. The stop rule of the frame loop and the training tail both derive from this."""
+    return end_step + max_delay + max_padding
+
+
 @dataclass
 class MachineState:
     """Mutable per-utterance state of the state machine."""
