@@ -29,7 +29,8 @@ from transformers import MimiConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import best_time, describe  # noqa: E402
 
-from dia2.audio.codec import MimiCodec, build_random_mimi  # noqa: E402
+from dia2.audio.codec import MimiCodec  # noqa: E402
+from dia2.tiny import build_random_mimi  # noqa: E402
 
 
 def test_signal(seconds: float, sample_rate: int, seed: int = 0) -> torch.Tensor:

@@ -48,11 +48,12 @@ from data_prep.config import (  # noqa: E402
 )
 from data_prep.pipeline import PrepModel, run_prep  # noqa: E402
 from data_prep.transcribe import WhisperAsr  # noqa: E402
-from dia2.audio.codec import MimiCodec, build_random_mimi  # noqa: E402
+from dia2.audio.codec import MimiCodec  # noqa: E402
 from dia2.audio.io import resample  # noqa: E402
 from dia2.model.config import load_config  # noqa: E402
 from dia2.text.script import TextTokenIds  # noqa: E402
-from dia2.text.tokenizer import build_tiny_tokenizer, load_tokenizer  # noqa: E402
+from dia2.text.tokenizer import load_tokenizer  # noqa: E402
+from dia2.tiny import build_random_mimi, build_tiny_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 44100

@@ -9,15 +9,18 @@ masked loss of finetune.losses (action, cb0, every depformer stage), backward, A
 model has random weights (speed does not depend on their values); LoRA uses the trainer's
 defaults (finetune.config.LoraSection: rank 16, default target modules).
 
-Each mode runs in a fresh subprocess so that its peak memory is its own: peak RSS on the CPU,
-torch.cuda.max_memory_allocated on CUDA. Prints one JSON object: per mode frames/s, seconds per
-step, matmul FLOPs per step (torch's FlopCounterMode) and their rate as a fraction of the dense
-matmul peak measured in the same run (MFU), and peak memory.
+Each mode runs in a fresh subprocess, and peaks are reset before each timed step, so that its
+peak memory is its training step's own: peak RSS on the CPU, torch.cuda.max_memory_allocated on
+CUDA. Prints one JSON object: per mode frames/s, seconds per step, model FLOPs per step (torch's
+FlopCounterMode over forward + backward without checkpointing's recompute) and their rate as a
+fraction of the dense matmul peak measured in the same run (MFU); the FLOPs the step executed,
+recompute included (`executed_flops_per_step`, HFU); and peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -25,8 +28,8 @@ import resource
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -65,7 +68,7 @@ def child(args: argparse.Namespace) -> dict:
     device, mode = args.device, args.child
     bf16 = args.precision == "bf16"
     torch.manual_seed(0)
-    baseline_rss = _rss_mb()
+    baseline_rss = _peak_rss_mb()
     # As the trainer's model.dtype=auto: frozen LoRA bases in bf16 on CUDA, trained weights float32.
     weights = torch.bfloat16 if bf16 and mode != "full" else torch.float32
     model = Dia2Model.from_config(cfg, dtype=weights, device="cpu" if mode == "qlora" else device)
@@ -79,48 +82,89 @@ def child(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     columns = args.frames or math.ceil(args.seconds * FRAME_RATE) + max(cfg.data.delays)
     batch = random_batch(cfg, args.batch, columns, device)
-    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def backward(rows: Batch) -> None:
+        with autocast:
+            loss = training_loss(trainable(rows.tokens), rows, LossSection(), cfg.data.action_pad_token_id).loss
+        loss.backward()
 
     def step() -> None:
-        with autocast:
-            loss = training_loss(trainable(batch.tokens), batch, LossSection(), cfg.data.action_pad_token_id).loss
-        loss.backward()
+        backward(batch)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     step()  # optimizer state allocated, kernels chosen
+    model_flops = _model_flops(model, backward, random_batch(cfg, 1, columns, device), args)
+    optimizer.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter:
-        step()
+        step()  # what the GPU executes: with checkpointing, the forward runs twice
     _sync(device)
     # The machine may be shared: the matmul peak is measured between the timed steps, under the
-    # same load, and both are best-of-repeats.
-    peak, seconds = 0.0, math.inf
+    # same load, and both are best-of-repeats. Memory peaks are reset after each measurement, so
+    # the reported peak is the training step's own (8192^2 matmul buffers would otherwise count).
+    peak, seconds, step_gb, step_rss = 0.0, math.inf, 0.0, 0.0
     for _ in range(args.repeats):
         peak = max(peak, matmul_peak_flops(args.peak_dtype, n=8192 if device.startswith("cuda") else 2048, repeats=5, device=device))
+        _reset_peaks(device)
         started = time.perf_counter()
         step()
         _sync(device)
         seconds = min(seconds, time.perf_counter() - started)
-    frames = args.batch * columns
-    flops = counter.get_total_flops()
+        step_rss = max(step_rss, _peak_rss_mb())
+        if device.startswith("cuda"):
+            step_gb = max(step_gb, torch.cuda.max_memory_allocated(device) / 2**30)
+    executed = counter.get_total_flops()
     result = {
         "mode": mode,
         "trainable_parameters": sum(p.numel() for p in params),
         "seconds_per_step": seconds,
-        "frames_per_s": frames / seconds,
-        "flops_per_step": flops,
-        "flops_per_s": flops / seconds,
+        "frames_per_s": args.batch * columns / seconds,
+        "flops_per_step": model_flops,
+        "flops_per_s": model_flops / seconds,
+        "executed_flops_per_step": executed,
         "matmul_peak_flops_per_s": peak,
-        "mfu": flops / seconds / peak,
-        "peak_rss_mb": _rss_mb(),
+        "mfu": model_flops / seconds / peak,
+        "hfu": executed / seconds / peak,
+        "peak_rss_mb": step_rss,
         "rss_before_model_mb": baseline_rss,
     }
     if device.startswith("cuda"):
-        result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        result["peak_gpu_memory_gb"] = step_gb
     return result
 
 
-def _rss_mb() -> float:
+def _model_flops(model: Dia2Model, backward: Callable[[Batch], None], one_row: Batch, args: argparse.Namespace) -> int:
+    """Model FLOPs of one training step (MFU's numerator): forward + backward as the model
+    defines them, without the recompute of gradient checkpointing, which would overstate MFU.
+
+    Counted on one row with checkpointing off (the memory of one row's activations, not the
+    batch's), times the batch: every row has the same columns, so each counted op (matmuls,
+    attention) scales exactly with the rows.
+    """
+    model.set_gradient_checkpointing(False)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            backward(one_row)
+    finally:
+        model.set_gradient_checkpointing(args.checkpointing)
+    return counter.get_total_flops() * args.batch
+
+
+def _reset_peaks(device: str) -> None:
+    """Start a new memory phase: the process's peak RSS (Linux `clear_refs`) and CUDA's peak."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS since the last `_reset_peaks` (VmHWM; getrusage's maximum cannot be reset)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 

@@ -27,7 +27,7 @@ from data_prep.sources import SourceFile
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = ".dia2-prep-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: rows aligned with break entries and the stop-rule tail (corpus schema 2)
 """Bump when what a cache entry holds, or how a recording is prepared, changes."""
 _READ_BLOCK = 1 << 20
 

@@ -4,7 +4,7 @@
     dia2-prep podcast/ corpus/ --stereo --speakers alice,bob      # one speaker per channel
     dia2-prep recordings/ corpus/ --speaker-map speakers.json     # a speaker per file (or per channel)
     dia2-prep manifest.csv corpus/ --asr-model large-v3 --device cuda --asr-device cuda
-    dia2-prep recordings/ corpus/ --tiny --asr-model ./tiny.en    # embedded tiny model, no download
+    dia2-prep recordings/ corpus/ --model tiny --asr-model ./tiny.en   # embedded demo model (or --tiny)
 
 The corpus is a `datasets` folder (train / validation) with corpus_meta.json and a QC report
 (qc_report.json, qc_report.txt) beside it. Run the same command again to continue an interrupted
@@ -18,62 +18,30 @@ import argparse
 import ctypes
 import logging
 import sys
-import types
-import typing
-from dataclasses import MISSING, Field, fields
 from pathlib import Path
 
-from data_prep.config import SECTIONS, PrepConfig, PrepConfigError
+from data_prep.config import PrepConfig, PrepConfigError
 from dia2.errors import Dia2Error
-from dia2.options import field_docs
+from dia2.options import FlagParser, add_flags, build, flag_values, sections
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dia2-prep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The dia2-prep parser: two positionals, then a group of flags per PrepConfig section."""
+    p = FlagParser(prog="dia2-prep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "input", type=Path,
         help="folder of recordings (searched recursively), or a manifest (.csv / .jsonl: path, speaker, speaker_2, text)",
     )
     p.add_argument("output", type=Path, help="corpus folder to write, or to continue writing")
-    for section in SECTIONS:
+    for name, section in sections(PrepConfig).items():
         title, _, about = (section.__doc__ or section.__name__).strip().partition(":")
-        group = p.add_argument_group(title, about.strip() or None)
-        docs, hints = field_docs(section), typing.get_type_hints(section)
-        for f in fields(section):
-            _add_option(group, f, hints[f.name], docs[f.name])
+        add_flags(p.add_argument_group(title, about.strip() or None), section, dest=f"{name}.")
     return p
 
 
-def _add_option(group: argparse._ArgumentGroup, f: Field, hint: object, doc: str) -> None:
-    flag = "--" + f.name.replace("_", "-")
-    default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-    if hint is bool:
-        action = argparse.BooleanOptionalAction if default else "store_true"
-        group.add_argument(flag, action=action, default=default, help=doc)
-        return
-    shown = ",".join(default) if isinstance(default, tuple) else default
-    help_text = f"{doc} (default: {shown})" if shown not in (None, "", ()) else doc
-    group.add_argument(flag, type=_parser_for(hint), default=default, help=help_text, metavar=f.name.upper())
-
-
-def _parser_for(hint: object):
-    """The argparse `type` of a field annotation (X | None parses as X)."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if typing.get_origin(hint) is tuple:
-        return lambda text: tuple(n.strip() for n in text.split(",") if n.strip())
-    return hint
-
-
 def config_from_args(args: argparse.Namespace) -> PrepConfig:
-    """The frozen run config from parsed arguments (not yet validated)."""
-    hints = typing.get_type_hints(PrepConfig)
-    sections = {
-        f.name: hints[f.name](**{o.name: getattr(args, o.name) for o in fields(hints[f.name])})
-        for f in fields(PrepConfig)
-        if hints[f.name] in SECTIONS
-    }
-    return PrepConfig(input=args.input, output=args.output, **sections)
+    """The frozen run config from parsed arguments (not yet validated); PrepConfigError names a bad flag."""
+    return build(PrepConfig, flag_values(args), error=PrepConfigError)
 
 
 def keep_freed_memory() -> None:
@@ -97,13 +65,12 @@ def keep_freed_memory() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    config = config_from_args(parser.parse_args(argv))
-    level = logging.INFO if config.run.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config.validate()
+        config = config_from_args(parser.parse_args(argv)).validate()
     except PrepConfigError as exc:
         parser.error(str(exc))
+    level = logging.INFO if config.run.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
     from data_prep.pipeline import NothingKeptError, run_prep

@@ -1,7 +1,7 @@
 """Every data-prep option, defined once: a frozen dataclass per concern.
 
 Each field's docstring (the string literal right after it) is its documentation, and the CLI
-shows it as the flag's `--help` (`field_docs` reads it from the source, litgpt-style), so the
+shows it as the flag's `--help` (`dia2.options` reads it from the source, litgpt-style), so the
 defaults and their explanations live here and nowhere else. The CLI flag of a field is its name
 with dashes (`max_seconds` -> `--max-seconds`); names are unique across sections for that reason.
 
@@ -14,13 +14,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from dia2.errors import Dia2Error
+from dia2.data.grid import FRAME_RATE
+from dia2.generation.voice import DEFAULT_WHISPER_MODEL
+from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
+from dia2.options import OptionError, sections
 
-FRAME_RATE = 12.5  # Mimi frames per second (spec section 1)
 
-
-class PrepConfigError(Dia2Error, ValueError):
+class PrepConfigError(OptionError):
     """An option a user gave that cannot work; the message names the option and the fix."""
 
 
@@ -28,17 +30,18 @@ class PrepConfigError(Dia2Error, ValueError):
 class ModelOptions:
     """Model: the tokenizer, delays, context length and Mimi codec the corpus is built for."""
 
-    model: str = "nari-labs/Dia2-2B"
-    """Dia2 model repo id or local folder; its tokenizer, config and Mimi codec define the corpus."""
+    model: str = DEFAULT_MODEL
+    """Dia2 model repo id or local folder, or tiny (the embedded demo model: random weights, no
+    download); its tokenizer, config and Mimi codec define the corpus."""
     tiny: bool = False
-    """Use the embedded tiny demo model (random weights, no download) instead of --model."""
+    """Shorthand for --model tiny."""
     tokenizer: str | None = None
     """Tokenizer folder or repo id, overriding the model's."""
     mimi: str | None = None
     """Mimi codec folder or repo id, overriding the model's."""
     device: str = "auto"
     """Where Mimi encodes: cpu, cuda, cuda:1 ... (auto: cuda when available, else cpu)."""
-    codec_dtype: str = "float32"
+    codec_dtype: Literal["float32", "bfloat16"] = "float32"
     """Mimi compute dtype: float32, or bfloat16 (about 2x faster on GPUs and AVX512-BF16 CPUs; some
     deep-codebook codes differ from float32)."""
     encode_batch_size: int = 0
@@ -50,7 +53,7 @@ class ModelOptions:
 class AsrOptions:
     """Transcription: faster-whisper with word timestamps."""
 
-    asr_model: str = "small.en"
+    asr_model: str = DEFAULT_WHISPER_MODEL
     """faster-whisper model: a size name (tiny.en, small.en, large-v3 ...) or a local CTranslate2 folder."""
     asr_device: str = "auto"
     """Where Whisper runs: cpu, cuda (auto: cuda when available, else cpu)."""
@@ -143,9 +146,6 @@ class RunOptions:
     """Log per-file details."""
 
 
-SECTIONS = (ModelOptions, AsrOptions, SegmentOptions, FilterOptions, SpeakerOptions, OutputOptions, RunOptions)
-
-
 @dataclass(frozen=True)
 class PrepConfig:
     """A whole data-prep run: where from, where to, and one section per concern."""
@@ -160,7 +160,7 @@ class PrepConfig:
     out: OutputOptions = field(default_factory=OutputOptions)
     run: RunOptions = field(default_factory=RunOptions)
 
-    def validate(self) -> "PrepConfig":
+    def validate(self) -> PrepConfig:
         """Raise PrepConfigError on options that cannot work; return self."""
         seg, asr, flt = self.segment, self.asr, self.filters
         _positive("--min-seconds", seg.min_seconds)
@@ -182,8 +182,6 @@ class PrepConfig:
             raise PrepConfigError(f"--chunk-seconds must be at least 60 (two Whisper windows), got {asr.chunk_seconds}")
         if self.model.encode_batch_size < 0:
             raise PrepConfigError(f"--encode-batch-size must be >= 0 (0 = automatic), got {self.model.encode_batch_size}")
-        if self.model.codec_dtype not in ("float32", "bfloat16"):
-            raise PrepConfigError(f"--codec-dtype must be float32 or bfloat16, got {self.model.codec_dtype}")
         for flag, value in (("--min-confidence", flt.min_confidence), ("--max-clipped", flt.max_clipped)):
             if not 0 <= value <= 1:
                 raise PrepConfigError(f"{flag} is a fraction in [0, 1], got {value}")
@@ -195,6 +193,8 @@ class PrepConfig:
             raise PrepConfigError(f"--validation-fraction must be in [0, 1), got {self.out.validation_fraction}")
         if self.run.threads < 0:
             raise PrepConfigError(f"--threads must be >= 0 (0 = all cores), got {self.run.threads}")
+        if self.model.tiny and self.model.model not in (DEFAULT_MODEL, TINY_MODEL):
+            raise PrepConfigError(f"--tiny is --model {TINY_MODEL}; it cannot be combined with --model {self.model.model}")
         self._validate_speakers()
         return self
 
@@ -212,6 +212,10 @@ class PrepConfig:
             raise PrepConfigError(
                 "give either --stereo or --speaker-map (whose entries can name two speakers per file), not both"
             )
+
+
+SECTIONS = tuple(sections(PrepConfig).values())
+"""The option groups of a run, in --help order."""
 
 
 def _positive(flag: str, value: float) -> None:

@@ -31,7 +31,6 @@ from data_prep.cache import (
     options_digest,
 )
 from data_prep.config import (
-    FRAME_RATE,
     ModelOptions,
     PrepConfig,
     PrepConfigError,
@@ -45,9 +44,11 @@ from data_prep.timing import StageTimer
 from data_prep.transcribe import AsrError, SegmentTranscriber, WhisperAsr
 from data_prep.writer import assign_splits, push_corpus, write_corpus
 from dia2.data.corpus import META_FILE, CorpusMeta
-from dia2.data.teacher import TAIL_FRAMES
+from dia2.data.grid import FRAME_RATE
+from dia2.data.teacher import tail_frames
+from dia2.device import resolve_device
 from dia2.errors import Dia2Error
-from dia2.model.assets import ModelSource
+from dia2.model.assets import TINY_MODEL, ModelSource
 from dia2.model.config import DataConfig, load_config
 from dia2.text.script import TextTokenIds
 from dia2.text.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_source
@@ -82,22 +83,36 @@ class PrepOutcome:
 
 def load_prep_model(options: ModelOptions) -> PrepModel:
     """Tokenizer, config and Mimi of a Dia2 model repo or folder (`--tiny`: the embedded demo)."""
-    from dia2.audio.codec import MimiCodec
-    from dia2.generation.runtime import default_device
-    from dia2.tiny import tiny_bundle
+    from dia2.generation.runtime import load_codec
 
-    repo = str(tiny_bundle()) if options.tiny else options.model
-    source = ModelSource.resolve(repo)
+    device = resolve_device(options.device, "--device")
+    source = ModelSource.resolve(TINY_MODEL if options.tiny else options.model)
     manifest = source.manifest()
     config = load_config(source.file(manifest.config))
     tok_source = options.tokenizer or tokenizer_source(source, manifest.tokenizer, config.assets.tokenizer)
     tokenizer = load_tokenizer(tok_source)
     mimi_source = options.mimi or source.asset(manifest.mimi) or config.assets.mimi
-    device = default_device() if options.device == "auto" else options.device
     dtype = torch.bfloat16 if options.codec_dtype == "bfloat16" else torch.float32
-    codec = MimiCodec.from_pretrained(mimi_source, device=device, dtype=dtype, num_codebooks=config.num_codebooks)
+    codec = load_codec(mimi_source, options.mimi is not None, str(device), config.num_codebooks, dtype)
     ids = TextTokenIds.from_tokenizer(config.data, tokenizer)
-    return PrepModel(codec, str(mimi_source), tokenizer, str(tok_source), ids, config.data, config.runtime.max_context_steps)
+    return PrepModel(
+        codec, recorded_name(str(mimi_source), source), tokenizer, recorded_name(str(tok_source), source), ids,
+        config.data, config.runtime.max_context_steps,
+    )
+
+
+def recorded_name(location: str, source: ModelSource | None = None) -> str:
+    """How the corpus meta names an asset (codec, tokenizer, Whisper model): never a path of this
+    machine, since the meta travels to the Hub with the corpus and the voices trained on it.
+
+    Inside the model folder: `<model name>/<path inside>`; another local file or folder: its own
+    name; a Hub repo id or a model name: as given.
+    """
+    path = Path(location).expanduser()
+    if source is not None and source.is_local and path.is_relative_to(source.location):
+        inside = path.relative_to(source.location).as_posix()
+        return source.name if inside == "." else f"{source.name}/{inside}"
+    return path.name if path.exists() else location
 
 
 def check_output(folder: Path, overwrite: bool) -> None:
@@ -127,14 +142,17 @@ def run_prep(config: PrepConfig, model: PrepModel | None = None, transcriber: Se
     out = config.output
     check_output(out, config.out.overwrite)
     sources = collect_sources(config.input, config.speaker, exclude=out)
+    if transcriber is None:
+        resolve_device(config.asr.asr_device, "--asr-device")  # refused before any model loads
     model = model or load_prep_model(config.model)
-    max_frames = check_context_budget(config.segment, model.max_context_steps, max(model.data.delays, default=0), TAIL_FRAMES)
+    tail = tail_frames(model.data)
+    max_frames = check_context_budget(config.segment, model.max_context_steps, max(model.data.delays, default=0), tail)
     if transcriber is None:
         transcriber = WhisperAsr(config.asr, cpu_threads=config.run.threads or _cores())
         transcriber.load()  # a model that cannot load is the run's error, not every file's
     timer = StageTimer()
     names = sources.speaker_names
-    preparer = RecordingPreparer(config, model.codec, model.tokenizer, model.ids, transcriber, names, max_frames, timer)
+    preparer = RecordingPreparer(config, model.codec, model.tokenizer, model.ids, transcriber, names, max_frames, tail, timer)
     tokenizer_id = tokenizer_fingerprint(model.tokenizer)
     options = options_digest(config, model.codec.fingerprint, tokenizer_id, transcriber.identity, max_frames, names)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,10 +219,10 @@ def _meta(config: PrepConfig, model: PrepModel, speaker_names: tuple[str, ...], 
         frame_rate=FRAME_RATE,
         sample_rate=model.codec.sample_rate,
         delay_pattern=tuple(model.data.delays),
-        asr_model=config.asr.asr_model,
+        asr_model=recorded_name(config.asr.asr_model),
         tool_version=tool_version(),
         extra={
-            "asr": asr,
+            "asr": asr.replace(config.asr.asr_model, recorded_name(config.asr.asr_model)),
             "speakers": list(speaker_names),
             "rows": counts,
             "max_context_steps": model.max_context_steps,

@@ -6,9 +6,11 @@ Per recording:
    words; otherwise the downmix), and merge the words by time;
 3. cut the words into utterances at pauses (`segment.py`), drop the ones that are too short or
    long, low in ASR confidence, or (with reference text) disagree with it;
-4. align each utterance's words to frames with the shared rule (`dia2.text.utterance`), and take its
-   audio up to the end-of-speech tail (spec section 7): N >= end_of_speech_step + TAIL_FRAMES
-   frames, real audio up to the next utterance's first word, silence after that;
+4. align each utterance's words to frames with the shared rule (`dia2.text.utterance`: the
+   lead-in silence and long pauses become break entries, as inference spells them), and take its
+   audio up to the end-of-speech tail (spec section 7): N = end_of_speech_step + tail frames
+   (`dia2.data.teacher.tail_frames`, derived from the decoder's stop rule), real audio up to the
+   next utterance's first word, silence after that;
 5. Mimi-encode the utterances as they come, in batches (of one on CPU, where batching does not
    pay), so a recording hours long never holds more than a batch of utterance audio.
 
@@ -50,7 +52,6 @@ from data_prep.timing import StageTimer
 from data_prep.transcribe import HeardWord, SegmentTranscriber, transcribe_stream
 from dia2.audio.io import AudioFileError
 from dia2.data.corpus import make_row
-from dia2.data.teacher import TAIL_FRAMES
 from dia2.text.script import TextTokenIds, Tokenizer
 from dia2.text.utterance import SpokenWord, align_utterance
 
@@ -81,10 +82,12 @@ class RecordingPreparer:
         transcriber: SegmentTranscriber,
         speaker_names: tuple[str, ...],
         max_frames: int,
+        tail_frames: int,
         timer: StageTimer | None = None,
     ) -> None:
         self.config, self.codec, self.tokenizer, self.ids = config, codec, tokenizer, ids
         self.transcriber, self.speaker_names, self.max_frames = transcriber, speaker_names, max_frames
+        self.tail_frames = tail_frames  # audio frames kept from the end-of-speech step on
         self.timer = timer or StageTimer()
 
     def prepare(self, source: SourceFile) -> FileResult:
@@ -211,7 +214,7 @@ class RecordingPreparer:
             except ValueError as exc:
                 result.skips.append(Skip(source.name, NO_SPEAKABLE_WORDS, str(exc), first, last_end))
                 return None
-        frames = utterance.alignment.end_of_speech_step + TAIL_FRAMES
+        frames = utterance.alignment.end_of_speech_step + self.tail_frames
         if frames > self.max_frames:
             detail = f"{frames} frames after alignment > the {self.max_frames} the context leaves for an utterance"
             result.skips.append(Skip(source.name, TOO_LONG, detail, first, last_end))

@@ -2,6 +2,9 @@
 
 Two rules, in order:
 1. A pause longer than `max_pause` always ends an utterance (long silences are wasted context).
+   A shorter pause stays inside the utterance; one longer than the state machine's padding
+   budget (about half a second) becomes a break entry when the words are aligned
+   (`dia2.text.align`), so the model learns breaks a script can ask for.
 2. Speech that runs past `max_seconds` is cut at the last pause of at least `split_pause` that
    leaves at least `min_seconds` before it; failing that, at the longest pause that does; failing
    that, at the longest pause. So utterances are as long as the limit allows and end at breaths.

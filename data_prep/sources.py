@@ -62,11 +62,15 @@ class Sources:
 
 
 def collect_sources(input_path: Path, options: SpeakerOptions, exclude: Path | None = None) -> Sources:
-    """The recordings named by a folder or a manifest file, with their speakers."""
+    """The recordings named by a folder, a single audio file or a manifest file, with their speakers."""
     if not input_path.exists():
-        raise PrepConfigError(f"input {input_path} does not exist: give a folder of recordings or a manifest (.csv, .jsonl)")
+        raise PrepConfigError(
+            f"input {input_path} does not exist: give a folder of recordings, an audio file or a manifest (.csv, .jsonl)"
+        )
     if input_path.is_dir():
         return _from_folder(input_path, options, exclude)
+    if input_path.suffix.lower() in AUDIO_EXTENSIONS:
+        return _from_audio(input_path.parent, [input_path], [], options)
     if options.speaker_map is not None:
         raise PrepConfigError("--speaker-map is for folder inputs: put the speakers in the manifest's speaker column instead")
     return _from_manifest(input_path, options)
@@ -77,6 +81,11 @@ def _from_folder(root: Path, options: SpeakerOptions, exclude: Path | None) -> S
     if not audio:
         shown = ", ".join(sorted(AUDIO_EXTENSIONS)[:8])
         raise PrepConfigError(f"no audio files in {root} (looked for {shown} ... recursively): check the folder")
+    return _from_audio(root, audio, ignored, options)
+
+
+def _from_audio(root: Path, audio: list[Path], ignored: list[str], options: SpeakerOptions) -> Sources:
+    """Sources of audio files under `root`, named by their path relative to it."""
     names = [p.relative_to(root).as_posix() for p in audio]
     if options.speaker_map is not None:
         table = read_speaker_map(options.speaker_map)

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle = tiny_bundle()
     print(f"tiny demo bundle (random, untrained weights: noise, not speech): {bundle}")
-    tts = Dia2.from_local(bundle, device="cpu")
+    tts = Dia2.from_repo(bundle, device="cpu")
     config = GenerationConfig(seed=args.seed)
 
     start = time.perf_counter()

@@ -8,7 +8,7 @@ continue exactly as if it had not stopped:
 | trainable.safetensors | the parameters that train (LoRA weights, or all weights for full fine-tuning) |
 | optimizer.pt, scheduler.pt | their state dicts |
 | rng_rank{r}.pt | each process's RNG states (python, numpy, torch CPU and CUDA): LoRA dropout draws from them |
-| state.json | step, data position (epoch, batch index), number of processes |
+| state.json | step, data position (epoch, batch index), number of processes, training seconds so far |
 
 It is written into `.partial-step_NNNNNN/` and renamed into place once complete (a rename is
 atomic), so a kill during a save leaves the previous checkpoint as the newest complete one.
@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,16 @@ class ResumeError(Dia2Error, RuntimeError):
     """A checkpoint that cannot be resumed from; the message says why and what to do."""
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands at a checkpoint: the step, the data position, and the seconds spent
+    training so far over every invocation (the run's records report the whole run)."""
+
+    step: int
+    position: DataPosition
+    seconds: float = 0.0
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train, by name, on the CPU."""
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
@@ -61,8 +72,7 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 def save_checkpoint(
     root: Path,
-    step: int,
-    position: DataPosition,
+    progress: Progress,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -74,6 +84,7 @@ def save_checkpoint(
     `model` is the unwrapped model; model, optimizer and scheduler are the same on every process
     under DDP, so the main process writes them, and each process adds its own RNG states.
     """
+    step, position = progress.step, progress.position
     final, partial = root / checkpoint_name(step), root / f"{PARTIAL}{checkpoint_name(step)}"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a save that was killed
@@ -84,7 +95,10 @@ def save_checkpoint(
         save_file(trainable_state(model), str(partial / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), partial / "optimizer.pt")
         torch.save(scheduler.state_dict(), partial / "scheduler.pt")
-        state = {"step": step, "epoch": position.epoch, "index": position.index, "world_size": accelerator.num_processes}
+        state = {
+            "step": step, "epoch": position.epoch, "index": position.index, "world_size": accelerator.num_processes,
+            "seconds": round(progress.seconds, 3),
+        }
         (partial / "state.json").write_text(json.dumps(state, indent=1) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -100,8 +114,8 @@ def save_checkpoint(
 
 def load_checkpoint(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, accelerator: Any
-) -> tuple[int, DataPosition]:
-    """Restore weights, optimizer, scheduler and this process's RNG; returns (step, data position)."""
+) -> Progress:
+    """Restore weights, optimizer, scheduler and this process's RNG; returns where the run stood."""
     try:
         state = json.loads((folder / "state.json").read_text())
         weights = load_file(str(folder / "trainable.safetensors"))
@@ -124,7 +138,8 @@ def load_checkpoint(
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(folder / f"rng_rank{accelerator.process_index}.pt", weights_only=True))
     logger.info("resumed from %s (step %d)", folder, state["step"])
-    return state["step"], DataPosition(state["epoch"], state["index"])
+    # Checkpoints written before the seconds were recorded count from zero.
+    return Progress(state["step"], DataPosition(state["epoch"], state["index"]), state.get("seconds", 0.0))
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,22 +1,22 @@
 """The trainer's configuration: one frozen dataclass per concern, every field documented once.
 
-The string literal under each field is its documentation: `finetune/config_file.py` turns it into
-the `--help` of finetune/train.py, and it is what a reader of a preset looks up. Loading YAML
-presets and `key=value` overrides (strictly: unknown keys and mistyped values are errors) lives
-in `finetune/config_file.py`; this module holds the schema and the value checks.
+The string literal under each field is its documentation: `dia2.options` turns it into the
+`--help` of finetune/train.py, and it is what a reader of a preset looks up. Loading YAML presets
+and `key=value` overrides (strictly: unknown keys and mistyped values are errors) lives in
+`finetune/config_file.py`; this module holds the schema and the value checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from dia2.errors import Dia2Error
 from dia2.model.adapters import DEFAULT_TARGET_MODULES
+from dia2.options import SENTENCES, OptionError, sections
 
 
-class ConfigError(Dia2Error, ValueError):
+class ConfigError(OptionError):
     """A training config that cannot be used; the message names the key and the fix."""
 
 
@@ -32,7 +32,8 @@ class ModelSection:
     (a local folder as its absolute path)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Dtype of the frozen base weights. auto: bfloat16 for LoRA on CUDA (half the memory of the
-    weights that do not train), float32 otherwise (full fine-tuning keeps float32 weights)."""
+    weights that do not train), float32 otherwise. Full fine-tuning refuses bfloat16: the optimizer
+    needs float32 weights (optim.mixed_precision=bf16 gives bf16 compute)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class EvalSection:
     """Evaluate before the first step too: the baseline the adapter is measured against."""
     max_batches: int = 0
     """Validation batches per evaluation (0: the whole validation split)."""
-    scripts: tuple[str, ...] = ("[S1] Hello there, how are you doing today?",)
+    scripts: tuple[str, ...] = field(default=("[S1] Hello there, how are you doing today?",), metadata=SENTENCES)
     """Scripts spoken with the current weights at each evaluation, written to samples/step_N/."""
     seed: int = 0
     """Sampling seed of the sample scripts, so successive samples differ only by the weights."""
@@ -210,7 +211,7 @@ class TrainConfig:
     """The run folder, checkpoints, export and Hub push (`output.*`)."""
 
 
-SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(TrainConfig) if is_dataclass(f.default_factory)}
+SECTIONS: dict[str, type] = sections(TrainConfig)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -222,6 +223,11 @@ def check_config(cfg: TrainConfig) -> None:
         (0 <= cfg.lora.dropout < 1, "lora.dropout must be in [0, 1)"),
         (not (cfg.lora.full_finetune and cfg.quant.mode != "none"),
          "lora.full_finetune cannot train a quantized base: set quant.mode=none, or lora.full_finetune=false for QLoRA"),
+        # AdamW would update the bf16 weights in place: updates below bf16's resolution
+        # (~1/256 of a weight) round away. Mixed precision keeps float32 weights and bf16 compute.
+        (not (cfg.lora.full_finetune and cfg.model.dtype == "bfloat16"),
+         "model.dtype=bfloat16 with lora.full_finetune=true would run AdamW on bf16 weights and lose small "
+         "updates to rounding: set model.dtype=float32 (or auto) and optim.mixed_precision=bf16 for bf16 compute"),
         (cfg.data.max_frames_per_batch > 0, "data.max_frames_per_batch must be > 0"),
         (cfg.data.bucket_size > 0, "data.bucket_size must be > 0"),
         (0 <= cfg.data.uncond_prob < 1, "data.uncond_prob must be in [0, 1)"),

@@ -49,7 +49,7 @@ class SplitData:
 
     @property
     def lengths(self) -> list[int]:
-        """Grid columns of each example (frames + max delay)."""
+        """Grid columns of each example (up to the column decoding stops at, `dia2.data.teacher`)."""
         return [e.columns for e in self.examples]
 
 

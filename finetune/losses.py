@@ -5,8 +5,9 @@ The decoder output at column t predicts column t+1 (spec section 7):
   `action_pad_weight`;
 - cb0: cb0_logits[:, t] vs audio_target[:, 0, t];
 - depformer: depformer_logits[:, t, s] vs audio_target[:, s+1, t] for stages s = 0..K-2.
-Audio targets that are bos or pad (before a codebook's delay, after the audio, batch padding)
-are masked out.
+Audio targets that are bos or pad (before a codebook's delay, batch padding) are masked out,
+and so is a depformer target whose stage input (codebook s of the same column) is: decoding
+always feeds a stage a sampled code (`dia2.data.teacher` builds the mask).
 
 total = action_weight * action + audio_weight * audio, where action is the weighted mean CE of
 the action targets and audio the weighted mean CE over every audio target, codebook 0 weighing

@@ -8,6 +8,7 @@ object speaks evaluation samples with the current adapter and no copy of the mod
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,11 @@ from torch import nn
 
 from dia2.generation.runtime import Dia2
 from dia2.model.adapters import lora_model
+from dia2.model.assets import ModelSource
 from dia2.model.network import Dia2Model
 from finetune.config import ConfigError, LoraSection, ModelSection, QuantSection
 
 logger = logging.getLogger(__name__)
-
-TINY = "tiny"
 
 
 @dataclass
@@ -35,14 +35,13 @@ class Base:
     name: str
 
 
-def resolve_source(base: str) -> str:
-    """A local folder or Hub repo id for `model.base` (`tiny` builds or reuses the cached demo bundle)."""
-    if base == TINY:
-        from dia2.tiny import tiny_bundle
-
-        return str(tiny_bundle())
-    path = Path(base).expanduser()
-    return str(path.resolve()) if path.is_dir() else base
+def resolve_source(base: str) -> ModelSource:
+    """Where `model.base` lives: a local folder (absolute) or a Hub repo id; `tiny` builds or
+    reuses the cached demo bundle. Its `name` is what the run's records call the base."""
+    source = ModelSource.resolve(base)
+    if source.is_local:
+        return dataclasses.replace(source, location=str(Path(source.location).resolve()))
+    return source
 
 
 def weights_dtype(section: ModelSection, full_finetune: bool, device: torch.device) -> torch.dtype:
@@ -56,10 +55,12 @@ def load_base(model: ModelSection, quant: QuantSection, full_finetune: bool, dev
     """Load the base model, tokenizer and codec onto `device` (quantized for QLoRA)."""
     source = resolve_source(model.base)
     dtype = weights_dtype(model, full_finetune, device)
-    tts = Dia2.from_repo(source, device=str(device), dtype=dtype, low_vram=None if quant.mode == "none" else quant.mode)
-    name = model.base_name or (model.base if model.base == TINY else source)
-    logger.info("base %s (%s) on %s, %s, quantization %s", name, source, device, dtype, quant.mode)
-    return Base(tts, source, name)
+    tts = Dia2.from_repo(
+        source.location, device=str(device), dtype=dtype, low_vram=None if quant.mode == "none" else quant.mode
+    )
+    name = model.base_name or source.name
+    logger.info("base %s (%s) on %s, %s, quantization %s", name, source.location, device, dtype, quant.mode)
+    return Base(tts, source.location, name)
 
 
 def make_trainable(model: Dia2Model, lora: LoraSection, base_name: str) -> nn.Module:

@@ -113,9 +113,14 @@ def save_adapter(peft_model: nn.Module, folder: Path, voice: dict[str, Any]) -> 
     return folder
 
 
+def voice_file_text(voice: dict[str, Any]) -> str:
+    """The text of dia2_voice.json for `voice` (its content without the format tag)."""
+    return json.dumps({"format": VOICE_FORMAT, **voice}, indent=2) + "\n"
+
+
 def write_voice_file(folder: Path, voice: dict[str, Any]) -> Path:
     path = folder / VOICE_FILE
-    path.write_text(json.dumps({"format": VOICE_FORMAT, **voice}, indent=2) + "\n", encoding="utf-8")
+    path.write_text(voice_file_text(voice), encoding="utf-8")
     return path
 
 

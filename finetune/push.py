@@ -5,8 +5,12 @@
 Uploads the run's adapter/ folder (PEFT files, dia2_voice.json, README.md model card), the
 samples of its last evaluation (as samples/sample_i.wav) and loss.png, in one commit. The token
 comes from the usual Hugging Face sources (HF_TOKEN, `hf auth login`) or --token. --dry-run
-writes the card and lists the upload without contacting the Hub. A voice is only published with
-a consent statement (output.consent when training, or --consent here).
+lists the upload without contacting the Hub. A voice is only published with a consent statement
+(output.consent when training, or --consent here).
+
+The run folder is the record of the training and is never changed: the model card (titled for
+the target repo) and dia2_voice.json (with a --consent given here) are generated in memory for
+the upload, so a dry run, a failed push or a push to another repo leave the run as it was.
 """
 
 from __future__ import annotations
@@ -14,27 +18,49 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dia2.errors import Dia2Error, report
 from finetune.card import model_card
-from finetune.outputs import RunPaths, read_voice_file, write_voice_file
+from finetune.outputs import VOICE_FILE, RunPaths, read_voice_file, voice_file_text
+
+CARD_FILE = "README.md"
 
 
 class PushError(Dia2Error, RuntimeError):
     """An upload that cannot go ahead; the message says what to do."""
 
 
-def upload_plan(run: Path) -> list[tuple[Path, str]]:
-    """(local file, path in the repo) of everything a push uploads, in upload order."""
+@dataclass(frozen=True)
+class Upload:
+    """One file of a push: a file of the run, or content generated for this push (card, voice file)."""
+
+    path_in_repo: str
+    source: Path | bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.source) if isinstance(self.source, bytes) else self.source.stat().st_size
+
+    def listing(self) -> dict[str, Any]:
+        local = "(generated for this push)" if isinstance(self.source, bytes) else str(self.source)
+        return {"file": local, "path_in_repo": self.path_in_repo, "bytes": self.size}
+
+
+def upload_plan(run: Path, voice: dict[str, Any], card: str) -> list[Upload]:
+    """Everything a push uploads, in upload order: the adapter files with `voice` and `card` as
+    its dia2_voice.json and README.md, the last samples, and loss.png."""
     paths = RunPaths(run)
     if not (paths.adapter / "adapter_config.json").is_file():
         raise PushError(f"{run} has no adapter/ folder with adapter_config.json: pass the folder of a finished LoRA run")
-    plan = [(f, f.name) for f in sorted(paths.adapter.iterdir()) if f.is_file()]
-    voice = read_voice_file(paths.adapter)
-    plan += [(run / s["file"], f"samples/{Path(s['file']).name}") for s in voice.get("samples", [])]
+    generated = {VOICE_FILE: voice_file_text(voice).encode(), CARD_FILE: card.encode()}
+    names = sorted({f.name for f in paths.adapter.iterdir() if f.is_file()} | set(generated))
+    plan = [Upload(name, generated.get(name, paths.adapter / name)) for name in names]
+    plan += [Upload(f"samples/{Path(s['file']).name}", run / s["file"]) for s in voice.get("samples", [])]
     if paths.loss_png.is_file():
-        plan.append((paths.loss_png, paths.loss_png.name))
+        plan.append(Upload(paths.loss_png.name, paths.loss_png))
     return plan
 
 
@@ -45,8 +71,9 @@ def push_run(
     dry_run: bool = False,
     token: str | None = None,
     consent: str | None = None,
-) -> list[tuple[Path, str]]:
-    """Write the model card for `repo` and upload the adapter (or only list it, when dry_run)."""
+) -> list[Upload]:
+    """Upload the adapter with a model card for `repo` (or only list the upload, when dry_run).
+    Nothing in the run folder is written."""
     run = Path(run)
     adapter = RunPaths(run).adapter
     try:
@@ -56,15 +83,13 @@ def push_run(
     voice.pop("format", None)
     if consent:
         voice["consent"] = consent
-        write_voice_file(adapter, voice)
     if not voice.get("consent"):
         raise PushError(
             "no consent statement: a voice is published only with one. Set output.consent when training or pass "
             "--consent 'The speakers agreed to ...'"
         )
-    (adapter / "README.md").write_text(model_card(voice, repo), encoding="utf-8")
-    plan = upload_plan(run)
-    missing = [str(local) for local, _ in plan if not local.is_file()]
+    plan = upload_plan(run, voice, model_card(voice, repo))
+    missing = [str(u.source) for u in plan if isinstance(u.source, Path) and not u.source.is_file()]
     if missing:
         raise PushError(f"files to upload are missing: {', '.join(missing)}")
     if dry_run:
@@ -73,7 +98,7 @@ def push_run(
     return plan
 
 
-def _upload(plan: list[tuple[Path, str]], repo: str, private: bool, token: str | None) -> None:
+def _upload(plan: list[Upload], repo: str, private: bool, token: str | None) -> None:
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -83,7 +108,12 @@ def _upload(plan: list[tuple[Path, str]], repo: str, private: bool, token: str |
     api = HfApi(token=token)
     try:
         api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
-        operations = [CommitOperationAdd(path_in_repo=remote, path_or_fileobj=str(local)) for local, remote in plan]
+        operations = [
+            CommitOperationAdd(
+                path_in_repo=u.path_in_repo, path_or_fileobj=u.source if isinstance(u.source, bytes) else str(u.source)
+            )
+            for u in plan
+        ]
         api.create_commit(repo, operations=operations, commit_message="Upload Dia2 voice adapter")
     except (HfHubHTTPError, OSError) as exc:
         raise PushError(f"upload to {repo} failed: {exc}") from exc
@@ -95,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="run folder (runs/<name>) of a finished LoRA run")
     parser.add_argument("--repo", required=True, help="Hub repo id to create or update, e.g. me/my-voice-lora")
     parser.add_argument("--public", action="store_true", help="create the repo public (default private)")
-    parser.add_argument("--dry-run", action="store_true", help="write the card and list the upload, upload nothing")
+    parser.add_argument("--dry-run", action="store_true", help="list the upload (card included), upload nothing")
     parser.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--consent", help="consent statement of the speakers (default: the one given when training)")
     args = parser.parse_args(argv)
@@ -103,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = push_run(args.run, args.repo, not args.public, args.dry_run, args.token, args.consent)
     except Dia2Error as exc:
         return report("push", exc)
-    listing = [{"file": str(local), "path_in_repo": remote, "bytes": local.stat().st_size} for local, remote in plan]
+    listing = [upload.listing() for upload in plan]
     verb = "would upload" if args.dry_run else "uploaded"
     print(json.dumps({"repo": args.repo, "dry_run": args.dry_run, verb: listing}, indent=1))
     return 0

@@ -1,12 +1,14 @@
 """Adapt Dia2 to a voice with LoRA (or QLoRA, or full fine-tuning).
 
-    accelerate launch finetune/train.py --config configs/train/tiny-cpu.yaml data.corpus=corpora/me
-    accelerate launch finetune/train.py --config configs/train/dia2-2b-lora.yaml \\
+    python finetune/train.py --config configs/train/tiny-cpu.yaml data.corpus=corpora/me
+    python finetune/train.py --config configs/train/dia2-2b-lora.yaml \\
         data.corpus=corpora/me output.name=me --export-merged --push-to-hub me/my-voice-lora
     python finetune/train.py --config ... --resume          # continue runs/<name> from its newest checkpoint
 
-Two CPU processes (DDP over gloo): accelerate launch --multi_gpu --num_processes 2 --num_machines 1
---mixed_precision no --dynamo_backend no finetune/train.py ...
+Several processes (DDP; over gloo on CPU): accelerate launch --quiet --multi_gpu --num_processes 2
+--num_machines 1 --mixed_precision no --dynamo_backend no finetune/train.py ... (these flags keep
+accelerate quiet: no defaults warning, no second traceback after an error). Ctrl-C or SIGTERM
+stops a run with one line: the last checkpoint and the command that continues it.
 
 The loop below reads top to bottom: load the base, the corpus and the adapter; then per step,
 grad_accumulation teacher-forced batches (finetune.data) through the weighted masked loss
@@ -33,6 +35,9 @@ import json
 import logging
 import math
 import os
+import shlex
+import signal
+import threading
 import time
 from functools import partial
 from typing import Any, Iterator
@@ -44,9 +49,11 @@ from accelerate.utils import set_seed
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from dia2.data.corpus import CorpusMeta
 from dia2.errors import Dia2Error, report
 from finetune.card import model_card
 from finetune.checkpoint import (
+    Progress,
     check_resumable,
     checkpoint_name,
     complete_checkpoints,
@@ -54,7 +61,7 @@ from finetune.checkpoint import (
     resume_checkpoint,
     save_checkpoint,
 )
-from finetune.config import OptimSection, TrainConfig
+from finetune.config import ConfigError, OptimSection, OutputSection, TrainConfig
 from finetune.config_file import config_to_dict, help_text, load_config, save_config
 from finetune.data import (
     BatchStream,
@@ -65,7 +72,13 @@ from finetune.data import (
 )
 from finetune.evaluation import check_scripts, held_out_loss, speak_samples
 from finetune.losses import metrics, training_loss
-from finetune.modeling import Base, load_base, make_trainable, parameter_counts
+from finetune.modeling import (
+    Base,
+    load_base,
+    make_trainable,
+    parameter_counts,
+    resolve_source,
+)
 from finetune.outputs import (
     MetricsLog,
     RunPaths,
@@ -75,7 +88,7 @@ from finetune.outputs import (
     save_adapter,
     save_full_model,
 )
-from finetune.push import push_run
+from finetune.push import CARD_FILE, push_run
 from finetune.tracking import Tracker, accelerate_kwargs
 
 logger = logging.getLogger("finetune.train")
@@ -98,12 +111,7 @@ def train(cfg: TrainConfig) -> RunPaths:
     resume_from = resume_checkpoint(cfg.output.resume, paths.root)
     if resume_from is not None and paths.config.is_file():
         check_resumable(yaml.safe_load(paths.config.read_text()), config_to_dict(cfg))
-    accelerator.wait_for_everyone()  # every process has looked at the folder before it changes
-    if is_main:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        if resume_from is None:
-            paths.metrics.unlink(missing_ok=True)  # left by a fresh run that died before its first checkpoint
-        save_config(cfg, paths.config)
+    check_inputs(cfg)
 
     # Model, data, optimizer. The same seed on every process gives every process the same LoRA init.
     set_seed(cfg.seed)
@@ -114,6 +122,13 @@ def train(cfg: TrainConfig) -> RunPaths:
         cfg.data.max_frames_per_batch, cfg.data.min_asr_confidence,
     )
     check_scripts(tts, cfg.eval.scripts)
+    # The run folder changes only once every input has loaded: a failed start leaves nothing behind.
+    accelerator.wait_for_everyone()  # every process has looked at the folder before it changes
+    if is_main:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        if resume_from is None:
+            paths.metrics.unlink(missing_ok=True)  # left by a fresh run that died before its first checkpoint
+        save_config(run_config(cfg), paths.config)
     model = make_trainable(tts.model, cfg.lora, base.name)
     tts.model.set_gradient_checkpointing(cfg.optim.gradient_checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -128,9 +143,10 @@ def train(cfg: TrainConfig) -> RunPaths:
         rank, accelerator.num_processes,
     )
     log = MetricsLog(paths.metrics, is_main)
-    step = 0
+    step, seconds_before = 0, 0.0
     if resume_from is not None:
-        step, stream.position = load_checkpoint(resume_from, unwrapped, optimizer, scheduler, accelerator)
+        resumed = load_checkpoint(resume_from, unwrapped, optimizer, scheduler, accelerator)
+        step, stream.position, seconds_before = resumed.step, resumed.position, resumed.seconds
         log.truncate(step)
     else:
         set_seed(cfg.seed, device_specific=True)  # from here on, each process draws its own LoRA dropout
@@ -190,13 +206,37 @@ def train(cfg: TrainConfig) -> RunPaths:
         if last or (cfg.eval.every and step % cfg.eval.every == 0):
             evaluate(step)
         if last or (cfg.output.save_every and step % cfg.output.save_every == 0):
-            save_checkpoint(
-                paths.checkpoints, step, stream.position, unwrapped, optimizer, scheduler, accelerator, cfg.output.keep_last
-            )
+            at = Progress(step, stream.position, seconds_before + time.perf_counter() - started)
+            save_checkpoint(paths.checkpoints, at, unwrapped, optimizer, scheduler, accelerator, cfg.output.keep_last)
     progress.close()
-    finish(cfg, paths, base, corpus, unwrapped, step, accelerator, time.perf_counter() - started)
+    finish(cfg, paths, base, corpus, unwrapped, step, accelerator, seconds_before + time.perf_counter() - started)
     tracker.close()
     return paths
+
+
+INVOCATION_KEYS = ("resume", "export_merged", "push_to_hub", "hub_dry_run")
+"""output.* keys that say what one invocation does (continue, export, publish), not what the run
+is: config.yaml records them at their defaults, so a resume or an export does not rewrite the run."""
+
+
+def run_config(cfg: TrainConfig) -> TrainConfig:
+    """The config that config.yaml records: `cfg` with the invocation keys at their defaults."""
+    defaults = OutputSection()
+    return dataclasses.replace(
+        cfg, output=dataclasses.replace(cfg.output, **{k: getattr(defaults, k) for k in INVOCATION_KEYS})
+    )
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Refuse what can be refused before anything loads (loading the 2B base takes minutes)."""
+    corpus = Path(cfg.data.corpus)
+    if not corpus.exists():
+        raise ConfigError(
+            f"data.corpus={cfg.data.corpus} does not exist: pass the folder dia2-prep wrote "
+            f"(dia2-prep RECORDINGS {cfg.data.corpus})"
+        )
+    CorpusMeta.load(corpus)  # a folder that is not a corpus
+    resolve_source(cfg.model.base)  # a base that is neither a folder, a Hub repo id nor tiny
 
 
 def mixed_precision(optim: OptimSection) -> str:
@@ -263,14 +303,14 @@ def finish(
             save_full_model(model, base.source, paths.model, voice)
         else:
             save_adapter(model, paths.adapter, voice)
-            (paths.adapter / "README.md").write_text(model_card(voice, cfg.output.push_to_hub), encoding="utf-8")
+            (paths.adapter / CARD_FILE).write_text(model_card(voice, cfg.output.push_to_hub), encoding="utf-8")
         loss_curve(paths.metrics, paths.loss_png)
         if cfg.output.export_merged and not cfg.lora.full_finetune:  # full fine-tuning wrote model/ already
             export_merged(base.source, paths.adapter, paths.merged)
         if cfg.output.push_to_hub:
             plan = push_run(paths.root, cfg.output.push_to_hub, cfg.output.hub_private, cfg.output.hub_dry_run)
             verb = "would upload" if cfg.output.hub_dry_run else "uploaded"
-            print(json.dumps({"repo": cfg.output.push_to_hub, verb: [remote for _, remote in plan]}, indent=1))
+            print(json.dumps({"repo": cfg.output.push_to_hub, verb: [u.path_in_repo for u in plan]}, indent=1))
         logger.info("finished %d steps in %.0f s: %s", step, seconds, paths.weights)
     accelerator.wait_for_everyone()
 
@@ -348,13 +388,63 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     return load_config(args.config, overrides)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so both stop a run the same way."""
+
+
+@contextlib.contextmanager
+def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python delivers signals to the main thread only; its handler stays in charge
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resume_hint(cfg: TrainConfig, argv: list[str]) -> str:
+    """Where an interrupted run stands, and the command that continues it."""
+    paths = RunPaths(Path(cfg.output.dir) / cfg.output.name)
+    done = complete_checkpoints(paths.checkpoints)
+    if not done:
+        return f"no checkpoint was written yet (output.save_every={cfg.output.save_every}): start again to train"
+    args, skip = [], False
+    for arg in argv:  # this invocation's arguments, less any resume it already asked for
+        if skip and "=" not in arg and not arg.startswith("-"):
+            skip = False
+            continue
+        skip = arg == "--resume"
+        if not (skip or arg.startswith(("--resume=", "output.resume="))):
+            args.append(arg)
+    # accelerate launch sets this in its processes; its own flags are not visible from here.
+    launcher = "accelerate launch" if "ACCELERATE_DYNAMO_BACKEND" in os.environ else sys.executable
+    same_flags = " (with the same accelerate launch flags)" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    command = shlex.join([*launcher.split(), "finetune/train.py", *args, "--resume"])
+    return f"the last checkpoint is {done[-1]}; continue with{same_flags}: {command}"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("finetune").setLevel(logging.INFO)
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = None
     try:
-        train(parse_args(argv))
+        with sigterm_stops_like_ctrl_c():
+            cfg = parse_args(argv)
+            train(cfg)
     except Dia2Error as exc:
         return report("train", exc)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        if int(os.environ.get("RANK", "0")) == 0:  # one message for all processes
+            hint = resume_hint(cfg, argv) if cfg is not None else "nothing was trained"
+            print(f"\ntrain: stopped by {'SIGTERM' if terminated else 'Ctrl-C'}: {hint}", file=sys.stderr)
+        return 128 + int(signal.SIGTERM if terminated else signal.SIGINT)
     return 0
 
 

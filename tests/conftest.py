@@ -70,4 +70,4 @@ def tiny_bundle_dir(tmp_path_factory):
 def tiny_tts(tiny_bundle_dir):
     from dia2.generation.runtime import Dia2
 
-    return Dia2.from_local(tiny_bundle_dir, device="cpu")
+    return Dia2.from_repo(tiny_bundle_dir, device="cpu")

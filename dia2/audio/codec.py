@@ -6,9 +6,8 @@ input checks and errors the rest of the project relies on, for training data (en
 inference (decode, or stream-decode frame by frame). It reads only the output objects
 (`.audio_codes`, `.audio_values`), which behave alike on transformers 4.x and 5.x.
 
-`build_tiny_mimi` makes a small deterministic random Mimi with the real frame geometry, for tests
-and demos that cannot download the real codec; `build_random_mimi` does the same for any geometry
-(e.g. the full-size `MimiConfig()` in benchmarks). Streaming decode lives in `codec_stream.py`.
+Streaming decode lives in `codec_stream.py`; seeded random stand-ins for tests, demos and
+benchmarks (`build_tiny_mimi`, `build_random_mimi`) live in `dia2.tiny`.
 
 Shapes: B batch, K codebooks, T frames, S samples.
 """
@@ -25,14 +24,14 @@ from pathlib import Path
 import huggingface_hub.constants
 import torch
 import torch.nn.functional as F
-from transformers import MimiConfig, MimiModel
+from transformers import MimiModel
 
-from dia2.audio.codec_stream import MimiStreamDecoder, check_codes, decoder_parts
+from dia2.audio.codec_stream import MimiStreamDecoder, check_codes
 from dia2.errors import Dia2Error
+from dia2.model.config import DEFAULT_MIMI_REPO
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MIMI_REPO = "kyutai/mimi"
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash"}
 
 
@@ -227,74 +226,3 @@ def load_mimi(repo_or_path: str | os.PathLike = DEFAULT_MIMI_REPO, revision: str
         )
     logger.info("loaded Mimi %s (%d codebooks of %d)", text, model.config.num_quantizers, model.config.codebook_size)
     return model
-
-
-def build_tiny_mimi(seed: int = 0, num_codebooks: int = 8, codebook_size: int = 2048) -> MimiModel:
-    """A deterministic tiny random Mimi (~150k parameters) with the real frame geometry.
-
-    24 kHz, upsampling ratios [8, 6, 5, 4] and a 2x latent stride give 1920 samples per frame at
-    12.5 Hz, like `kyutai/mimi`; widths and depths are tiny. The same seed gives bit-identical
-    weights. The decoder attention window is 16 steps (8 frames) so that short test clips already
-    cross it. Codebook ids run 0 .. codebook_size - 1.
-    """
-    if num_codebooks < 2:
-        raise ValueError(f"Mimi needs >= 2 codebooks (1 semantic + acoustic), got {num_codebooks}")
-    if codebook_size < 2 or codebook_size & (codebook_size - 1):
-        raise ValueError(f"codebook_size must be a power of two, got {codebook_size}")
-    config = MimiConfig(
-        hidden_size=32,
-        num_filters=4,
-        upsampling_ratios=[8, 6, 5, 4],
-        num_hidden_layers=2,
-        intermediate_size=64,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        codebook_dim=16,
-        vector_quantization_hidden_dimension=16,
-        upsample_groups=32,  # depthwise, as in the real Mimi (512 groups for 512 channels)
-        num_quantizers=num_codebooks,
-        codebook_size=codebook_size,
-        sliding_window=16,
-    )
-    return build_random_mimi(config, seed)
-
-
-def build_random_mimi(config: MimiConfig, seed: int = 0) -> MimiModel:
-    """A seeded random Mimi of any geometry, usable as a codec stand-in (e.g. `MimiConfig()`, the real
-    79M-parameter architecture, for timing). The global RNG is left untouched.
-
-    Two fixes over plain random init: every codebook gets random centroids (init leaves them all
-    zero, so every code would be 0), and the output layer is scaled so decoded audio has a std of
-    ~0.1, a speech-like level (init decodes at a std of ~4-5, clipped almost everywhere).
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MimiModel(config).eval()
-        _randomise_codebooks(model)
-        probe = torch.randint(0, config.codebook_size, (1, config.num_quantizers, 8))
-        _scale_output(model, probe, target_std=0.1)
-    return model
-
-
-def _randomise_codebooks(model: MimiModel) -> None:
-    """Random centroids with std 4 per dimension, about the spread of the projected latents of a
-    randomly initialised Mimi, so nearest-centroid codes vary with the input at every level."""
-    for rvq in (model.quantizer.semantic_residual_vector_quantizer, model.quantizer.acoustic_residual_vector_quantizer):
-        for layer in rvq.layers:
-            codebook = layer.codebook
-            codebook.embed_sum.copy_(torch.randn_like(codebook.embed_sum) * 4.0)
-            codebook.cluster_usage.fill_(1.0)
-            codebook.initialized.fill_(1.0)
-            # The codebook caches embed_sum / cluster_usage on first use; drop any stale copy.
-            codebook._embed = None
-
-
-@torch.no_grad()
-def _scale_output(model: MimiModel, probe_codes: torch.Tensor, target_std: float) -> None:
-    """Scale the decoder's last convolution (weight and bias) so `probe_codes` decode at `target_std`."""
-    output_conv = decoder_parts(model).seanet.layers[-1].conv
-    std = float(model.decode(probe_codes, return_dict=True).audio_values.std())
-    factor = target_std / max(std, 1e-8)
-    output_conv.weight.mul_(factor)
-    if output_conv.bias is not None:
-        output_conv.bias.mul_(factor)

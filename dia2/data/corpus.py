@@ -29,10 +29,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from dia2.data.grid import FRAME_RATE
 from dia2.errors import Dia2Error
 from dia2.text.utterance import SpokenWord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: rows hold audio up to `dia2.data.teacher.tail_frames` after the end-of-speech step of the
+alignment that spells pauses as break entries (version 1 rows were cut for the old rule)."""
 META_FILE = "corpus_meta.json"
 SPLITS = ("train", "validation")
 
@@ -98,7 +101,8 @@ class CorpusMeta:
             raise CorpusError(f"{path} is unreadable ({exc}); rebuild the corpus with dia2-prep") from exc
         if meta.schema_version != SCHEMA_VERSION:
             raise CorpusError(
-                f"{path}: corpus schema version {meta.schema_version}, this tool reads {SCHEMA_VERSION}; rebuild it"
+                f"{path}: corpus schema version {meta.schema_version}, this tool reads {SCHEMA_VERSION} (its rows are "
+                "cut for another word alignment and end-of-speech tail); rebuild it with this version's dia2-prep"
             )
         return cls(**{**asdict(meta), "delay_pattern": tuple(meta.delay_pattern)})
 
@@ -124,7 +128,7 @@ def make_row(
     source_start: float,
     source_end: float,
     asr_confidence: float,
-    frame_rate: float = 12.5,
+    frame_rate: float = FRAME_RATE,
 ) -> dict[str, Any]:
     """One corpus row from codes [K, N] and timed words."""
     if codes.dim() != 2:

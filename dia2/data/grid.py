@@ -12,6 +12,7 @@ inference (filling the model input, undelaying the generated codes). It works on
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -56,17 +57,49 @@ def undelay_codes(delayed: Tensor, delays: Sequence[int]) -> Tensor:
     delayed [K, L] or [B, K, L] -> codes [..., K, max(0, L - max(delays))] with
     `codes[c, f] = delayed[c, delays[c] + f]`. Every output cell is read from the input, so no
     pad value is needed; the last max(delays) columns only ever hold the tails of the shorter
-    delays and are dropped.
+    delays and are dropped. Decoding calls this every frame on a window of the delayed buffer, so
+    it is one gather whose delay index is built on the device once (no host-to-device copy).
     """
     if delayed.dim() not in (2, 3):
         raise ValueError(f"delayed codes must be [K, L] or [B, K, L], got shape {tuple(delayed.shape)}")
     num_codebooks, columns = delayed.shape[-2], delayed.shape[-1]
     delays = _check_delays(delays, num_codebooks)
     frames = max(0, columns - max(delays, default=0))
-    codes = delayed.new_empty((*delayed.shape[:-1], frames))
-    for c, delay in enumerate(delays):
-        codes[..., c, :] = delayed[..., c, delay : delay + frames]
-    return codes
+    index = _delay_index(tuple(delays), delayed.device)[:, None] + torch.arange(frames, device=delayed.device)
+    return delayed.gather(-1, index.expand(*delayed.shape[:-1], frames))
+
+
+def cell_frames(delays: Sequence[int], columns: int, start: int = 0, device: torch.device | str | None = None) -> Tensor:
+    """The audio frame each delayed cell holds: [K, columns] long, `start + t - delays[c]` for
+    grid column start + t. Negative frames lie before their codebook's delay: those cells hold
+    audio bos as model input, in training and in decoding alike."""
+    delays = _check_delays(delays, len(delays))
+    column = torch.arange(start, start + columns, device=device)
+    return column[None, :] - _delay_index(tuple(delays), torch.device(device or "cpu"))[:, None]
+
+
+def drop_text(tokens: Tensor, zero: int, pad: int) -> Tensor:
+    """The unconditional (classifier-free guidance) branch's input: main text -> `zero`, second
+    text -> `pad`, at every column. Training drops text this way and decoding's unconditional
+    row reads exactly this.
+
+    tokens [..., C, L] with the text streams in channels 0 and 1 (C >= 2) -> a new tensor;
+    every other channel untouched.
+    """
+    if tokens.dim() < 2 or tokens.shape[-2] < TEXT_CHANNELS:
+        raise ValueError(f"tokens must be [..., C, L] with C >= {TEXT_CHANNELS}, got shape {tuple(tokens.shape)}")
+    dropped = tokens.clone()
+    dropped[..., 0, :] = zero
+    dropped[..., 1, :] = pad
+    return dropped
+
+
+@functools.lru_cache(maxsize=16)
+def _delay_index(delays: tuple[int, ...], device: torch.device) -> Tensor:
+    """delays as a [K] long tensor on `device`, built once per pattern and device: decoding reads
+    it every frame, and building it from a list each time would copy host to device (a sync)."""
+    with torch.inference_mode(False):  # a normal tensor even when generation builds it first
+        return torch.tensor(delays, dtype=torch.long, device=device)
 
 
 def mask_audio_bos(tokens: Tensor, delays: Sequence[int], bos: int, start: int = 0) -> Tensor:
@@ -90,10 +123,7 @@ def mask_audio_bos(tokens: Tensor, delays: Sequence[int], bos: int, start: int =
             f"tokens have {channels} channels but there are {len(delays)} delays: expected "
             f"{len(delays)} (audio only) or {len(delays) + TEXT_CHANNELS} (full grid)"
         )
-    delays = _check_delays(delays, len(delays))
-    column = torch.arange(start, start + columns, device=tokens.device)
-    delay = torch.tensor(delays, device=tokens.device)
-    before_delay = column.unsqueeze(0) < delay.unsqueeze(1)  # [K, T]
+    before_delay = cell_frames(delays, columns, start, tokens.device) < 0  # [K, T]
     masked = tokens.clone()
     audio = masked[..., offset : offset + len(delays), :]
     audio.masked_fill_(before_delay.expand_as(audio), bos)

@@ -6,104 +6,189 @@ sampling). Here each is captured whole into one CUDA graph, so a frame costs two
 and one small host sync (the sampled action, which the state machine needs) instead of
 hundreds of kernel launches. Nothing in the model is patched.
 
-Graphs are tied to their input/output buffers and to the decode state they were captured with,
-so `CudaGraphKernels` owns one persistent state per (branches, capacity) and hands it out
-(reset) for every utterance: capture happens once per shape, not once per call.
+A graph is bound to what it was captured with: its input/output buffers, the decode state, and
+the RNG (the seeded generator, or the device's default one). So `CudaGraphKernels` keeps, per
+shape (branches, capacity), one decode state and the two graphs captured on it, and hands that
+state out again, reset in place, for the next utterance of that shape: a kernels object that is
+kept (as `Dia2` keeps it) captures once per shape, not once per utterance. Between utterances
+the caller reseeds the kernels' generator in place (`generator.manual_seed(seed)`): a replay
+reads the generator's seed and offset when it launches. Warm-up, capture and replay run on the
+model's device (its streams, RNG state and graph memory pool), so `cuda:1` works like `cuda:0`.
+
+8-bit layers with LLM.int8()'s outlier threshold cannot be captured (their outlier search syncs
+with the host): `check_capturable` refuses them; `quantize(..., int8_threshold=0.0)` builds
+capturable ones.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
+from dia2.errors import Dia2Error
 from dia2.generation.loop import FrameKernels
-from dia2.model.network import DecoderOutput, DecodeState
+from dia2.model.network import DecoderOutput, DecodeState, Dia2Model
+from dia2.model.quant import int8_outlier_threshold
 
 logger = logging.getLogger(__name__)
 
 _WARMUP = 2
+# Decode states (each with its two graphs) one CudaGraphKernels keeps: each holds a KV cache of
+# the full capacity (hundreds of MB for the 2B with CFG), so only the shapes in recent use stay.
+MAX_SHAPES = 2
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class GraphError(Dia2Error, ValueError):
+    """A model or call that CUDA graphs cannot capture or replay."""
+
+
+def lru_get(cache: OrderedDict[K, V], key: K, build: Callable[[], V], limit: int) -> V:
+    """cache[key], built on a miss; beyond `limit` entries the least recently used is dropped."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    while len(cache) >= limit:
+        cache.popitem(last=False)
+    cache[key] = value = build()
+    return value
+
+
+def check_capturable(model: Dia2Model) -> None:
+    """Refuse a model whose frame work cannot be captured into a CUDA graph."""
+    threshold = int8_outlier_threshold(model)
+    if threshold > 0:
+        raise GraphError(
+            f"8-bit layers with the LLM.int8() outlier threshold {threshold} cannot run in CUDA graphs "
+            "(their outlier search syncs with the host): use --low-vram 4bit or drop --cuda-graph "
+            "(Python API: quantize(model, '8bit', int8_threshold=0.0) builds capturable 8-bit layers)"
+        )
+    if model.device.type != "cuda":
+        raise GraphError(f"CUDA graphs need the model on a CUDA device, not {model.device}; drop --cuda-graph")
 
 
 class _Captured:
-    """One function captured into a CUDA graph with static input and output buffers."""
+    """One function captured into a CUDA graph on `device`, with static input and output buffers."""
 
-    def __init__(self, fn: Callable[..., tuple[Tensor, ...] | Tensor], inputs: tuple[Tensor, ...], restore: Callable[[], None], generator):
+    def __init__(
+        self,
+        fn: Callable[..., tuple[Tensor, ...] | Tensor],
+        inputs: tuple[Tensor, ...],
+        restore: Callable[[], None],
+        generator: torch.Generator | None,
+        device: torch.device,
+    ) -> None:
+        self.device = device
         self.static_inputs = tuple(x.clone() for x in inputs)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(_WARMUP):  # lets lazy init (cuBLAS handles, allocator) happen outside capture
-                fn(*self.static_inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        restore()
-        self.graph = torch.cuda.CUDAGraph()
-        if generator is not None:
-            if not hasattr(self.graph, "register_generator_state"):
-                raise RuntimeError("this torch build cannot capture a seeded generator in a CUDA graph: upgrade torch or drop the seed")
-            # A seeded generator's RNG offsets must advance on every replay, as in eager mode.
-            self.graph.register_generator_state(generator)
-        with torch.cuda.graph(self.graph):
-            self.static_outputs = fn(*self.static_inputs)
-        restore()
+        # Every call names the device: without it torch uses the current device's stream and RNG,
+        # and a model on cuda:1 would be captured on cuda:0's (an empty graph).
+        with torch.cuda.device(device):
+            stream = torch.cuda.Stream(device=device)
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                for _ in range(_WARMUP):  # lets lazy init (cuBLAS handles, allocator) happen outside capture
+                    fn(*self.static_inputs)
+                    # Each run writes the column the state is at, never one past it: the state may
+                    # have room for just one more column.
+                    restore()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            if generator is not None:
+                if not hasattr(self.graph, "register_generator_state"):
+                    raise GraphError("this torch build cannot capture a seeded generator in a CUDA graph: upgrade torch or drop the seed")
+                # A seeded generator's RNG offsets must advance on every replay, as in eager mode.
+                self.graph.register_generator_state(generator)
+            # torch.cuda.graph's default capture stream is made once, on whichever device is
+            # current then: capture on this device's own stream instead.
+            with torch.cuda.graph(self.graph, stream=stream):
+                self.static_outputs = fn(*self.static_inputs)
+            restore()
 
     def __call__(self, *inputs: Tensor):
-        for static, value in zip(self.static_inputs, inputs):
-            if static.data_ptr() != value.data_ptr():
-                static.copy_(value)
-        self.graph.replay()
+        with torch.cuda.device(self.device):
+            for static, value in zip(self.static_inputs, inputs):
+                if static.data_ptr() != value.data_ptr():
+                    static.copy_(value)
+            self.graph.replay()
         return self.static_outputs
 
 
-class CudaGraphKernels(FrameKernels):
-    """FrameKernels whose per-frame work replays CUDA graphs (CUDA only)."""
+@dataclass
+class _Shape:
+    """The decode state of one (branches, capacity) and the graphs captured on it."""
 
-    def __init__(self, inner: FrameKernels) -> None:
-        if inner.model.device.type != "cuda":
-            raise ValueError("CUDA graphs need the model on a CUDA device; drop --cuda-graph on CPU")
+    state: DecodeState
+    head: _Captured | None = None
+    audio: _Captured | None = None
+
+
+class CudaGraphKernels(FrameKernels):
+    """FrameKernels whose per-frame work replays CUDA graphs (CUDA only), captured once per shape.
+
+    Keep one instance for many utterances, one at a time: `new_state` hands out the shape's decode
+    state reset in place, and the graphs captured on it replay. At most `max_shapes` shapes are
+    kept; the least recently used one goes with its graphs.
+    """
+
+    def __init__(self, inner: FrameKernels, max_shapes: int = MAX_SHAPES) -> None:
+        check_capturable(inner.model)
         super().__init__(inner.model, inner.config, inner.generator)
         self.inner = inner
-        self._states: dict[tuple[int, int], DecodeState] = {}
-        self._head: dict[int, _Captured] = {}
-        self._audio: dict[int, _Captured] = {}
+        self.max_shapes = max_shapes
+        self._shapes: OrderedDict[tuple[int, int], _Shape] = OrderedDict()
 
     def new_state(self, branches: int, capacity: int) -> DecodeState:
-        key = (branches, capacity)
-        if key not in self._states:
-            self._states[key] = self.model.new_state(branches, capacity)
-        state = self._states[key]
+        def build() -> _Shape:
+            logger.info("new decode state for CUDA graphs: %d branches x %d columns on %s", branches, capacity, self.model.device)
+            return _Shape(self.model.new_state(branches, capacity))
+
+        state = lru_get(self._shapes, (branches, capacity), build, self.max_shapes).state
         state.reset()
         return state
 
+    def _shape(self, state: DecodeState) -> _Shape:
+        for shape in self._shapes.values():
+            if shape.state is state:
+                return shape
+        raise GraphError("CudaGraphKernels replays graphs bound to its own decode states: take the state from its new_state()")
+
     def _snapshot(self, state: DecodeState) -> Callable[[], None]:
         """Undo what warm-up and capture do to the state and the RNG, so results match eager."""
-        position = state.position.clone()
-        rng = self.generator.get_state() if self.generator is not None else torch.cuda.get_rng_state()
+        device = self.model.device
+        position, filled = state.position.clone(), state.filled
+        rng = self.generator.get_state() if self.generator is not None else torch.cuda.get_rng_state(device)
 
         def restore() -> None:
             state.position.copy_(position)
+            state.filled = filled
             if self.generator is not None:
                 self.generator.set_state(rng)
             else:
-                torch.cuda.set_rng_state(rng)
+                torch.cuda.set_rng_state(rng, device)
 
         return restore
 
     def head(self, column: Tensor, state: DecodeState) -> tuple[Tensor, Tensor, Tensor]:
-        key = id(state)
-        if key not in self._head:
-            fn = lambda col: self.inner.head(col, state)  # noqa: E731
-            self._head[key] = _Captured(fn, (column,), self._snapshot(state), self.generator)
-        return self._head[key](column)
+        shape = self._shape(state)
+        if shape.head is None:
+            fn = lambda col: self.inner.head(col, state)
+            shape.head = _Captured(fn, (column,), self._snapshot(state), self.generator, self.model.device)
+        return shape.head(column)
 
     def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState) -> Tensor:
-        key = id(state)
-        if key not in self._audio:
-            fn = lambda h, c, t: self.inner.audio(h, c, t, state)  # noqa: E731
-            self._audio[key] = _Captured(fn, (hidden, cb0_logits, text), self._snapshot(state), self.generator)
-        return self._audio[key](hidden, cb0_logits, text)
+        shape = self._shape(state)
+        if shape.audio is None:
+            fn = lambda h, c, t: self.inner.audio(h, c, t, state)
+            shape.audio = _Captured(fn, (hidden, cb0_logits, text), self._snapshot(state), self.generator, self.model.device)
+        return shape.audio(hidden, cb0_logits, text)
 
     def action(self, out: DecoderOutput) -> Tensor:
         return self.inner.action(out)

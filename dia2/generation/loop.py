@@ -23,11 +23,16 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from dia2.data.grid import FRAME_RATE, delay_codes
+from dia2.data.grid import FRAME_RATE, cell_frames, delay_codes, drop_text, undelay_codes
 from dia2.generation.sampling import SamplingConfig, guided_sample
 from dia2.model.network import DecoderOutput, DecodeState, Dia2Model
 from dia2.text.align import NEW_WORD_STEP_OFFSET
-from dia2.text.state_machine import MachineState, StateMachine, last_column
+from dia2.text.state_machine import (
+    PUBLISHED_INITIAL_PADDING,
+    MachineState,
+    StateMachine,
+    last_column,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ class GenerationConfig:
     """Classifier-free guidance scale; 1.0 disables CFG (and skips the unconditional branch)."""
     cfg_filter_k: int = 50
     """CFG keeps the top-k tokens of the guided logits, then samples the conditional ones."""
-    initial_padding: int = 2
+    initial_padding: int = PUBLISHED_INITIAL_PADDING
     """Pad frames forced before the first word."""
     max_frames: int | None = None
     """Most frames generated after the prefix (None: the model's runtime.max_context_steps)."""
@@ -153,7 +158,6 @@ class FrameLoop:
         config: GenerationConfig,
         prefix: Prefix | None = None,
         feed: "EntryFeed | None" = None,
-        generator: torch.Generator | None = None,
         kernels: FrameKernels | None = None,
     ) -> None:
         self.model, self.machine, self.mstate, self.config = model, machine, machine_state, config
@@ -161,8 +165,7 @@ class FrameLoop:
         data = model.config.data
         self.delays = list(data.delays)
         self.max_delay = max(self.delays)
-        self._delay_index = torch.tensor(self.delays, device=model.device)
-        self.kernels = kernels or FrameKernels(model, config, generator)
+        self.kernels = kernels or FrameKernels(model, config, None)
         self.prefix_frames = prefix.frames if prefix is not None else 0
         self.forced_steps = frozenset(prefix.new_word_steps) if prefix else frozenset()
         # Every prefix column is prefilled in one call, so its steps are forced (pad between the
@@ -177,10 +180,9 @@ class FrameLoop:
         self.branches = config.branches
         self.text = torch.empty(self.branches, 2, self.capacity, dtype=torch.long, device=device)
         self.text[:, 1] = machine.ids.pad
-        self.text[0, 0, 0] = machine.ids.bos
+        self.text[0, 0, :1] = machine.ids.bos
         if self.branches > 1:
-            # The unconditional branch reads (zero, pad) at every column.
-            self.text[1, 0] = machine.ids.zero
+            self.text[1] = drop_text(self.text[0], machine.ids.zero, machine.ids.pad)
         self.audio, self.locked = self._audio_buffers(prefix, data.audio_bos_token_id, device)
         self.state = self.kernels.new_state(self.branches, self.capacity)
         self.end_step: int | None = None
@@ -192,15 +194,12 @@ class FrameLoop:
         """Delayed audio [K, L] and the mask of cells generation must not overwrite: cells
         before their codebook's delay (bos) and the delayed prefix."""
         K, L = len(self.delays), self.capacity
-        column = torch.arange(L, device=device)
-        delay = torch.tensor(self.delays, device=device)[:, None]
-        locked = column[None, :] < delay
         audio = torch.full((K, L), bos, dtype=torch.long, device=device)
         if prefix is not None:
-            P = prefix.frames
-            span = min(P + self.max_delay, L)
+            span = min(prefix.frames + self.max_delay, L)
             audio[:, :span] = delay_codes(prefix.codes.to(device), self.delays, bos)[:, :span]
-            locked |= (column[None, :] >= delay) & (column[None, :] < delay + P)
+        # Frames < 0 are the bos cells before each delay, frames 0..P-1 the prefix's.
+        locked = cell_frames(self.delays, L, device=device) < self.prefix_frames
         return audio, locked
 
     def _column(self, start: int, stop: int) -> Tensor:
@@ -209,8 +208,13 @@ class FrameLoop:
         return torch.cat([self.text[:, :, start:stop], audio], dim=1)
 
     def _prefill_text(self, columns: int) -> None:
-        """Text of the prefix columns 1..columns-1: the state machine forced along the prefix."""
+        """Text of the prefix columns 1..columns-1: the state machine forced along the prefix.
+
+        A streamed script is fed at every step, as in the loop: the prefix's last words look
+        ahead into the script's first ones (the second text stream).
+        """
         for step in range(columns - 1):
+            self._fill_entries()
             self._advance_machine(step, None)
 
     def _advance_machine(self, step: int, sampled: Tensor | None) -> None:
@@ -220,8 +224,10 @@ class FrameLoop:
         else:
             action = int(sampled)  # the one host sync of a frame: the state machine needs it
         main, second = self.machine.process(self.mstate, step, action, forced=forced)
-        self.text[0, 0, step + 1] = main
-        self.text[0, 1, step + 1] = second
+        # fill_ on one-element slices passes the ids as kernel arguments; assigning a Python int
+        # to a 0-dim element would copy it from host memory and block on CUDA (a sync per write).
+        self.text[0, 0, step + 1 : step + 2].fill_(main)
+        self.text[0, 1, step + 1 : step + 2].fill_(second)
         if self.mstate.end_step is not None and self.end_step is None:
             self.end_step = self.mstate.end_step
 
@@ -231,7 +237,7 @@ class FrameLoop:
         first_kept = 0 if self.config.include_prefix else self.prefix_frames
         if frame < first_kept:
             return self.audio.new_empty(len(self.delays), 0)
-        return self.audio.gather(1, (self._delay_index + frame)[:, None])
+        return undelay_codes(self.audio[:, frame : column + 1], self.delays)
 
     def _new_words(self) -> list[tuple[str, float]]:
         """Words the state machine started since the last call, with start times in seconds.
@@ -291,12 +297,8 @@ class FrameLoop:
 
     def audio_codes(self) -> Tensor:
         """All frames generated so far (prefix cropped unless include_prefix): [K, F]."""
-        frames = self.last_column + 1 - self.max_delay
         first = 0 if self.config.include_prefix else self.prefix_frames
-        if frames <= first:
-            return self.audio.new_empty(len(self.delays), 0)
-        idx = self._delay_index[:, None] + torch.arange(first, frames, device=self.audio.device)
-        return self.audio.gather(1, idx)
+        return undelay_codes(self.audio[:, first : self.last_column + 1], self.delays)
 
 
 class EntryFeed:

@@ -1,25 +1,33 @@
-"""The Python API: `Dia2.from_repo(...)` / `Dia2.from_local(...)`, `generate`, `stream`.
+"""The Python API: `Dia2.from_repo(...)` (a Hub repo id or a local folder), `generate`, `stream`.
 
     from dia2 import Dia2, GenerationConfig
     tts = Dia2.from_repo("nari-labs/Dia2-2B")
     result = tts.generate("[S1] Hello there. [S2] Hi!", GenerationConfig(seed=0))
     result.save("hello.wav")
 
-A `Dia2` owns the model, tokenizer and codec; each call owns its own decode state, so one
-`Dia2` can serve many calls (one at a time per instance).
+A `Dia2` owns the model, tokenizer and codec and serves many calls. Eager calls each own their
+decode state and generator. With a kernel wrapper (CUDA graphs, torch.compile) the wrapped
+kernels are kept across calls: their captured graphs, their decode state per shape (reset in
+place) and one generator reseeded in place per call, so graphs are captured once per shape.
+Such calls run one at a time per instance: finish (or drop) a stream before the next call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
+from dia2.data.grid import FRAME_RATE
+from dia2.device import resolve_device
+from dia2.generation.graphs import lru_get
 from dia2.generation.loop import (
     EntryFeed,
     FrameKernels,
@@ -28,6 +36,7 @@ from dia2.generation.loop import (
     Prefix,
 )
 from dia2.generation.voice import Transcriber, Voice, build_voice, voice_prefix
+from dia2.model.assets import DEFAULT_MODEL
 from dia2.model.checkpoint import model_from_files, resolve_files
 from dia2.model.network import Dia2Model
 from dia2.text.script import (
@@ -40,9 +49,16 @@ from dia2.text.script import (
 from dia2.text.state_machine import StateMachine
 from dia2.text.tokenizer import load_tokenizer, tokenizer_source
 
+if TYPE_CHECKING:
+    from dia2.audio.codec import MimiCodec
+
 logger = logging.getLogger(__name__)
 
 KernelWrapper = Callable[[FrameKernels], FrameKernels]
+
+# Wrapped kernels a runtime keeps, one per sampling setup: each may hold captured graphs and
+# full-capacity decode states, so only the setups in recent use stay.
+KEPT_KERNELS = 2
 
 
 @dataclass
@@ -78,10 +94,6 @@ class AudioChunk:
     done: bool = False
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """bf16 weights on CUDA (half the bandwidth per step), float32 elsewhere."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
@@ -99,11 +111,14 @@ class Dia2:
         self.model, self.tokenizer, self.codec = model, tokenizer, codec
         self.ids = TextTokenIds.from_tokenizer(model.config.data, tokenizer)
         self.kernel_wrapper = kernel_wrapper
+        # The one generator of the wrapped kernels: graphs capture it, so it is reseeded, never replaced.
+        self._generator = torch.Generator(device=model.device)
+        self._wrapped: OrderedDict[tuple, FrameKernels] = OrderedDict()
 
     @classmethod
     def from_repo(
         cls,
-        repo_or_dir: str | os.PathLike = "nari-labs/Dia2-2B",
+        repo_or_dir: str | os.PathLike = DEFAULT_MODEL,
         *,
         device: str | None = None,
         dtype: torch.dtype | None = None,
@@ -117,14 +132,16 @@ class Dia2:
         merge_adapter: bool = True,
         kernel_wrapper: KernelWrapper | None = None,
     ) -> "Dia2":
-        """Load model, tokenizer and Mimi from a Hub repo id or a local folder.
+        """Load model, tokenizer and Mimi from a Hub repo id, a local folder, or "tiny" (the
+        embedded demo model, `dia2.tiny`).
+
+        device: None or "auto" is CUDA when available, else the CPU; a device this machine lacks
+        is refused (`dia2.device.DeviceError`) before anything loads.
 
         tokenizer / mimi override the manifest and config; low_vram is "8bit" or "4bit";
         adapter is a PEFT LoRA folder or repo id (merged unless merge_adapter=False).
         """
-        from dia2.audio.codec import MimiCodec
-
-        device = device or default_device()
+        device = str(resolve_device(device))
         dtype = dtype or default_dtype(device)
         if low_vram and adapter is not None and not merge_adapter:
             raise ValueError("low_vram needs the adapter merged into the base first: drop the unmerged-adapter option")
@@ -141,10 +158,8 @@ class Dia2:
             model = quantize(model, low_vram, device=device)
         tok = load_tokenizer(tokenizer or tokenizer_source(files.source, files.tokenizer, model.config.assets.tokenizer))
         mimi_source = mimi or files.source.asset(files.mimi) or model.config.assets.mimi
-        codec = MimiCodec.from_pretrained(mimi_source, device=device, num_codebooks=model.config.num_codebooks)
+        codec = load_codec(mimi_source, mimi is not None, device, model.config.num_codebooks)
         return cls(model, tok, codec, kernel_wrapper)
-
-    from_local = from_repo
 
     # --- scripts and voices --------------------------------------------------------------------
 
@@ -165,6 +180,8 @@ class Dia2:
     # --- generation ----------------------------------------------------------------------------
 
     def _loop(self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: EntryFeed | None) -> FrameLoop:
+        context = self.model.config.runtime.max_context_steps
+        config = within_context(config, context)
         machine = StateMachine.from_config(self.model.config.data, self.ids, initial_padding=config.initial_padding)
         prefix: Prefix | None = None
         if voice is not None:
@@ -173,18 +190,32 @@ class Dia2:
                     f"the voice has {voice.codes.shape[0]} codebooks but the model uses "
                     f"{self.model.config.num_codebooks}: it was made with another codec"
                 )
+            voice.check_codec(self.codec.fingerprint)
             prefix_entries, prefix = voice_prefix(voice, self.tokenizer, self.ids)
             entries = prefix_entries + entries
-        generator = None
-        if config.seed is not None:
-            generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
-        kernels = FrameKernels(self.model, config, generator)
-        if self.kernel_wrapper is not None:
-            kernels = self.kernel_wrapper(kernels)
-        loop = FrameLoop(self.model, machine, machine.new_state(entries), config, prefix, feed, kernels=kernels)
+        loop = FrameLoop(self.model, machine, machine.new_state(entries), config, prefix, feed, kernels=self._kernels(config))
         if feed is None:
-            _check_fits(entries, loop.capacity, loop.max_delay + machine.max_padding + config.initial_padding)
+            _check_fits(entries, loop.capacity, loop.max_delay + machine.max_padding + config.initial_padding, context)
         return loop
+
+    def _kernels(self, config: GenerationConfig) -> FrameKernels:
+        """The frame kernels of one call, their generator seeded with config.seed.
+
+        Eager: fresh kernels and generator, so calls may interleave (two streams at once).
+        Wrapped: the kept kernels of this sampling setup (built on first use), whose graphs are
+        bound to `self._generator` (seeded calls) or the device's default RNG (unseeded ones).
+        """
+        seed = config.seed
+        if self.kernel_wrapper is None:
+            generator = None if seed is None else torch.Generator(device=self.model.device).manual_seed(seed)
+            return FrameKernels(self.model, config, generator)
+        if seed is not None:
+            self._generator.manual_seed(seed)
+        generator = self._generator if seed is not None else None
+        # Everything FrameKernels reads from the config, and which RNG its graphs are bound to.
+        key = (config.text, config.audio, config.cfg_scale, config.cfg_filter_k, generator is not None)
+        build = lambda: self.kernel_wrapper(FrameKernels(self.model, config, generator))
+        return lru_get(self._wrapped, key, build, KEPT_KERNELS)
 
     @torch.inference_mode()
     def generate(
@@ -221,7 +252,14 @@ class Dia2:
         voice: Voice | None = None,
     ) -> Iterator[AudioChunk]:
         """Yield audio as frames are generated. `script` may be a string or an iterable of text
-        pieces (e.g. tokens from an LLM): speech starts before the whole script is known."""
+        pieces (e.g. tokens from an LLM): speech starts before the whole script is known.
+
+        Pieces are joined as given, with no separator (LLM tokens carry their own spaces): send
+        "[S1] Hi. " then "[S2] Hello.", not "[S1] Hi." then "[S2] Hello.". The words the first
+        frame depends on (the first word and the look-ahead after it) are parsed before any audio
+        is yielded, so a script that is bad from the start fails before speaking; a later bad
+        piece raises ScriptError where it arrives.
+        """
         config = config or GenerationConfig()
         if isinstance(script, str):
             loop = self._loop(self.parse(script), config, voice, None)
@@ -240,14 +278,41 @@ class Dia2:
                 yield AudioChunk(wave, frames.cpu(), update.words, update.done)
 
 
-def _check_fits(entries: list[Entry], capacity: int, tail: int) -> None:
+def load_codec(
+    source: str, given: bool, device: str, num_codebooks: int, dtype: torch.dtype = torch.float32
+) -> MimiCodec:
+    """The Mimi codec of a model; a failure names the flag that chooses another (`--mimi`)."""
+    from dia2.audio.codec import CodecError, MimiCodec
+
+    try:
+        return MimiCodec.from_pretrained(source, device=device, dtype=dtype, num_codebooks=num_codebooks)
+    except CodecError as exc:
+        origin = "given with --mimi" if given else "named by the model (manifest or config assets.mimi)"
+        raise CodecError(f"{exc} [the codec was {origin}; pass --mimi (Python: mimi=) to use another]") from exc
+
+
+def within_context(config: GenerationConfig, context: int) -> GenerationConfig:
+    """`config` with max_frames capped at the model's context (runtime.max_context_steps): past
+    the positions it was trained on the model produces no words, only sound."""
+    if config.max_frames is None or config.max_frames <= context:
+        return config
+    logger.warning(
+        "max_frames=%d is past the model's context of %d frames (%.0f s): capped at %d; split longer scripts",
+        config.max_frames, context, context / FRAME_RATE, context,
+    )
+    return dataclasses.replace(config, max_frames=context)
+
+
+def _check_fits(entries: list[Entry], capacity: int, tail: int, context: int) -> None:
     """Refuse a script that cannot fit the frame limit even at the fastest pace.
 
     Each word takes at least its forced padding (one frame per token) plus its new_word frame.
     """
     needed = sum(max(len(e.tokens), e.padding) + 1 for e in entries) + tail
     if needed > capacity:
+        fix = "split it into shorter scripts"
+        if capacity < context:
+            fix += f", or raise max_frames (--max-frames, up to the model's context of {context})"
         raise ScriptError(
-            f"the script needs at least {needed} frames but the limit is {capacity} "
-            f"({capacity / 12.5:.0f} s): split it into shorter scripts or raise max_frames"
+            f"the script needs at least {needed} frames but the limit is {capacity} ({capacity / FRAME_RATE:.0f} s): {fix}"
         )

@@ -29,6 +29,10 @@ from dia2.text.utterance import SpokenWord, align_utterance
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_WHISPER_MODEL = "small.en"
+"""faster-whisper model that transcribes voice prefixes and data-prep recordings by default."""
+
+
 class PrefixError(Dia2Error, ValueError):
     """A voice prefix that cannot be used; the message names the input and the fix."""
 
@@ -52,7 +56,7 @@ class WhisperTranscriber:
     """faster-whisper with word timestamps; `model` is a size name ("small.en") or a local path."""
 
     def __init__(
-        self, model: str | os.PathLike = "small.en", device: str = "cpu", compute_type: str = "int8", language: str | None = None
+        self, model: str | os.PathLike = DEFAULT_WHISPER_MODEL, device: str = "cpu", compute_type: str = "int8", language: str | None = None
     ) -> None:
         self.model_name, self.device, self.compute_type, self.language = str(model), device, compute_type, language
         self._model = None
@@ -65,8 +69,8 @@ class WhisperTranscriber:
                 self._model = WhisperModel(self.model_name, device=self.device, compute_type=self.compute_type)
             except Exception as exc:  # faster-whisper raises many kinds; one clear message for all
                 raise PrefixError(
-                    f"cannot load the Whisper model '{self.model_name}' ({exc}); pass a local CTranslate2 "
-                    "model folder or a model name that is cached"
+                    f"cannot load the Whisper model '{self.model_name}' ({exc}); pass --whisper-model (Python: "
+                    "WhisperTranscriber(model=...)) with a local CTranslate2 model folder or a model name that is cached"
                 ) from exc
         return self._model
 
@@ -80,18 +84,31 @@ class WhisperTranscriber:
 
 @dataclass(frozen=True)
 class Voice:
-    """A ready voice prefix: Mimi codes [K, P] and its timed words (speaker 1's, then 2's)."""
+    """A ready voice prefix: Mimi codes [K, P], its timed words (speaker 1's, then 2's), and the
+    fingerprint of the codec that made the codes (None for voices stored before it was recorded):
+    codes of another Mimi mean other sounds, so a model with another codec refuses the voice."""
 
     codes: torch.Tensor
     words: tuple[SpokenWord, ...]
+    codec_fingerprint: str | None = None
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write `codes.npy` + `voice.json` to `folder`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "codes.npy", self.codes.cpu().numpy().astype(np.int16))
-        (folder / "voice.json").write_text(json.dumps({"words": [asdict(w) for w in self.words]}, indent=1) + "\n")
+        record = {"codec_fingerprint": self.codec_fingerprint, "words": [asdict(w) for w in self.words]}
+        (folder / "voice.json").write_text(json.dumps(record, indent=1) + "\n")
         return folder
+
+    def check_codec(self, fingerprint: str) -> None:
+        """Refuse to prefix a model whose codec is not the one that made this voice."""
+        if self.codec_fingerprint is not None and self.codec_fingerprint != fingerprint:
+            raise PrefixError(
+                f"the voice was made with another Mimi codec (fingerprint {self.codec_fingerprint}, this model's is "
+                f"{fingerprint}): make it again with this model (--prefix-speaker-1 ... --save-voice), or load the "
+                "model with the codec the voice was made with (--mimi)"
+            )
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Voice":
@@ -104,7 +121,7 @@ class Voice:
             raise PrefixError(f"{folder} is not a stored voice (codes.npy + voice.json): {exc}") from exc
         if codes.dim() != 2 or not words:
             raise PrefixError(f"{folder}: a voice needs codes [K, P] and at least one word")
-        return cls(codes, words)
+        return cls(codes, words, raw.get("codec_fingerprint"))
 
 
 def build_voice(
@@ -134,7 +151,7 @@ def build_voice(
         waves.append(padded)
         offset += len(padded) / codec.sample_rate
     codes = codec.encode(torch.from_numpy(np.concatenate(waves)))[0]
-    return Voice(codes.cpu(), tuple(words))
+    return Voice(codes.cpu(), tuple(words), codec.fingerprint)
 
 
 def voice_prefix(voice: Voice, tokenizer: Tokenizer, ids: TextTokenIds) -> tuple[list[Entry], Prefix]:
@@ -144,10 +161,14 @@ def voice_prefix(voice: Voice, tokenizer: Tokenizer, ids: TextTokenIds) -> tuple
     prefix is forced exactly the way the model was trained.
     """
     try:
-        utterance = align_utterance(voice.words, tokenizer, ids, prepend_s1_to_first_word=False)
+        utterance = align_utterance(
+            voice.words, tokenizer, ids, prepend_s1_to_first_word=False, continue_at=voice.codes.shape[-1]
+        )
     except ValueError as exc:
         raise PrefixError(f"voice prefix: {exc}") from exc
     # Words near the end of the prefix get steps past its last column (step = frame + 2); the
     # loop keeps forcing actions up to the last prefix step, so none is dropped or said twice.
+    # The forced steps include the breaks' (pauses, and the gap up to the prefix end), so the
+    # state handed to unforced decoding is one it could have reached itself.
     entries = list(utterance.entries)
-    return entries, Prefix(voice.codes, utterance.alignment.new_word_steps, len(entries))
+    return entries, Prefix(voice.codes, utterance.alignment.action_steps, utterance.num_words)

@@ -240,6 +240,7 @@ def load_adapter(
     folder = resolve_adapter(adapter, revision, cache_dir)
     config = read_adapter_config(folder, str(adapter))
     check_adapter_fits(model, folder / WEIGHTS_NAME, config, str(adapter))
+    warn_if_other_base(model, config, str(adapter))
     peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name, config=config)
     logger.info("loaded LoRA adapter %s (rank %d) from %s", adapter, config.r, folder)
     if merge:
@@ -247,17 +248,23 @@ def load_adapter(
     return AdaptedModel(peft_model)
 
 
+def warn_if_other_base(model: nn.Module, config: LoraConfig, label: str) -> None:
+    """Warn when the adapter names another base than `model` (same geometry, or it was refused):
+    e.g. an adapter applied to the merged export that already contains it."""
+    base, name = config.base_model_name_or_path, getattr(model, "name_or_path", None)
+    if base and name and base != name:
+        logger.warning(
+            "adapter '%s' was trained on base '%s' but is applied to '%s': if that model already contains the "
+            "adapter (a merged export), it is now applied twice; load the adapter onto '%s'", label, base, name, base
+        )
+
+
 def resolve_adapter(adapter: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None) -> Path:
     """The local folder holding the adapter's two files (downloaded or from the Hub cache)."""
     text = str(adapter)
     path = Path(adapter).expanduser()
     if path.is_dir():
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (path / name).is_file():
-                raise AdapterError(
-                    f"adapter folder '{text}' has no {name}: pass the folder PEFT's save_pretrained "
-                    f"wrote (it holds {CONFIG_NAME} and {WEIGHTS_NAME})"
-                )
+        _check_adapter_folder(path, text)
         return path
     if path.exists():
         raise AdapterError(f"adapter '{text}' is a file: pass the adapter folder (holding {CONFIG_NAME}) or a Hub repo id")
@@ -273,6 +280,28 @@ def resolve_adapter(adapter: str | os.PathLike, revision: str | None = None, cac
         raise AdapterError(f"adapter '{text}' is not a local folder, and the Hub cannot provide it: {exc}") from exc
     assert config_path is not None  # required files either resolve or raise
     return config_path.parent
+
+
+def _check_adapter_folder(path: Path, label: str) -> None:
+    """Refuse a folder without the adapter's two files, saying what it holds instead."""
+    if not (path / CONFIG_NAME).is_file() and (path / "adapter" / CONFIG_NAME).is_file():
+        raise AdapterError(
+            f"'{label}' is a training run folder: pass its adapter folder, '{Path(label) / 'adapter'}'"
+        )
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if (path / name).is_file():
+            continue
+        legacy = path / "adapter_model.bin"
+        if name == WEIGHTS_NAME and legacy.is_file():
+            raise AdapterError(
+                f"adapter folder '{label}' holds {legacy.name} (PEFT's old pickle format), not {WEIGHTS_NAME}: "
+                "Dia2 loads safetensors only (pickles can run code); re-save the adapter with PEFT's "
+                "save_pretrained(safe_serialization=True)"
+            )
+        raise AdapterError(
+            f"adapter folder '{label}' has no {name}: pass the folder PEFT's save_pretrained "
+            f"wrote (it holds {CONFIG_NAME} and {WEIGHTS_NAME})"
+        )
 
 
 def read_adapter_config(folder: Path, label: str) -> LoraConfig:

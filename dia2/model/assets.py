@@ -17,6 +17,12 @@ from dia2.errors import Dia2Error
 
 MANIFEST_ENV = "DIA2_ASSET_MANIFEST"
 DEFAULT_MANIFEST = "dia2_assets.json"
+DEFAULT_MODEL = "nari-labs/Dia2-2B"
+"""The model every entry point loads when none is named."""
+TINY_MODEL = "tiny"
+"""The model source naming the embedded tiny demo model (`dia2.tiny`), wherever a model is
+named: `Dia2.from_repo("tiny")`, `dia2-infer --hf tiny`, `dia2-prep --model tiny`, the trainer's
+`model.base=tiny`. A local folder called tiny is passed as `./tiny`."""
 
 
 class AssetError(Dia2Error, FileNotFoundError):
@@ -52,24 +58,39 @@ def manifest_name() -> str:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A resolved model location: a local folder, or a Hub repo (files fetched on demand)."""
+    """A resolved model location: a local folder, or a Hub repo (files fetched on demand).
+
+    `name` is what records (adapter configs, model cards, voice files) call the model: the Hub
+    repo id, `tiny`, or a local folder's own name - never a path of this machine.
+    """
 
     location: str
     is_local: bool
     revision: str | None = None
     cache_dir: str | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", Path(self.location).resolve().name if self.is_local else self.location)
 
     @classmethod
     def resolve(cls, repo_or_dir: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None) -> "ModelSource":
+        text = str(repo_or_dir)
+        if text == TINY_MODEL:
+            # Imported here: dia2.tiny builds its bundle with this module's helpers.
+            from dia2.tiny import tiny_bundle
+
+            return cls(str(tiny_bundle()), True, name=TINY_MODEL)
         path = Path(repo_or_dir).expanduser()
         if path.is_dir():
             return cls(str(path), True)
-        text = str(repo_or_dir)
         if path.exists():
             raise AssetError(f"{text} is a file; pass the model folder (holding config.json) or a Hub repo id")
         if text.count("/") != 1 or text.startswith((".", "/", "~")):
             raise AssetError(
-                f"model '{text}' is neither an existing folder nor a Hub repo id like 'nari-labs/Dia2-2B'"
+                f"model '{text}' is neither an existing folder nor a Hub repo id like 'nari-labs/Dia2-2B' "
+                f"(or '{TINY_MODEL}', the embedded demo model)"
             )
         return cls(text, False, revision, cache_dir)
 

@@ -19,13 +19,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from dia2.errors import Dia2Error
-from dia2.model.assets import AssetError, ModelSource
+from dia2.model.assets import AssetError, ModelSource, manifest_name
 from dia2.model.config import Dia2Config, load_config
 from dia2.model.network import Dia2Model
 
 logger = logging.getLogger(__name__)
 
 _SHOW = 5  # how many key names an error lists before "... and N more"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 class CheckpointError(Dia2Error, RuntimeError):
@@ -52,13 +53,24 @@ def resolve_files(
 ) -> ModelFiles:
     """Find config and weights of a model folder or Hub repo, honouring `dia2_assets.json`.
 
-    Explicit `config_path` / `weights_path` (local files) take precedence over the repo's.
+    Explicit `config_path` / `weights_path` (local files) take precedence over the repo's. A
+    config inside a complete model folder (a merged export: manifest or tokenizer beside it)
+    brings that folder's tokenizer and Mimi too, in place of the repo's.
     """
-    source = ModelSource.resolve(repo_or_dir, revision, cache_dir)
+    explicit_config = _explicit(config_path, "config")
+    if explicit_config is not None and _holds_assets(explicit_config.parent):
+        source = ModelSource.resolve(explicit_config.parent)
+    else:
+        source = ModelSource.resolve(repo_or_dir, revision, cache_dir)
     manifest = source.manifest()
-    config = _explicit(config_path, "config") or source.file(manifest.config)
+    config = explicit_config or source.file(manifest.config)
     weights = _explicit(weights_path, "weights") or source.file(manifest.weights)
     return ModelFiles(config, weights, manifest.tokenizer, manifest.mimi, source)
+
+
+def _holds_assets(folder: Path) -> bool:
+    """Whether `folder` is a model folder with its own assets, not a loose config file's home."""
+    return (folder / manifest_name()).is_file() or (folder / TOKENIZER_CONFIG).is_file()
 
 
 def _explicit(path: str | os.PathLike | None, what: str) -> Path | None:
@@ -89,8 +101,8 @@ def model_from_files(files: ModelFiles, dtype: torch.dtype = torch.float32, devi
     cfg = load_config(files.config)
     model = Dia2Model.from_config(cfg, dtype=dtype, device="meta")
     load_weights(model, files.weights, device=device)
-    # PEFT records this as an adapter's base_model_name_or_path.
-    model.name_or_path = files.source.location
+    # PEFT records this as an adapter's base_model_name_or_path: a name, never a local path.
+    model.name_or_path = files.source.name
     model.eval()
     return model
 
@@ -166,9 +178,18 @@ def save_model(model: Dia2Model, folder: str | os.PathLike, dtype: torch.dtype |
     }
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
+    # safetensors writes 0600; a model folder is meant to be shared, like every other file in it.
+    os.chmod(tmp, _file_mode())
     os.replace(tmp, folder / "model.safetensors")
     save_config(model.config, folder / "config.json")
     return folder
+
+
+def _file_mode() -> int:
+    """The mode an ordinary new file gets under the process umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def save_config(cfg: Dia2Config, path: str | os.PathLike) -> None:

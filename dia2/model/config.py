@@ -15,6 +15,8 @@ from typing import Any, Mapping
 from dia2.errors import Dia2Error
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "linear")
+DEFAULT_MIMI_REPO = "kyutai/mimi"
+"""The codec of every published Dia2 checkpoint: `assets.mimi` when the config names none."""
 
 
 class ConfigError(Dia2Error, ValueError):
@@ -101,7 +103,7 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class AssetsConfig:
     tokenizer: str | None = None  # None -> data.tokenizer_path, then the model repo itself
-    mimi: str = "kyutai/mimi"
+    mimi: str = DEFAULT_MIMI_REPO
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def parse_config(raw: Mapping[str, Any]) -> Dia2Config:
     )
     assets = AssetsConfig(
         tokenizer=_str(assets_raw, "assets", "tokenizer", None) or data.tokenizer_path,
-        mimi=_str(assets_raw, "assets", "mimi", None) or "kyutai/mimi",
+        mimi=_str(assets_raw, "assets", "mimi", None) or DEFAULT_MIMI_REPO,
     )
     cfg = Dia2Config(data=data, model=model, runtime=runtime, assets=assets)
     check_config(cfg)

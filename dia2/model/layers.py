@@ -10,15 +10,12 @@ over the given sequence; a cache means write-then-attend.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-# Per weight group, the positions (depformer stages) that use it.
-GroupIndex = tuple[tuple[int, ...], ...]
 
 _ACTIVATIONS = {
     "silu": F.silu,
@@ -206,25 +203,67 @@ class Attention(nn.Module):
             keys, values = cache.k[:, :, : start + T], cache.v[:, :, : start + T]
             mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(start)
         else:
+            # The position is a device tensor (CUDA graphs replay with it), so the key length
+            # stays the whole capacity, a static shape, and the mask hides the unfilled slots.
             slots = start + torch.arange(T, device=q.device)
             cache.k.index_copy_(2, slots, k)
             cache.v.index_copy_(2, slots, v)
             keys, values = cache.k, cache.v
             mask = torch.arange(cache.capacity, device=q.device)[None, :] <= slots[:, None]
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=1.0, enable_gqa=self._gqa)
+        return _masked_attention(q, keys, values, mask)
+
+
+class GroupIndex:
+    """Per depformer weight group, the positions (stages, along the sequence) that use it.
+
+    The full-sequence path gathers each group's positions, projects them with that group's
+    weights and puts the results back in stage order. The index tensors are built once per
+    device and reused: indexing with Python lists would build them on the host and copy them at
+    every forward (and again at every checkpoint recompute), one blocking copy each on CUDA.
+    They are a cache, not module buffers, so that a model built on the meta device and
+    materialised with `to_empty` (the streaming checkpoint loader) never holds stale indices.
+    """
+
+    def __init__(self, schedule: Sequence[int], groups: int) -> None:
+        self.positions = tuple(tuple(s for s, g in enumerate(schedule) if g == grp) for grp in range(groups))
+        order = [pos for idx in self.positions for pos in idx]
+        # inverse[pos]: where position pos landed once the groups' outputs are concatenated.
+        self.inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
+        self._on_device: dict[torch.device, tuple[tuple[Tensor, ...], Tensor]] = {}
+
+    def tensors(self, device: torch.device) -> tuple[tuple[Tensor, ...], Tensor]:
+        """(each group's positions [n_g], inverse order [S]): long tensors on `device`."""
+        if device not in self._on_device:
+            # Normal tensors even when first asked for under inference_mode (evaluation):
+            # training saves them for backward, which inference tensors cannot be.
+            with torch.inference_mode(False):
+                positions = tuple(torch.tensor(idx, dtype=torch.long, device=device) for idx in self.positions)
+                self._on_device[device] = positions, torch.tensor(self.inverse, dtype=torch.long, device=device)
+        return self._on_device[device]
+
+
+def _masked_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+    """Softmax-scale-1.0 attention of q [B, H, T, hd] over keys/values [B, H_kv, S, hd] with
+    mask [T, S] (True: attend) -> [B, H, T, hd].
+
+    Each KV head's group of H / H_kv query heads is folded into the query axis (query head h
+    reads KV head h // group, as `enable_gqa` would). SDPA with both `enable_gqa` and a mask
+    has no fused CUDA kernel (flash takes no mask, memory-efficient no GQA) and falls back to
+    the math kernel, which materialises the scores and copies K/V repeated to every query head;
+    without `enable_gqa` the memory-efficient kernel can run. The GPU check must confirm it: a
+    profiler trace of one decoder step should show `aten::_efficient_attention_forward` (CUDA
+    kernels named fmha_cutlassF...), not `aten::_scaled_dot_product_attention_math` (bmm,
+    softmax, bmm).
+    """
+    B, H, T, hd = q.shape
+    group = H // keys.shape[1]
+    folded = q.reshape(B, H // group, group * T, hd)
+    y = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask.repeat(group, 1), scale=1.0)
+    return y.view(B, H, T, hd)
 
 
 def _grouped_linear(x: Tensor, layers: nn.ModuleList, group_index: GroupIndex) -> Tensor:
-    """Apply layers[g] to the positions (dim -2) listed for group g; x [..., S, Din] -> [..., S, Dout]."""
-    outputs = [layers[g](x[..., list(idx), :]) for g, idx in enumerate(group_index)]
-    return torch.cat(outputs, dim=-2)[..., _inverse_order(group_index), :]
-
-
-@functools.lru_cache(maxsize=64)
-def _inverse_order(group_index: GroupIndex) -> list[int]:
-    """Where each position landed once the groups' outputs are concatenated."""
-    order = [pos for idx in group_index for pos in idx]
-    inverse = [0] * len(order)
-    for i, pos in enumerate(order):
-        inverse[pos] = i
-    return inverse
+    """Apply layers[g] to the positions (dim -2) of group g; x [..., S, Din] -> [..., S, Dout]."""
+    positions, inverse = group_index.tensors(x.device)
+    outputs = [layers[g](x.index_select(-2, idx)) for g, idx in enumerate(positions)]
+    return torch.cat(outputs, dim=-2).index_select(-2, inverse)

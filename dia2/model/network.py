@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from dia2.errors import Dia2Error
 from dia2.model.config import Dia2Config
 from dia2.model.layers import MLP, Attention, GroupIndex, KVCache, RMSNorm, Rotary
 
@@ -117,17 +118,26 @@ class Dia2Output(DecoderOutput):
     depformer_logits: Tensor
 
 
+class DecodeCapacityError(Dia2Error, ValueError):
+    """More columns were run into a decode state than it was created for."""
+
+
 @dataclass
 class DecodeState:
     """KV caches of one decoding session, owned by the caller.
 
     `position` is a 0-dim long tensor on the model's device (the next column to write), so a
-    captured CUDA graph can replay a step without host syncs.
+    captured CUDA graph can replay a step without host syncs. `filled` is the same count kept on
+    the host: eager calls check the capacity against it before any kernel runs, without reading
+    the device (on CUDA an out-of-range cache write is a device-side assert that kills the
+    context). Graph replays and compiled steps run no Python, so they leave `filled` behind;
+    the frame loop bounds those by its own capacity.
     """
 
     decoder: list[KVCache]
     depformer: list[KVCache]
     position: Tensor
+    filled: int = 0
 
     @property
     def capacity(self) -> int:
@@ -135,6 +145,7 @@ class DecodeState:
 
     def reset(self) -> None:
         self.position.zero_()
+        self.filled = 0
 
 
 class Decoder(nn.Module):
@@ -207,9 +218,7 @@ class Depformer(nn.Module):
         self.gradient_checkpointing = False
         groups = cfg.num_weight_groups
         # The stage positions each weight group serves, for the full-sequence path.
-        self.group_index: GroupIndex = tuple(
-            tuple(s for s, g in enumerate(self.schedule) if g == grp) for grp in range(groups)
-        )
+        self.group_index = GroupIndex(self.schedule, groups)
         self.audio_embeds = nn.ModuleList(
             nn.Embedding(data.audio_vocab_size, d.n_embd, dtype=dtype, device=device) for _ in range(self.num_stages)
         )
@@ -354,14 +363,15 @@ class Dia2Model(nn.Module):
     def prefill(self, tokens: Tensor, state: DecodeState) -> DecoderOutput:
         """Run columns state.position .. +T-1 (tokens [B, C, T]) into the caches; advance."""
         T = tokens.shape[-1]
-        # On CUDA (and under torch.compile) the check would be a host sync; the loop bounds it there.
-        if not state.position.is_cuda and not torch.compiler.is_compiling():
-            end = int(state.position) + T
+        # A host-side attribute update inside a compiled function would recompile every step.
+        if not torch.compiler.is_compiling():
+            end = state.filled + T
             if end > state.capacity:
-                raise ValueError(
-                    f"decode state holds {state.capacity} frames but column {end - 1} was asked for; "
-                    "create it with a larger max_frames"
+                raise DecodeCapacityError(
+                    f"decode state holds {state.capacity} frames but column {end - 1} was asked for: "
+                    f"create it with a larger max_frames (Dia2Model.new_state(batch_size, max_frames={end}) or more)"
                 )
+            state.filled = end
         out = self.transformer(tokens, state.decoder, state.position)
         state.position.add_(T)
         return out

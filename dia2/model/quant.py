@@ -25,6 +25,12 @@ dia2/model/layers.py: Linear4bit computes in `compute_dtype` and returns its inp
 Linear8bitLt quantizes its input through float16 (LLM.int8()) and returns its input dtype.
 Measured on the tiny model, float32, CPU: logits within 1% (8-bit) and 10% (4-bit nf4)
 relative L2 error of the float model.
+
+CUDA graphs: LLM.int8()'s outlier search (`outliers.any()`, `torch.argwhere` on every call)
+syncs with the host, so 8-bit layers with an outlier threshold cannot be captured (and sync
+hundreds of times per frame even eagerly). `int8_threshold=0.0` builds layers without outlier
+columns (pure int8 matmuls, no syncs, somewhat larger error); `dia2.generation.graphs` refuses
+the others. Nothing changes the threshold behind the caller's back: that trades accuracy.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
+from dia2.errors import Dia2Error
 from dia2.model.network import Dia2Model
 
 if TYPE_CHECKING:
@@ -55,6 +62,10 @@ KEEP_FULL_PRECISION = re.compile(
 # LLM.int8()'s outlier threshold (the paper's and transformers' default): input columns with a
 # value above it are multiplied in 16-bit, which keeps 8-bit quality close to the float model.
 INT8_THRESHOLD = 6.0
+
+
+class QuantError(Dia2Error, ValueError):
+    """A quantization request that cannot be honoured (mode, options, model state)."""
 
 _CPU_TILE_OUT = 32  # output features per tile of bitsandbytes' packed CPU 4-bit format
 
@@ -76,6 +87,7 @@ def quantize(
     compute_dtype: torch.dtype | None = None,
     quant_type: str = "nf4",
     device: torch.device | str | None = None,
+    int8_threshold: float | None = None,
 ) -> Dia2Model:
     """Replace the model's block linears by bitsandbytes layers, in place; returns `model`.
 
@@ -83,16 +95,24 @@ def quantize(
     double-quantized statistics). compute_dtype (4-bit only): dtype of the 4-bit matmuls;
     default the model's compute dtype (e.g. torch.bfloat16 with a float32 model on CUDA for
     speed). device: where the quantized model lives, default where it is now; weights are
-    quantized layer by layer as they move there. The layers kept in full precision keep the
-    model's dtype: convert it first (e.g. `model.to(torch.bfloat16)`) to serve in bf16.
-    Quantize the base model before adding LoRA layers.
+    quantized layer by layer as they move there. int8_threshold (8-bit only): LLM.int8()'s
+    outlier threshold, default INT8_THRESHOLD; 0.0 turns the outlier columns off, which CUDA graphs need (module
+    docstring). The layers kept in full precision keep the model's dtype: convert it first
+    (e.g. `model.to(torch.bfloat16)`) to serve in bf16. Quantize the base model before adding
+    LoRA layers.
     """
     if mode not in MODES:
-        raise ValueError(f"unknown quantization mode {mode!r}: choose one of {list(MODES)}")
+        raise QuantError(f"unknown quantization mode {mode!r}: choose one of {list(MODES)}")
     if quant_type not in QUANT_TYPES:
-        raise ValueError(f"unknown 4-bit quant_type {quant_type!r}: choose one of {list(QUANT_TYPES)}")
+        raise QuantError(f"unknown 4-bit quant_type {quant_type!r}: choose one of {list(QUANT_TYPES)}")
     if mode == "8bit" and compute_dtype is not None:
-        raise ValueError("compute_dtype applies to mode '4bit' only; 8-bit layers compute in their input dtype")
+        raise QuantError("compute_dtype applies to mode '4bit' only; 8-bit layers compute in their input dtype")
+    if mode == "4bit" and int8_threshold is not None:
+        raise QuantError("int8_threshold applies to mode '8bit' only; 4-bit layers have no outlier columns")
+    if int8_threshold is None:
+        int8_threshold = INT8_THRESHOLD
+    if not int8_threshold >= 0:  # also refuses NaN
+        raise QuantError(f"int8_threshold must be >= 0 (0 disables outlier columns), got {int8_threshold}")
     bnb = _import_bitsandbytes()
     _check_quantizable(model)
     target = torch.device(device) if device is not None else model.device
@@ -101,7 +121,7 @@ def quantize(
         parent_name, _, child = name.rpartition(".")
         linear = model.get_submodule(name)
         if mode == "8bit":
-            layer = _linear8bit(bnb, linear)
+            layer = _linear8bit(bnb, linear, int8_threshold)
         else:
             layer = _linear4bit(bnb, linear, compute_dtype or model.compute_dtype, quant_type)
         layer.train(linear.training)
@@ -125,6 +145,15 @@ def quantized_module_names(model: nn.Module) -> list[str]:
     ]
 
 
+def int8_outlier_threshold(model: nn.Module) -> float:
+    """The largest LLM.int8() outlier threshold of the model's 8-bit layers; 0.0 when it has
+    none with outlier columns (no 8-bit layers, or all built with int8_threshold=0)."""
+    if not getattr(model, "is_loaded_in_8bit", False):
+        return 0.0
+    bnb = _import_bitsandbytes()
+    return max((m.state.threshold for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)), default=0.0)
+
+
 def is_quantized(model: nn.Module) -> bool:
     """Whether `quantize` (or another bitsandbytes loader) has run on `model`."""
     return bool(getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False))
@@ -134,13 +163,13 @@ def _check_quantizable(model: Dia2Model) -> None:
     if not isinstance(model, Dia2Model):
         raise TypeError(f"quantize takes a Dia2Model, got {type(model).__name__}")
     if is_quantized(model):
-        raise ValueError("the model is already quantized; quantize a float model")
+        raise QuantError("the model is already quantized; quantize a float model")
     if model.device.type == "meta":
-        raise ValueError("the model is on the meta device: load its weights before quantizing")
+        raise QuantError("the model is on the meta device: load its weights before quantizing")
     # PEFT layers wrap the linears (and lora_A/lora_B are linears themselves): quantizing them
     # would quantize the adapter. QLoRA is: quantize the base, then add LoRA.
     if any(type(m).__module__.startswith("peft.") for m in model.modules()):
-        raise ValueError(
+        raise QuantError(
             "the model carries PEFT (LoRA) layers: quantize the base model first, then add or load "
             "the adapter (or merge it in with merge_and_unload before quantizing)"
         )
@@ -163,10 +192,10 @@ def _import_bitsandbytes() -> ModuleType:
     return bitsandbytes
 
 
-def _linear8bit(bnb: ModuleType, linear: nn.Linear) -> nn.Linear:
+def _linear8bit(bnb: ModuleType, linear: nn.Linear, threshold: float) -> nn.Linear:
     layer = bnb.nn.Linear8bitLt(
         linear.in_features, linear.out_features, bias=False,
-        has_fp16_weights=False, threshold=INT8_THRESHOLD, device="meta",
+        has_fp16_weights=False, threshold=threshold, device="meta",
     )
     # Int8Params quantizes only when moved off the CPU-resident float data, so start from there.
     layer.weight = bnb.nn.Int8Params(linear.weight.detach().cpu(), requires_grad=False, has_fp16_weights=False)

@@ -10,7 +10,8 @@ word, and each word is encoded on its own. Input the published runtime would sil
 (an unknown tag, a malformed break) raises `ScriptError` here instead.
 
 `ScriptParser` parses text that arrives piece by piece (an LLM streaming its reply, say) and gives
-exactly the entries `parse_script` gives on the joined text.
+exactly the entries `parse_script` gives on the joined text. Pieces are joined as given, with no
+separator, as LLM token streams expect: the spaces between words must be in the pieces.
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ class ScriptParser:
     """Incremental script parser: feed text chunks, get entries as soon as they are complete.
 
     `feed(chunk)` returns the entries completed by the chunk; `finish()` flushes the last word and
-    checks the script as a whole. The entries, in order, equal `parse_script` on the joined
-    chunks, however the text was cut.
+    checks the script as a whole. The entries, in order, equal `parse_script` on the chunks
+    joined with no separator, however the text was cut.
 
     prepend_s1_to_first_word: the published runtime prepends the `[S1]` id to the first word of a
         script unless its tokens already start with it, so a script opening with `[S2] hi` gets
@@ -162,6 +163,7 @@ class ScriptParser:
         self._pending_speaker: str | None = None
         self._seen_word = False
         self._finished = False
+        self._pieces = 0
 
     def feed(self, chunk: str) -> list[Entry]:
         """Add text; return the entries it completes (possibly none)."""
@@ -169,6 +171,7 @@ class ScriptParser:
             raise RuntimeError("ScriptParser.feed() called after finish(); start a new parser")
         if not isinstance(chunk, str):
             raise ScriptError(f"script text must be str, got {type(chunk).__name__}")
+        self._pieces += 1
         self._buffer += _normalize(chunk)
         cut = _complete_length(self._buffer)
         complete, self._buffer = self._buffer[:cut], self._buffer[cut:]
@@ -190,6 +193,15 @@ class ScriptParser:
         return entries
 
     def _entries(self, text: str) -> list[Entry]:
+        try:
+            return self._parse(text)
+        except ScriptError as exc:
+            if self._pieces < 2:
+                raise
+            # The usual cause in a stream: pieces sent without the spaces between them.
+            raise ScriptError(f"{exc} (streamed pieces are joined as given, with no space added between them)") from None
+
+    def _parse(self, text: str) -> list[Entry]:
         entries = []
         for kind, value in _lex(text, self.max_break_seconds):
             if kind == "speaker":
@@ -240,7 +252,8 @@ def _lex_words(segment: str) -> Iterator[tuple[str, str]]:
             continue
         tag = _BRACKET_TAG_RE.search(word)
         if tag is not None and tag.group() in SPEAKER_TAGS:
-            raise ScriptError(f"speaker tag glued to text in {word!r}: put a space after {tag.group()}")
+            sides = [side for side, glued in (("before", tag.start() > 0), ("after", tag.end() < len(word))) if glued]
+            raise ScriptError(f"speaker tag glued to text in {word!r}: put a space {' and '.join(sides)} {tag.group()}")
         if tag is not None:
             raise ScriptError(f"unknown tag {tag.group()!r} in {word!r}: the speaker tags are [S1] and [S2]")
         yield "word", word
@@ -289,7 +302,8 @@ def parse_stream(
     prepend_s1_to_first_word: bool = True,
     max_break_seconds: float = MAX_BREAK_SECONDS,
 ) -> Iterator[Entry]:
-    """Entries of a script arriving as chunks, each yielded as soon as it is complete."""
+    """Entries of a script arriving as chunks (joined with no separator), each yielded as soon as
+    it is complete."""
     parser = ScriptParser(
         tokenizer, ids, prepend_s1_to_first_word=prepend_s1_to_first_word, max_break_seconds=max_break_seconds
     )

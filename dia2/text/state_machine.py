@@ -9,7 +9,9 @@ prosody; with k = 0 a copy of the main stream).
 The machine also paces speech: after a word it forces `entry.padding` pad frames, and once
 `max_padding` frames pass without a word it forces one. In forced mode (teacher forcing, voice
 prefixes) the given action is kept, so the same code produces the text of training grids and of
-inference, and the two cannot drift apart.
+inference, and the two cannot drift apart. Forced mode is no licence for timings the normal mode
+cannot produce: the alignment (`dia2.text.align`) only forces steps the unforced machine would
+accept, so either mode gives a row the same text.
 
 The configuration (`StateMachine`) is frozen; the per-utterance state (`MachineState`) is an
 explicit object owned by the caller, so a server session can hold one per stream.
@@ -26,6 +28,10 @@ from dia2.text.script import Entry, TextTokenIds
 
 PUBLISHED_MAX_PADDING = 6
 """The published runtime hard-codes 6; the config's `data.max_pad` (8) is not used by it."""
+
+PUBLISHED_INITIAL_PADDING = 2
+"""Pad frames forced before the first word by the published runtime; `GenerationConfig` and the
+training rows both start from it, so training text matches what inference feeds."""
 
 
 def last_column(end_step: int, max_delay: int, max_padding: int) -> int:
@@ -68,7 +74,7 @@ class StateMachine:
     ids: TextTokenIds
     second_stream_ahead: int = 0  # k: the second stream carries the k-th following word
     max_padding: int = PUBLISHED_MAX_PADDING  # pad frames after a word before one is forced
-    initial_padding: int = 2  # pad frames forced at the start of an utterance
+    initial_padding: int = PUBLISHED_INITIAL_PADDING  # pad frames forced at the start of an utterance
     action_new_word: int = 1  # action id meaning "start a word"
     action_pad: int = 0  # action id meaning "no new word"
 
@@ -77,7 +83,7 @@ class StateMachine:
             raise ValueError(f"second_stream_ahead must be >= 0, got {self.second_stream_ahead}")
 
     @classmethod
-    def from_config(cls, data: DataConfig, ids: TextTokenIds, initial_padding: int = 2) -> StateMachine:
+    def from_config(cls, data: DataConfig, ids: TextTokenIds, initial_padding: int = PUBLISHED_INITIAL_PADDING) -> StateMachine:
         """The machine of a checkpoint: k and the action ids from its data block."""
         return cls(
             ids=ids,

@@ -6,7 +6,9 @@ is trained on are exactly the ones it is forced with at inference.
 
 Words become entries through the script parser itself (`ScriptParser`), speaker tags included,
 so a word is tokenised as it would be in a script; a word the parser splits (e.g. "a:b") shares
-its time span among its entries.
+its time span among its entries. Pauses the state machine cannot wait out alone become break
+entries (`dia2.text.align`), so an utterance's entries are exactly those of a script with
+`<break time="..."/>` tags (`script_text` writes that script).
 """
 
 from __future__ import annotations
@@ -16,12 +18,19 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from dia2.data.grid import FRAME_RATE
 from dia2.text.align import Alignment, TimedWord, align_words
-from dia2.text.script import Entry, ScriptError, ScriptParser, TextTokenIds, Tokenizer
+from dia2.text.script import (
+    SPEAKER_TAGS,
+    Entry,
+    ScriptError,
+    ScriptParser,
+    TextTokenIds,
+    Tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
-SPEAKER_TAGS = {1: "[S1]", 2: "[S2]"}
 _MARKUP = re.compile(r"[\[\]<>]")
 
 
@@ -37,11 +46,17 @@ class SpokenWord:
 
 @dataclass(frozen=True)
 class AlignedUtterance:
-    """Entries (one per spoken unit), their words, and the frame alignment of those entries."""
+    """Entries (words and breaks, in the order the state machine consumes them), the words
+    behind the word entries, and the frame alignment of those words and breaks."""
 
     entries: tuple[Entry, ...]
     words: tuple[SpokenWord, ...]
     alignment: Alignment
+
+    @property
+    def num_words(self) -> int:
+        """Word entries (breaks have no tokens and never reach the transcript)."""
+        return len(self.alignment.words)
 
 
 def entries_for_words(
@@ -59,12 +74,12 @@ def entries_for_words(
     out: list[tuple[Entry, SpokenWord]] = []
     previous = None
     for word in words:
-        if word.speaker not in SPEAKER_TAGS:
+        if not 1 <= word.speaker <= len(SPEAKER_TAGS):
             raise ValueError(f"word {word.text!r} has speaker {word.speaker}; speakers are 1 or 2")
         text = _MARKUP.sub("", word.text).strip()
         if not text:
             continue
-        tag = SPEAKER_TAGS[word.speaker] + " " if word.speaker != previous else ""
+        tag = SPEAKER_TAGS[word.speaker - 1] + " " if word.speaker != previous else ""
         previous = word.speaker
         try:
             entries = parser.feed(f"{tag}{text} ")
@@ -90,14 +105,38 @@ def align_utterance(
     tokenizer: Tokenizer,
     ids: TextTokenIds,
     prepend_s1_to_first_word: bool = True,
+    continue_at: int | None = None,
 ) -> AlignedUtterance:
-    """Entries with the alignment rule's padding, and their frame alignment (spec section 6).
+    """Entries with the breaks the pauses need, and their frame alignment (`dia2.text.align`).
 
-    Raises ValueError when no word can be spoken.
+    Word entries are the script parser's (padding = one frame per token); continue_at is a voice
+    prefix's length in frames (the script follows it). Raises ValueError when no word can be spoken.
     """
     pairs = [(e, w) for e, w in entries_for_words(words, tokenizer, ids, prepend_s1_to_first_word) if e.tokens]
     if not pairs:
         raise ValueError("the utterance has no words the tokenizer can encode")
-    alignment = align_words([TimedWord(w.start, w.end, len(e.tokens)) for e, w in pairs])
-    entries = tuple(Entry(e.tokens, e.text, a.padding) for (e, _), a in zip(pairs, alignment.words))
-    return AlignedUtterance(entries, tuple(w for _, w in pairs), alignment)
+    timed = [TimedWord(w.start, w.end, len(e.tokens)) for e, w in pairs]
+    alignment = align_words(timed, continue_at=continue_at)
+    entries: list[Entry] = []
+    for i, (entry, _) in enumerate(pairs):
+        entries += [Entry((), "", b.frames) for b in alignment.breaks if b.before == i]
+        entries.append(entry)
+    entries += [Entry((), "", b.frames) for b in alignment.breaks if b.before == len(pairs)]
+    return AlignedUtterance(tuple(entries), tuple(w for _, w in pairs), alignment)
+
+
+def script_text(utterance: AlignedUtterance, frame_rate: float = FRAME_RATE) -> str:
+    """The script whose entries are the utterance's: its words with speaker tags where the speaker
+    changes, and a `<break time="..."/>` per break. Parsing it gives `utterance.entries` back."""
+    parts, previous = [], None
+    words = iter(utterance.words)
+    for entry in utterance.entries:
+        if not entry.tokens:
+            parts.append(f'<break time="{entry.padding / frame_rate:g}s"/>')
+            continue
+        word = next(words)
+        if word.speaker != previous:
+            parts.append(SPEAKER_TAGS[word.speaker - 1])
+            previous = word.speaker
+        parts.append(entry.text)
+    return " ".join(parts)

@@ -46,6 +46,15 @@ def test_cli_reads_the_script_from_a_file_and_is_reproducible(tmp_path, cache):
     assert sf.read(str(a))[0].tolist() == sf.read(str(b))[0].tolist()
 
 
+def test_hf_tiny_is_the_embedded_model_that_tiny_is_short_for(tmp_path, cache):
+    outs = {flags: tmp_path / f"{flags[-1]}.wav" for flags in (("--hf", "tiny"), ("--tiny",))}
+    for flags, out in outs.items():
+        proc = run_cli(*flags, "--text", "[S1] Hello there.", "--seed", "1", "--max-frames", "40", out, cache=cache)
+        assert proc.returncode == 0 and "untrained" in proc.stderr, proc.stderr
+    first, second = (sf.read(str(out))[0] for out in outs.values())
+    assert len(first) > 0 and first.tolist() == second.tolist()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--tiny", "--text", "hi", "out.mp4"], "unknown extension '.mp4'"),
     (["--tiny", "out.wav"], "exactly one of --input FILE or --text"),

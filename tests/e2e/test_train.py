@@ -79,7 +79,7 @@ def test_a_run_writes_exactly_its_files(finished, tiny_bundle_dir):
 
 def test_adapter_folder_is_plain_peft_with_a_voice_file_and_card(finished, tiny_bundle_dir):
     config = json.loads((finished.adapter / "adapter_config.json").read_text())
-    assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == str(tiny_bundle_dir)
+    assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == tiny_bundle_dir.name
     assert config["r"] == 8 and config["lora_alpha"] == 16
     voice = json.loads((finished.adapter / "dia2_voice.json").read_text())
     assert voice["speakers"] == {"S1": ["voice-1"]}
@@ -134,8 +134,8 @@ def test_runtime_speaks_with_the_adapter_and_the_merged_model(finished, tiny_bun
     from dia2.generation.loop import GenerationConfig
 
     config = GenerationConfig(seed=0, max_frames=20)
-    with_adapter = Dia2.from_local(tiny_bundle_dir, device="cpu", adapter=finished.adapter).generate("[S1] Hello.", config)
-    merged = Dia2.from_local(finished.merged, device="cpu").generate("[S1] Hello.", config)
+    with_adapter = Dia2.from_repo(tiny_bundle_dir, device="cpu", adapter=finished.adapter).generate("[S1] Hello.", config)
+    merged = Dia2.from_repo(finished.merged, device="cpu").generate("[S1] Hello.", config)
     assert torch.equal(with_adapter.audio_tokens, merged.audio_tokens) and with_adapter.audio_tokens.shape[1] > 0
 
 
@@ -337,15 +337,16 @@ def test_qlora_steps_run_on_cpu(tiny_bundle_dir, corpus, tmp_path):
 # --- publishing --------------------------------------------------------------------------------
 
 
-def test_push_dry_run_writes_the_card_and_lists_the_upload(finished, capsys):
+def test_push_dry_run_lists_the_upload_with_a_card_for_the_repo(finished, capsys):
     from finetune.push import main as push_main
+    from finetune.push import push_run
 
     assert push_main([str(finished.root), "--repo", "me/my-voice", "--dry-run"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert listing["dry_run"] is True
     assert [f["path_in_repo"] for f in listing["would upload"]] == [
         "README.md", "adapter_config.json", "adapter_model.safetensors", "dia2_voice.json", "samples/sample_0.wav", "loss.png"]
-    card = (finished.adapter / "README.md").read_text()
+    card = push_run(finished.root, "me/my-voice", dry_run=True)[0].source.decode()
     assert "# my-voice" in card and "--adapter me/my-voice" in card and "[samples/sample_0.wav](samples/sample_0.wav)" in card
 
 
@@ -364,14 +365,15 @@ def test_push_uploads_one_commit_with_the_stored_token(finished, monkeypatch):
             calls["repo"] = (repo, private, exist_ok, repo_type)
 
         def create_commit(self, repo, operations, commit_message):
-            calls["files"] = [(op.path_in_repo, Path(op.path_or_fileobj)) for op in operations]
+            calls["files"] = [(op.path_in_repo, op.path_or_fileobj) for op in operations]
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     plan = push_run(finished.root, "me/my-voice", private=True)
     assert calls["token"] == "hf_test_token" and calls["repo"] == ("me/my-voice", True, True, "model")
-    assert calls["files"] == [(remote, local) for local, remote in plan]
-    assert all(local.is_file() for _, local in calls["files"])
+    generated = {"README.md", "dia2_voice.json"}
+    assert calls["files"] == [(u.path_in_repo, u.source if u.path_in_repo in generated else str(u.source)) for u in plan]
+    assert all(Path(source).is_file() for remote, source in calls["files"] if remote not in generated)
 
 
 def test_push_requires_a_consent_statement(finished, tmp_path):
@@ -385,5 +387,6 @@ def test_push_requires_a_consent_statement(finished, tmp_path):
     (run / "adapter" / "dia2_voice.json").write_text(json.dumps({**voice, "consent": ""}))
     with pytest.raises(PushError, match="no consent statement"):
         push_run(run, "me/my-voice", dry_run=True)
-    push_run(run, "me/my-voice", dry_run=True, consent="Recorded with written consent.")
-    assert "Recorded with written consent." in (run / "adapter" / "README.md").read_text()
+    plan = {u.path_in_repo: u.source for u in push_run(run, "me/my-voice", dry_run=True, consent="Recorded with written consent.")}
+    assert "Recorded with written consent." in plan["README.md"].decode()
+    assert json.loads(plan["dia2_voice.json"])["consent"] == "Recorded with written consent."

@@ -6,7 +6,8 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from dia2.audio.codec import CodecError, MimiCodec, build_tiny_mimi
+from dia2.audio.codec import CodecError, MimiCodec
+from dia2.tiny import build_tiny_mimi
 
 SPF = 1920  # samples per Mimi frame at 24 kHz / 12.5 Hz
 # Measured on the tiny Mimi, 38 frames (past its 16-step attention window), chunks of 1/2/5:

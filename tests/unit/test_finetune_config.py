@@ -55,6 +55,7 @@ def test_overrides_are_typed_by_their_field():
         ("optim.betas=[0.9]", r"'optim.betas' must be \[float, float\]"),
         ("optim.lr=-1", r"optim.lr must be > 0"),
         ("quant.mode=4bit lora.full_finetune=true", r"lora.full_finetune cannot train a quantized base"),
+        ("model.dtype=bfloat16 lora.full_finetune=true", r"model.dtype=bfloat16 with lora.full_finetune=true would run AdamW on bf16"),
         ("optim", r"override 'optim' is not key=value"),
     ],
 )

@@ -12,7 +12,7 @@ import torch
 
 from dia2.data.corpus import CorpusError, CorpusMeta, corpus_features, make_row
 from dia2.data.grid import FRAME_RATE
-from dia2.data.teacher import TAIL_FRAMES
+from dia2.data.teacher import tail_frames
 from dia2.text.tokenizer import tokenizer_fingerprint
 from dia2.text.utterance import SpokenWord, align_utterance
 from finetune.data import (
@@ -65,7 +65,7 @@ def synthetic_rows(tts, voice: int, count: int, seed: int, words: tuple[int, int
     for i in range(count):
         spoken = synthetic_words(int(np.random.default_rng([seed, i]).integers(*words, endpoint=True)), seed * 1000 + i, dialogue)
         eos = align_utterance(spoken, tts.tokenizer, tts.ids).alignment.end_of_speech_step
-        frames = eos + TAIL_FRAMES + 2
+        frames = eos + tail_frames(tts.model.config.data) + 2
         codes = voice_codes(voice, frames, tts.model.config.num_codebooks, seed * 1000 + i)
         rows.append(make_row(codes, spoken, speakers, f"voice{voice}/{i}.wav", 0.0, frames / FRAME_RATE, 1.0))
     return rows
@@ -107,26 +107,29 @@ def test_collator_on_a_hand_built_three_word_utterance():
 
     ids = TextTokenIds.from_tokenizer(data, tok)
     codes = torch.arange(2 * N).view(2, N) % 2048
-    short = torch.arange(2 * (N + 3)).view(2, N + 3) % 2048
-    rows = [make_row(codes, WORDS, ["ann"], "a.wav", 0, N / 12.5, 1.0), make_row(short, WORDS, ["ann"], "b.wav", 0, 2, 1.0)]
+    # A fourth word "f" at 1.2 s: frame 15 (after "de" at 10, 2 tokens: 13..17 needs no break),
+    # step 17; end of speech at max(17, round(16.25)) = 17, step 19; 19 + 2 + 6 + 1 = 28 columns
+    # and 19 + tail 8 = 27 frames.
+    longer = torch.arange(2 * 27).view(2, 27) % 2048
+    four = [*WORDS, SpokenWord("f", 1.2, 1.3)]
+    rows = [make_row(codes, WORDS, ["ann"], "a.wav", 0, N / 12.5, 1.0), make_row(longer, four, ["ann"], "b.wav", 0, 2, 1.0)]
     split = examples_from_rows(rows, tok, ids, data, max_columns=100)
-    assert [e.columns for e in split.examples] == [N + 2, N + 5] and split.seconds == pytest.approx((2 * N + 3) / 12.5)
+    assert [e.columns for e in split.examples] == [24, 28] and split.seconds == pytest.approx((N + 27) / 12.5)
     batch = make_batch(split.examples, [0, 1], data, ids, drop_mask=[False, True])
-    L = N + 5
-    assert batch.tokens.shape == (2, 4, L)
+    assert batch.tokens.shape == (2, 4, 28)
     # Row 0 is the hand-checked grid (test_teacher): main text bos, pads, new_word at column 6...
-    main = [1, 3, 3, 3, 3, 3, 2, 100, 10, 11, 2, 12, 3, 2, 13, 14] + [3] * 9
-    assert batch.tokens[0, 0, : N + 2].tolist() == main
+    main = [1, 3, 3, 3, 3, 3, 2, 100, 10, 11, 2, 12, 3, 2, 13, 14] + [3] * 8
+    assert batch.tokens[0, 0, :24].tolist() == main
     assert [t for t, a in enumerate(batch.action_target[0].tolist()) if a == 1] == list(STEPS)
     # ... padded after its end: text pad, audio pad, every target masked.
-    assert batch.tokens[0, 0, N + 2 :].tolist() == [3] * 3 and (batch.tokens[0, 2:, N + 2 :] == 2049).all()
-    assert batch.action_mask[0].tolist() == [True] * (N + 1) + [False] * 3
-    assert batch.audio_mask[0, 0].tolist() == [True] * N + [False] * 4
-    assert batch.audio_mask[0, 1].tolist() == [False] + [True] * N + [False] * 3
+    assert batch.tokens[0, 0, 24:].tolist() == [3] * 4 and (batch.tokens[0, 2:, 24:] == 2049).all()
+    assert batch.action_mask[0].tolist() == [True] * 23 + [False] * 4
+    assert batch.audio_mask[0, 0].tolist() == [True] * 23 + [False] * 4
+    assert batch.audio_mask[0, 1].tolist() == [False] + [True] * 22 + [False] * 4
     # Row 1 was dropped to the unconditional input: main text zero, second text pad, audio kept.
     assert (batch.tokens[1, 0] == 7).all() and (batch.tokens[1, 1] == 3).all()
-    assert batch.tokens[1, 2, 1 : N + 4].tolist() == short[0].tolist()
-    assert batch.action_mask[1].all() and batch.frames == (N + 1) + (N + 4)
+    assert batch.tokens[1, 2, 1:].tolist() == longer[0].tolist()
+    assert batch.action_mask[1].all() and batch.frames == 23 + 27
 
 
 def test_rows_that_cannot_train_are_skipped_and_counted(tiny_tts):

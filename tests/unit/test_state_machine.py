@@ -173,7 +173,7 @@ def test_aligned_words_drive_the_machine_exactly(k):
     words = [TimedWord(0.2, 0.5, 2), TimedWord(0.52, 0.9, 3), TimedWord(1.3, 1.8, 1)]
     alignment = align_words(words)
     tokens = [(S1, 10), (20, 21, 22), (30,)]
-    entries = [Entry(t, f"w{i}", w.padding) for i, (t, w) in enumerate(zip(tokens, alignment.words))]
+    entries = [Entry(t, f"w{i}", len(t)) for i, t in enumerate(tokens)]  # a script's padding
     steps = [*alignment.new_word_steps, alignment.end_of_speech_step]  # 4, 8, 18, 24
     machine = StateMachine(IDS, second_stream_ahead=k)
     state = machine.new_state(entries)

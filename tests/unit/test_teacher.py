@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from dia2.data.teacher import GridError, build_example, collate, drop_text
+from dia2.data.grid import drop_text
+from dia2.data.teacher import GridError, build_example, collate, tail_frames
 from dia2.model.config import parse_config
 from dia2.text.script import TextTokenIds
 from dia2.text.utterance import SpokenWord
@@ -25,11 +26,11 @@ class LetterTokenizer:
         return out
 
 
-def _data(second_stream_ahead=0):
+def _data(second_stream_ahead=0, delays=(1, 2)):
     raw = {
         "data": {"channels": 4, "text_vocab_size": 128, "audio_vocab_size": 2050, "action_vocab_size": 2,
                  "text_pad_token_id": 3, "text_new_word_token_id": 2, "action_pad_token_id": 0,
-                 "action_new_word_token_id": 1, "delay_pattern": [1, 2], "second_stream_ahead": second_stream_ahead},
+                 "action_new_word_token_id": 1, "delay_pattern": list(delays), "second_stream_ahead": second_stream_ahead},
         "model": {"decoder": {"n_layer": 1, "n_embd": 8, "n_hidden": 8, "gqa_query_heads": 1, "kv_heads": 1, "gqa_head_dim": 8},
                   "depformer": {"n_layer": 1, "n_embd": 8, "n_hidden": 8, "gqa_query_heads": 1, "kv_heads": 1, "gqa_head_dim": 8}},
         "runtime": {},
@@ -38,37 +39,62 @@ def _data(second_stream_ahead=0):
 
 
 WORDS = [SpokenWord("ab", 0.24, 0.40), SpokenWord("c", 0.56, 0.64), SpokenWord("de", 0.80, 1.04)]
-# By hand, r = 12.5 frames/s (the alignment rule of spec section 6):
-#   "[S1] ab" -> 3 tokens: start max(1, round(3.0)) = 3, end 6, step 3-1+3 = 5, next max(7, round(7.0)) = 7
-#   "c"       -> 1 token:  start max(7, 7) = 7, end 8, step 9, next max(9, round(10.0)) = 10
-#   "de"      -> 2 tokens: start max(9, 10) = 10, end 12, step 12, next max(13, round(13.0)) = 13
-#   end of speech: 13 - 1 + 3 = 15, so N >= 15 + 8 = 23 frames.
-STEPS = (5, 9, 12, 15)
+# By hand, r = 12.5 frames/s, max_padding 6 (the alignment rule of `dia2.text.align`):
+#   "[S1] ab" -> 3 tokens: heard at frame round(3.0) = 3. Inference pops its first entry at step 2
+#             (frame 0), so the 3 silent frames before the word are a leading break entry popped
+#             at step 2; the word keeps its frame: step 3-1+3 = 5, end 6; the next word may come
+#             at frames 7..10 without a break: "c" at round(7.0) = 7 needs none.
+#   "c"       -> 1 token:  frame 7, step 9, end 8; "de" at round(10.0) = 10 lies in 9..14.
+#   "de"      -> 2 tokens: frame 10, step 12, end 12; end of speech at min(max(13, round(13.0)),
+#             10+7) = 13, step 15.
+# The grid ends where decoding stops: last_column(15, max delay 2, max_padding 6) = 23, so L = 24,
+# and the audio must reach frame 23 - min delay 1 = 22: N >= 15 + tail_frames (8 here) = 23.
+STEPS = (2, 5, 9, 12, 15)  # the leading break's, the three words', the end of speech's
 N = 23
+L = 24
 
 
 def test_hand_built_three_word_grid():
     data = _data()
+    assert tail_frames(data) == 8 and tail_frames(_data(delays=(16, 18))) == 9  # 18 + 6 - 16 + 1
     tok = LetterTokenizer()
     ids = TextTokenIds.from_tokenizer(data, tok)
     codes = torch.arange(2 * N).view(2, N) % 2048
     ex = build_example(codes, WORDS, tok, ids, data)
-    L = N + 2
     assert ex.tokens.shape == (4, L) and ex.new_word_steps == STEPS
-    # Text (k = 0: second = main): bos, pads until step 5's new_word lands in column 6, then
-    # each word's tokens one per column, new_word at columns 10 and 13, nothing after the end.
-    main = [1, 3, 3, 3, 3, 3, 2, 100, 10, 11, 2, 12, 3, 2, 13, 14] + [3] * 9
+    # Text (k = 0: second = main): bos, pads (the break is silent: no marker) until step 5's
+    # new_word lands in column 6, then each word's tokens one per column, new_word at columns 10
+    # and 13, nothing after the end.
+    main = [1, 3, 3, 3, 3, 3, 2, 100, 10, 11, 2, 12, 3, 2, 13, 14] + [3] * 8
     assert ex.tokens[0].tolist() == main
     assert ex.tokens[1].tolist() == [3] + main[1:]
-    # Actions: new_word exactly at the aligned steps and the end-of-speech step.
+    # Actions: new_word exactly at the break, the aligned words and the end-of-speech step.
     assert [t for t, a in enumerate(ex.action_target.tolist()) if a == 1] == list(STEPS)
-    # Audio: codebook 0 delayed by 1 (bos in column 0, pad in the last), codebook 1 by 2.
-    assert ex.tokens[2, 0] == 2048 and ex.tokens[2, 1:24].tolist() == codes[0].tolist() and ex.tokens[2, 24] == 2049
-    assert ex.tokens[3, :2].tolist() == [2048, 2048] and ex.tokens[3, 2:].tolist() == codes[1].tolist()
-    # Targets are column t+1, masked on bos/pad cells.
+    # Audio: codebook 0 delayed by 1 (bos in column 0), codebook 1 by 2. The grid stops at the
+    # stop column, so no cell is audio pad: the old grid (N + max delay columns) ended with a
+    # pad codebook 0 under a real codebook 1, training depformer stage 0 on an input inference
+    # never feeds it.
+    assert ex.tokens[2, 0] == 2048 and ex.tokens[2, 1:].tolist() == codes[0].tolist()
+    assert ex.tokens[3, :2].tolist() == [2048, 2048] and ex.tokens[3, 2:].tolist() == codes[1, : L - 2].tolist()
+    # Targets are column t+1, masked on bos cells.
     assert torch.equal(ex.audio_target, ex.tokens[2:, 1:])
-    assert ex.audio_mask[0].tolist() == [True] * 23 + [False]
-    assert ex.audio_mask[1].tolist() == [False] + [True] * 23
+    assert ex.audio_mask[0].tolist() == [True] * 23
+    assert ex.audio_mask[1].tolist() == [False] + [True] * 22
+    # Audio past the stop column is not used: a longer recording gives the same grid.
+    longer = torch.cat([codes, torch.full((2, 5), 7)], dim=1)
+    assert torch.equal(build_example(longer, WORDS, tok, ids, data).tokens, ex.tokens)
+
+
+def test_depformer_targets_are_masked_where_their_stage_input_is_not_audio():
+    # Codebook 0 delayed by 2, codebook 1 by 1: at column 1 codebook 1 holds real audio (frame 0)
+    # but codebook 0, which depformer stage 0 reads to predict it, is still bos.
+    data = _data(delays=(2, 1))
+    tok = LetterTokenizer()
+    ids = TextTokenIds.from_tokenizer(data, tok)
+    ex = build_example(torch.arange(2 * N).view(2, N) % 2048, WORDS, tok, ids, data)
+    assert ex.audio_target[1, 0] not in (2048, 2049)
+    assert ex.audio_mask[1].tolist() == [False] + [True] * (L - 2)
+    assert ex.audio_mask[0].tolist() == [False] + [True] * (L - 2)
 
 
 def test_look_ahead_stream_with_k2():
@@ -100,13 +126,15 @@ def test_collate_pads_and_masks_and_drops_text():
     tok = LetterTokenizer()
     ids = TextTokenIds.from_tokenizer(data, tok)
     long = build_example(torch.ones(2, N + 5, dtype=torch.long), WORDS, tok, ids, data)
-    short = build_example(torch.ones(2, N, dtype=torch.long), WORDS, tok, ids, data)
+    # Two words: "c" ends speech at frame 9 (step 11), so the grid has 11 + 2 + 6 + 1 = 20 columns.
+    short = build_example(torch.ones(2, 19, dtype=torch.long), WORDS[:2], tok, ids, data)
+    assert (long.columns, short.columns) == (L, 20)
     batch = collate([long, short], data, ids, drop_mask=[False, True])
-    assert batch.tokens.shape == (2, 4, N + 7)
-    assert batch.action_mask[1].tolist() == [True] * (N + 1) + [False] * 5
-    assert not batch.audio_mask[1, :, N + 1 :].any()
-    assert batch.frames == (N + 6) + (N + 1)
+    assert batch.tokens.shape == (2, 4, L)
+    assert batch.action_mask[1].tolist() == [True] * 19 + [False] * 4
+    assert not batch.audio_mask[1, :, 19:].any()
+    assert batch.frames == (L - 1) + 19
     # The dropped example reads exactly the unconditional branch's text: (zero, pad) everywhere.
-    assert set(batch.tokens[1, 0, : N + 2].tolist()) == {7} and set(batch.tokens[1, 1, : N + 2].tolist()) == {3}
-    assert torch.equal(batch.tokens[1, 2:, : N + 2], short.tokens[2:])
-    assert torch.equal(drop_text(long.tokens, ids)[2:], long.tokens[2:])
+    assert set(batch.tokens[1, 0, :20].tolist()) == {7} and set(batch.tokens[1, 1, :20].tolist()) == {3}
+    assert torch.equal(batch.tokens[1, 2:, :20], short.tokens[2:])
+    assert torch.equal(drop_text(long.tokens, ids.zero, ids.pad)[2:], long.tokens[2:])
