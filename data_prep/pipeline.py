@@ -41,8 +41,9 @@ from data_prep.recording import RecordingPreparer
 from data_prep.results import FAILED, FileResult, Skip
 from data_prep.sources import SourceFile, Sources, collect_sources
 from data_prep.timing import StageTimer
-from data_prep.transcribe import AsrError, SegmentTranscriber, WhisperAsr
+from data_prep.transcribe import SegmentTranscriber, asr_transcriber
 from data_prep.writer import assign_splits, push_corpus, write_corpus
+from dia2.audio.asr import AsrError
 from dia2.data.corpus import META_FILE, CorpusMeta
 from dia2.data.grid import FRAME_RATE
 from dia2.data.teacher import tail_frames
@@ -148,7 +149,7 @@ def run_prep(config: PrepConfig, model: PrepModel | None = None, transcriber: Se
     tail = tail_frames(model.data)
     max_frames = check_context_budget(config.segment, model.max_context_steps, max(model.data.delays, default=0), tail)
     if transcriber is None:
-        transcriber = WhisperAsr(config.asr, cpu_threads=config.run.threads or _cores())
+        transcriber = asr_transcriber(config.asr, cpu_threads=config.run.threads or _cores())
         transcriber.load()  # a model that cannot load is the run's error, not every file's
     timer = StageTimer()
     names = sources.speaker_names

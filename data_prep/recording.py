@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -49,11 +49,12 @@ from data_prep.results import (
 from data_prep.segment import span_seconds, split_utterances
 from data_prep.sources import SourceFile
 from data_prep.timing import StageTimer
-from data_prep.transcribe import HeardWord, SegmentTranscriber, transcribe_stream
+from data_prep.transcribe import SegmentTranscriber, transcribe_stream
 from dia2.audio.io import AudioFileError
 from dia2.data.corpus import make_row
 from dia2.text.script import TextTokenIds, Tokenizer
-from dia2.text.utterance import SpokenWord, align_utterance
+from dia2.text.utterance import align_utterance
+from dia2.text.words import SpokenWord
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class RecordingPreparer:
 
     def _transcribe(
         self, recording: Recording, streams: list[tuple[int | None, int]], header_seconds: float, result: FileResult
-    ) -> list[HeardWord]:
+    ) -> list[SpokenWord]:
         """Every stream's words merged by time; file-level skips (silent, no speech) go to `result`."""
         flt, chunk, progress = self.config.filters, self.config.asr.chunk_seconds, self.config.run.progress
         silence = db_to_level(flt.silence_db)
@@ -160,7 +161,7 @@ class RecordingPreparer:
         return words
 
     def _candidates(
-        self, recording: Recording, words: list[HeardWord], source: SourceFile, dialogue: bool, result: FileResult
+        self, recording: Recording, words: list[SpokenWord], source: SourceFile, dialogue: bool, result: FileResult
     ) -> Iterator[_Candidate]:
         """The utterances that pass every filter, one at a time (skips go to `result`)."""
         with self.timer.stage("segment_align"):
@@ -178,7 +179,7 @@ class RecordingPreparer:
             if candidate is not None:
                 yield candidate
 
-    def _length_problem(self, group: list[HeardWord]) -> tuple[str, str] | None:
+    def _length_problem(self, group: list[SpokenWord]) -> tuple[str, str] | None:
         seg = self.config.segment
         seconds = span_seconds(group)
         if seconds < seg.min_seconds:
@@ -196,7 +197,7 @@ class RecordingPreparer:
         return None
 
     def _candidate(
-        self, recording: Recording, group: list[HeardWord], previous_end: float, next_start: float,
+        self, recording: Recording, group: list[SpokenWord], previous_end: float, next_start: float,
         dialogue: bool, wer: float | None, source: SourceFile, result: FileResult,
     ) -> _Candidate | None:
         """The utterance's audio and words, or None (with the skip recorded). Objective checks
@@ -207,7 +208,7 @@ class RecordingPreparer:
             result.skips.append(Skip(source.name, *problem, first, last_end))
             return None
         start = max(0.0, first - self.config.segment.lead_seconds, min(previous_end, first))
-        words = tuple(SpokenWord(w.text, _f32(w.start - start), _f32(w.end - start), w.speaker) for w in group)
+        words = tuple(replace(w, start=_f32(w.start - start), end=_f32(w.end - start)) for w in group)
         with self.timer.stage("segment_align"):
             try:
                 utterance = align_utterance(words, self.tokenizer, self.ids)

@@ -19,25 +19,25 @@ from __future__ import annotations
 from typing import Sequence
 
 from data_prep.config import SegmentOptions
-from data_prep.transcribe import HeardWord
+from dia2.text.words import SpokenWord
 
 
-def split_utterances(words: Sequence[HeardWord], options: SegmentOptions) -> list[list[HeardWord]]:
+def split_utterances(words: Sequence[SpokenWord], options: SegmentOptions) -> list[list[SpokenWord]]:
     """Words in spoken order -> utterances (lists of consecutive words), none longer than
     `options.max_seconds` unless a single word is."""
-    utterances: list[list[HeardWord]] = []
+    utterances: list[list[SpokenWord]] = []
     for run in _split_at_long_pauses(words, options.max_pause):
         utterances += _fit(run, options)
     return utterances
 
 
-def span_seconds(words: Sequence[HeardWord]) -> float:
+def span_seconds(words: Sequence[SpokenWord]) -> float:
     """From the first word's start to the latest word end."""
     return max(w.end for w in words) - words[0].start
 
 
-def _split_at_long_pauses(words: Sequence[HeardWord], max_pause: float) -> list[list[HeardWord]]:
-    runs: list[list[HeardWord]] = []
+def _split_at_long_pauses(words: Sequence[SpokenWord], max_pause: float) -> list[list[SpokenWord]]:
+    runs: list[list[SpokenWord]] = []
     latest_end = float("-inf")
     for word in words:
         if not runs or word.start - latest_end > max_pause:
@@ -47,9 +47,9 @@ def _split_at_long_pauses(words: Sequence[HeardWord], max_pause: float) -> list[
     return runs
 
 
-def _fit(words: list[HeardWord], options: SegmentOptions) -> list[list[HeardWord]]:
+def _fit(words: list[SpokenWord], options: SegmentOptions) -> list[list[SpokenWord]]:
     """Greedy: take as many words as fit in max_seconds, then cut at the best pause among them."""
-    out: list[list[HeardWord]] = []
+    out: list[list[SpokenWord]] = []
     i = 0
     while i < len(words):
         j, end = i, words[i].end
@@ -65,7 +65,7 @@ def _fit(words: list[HeardWord], options: SegmentOptions) -> list[list[HeardWord
     return out
 
 
-def _best_cut(words: list[HeardWord], first: int, last: int, options: SegmentOptions) -> int:
+def _best_cut(words: list[SpokenWord], first: int, last: int, options: SegmentOptions) -> int:
     """The index k in [first, last] to cut after (word k ends the utterance; k + 1 starts the next)."""
     candidates = []  # (k, pause after k, utterance length up to k)
     end = float("-inf")

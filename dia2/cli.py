@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.audio.io import WRITABLE_FORMATS
 from dia2.device import AUTO
 from dia2.errors import Dia2Error, report
 from dia2.generation.loop import GenerationConfig
-from dia2.generation.voice import DEFAULT_WHISPER_MODEL
 from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
 from dia2.options import (
     FlagParser,
@@ -212,9 +212,10 @@ def _speak(o: InferOptions, script: str) -> GenerationResult:
     """Load the model (and the voice) and speak `script`."""
     from tqdm import tqdm
 
+    from dia2.audio.asr import WhisperTranscriber
     from dia2.generation.graphs import kernel_wrapper
     from dia2.generation.runtime import Dia2
-    from dia2.generation.voice import Voice, WhisperTranscriber
+    from dia2.generation.voice import Voice
 
     m = o.model
     if m.source == TINY_MODEL:

@@ -31,7 +31,7 @@ import torch
 
 from dia2.data.grid import FRAME_RATE
 from dia2.errors import Dia2Error
-from dia2.text.utterance import SpokenWord
+from dia2.text.words import SpokenWord
 
 SCHEMA_VERSION = 2
 """2: rows hold audio up to `dia2.data.teacher.tail_frames` after the end-of-speech step of the

@@ -41,7 +41,8 @@ from dia2.text.state_machine import (
     forced_text_streams,
     last_column,
 )
-from dia2.text.utterance import AlignedUtterance, SpokenWord, align_utterance
+from dia2.text.utterance import AlignedUtterance, align_utterance
+from dia2.text.words import SpokenWord
 
 
 def tail_frames(data: DataConfig, max_padding: int = PUBLISHED_MAX_PADDING) -> int:

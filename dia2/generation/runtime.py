@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from dia2.audio.asr import Transcriber, WhisperTranscriber
 from dia2.data.grid import FRAME_RATE
 from dia2.device import resolve_device
 from dia2.generation.graphs import lru_get
@@ -35,7 +36,7 @@ from dia2.generation.loop import (
     GenerationConfig,
     Prefix,
 )
-from dia2.generation.voice import Transcriber, Voice, build_voice, voice_prefix
+from dia2.generation.voice import Voice, build_voice, voice_prefix
 from dia2.model.assets import DEFAULT_MODEL
 from dia2.model.checkpoint import model_from_files, resolve_files
 from dia2.model.network import Dia2Model
@@ -173,8 +174,6 @@ class Dia2:
         transcriber: Transcriber | None = None,
     ) -> Voice:
         """Transcribe + encode prefix recordings once; store the Voice to reuse it."""
-        from dia2.generation.voice import WhisperTranscriber
-
         return build_voice(self.codec, transcriber or WhisperTranscriber(), speaker_1, speaker_2)
 
     # --- generation ----------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Voice prefixes: recorded speech that conditions the voice of what follows (spec section 6).
 
-speaker audio -> word timestamps (a `Transcriber`, faster-whisper by default) -> Mimi codes ->
-a `Voice` (codes + timed words, storable, so a server never re-transcribes a stored voice) ->
-entries and forced new_word steps through the shared alignment rule (`dia2.text.align`, the same
-function that builds training data) -> one `prefill` call in the generation loop.
+speaker audio -> word timestamps (a `Transcriber`, faster-whisper by default: `dia2.audio.asr`)
+-> Mimi codes -> a `Voice` (codes + timed words, storable, so a server never re-transcribes a
+stored voice) -> entries and forced new_word steps through the shared alignment rule
+(`dia2.text.align`, the same function that builds training data) -> one `prefill` call in the
+generation loop.
 
 Two published quirks are fixed here: both speakers' words get the same step offset (the
 published runtime gave speaker 2 no +3, a plausible cause of "prefix speakers swapped"), and no
@@ -15,71 +16,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 
+from dia2.audio.asr import Transcriber
 from dia2.errors import Dia2Error
 from dia2.generation.loop import Prefix
 from dia2.text.script import Entry, TextTokenIds, Tokenizer
-from dia2.text.utterance import SpokenWord, align_utterance
+from dia2.text.utterance import align_utterance
+from dia2.text.words import SpokenWord
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_WHISPER_MODEL = "small.en"
-"""faster-whisper model that transcribes voice prefixes and data-prep recordings by default."""
 
 
 class PrefixError(Dia2Error, ValueError):
     """A voice prefix that cannot be used; the message names the input and the fix."""
-
-
-@dataclass(frozen=True)
-class Word:
-    """A transcribed word: text and its span in seconds within its own recording."""
-
-    text: str
-    start: float
-    end: float
-
-
-class Transcriber(Protocol):
-    """Speech -> timed words. Injectable: tests and servers bring their own."""
-
-    def transcribe(self, waveform: np.ndarray, sample_rate: int) -> list[Word]: ...
-
-
-class WhisperTranscriber:
-    """faster-whisper with word timestamps; `model` is a size name ("small.en") or a local path."""
-
-    def __init__(
-        self, model: str | os.PathLike = DEFAULT_WHISPER_MODEL, device: str = "cpu", compute_type: str = "int8", language: str | None = None
-    ) -> None:
-        self.model_name, self.device, self.compute_type, self.language = str(model), device, compute_type, language
-        self._model = None
-
-    def _load(self):
-        if self._model is None:
-            from faster_whisper import WhisperModel
-
-            try:
-                self._model = WhisperModel(self.model_name, device=self.device, compute_type=self.compute_type)
-            except Exception as exc:  # faster-whisper raises many kinds; one clear message for all
-                raise PrefixError(
-                    f"cannot load the Whisper model '{self.model_name}' ({exc}); pass --whisper-model (Python: "
-                    "WhisperTranscriber(model=...)) with a local CTranslate2 model folder or a model name that is cached"
-                ) from exc
-        return self._model
-
-    def transcribe(self, waveform: np.ndarray, sample_rate: int) -> list[Word]:
-        from dia2.audio.io import resample
-
-        audio = resample(waveform, sample_rate, 16000)  # Whisper's input rate
-        segments, _ = self._load().transcribe(audio, word_timestamps=True, language=self.language, beam_size=5)
-        return [Word(w.word.strip(), float(w.start), float(w.end)) for seg in segments for w in (seg.words or []) if w.word.strip()]
 
 
 @dataclass(frozen=True)
@@ -93,7 +47,7 @@ class Voice:
     codec_fingerprint: str | None = None
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write `codes.npy` + `voice.json` to `folder`."""
+        """Write `codes.npy` + `voice.json` (its "words": text, start, end, speaker, probability) to `folder`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "codes.npy", self.codes.cpu().numpy().astype(np.int16))
@@ -112,6 +66,7 @@ class Voice:
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Voice":
+        """Read a voice `save` wrote; words stored before probabilities were kept read as probability 1.0."""
         folder = Path(folder)
         try:
             codes = torch.from_numpy(np.load(folder / "codes.npy").astype(np.int64))
@@ -144,7 +99,7 @@ def build_voice(
         heard = transcriber.transcribe(wave, codec.sample_rate)
         if not heard:
             raise PrefixError(f"prefix {name} contains no recognisable speech; give a clip of the speaker talking")
-        words += [SpokenWord(w.text, w.start + offset, w.end + offset, speaker) for w in heard]
+        words += [replace(w, start=w.start + offset, end=w.end + offset, speaker=speaker) for w in heard]
         # Keep each speaker's audio on whole frames so speaker 2's word times stay frame-exact.
         frame = codec.samples_per_frame
         padded = np.pad(wave, (0, (-len(wave)) % frame))

@@ -1,2 +1,2 @@
-"""Text to timed tokens: the script parser, tokenizer, the text state machine, and the
-word-to-frame alignment that voice prefixes and training rows share."""
+"""Text to timed tokens: the script parser, tokenizer, the text state machine, the timed-word type,
+and the word-to-frame alignment that voice prefixes and training rows share."""

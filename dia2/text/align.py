@@ -43,6 +43,7 @@ from typing import Sequence
 
 from dia2.data.grid import FRAME_RATE
 from dia2.text.state_machine import PUBLISHED_MAX_PADDING
+from dia2.text.words import SpokenWord
 
 NEW_WORD_STEP_OFFSET = 3
 """new_word_step = start_frame - 1 + NEW_WORD_STEP_OFFSET; the published prefix path's offset."""
@@ -51,15 +52,6 @@ NEW_WORD_STEP_OFFSET = 3
 def frame_step(frame: int) -> int:
     """The decoder step whose new_word action starts an entry at audio frame `frame`."""
     return frame - 1 + NEW_WORD_STEP_OFFSET
-
-
-@dataclass(frozen=True)
-class TimedWord:
-    """A word's time span in seconds and how many text tokens it encodes to."""
-
-    start: float
-    end: float
-    num_tokens: int
 
 
 @dataclass(frozen=True)
@@ -114,39 +106,41 @@ def _frame(seconds: float, frame_rate: float) -> int:
     return round(seconds * frame_rate)
 
 
-def _check_words(words: Sequence[TimedWord]) -> None:
+def _check_words(words: Sequence[SpokenWord], num_tokens: Sequence[int]) -> None:
     if not words:
         raise ValueError("no words to align: an utterance needs at least one timed word")
-    for i, word in enumerate(words):
+    if len(num_tokens) != len(words):
+        raise ValueError(f"{len(words)} words but {len(num_tokens)} token counts; give one count per word")
+    for i, (word, count) in enumerate(zip(words, num_tokens)):
         if not (math.isfinite(word.start) and math.isfinite(word.end)):
             raise ValueError(f"word {i} has a non-finite time span ({word.start}, {word.end})")
-        if word.num_tokens < 1:
-            raise ValueError(
-                f"word {i} has {word.num_tokens} text tokens; every word must encode to at least one"
-            )
+        if count < 1:
+            raise ValueError(f"word {i} has {count} text tokens; every word must encode to at least one")
 
 
 def align_words(
-    words: Sequence[TimedWord],
+    words: Sequence[SpokenWord],
+    num_tokens: Sequence[int],
     frame_rate: float = FRAME_RATE,
     max_padding: int = PUBLISHED_MAX_PADDING,
     continue_at: int | None = None,
 ) -> Alignment:
     """Apply the alignment rule (module docstring) to words in spoken order.
 
-    words: N timed words (seconds, token counts) -> Alignment with N AlignedWords and the breaks
-    the pauses need. Overlapping or out-of-order times (common in ASR output) are absorbed by the
-    rule's max(): each word starts after the previous word's tokens have been emitted.
+    words: N timed words (seconds) and num_tokens: their N text-token counts (one frame each) ->
+    Alignment with N AlignedWords and the breaks the pauses need. Overlapping or out-of-order
+    times (common in ASR output) are absorbed by the rule's max(): each word starts after the
+    previous word's tokens have been emitted.
     continue_at: for a voice prefix, its length P in frames: the speech continues (with the
     script) at frame P instead of ending after the last word.
     """
-    _check_words(words)
+    _check_words(words, num_tokens)
     aligned: list[AlignedWord] = []
     start = max(0, _frame(words[0].start, frame_rate))
     breaks = [AlignedBreak(0, start, frame_step(0), 0)] if start > 0 else []
-    for i, word in enumerate(words):
-        earliest = start + word.num_tokens + 1
-        latest = start + max(word.num_tokens, max_padding) + 1  # the machine forces a new_word here
+    for i, (word, count) in enumerate(zip(words, num_tokens)):
+        earliest = start + count + 1
+        latest = start + max(count, max_padding) + 1  # the machine forces a new_word here
         if i + 1 < len(words):
             wanted = _frame(words[i + 1].start, frame_rate)
         elif continue_at is not None:
@@ -157,6 +151,6 @@ def align_words(
         if following > latest:
             pause = min(max(earliest, _frame(word.end, frame_rate)), latest)
             breaks.append(AlignedBreak(pause, following - pause, frame_step(pause), i + 1))
-        aligned.append(AlignedWord(start, start + word.num_tokens, frame_step(start), following))
+        aligned.append(AlignedWord(start, start + count, frame_step(start), following))
         start = following
     return Alignment(tuple(aligned), tuple(breaks))

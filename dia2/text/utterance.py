@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from dia2.data.grid import FRAME_RATE
-from dia2.text.align import Alignment, TimedWord, align_words
+from dia2.text.align import Alignment, align_words
 from dia2.text.script import (
     SPEAKER_TAGS,
     Entry,
@@ -28,20 +28,11 @@ from dia2.text.script import (
     TextTokenIds,
     Tokenizer,
 )
+from dia2.text.words import SpokenWord
 
 logger = logging.getLogger(__name__)
 
 _MARKUP = re.compile(r"[\[\]<>]")
-
-
-@dataclass(frozen=True)
-class SpokenWord:
-    """A word as heard: text, span in seconds within the utterance, speaker 1 or 2."""
-
-    text: str
-    start: float
-    end: float
-    speaker: int = 1
 
 
 @dataclass(frozen=True)
@@ -95,7 +86,7 @@ def _share_time(entries: list[Entry], word: SpokenWord) -> list[tuple[Entry, Spo
         return [(e, word) for e in entries]
     step = (word.end - word.start) / len(entries)
     return [
-        (e, SpokenWord(e.text, word.start + i * step, word.start + (i + 1) * step, word.speaker))
+        (e, replace(word, text=e.text, start=word.start + i * step, end=word.start + (i + 1) * step))
         for i, e in enumerate(entries)
     ]
 
@@ -115,8 +106,7 @@ def align_utterance(
     pairs = [(e, w) for e, w in entries_for_words(words, tokenizer, ids, prepend_s1_to_first_word) if e.tokens]
     if not pairs:
         raise ValueError("the utterance has no words the tokenizer can encode")
-    timed = [TimedWord(w.start, w.end, len(e.tokens)) for e, w in pairs]
-    alignment = align_words(timed, continue_at=continue_at)
+    alignment = align_words([w for _, w in pairs], [len(e.tokens) for e, _ in pairs], continue_at=continue_at)
     entries: list[Entry] = []
     for i, (entry, _) in enumerate(pairs):
         entries += [Entry((), "", b.frames) for b in alignment.breaks if b.before == i]

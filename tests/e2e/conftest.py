@@ -23,6 +23,6 @@ def prep_model(tiny_bundle_dir):
 @pytest.fixture(scope="module")
 def whisper(tiny_en):
     from data_prep.config import AsrOptions
-    from data_prep.transcribe import WhisperAsr
+    from data_prep.transcribe import asr_transcriber
 
-    return WhisperAsr(AsrOptions(asr_model=tiny_en), cpu_threads=1)
+    return asr_transcriber(AsrOptions(asr_model=tiny_en), cpu_threads=1)

@@ -27,7 +27,7 @@ from data_prep.results import (
     TEXT_MISMATCH,
     UNREADABLE,
 )
-from data_prep.transcribe import WhisperAsr
+from data_prep.transcribe import asr_transcriber
 from tests.asr_checks import MAX_WER, assert_heard, assert_starts_near
 from tests.conftest import REPO_ROOT
 
@@ -131,7 +131,7 @@ def test_the_batched_whisper_pipeline_hears_the_same_words():
     mono = json.loads((FIXTURES / "manifest.json").read_text())["mono"]
     fixture = next(m for m in mono if m["file"] == "alice/weather.flac")
     audio, rate = sf.read(str(FIXTURES / fixture["file"]), dtype="float32")
-    batched = WhisperAsr(AsrOptions(asr_model=TINY_EN, asr_batch_size=4), cpu_threads=1)
+    batched = asr_transcriber(AsrOptions(asr_model=TINY_EN, asr_batch_size=4), cpu_threads=1)
     assert batched.batch_size == 4 and "batched=True" in batched.identity
     segments = batched.transcribe_segments(audio, rate)
     words = [w for seg in segments for w in seg]

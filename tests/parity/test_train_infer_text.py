@@ -26,12 +26,8 @@ from dia2.generation.voice import Voice, voice_prefix
 from dia2.text.align import NEW_WORD_STEP_OFFSET
 from dia2.text.script import TextTokenIds, parse_script
 from dia2.text.state_machine import StateMachine
-from dia2.text.utterance import (
-    AlignedUtterance,
-    SpokenWord,
-    align_utterance,
-    script_text,
-)
+from dia2.text.utterance import AlignedUtterance, align_utterance, script_text
+from dia2.text.words import SpokenWord
 from tests.conftest import REPO_ROOT
 from tests.unit.test_finetune_data import synthetic_rows
 from tests.unit.test_teacher import LetterTokenizer, _data
@@ -168,11 +164,11 @@ def prepared(tmp_path_factory, tiny_bundle_dir):
         SpeakerOptions,
     )
     from data_prep.pipeline import load_prep_model, run_prep
-    from data_prep.transcribe import WhisperAsr
+    from data_prep.transcribe import asr_transcriber
 
     model = load_prep_model(ModelOptions(model=str(tiny_bundle_dir)))
     asr = AsrOptions(asr_model=str(models.get_model_path()))
-    whisper = WhisperAsr(asr, cpu_threads=1)
+    whisper = asr_transcriber(asr, cpu_threads=1)
     folder = tmp_path_factory.mktemp("prep")
     speaker_map = folder / "speakers.json"
     speaker_map.write_text(json.dumps(SPEAKER_MAP))

@@ -10,9 +10,17 @@ from dia2.text.align import (
     NEW_WORD_STEP_OFFSET,
     AlignedBreak,
     AlignedWord,
-    TimedWord,
+    Alignment,
     align_words,
 )
+from dia2.text.words import SpokenWord
+
+
+def align(timed: list[tuple[float, float, int]], **kwargs) -> Alignment:
+    """Align words given as (start, end, number of text tokens)."""
+    words = [SpokenWord(f"w{i}", start, end) for i, (start, end, _) in enumerate(timed)]
+    return align_words(words, [tokens for *_, tokens in timed], **kwargs)
+
 
 # Three words, r = 12.5 frames/s, max_padding 6. Python round() rounds halves to even.
 # w0 (0.20-0.50 s, 2 tokens): start = round(2.5) = 2 -> a leading break of 2 frames (popped at
@@ -23,7 +31,7 @@ from dia2.text.align import (
 #    16-11 = 5 frames, popped at step 13.
 # w2 (1.30-1.80 s, 1 token, last): start = 16, end = 17, step = 18. End of speech at
 #    min(max(18, round(22.5) = 22), latest 16+7 = 23) = 22, step 24.
-THREE_WORDS = [TimedWord(0.2, 0.5, 2), TimedWord(0.52, 0.9, 3), TimedWord(1.3, 1.8, 1)]
+THREE_WORDS = [(0.2, 0.5, 2), (0.52, 0.9, 3), (1.3, 1.8, 1)]
 THREE_EXPECTED = [
     AlignedWord(start_frame=2, end_frame=4, new_word_step=4, next_frame=6),
     AlignedWord(start_frame=6, end_frame=9, new_word_step=8, next_frame=16),
@@ -36,7 +44,7 @@ THREE_BREAKS = [AlignedBreak(0, 2, 2, before=0), AlignedBreak(11, 5, 13, before=
 #    next = max(0+3+1, round(1.25) = 1) = 4.
 # w1 (0.1-0.4 s, 1 token, last): start = 4, end = 5, step = 6, end of speech at
 #    min(max(6, round(5.0) = 5), 4+7) = 6, step 8.
-OVERLAP_WORDS = [TimedWord(0.0, 0.3, 3), TimedWord(0.1, 0.4, 1)]
+OVERLAP_WORDS = [(0.0, 0.3, 3), (0.1, 0.4, 1)]
 OVERLAP_EXPECTED = [
     AlignedWord(start_frame=0, end_frame=3, new_word_step=2, next_frame=4),
     AlignedWord(start_frame=4, end_frame=5, new_word_step=6, next_frame=6),
@@ -45,7 +53,7 @@ OVERLAP_EXPECTED = [
 # A long last word: 0.1-2.0 s, 2 tokens. start round(1.25) = 1 (a 1-frame leading break), the
 # natural end round(25.0) = 25 is past the latest end step the machine allows, 1+6+1 = 8: the
 # end of speech is clamped there (step 10); the row's tail keeps the word's audio.
-LONG_LAST = [TimedWord(0.1, 2.0, 2)]
+LONG_LAST = [(0.1, 2.0, 2)]
 
 
 @pytest.mark.parametrize(
@@ -55,12 +63,12 @@ LONG_LAST = [TimedWord(0.1, 2.0, 2)]
         (OVERLAP_WORDS, OVERLAP_EXPECTED, [], (2, 6), 8),
         # One word at 0.6-1.0 s: round(7.5) = 8 (half to even goes up here), an 8-frame leading
         # break, step 10, end of speech at min(max(10, round(12.5) = 12), 15) = 12, step 14.
-        ([TimedWord(0.6, 1.0, 1)], [AlignedWord(8, 9, 10, 12)], [AlignedBreak(0, 8, 2, 0)], (10,), 14),
+        ([(0.6, 1.0, 1)], [AlignedWord(8, 9, 10, 12)], [AlignedBreak(0, 8, 2, 0)], (10,), 14),
         (LONG_LAST, [AlignedWord(1, 3, 3, 8)], [AlignedBreak(0, 1, 2, 0)], (3,), 10),
     ],
 )
 def test_hand_computed(words, expected, breaks, steps, end_step):
-    alignment = align_words(words)
+    alignment = align(words)
     assert list(alignment.words) == expected
     assert list(alignment.breaks) == breaks
     assert alignment.new_word_steps == steps
@@ -72,7 +80,7 @@ def test_the_first_entry_lands_where_inference_pops_it():
     # Inference pops the first entry at step initial_padding; the rule puts frame 0 there.
     assert GenerationConfig().initial_padding == 0 - 1 + NEW_WORD_STEP_OFFSET
     for start, frame in [(0.0, 0), (0.03, 0), (0.08, 1), (0.4, 5)]:
-        alignment = align_words([TimedWord(start, start + 0.3, 1)])
+        alignment = align([(start, start + 0.3, 1)])
         assert alignment.words[0].start_frame == frame  # the audio is real: the word stays put
         assert alignment.action_steps[0] == GenerationConfig().initial_padding
         assert [b.frames for b in alignment.breaks] == ([frame] if frame else [])
@@ -82,7 +90,7 @@ def test_the_first_entry_lands_where_inference_pops_it():
 def test_pauses_longer_than_the_padding_budget_become_breaks(pause_frames):
     # A 1-token word at frame 0 (step 2): the machine allows the next word 2..7 frames later.
     gap = 2 + pause_frames
-    alignment = align_words([TimedWord(0.0, 2 / 12.5, 1), TimedWord(gap / 12.5, gap / 12.5 + 0.2, 1)])
+    alignment = align([(0.0, 2 / 12.5, 1), (gap / 12.5, gap / 12.5 + 0.2, 1)])
     assert alignment.words[1].start_frame == gap
     if gap <= 7:
         assert alignment.breaks == ()
@@ -94,28 +102,28 @@ def test_pauses_longer_than_the_padding_budget_become_breaks(pause_frames):
 def test_a_long_word_without_a_pause_gets_the_break_the_budget_needs():
     # 2 tokens spoken over 0.8 s (10 frames): the next word 10 frames on needs a break, which
     # starts at the latest frame the budget allows (7), since the word's audio ends later.
-    alignment = align_words([TimedWord(0.0, 0.8, 2), TimedWord(0.8, 1.0, 1)])
+    alignment = align([(0.0, 0.8, 2), (0.8, 1.0, 1)])
     assert alignment.breaks == (AlignedBreak(7, 3, 9, before=1),)
 
 
 def test_a_prefix_continues_at_its_last_frame():
     # A 40-frame prefix whose last word ends at frame 6: a break covers the rest of it.
-    alignment = align_words([TimedWord(0.0, 0.48, 2)], continue_at=40)
+    alignment = align([(0.0, 0.48, 2)], continue_at=40)
     assert alignment.words[0].next_frame == 40
     assert alignment.breaks == (AlignedBreak(6, 34, 8, before=1),)
     # A prefix ending right after its word needs none.
-    assert align_words([TimedWord(0.0, 0.3, 2)], continue_at=6).breaks == ()
+    assert align([(0.0, 0.3, 2)], continue_at=6).breaks == ()
 
 
 def test_rounding_is_half_to_even():
     # 0.2 s = 2.5 frames: banker's rounding gives 2 (half-up would give 3).
-    assert align_words([TimedWord(0.2, 0.2, 1)]).words[0].start_frame == 2
-    assert align_words([TimedWord(0.2, 0.2, 1)], frame_rate=10.0).words[0].start_frame == 2
+    assert align([(0.2, 0.2, 1)]).words[0].start_frame == 2
+    assert align([(0.2, 0.2, 1)], frame_rate=10.0).words[0].start_frame == 2
 
 
 def test_word_longer_than_its_time_span_pushes_the_next_word():
     # 5 tokens in 0.08 s: the next word starts after the tokens (start = end + 1).
-    alignment = align_words([TimedWord(0.08, 0.16, 5), TimedWord(0.16, 0.3, 1)])
+    alignment = align([(0.08, 0.16, 5), (0.16, 0.3, 1)])
     first, second = alignment.words
     assert second.start_frame == first.end_frame + 1
 
@@ -124,10 +132,15 @@ def test_word_longer_than_its_time_span_pushes_the_next_word():
     "words, message",
     [
         ([], "no words"),
-        ([TimedWord(0.0, 0.1, 0)], "at least one"),
-        ([TimedWord(math.nan, 0.1, 1)], "non-finite"),
+        ([(0.0, 0.1, 0)], "at least one"),
+        ([(math.nan, 0.1, 1)], "non-finite"),
     ],
 )
 def test_bad_inputs(words, message):
     with pytest.raises(ValueError, match=message):
-        align_words(words)
+        align(words)
+
+
+def test_every_word_needs_its_token_count():
+    with pytest.raises(ValueError, match="2 words but 1 token counts"):
+        align_words([SpokenWord("a", 0.0, 0.1), SpokenWord("b", 0.2, 0.3)], [1])

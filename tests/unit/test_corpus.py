@@ -12,7 +12,8 @@ from dia2.data.corpus import (
     row_codes,
     row_words,
 )
-from dia2.text.utterance import SpokenWord, align_utterance, entries_for_words
+from dia2.text.utterance import align_utterance, entries_for_words
+from dia2.text.words import SpokenWord
 
 
 def _meta(**overrides):

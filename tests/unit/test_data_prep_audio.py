@@ -5,7 +5,8 @@ import pytest
 import soundfile as sf
 
 from data_prep.audio import Recording, mix
-from data_prep.transcribe import HeardWord, transcribe_stream
+from data_prep.transcribe import transcribe_stream
+from dia2.text.words import SpokenWord
 
 
 def sine(seconds, rate, freq=440.0, level=0.5):
@@ -95,7 +96,7 @@ class ToneTranscriber:
         for start, stop in zip(edges[::2], edges[1::2]):
             burst = waveform[start * hop : stop * hop]
             spectrum = np.abs(np.fft.rfft(burst, n=sample_rate))  # 1 Hz bins
-            word = HeardWord(f"{int(np.argmax(spectrum))}", start / 100, stop / 100, 0.9)
+            word = SpokenWord(f"{int(np.argmax(spectrum))}", start / 100, stop / 100, probability=0.9)
             if last_end is None or word.start - last_end > 0.8:
                 segments.append([])
             segments[-1].append(word)

@@ -5,11 +5,11 @@ import pytest
 from data_prep.config import SegmentOptions
 from data_prep.reference import check_reference, normalize
 from data_prep.segment import span_seconds, split_utterances
-from data_prep.transcribe import HeardWord
+from dia2.text.words import SpokenWord
 
 
 def words_at(starts, length=0.4, speaker=1):
-    return [HeardWord(f"w{i}", s, s + length, 0.9, speaker) for i, s in enumerate(starts)]
+    return [SpokenWord(f"w{i}", s, s + length, speaker, 0.9) for i, s in enumerate(starts)]
 
 
 def regular(start, stop, step=0.5):
@@ -55,15 +55,15 @@ def test_a_cut_never_leaves_less_than_min_seconds_before_it():
 
 
 def test_overlapping_dialogue_is_not_cut_inside_the_overlap():
-    first = [HeardWord("long", 0.0, 3.0, 0.9, 1)]  # speaker 1 still talking while speaker 2 starts
-    second = [HeardWord("yes", 1.0, 1.3, 0.9, 2), HeardWord("sure", 3.2, 3.5, 0.9, 2)]
+    first = [SpokenWord("long", 0.0, 3.0, 1, 0.9)]  # speaker 1 still talking while speaker 2 starts
+    second = [SpokenWord("yes", 1.0, 1.3, 2, 0.9), SpokenWord("sure", 3.2, 3.5, 2, 0.9)]
     words = sorted(first + second, key=lambda w: w.start)
     utterances = split_utterances(words, SegmentOptions(max_pause=1.5))
     assert len(utterances) == 1  # the 1.9 s between "yes" and "sure" is not a pause: "long" runs to 3.0
 
 
 def test_a_single_overlong_word_is_its_own_utterance():
-    words = [HeardWord("a", 0.0, 0.3, 0.9), HeardWord("hmmmm", 0.4, 40.0, 0.9), HeardWord("b", 40.1, 40.4, 0.9)]
+    words = [SpokenWord("a", 0.0, 0.3, probability=0.9), SpokenWord("hmmmm", 0.4, 40.0, probability=0.9), SpokenWord("b", 40.1, 40.4, probability=0.9)]
     utterances = split_utterances(words, SegmentOptions(max_seconds=30, max_pause=5))
     assert [[w.text for w in u] for u in utterances] == [["a"], ["hmmmm"], ["b"]]
 

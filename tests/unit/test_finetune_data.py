@@ -14,7 +14,8 @@ from dia2.data.corpus import CorpusError, CorpusMeta, corpus_features, make_row
 from dia2.data.grid import FRAME_RATE
 from dia2.data.teacher import tail_frames
 from dia2.text.tokenizer import tokenizer_fingerprint
-from dia2.text.utterance import SpokenWord, align_utterance
+from dia2.text.utterance import align_utterance
+from dia2.text.words import SpokenWord
 from finetune.data import (
     BatchStream,
     DataPosition,

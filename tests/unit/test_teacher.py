@@ -7,7 +7,7 @@ from dia2.data.grid import drop_text
 from dia2.data.teacher import GridError, build_example, collate, tail_frames
 from dia2.model.config import parse_config
 from dia2.text.script import TextTokenIds
-from dia2.text.utterance import SpokenWord
+from dia2.text.words import SpokenWord
 
 
 class LetterTokenizer:

@@ -8,21 +8,21 @@ import pytest
 import torch
 
 from dia2.generation.loop import GenerationConfig
-from dia2.generation.voice import Word
+from dia2.text.words import SpokenWord
 from tests.unit.test_prefix import ScriptedTranscriber, _speech
 
 SCRIPT = "[S1] Now with a voice. [S2] And me."
 
 
 def _one_speaker(tts):
-    t = ScriptedTranscriber([Word("hello", 0.30, 0.60), Word("there", 0.70, 1.00)])
+    t = ScriptedTranscriber([SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)])
     return tts.make_voice(_speech(1.2), transcriber=t)
 
 
 def _two_speakers(tts):
     t = ScriptedTranscriber(
-        [Word("hello", 0.30, 0.60), Word("there", 0.70, 1.00)],
-        [Word("how", 0.20, 0.40), Word("are", 0.50, 0.70)],
+        [SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)],
+        [SpokenWord("how", 0.20, 0.40), SpokenWord("are", 0.50, 0.70)],
     )
     return tts.make_voice(_speech(1.5), _speech(1.0, seed=1), transcriber=t)
 
@@ -300,11 +300,16 @@ def test_the_tiny_cpu_sample_scripts_fit_at_the_slowest_pace(tiny_tts):
 
 
 def test_codec_and_whisper_errors_name_their_flags(tiny_bundle_dir, tmp_path):
+    from data_prep.config import AsrOptions
+    from data_prep.transcribe import asr_transcriber
+    from dia2.audio.asr import AsrError, WhisperTranscriber
     from dia2.audio.codec import CodecError
     from dia2.generation.runtime import Dia2
-    from dia2.generation.voice import PrefixError, WhisperTranscriber
 
     with pytest.raises(CodecError, match=r"given with --mimi; pass --mimi \(Python: mimi=\)"):
         Dia2.from_repo(tiny_bundle_dir, device="cpu", mimi=str(tmp_path / "no-mimi"))
-    with pytest.raises(PrefixError, match="pass --whisper-model"):
+    with pytest.raises(AsrError, match="pass --whisper-model"):
         WhisperTranscriber(tmp_path / "no-whisper").transcribe(np.zeros(2400, np.float32), 24000)
+    # The same wrapper in data prep names data prep's flag.
+    with pytest.raises(AsrError, match="pass --asr-model with"):
+        asr_transcriber(AsrOptions(asr_model=str(tmp_path / "no-whisper"))).load()
