@@ -84,14 +84,15 @@ def full_loop(model: Dia2Model, machine: StateMachine, entries, config: Generati
     return {"frames_per_s": n / (time.perf_counter() - start), "first_frame_s": first_frame_s, "first_codes": first_codes}
 
 
-def mimi_first_push_s(codes: torch.Tensor, device: torch.device, dtype: torch.dtype) -> float:
-    """Seconds a fresh stream decoder of the full-size Mimi takes for the first frame [K, 1]."""
+def mimi_first_push_s(codes: torch.Tensor, device: torch.device) -> float:
+    """Seconds a fresh stream decoder of the full-size Mimi takes for the first frame [K, 1], in
+    float32 as `Dia2` runs it whatever the model's dtype."""
     from transformers import MimiConfig
 
     from dia2.audio.codec import MimiCodec
     from dia2.tiny import build_random_mimi
 
-    codec = MimiCodec(build_random_mimi(MimiConfig(), seed=0).to(device, dtype), num_codebooks=codes.shape[0])
+    codec = MimiCodec(build_random_mimi(MimiConfig(), seed=0).to(device), num_codebooks=codes.shape[0])
     codes = codes.clamp(max=codec.model.config.codebook_size - 1)  # random weights: any code will do
     codec.stream_decoder().push(codes[None])  # warm-up: kernels chosen, allocator primed
     best = float("inf")
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         # None when --frames ends before the first audio frame completes (max(delay) + 1 frames).
         first_frame_s = min((r["first_frame_s"] for r in runs if r["first_frame_s"] is not None), default=None)
         measure_mimi = not args.no_mimi and first_frame_s is not None
-        mimi_s = mimi_first_push_s(runs[0]["first_codes"], device, dtype) if measure_mimi else None
+        mimi_s = mimi_first_push_s(runs[0]["first_codes"], device) if measure_mimi else None
     loop = max(r["frames_per_s"] for r in runs)
     result = {
         "benchmark": "generation_loop",

@@ -116,6 +116,15 @@ def recorded_name(location: str, source: ModelSource | None = None) -> str:
     return path.name if path.exists() else location
 
 
+def recorded_identity(identity: str, model: str) -> str:
+    """The recogniser's identity string (`WhisperTranscriber.identity`, which names a local model
+    by its resolved path) with that path replaced by the model's recorded name."""
+    path = Path(model).expanduser()
+    if path.exists():
+        identity = identity.replace(str(path.resolve()), recorded_name(model))
+    return identity
+
+
 def check_output(folder: Path, overwrite: bool) -> None:
     """Refuse an output folder that holds something other than a dia2-prep corpus, unless --overwrite."""
     if folder.exists() and not folder.is_dir():
@@ -223,7 +232,7 @@ def _meta(config: PrepConfig, model: PrepModel, speaker_names: tuple[str, ...], 
         asr_model=recorded_name(config.asr.asr_model),
         tool_version=tool_version(),
         extra={
-            "asr": asr.replace(config.asr.asr_model, recorded_name(config.asr.asr_model)),
+            "asr": recorded_identity(asr, config.asr.asr_model),
             "speakers": list(speaker_names),
             "rows": counts,
             "max_context_steps": model.max_context_steps,

@@ -42,7 +42,7 @@ def asr_transcriber(options: AsrOptions, cpu_threads: int = 0) -> WhisperTranscr
     return WhisperTranscriber(
         options.asr_model, device=options.asr_device, compute_type=options.compute_type, language=options.language,
         beam_size=options.beam_size, batch_size=options.asr_batch_size, cpu_threads=cpu_threads,
-        model_option="--asr-model",
+        model_option="--asr-model", device_option="--asr-device",
     )
 
 

@@ -187,6 +187,8 @@ def _check_files(o: InferOptions) -> None:
         raise OptionError("give either --voice or --prefix-speaker-1/2, not both")
     if voice.voice and not (voice.voice / "voice.json").is_file():
         raise OptionError(f"--voice {voice.voice}: not a stored voice folder (no voice.json)")
+    if voice.save_voice and not voice.prefix_speaker_1:
+        raise OptionError("--save-voice stores the voice made from --prefix-speaker-1/2: give those recordings too")
 
 
 def _check_runtime(o: InferOptions) -> None:
@@ -254,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     path = result.save(options.output)
     if options.run.timestamps:
         stamps = [{"word": w, "start": t} for w, t in result.timestamps]
+        options.run.timestamps.parent.mkdir(parents=True, exist_ok=True)
         options.run.timestamps.write_text(json.dumps(stamps, indent=1) + "\n")
     note = " (truncated at the frame limit)" if result.truncated else ""
     print(f"wrote {path}: {result.duration:.2f} s, {len(result.timestamps)} words{note}")

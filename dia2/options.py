@@ -126,7 +126,7 @@ def coerce(value: Any, hint: Any, name: str, *, split: bool = True, error: type[
     split=False: a bare command-line value for a tuple is one item (see `SENTENCES`).
     """
     options = typing.get_args(hint) if _is_union(hint) else (hint,)
-    if type(None) in options and (value is None or (isinstance(value, CliValue) and value.lower() in ("null", "none", ""))):
+    if type(None) in options and (value is None or _null_word(value, options)):
         return None
     # str last: "[a, b]" is a list where a list is allowed. A bare word is a list only where it
     # cannot be read as a str instead.
@@ -139,12 +139,25 @@ def coerce(value: Any, hint: Any, name: str, *, split: bool = True, error: type[
     raise error(f"'{name}' must be {type_name(hint)}, got {str(value)!r}")
 
 
+def _null_word(value: Any, options: tuple) -> bool:
+    """Whether typed text means None: null/none/empty in a key=value item, or given to a flag
+    whose field cannot hold text (`--seed none`); `--text none` is the text "none"."""
+    if not (isinstance(value, CliValue) and value.lower() in ("null", "none", "")):
+        return False
+    return value.given_as is None or not any(o in (str, Path) for o in options)
+
+
 def _coerce_one(value: Any, hint: Any, split_bare: bool = True, split: bool = True) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         for choice in typing.get_args(hint):
             if str(value) == str(choice):
                 return choice
+        if isinstance(value, bool):
+            # YAML reads an unquoted no/off/yes/on as a bool: take the choice it was written as.
+            for choice in typing.get_args(hint):
+                if str(choice).lower() in (("yes", "on", "true") if value else ("no", "off", "false")):
+                    return choice
         raise ValueError(value)
     if origin is tuple:
         return _coerce_tuple(value, typing.get_args(hint), split_bare, split)
@@ -284,8 +297,8 @@ class FlagParser(argparse.ArgumentParser):
             hints = []
             for item in unknown:
                 close = difflib.get_close_matches(item.partition("=")[0], known, n=1) if item.startswith("--") else []
-                hints += [f"{item} (did you mean {close[0]}?)"] if close else []
-            self.error(f"unknown flag(s) {', '.join(hints)}" if hints else f"unrecognized arguments: {' '.join(unknown)}")
+                hints.append(f"{item} (did you mean {close[0]}?)" if close else item)
+            self.error(f"unknown flag(s) {', '.join(hints)}")
         return parsed
 
 

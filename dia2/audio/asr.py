@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from dia2.audio.io import resample
-from dia2.device import AUTO, default_device
+from dia2.device import AUTO, default_device, resolve_device
 from dia2.errors import Dia2Error
 from dia2.text.words import SpokenWord
 
@@ -68,9 +68,14 @@ class WhisperTranscriber:
         batch_size: int = 1,
         cpu_threads: int = 0,
         model_option: str = VOICE_MODEL_OPTION,
+        device_option: str = "--device",
     ) -> None:
         self.model_name = str(model)
-        self.device = default_device() if device == AUTO else device
+        resolved = resolve_device(device, device_option)
+        if resolved.type not in ("cpu", "cuda"):
+            # CTranslate2, faster-whisper's engine, runs on the CPU and CUDA only.
+            raise AsrError(f"{device_option} {device}: faster-whisper runs on cpu or cuda only")
+        self.device = default_device() if device == AUTO else str(device)
         on_gpu = self.device.startswith("cuda")
         self.compute_type = compute_type if compute_type != AUTO else ("float16" if on_gpu else "int8")
         self.language, self.beam_size, self.cpu_threads = language, beam_size, cpu_threads

@@ -23,7 +23,14 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from dia2.data.grid import FRAME_RATE, cell_frames, delay_codes, drop_text, undelay_codes
+from dia2.data.grid import (
+    FRAME_RATE,
+    cell_frames,
+    delay_codes,
+    drop_text,
+    undelay_codes,
+)
+from dia2.errors import Dia2Error
 from dia2.generation.sampling import SamplingConfig, guided_sample
 from dia2.model.network import DecoderOutput, DecodeState, Dia2Model
 from dia2.text.align import NEW_WORD_STEP_OFFSET
@@ -35,6 +42,10 @@ from dia2.text.state_machine import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class GenerationConfigError(Dia2Error, ValueError):
+    """A generation setting out of range; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -60,13 +71,13 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if not self.cfg_scale > 0:
-            raise ValueError(f"cfg_scale must be > 0 (1.0 disables guidance), got {self.cfg_scale}")
+            raise GenerationConfigError(f"cfg_scale must be > 0 (1.0 disables guidance), got {self.cfg_scale}")
         if self.cfg_filter_k < 1:
-            raise ValueError(f"cfg_filter_k must be >= 1, got {self.cfg_filter_k}")
+            raise GenerationConfigError(f"cfg_filter_k must be >= 1, got {self.cfg_filter_k}")
         if self.initial_padding < 0:
-            raise ValueError(f"initial_padding must be >= 0, got {self.initial_padding}")
+            raise GenerationConfigError(f"initial_padding must be >= 0, got {self.initial_padding}")
         if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+            raise GenerationConfigError(f"max_frames must be >= 1, got {self.max_frames}")
 
     @property
     def branches(self) -> int:
@@ -147,6 +158,12 @@ class FrameUpdate:
     done: bool = False
 
 
+def loop_capacity(prefix_frames: int, config: GenerationConfig, context: int) -> int:
+    """Columns one utterance can use: the prefix (or the lone bos column) plus max_frames (None:
+    the model's context, runtime.max_context_steps)."""
+    return max(1, prefix_frames) + (config.max_frames or context)
+
+
 class FrameLoop:
     """Generate one utterance, column by column. Iterate to get `FrameUpdate`s."""
 
@@ -158,14 +175,15 @@ class FrameLoop:
         config: GenerationConfig,
         prefix: Prefix | None = None,
         feed: "EntryFeed | None" = None,
-        kernels: FrameKernels | None = None,
+        *,
+        kernels: FrameKernels,
     ) -> None:
         self.model, self.machine, self.mstate, self.config = model, machine, machine_state, config
         self.feed = feed
         data = model.config.data
         self.delays = list(data.delays)
         self.max_delay = max(self.delays)
-        self.kernels = kernels or FrameKernels(model, config, None)
+        self.kernels = kernels
         self.prefix_frames = prefix.frames if prefix is not None else 0
         self.forced_steps = frozenset(prefix.new_word_steps) if prefix else frozenset()
         # Every prefix column is prefilled in one call, so its steps are forced (pad between the
@@ -174,8 +192,7 @@ class FrameLoop:
         if prefix is not None:
             self.last_forced_step = max(self.last_forced_step, prefix.frames - 2)
         self.prefix_words = prefix.num_words if prefix else 0
-        max_new = config.max_frames or model.config.runtime.max_context_steps
-        self.capacity = max(1, self.prefix_frames) + max_new
+        self.capacity = loop_capacity(self.prefix_frames, config, model.config.runtime.max_context_steps)
         device = model.device
         self.branches = config.branches
         self.text = torch.empty(self.branches, 2, self.capacity, dtype=torch.long, device=device)

@@ -35,11 +35,13 @@ from dia2.generation.loop import (
     FrameLoop,
     GenerationConfig,
     Prefix,
+    loop_capacity,
 )
-from dia2.generation.voice import Voice, build_voice, voice_prefix
+from dia2.generation.voice import PrefixError, Voice, build_voice, voice_prefix
 from dia2.model.assets import DEFAULT_MODEL
 from dia2.model.checkpoint import model_from_files, resolve_files
 from dia2.model.network import Dia2Model
+from dia2.model.quant import QuantError
 from dia2.text.script import (
     Entry,
     ScriptError,
@@ -145,7 +147,7 @@ class Dia2:
         device = str(resolve_device(device))
         dtype = dtype or default_dtype(device)
         if low_vram and adapter is not None and not merge_adapter:
-            raise ValueError("low_vram needs the adapter merged into the base first: drop the unmerged-adapter option")
+            raise QuantError("low_vram needs the adapter merged into the base first: drop the unmerged-adapter option (--unmerged-adapter)")
         files = resolve_files(repo_or_dir, revision, None, config_path, weights_path)
         # A quantized model is loaded on the CPU, then quantized layer by layer onto the device.
         model = model_from_files(files, dtype=dtype, device="cpu" if low_vram else device)
@@ -185,17 +187,19 @@ class Dia2:
         prefix: Prefix | None = None
         if voice is not None:
             if voice.codes.shape[0] != self.model.config.num_codebooks:
-                raise ValueError(
+                raise PrefixError(
                     f"the voice has {voice.codes.shape[0]} codebooks but the model uses "
                     f"{self.model.config.num_codebooks}: it was made with another codec"
                 )
             voice.check_codec(self.codec.fingerprint)
             prefix_entries, prefix = voice_prefix(voice, self.tokenizer, self.ids)
             entries = prefix_entries + entries
-        loop = FrameLoop(self.model, machine, machine.new_state(entries), config, prefix, feed, kernels=self._kernels(config))
         if feed is None:
-            _check_fits(entries, loop.capacity, loop.max_delay + machine.max_padding + config.initial_padding, context)
-        return loop
+            # Before the loop allocates its decode state (and graphs may be captured for it).
+            capacity = loop_capacity(prefix.frames if prefix is not None else 0, config, context)
+            tail = max(self.model.config.data.delays) + machine.max_padding + config.initial_padding
+            _check_fits(entries, capacity, tail, config.max_frames or context, context)
+        return FrameLoop(self.model, machine, machine.new_state(entries), config, prefix, feed, kernels=self._kernels(config))
 
     def _kernels(self, config: GenerationConfig) -> FrameKernels:
         """The frame kernels of one call, their generator seeded with config.seed.
@@ -302,7 +306,7 @@ def within_context(config: GenerationConfig, context: int) -> GenerationConfig:
     return dataclasses.replace(config, max_frames=context)
 
 
-def _check_fits(entries: list[Entry], capacity: int, tail: int, context: int) -> None:
+def _check_fits(entries: list[Entry], capacity: int, tail: int, max_frames: int, context: int) -> None:
     """Refuse a script that cannot fit the frame limit even at the fastest pace.
 
     Each word takes at least its forced padding (one frame per token) plus its new_word frame.
@@ -310,7 +314,7 @@ def _check_fits(entries: list[Entry], capacity: int, tail: int, context: int) ->
     needed = sum(max(len(e.tokens), e.padding) + 1 for e in entries) + tail
     if needed > capacity:
         fix = "split it into shorter scripts"
-        if capacity < context:
+        if max_frames < context:
             fix += f", or raise max_frames (--max-frames, up to the model's context of {context})"
         raise ScriptError(
             f"the script needs at least {needed} frames but the limit is {capacity} ({capacity / FRAME_RATE:.0f} s): {fix}"

@@ -55,10 +55,12 @@ def resolve_files(
 
     Explicit `config_path` / `weights_path` (local files) take precedence over the repo's. A
     config inside a complete model folder (a merged export: manifest or tokenizer beside it)
-    brings that folder's tokenizer and Mimi too, in place of the repo's.
+    makes that folder the model: its weights (unless `weights_path` is given), tokenizer and Mimi
+    are used in place of `repo_or_dir`'s.
     """
     explicit_config = _explicit(config_path, "config")
     if explicit_config is not None and _holds_assets(explicit_config.parent):
+        logger.info("%s sits in a complete model folder: loading that folder, not %s", explicit_config, repo_or_dir)
         source = ModelSource.resolve(explicit_config.parent)
     else:
         source = ModelSource.resolve(repo_or_dir, revision, cache_dir)
@@ -186,10 +188,18 @@ def save_model(model: Dia2Model, folder: str | os.PathLike, dtype: torch.dtype |
 
 
 def _file_mode() -> int:
-    """The mode an ordinary new file gets under the process umask (0644 under umask 022)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    """The mode an ordinary new file gets under the process umask (0644 under umask 022).
+
+    Read from /proc, not by setting and restoring the umask: that would leave a window in which
+    another thread's new files get mode 0666.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
 
 
 def save_config(cfg: Dia2Config, path: str | os.PathLike) -> None:

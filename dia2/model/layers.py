@@ -259,7 +259,8 @@ def _masked_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> 
     group = H // keys.shape[1]
     folded = q.reshape(B, H // group, group * T, hd)
     y = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask.repeat(group, 1), scale=1.0)
-    return y.view(B, H, T, hd)
+    # reshape, not view: CUDA's memory-efficient kernel returns a transposed, non-contiguous output.
+    return y.reshape(B, H, T, hd)
 
 
 def _grouped_linear(x: Tensor, layers: nn.ModuleList, group_index: GroupIndex) -> Tensor:

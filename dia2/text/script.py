@@ -196,9 +196,9 @@ class ScriptParser:
         try:
             return self._parse(text)
         except ScriptError as exc:
-            if self._pieces < 2:
+            if self._pieces < 2 or "glued" not in str(exc):
                 raise
-            # The usual cause in a stream: pieces sent without the spaces between them.
+            # A tag glued to a word in a stream: usually pieces sent without the spaces between them.
             raise ScriptError(f"{exc} (streamed pieces are joined as given, with no space added between them)") from None
 
     def _parse(self, text: str) -> list[Entry]:

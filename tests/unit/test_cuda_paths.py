@@ -150,3 +150,20 @@ def test_cached_attention_folds_query_groups_like_gqa(T):
     # A wrong grouping (head h reading KV head h % H_kv) must not pass the same check.
     wrong = F.scaled_dot_product_attention(q, k.repeat(1, 4, 1, 1), v.repeat(1, 4, 1, 1), attn_mask=mask, scale=1.0)
     assert (wrong - reference).abs().max() > 1e-3
+
+
+def test_cached_attention_takes_the_non_contiguous_output_of_cudas_fused_kernel(monkeypatch):
+    """CUDA's memory-efficient kernel returns its output as a transposed [B, M, H, K] buffer
+    (not contiguous); the fold back to [B, H, T, hd] must accept that layout."""
+    sdpa = F.scaled_dot_product_attention
+
+    def transposed_like_cuda(*args, **kwargs):
+        y = sdpa(*args, **kwargs)
+        return y.transpose(1, 2).contiguous().transpose(1, 2)  # same values, CUDA's strides
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(1, 16, 1, 8, generator=g), torch.randn(1, 8, 4, 8, generator=g), torch.randn(1, 8, 4, 8, generator=g)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    expected = _masked_attention(q, k, v, mask)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", transposed_like_cuda)
+    torch.testing.assert_close(_masked_attention(q, k, v, mask), expected, atol=0, rtol=0)

@@ -15,7 +15,7 @@ from data_prep.config import (
     SpeakerOptions,
     check_context_budget,
 )
-from data_prep.pipeline import check_output
+from data_prep.pipeline import check_output, recorded_identity
 from data_prep.sources import collect_sources
 from dia2.options import field_docs
 
@@ -168,3 +168,18 @@ def test_cli_arguments_become_the_frozen_config(tmp_path):
     for section in SECTIONS:
         name = next(f.name for f in fields(PrepConfig) if f.default_factory is section)  # type: ignore[comparison-overlap]
         assert getattr(defaults, name) == section()
+
+
+@pytest.mark.parametrize("given", ["./tiny.en", "tiny.en", "{abs}"])
+def test_the_recorded_asr_identity_names_a_local_model_without_its_path(tmp_path, monkeypatch, given):
+    from dia2.audio.asr import WhisperTranscriber
+
+    (tmp_path / "tiny.en").mkdir()
+    (tmp_path / "tiny.en" / "model.bin").write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    given = given.format(abs=tmp_path / "tiny.en")
+    identity = WhisperTranscriber(given).identity
+    assert str(tmp_path) in identity  # the cache key keeps the path: another copy is another model
+    recorded = recorded_identity(identity, given)
+    assert str(tmp_path) not in recorded and recorded.startswith("faster-whisper:tiny.en@")
+    assert recorded_identity("faster-whisper:small.en;compute=int8", "small.en") == "faster-whisper:small.en;compute=int8"

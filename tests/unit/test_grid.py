@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from dia2.data.grid import cell_frames, delay_codes, drop_text, mask_audio_bos, undelay_codes
+from dia2.data.grid import (
+    cell_frames,
+    delay_codes,
+    drop_text,
+    mask_audio_bos,
+    undelay_codes,
+)
 
 P = 99  # pad
 BOS = 50

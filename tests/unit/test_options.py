@@ -163,3 +163,31 @@ def test_every_entry_point_reports_the_same_way(tmp_path, capsys):
     with pytest.raises(SystemExit):
         prep_main([str(tmp_path), str(tmp_path / "out"), "--tiny", "--model", "x/y"])
     assert "--tiny is --model tiny" in capsys.readouterr().err
+
+
+def test_every_unknown_flag_is_named_and_text_flags_keep_the_word_none(capsys):
+    from dia2.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--zzzzzz", "--tmperature", "1", "out.wav"])
+    err = capsys.readouterr().err
+    assert "--zzzzzz" in err and "--tmperature (did you mean --temperature?)" in err
+    # "none" is text for a text flag, and None only for a flag whose field cannot hold text.
+    assert coerce(CliValue("none", "--text"), str | None, "--text") == "none"
+    assert coerce(CliValue("none", "--seed"), int | None, "--seed") is None
+    assert coerce(CliValue("null"), str | None, "output.push_to_hub") is None
+
+
+def test_a_yaml_bool_reads_as_the_literal_choice_it_was_written_as():
+    assert coerce(False, Literal["auto", "no", "bf16"], "optim.mixed_precision") == "no"
+    with pytest.raises(OptionError, match="optim.mixed_precision"):
+        coerce(True, Literal["auto", "no", "bf16"], "optim.mixed_precision")
+
+
+def test_save_voice_without_prefix_recordings_is_refused_before_loading(capsys, tmp_path):
+    from dia2.cli import main as infer_main
+
+    with pytest.raises(SystemExit) as exit_:
+        infer_main(["--tiny", "--text", "[S1] Hi.", "--save-voice", str(tmp_path / "v"), str(tmp_path / "o.wav")])
+    assert exit_.value.code == 2 and "--save-voice" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()

@@ -313,3 +313,29 @@ def test_codec_and_whisper_errors_name_their_flags(tiny_bundle_dir, tmp_path):
     # The same wrapper in data prep names data prep's flag.
     with pytest.raises(AsrError, match="pass --asr-model with"):
         asr_transcriber(AsrOptions(asr_model=str(tmp_path / "no-whisper"))).load()
+
+
+def test_the_streamed_joining_hint_is_given_only_for_glued_text(tiny_tts):
+    from dia2.text.script import ScriptError, parse_stream
+
+    def first_error(pieces: list[str]) -> str:
+        with pytest.raises(ScriptError) as error:
+            list(parse_stream(iter(pieces), tiny_tts.tokenizer, tiny_tts.ids))
+        return str(error.value)
+
+    assert "joined as given" in first_error(["[S1] Hi there.", "[S2] Hello."])
+    unknown_tag = first_error(["[S1] Hi there. ", "[S3] Hello."])
+    assert "[S3]" in unknown_tag and "joined as given" not in unknown_tag
+
+
+def test_the_whisper_wrapper_checks_its_device_where_it_is_made():
+    from dia2.audio.asr import WhisperTranscriber
+    from dia2.device import DeviceError
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(DeviceError, match=r"^--asr-device cuda: CUDA is not available"):
+        WhisperTranscriber(device="cuda", device_option="--asr-device")
+    with pytest.raises(DeviceError, match=r"^--device gpu: not a device name"):
+        WhisperTranscriber(device="gpu")
+    assert WhisperTranscriber(device="auto").device == "cpu"
