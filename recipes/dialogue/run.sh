@@ -9,6 +9,7 @@
 # See README.md beside this script.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source recipes/train.sh
 PY=${PYTHON:-python}
 OUT=${OUT:-.}  # where corpora/, runs/ and the demo recordings go
 ACCELERATE=${ACCELERATE:-accelerate}
@@ -52,15 +53,8 @@ fi
 $PY -m data_prep "$RECORDINGS" "$OUT/corpora/$NAME" --stereo --speakers "$SPEAKERS" "${PREP[@]}"
 
 # 2. Train a LoRA adapter on both voices at once.
-# One process runs without a launcher (Ctrl-C then prints one line: where to resume); several go
-# through accelerate launch, with its settings given so that it prints no defaults warning.
-if (( NUM_PROCESSES > 1 )); then
-    LAUNCH=("$ACCELERATE" launch --quiet --multi_gpu --num_processes "$NUM_PROCESSES" --num_machines 1 --mixed_precision no --dynamo_backend no)
-else
-    LAUNCH=("$PY")
-fi
-"${LAUNCH[@]}" finetune/train.py --config "$PRESET" data.corpus="$OUT/corpora/$NAME" output.dir="$OUT/runs" output.name="$NAME" "${TRAIN[@]}"
+train_adapter "$PRESET" "$NAME" "${TRAIN[@]}"
 
 # 3. Speak a dialogue with the adapter.
-BASE=$($PY -c "import yaml; print(yaml.safe_load(open('$OUT/runs/$NAME/config.yaml'))['model']['base'])")
+BASE=$(trained_base "$NAME")
 $PY -m dia2.cli --hf "$BASE" --adapter "$OUT/runs/$NAME/adapter" --text "$SCRIPT" --seed 0 "$OUT/runs/$NAME/dialogue.wav"

