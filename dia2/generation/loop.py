@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -149,13 +149,25 @@ class FrameUpdate:
     """What one loop step produced, for streaming callers.
 
     `frames` [K, n] are the audio frames completed by this step (all codebooks known), `words`
-    the (text, seconds) of words started at this step, `done` whether generation has ended.
+    the (text, seconds) of words started at this step, `done` whether generation has ended,
+    `truncated` whether it ended at the frame limit before the script did.
     """
 
     step: int
     frames: Tensor
     words: list[tuple[str, float]]
     done: bool = False
+    truncated: bool = False
+
+
+class UtterancePlan(NamedTuple):
+    """What an `Utterance` starts from (`Dia2.plan` builds it, checked)."""
+
+    machine: StateMachine
+    machine_state: MachineState
+    config: GenerationConfig
+    prefix: Prefix | None
+    feed: "EntryFeed | None"
 
 
 def loop_capacity(prefix_frames: int, config: GenerationConfig, context: int) -> int:
@@ -164,8 +176,18 @@ def loop_capacity(prefix_frames: int, config: GenerationConfig, context: int) ->
     return max(1, prefix_frames) + (config.max_frames or context)
 
 
-class FrameLoop:
-    """Generate one utterance, column by column. Iterate to get `FrameUpdate`s."""
+class Utterance:
+    """The host side of one utterance: state machine, token buffers, stop rule and updates.
+
+    It does no model work: a driver runs the model on what it asks for and hands back what the
+    model gave. `FrameLoop` drives one utterance alone; the serving engine (`dia2.serving`)
+    drives many, one row each in a batched step. Either way the sequence per frame is the same:
+
+        prepare() until True  (the prefix's forced steps; a streamed script may need text first)
+        out = prefill(prefill_columns());  action from out's last column;  first_update()
+        loop: ready() -> text = advance(action) -> codes = audio(..., text) -> update = write(codes)
+              until update.done;  then action, hidden, cb0 = head(next_column())
+    """
 
     def __init__(
         self,
@@ -175,15 +197,12 @@ class FrameLoop:
         config: GenerationConfig,
         prefix: Prefix | None = None,
         feed: "EntryFeed | None" = None,
-        *,
-        kernels: FrameKernels,
     ) -> None:
-        self.model, self.machine, self.mstate, self.config = model, machine, machine_state, config
+        self.machine, self.mstate, self.config = machine, machine_state, config
         self.feed = feed
         data = model.config.data
         self.delays = list(data.delays)
         self.max_delay = max(self.delays)
-        self.kernels = kernels
         self.prefix_frames = prefix.frames if prefix is not None else 0
         self.forced_steps = frozenset(prefix.new_word_steps) if prefix else frozenset()
         # Every prefix column is prefilled in one call, so its steps are forced (pad between the
@@ -201,10 +220,11 @@ class FrameLoop:
         if self.branches > 1:
             self.text[1] = drop_text(self.text[0], machine.ids.zero, machine.ids.pad)
         self.audio, self.locked = self._audio_buffers(prefix, data.audio_bos_token_id, device)
-        self.state = self.kernels.new_state(self.branches, self.capacity)
         self.end_step: int | None = None
         self.truncated = False
         self.last_column = 0
+        self.column = max(1, self.prefix_frames) - 1  # the last column prefilled or stepped
+        self._prefilled_steps = 0
         self._words_reported = 0
 
     def _audio_buffers(self, prefix: Prefix | None, bos: int, device) -> tuple[Tensor, Tensor]:
@@ -219,20 +239,45 @@ class FrameLoop:
         locked = cell_frames(self.delays, L, device=device) < self.prefix_frames
         return audio, locked
 
-    def _column(self, start: int, stop: int) -> Tensor:
+    def _columns(self, start: int, stop: int) -> Tensor:
         """Model input columns start..stop-1: [branches, C, n]."""
         audio = self.audio[:, start:stop].unsqueeze(0).expand(self.branches, -1, -1)
         return torch.cat([self.text[:, :, start:stop], audio], dim=1)
 
-    def _prefill_text(self, columns: int) -> None:
-        """Text of the prefix columns 1..columns-1: the state machine forced along the prefix.
+    def prepare(self) -> bool:
+        """Run the state machine along the prefix (text of columns 1..P-1); False while a
+        streamed script has not yet given the text that needs (call again when more arrived).
 
         A streamed script is fed at every step, as in the loop: the prefix's last words look
         ahead into the script's first ones (the second text stream).
         """
-        for step in range(columns - 1):
-            self._fill_entries()
-            self._advance_machine(step, None)
+        if not self.ready():
+            return False
+        while self._prefilled_steps < self.column:
+            if not self.ready():
+                return False
+            self._advance_machine(self._prefilled_steps, None)
+            self._prefilled_steps += 1
+        return True
+
+    def prefill_columns(self) -> Tensor:
+        """The columns one prefill runs (the prefix, or the lone bos column): [branches, C, P]."""
+        return self._columns(0, self.column + 1)
+
+    def first_update(self) -> FrameUpdate:
+        """The update after the prefill: the prefix's frames (if kept) and words."""
+        first = [self._completed_frames(c) for c in range(self.column + 1)]
+        return FrameUpdate(self.column, torch.cat(first, dim=1), self._new_words())
+
+    def ready(self) -> bool:
+        """Whether the state machine can take its next step: a streamed script has the words
+        it looks ahead to, or has ended (whole scripts always can)."""
+        return self.feed is None or self.feed.fill(self.mstate, self.machine.second_stream_ahead)
+
+    def advance(self, action: Tensor) -> Tensor:
+        """Take the sampled action of the next column; returns its text [branches, 2]."""
+        self._advance_machine(self.column, action)
+        return self.text[:, :, self.column + 1]
 
     def _advance_machine(self, step: int, sampled: Tensor | None) -> None:
         forced = step <= self.last_forced_step
@@ -247,6 +292,18 @@ class FrameLoop:
         self.text[0, 1, step + 1 : step + 2].fill_(second)
         if self.mstate.end_step is not None and self.end_step is None:
             self.end_step = self.mstate.end_step
+
+    def write(self, codes: Tensor) -> FrameUpdate:
+        """Store the sampled codes [K] of the next column (not over locked cells) and report."""
+        t = self.column + 1
+        self.audio[:, t] = torch.where(self.locked[:, t], self.audio[:, t], codes)
+        self.last_column = self.column = t
+        done = self._finished(t)
+        return FrameUpdate(t - 1, self._completed_frames(t), self._new_words(), done, self.truncated)
+
+    def next_column(self) -> Tensor:
+        """The column just written, as the next model input: [branches, C, 1]."""
+        return self._columns(self.column, self.column + 1)
 
     def _completed_frames(self, column: int) -> Tensor:
         """Audio frames completed once `column` is written: frame column - max_delay."""
@@ -284,38 +341,46 @@ class FrameLoop:
             return True
         return False
 
-    def __iter__(self) -> Iterator[FrameUpdate]:
-        k = self.kernels
-        columns = max(1, self.prefix_frames)
-        self._fill_entries()
-        self._prefill_text(columns)
-        out = self.model.prefill(self._column(0, columns), self.state)
-        action, hidden, cb0 = k.action(out), out.hidden[:, -1], out.cb0_logits[:, -1]
-        first = [self._completed_frames(c) for c in range(columns)]
-        yield FrameUpdate(columns - 1, torch.cat(first, dim=1), self._new_words())
-        t = columns - 1
-        while True:
-            self._fill_entries()
-            self._advance_machine(t, action)
-            codes = k.audio(hidden, cb0, self.text[:, :, t + 1], self.state)
-            locked = self.locked[:, t + 1]
-            self.audio[:, t + 1] = torch.where(locked, self.audio[:, t + 1], codes)
-            self.last_column = t + 1
-            done = self._finished(t + 1)
-            yield FrameUpdate(t, self._completed_frames(t + 1), self._new_words(), done)
-            if done:
-                return
-            t += 1
-            action, hidden, cb0 = k.head(self._column(t, t + 1), self.state)
-
-    def _fill_entries(self) -> None:
-        if self.feed is not None:
-            self.feed.fill(self.mstate, self.machine.second_stream_ahead)
-
     def audio_codes(self) -> Tensor:
         """All frames generated so far (prefix cropped unless include_prefix): [K, F]."""
         first = 0 if self.config.include_prefix else self.prefix_frames
         return undelay_codes(self.audio[:, first : self.last_column + 1], self.delays)
+
+
+class FrameLoop(Utterance):
+    """Generate one utterance alone, column by column. Iterate to get `FrameUpdate`s."""
+
+    def __init__(
+        self,
+        model: Dia2Model,
+        machine: StateMachine,
+        machine_state: MachineState,
+        config: GenerationConfig,
+        prefix: Prefix | None = None,
+        feed: "EntryFeed | None" = None,
+        *,
+        kernels: FrameKernels,
+    ) -> None:
+        super().__init__(model, machine, machine_state, config, prefix, feed)
+        self.model = model
+        self.kernels = kernels
+        self.state = kernels.new_state(self.branches, self.capacity)
+
+    def __iter__(self) -> Iterator[FrameUpdate]:
+        k = self.kernels
+        ready = self.prepare()
+        assert ready, "a FrameLoop's entry feed blocks until it can answer"
+        out = self.model.prefill(self.prefill_columns(), self.state)
+        action, hidden, cb0 = k.action(out), out.hidden[:, -1], out.cb0_logits[:, -1]
+        yield self.first_update()
+        while True:
+            self.ready()
+            text = self.advance(action)
+            update = self.write(k.audio(hidden, cb0, text, self.state))
+            yield update
+            if update.done:
+                return
+            action, hidden, cb0 = k.head(self.next_column(), self.state)
 
 
 class EntryFeed:
@@ -323,16 +388,24 @@ class EntryFeed:
 
     Before each step the loop asks for enough entries that the state machine decides exactly
     as it would with the whole script: more than k spoken entries queued (k = the look-ahead),
-    or the end of the text.
+    or the end of the text. This feed blocks on its iterator until it can answer, so `fill`
+    always returns True; the serving engine's feed (`dia2.serving`) never blocks and returns
+    False while it waits.
     """
 
     def __init__(self, chunks: Iterator[list]) -> None:
         self._chunks = chunks
         self.exhausted = False
 
-    def fill(self, state: MachineState, lookahead: int) -> None:
-        while not self.exhausted and sum(1 for e in state.entries if e.tokens) <= lookahead:
+    def fill(self, state: MachineState, lookahead: int) -> bool:
+        while not self.exhausted and needs_entries(state, lookahead):
             try:
                 state.append_entries(next(self._chunks))
             except StopIteration:
                 self.exhausted = True
+        return True
+
+
+def needs_entries(state: MachineState, lookahead: int) -> bool:
+    """Whether the machine needs more entries to decide as it would with the whole script."""
+    return sum(1 for e in state.entries if e.tokens) <= lookahead

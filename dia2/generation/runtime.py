@@ -33,8 +33,10 @@ from dia2.generation.loop import (
     EntryFeed,
     FrameKernels,
     FrameLoop,
+    FrameUpdate,
     GenerationConfig,
     Prefix,
+    UtterancePlan,
     loop_capacity,
 )
 from dia2.generation.voice import PrefixError, Voice, build_voice, voice_prefix
@@ -181,6 +183,15 @@ class Dia2:
     # --- generation ----------------------------------------------------------------------------
 
     def _loop(self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: EntryFeed | None) -> FrameLoop:
+        plan = self.plan(entries, config, voice, feed)
+        return FrameLoop(self.model, *plan, kernels=self._kernels(plan.config))
+
+    def plan(
+        self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: EntryFeed | None
+    ) -> UtterancePlan:
+        """What one utterance starts from: its state machine and state, the config (max_frames
+        within the context), the voice's prefix. Checked here, before any model work: the voice's
+        codec and a whole script's fit within the frame limit."""
         context = self.model.config.runtime.max_context_steps
         config = within_context(config, context)
         machine = StateMachine.from_config(self.model.config.data, self.ids, initial_padding=config.initial_padding)
@@ -199,7 +210,7 @@ class Dia2:
             capacity = loop_capacity(prefix.frames if prefix is not None else 0, config, context)
             tail = max(self.model.config.data.delays) + machine.max_padding + config.initial_padding
             _check_fits(entries, capacity, tail, config.max_frames or context, context)
-        return FrameLoop(self.model, machine, machine.new_state(entries), config, prefix, feed, kernels=self._kernels(config))
+        return UtterancePlan(machine, machine.new_state(entries), config, prefix, feed)
 
     def _kernels(self, config: GenerationConfig) -> FrameKernels:
         """The frame kernels of one call, their generator seeded with config.seed.
@@ -269,16 +280,23 @@ class Dia2:
         else:
             entries = parse_stream(iter(script), self.tokenizer, self.ids)
             loop = self._loop([], config, voice, EntryFeed([e] for e in entries))
-        decoder = self.codec.stream_decoder()
-        for update in loop:
-            frames = update.frames
-            audio = decoder.push(frames.unsqueeze(0))[0] if frames.shape[-1] else None
-            if update.done:
-                tail = decoder.flush()[0]
-                audio = tail if audio is None else torch.cat([audio, tail])
-            if audio is not None or update.words or update.done:
-                wave = np.zeros(0, np.float32) if audio is None else audio.float().clamp(-1, 1).cpu().numpy()
-                yield AudioChunk(wave, frames.cpu(), update.words, update.done)
+        yield from decode_updates(loop, self.codec)
+
+
+def decode_updates(updates: Iterable[FrameUpdate], codec: MimiCodec) -> Iterator[AudioChunk]:
+    """Audio chunks of a stream of frame updates, decoded as they come (one streaming decoder,
+    so the audio is seamless however the frames are grouped). Updates without frames or words
+    give no chunk, except the last."""
+    decoder = codec.stream_decoder()
+    for update in updates:
+        frames = update.frames
+        audio = decoder.push(frames.unsqueeze(0))[0] if frames.shape[-1] else None
+        if update.done:
+            tail = decoder.flush()[0]
+            audio = tail if audio is None else torch.cat([audio, tail])
+        if audio is not None or update.words or update.done:
+            wave = np.zeros(0, np.float32) if audio is None else audio.float().clamp(-1, 1).cpu().numpy()
+            yield AudioChunk(wave, frames.cpu(), update.words, update.done)
 
 
 def load_codec(

@@ -52,17 +52,20 @@ class Rotary:
         self.max_timescale = max_timescale
 
     def tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """positions [T] (any int dtype, any device) -> (cos, sin), each [T, head_dim] float32."""
+        """positions [T] or [B, T] (any int dtype, any device) -> (cos, sin), each [..., T,
+        head_dim] float32; per-row positions give [B, 1, T, head_dim] (broadcast over heads)."""
         half = self.head_dim // 2
         fraction = 2 * torch.arange(half, device=positions.device, dtype=torch.float32) / self.head_dim
         timescale = self.min_timescale * (self.max_timescale / self.min_timescale) ** fraction
-        angles = positions.to(torch.float32)[:, None] / timescale[None, :]
+        angles = positions.to(torch.float32)[..., None] / timescale
+        if angles.dim() == 3:
+            angles = angles[:, None]
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [B, H, T, hd] rotated in float32 with tables [T, hd]; returns x's dtype."""
+    """x [B, H, T, hd] rotated in float32 with tables [T, hd] or [B, 1, T, hd]; returns x's dtype."""
     x32 = x.float()
     x1, x2 = x32.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
@@ -202,7 +205,7 @@ class Attention(nn.Module):
             cache.v[:, :, start : start + T] = v
             keys, values = cache.k[:, :, : start + T], cache.v[:, :, : start + T]
             mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(start)
-        else:
+        elif start.dim() == 0:
             # The position is a device tensor (CUDA graphs replay with it), so the key length
             # stays the whole capacity, a static shape, and the mask hides the unfilled slots.
             slots = start + torch.arange(T, device=q.device)
@@ -210,6 +213,15 @@ class Attention(nn.Module):
             cache.v.index_copy_(2, slots, v)
             keys, values = cache.k, cache.v
             mask = torch.arange(cache.capacity, device=q.device)[None, :] <= slots[:, None]
+        else:
+            # One position per row [B] (a serving batch: rows at different lengths): each row
+            # writes at its own slots and sees its own filled prefix.
+            slots = start[:, None] + torch.arange(T, device=q.device)  # [B, T]
+            index = slots[:, None, :, None].expand_as(k)
+            cache.k.scatter_(2, index, k)
+            cache.v.scatter_(2, index, v)
+            keys, values = cache.k, cache.v
+            mask = (torch.arange(cache.capacity, device=q.device) <= slots[..., None])[:, None]  # [B, 1, T, S]
         return _masked_attention(q, keys, values, mask)
 
 
@@ -244,7 +256,7 @@ class GroupIndex:
 
 def _masked_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
     """Softmax-scale-1.0 attention of q [B, H, T, hd] over keys/values [B, H_kv, S, hd] with
-    mask [T, S] (True: attend) -> [B, H, T, hd].
+    mask [T, S] or per row [B, 1, T, S] (True: attend) -> [B, H, T, hd].
 
     Each KV head's group of H / H_kv query heads is folded into the query axis (query head h
     reads KV head h // group, as `enable_gqa` would). SDPA with both `enable_gqa` and a mask
@@ -258,7 +270,9 @@ def _masked_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> 
     B, H, T, hd = q.shape
     group = H // keys.shape[1]
     folded = q.reshape(B, H // group, group * T, hd)
-    y = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask.repeat(group, 1), scale=1.0)
+    # The folded query axis is (group, T), group-major: the mask repeats along it.
+    mask = mask.repeat(group, 1) if mask.dim() == 2 else mask.repeat(1, 1, group, 1)
+    y = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=1.0)
     # reshape, not view: CUDA's memory-efficient kernel returns a transposed, non-contiguous output.
     return y.reshape(B, H, T, hd)
 

@@ -126,8 +126,9 @@ class DecodeCapacityError(Dia2Error, ValueError):
 class DecodeState:
     """KV caches of one decoding session, owned by the caller.
 
-    `position` is a 0-dim long tensor on the model's device (the next column to write), so a
-    captured CUDA graph can replay a step without host syncs. `filled` is the same count kept on
+    `position` is a long tensor on the model's device (the next column to write), so a captured
+    CUDA graph can replay a step without host syncs: 0-dim when every row is at the same column
+    (one utterance), [B] when each row has its own (a serving batch, `dia2.serving`). `filled` is the same count kept on
     the host: eager calls check the capacity against it before any kernel runs, without reading
     the device (on CUDA an out-of-range cache write is a device-side assert that kills the
     context). Graph replays and compiled steps run no Python, so they leave `filled` behind;
@@ -146,6 +147,17 @@ class DecodeState:
     def reset(self) -> None:
         self.position.zero_()
         self.filled = 0
+
+    def rows(self, start: int, stop: int, filled: int) -> "DecodeState":
+        """Rows start..stop-1 of a per-row state, as views (what runs on them lands here).
+
+        `filled` is the furthest column any of those rows has written, counted on the host.
+        """
+        assert self.position.dim() == 1, "rows() needs a per-row position [B]"
+        view = lambda c: KVCache(c.k[start:stop], c.v[start:stop])
+        return DecodeState(
+            [view(c) for c in self.decoder], [view(c) for c in self.depformer], self.position[start:stop], filled
+        )
 
 
 class Decoder(nn.Module):
@@ -186,11 +198,13 @@ class Decoder(nn.Module):
         self, tokens: Tensor, caches: list[KVCache] | None = None, position: Tensor | None = None
     ) -> DecoderOutput:
         """tokens [B, C, T]. Without caches: causal over columns 0..T-1. With caches: columns
-        position..position+T-1, attending to everything cached before them."""
+        position..position+T-1, attending to everything cached before them; `position` is 0-dim
+        (every row at the same column) or [B] (each row at its own, as in a serving batch)."""
         B, C, T = tokens.shape
         assert C == self.num_codebooks + 2, f"expected {self.num_codebooks + 2} channels, got {C}"
         offset = torch.zeros((), dtype=torch.long, device=tokens.device) if position is None else position
-        cos, sin = self.rotary.tables(offset + torch.arange(T, device=tokens.device))
+        # A per-row position [B] gives per-row tables [B, 1, T, hd].
+        cos, sin = self.rotary.tables(offset[..., None] + torch.arange(T, device=tokens.device))
         x = self.embed(tokens)
         for i, layer in enumerate(self.layers):
             if caches is None and self.gradient_checkpointing and self.training:

@@ -106,7 +106,7 @@ def test_greedy_generation_matches_the_teacher_forced_forward(tiny_tts):
         for _ in loop:
             pass
         last = loop.last_column
-        grid = loop._column(0, last + 1)
+        grid = loop._columns(0, last + 1)
         out = tiny_tts.model(grid)
     delays = torch.tensor(tiny_tts.model.config.data.delays)
     for t in range(last):

@@ -1,0 +1,1 @@
+"""Serving: many utterances at once on one model (`Engine`), for the server and the studio."""

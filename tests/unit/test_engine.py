@@ -1,0 +1,223 @@
+"""The serving engine (dia2.serving.engine): many requests in one batched frame loop, each
+giving exactly the tokens it gives alone."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from dia2 import GenerationConfig, SamplingConfig, Voice
+from dia2.generation.voice import PrefixError
+from dia2.model.adapters import AdapterError
+from dia2.serving.engine import Engine, EngineConfig, EngineError, EngineFull, Request
+from dia2.text.script import ScriptError
+from dia2.text.words import SpokenWord
+
+GREEDY = SamplingConfig(0.0, 1)
+
+
+def _voice() -> Voice:
+    g = torch.Generator().manual_seed(5)
+    words = (SpokenWord("hello", 0.1, 0.5, 1), SpokenWord("you", 0.7, 1.0, 2))
+    return Voice(torch.randint(0, 2048, (8, 16), generator=g), words)
+
+
+def _pieces(script: str) -> list[str]:
+    words = script.split(" ")
+    return [words[0]] + [" " + w for w in words[1:]]
+
+
+# (script, config, voice, streamed): seeds, CFG on and off, greedy and sampled, a voice, streamed text.
+CASES = [
+    ("[S1] Hello there, how are you?", GenerationConfig(seed=1), None, False),
+    ("[S2] I am fine. [S1] Good to hear.", GenerationConfig(seed=2, cfg_scale=1.0), None, False),
+    ("[S1] One two three four five.", GenerationConfig(seed=3, text=GREEDY, audio=GREEDY), None, False),
+    ("[S2] Short and sweet.", GenerationConfig(seed=4, cfg_scale=3.0), None, True),
+    ("[S1] With a voice now.", GenerationConfig(seed=5), _voice(), False),
+    ("[S2] Greedy, guided, voiced.", GenerationConfig(seed=6, text=GREEDY, audio=GREEDY), _voice(), True),
+]
+
+
+def _solo(tts, script, config, voice, streamed) -> torch.Tensor:
+    if streamed:
+        chunks = list(tts.stream(iter(_pieces(script)), config, voice=voice))
+        return torch.cat([c.codes for c in chunks], dim=1)
+    return tts.generate(script, config, voice=voice).audio_tokens
+
+
+def _request(script, config, voice, streamed, adapter=None) -> Request:
+    return Request(iter(_pieces(script)) if streamed else script, config, voice, adapter)
+
+
+def _run(engine: Engine) -> int:
+    frames = 0
+    while engine.step():
+        frames += 1
+        assert frames < 2000, "the engine never finished"
+    return frames
+
+
+def test_overlapping_requests_equal_their_solo_runs(tiny_tts):
+    solo = [_solo(tiny_tts, *case) for case in CASES]
+    engine = Engine(tiny_tts, EngineConfig(slots=4))
+    handles = []
+    # Requests join at different frames; more requests than slots, so two wait in the queue.
+    for i, case in enumerate(CASES):
+        handles.append(engine.submit(_request(*case)))
+        for _ in range(i % 3 * 2):
+            engine.step()
+    _run(engine)
+    for case, handle, expected in zip(CASES, handles, solo):
+        got = handle.result().audio_tokens
+        assert got.shape == expected.shape and torch.equal(got, expected), case[0]
+    assert engine.busy_slots == 0 and engine.queued == 0
+
+
+def test_result_matches_generate_words_and_audio(tiny_tts):
+    script, config = "[S1] Hello there. [S2] Hi, you.", GenerationConfig(seed=11)
+    alone = tiny_tts.generate(script, config)
+    engine = Engine(tiny_tts, EngineConfig(slots=2))
+    other = engine.submit(Request("[S2] Something else entirely.", GenerationConfig(seed=3)))
+    engine.step()
+    got = engine.submit(Request(script, config)).result()
+    assert [w for w, _ in got.timestamps] == [w for w, _ in alone.timestamps] == ["Hello", "there.", "Hi,", "you."]
+    assert got.timestamps == alone.timestamps
+    assert got.waveform.shape == alone.waveform.shape
+    assert abs(got.waveform - alone.waveform).max() < 1e-5
+    other.result()
+
+
+def test_cancel_frees_the_slot_and_others_go_on(tiny_tts):
+    keep_case = CASES[0]
+    expected = _solo(tiny_tts, *keep_case)
+    engine = Engine(tiny_tts, EngineConfig(slots=2))
+    keep = engine.submit(_request(*keep_case))
+    drop = engine.submit(Request("[S2] This one is cancelled halfway through a long sentence.", GenerationConfig(seed=9)))
+    for _ in range(6):
+        engine.step()
+    assert engine.busy_slots == 2
+    drop.cancel()
+    engine.step()
+    assert engine.busy_slots == 1 and drop.finished.is_set()
+    # The freed slot is taken at once by a new request.
+    late = engine.submit(Request("[S1] Late.", GenerationConfig(seed=2)), wait=False)
+    _run(engine)
+    assert torch.equal(keep.result().audio_tokens, expected)
+    assert list(drop.updates())  # the frames before the cancel, then the stream ends quietly
+    assert late.result().audio_tokens.shape[1] > 0
+
+
+def test_a_queued_request_can_be_cancelled(tiny_tts):
+    engine = Engine(tiny_tts, EngineConfig(slots=1))
+    first = engine.submit(Request("[S1] First.", GenerationConfig(seed=1)))
+    queued = engine.submit(Request("[S1] Second.", GenerationConfig(seed=1)))
+    queued.cancel()
+    _run(engine)
+    assert list(queued.updates()) == [] and first.result().audio_tokens.shape[1] > 0
+
+
+def test_a_full_engine_refuses_or_queues(tiny_tts):
+    engine = Engine(tiny_tts, EngineConfig(slots=1, max_queued=1))
+    engine.submit(Request("[S1] One.", GenerationConfig(seed=1)), wait=False)
+    with pytest.raises(EngineFull, match="all 1 slots are busy.*wait=True to queue"):
+        engine.submit(Request("[S1] Two.", GenerationConfig(seed=1)), wait=False)
+    queued = engine.submit(Request("[S1] Two.", GenerationConfig(seed=1)))
+    with pytest.raises(EngineFull, match="1 requests are queued .*max_queued = 1"):
+        engine.submit(Request("[S1] Three.", GenerationConfig(seed=1)))
+    _run(engine)
+    assert queued.result().audio_tokens.shape[1] > 0
+
+
+def test_a_failing_request_fails_alone(tiny_tts):
+    case = CASES[1]
+    expected = _solo(tiny_tts, *case)
+    engine = Engine(tiny_tts, EngineConfig(slots=4))
+    good = engine.submit(_request(*case))
+    wrong_codec = Voice(torch.zeros(4, 10, dtype=torch.long), (SpokenWord("hi", 0.1, 0.3, 1),))
+    bad_voice = engine.submit(Request("[S1] Hello.", GenerationConfig(seed=1), wrong_codec))
+    bad_script = engine.submit(Request("[S1] Hello [S3] there.", GenerationConfig(seed=1)))
+    bad_stream = engine.submit(Request(iter(["[S1] Hello", " there", " <break time=\"x\"/>"]), GenerationConfig(seed=1)))
+    with pytest.raises(AdapterError, match="adapter 'nope' is not loaded"):
+        engine.submit(Request("[S1] Hello.", GenerationConfig(seed=1), adapter="nope"))
+    _run(engine)
+    assert torch.equal(good.result().audio_tokens, expected)
+    with pytest.raises(PrefixError, match="codebooks"):
+        bad_voice.result()
+    with pytest.raises(ScriptError, match="S3"):
+        bad_script.result()
+    with pytest.raises(ScriptError):
+        bad_stream.result()
+
+
+def test_a_voice_longer_than_a_slot_is_refused(tiny_tts):
+    engine = Engine(tiny_tts, EngineConfig(slots=1, max_prefix_frames=8))
+    handle = engine.submit(Request("[S1] Hi.", GenerationConfig(seed=1), _voice()))
+    with pytest.raises(EngineError, match="max_prefix_frames"):
+        handle.result()
+
+
+def test_engine_thread_streams_chunks_to_concurrent_clients(tiny_tts):
+    cases = CASES[:3]
+    expected = [_solo(tiny_tts, *case) for case in cases]
+    results: dict[int, torch.Tensor] = {}
+    with Engine(tiny_tts, EngineConfig(slots=2)) as engine:
+
+        def client(i: int) -> None:
+            chunks = list(engine.submit(_request(*cases[i])))
+            assert chunks[-1].done and all(c.waveform.ndim == 1 for c in chunks)
+            results[i] = torch.cat([c.codes for c in chunks], dim=1)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(cases))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    for i, want in enumerate(expected):
+        assert torch.equal(results[i], want)
+
+
+def test_streamed_text_that_pauses_holds_its_row_while_others_go_on(tiny_tts):
+    script, config = "[S1] Wait for the rest of it.", GenerationConfig(seed=8)
+    expected = _solo(tiny_tts, script, config, None, True)
+    gate = threading.Event()
+
+    def pieces():
+        words = _pieces(script)
+        yield from words[:3]
+        gate.wait(timeout=60)
+        yield from words[3:]
+
+    engine = Engine(tiny_tts, EngineConfig(slots=2))
+    slow = engine.submit(Request(pieces(), config))
+    other = engine.submit(Request("[S2] Meanwhile I keep talking for a while.", GenerationConfig(seed=1)))
+    while not other.finished.is_set():
+        engine.step()
+    gate.set()
+    _run(engine)
+    assert torch.equal(slow.result().audio_tokens, expected)
+
+
+def test_per_row_positions_equal_separate_rows(tiny_tts):
+    """The batched decoder step, rows at different columns, equals each row run alone."""
+    model = tiny_tts.model
+    C = model.config.data.channels
+    g = torch.Generator().manual_seed(0)
+    lengths = [3, 7, 1]
+    grids = [torch.randint(0, 1000, (1, C, n + 1), generator=g) for n in lengths]
+    alone = []
+    with torch.inference_mode():
+        for grid, n in zip(grids, lengths):
+            state = model.new_state(1, 16)
+            model.prefill(grid[..., :n], state)
+            alone.append(model.step(grid[..., n:], state).cb0_logits[0, -1])
+        batch = model.new_state(3, 16)
+        batch.position = torch.zeros(3, dtype=torch.long)
+        for row, (grid, n) in enumerate(zip(grids, lengths)):
+            model.prefill(grid[..., :n], batch.rows(row, row + 1, 0))
+        assert batch.position.tolist() == lengths
+        column = torch.cat([grid[..., n:] for grid, n in zip(grids, lengths)])
+        out = model.step(column, batch.rows(0, 3, max(lengths)))
+    for row in range(3):
+        torch.testing.assert_close(out.cb0_logits[row, -1], alone[row], rtol=0, atol=1e-5)
