@@ -68,6 +68,9 @@ class GenerationConfig:
     """Seed of the sampling RNG; the same seed gives the same audio on the same device."""
     include_prefix: bool = False
     """Keep the voice prefix's audio (and words) at the start of the output."""
+    part_words: int | None = None
+    """Most words per part of a script longer than one generation, cut at turns or sentences
+    (None: what fits the frame limit at a slow 6 frames a word; see dia2.generation.long_form)."""
 
     def __post_init__(self) -> None:
         if not self.cfg_scale > 0:
@@ -78,6 +81,8 @@ class GenerationConfig:
             raise GenerationConfigError(f"initial_padding must be >= 0, got {self.initial_padding}")
         if self.max_frames is not None and self.max_frames < 1:
             raise GenerationConfigError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.part_words is not None and self.part_words < 1:
+            raise GenerationConfigError(f"part_words must be >= 1, got {self.part_words}")
 
     @property
     def branches(self) -> int:

@@ -39,6 +39,7 @@ from dia2.generation.loop import (
     UtterancePlan,
     loop_capacity,
 )
+from dia2.generation.long_form import LongForm
 from dia2.generation.voice import PrefixError, Voice, build_voice, voice_prefix
 from dia2.model.assets import DEFAULT_MODEL
 from dia2.model.checkpoint import model_from_files, resolve_files
@@ -209,7 +210,7 @@ class Dia2:
             # Before the loop allocates its decode state (and graphs may be captured for it).
             capacity = loop_capacity(prefix.frames if prefix is not None else 0, config, context)
             tail = max(self.model.config.data.delays) + machine.max_padding + config.initial_padding
-            _check_fits(entries, capacity, tail, config.max_frames or context, context)
+            _check_fits(entries, capacity, tail, config.max_frames or context, context, config.part_words)
         return UtterancePlan(machine, machine.new_state(entries), config, prefix, feed)
 
     def _kernels(self, config: GenerationConfig) -> FrameKernels:
@@ -240,17 +241,39 @@ class Dia2:
         voice: Voice | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> GenerationResult:
-        """Speak a whole script. `progress(frame, limit)` is called after every frame."""
+        """Speak a whole script. `progress(frame, limit)` is called after every frame.
+
+        A script longer than one generation is spoken in parts (`dia2.generation.long_form`).
+        """
         config = config or GenerationConfig()
-        loop = self._loop(self.parse(script), config, voice, None)
+        frames: list[torch.Tensor] = []
         words: list[tuple[str, float]] = []
-        for update in loop:
+        truncated = False
+        for update, limit in self._updates(script, config, voice):
+            frames.append(update.frames)
             words += update.words
+            truncated = truncated or update.truncated
             if progress is not None:
-                progress(update.step + 1, loop.capacity)
-        codes = loop.audio_codes()
+                progress(update.step + 1, limit)
+        codes = torch.cat(frames, dim=1)
         waveform = self._decode(codes)
-        return GenerationResult(codes.cpu(), waveform, self.codec.sample_rate, words, loop.truncated)
+        return GenerationResult(codes.cpu(), waveform, self.codec.sample_rate, words, truncated)
+
+    def _updates(self, script: str, config: GenerationConfig, voice: Voice | None) -> Iterator[tuple[FrameUpdate, int]]:
+        """Frame updates of a whole script, part after part, with the frame limit so far.
+
+        The kernels (and their seeded generator) are made once: the parts draw on one stream of
+        random numbers, as the serving engine's one generator per request does.
+        """
+        speech = LongForm(self, script, config, voice)
+        kernels: FrameKernels | None = None
+        before = 0  # frame steps run by earlier parts
+        for plan in iter(speech.next_plan, None):
+            kernels = kernels or self._kernels(plan.config)
+            loop = FrameLoop(self.model, *plan, kernels=kernels)
+            for update in loop:
+                yield dataclasses.replace(speech.record(update), step=before + update.step), before + loop.capacity
+            before += loop.last_column + 1
 
     def _decode(self, codes: torch.Tensor) -> np.ndarray:
         if codes.shape[-1] == 0:
@@ -276,11 +299,11 @@ class Dia2:
         """
         config = config or GenerationConfig()
         if isinstance(script, str):
-            loop = self._loop(self.parse(script), config, voice, None)
+            updates: Iterable[FrameUpdate] = (update for update, _ in self._updates(script, config, voice))
         else:
             entries = parse_stream(iter(script), self.tokenizer, self.ids)
-            loop = self._loop([], config, voice, EntryFeed([e] for e in entries))
-        yield from decode_updates(loop, self.codec)
+            updates = self._loop([], config, voice, EntryFeed([e] for e in entries))
+        yield from decode_updates(updates, self.codec)
 
 
 def decode_updates(updates: Iterable[FrameUpdate], codec: MimiCodec) -> Iterator[AudioChunk]:
@@ -324,7 +347,9 @@ def within_context(config: GenerationConfig, context: int) -> GenerationConfig:
     return dataclasses.replace(config, max_frames=context)
 
 
-def _check_fits(entries: list[Entry], capacity: int, tail: int, max_frames: int, context: int) -> None:
+def _check_fits(
+    entries: list[Entry], capacity: int, tail: int, max_frames: int, context: int, part_words: int | None
+) -> None:
     """Refuse a script that cannot fit the frame limit even at the fastest pace.
 
     Each word takes at least its forced padding (one frame per token) plus its new_word frame.
@@ -332,6 +357,8 @@ def _check_fits(entries: list[Entry], capacity: int, tail: int, max_frames: int,
     needed = sum(max(len(e.tokens), e.padding) + 1 for e in entries) + tail
     if needed > capacity:
         fix = "split it into shorter scripts"
+        if part_words is not None:
+            fix = f"lower part_words (--part-words; it is {part_words}) or leave it unset"
         if max_frames < context:
             fix += f", or raise max_frames (--max-frames, up to the model's context of {context})"
         raise ScriptError(

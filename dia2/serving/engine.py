@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from dia2.errors import Dia2Error
+from dia2.generation.long_form import LongForm
 from dia2.generation.loop import FrameUpdate, GenerationConfig, Utterance, needs_entries
 from dia2.generation.runtime import AudioChunk, Dia2, GenerationResult, decode_updates
 from dia2.generation.sampling import guided_sample
@@ -166,7 +167,7 @@ class Handle:
         for update in self.updates(timeout):
             frames.append(update.frames)
             words += update.words
-            truncated = update.truncated
+            truncated = truncated or update.truncated
         codes = torch.cat(frames, dim=1) if frames else torch.zeros(self.engine.num_codebooks, 0, dtype=torch.long)
         tts = self.engine.tts
         return GenerationResult(codes.cpu(), tts._decode(codes), tts.codec.sample_rate, words, truncated)
@@ -232,6 +233,7 @@ class _Job:
         self.handle, self.generator, self.adapter = handle, generator, adapter
         self.request = handle.request
         self.utterance: Utterance | None = None
+        self.speech: LongForm | None = None  # a whole script, spoken part after part
         self.prefilled = False
         self.rows: list[int] = []
         self.pending: tuple[Tensor, Tensor, Tensor] | None = None  # action, hidden, cb0 logits
@@ -249,6 +251,8 @@ class _Job:
         return self.utterance.config
 
     def emit(self, item: FrameUpdate | BaseException) -> None:
+        if isinstance(item, FrameUpdate) and self.speech is not None:
+            item = self.speech.record(item)
         self.handle._updates.put(item)
         if isinstance(item, BaseException) or item.done:
             self.handle.finished.set()
@@ -362,7 +366,7 @@ class Engine:
         if self.bank is None:
             from dia2.model.adapters import AdapterError
 
-            raise AdapterError(f"adapter '{name}' is not loaded (none is): load it with Engine.load_adapter first")
+            raise AdapterError(f"no adapter named '{name}' is loaded (loaded: none): load it first with Engine.load_adapter")
         return self.bank.index(name)
 
     # --- the engine thread ---------------------------------------------------------------------
@@ -422,7 +426,7 @@ class Engine:
             advancing = self._advance()
             if advancing:
                 self._failing(advancing, self._audio)
-            continuing = [j for j in advancing if j in self._jobs]
+            continuing = [j for j in advancing if j in self._jobs and j.prefilled]
             if continuing:
                 self._failing(continuing, self._head)
             with self._lock:
@@ -454,14 +458,18 @@ class Engine:
                 job = self._queue.popleft()
             self._jobs.append(job)
             try:
-                job.utterance = self._utterance(job.request)
+                job.utterance = self._utterance(job)
             except Exception as exc:
                 self._finish(job, exc)
 
-    def _utterance(self, request: Request) -> Utterance:
-        tts = self.tts
+    def _utterance(self, job: _Job) -> Utterance:
+        """The job's next utterance: its script's next part, or its streamed script."""
+        tts, request = self.tts, job.request
         if isinstance(request.script, str):
-            plan = tts.plan(tts.parse(request.script), request.config, request.voice, None)
+            if job.speech is None:
+                job.speech = LongForm(tts, request.script, request.config, request.voice)
+            plan = job.speech.next_plan()
+            assert plan is not None, "a finished script has no next part"
         else:
             feed = _StreamedText(request.script, ScriptParser(tts.tokenizer, tts.ids), self._wake)
             plan = tts.plan([], request.config, request.voice, feed)
@@ -533,7 +541,20 @@ class Engine:
             update = job.utterance.write(torch.stack(c))
             job.emit(update)
             if update.done:
-                self._finish(job, None)
+                self._next_part(job)
+
+    def _next_part(self, job: _Job) -> None:
+        """A finished utterance: the job's script goes on with its next part (prefilled into
+        fresh rows at the next frame), or the job leaves its slot."""
+        if job.speech is None or job.speech.last_part:
+            self._finish(job, None)
+            return
+        self._release_rows(job)
+        job.prefilled = False
+        try:
+            job.utterance = self._utterance(job)
+        except Exception as exc:
+            self._finish(job, exc)
 
     def _head(self, jobs: list[_Job]) -> None:
         """The decoder on each continuing job's new column, one step over all cache rows.

@@ -229,6 +229,13 @@ class ScriptParser:
         return Entry(tuple(tokens), word, padding=len(tokens))
 
 
+def lex(text: str, max_break_seconds: float = MAX_BREAK_SECONDS) -> Iterator[tuple[str, Any]]:
+    """The parser's items of complete script text (its last word taken as ended), normalised as
+    parsing does: ("word", str), ("speaker", tag), ("break", seconds). Raises ScriptError as
+    parsing does for a bad tag; the whole-script checks of `ScriptParser.finish` are not made."""
+    return _lex(_normalize(text), max_break_seconds)
+
+
 def _lex(text: str, max_break_seconds: float) -> Iterator[tuple[str, Any]]:
     """Items of complete text, in order: ("word", str), ("speaker", tag), ("break", seconds)."""
     pos = 0

@@ -139,7 +139,7 @@ def test_a_failing_request_fails_alone(tiny_tts):
     bad_voice = engine.submit(Request("[S1] Hello.", GenerationConfig(seed=1), wrong_codec))
     bad_script = engine.submit(Request("[S1] Hello [S3] there.", GenerationConfig(seed=1)))
     bad_stream = engine.submit(Request(iter(["[S1] Hello", " there", " <break time=\"x\"/>"]), GenerationConfig(seed=1)))
-    with pytest.raises(AdapterError, match="adapter 'nope' is not loaded"):
+    with pytest.raises(AdapterError, match="no adapter named 'nope' is loaded"):
         engine.submit(Request("[S1] Hello.", GenerationConfig(seed=1), adapter="nope"))
     _run(engine)
     assert torch.equal(good.result().audio_tokens, expected)
@@ -221,3 +221,86 @@ def test_per_row_positions_equal_separate_rows(tiny_tts):
         out = model.step(column, batch.rows(0, 3, max(lengths)))
     for row in range(3):
         torch.testing.assert_close(out.cb0_logits[row, -1], alone[row], rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(tmp_path_factory):
+    from tests.unit.test_lora_bank import _save_adapter
+
+    root = tmp_path_factory.mktemp("engine_adapters")
+    return {
+        "a": _save_adapter(root / "a", seed=1, r=4, lora_alpha=8),
+        "b": _save_adapter(root / "b", seed=2, r=8, lora_alpha=16),
+    }
+
+
+@pytest.fixture
+def own_tts(tiny_tts):
+    """A runtime with its own copy of the tiny model (the engine hooks adapters onto it)."""
+    import copy
+
+    from dia2 import Dia2
+
+    return Dia2(copy.deepcopy(tiny_tts.model), tiny_tts.tokenizer, tiny_tts.codec)
+
+
+def _solo_with_adapter(tts, folder, case):
+    import copy
+
+    from dia2 import Dia2
+    from dia2.model.adapters import load_adapter
+
+    if folder is None:
+        return _solo(tts, *case)
+    adapted = load_adapter(copy.deepcopy(tts.model), folder, merge=False).model
+    return _solo(Dia2(adapted, tts.tokenizer, tts.codec), *case)
+
+
+def test_rows_with_different_adapters_equal_each_adapter_alone(own_tts, adapter_dirs):
+    plan = [("a", CASES[0]), (None, CASES[1]), ("b", CASES[4]), ("a", CASES[3]), ("b", CASES[2])]
+    expected = [_solo_with_adapter(own_tts, adapter_dirs[name] if name else None, case) for name, case in plan]
+    base = _solo(own_tts, *CASES[0])
+    assert not torch.equal(expected[0], base), "the adapter should change the tokens"
+    engine = Engine(own_tts, EngineConfig(slots=4))
+    engine.load_adapter("a", adapter_dirs["a"])
+    engine.load_adapter("b", adapter_dirs["b"])
+    handles = []
+    for i, (name, case) in enumerate(plan):
+        handles.append(engine.submit(_request(*case, adapter=name)))
+        engine.step()
+    _run(engine)
+    for (name, case), handle, want in zip(plan, handles, expected):
+        got = handle.result().audio_tokens
+        assert got.shape == want.shape and torch.equal(got, want), (name, case[0])
+
+
+def test_adapters_load_and_unload_while_the_engine_runs(own_tts, adapter_dirs, tmp_path):
+    from tests.unit.test_lora_bank import _config, _save_adapter
+
+    engine = Engine(own_tts, EngineConfig(slots=2)).start()
+    try:
+        engine.load_adapter("a", adapter_dirs["a"])
+        gate = threading.Event()
+
+        def pieces():  # holds `first` in flight until the gate opens
+            yield "[S1] A sentence"
+            gate.wait(timeout=60)
+            yield " that goes on."
+
+        first = engine.submit(Request(pieces(), GenerationConfig(seed=1), adapter="a"))
+        engine.load_adapter("b", adapter_dirs["b"])  # while `first` runs
+        with pytest.raises(EngineError, match="adapter 'a' is in use by 1 request"):
+            engine.unload_adapter("a")
+        gate.set()
+        second = engine.submit(Request("[S2] Now with b.", GenerationConfig(seed=2), adapter="b"))
+        first.result(timeout=120), second.result(timeout=120)
+        engine.unload_adapter("a")
+        assert engine.adapters == ("b",)
+        with pytest.raises(AdapterError, match="no adapter named 'a' is loaded"):
+            engine.submit(Request("[S1] Hi.", GenerationConfig(seed=1), adapter="a"))
+        other_base = _save_adapter(tmp_path / "wide", seed=3, cfg=_config(n_embd=96), r=4, lora_alpha=8)
+        with pytest.raises(AdapterError, match="trained for another base"):
+            engine.load_adapter("wide", other_base)
+        assert engine.adapters == ("b",)
+    finally:
+        engine.stop()

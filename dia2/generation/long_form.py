@@ -1,0 +1,130 @@
+"""Scripts longer than one generation, spoken in parts that carry the voice across.
+
+Dia2 speaks at most `runtime.max_context_steps` frames per utterance (about 2 minutes): past the
+positions it was trained on it produces sound but no words. A longer script is cut into parts at
+turn or sentence boundaries (`dia2.text.parts.split_script`), and every part after the first is
+conditioned on the end of the previous part's audio, as a voice prefix whose words are the ones
+the previous part spoke there (known exactly: no recogniser runs). The tail starts at a word's
+first frame, so no word is cut in two. The parts' frames follow each other with no gap; decoded
+by one streaming decoder they are one seamless waveform (`dia2.generation.runtime.decode_updates`).
+
+`Dia2.generate` and the serving engine both speak a script through `LongForm`, which plans each
+part (`next_plan`) and turns each part's frame updates into updates of the whole (`record`): word
+times counted from the start of the whole, `done` only at the end of the last part. The sampling
+generator runs on across parts, so a seed gives the same audio either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+
+from dia2.data.grid import FRAME_RATE
+from dia2.generation.loop import FrameUpdate, GenerationConfig, UtterancePlan
+from dia2.generation.voice import Voice
+from dia2.text.parts import split_script
+from dia2.text.script import Entry
+from dia2.text.words import SpokenWord
+
+if TYPE_CHECKING:
+    from dia2.generation.runtime import Dia2
+
+logger = logging.getLogger(__name__)
+
+FRAMES_PER_WORD = 6
+"""Pace assumed when sizing parts: 6 frames (0.48 s) a word is slow speech, so a part fits."""
+TAIL_FRAMES = 63
+"""Frames (about 5 s) of the previous part's end that condition the next part (at most a
+quarter of the context, for models with a short one)."""
+
+
+def tail_frames(context: int) -> int:
+    return max(1, min(TAIL_FRAMES, context // 4))
+
+
+def part_words(config: GenerationConfig, context: int, prefix_frames: int) -> int:
+    """Most words in one part (config.part_words if set): what fits the frame limit at
+    FRAMES_PER_WORD, the limit being max_frames, and at most what the context leaves after the
+    prefix (the voice, or the previous part's tail), so no part runs past trained positions."""
+    if config.part_words is not None:
+        return config.part_words
+    limit = min(config.max_frames or context, context - prefix_frames)
+    return max(1, limit // FRAMES_PER_WORD)
+
+
+class LongForm:
+    """A whole script spoken in one or more parts (one part when it fits)."""
+
+    def __init__(self, tts: Dia2, script: str, config: GenerationConfig, voice: Voice | None) -> None:
+        self.tts, self.config, self.voice = tts, config, voice
+        context = tts.model.config.runtime.max_context_steps
+        self.tail_frames = tail_frames(context)
+        prefix_frames = max(voice.codes.shape[-1] if voice is not None else 0, self.tail_frames)
+        self.parts = split_script(script, part_words(config, context, prefix_frames))
+        if len(self.parts) > 1:
+            logger.info("the script is longer than one generation: %d parts", len(self.parts))
+        self.index = -1
+        self._entries: list[Entry] = []
+        self._codes: list[torch.Tensor] = []  # this part's frames, each [K, n]
+        self._words: list[tuple[str, float]] = []  # this part's words, seconds from its start
+        self._offset = 0.0  # seconds spoken by the parts before this one
+
+    @property
+    def last_part(self) -> bool:
+        return self.index == len(self.parts) - 1
+
+    def next_plan(self) -> UtterancePlan | None:
+        """The plan of the next part (None after the last): the user's voice for the first part,
+        the previous part's tail after that."""
+        if self.last_part:
+            return None
+        voice, config = self.voice, self.config
+        if self.index >= 0:
+            voice = self._tail_voice()
+            config = dataclasses.replace(config, include_prefix=False)
+            self._offset += sum(c.shape[-1] for c in self._codes) / FRAME_RATE
+        self.index += 1
+        self._entries = self.tts.parse(self.parts[self.index])
+        self._codes, self._words = [], []
+        return self.tts.plan(list(self._entries), config, voice, None)
+
+    def record(self, update: FrameUpdate) -> FrameUpdate:
+        """One update of the current part -> the same update of the whole script."""
+        self._codes.append(update.frames)
+        self._words += update.words
+        words = [(text, seconds + self._offset) for text, seconds in update.words]
+        done = update.done and self.last_part
+        return dataclasses.replace(update, words=words, done=done, truncated=update.truncated)
+
+    def _tail_voice(self) -> Voice | None:
+        """The end of the part just spoken as a voice: from the first word starting in its last
+        `tail_frames` frames (or its last word) to its end, with those words and their speakers."""
+        codes = torch.cat(self._codes, dim=1) if self._codes else None
+        if codes is None or not self._words:
+            logger.warning("part %d spoke no words: the next part starts without its voice", self.index + 1)
+            return None
+        frames = codes.shape[-1]
+        starts = [round(seconds * FRAME_RATE) for _, seconds in self._words]
+        first = next((i for i, s in enumerate(starts) if s >= frames - self.tail_frames), len(starts) - 1)
+        origin = starts[first]
+        speakers = _speakers(self._entries, self.tts.ids.spk1, self.tts.ids.spk2)
+        ends = [*starts[first + 1 :], frames]
+        words = tuple(
+            SpokenWord(text, (s - origin) / FRAME_RATE, (e - origin) / FRAME_RATE, speaker)
+            for (text, _), s, e, speaker in zip(self._words[first:], starts[first:], ends, speakers[first:])
+        )
+        return Voice(codes[:, origin:].cpu(), words, self.tts.codec.fingerprint)
+
+
+def _speakers(entries: list[Entry], spk1: int, spk2: int) -> list[int]:
+    """The speaker (1 or 2) of each word entry, in order: a word tagged [S1]/[S2] sets it."""
+    speaker, speakers = 1, []
+    for entry in entries:
+        if not entry.tokens:
+            continue
+        speaker = {spk1: 1, spk2: 2}.get(entry.tokens[0], speaker)
+        speakers.append(speaker)
+    return speakers
