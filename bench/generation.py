@@ -69,10 +69,9 @@ def bare_steps(model: Dia2Model, frames: int, branches: int) -> float:
 
 def full_loop(model: Dia2Model, machine: StateMachine, entries, config: GenerationConfig, kernels: FrameKernels) -> dict:
     """One call on the kept kernels: frames/s, and seconds to the first completed audio frame."""
-    kernels.generator.manual_seed(0)  # in place: captured graphs are bound to this generator
     sync(model.device)
     start = time.perf_counter()
-    loop = FrameLoop(model, machine, machine.new_state(entries), config, kernels=kernels)
+    loop = FrameLoop(model, machine, machine.new_state(entries), config, kernels=kernels, seed=0)
     n, first_frame_s, first_codes = 0, None, None
     for update in loop:
         n += 1
@@ -152,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     entries = parse_script(SCRIPT, tokenizer, ids)
     machine = StateMachine.from_config(cfg.data, ids)
     config = GenerationConfig(cfg_scale=args.cfg, max_frames=args.frames, seed=0)
-    kernels = FrameKernels(model, config, torch.Generator(device=model.device))
+    kernels = FrameKernels(model, config)
     wrapper = kernel_wrapper(args.cuda_graph, args.torch_compile)
     logging.getLogger("dia2.generation.loop").setLevel(logging.ERROR)  # every run is cut at --frames on purpose
     with torch.inference_mode():

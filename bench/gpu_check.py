@@ -10,6 +10,8 @@ Steps, in priority order (`--dry-run` prints them with their commands and limits
   without outlier columns under graphs, 8/4-bit quantizing onto CUDA);
 - generation (bench/generation.py) on the 2B and 1B geometries, random weights, bf16, CFG on,
   eager vs CUDA graphs: frames/s, time to first streamed audio;
+- the serving engine (bench/engine.py) on the 2B geometry, bf16, CFG on, CUDA graphs: per-stream
+  frames/s at 1, 8 and 16 streams and time to first audio for a request joining 15 busy ones;
 - host syncs per frame over 20 frames under `torch.cuda.set_sync_debug_mode("warn")`, eager and
   with graphs (target: one, the sampled action);
 - a torch.profiler trace of one decoder step: which attention kernel ran (SDPA backend op and
@@ -109,6 +111,11 @@ def plan() -> list[Step]:
                             *gpu_test_files()), 120.0, "every gpu-marked test", ("torch", "pytest", "transformers"), kind="pytest"),
         _generation("generation-2b-eager", "dia2-2b.json"),
         _generation("generation-2b-graphs", "dia2-2b.json", "--cuda-graph"),
+        Step("engine-2b-graphs", ("bench/engine.py", "--device", "cuda", "--dtype", "bfloat16", "--config",
+                                  "configs/models/dia2-2b.json", "--cuda-graph", "--streams", "1,8,16", "--frames", "16",
+                                  "--repeats", "2", "--joins", "3", "--busy", "15"), 110.0,
+             "serving engine, 2B, bf16, CFG 2, CUDA graphs: frames/s per stream at 1/8/16 streams (target: 16 "
+             "faster than real time), time to first audio joining 15 busy streams", ("torch", "transformers")),
         Step("syncs", (*probe, "--probe", "syncs", "--config", "configs/models/dia2-1b.json"), 75.0,
              "host syncs per frame, 20 frames, eager and CUDA graphs (1B)", ("torch", "transformers"), kind="probe"),
         Step("attention", (*probe, "--probe", "attention", "--config", "configs/models/dia2-2b.json"), 60.0,
@@ -322,11 +329,11 @@ def probe_syncs(args: argparse.Namespace) -> dict:
     config = GenerationConfig(seed=0, max_frames=args.frames + 12)
     result: dict = {"frames": args.frames, "device": str(model.device)}
     for mode in ("eager", "cuda_graph") if cuda else ("eager",):
-        kernels = FrameKernels(model, config, torch.Generator(device=model.device).manual_seed(0))
+        kernels = FrameKernels(model, config)
         if mode == "cuda_graph":
             kernels = CudaGraphKernels(kernels)
         with torch.inference_mode():
-            frames = iter(FrameLoop(model, machine, machine.new_state(entries), config, kernels=kernels))
+            frames = iter(FrameLoop(model, machine, machine.new_state(entries), config, kernels=kernels, seed=0))
             for _ in range(6):  # prefill, and the graphs' capture, before counting
                 next(frames)
             with warnings.catch_warnings(record=True) as caught:

@@ -6,14 +6,13 @@ sampling). Here each is captured whole into one CUDA graph, so a frame costs two
 and one small host sync (the sampled action, which the state machine needs) instead of
 hundreds of kernel launches. Nothing in the model is patched.
 
-A graph is bound to what it was captured with: its input/output buffers, the decode state, and
-the RNG (the seeded generator, or the device's default one). So `CudaGraphKernels` keeps, per
-shape (branches, capacity), one decode state and the two graphs captured on it, and hands that
-state out again, reset in place, for the next utterance of that shape: a kernels object that is
-kept (as `Dia2` keeps it) captures once per shape, not once per utterance. Between utterances
-the caller reseeds the kernels' generator in place (`generator.manual_seed(seed)`): a replay
-reads the generator's seed and offset when it launches. Warm-up, capture and replay run on the
-model's device (its streams, RNG state and graph memory pool), so `cuda:1` works like `cuda:0`.
+A graph is bound to what it was captured with: its input/output buffers and the decode state.
+Random draws need no RNG state (they are keyed by the seed and step input tensors,
+`dia2.generation.sampling`). So `CudaGraphKernels` keeps, per shape (branches, capacity), one
+decode state and the two graphs captured on it, and hands that state out again, reset in
+place, for the next utterance of that shape: a kernels object that is kept (as `Dia2` keeps it)
+captures once per shape, not once per utterance. Warm-up, capture and replay run on the model's
+device (its streams and graph memory pool), so `cuda:1` works like `cuda:0`.
 
 8-bit layers with LLM.int8()'s outlier threshold cannot be captured (their outlier search syncs
 with the host): `check_capturable` refuses them; `quantize(..., int8_threshold=0.0)` builds
@@ -75,7 +74,7 @@ def check_capturable(model: Dia2Model) -> None:
         raise GraphError(f"CUDA graphs need the model on a CUDA device, not {model.device}; drop --cuda-graph")
 
 
-class _Captured:
+class Captured:
     """One function captured into a CUDA graph on `device`, with static input and output buffers."""
 
     def __init__(
@@ -83,13 +82,12 @@ class _Captured:
         fn: Callable[..., tuple[Tensor, ...] | Tensor],
         inputs: tuple[Tensor, ...],
         restore: Callable[[], None],
-        generator: torch.Generator | None,
         device: torch.device,
     ) -> None:
         self.device = device
         self.static_inputs = tuple(x.clone() for x in inputs)
-        # Every call names the device: without it torch uses the current device's stream and RNG,
-        # and a model on cuda:1 would be captured on cuda:0's (an empty graph).
+        # Every call names the device: without it torch uses the current device's stream, and a
+        # model on cuda:1 would be captured on cuda:0's (an empty graph).
         with torch.cuda.device(device):
             stream = torch.cuda.Stream(device=device)
             stream.wait_stream(torch.cuda.current_stream(device))
@@ -101,11 +99,6 @@ class _Captured:
                     restore()
             torch.cuda.current_stream(device).wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
-            if generator is not None:
-                if not hasattr(self.graph, "register_generator_state"):
-                    raise GraphError("this torch build cannot capture a seeded generator in a CUDA graph: upgrade torch or drop the seed")
-                # A seeded generator's RNG offsets must advance on every replay, as in eager mode.
-                self.graph.register_generator_state(generator)
             # torch.cuda.graph's default capture stream is made once, on whichever device is
             # current then: capture on this device's own stream instead.
             with torch.cuda.graph(self.graph, stream=stream):
@@ -126,8 +119,8 @@ class _Shape:
     """The decode state of one (branches, capacity) and the graphs captured on it."""
 
     state: DecodeState
-    head: _Captured | None = None
-    audio: _Captured | None = None
+    head: Captured | None = None
+    audio: Captured | None = None
 
 
 class CudaGraphKernels(FrameKernels):
@@ -140,7 +133,7 @@ class CudaGraphKernels(FrameKernels):
 
     def __init__(self, inner: FrameKernels, max_shapes: int = MAX_SHAPES) -> None:
         check_capturable(inner.model)
-        super().__init__(inner.model, inner.config, inner.generator)
+        super().__init__(inner.model, inner.config)
         self.inner = inner
         self.max_shapes = max_shapes
         self._shapes: OrderedDict[tuple[int, int], _Shape] = OrderedDict()
@@ -161,52 +154,47 @@ class CudaGraphKernels(FrameKernels):
         raise GraphError("CudaGraphKernels replays graphs bound to its own decode states: take the state from its new_state()")
 
     def _snapshot(self, state: DecodeState) -> Callable[[], None]:
-        """Undo what warm-up and capture do to the state and the RNG, so results match eager."""
-        device = self.model.device
+        """Undo what warm-up and capture do to the state, so results match eager."""
         position, filled = state.position.clone(), state.filled
-        rng = self.generator.get_state() if self.generator is not None else torch.cuda.get_rng_state(device)
 
         def restore() -> None:
             state.position.copy_(position)
             state.filled = filled
-            if self.generator is not None:
-                self.generator.set_state(rng)
-            else:
-                torch.cuda.set_rng_state(rng, device)
 
         return restore
 
-    def head(self, column: Tensor, state: DecodeState) -> tuple[Tensor, Tensor, Tensor]:
+    def head(self, column: Tensor, state: DecodeState, seed: Tensor, step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         shape = self._shape(state)
         if shape.head is None:
-            fn = lambda col: self.inner.head(col, state)
-            shape.head = _Captured(fn, (column,), self._snapshot(state), self.generator, self.model.device)
-        return shape.head(column)
+            fn = lambda col, sd, st: self.inner.head(col, state, sd, st)
+            shape.head = Captured(fn, (column, seed, step), self._snapshot(state), self.model.device)
+        return shape.head(column, seed, step)
 
-    def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState) -> Tensor:
+    def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState, seed: Tensor, step: Tensor) -> Tensor:
         shape = self._shape(state)
         if shape.audio is None:
-            fn = lambda h, c, t: self.inner.audio(h, c, t, state)
-            shape.audio = _Captured(fn, (hidden, cb0_logits, text), self._snapshot(state), self.generator, self.model.device)
-        return shape.audio(hidden, cb0_logits, text)
+            fn = lambda h, c, t, sd, st: self.inner.audio(h, c, t, state, sd, st)
+            inputs = (hidden, cb0_logits, text, seed, step)
+            shape.audio = Captured(fn, inputs, self._snapshot(state), self.model.device)
+        return shape.audio(hidden, cb0_logits, text, seed, step)
 
-    def action(self, out: DecoderOutput) -> Tensor:
-        return self.inner.action(out)
+    def action(self, out: DecoderOutput, seed: Tensor, step: Tensor) -> Tensor:
+        return self.inner.action(out, seed, step)
 
 
 class CompiledKernels(FrameKernels):
     """FrameKernels whose two functions go through torch.compile (any device)."""
 
     def __init__(self, inner: FrameKernels, mode: str | None = None) -> None:
-        super().__init__(inner.model, inner.config, inner.generator)
+        super().__init__(inner.model, inner.config)
         self._head = torch.compile(FrameKernels.head, mode=mode, dynamic=False)
         self._audio = torch.compile(FrameKernels.audio, mode=mode, dynamic=False)
 
-    def head(self, column: Tensor, state: DecodeState):
-        return self._head(self, column, state)
+    def head(self, column: Tensor, state: DecodeState, seed: Tensor, step: Tensor):
+        return self._head(self, column, state, seed, step)
 
-    def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState) -> Tensor:
-        return self._audio(self, hidden, cb0_logits, text, state)
+    def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState, seed: Tensor, step: Tensor) -> Tensor:
+        return self._audio(self, hidden, cb0_logits, text, state, seed, step)
 
 
 def kernel_wrapper(cuda_graph: bool = False, compile: bool = False) -> Callable[[FrameKernels], FrameKernels] | None:

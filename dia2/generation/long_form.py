@@ -11,7 +11,8 @@ by one streaming decoder they are one seamless waveform (`dia2.generation.runtim
 `Dia2.generate` and the serving engine both speak a script through `LongForm`, which plans each
 part (`next_plan`) and turns each part's frame updates into updates of the whole (`record`): word
 times counted from the start of the whole, `done` only at the end of the last part. The sampling
-generator runs on across parts, so a seed gives the same audio either way.
+draws of each part are keyed by the one seed and frames counted across parts, so a seed gives
+the same audio either way and no part repeats another's draws.
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ def tail_frames(context: int) -> int:
     return max(1, min(TAIL_FRAMES, context // 4))
 
 
-def part_words(config: GenerationConfig, context: int, prefix_frames: int) -> int:
-    """Most words in one part (config.part_words if set): what fits the frame limit at
-    FRAMES_PER_WORD, the limit being max_frames, and at most what the context leaves after the
-    prefix (the voice, or the previous part's tail), so no part runs past trained positions."""
+def part_words(config: GenerationConfig, context: int, prefix_frames: int) -> int | None:
+    """Most words in one part: config.part_words if set; None (one part) under a frame limit
+    the caller chose (max_frames caps the whole utterance); else what fits the context after the
+    prefix (the voice, or the previous part's tail) at FRAMES_PER_WORD, so no part runs past the
+    positions the model was trained on."""
     if config.part_words is not None:
         return config.part_words
-    limit = min(config.max_frames or context, context - prefix_frames)
-    return max(1, limit // FRAMES_PER_WORD)
+    if config.max_frames is not None:
+        return None
+    return max(1, (context - prefix_frames) // FRAMES_PER_WORD)
 
 
 class LongForm:
@@ -63,7 +66,8 @@ class LongForm:
         context = tts.model.config.runtime.max_context_steps
         self.tail_frames = tail_frames(context)
         prefix_frames = max(voice.codes.shape[-1] if voice is not None else 0, self.tail_frames)
-        self.parts = split_script(script, part_words(config, context, prefix_frames))
+        words = part_words(config, context, prefix_frames)
+        self.parts = [script] if words is None else split_script(script, words)
         if len(self.parts) > 1:
             logger.info("the script is longer than one generation: %d parts", len(self.parts))
         self.index = -1
@@ -71,6 +75,8 @@ class LongForm:
         self._codes: list[torch.Tensor] = []  # this part's frames, each [K, n]
         self._words: list[tuple[str, float]] = []  # this part's words, seconds from its start
         self._offset = 0.0  # seconds spoken by the parts before this one
+        self._columns = 0  # columns run by the parts before the current one (their draw frames)
+        self._last_step = -1
 
     @property
     def last_part(self) -> bool:
@@ -86,15 +92,17 @@ class LongForm:
             voice = self._tail_voice()
             config = dataclasses.replace(config, include_prefix=False)
             self._offset += sum(c.shape[-1] for c in self._codes) / FRAME_RATE
+            self._columns += self._last_step + 2  # the last update's step is its column - 1
         self.index += 1
         self._entries = self.tts.parse(self.parts[self.index])
         self._codes, self._words = [], []
-        return self.tts.plan(list(self._entries), config, voice, None)
+        return self.tts.plan(list(self._entries), config, voice, None)._replace(draw_base=self._columns)
 
     def record(self, update: FrameUpdate) -> FrameUpdate:
         """One update of the current part -> the same update of the whole script."""
         self._codes.append(update.frames)
         self._words += update.words
+        self._last_step = update.step
         words = [(text, seconds + self._offset) for text, seconds in update.words]
         done = update.done and self.last_part
         return dataclasses.replace(update, words=words, done=done, truncated=update.truncated)

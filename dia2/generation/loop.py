@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,7 +32,7 @@ from dia2.data.grid import (
     undelay_codes,
 )
 from dia2.errors import Dia2Error
-from dia2.generation.sampling import SamplingConfig, guided_sample
+from dia2.generation.sampling import RowSampling, SamplingConfig, counters, draw, sample_action
 from dia2.model.network import DecoderOutput, DecodeState, Dia2Model
 from dia2.text.align import NEW_WORD_STEP_OFFSET
 from dia2.text.state_machine import (
@@ -70,7 +71,8 @@ class GenerationConfig:
     """Keep the voice prefix's audio (and words) at the start of the output."""
     part_words: int | None = None
     """Most words per part of a script longer than one generation, cut at turns or sentences
-    (None: what fits the frame limit at a slow 6 frames a word; see dia2.generation.long_form)."""
+    (None: what fits the context at a slow 6 frames a word, and no parts when max_frames is
+    set; see dia2.generation.long_form)."""
 
     def __post_init__(self) -> None:
         if not self.cfg_scale > 0:
@@ -90,46 +92,92 @@ class GenerationConfig:
         return 1 if self.cfg_scale == 1.0 else 2
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Which batch rows make which of J utterances: `cond` [J] the row of each utterance's
+    conditional branch, `uncond` [J] its unconditional row (its conditional one without CFG),
+    `owner` [R] the utterance of each row. Long tensors on the model's device."""
+
+    cond: Tensor
+    uncond: Tensor
+    owner: Tensor
+
+    @classmethod
+    def of(cls, branches: Sequence[int], device: torch.device | str) -> Rows:
+        """Utterances in row order, each with 1 or 2 rows (conditional first)."""
+        cond, uncond, owner, row = [], [], [], 0
+        for j, n in enumerate(branches):
+            cond.append(row)
+            uncond.append(row + n - 1)
+            owner += [j] * n
+            row += n
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=device)
+        return cls(as_tensor(cond), as_tensor(uncond), as_tensor(owner))
+
+
+def sample_audio(
+    model: Dia2Model,
+    hidden: Tensor,
+    cb0_logits: Tensor,
+    text: Tensor,
+    state: DecodeState,
+    rows: Rows,
+    params: RowSampling,
+    seed: Tensor,
+    step: Tensor,
+    banned_cb0: Tensor,
+) -> Tensor:
+    """Codebooks 0..K-1 of the next column of J utterances, from the rows' decoder hidden [R, D]
+    and cb0 logits [R, V] of the current column and the rows' text [R, 2] of the next one.
+    seed/step [J] key the draws. Returns codes [J, K] long."""
+    K = model.config.num_codebooks
+    codes = [draw(cb0_logits[rows.cond], cb0_logits[rows.uncond], params, seed, counters(step, 1, K), banned_cb0)]
+    for stage in range(model.config.num_depformer_stages):
+        logits = model.depformer_step(stage, hidden, codes[-1][rows.owner], state, text=text)
+        codes.append(draw(logits[rows.cond], logits[rows.uncond], params, seed, counters(step, 2 + stage, K)))
+    return torch.stack(codes, dim=1)
+
+
 class FrameKernels:
-    """The tensor work of one frame; pure functions of their tensor inputs and the RNG.
+    """The tensor work of one frame of one utterance; pure functions of their tensor inputs.
 
     `head` runs the decoder on column t and samples the action of column t+1; `audio` samples
     codebook 0 and then every depformer stage of column t+1. Between the two, the host runs the
-    state machine (it needs the action) and writes the text of column t+1.
+    state machine (it needs the action) and writes the text of column t+1. `seed` and `step`
+    ([1] long: the utterance's seed and the frame being drawn) key the draws, so the kernels hold
+    no random state and one kernels object serves any number of utterances of its config.
     """
 
-    def __init__(self, model: Dia2Model, config: GenerationConfig, generator: torch.Generator | None) -> None:
+    def __init__(self, model: Dia2Model, config: GenerationConfig) -> None:
         self.model = model
         self.config = config
-        self.generator = generator
         data = model.config.data
-        self.banned_cb0 = torch.tensor([data.audio_bos_token_id, data.audio_pad_token_id], device=model.device)
+        device = model.device
+        self.banned_cb0 = torch.tensor([data.audio_bos_token_id, data.audio_pad_token_id], device=device)
+        self.rows = Rows.of([config.branches], device)
+        self.text = RowSampling.of([(config.text, config.cfg_scale, config.cfg_filter_k)], data.action_vocab_size, device)
+        vocab = model.config.depformer_logit_size
+        self.audio_params = RowSampling.of([(config.audio, config.cfg_scale, config.cfg_filter_k)], vocab, device)
 
     def new_state(self, branches: int, capacity: int) -> DecodeState:
         """Decode state for one utterance (a graph wrapper hands out its captured one)."""
         return self.model.new_state(branches, capacity)
 
-    def action(self, out: DecoderOutput) -> Tensor:
-        """Action of the next column from the last column of a decoder output; 0-dim long."""
-        c = self.config
-        return guided_sample(out.action_logits[:, -1], c.text, c.cfg_scale, c.cfg_filter_k, self.generator)
+    def action(self, out: DecoderOutput, seed: Tensor, step: Tensor) -> Tensor:
+        """Action of the next column from the last column of a decoder output; [1] long."""
+        r = self.rows
+        return sample_action(out.action_logits[:, -1], r.cond, r.uncond, self.text, seed, step)
 
-    def head(self, column: Tensor, state: DecodeState) -> tuple[Tensor, Tensor, Tensor]:
-        """column [branches, C, 1] -> (action [], hidden [branches, D], cb0_logits [branches, V])."""
+    def head(self, column: Tensor, state: DecodeState, seed: Tensor, step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """column [branches, C, 1] -> (action [1], hidden [branches, D], cb0_logits [branches, V])."""
         out = self.model.step(column, state)
-        return self.action(out), out.hidden[:, -1], out.cb0_logits[:, -1]
+        return self.action(out, seed, step), out.hidden[:, -1], out.cb0_logits[:, -1]
 
-    def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState) -> Tensor:
+    def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState, seed: Tensor, step: Tensor) -> Tensor:
         """Codebooks 0..K-1 of the next column: hidden/cb0_logits of the current column,
         text [branches, 2] of the next column. Returns codes [K] long."""
-        c = self.config
-        codes = [guided_sample(cb0_logits, c.audio, c.cfg_scale, c.cfg_filter_k, self.generator, self.banned_cb0)]
-        branches = hidden.shape[0]
-        for stage in range(self.model.config.num_depformer_stages):
-            token = codes[-1].expand(branches)
-            logits = self.model.depformer_step(stage, hidden, token, state, text=text)
-            codes.append(guided_sample(logits, c.audio, c.cfg_scale, c.cfg_filter_k, self.generator))
-        return torch.stack(codes)
+        codes = sample_audio(self.model, hidden, cb0_logits, text, state, self.rows, self.audio_params, seed, step, self.banned_cb0)
+        return codes[0]
 
 
 @dataclass(frozen=True)
@@ -166,13 +214,15 @@ class FrameUpdate:
 
 
 class UtterancePlan(NamedTuple):
-    """What an `Utterance` starts from (`Dia2.plan` builds it, checked)."""
+    """What an `Utterance` starts from (`Dia2.plan` builds it, checked). `draw_base` counts the
+    frames of earlier parts of the same script, so a part never reuses their random draws."""
 
     machine: StateMachine
     machine_state: MachineState
     config: GenerationConfig
     prefix: Prefix | None
-    feed: "EntryFeed | None"
+    feed: EntryFeed | None
+    draw_base: int = 0
 
 
 def loop_capacity(prefix_frames: int, config: GenerationConfig, context: int) -> int:
@@ -201,10 +251,12 @@ class Utterance:
         machine_state: MachineState,
         config: GenerationConfig,
         prefix: Prefix | None = None,
-        feed: "EntryFeed | None" = None,
+        feed: EntryFeed | None = None,
+        draw_base: int = 0,
     ) -> None:
         self.machine, self.mstate, self.config = machine, machine_state, config
         self.feed = feed
+        self.draw_base = draw_base
         data = model.config.data
         self.delays = list(data.delays)
         self.max_delay = max(self.delays)
@@ -306,6 +358,11 @@ class Utterance:
         done = self._finished(t)
         return FrameUpdate(t - 1, self._completed_frames(t), self._new_words(), done, self.truncated)
 
+    @property
+    def draw_step(self) -> int:
+        """The frame the next draws are for (the next column, after earlier parts' frames)."""
+        return self.draw_base + self.column + 1
+
     def next_column(self) -> Tensor:
         """The column just written, as the next model input: [branches, C, 1]."""
         return self._columns(self.column, self.column + 1)
@@ -353,7 +410,11 @@ class Utterance:
 
 
 class FrameLoop(Utterance):
-    """Generate one utterance alone, column by column. Iterate to get `FrameUpdate`s."""
+    """Generate one utterance alone, column by column. Iterate to get `FrameUpdate`s.
+
+    `seed` keys every random draw (with the frame and the stream drawn), so the same seed gives
+    the same tokens however the utterance is run (alone, or in a serving batch).
+    """
 
     def __init__(
         self,
@@ -362,30 +423,38 @@ class FrameLoop(Utterance):
         machine_state: MachineState,
         config: GenerationConfig,
         prefix: Prefix | None = None,
-        feed: "EntryFeed | None" = None,
+        feed: EntryFeed | None = None,
+        draw_base: int = 0,
         *,
         kernels: FrameKernels,
+        seed: int,
     ) -> None:
-        super().__init__(model, machine, machine_state, config, prefix, feed)
+        super().__init__(model, machine, machine_state, config, prefix, feed, draw_base)
         self.model = model
         self.kernels = kernels
         self.state = kernels.new_state(self.branches, self.capacity)
+        self.seed = torch.tensor([seed], dtype=torch.long, device=model.device)
+        self._step = torch.zeros(1, dtype=torch.long, device=model.device)
+
+    def _draw_step(self) -> Tensor:
+        # fill_ passes the value as a kernel argument: no host-to-device copy, no sync.
+        return self._step.fill_(self.draw_step)
 
     def __iter__(self) -> Iterator[FrameUpdate]:
         k = self.kernels
         ready = self.prepare()
         assert ready, "a FrameLoop's entry feed blocks until it can answer"
         out = self.model.prefill(self.prefill_columns(), self.state)
-        action, hidden, cb0 = k.action(out), out.hidden[:, -1], out.cb0_logits[:, -1]
+        action, hidden, cb0 = k.action(out, self.seed, self._draw_step()), out.hidden[:, -1], out.cb0_logits[:, -1]
         yield self.first_update()
         while True:
             self.ready()
             text = self.advance(action)
-            update = self.write(k.audio(hidden, cb0, text, self.state))
+            update = self.write(k.audio(hidden, cb0, text, self.state, self.seed, self._step))
             yield update
             if update.done:
                 return
-            action, hidden, cb0 = k.head(self.next_column(), self.state)
+            action, hidden, cb0 = k.head(self.next_column(), self.state, self.seed, self._draw_step())
 
 
 class EntryFeed:

@@ -6,10 +6,11 @@
     result.save("hello.wav")
 
 A `Dia2` owns the model, tokenizer and codec and serves many calls. Eager calls each own their
-decode state and generator. With a kernel wrapper (CUDA graphs, torch.compile) the wrapped
-kernels are kept across calls: their captured graphs, their decode state per shape (reset in
-place) and one generator reseeded in place per call, so graphs are captured once per shape.
-Such calls run one at a time per instance: finish (or drop) a stream before the next call.
+decode state; random draws are keyed by the seed (`dia2.generation.sampling`), so no RNG state
+is shared. With a kernel wrapper (CUDA graphs, torch.compile) the wrapped kernels are kept
+across calls: their captured graphs and their decode state per shape (reset in place), so
+graphs are captured once per shape. Such calls run one at a time per instance: finish (or
+drop) a stream before the next call. Many requests at once: `dia2.serving.engine`.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class GenerationResult:
         return len(self.waveform) / self.sample_rate
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the audio as wav, flac or ogg (by extension)."""
+        """Write the audio in the format its extension names (dia2.audio.encode.EXTENSIONS: mp3, opus, ogg, aac, flac, wav, pcm)."""
         from dia2.audio.io import write_audio
 
         return write_audio(path, self.waveform, self.sample_rate)
@@ -117,8 +118,6 @@ class Dia2:
         self.model, self.tokenizer, self.codec = model, tokenizer, codec
         self.ids = TextTokenIds.from_tokenizer(model.config.data, tokenizer)
         self.kernel_wrapper = kernel_wrapper
-        # The one generator of the wrapped kernels: graphs capture it, so it is reseeded, never replaced.
-        self._generator = torch.Generator(device=model.device)
         self._wrapped: OrderedDict[tuple, FrameKernels] = OrderedDict()
 
     @classmethod
@@ -185,7 +184,7 @@ class Dia2:
 
     def _loop(self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: EntryFeed | None) -> FrameLoop:
         plan = self.plan(entries, config, voice, feed)
-        return FrameLoop(self.model, *plan, kernels=self._kernels(plan.config))
+        return FrameLoop(self.model, *plan, kernels=self._kernels(plan.config), seed=seed_of(config))
 
     def plan(
         self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: EntryFeed | None
@@ -214,22 +213,13 @@ class Dia2:
         return UtterancePlan(machine, machine.new_state(entries), config, prefix, feed)
 
     def _kernels(self, config: GenerationConfig) -> FrameKernels:
-        """The frame kernels of one call, their generator seeded with config.seed.
-
-        Eager: fresh kernels and generator, so calls may interleave (two streams at once).
-        Wrapped: the kept kernels of this sampling setup (built on first use), whose graphs are
-        bound to `self._generator` (seeded calls) or the device's default RNG (unseeded ones).
-        """
-        seed = config.seed
+        """The frame kernels of a sampling setup. Eager: fresh ones (they hold no state).
+        Wrapped (graphs, compile): the kept kernels of this setup, built on first use."""
         if self.kernel_wrapper is None:
-            generator = None if seed is None else torch.Generator(device=self.model.device).manual_seed(seed)
-            return FrameKernels(self.model, config, generator)
-        if seed is not None:
-            self._generator.manual_seed(seed)
-        generator = self._generator if seed is not None else None
-        # Everything FrameKernels reads from the config, and which RNG its graphs are bound to.
-        key = (config.text, config.audio, config.cfg_scale, config.cfg_filter_k, generator is not None)
-        build = lambda: self.kernel_wrapper(FrameKernels(self.model, config, generator))
+            return FrameKernels(self.model, config)
+        # Everything FrameKernels reads from the config.
+        key = (config.text, config.audio, config.cfg_scale, config.cfg_filter_k)
+        build = lambda: self.kernel_wrapper(FrameKernels(self.model, config))
         return lru_get(self._wrapped, key, build, KEPT_KERNELS)
 
     @torch.inference_mode()
@@ -262,15 +252,15 @@ class Dia2:
     def _updates(self, script: str, config: GenerationConfig, voice: Voice | None) -> Iterator[tuple[FrameUpdate, int]]:
         """Frame updates of a whole script, part after part, with the frame limit so far.
 
-        The kernels (and their seeded generator) are made once: the parts draw on one stream of
-        random numbers, as the serving engine's one generator per request does.
+        Every part draws with the one seed (an unseeded call picks one), each at its own frames.
         """
         speech = LongForm(self, script, config, voice)
+        seed = seed_of(config)
         kernels: FrameKernels | None = None
         before = 0  # frame steps run by earlier parts
         for plan in iter(speech.next_plan, None):
             kernels = kernels or self._kernels(plan.config)
-            loop = FrameLoop(self.model, *plan, kernels=kernels)
+            loop = FrameLoop(self.model, *plan, kernels=kernels, seed=seed)
             for update in loop:
                 yield dataclasses.replace(speech.record(update), step=before + update.step), before + loop.capacity
             before += loop.last_column + 1
@@ -304,6 +294,12 @@ class Dia2:
             entries = parse_stream(iter(script), self.tokenizer, self.ids)
             updates = self._loop([], config, voice, EntryFeed([e] for e in entries))
         yield from decode_updates(updates, self.codec)
+
+
+def seed_of(config: GenerationConfig) -> int:
+    """The seed of a call: the config's, or one drawn from torch's default generator (so
+    `torch.manual_seed` makes unseeded calls repeatable too)."""
+    return config.seed if config.seed is not None else int(torch.randint(2**62, ()).item())
 
 
 def decode_updates(updates: Iterable[FrameUpdate], codec: MimiCodec) -> Iterator[AudioChunk]:

@@ -1,15 +1,24 @@
-"""Sampling and classifier-free guidance (spec section 6).
+"""Sampling and classifier-free guidance (spec section 6), for many rows at once.
 
 Everything here is a pure tensor function (no host syncs), so a CUDA graph can capture a whole
-frame's sampling.
+frame's sampling, and each row carries its own settings (a serving batch mixes requests).
 
 CFG as the published runtime does it: guided = uncond + scale * (cond - uncond); the top
 `filter_k` entries of `guided` form the allowed set; the token is sampled from the
-**conditional** logits restricted to that set. With scale 1 there is no unconditional branch.
+**conditional** logits restricted to that set. A row without guidance passes its conditional
+logits as its unconditional ones and keeps every token (filter_k = V): plain sampling.
+
+Randomness is counter-based: the noise of a draw is a pure function of (seed, counter, token
+id), an integer hash made uniform and then Gumbel, and the token is the argmax of the tempered,
+filtered logits plus that noise (the Gumbel-max trick: exactly a draw from their softmax). So a
+row draws the same whichever rows share its batch, in whatever order, with no generator state:
+a request served in a batch draws what it draws alone, and a CUDA graph replays draws with seeds
+and counters as ordinary input tensors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,45 +41,134 @@ class SamplingConfig:
             raise ValueError("temperature must be a number, got NaN")
 
 
-def sample(logits: Tensor, config: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
-    """logits [..., V] -> token ids [...]. Masked entries hold -inf."""
-    if config.temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits.float() / config.temperature
-    if 0 < config.top_k < logits.shape[-1]:
-        kth = logits.topk(config.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+KEEP_ALL = 1 << 30
+"""A top_k / filter_k that keeps every token."""
 
 
-def guide(cond: Tensor, uncond: Tensor | None, scale: float, filter_k: int) -> Tensor:
-    """The conditional logits with everything outside CFG's allowed set masked to -inf.
+@dataclass(frozen=True)
+class RowSampling:
+    """Sampling settings of R rows as tensors [R] on one device.
 
-    cond, uncond [..., V]; uncond None (scale 1: no unconditional branch) returns cond.
+    `width` is how many top entries per row are looked at to find each row's k-th (the largest
+    k in use, or the vocabulary for a fixed shape under CUDA graphs): a host number, so finding
+    it costs no device read.
     """
-    if uncond is None:
-        return cond
-    guided = uncond + scale * (cond - uncond)
-    k = min(filter_k, guided.shape[-1])
-    allowed = torch.zeros_like(cond, dtype=torch.bool).scatter_(-1, guided.topk(k, dim=-1).indices, True)
-    return cond.masked_fill(~allowed, float("-inf"))
+
+    temperature: Tensor  # float32; <= 0: greedy
+    top_k: Tensor  # long >= 1; KEEP_ALL keeps every token
+    cfg_scale: Tensor  # float32; 1.0 for rows without guidance
+    filter_k: Tensor  # long >= 1; KEEP_ALL for rows without guidance
+    width: int
+
+    @classmethod
+    def of(
+        cls, rows: Sequence[tuple[SamplingConfig, float, int]], vocab: int, device: torch.device | str, width: int | None = None
+    ) -> RowSampling:
+        """From (config, cfg_scale, cfg_filter_k) per row, for logits of `vocab` entries;
+        width None: the largest k in use (the vocabulary when a row keeps every token)."""
+        top_k = [c.top_k if 0 < c.top_k < vocab else KEEP_ALL for c, _, _ in rows]
+        filter_k = [k if scale != 1.0 and k < vocab else KEEP_ALL for _, scale, k in rows]
+        if any(t == f == KEEP_ALL for t, f in zip(top_k, filter_k)):
+            width = width or vocab
+        return cls(
+            torch.tensor([c.temperature for c, _, _ in rows], dtype=torch.float32, device=device),
+            torch.tensor(top_k, dtype=torch.long, device=device),
+            torch.tensor([scale for _, scale, _ in rows], dtype=torch.float32, device=device),
+            torch.tensor(filter_k, dtype=torch.long, device=device),
+            width or max([k for k in (*top_k, *filter_k) if k != KEEP_ALL], default=1),
+        )
+
+    @classmethod
+    def cat(cls, parts: Sequence[RowSampling]) -> RowSampling:
+        """The rows of several, in order."""
+        fields = ("temperature", "top_k", "cfg_scale", "filter_k")
+        tensors = [torch.cat([getattr(p, name) for p in parts]) for name in fields]
+        return cls(*tensors, max(p.width for p in parts))
+
+    def copy_(self, other: RowSampling) -> None:
+        """Overwrite in place (a captured graph keeps reading these tensors)."""
+        assert other.width <= self.width, (other.width, self.width)
+        for name in ("temperature", "top_k", "cfg_scale", "filter_k"):
+            getattr(self, name).copy_(getattr(other, name))
 
 
-def guided_sample(
-    logits: Tensor,
-    config: SamplingConfig,
-    cfg_scale: float,
-    filter_k: int,
-    generator: torch.Generator | None = None,
+def draw(
+    cond: Tensor,
+    uncond: Tensor,
+    params: RowSampling,
+    seed: Tensor,
+    counter: Tensor,
     banned: Tensor | None = None,
 ) -> Tensor:
-    """Sample one token per row from branch logits [branches, V] (branch 0 conditional,
-    branch 1 unconditional when present). `banned` (long ids, on the logits' device) are never
-    drawn. Returns [] (0-dim)."""
+    """One token per row. cond, uncond [R, V] float logits (uncond = cond for rows without
+    guidance); seed, counter [R] long (the noise key); `banned` ids [n] are never drawn.
+    Returns [R] long."""
     if banned is not None:
         # A finite floor, not -inf: CFG subtracts the branches, and -inf - -inf would be NaN.
-        logits = logits.index_fill(-1, banned, torch.finfo(logits.dtype).min)
-    uncond = logits[1] if logits.shape[0] > 1 else None
-    return sample(guide(logits[0], uncond, cfg_scale, filter_k), config, generator)
+        floor = torch.finfo(cond.dtype).min
+        cond, uncond = cond.index_fill(-1, banned, floor), uncond.index_fill(-1, banned, floor)
+    guided = uncond + params.cfg_scale[:, None] * (cond - uncond)
+    filtered = cond.masked_fill(guided < _kth(guided, params.filter_k, params.width), float("-inf"))
+    hot = params.temperature > 0
+    tempered = filtered / torch.where(hot, params.temperature, 1.0)[:, None]
+    tempered = tempered.masked_fill(tempered < _kth(tempered, params.top_k, params.width), float("-inf"))
+    # Only the `width` largest entries can be finite (the rest are -inf): noise them alone.
+    values, tokens = tempered.topk(min(params.width, tempered.shape[-1]), dim=-1)
+    pick = (values + gumbel(seed, counter, tokens)).argmax(-1, keepdim=True)
+    return torch.where(hot, tokens.gather(-1, pick)[:, 0], filtered.argmax(-1))
+
+
+def _kth(x: Tensor, k: Tensor, width: int) -> Tensor:
+    """Each row's k-th largest entry, -inf where k keeps all: x [R, V], k [R] -> [R, 1]."""
+    width = min(width, x.shape[-1])
+    kth = x.topk(width, dim=-1).values.gather(-1, (k.clamp(max=width) - 1)[:, None])
+    return torch.where(k[:, None] > width, float("-inf"), kth)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, m: int) -> Tensor:
+    """(x * m) mod 2**32 for x in [0, 2**32), without int64 overflow: in 16-bit halves."""
+    return ((x & 0xFFFF) * m + (((x >> 16) * (m & 0xFFFF)) << 16)) & _M32
+
+
+def _mix(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (Wellons' lowbias32) of x in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def uniform(seed: Tensor, counter: Tensor, tokens: Tensor) -> Tensor:
+    """Uniform noise in (0, 1), float32, one per entry of tokens [R, n] (token ids): a pure
+    function of (seed, counter, token id), so it is the same whichever tokens are asked for."""
+    key = _mix((seed & _M32) ^ _mix(((seed >> 32) & _M32) ^ _mix(counter & _M32)))
+    # Token ids are < 2**17: the golden-ratio product fits int64, and spreads them over 32 bits.
+    bits = _mix(key[:, None] ^ ((tokens * 0x9E3779B9) & _M32))
+    # 23 bits: k + 0.5 is exact in float32, so u < 1 strictly (no infinite Gumbel noise).
+    return ((bits >> 9).float() + 0.5) * (1.0 / (1 << 23))
+
+
+def gumbel(seed: Tensor, counter: Tensor, tokens: Tensor) -> Tensor:
+    """Gumbel(0, 1) noise for tokens [R, n], keyed by (seed, counter)."""
+    return -torch.log(-torch.log(uniform(seed, counter, tokens)))
+
+
+def streams(num_codebooks: int) -> int:
+    """Draws per frame of one utterance: the action, then every codebook."""
+    return num_codebooks + 1
+
+
+def counters(step: Tensor, stream: int, num_codebooks: int) -> Tensor:
+    """The noise counter of draw `stream` (0: action, 1 + k: codebook k) at frame `step` [R]."""
+    return step * streams(num_codebooks) + stream
+
+
+def sample_action(logits: Tensor, cond: Tensor, uncond: Tensor, params: RowSampling, seed: Tensor, step: Tensor) -> Tensor:
+    """The action of J utterances from the rows' action logits [R, V_action] (last column):
+    cond/uncond [J] are each utterance's rows. Returns [J] long."""
+    return draw(logits[cond], logits[uncond], params, seed, counters(step, 0, 0))
+

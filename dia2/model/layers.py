@@ -104,6 +104,10 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[2]
 
+    def narrow(self, length: int) -> KVCache:
+        """The first `length` slots, as views (writes land in this cache)."""
+        return KVCache(self.k[:, :, :length], self.v[:, :, :length])
+
 
 class Attention(nn.Module):
     """Grouped-query attention for both stacks.

@@ -304,6 +304,11 @@ class Depformer(nn.Module):
         return self.logits[stage](self.norm(x[:, 0]))[..., : self.logit_size].float()
 
 
+def _capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on `device`'s current stream."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 class Dia2Model(nn.Module):
     """Dia2: `transformer` (decoder over frames) + `depformer` (over codebooks of a frame)."""
 
@@ -377,6 +382,7 @@ class Dia2Model(nn.Module):
     def prefill(self, tokens: Tensor, state: DecodeState) -> DecoderOutput:
         """Run columns state.position .. +T-1 (tokens [B, C, T]) into the caches; advance."""
         T = tokens.shape[-1]
+        caches = state.decoder
         # A host-side attribute update inside a compiled function would recompile every step.
         if not torch.compiler.is_compiling():
             end = state.filled + T
@@ -386,7 +392,11 @@ class Dia2Model(nn.Module):
                     f"create it with a larger max_frames (Dia2Model.new_state(batch_size, max_frames={end}) or more)"
                 )
             state.filled = end
-        out = self.transformer(tokens, state.decoder, state.position)
+            if not _capturing(tokens.device):
+                # Eager: attend over the filled slots only, not the whole capacity. A CUDA graph
+                # keeps the whole capacity (a static shape; the mask hides the rest).
+                caches = [cache.narrow(end) for cache in caches]
+        out = self.transformer(tokens, caches, state.position)
         state.position.add_(T)
         return out
 

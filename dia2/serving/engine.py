@@ -17,10 +17,11 @@ How a frame goes (`Engine.step`), at each frame boundary:
    rows, each row at its own position.
 
 Each utterance is an `Utterance` (the host side `Dia2.generate` drives too), with its own
-generator drawn in the same order as alone, its own CFG (a second cache row only when it
-guides) and its own LoRA adapter (`dia2.model.lora_bank`, per row, never merged). So its tokens
-are those `Dia2.generate`/`stream` give for it alone with the same seed, whatever shares the
-batch and whenever it joined, up to the float rounding of a batched matmul (a token flips only
+sampling settings and seed (draws are keyed by seed, frame and stream, so they do not depend on
+the batch: `dia2.generation.sampling`), its own CFG (a second cache row only when it guides)
+and its own LoRA adapter (`dia2.model.lora_bank`, per row, never merged). So its tokens are
+those `Dia2.generate`/`stream` give for it alone with the same seed, whatever shares the batch
+and whenever it joined, up to the float rounding of a batched matmul (a token could flip only
 where two choices tie to ~1e-6).
 
 Cache rows are kept dense: rows 0..R-1 are in use, and a leaving request's rows are filled by
@@ -31,39 +32,37 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
-import secrets
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from dia2.errors import Dia2Error
 from dia2.generation.long_form import LongForm
-from dia2.generation.loop import FrameUpdate, GenerationConfig, Utterance, needs_entries
-from dia2.generation.runtime import AudioChunk, Dia2, GenerationResult, decode_updates
-from dia2.generation.sampling import guided_sample
-from dia2.generation.voice import Voice
+from dia2.generation.loop import FrameUpdate, GenerationConfig, Rows, Utterance
+from dia2.generation.runtime import Dia2, seed_of
+from dia2.generation.sampling import KEEP_ALL, RowSampling, sample_action
+from dia2.model.network import Dia2Model
+from dia2.serving.batch import BatchKernels, FrameInputs, GraphedBatchKernels
+from dia2.serving.requests import (
+    Cancelled,
+    EngineError,
+    EngineFull,
+    Handle,
+    Request,
+    StreamedText,
+)
 from dia2.text.script import ScriptParser
-from dia2.text.state_machine import MachineState
 
 if TYPE_CHECKING:
     from dia2.model.lora_bank import LoraBank
 
+__all__ = ["Engine", "EngineConfig", "EngineError", "EngineFull", "Handle", "Request"]
+
 logger = logging.getLogger(__name__)
-
-
-class EngineError(Dia2Error, RuntimeError):
-    """A request the engine cannot take or finish; the message says why and what to do."""
-
-
-class EngineFull(EngineError):
-    """Every slot is busy (and, when queueing, the queue is full)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +79,9 @@ class EngineConfig:
     """LoRA adapters loaded at once."""
     max_adapter_rank: int = 64
     """Highest LoRA rank a loaded adapter may have (the bank's storage is sized for it)."""
+    cuda_graph: bool = False
+    """Replay each frame's work from two CUDA graphs over every slot (CUDA only; slots not in
+    use are computed and ignored). Off: eager, over the rows in use only."""
 
     def __post_init__(self) -> None:
         for name in ("slots", "max_adapters", "max_adapter_rank"):
@@ -89,166 +91,38 @@ class EngineConfig:
             raise EngineError("EngineConfig.max_queued and max_prefix_frames must be >= 0")
 
 
-@dataclass(frozen=True)
-class Request:
-    """One utterance to speak: a whole script, or an iterable of text pieces arriving over time
-    (joined as given, as `Dia2.stream` takes them), with its generation settings, an optional
-    voice prefix and an optional adapter name (one loaded with `Engine.load_adapter`)."""
-
-    script: str | Iterable[str]
-    config: GenerationConfig = field(default_factory=GenerationConfig)
-    voice: Voice | None = None
-    adapter: str | None = None
-
-
-class _Cancelled(Exception):
-    """Internal: the request was cancelled; its handle ends quietly."""
-
-
-class Handle:
-    """A submitted request. Iterate it for `AudioChunk`s (or `updates()` for the codes), call
-    `result()` for the whole utterance, `cancel()` to stop it.
-
-    When the engine runs its own thread (`start()`), reading waits for it; otherwise reading
-    drives the engine one frame at a time (so a script can use an engine without a thread).
-    """
-
-    def __init__(self, engine: Engine, request: Request, number: int) -> None:
-        self.engine, self.request, self.number = engine, request, number
-        self._updates: queue.Queue[FrameUpdate | BaseException] = queue.Queue()
-        self._cancel = threading.Event()
-        self.finished = threading.Event()
-
-    def __repr__(self) -> str:
-        return f"Handle(#{self.number})"
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def cancel(self) -> None:
-        """Stop this request; its slot (or queue place) is freed at the next frame boundary."""
-        self._cancel.set()
-        self.engine._wake()
-
-    def updates(self, timeout: float | None = None) -> Iterator[FrameUpdate]:
-        """Frame updates (codes [K, n] on the model's device, words, done) as they come.
-        Raises the request's error if it failed; ends early if it was cancelled."""
-        while True:
-            item = self._next(timeout)
-            if isinstance(item, _Cancelled):
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item.done:
-                return
-
-    def _next(self, timeout: float | None) -> FrameUpdate | BaseException:
-        while True:
-            try:
-                return self._updates.get_nowait()
-            except queue.Empty:
-                pass
-            if self.engine.running:
-                try:
-                    return self._updates.get(timeout=timeout)
-                except queue.Empty:
-                    raise EngineError(f"request {self.number} gave no audio for {timeout} s") from None
-            if not self.engine.step() and self._updates.empty():
-                raise EngineError(f"request {self.number} is not in the engine (was it submitted to another?)")
-
-    def __iter__(self) -> Iterator[AudioChunk]:
-        return decode_updates(self.updates(), self.engine.tts.codec)
-
-    def result(self, timeout: float | None = None) -> GenerationResult:
-        """The whole utterance, as `Dia2.generate` returns it."""
-        frames, words, truncated = [], [], False
-        for update in self.updates(timeout):
-            frames.append(update.frames)
-            words += update.words
-            truncated = truncated or update.truncated
-        codes = torch.cat(frames, dim=1) if frames else torch.zeros(self.engine.num_codebooks, 0, dtype=torch.long)
-        tts = self.engine.tts
-        return GenerationResult(codes.cpu(), tts._decode(codes), tts.codec.sample_rate, words, truncated)
-
-
-class _StreamedText:
-    """A streamed script as the engine reads it: a thread pumps the caller's pieces into a
-    buffer, and the engine parses them when its state machine needs entries, never waiting.
-    `waiting` says the engine asked for text the caller has not sent yet; `wake` is called when
-    more arrives."""
-
-    def __init__(self, pieces: Iterable[str], parser: ScriptParser, wake: Callable[[], None]) -> None:
-        self._parser, self._wake = parser, wake
-        self._pieces: deque[str] = deque()
-        self._ended = False
-        self._parsed_all = False
-        self._error: BaseException | None = None
-        self._lock = threading.Lock()
-        self.waiting = False
-        threading.Thread(target=self._pump, args=(iter(pieces),), daemon=True, name="dia2-text").start()
-
-    def _pump(self, pieces: Iterator[str]) -> None:
-        try:
-            for piece in pieces:
-                self._arrive(piece)
-        except BaseException as exc:  # the caller's iterator failed: the request fails with it
-            self._error = exc
-        finally:
-            self._arrive(None)
-
-    def _arrive(self, piece: str | None) -> None:
-        with self._lock:
-            if piece is None:
-                self._ended = True
-            else:
-                self._pieces.append(piece)
-            self.waiting = False
-        self._wake()
-
-    def fill(self, state: MachineState, lookahead: int) -> bool:
-        while needs_entries(state, lookahead) and not self._parsed_all:
-            with self._lock:
-                piece = self._pieces.popleft() if self._pieces else None
-                ended = self._ended
-                self.waiting = piece is None and not ended
-            if piece is not None:
-                state.append_entries(self._parser.feed(piece))
-            elif self._error is not None:
-                raise EngineError(f"the streamed script failed: {self._error}") from self._error
-            elif ended:
-                state.append_entries(self._parser.finish())
-                self._parsed_all = True
-            else:
-                return False
-        return True
-
-
 class _Job:
-    """A request in the engine: its handle, generator, adapter and, once admitted, its
-    utterance, cache rows and the model outputs its next step samples from."""
+    """A request in the engine: its handle, seed, adapter and, once admitted, its utterance,
+    cache rows and the model outputs its next step samples from."""
 
-    def __init__(self, handle: Handle, generator: torch.Generator, adapter: int) -> None:
-        self.handle, self.generator, self.adapter = handle, generator, adapter
+    def __init__(self, handle: Handle, seed: int, adapter: int) -> None:
+        self.handle, self.seed_value, self.adapter = handle, seed, adapter
+        self.seed: Tensor | None = None  # [1] on the device, with the sampling settings (first prefill)
+        self.text_params: RowSampling | None = None
+        self.audio_params: RowSampling | None = None
         self.request = handle.request
         self.utterance: Utterance | None = None
         self.speech: LongForm | None = None  # a whole script, spoken part after part
         self.prefilled = False
         self.rows: list[int] = []
-        self.pending: tuple[Tensor, Tensor, Tensor] | None = None  # action, hidden, cb0 logits
-        self.text: Tensor | None = None  # text [branches, 2] of the column being sampled
+        self.action: Tensor | None = None  # [1]: the next column's action, drawn, not yet taken
 
     @property
     def waiting(self) -> bool:
         """Whether it cannot go on until more of its streamed script arrives."""
         feed = self.utterance.feed if self.utterance is not None else None
-        return isinstance(feed, _StreamedText) and feed.waiting
+        return isinstance(feed, StreamedText) and feed.waiting
 
     @property
     def config(self) -> GenerationConfig:
         assert self.utterance is not None
         return self.utterance.config
+
+    def sampling(self, model: Dia2Model, width: int | None) -> None:
+        """Its sampling settings and seed as tensors (once, at its first prefill)."""
+        if self.seed is not None:
+            return
+        self.text_params, self.audio_params, self.seed = sampling_tensors(self.config, self.seed_value, model, width)
 
     def emit(self, item: FrameUpdate | BaseException) -> None:
         if isinstance(item, FrameUpdate) and self.speech is not None:
@@ -256,6 +130,24 @@ class _Job:
         self.handle._updates.put(item)
         if isinstance(item, BaseException) or item.done:
             self.handle.finished.set()
+
+
+def sampling_tensors(
+    config: GenerationConfig, seed: int, model: Dia2Model, width: int | None
+) -> tuple[RowSampling, RowSampling, Tensor]:
+    """One utterance's action and audio sampling settings and its seed [1], on the model's device."""
+    c, device = config, model.device
+    text_vocab, audio_vocab = model.config.data.action_vocab_size, model.config.depformer_logit_size
+    text = RowSampling.of([(c.text, c.cfg_scale, c.cfg_filter_k)], text_vocab, device, width)
+    audio = RowSampling.of([(c.audio, c.cfg_scale, c.cfg_filter_k)], audio_vocab, device, width)
+    return text, audio, torch.tensor([seed], dtype=torch.long, device=device)
+
+
+class _Filler:
+    """What an unused slot passes to a graph replay: any valid settings (its draws are dropped)."""
+
+    def __init__(self, model: Dia2Model) -> None:
+        self.text_params, self.audio_params, self.seed = sampling_tensors(GenerationConfig(), 0, model, KEEP_ALL)
 
 
 class Engine:
@@ -279,9 +171,15 @@ class Engine:
         max_rows = 2 * config.slots
         self.state = self.model.new_state(max_rows, self.length)
         self.state.position = torch.zeros(max_rows, dtype=torch.long, device=self.model.device)
-        data = self.model.config.data
-        self.banned_cb0 = torch.tensor([data.audio_bos_token_id, data.audio_pad_token_id], device=self.model.device)
-        self.bank: LoraBank | None = None
+        self.kernels = GraphedBatchKernels(self.model) if config.cuda_graph else BatchKernels(self.model)
+        # Per row, what its next audio step reads: the decoder's hidden and cb0 logits of its last
+        # column (from its prefill or the last batched step), and its next column's text.
+        cfg, device = self.model.config, self.model.device
+        self._hidden = torch.zeros(max_rows, cfg.model.decoder.n_embd, dtype=self.model.compute_dtype, device=device)
+        self._cb0 = torch.zeros(max_rows, cfg.data.audio_vocab_size, device=device)
+        self._text = torch.zeros(max_rows, 2, dtype=torch.long, device=device)
+        self._columns = torch.zeros(max_rows, cfg.data.channels, 1, dtype=torch.long, device=device)
+        self._filler = _Filler(self.model) if config.cuda_graph else None
         self._owners: list[_Job] = []  # cache row -> its job; rows 0..len-1 are in use
         self._jobs: list[_Job] = []  # jobs holding a slot
         self._queue: deque[_Job] = deque()
@@ -302,8 +200,6 @@ class Engine:
         if not isinstance(request, Request):
             raise TypeError(f"submit takes a Request, got {type(request).__name__}")
         adapter = self._adapter_index(request.adapter)
-        seed = request.config.seed if request.config.seed is not None else secrets.randbits(63)
-        generator = torch.Generator(device=self.model.device).manual_seed(seed)
         with self._lock:
             # Queued requests first fill the free slots; those beyond wait for one.
             waiting = len(self._jobs) + len(self._queue) - self.config.slots
@@ -317,7 +213,7 @@ class Engine:
                     f"all {self.config.slots} slots are busy and {waiting} requests are queued "
                     f"(EngineConfig.max_queued = {self.config.max_queued}): retry later"
                 )
-            job = _Job(Handle(self, request, next(self._numbers)), generator, adapter)
+            job = _Job(Handle(self, request, next(self._numbers)), seed_of(request.config), adapter)
             self._queue.append(job)
             self._lock.notify_all()
         return job.handle
@@ -341,7 +237,7 @@ class Engine:
 
         with self._step_lock:
             if self.bank is None:
-                self.bank = LoraBank(self.model, self.config.max_adapters, self.config.max_adapter_rank)
+                self.kernels.bank = LoraBank(self.model, self.config.max_adapters, self.config.max_adapter_rank)
             self.bank.load(name, adapter, revision)
 
     def unload_adapter(self, name: str) -> None:
@@ -355,6 +251,10 @@ class Engine:
                 )
             assert self.bank is not None
             self.bank.unload(name)
+
+    @property
+    def bank(self) -> LoraBank | None:
+        return self.kernels.bank
 
     @property
     def adapters(self) -> tuple[str, ...]:
@@ -425,29 +325,29 @@ class Engine:
             self._prefill_ready()
             advancing = self._advance()
             if advancing:
-                self._failing(advancing, self._audio)
+                self._failing(self._audio, advancing)
             continuing = [j for j in advancing if j in self._jobs and j.prefilled]
             if continuing:
-                self._failing(continuing, self._head)
+                self._failing(self._head, continuing)
             with self._lock:
                 return bool(self._jobs or self._queue)
 
-    def _failing(self, jobs: list[_Job], work) -> None:
-        """Run batched work; if it raises, every job in it fails (the others go on)."""
+    def _failing(self, work: Callable[[list[_Job]], None], jobs: list[_Job]) -> None:
+        """Run batched work; if it raises, every job in the batch fails (the queue goes on)."""
         try:
             work(jobs)
         except Exception as exc:  # a batched model call failed: its rows cannot be told apart
             logger.exception("a batched step failed for %d request(s)", len(jobs))
-            for job in jobs:
+            for job in self._batch_jobs():
                 self._finish(job, exc)
 
     def _drop_cancelled(self) -> None:
         with self._lock:
             for job in [j for j in self._queue if j.handle.cancelled]:
                 self._queue.remove(job)
-                job.emit(_Cancelled())
+                job.emit(Cancelled())
         for job in [j for j in self._jobs if j.handle.cancelled]:
-            self._finish(job, _Cancelled())
+            self._finish(job, Cancelled())
 
     def _admit(self) -> None:
         """Queued requests take free slots: parsed and planned (a bad script or voice fails here)."""
@@ -471,7 +371,7 @@ class Engine:
             plan = job.speech.next_plan()
             assert plan is not None, "a finished script has no next part"
         else:
-            feed = _StreamedText(request.script, ScriptParser(tts.tokenizer, tts.ids), self._wake)
+            feed = StreamedText(request.script, ScriptParser(tts.tokenizer, tts.ids), self._wake)
             plan = tts.plan([], request.config, request.voice, feed)
         utterance = Utterance(self.model, *plan)
         if utterance.capacity > self.length:
@@ -494,51 +394,53 @@ class Engine:
     def _prefill(self, job: _Job) -> None:
         utterance = job.utterance
         assert utterance is not None
-        start = len(self._owners)
-        job.rows = list(range(start, start + utterance.branches))
-        self._owners += [job] * utterance.branches
-        rows = self.state.rows(start, start + utterance.branches, filled=0)
+        start, n = len(self._owners), utterance.branches
+        job.rows = list(range(start, start + n))
+        self._owners += [job] * n
+        rows = self.state.rows(start, start + n, filled=0)
         rows.position.zero_()
-        with self._routed([job.adapter] * utterance.branches):
+        with self.kernels.routed(torch.full((n,), job.adapter, device=self.model.device)):
             out = self.model.prefill(utterance.prefill_columns(), rows)
-        c = job.config
-        action = guided_sample(out.action_logits[:, -1], c.text, c.cfg_scale, c.cfg_filter_k, job.generator)
-        job.pending = action, out.hidden[:, -1], out.cb0_logits[:, -1]
+        job.sampling(self.model, self._width)
+        alone = Rows.of([n], self.model.device)
+        job.action = sample_action(out.action_logits[:, -1], alone.cond, alone.uncond, job.text_params, job.seed, self._steps([job]))
+        self._hidden[start : start + n] = out.hidden[:, -1]
+        self._cb0[start : start + n] = out.cb0_logits[:, -1]
         job.prefilled = True
         job.emit(utterance.first_update())
 
+    def _batch_jobs(self) -> list[_Job]:
+        """The jobs holding cache rows, in the order of their first row."""
+        return sorted({id(j): j for j in self._owners}.values(), key=lambda j: j.rows[0])
+
     def _advance(self) -> list[_Job]:
-        """Step the state machine of every utterance that can; those waiting for text sit out."""
+        """Step the state machine of every utterance that can; those waiting for text sit out.
+        The actions come to the host together: one device sync for the frame."""
+        jobs = self._batch_jobs()
+        actions = torch.cat([j.action for j in jobs]).tolist() if jobs else []
         advancing = []
-        for job in [j for j in self._jobs if j.prefilled]:
+        for job, action in zip(jobs, actions):
             try:
                 if not job.utterance.ready():
                     continue
-                job.text = job.utterance.advance(job.pending[0])
+                self._text[job.rows] = job.utterance.advance(action)
                 advancing.append(job)
             except Exception as exc:
                 self._finish(job, exc)
         return advancing
 
-    def _audio(self, jobs: list[_Job]) -> None:
-        """Codebook 0 and every depformer stage of each job's next column, batched over jobs."""
-        hidden = torch.cat([j.pending[1] for j in jobs])
-        text = torch.cat([j.text for j in jobs])
-        sizes = [len(j.rows) for j in jobs]
-        adapters = [j.adapter for j, n in zip(jobs, sizes) for _ in range(n)]
-        state = self.state.rows(0, hidden.shape[0], filled=0)
-        codes = [
-            [guided_sample(j.pending[2], j.config.audio, j.config.cfg_scale, j.config.cfg_filter_k, j.generator, self.banned_cb0)]
-            for j in jobs
-        ]
-        with self._routed(adapters):
-            for stage in range(self.model.config.num_depformer_stages):
-                tokens = torch.cat([c[-1].expand(n) for c, n in zip(codes, sizes)])
-                logits = self.model.depformer_step(stage, hidden, tokens, state, text=text).split(sizes)
-                for j, c, rows in zip(jobs, codes, logits):
-                    c.append(guided_sample(rows, j.config.audio, j.config.cfg_scale, j.config.cfg_filter_k, j.generator))
+    def _audio(self, advancing: list[_Job]) -> None:
+        """Codebook 0 and every depformer stage of every job's next column, one batched pass;
+        the codes of jobs waiting for text are dropped."""
+        jobs, R = self._batch_jobs(), self._batch_rows()
+        inputs = self._inputs(jobs, R)
+        state = self.state.rows(0, R, filled=0)
+        codes = self.kernels.audio(self._hidden[:R], self._cb0[:R], self._text[:R], state, inputs)
+        stepping = set(map(id, advancing))
         for job, c in zip(jobs, codes):
-            update = job.utterance.write(torch.stack(c))
+            if id(job) not in stepping:
+                continue
+            update = job.utterance.write(c)
             job.emit(update)
             if update.done:
                 self._next_part(job)
@@ -556,36 +458,60 @@ class Engine:
         except Exception as exc:
             self._finish(job, exc)
 
-    def _head(self, jobs: list[_Job]) -> None:
+    def _head(self, continuing: list[_Job]) -> None:
         """The decoder on each continuing job's new column, one step over all cache rows.
 
         Rows of jobs waiting for text run too (the batch is one slice of the caches): they write
         at their next column, which their own next step overwrites, and their outputs are dropped.
         """
-        stepping = set(map(id, jobs))
-        R = len(self._owners)
-        columns = torch.empty(R, self.model.config.data.channels, 1, dtype=torch.long, device=self.model.device)
-        positions = []
-        for row, job in enumerate(self._owners):
-            branch = job.rows.index(row)
-            columns[row] = job.utterance.next_column()[branch]
-            positions.append(job.utterance.column + (0 if id(job) in stepping else 1))
-        rows = self.state.rows(0, R, filled=max(positions))
-        rows.position.copy_(torch.tensor(positions))
-        with self._routed([j.adapter for j in self._owners]):
-            out = self.model.step(columns, rows)
+        jobs, R = self._batch_jobs(), self._batch_rows()
+        stepping = set(map(id, continuing))
+        positions = [0] * R
         for job in jobs:
-            index = torch.tensor(job.rows, device=self.model.device)
-            c = job.config
-            logits = out.action_logits[index, -1]
-            action = guided_sample(logits, c.text, c.cfg_scale, c.cfg_filter_k, job.generator)
-            job.pending = action, out.hidden[index, -1], out.cb0_logits[index, -1]
+            column = job.utterance.next_column()
+            for branch, row in enumerate(job.rows):
+                self._columns[row] = column[branch]
+                positions[row] = job.utterance.column + (0 if id(job) in stepping else 1)
+        state = self.state.rows(0, R, filled=max(positions))
+        state.position.copy_(torch.tensor(positions))
+        action, hidden, cb0 = self.kernels.head(self._columns[:R], state, self._inputs(jobs, R))
+        for i, job in enumerate(jobs):
+            if id(job) in stepping:
+                job.action = action[i : i + 1].clone()  # a graph overwrites its outputs at the next replay
+                self._hidden[job.rows] = hidden[job.rows]
+                self._cb0[job.rows] = cb0[job.rows]
 
-    def _routed(self, adapters: list[int]):
-        """Route each batch row to its adapter for the model calls in the block."""
-        if self.bank is None or not any(adapters):
-            return nullcontext()
-        return self.bank.routed(torch.tensor(adapters, device=self.model.device))
+    def _batch_rows(self) -> int:
+        """Rows one batched call runs: those in use (eager), or all (graphs: one fixed shape)."""
+        return self.state.position.shape[0] if self.config.cuda_graph else len(self._owners)
+
+    @property
+    def _width(self) -> int | None:
+        """Top-k width of the sampling settings: fixed under graphs (the vocabulary)."""
+        return KEEP_ALL if self.config.cuda_graph else None
+
+    def _inputs(self, jobs: list[_Job], rows: int) -> FrameInputs:
+        """The frame's inputs for `jobs` over `rows` rows; under graphs padded to every slot
+        (slots not in use read row 0 and draw nothing anyone keeps)."""
+        device = self.model.device
+        pad = self.config.slots - len(jobs) if self.config.cuda_graph else 0
+        index = {id(j): i for i, j in enumerate(jobs)}
+        owner = [index[id(self._owners[r])] if r < len(self._owners) else 0 for r in range(rows)]
+        adapters = [self._owners[r].adapter if r < len(self._owners) else 0 for r in range(rows)]
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=device)
+        settings = [*jobs, *[self._filler] * pad]
+        return FrameInputs(
+            Rows(as_tensor([j.rows[0] for j in jobs] + [0] * pad), as_tensor([j.rows[-1] for j in jobs] + [0] * pad), as_tensor(owner)),
+            as_tensor(adapters),
+            torch.cat([j.seed for j in settings]),
+            as_tensor([j.utterance.draw_step for j in jobs] + [0] * pad),
+            RowSampling.cat([j.text_params for j in settings]),
+            RowSampling.cat([j.audio_params for j in settings]),
+        )
+
+    def _steps(self, jobs: list[_Job]) -> Tensor:
+        """The frame each job draws for next: [J] long on the model's device."""
+        return torch.tensor([j.utterance.draw_step for j in jobs], device=self.model.device)
 
     def _finish(self, job: _Job, error: BaseException | None) -> None:
         """Take a job out of its slot, free its cache rows, and end its handle with `error`."""
@@ -593,7 +519,7 @@ class Engine:
             self._jobs.remove(job)
         self._release_rows(job)
         if error is not None:
-            if not isinstance(error, _Cancelled):
+            if not isinstance(error, Cancelled):
                 logger.info("request %d failed: %s", job.handle.number, error)
             job.emit(error)
 
@@ -611,8 +537,8 @@ class Engine:
             for cache in self.state.decoder:
                 cache.k[dst, :, :used] = cache.k[src, :, :used]
                 cache.v[dst, :, :used] = cache.v[src, :, :used]
+            for buffer in (self._hidden, self._cb0, self._text):
+                buffer[dst] = buffer[src]
             owner.rows[owner.rows.index(src)] = dst
             self._owners[dst] = owner
         del self._owners[keep:]
-
-

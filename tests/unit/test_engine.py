@@ -265,7 +265,7 @@ def test_rows_with_different_adapters_equal_each_adapter_alone(own_tts, adapter_
     engine.load_adapter("a", adapter_dirs["a"])
     engine.load_adapter("b", adapter_dirs["b"])
     handles = []
-    for i, (name, case) in enumerate(plan):
+    for name, case in plan:
         handles.append(engine.submit(_request(*case, adapter=name)))
         engine.step()
     _run(engine)
@@ -304,3 +304,57 @@ def test_adapters_load_and_unload_while_the_engine_runs(own_tts, adapter_dirs, t
         assert engine.adapters == ("b",)
     finally:
         engine.stop()
+
+
+@pytest.fixture
+def cpu_graphs(monkeypatch):
+    """GraphedBatchKernels on the CPU: the eager capture stand-in of test_graphs (a function
+    bound to static input and output buffers, replayed by copying inputs in), no device refusal."""
+    from dia2.serving import batch
+    from tests.unit.test_graphs import _EagerCapture
+
+    _EagerCapture.captured = []
+    monkeypatch.setattr(batch, "Captured", _EagerCapture)
+    monkeypatch.setattr(batch, "check_capturable", lambda model: None)
+    return _EagerCapture.captured
+
+
+def test_graph_mode_runs_every_slot_at_one_shape_with_the_eager_tokens(own_tts, adapter_dirs, cpu_graphs):
+    plan = [(None, CASES[0]), (None, CASES[1]), (None, CASES[3]), ("a", CASES[2]), (None, CASES[5])]
+    expected = [_solo_with_adapter(own_tts, adapter_dirs[name] if name else None, case) for name, case in plan]
+    engine = Engine(own_tts, EngineConfig(slots=3, cuda_graph=True))
+    handles = [engine.submit(_request(*case)) for _, case in plan[:3]]
+    for _ in range(4):
+        engine.step()
+    assert len(cpu_graphs) == 2, "head and audio are captured once"
+    # Every replay runs all 6 cache rows and all 3 slots, whoever is in them.
+    audio, head = cpu_graphs  # a frame samples audio first, then steps the decoder
+    assert head.static_inputs[0].shape == (6, own_tts.model.config.data.channels, 1)
+    assert audio.static_inputs[0].shape[0] == 6
+    assert {t.shape[0] for t in head.static_inputs[1:3]} == {3}  # cond and uncond rows per slot
+    engine.load_adapter("a", adapter_dirs["a"])  # new hooks: the graphs are captured again
+    handles += [engine.submit(_request(*case, adapter=name)) for name, case in plan[3:]]
+    _run(engine)
+    assert len(cpu_graphs) == 4
+    for (name, case), handle, want in zip(plan, handles, expected):
+        got = handle.result().audio_tokens
+        assert got.shape == want.shape and torch.equal(got, want), (name, case[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_engine_gives_the_eager_tokens(tiny_bundle_dir):
+    from dia2 import Dia2
+
+    tts = Dia2.from_repo(tiny_bundle_dir, device="cuda", dtype=torch.float32)
+    results = {}
+    for graphed in (False, True):
+        engine = Engine(tts, EngineConfig(slots=3, cuda_graph=graphed))
+        handles = []
+        for case in CASES:
+            handles.append(engine.submit(_request(*case)))
+            engine.step()
+        _run(engine)
+        results[graphed] = [h.result().audio_tokens for h in handles]
+    for eager, graphed in zip(results[False], results[True]):
+        assert torch.equal(eager, graphed)

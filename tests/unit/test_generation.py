@@ -125,9 +125,10 @@ def test_frame_limit_truncates_with_a_flag(tiny_tts, caplog):
     script = "[S1] Hello there, how are you?"
     full = tiny_tts.generate(script, GenerationConfig(seed=0))
     assert not full.truncated
-    cut = tiny_tts.generate(script, GenerationConfig(seed=0, max_frames=28))
-    # 1 prefilled column + 28 generated; the last 3 (max delay) columns complete no frame.
-    assert cut.truncated and cut.audio_tokens.shape[1] == 1 + 28 - 3 < full.audio_tokens.shape[1]
+    limit = full.audio_tokens.shape[1] - 2
+    cut = tiny_tts.generate(script, GenerationConfig(seed=0, max_frames=limit))
+    # 1 prefilled column + `limit` generated; the last 3 (max delay) columns complete no frame.
+    assert cut.truncated and cut.audio_tokens.shape[1] == 1 + limit - 3 < full.audio_tokens.shape[1]
     assert torch.equal(cut.audio_tokens, full.audio_tokens[:, : cut.audio_tokens.shape[1]])
     assert "output truncated" in caplog.text
 

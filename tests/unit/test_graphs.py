@@ -27,7 +27,7 @@ def test_no_flags_means_eager():
 
 def test_cuda_graphs_refuse_a_cpu_model(tiny_tts):
     with pytest.raises(GraphError, match="CUDA device"):
-        CudaGraphKernels(FrameKernels(tiny_tts.model, GenerationConfig(), None))
+        CudaGraphKernels(FrameKernels(tiny_tts.model, GenerationConfig()))
 
 
 def test_cuda_graphs_refuse_8bit_layers_with_outlier_columns(tiny_tts):
@@ -35,11 +35,11 @@ def test_cuda_graphs_refuse_8bit_layers_with_outlier_columns(tiny_tts):
     from dia2.model.quant import quantize
 
     with pytest.raises(GraphError, match=r"outlier threshold 6\.0 .*--low-vram 4bit.*int8_threshold=0\.0"):
-        CudaGraphKernels(FrameKernels(quantize(copy.deepcopy(tiny_tts.model), "8bit"), GenerationConfig(), None))
+        CudaGraphKernels(FrameKernels(quantize(copy.deepcopy(tiny_tts.model), "8bit"), GenerationConfig()))
     # Without outlier columns the 8-bit model is capturable: only the device is left to refuse.
     capturable = quantize(copy.deepcopy(tiny_tts.model), "8bit", int8_threshold=0.0)
     with pytest.raises(GraphError, match="CUDA device"):
-        CudaGraphKernels(FrameKernels(capturable, GenerationConfig(), None))
+        CudaGraphKernels(FrameKernels(capturable, GenerationConfig()))
 
 
 def test_cli_refuses_8bit_with_cuda_graphs_before_loading():
@@ -54,15 +54,15 @@ def test_cli_refuses_8bit_with_cuda_graphs_before_loading():
 
 
 class _EagerCapture:
-    """CPU stand-in for graphs._Captured with a graph's binding: the function is kept with its
+    """CPU stand-in for graphs.Captured with a graph's binding: the function is kept with its
     static inputs (and, through its closure, the decode state it was captured on); a replay
     copies the new inputs into the static buffers and writes the results into the static
     outputs of the first run, as a graph replay does."""
 
     captured: ClassVar[list["_EagerCapture"]] = []
 
-    def __init__(self, fn, inputs, restore, generator, device) -> None:
-        self.fn, self.static_inputs, self.generator = fn, tuple(x.clone() for x in inputs), generator
+    def __init__(self, fn, inputs, restore, device) -> None:
+        self.fn, self.static_inputs = fn, tuple(x.clone() for x in inputs)
         self.static_outputs = fn(*self.static_inputs)
         restore()  # the capture run must leave no trace, as warm-up and capture leave none
         _EagerCapture.captured.append(self)
@@ -83,12 +83,12 @@ def _as_tuple(x):
 def cpu_graphs(monkeypatch):
     """CudaGraphKernels on the CPU: the eager capture stand-in, and no device refusal."""
     _EagerCapture.captured = []
-    monkeypatch.setattr(graphs, "_Captured", _EagerCapture)
+    monkeypatch.setattr(graphs, "Captured", _EagerCapture)
     monkeypatch.setattr(graphs, "check_capturable", lambda model: None)
     return _EagerCapture.captured
 
 
-def test_kept_kernels_capture_once_per_shape_and_reseed_in_place(cpu_graphs, tiny_tts, tiny_bundle_dir):
+def test_kept_kernels_capture_once_per_shape_for_any_seed(cpu_graphs, tiny_tts, tiny_bundle_dir):
     tts = Dia2.from_repo(tiny_bundle_dir, device="cpu", kernel_wrapper=kernel_wrapper(cuda_graph=True))
     eager = {seed: tiny_tts.generate(SCRIPT, GenerationConfig(seed=seed)).audio_tokens for seed in (0, 1)}
 
@@ -99,8 +99,6 @@ def test_kept_kernels_capture_once_per_shape_and_reseed_in_place(cpu_graphs, tin
     assert len(cpu_graphs) == 2, "a second utterance of the same shape must replay, not capture"
     assert torch.equal(first, eager[0]) and torch.equal(again, eager[0]) and torch.equal(other, eager[1])
     assert not torch.equal(eager[0], eager[1]) or eager[0].shape != eager[1].shape
-    # Every replay used the one persistent generator, reseeded in place.
-    assert {id(c.generator) for c in cpu_graphs} == {id(tts._generator)}
 
     # Another capacity is another shape; the least recently used shape goes beyond MAX_SHAPES.
     for frames in (300, 400):
@@ -113,25 +111,23 @@ def test_kept_kernels_capture_once_per_shape_and_reseed_in_place(cpu_graphs, tin
     assert len(cpu_graphs) == 10 and len(tts._wrapped) == 2
 
 
-def test_unseeded_graphs_use_the_default_rng(cpu_graphs, tiny_bundle_dir, monkeypatch):
-    # The device's default RNG is the CPU's here.
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.get_rng_state())
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": torch.set_rng_state(state))
+def test_unseeded_calls_draw_their_seed_from_torchs_rng(cpu_graphs, tiny_bundle_dir):
     tts = Dia2.from_repo(tiny_bundle_dir, device="cpu", kernel_wrapper=kernel_wrapper(cuda_graph=True))
     torch.manual_seed(5)
     a = tts.generate(SCRIPT, GenerationConfig()).audio_tokens
     torch.manual_seed(5)
     b = tts.generate(SCRIPT, GenerationConfig()).audio_tokens
-    assert torch.equal(a, b) and len(cpu_graphs) == 2
-    assert all(c.generator is None for c in cpu_graphs)
+    c = tts.generate(SCRIPT, GenerationConfig()).audio_tokens
+    assert torch.equal(a, b) and not (a.shape == c.shape and torch.equal(a, c))
+    assert len(cpu_graphs) == 2
 
 
 def test_replay_refuses_a_foreign_decode_state(cpu_graphs, tiny_tts):
-    kernels = CudaGraphKernels(FrameKernels(tiny_tts.model, GenerationConfig(), None))
+    kernels = CudaGraphKernels(FrameKernels(tiny_tts.model, GenerationConfig()))
     kernels.new_state(2, 16)
     column = torch.full((2, tiny_tts.model.config.data.channels, 1), 5)
     with pytest.raises(GraphError, match="new_state"):
-        kernels.head(column, tiny_tts.model.new_state(2, 16))
+        kernels.head(column, tiny_tts.model.new_state(2, 16), torch.tensor([0]), torch.tensor([1]))
 
 
 class _CudaRecorder:
@@ -141,7 +137,6 @@ class _CudaRecorder:
         self.devices: list[tuple[str, object]] = []
         self.current: list[object] = []  # the torch.cuda.device contexts entered
         self.replays: list[object] = []  # the current device at each replay
-        self.generators: list[object] = []
         recorder = self
 
         class Stream:
@@ -153,9 +148,6 @@ class _CudaRecorder:
                 pass
 
         class CUDAGraph:
-            def register_generator_state(self, generator) -> None:
-                recorder.generators.append(generator)
-
             def replay(self) -> None:
                 recorder.replays.append(recorder.current[-1] if recorder.current else None)
 
@@ -181,37 +173,27 @@ class _CudaRecorder:
         self.devices.append(("graph under device", self.current[-1] if self.current else None))
         yield
 
-    def get_rng_state(self, device="cuda"):
-        self.devices.append(("get_rng_state", device))
-        return torch.get_rng_state()
 
-    def set_rng_state(self, state, device="cuda"):
-        self.devices.append(("set_rng_state", device))
-
-
-@pytest.mark.parametrize("seeded", [False, True])
-def test_capture_and_replay_name_the_models_device(tiny_tts, monkeypatch, seeded):
-    """With `cuda:1`, a stream or RNG call without a device would use cuda:0's: an empty graph."""
+def test_capture_and_replay_name_the_models_device(tiny_tts, monkeypatch):
+    """With `cuda:1`, a stream call without a device would use cuda:0's: an empty graph."""
     recorder = _CudaRecorder()
-    for name in ("Stream", "CUDAGraph", "current_stream", "device", "stream", "graph", "get_rng_state", "set_rng_state"):
+    for name in ("Stream", "CUDAGraph", "current_stream", "device", "stream", "graph"):
         monkeypatch.setattr(torch.cuda, name, getattr(recorder, name))
     monkeypatch.setattr(graphs, "check_capturable", lambda model: None)
     model = tiny_tts.model
-    generator = torch.Generator().manual_seed(0) if seeded else None
-    kernels = CudaGraphKernels(FrameKernels(model, GenerationConfig(), generator))
+    kernels = CudaGraphKernels(FrameKernels(model, GenerationConfig()))
+    seed, step = torch.tensor([0]), torch.tensor([1])
     # Room for one column after the prefill: warm-up and capture must not step past it.
     state = kernels.new_state(2, 2)
     model.prefill(torch.full((2, model.config.data.channels, 1), 5), state)
     column = torch.full((2, model.config.data.channels, 1), 5)
     for _ in range(2):  # capture, then replay
-        _, hidden, cb0 = kernels.head(column, state)
-        kernels.audio(hidden, cb0, torch.full((2, 2), 3), state)
+        _, hidden, cb0 = kernels.head(column, state, seed, step)
+        kernels.audio(hidden, cb0, torch.full((2, 2), 3), state, seed, step)
     assert recorder.devices, "the capture made no torch.cuda calls"
     assert all(device == model.device for _, device in recorder.devices), recorder.devices
     assert {name for name, _ in recorder.devices} >= {"Stream", "current_stream", "graph capture stream", "graph under device"}
-    assert ("get_rng_state" in {name for name, _ in recorder.devices}) != seeded
     assert recorder.replays == [model.device] * 4  # 2 graphs x 2 calls, each under the model's device
-    assert recorder.generators == ([generator] * 2 if seeded else [])
 
 
 @pytest.mark.slow
@@ -226,8 +208,8 @@ def test_torch_compile_gives_the_eager_tokens(tiny_tts, tiny_bundle_dir):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graphs_give_the_eager_tokens(tiny_bundle_dir, monkeypatch):
     captures = []
-    real = graphs._Captured
-    monkeypatch.setattr(graphs, "_Captured", lambda *a: captures.append(1) or real(*a))
+    real = graphs.Captured
+    monkeypatch.setattr(graphs, "Captured", lambda *a: captures.append(1) or real(*a))
     eager = Dia2.from_repo(tiny_bundle_dir, device="cuda", dtype=torch.float32)
     graphed = Dia2.from_repo(tiny_bundle_dir, device="cuda", dtype=torch.float32, kernel_wrapper=kernel_wrapper(cuda_graph=True))
     for seed in (0, 1):

@@ -39,7 +39,7 @@ class ForcedActions(FrameKernels):
     """
 
     def __init__(self, base: FrameKernels, policy: str) -> None:
-        super().__init__(base.model, base.config, base.generator)
+        super().__init__(base.model, base.config)
         self.policy = policy
         self.generated_columns = 0
 
@@ -48,14 +48,14 @@ class ForcedActions(FrameKernels):
         self.generated_columns = 0
         return self._state
 
-    def action(self, out):
+    def action(self, out, seed, step):
         data = self.model.config.data
         wanted = data.action_new_word_token_id if self.policy == ALWAYS else data.action_pad_token_id
-        return torch.tensor(wanted, dtype=torch.long, device=out.action_logits.device)
+        return torch.tensor([wanted], dtype=torch.long, device=out.action_logits.device)
 
-    def audio(self, hidden, cb0_logits, text, state):
+    def audio(self, hidden, cb0_logits, text, state, seed, step):
         self.generated_columns += 1
-        return super().audio(hidden, cb0_logits, text, state)
+        return super().audio(hidden, cb0_logits, text, state, seed, step)
 
 
 def forced_runtime(tiny_tts: Dia2, policy: str) -> tuple[Dia2, list[ForcedActions]]:
