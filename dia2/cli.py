@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
-from dia2.audio.io import WRITABLE_FORMATS
+from dia2.audio.encode import EXTENSIONS
 from dia2.device import AUTO
 from dia2.errors import Dia2Error, report
 from dia2.generation.loop import GenerationConfig
@@ -149,7 +149,7 @@ class InferOptions:
 def build_parser() -> argparse.ArgumentParser:
     """The dia2-infer parser: the output file, then a group of flags per InferOptions section."""
     p = FlagParser(prog="dia2-infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("output", type=Path, help=f"{field_docs(InferOptions)['output']} ({', '.join(WRITABLE_FORMATS)})")
+    p.add_argument("output", type=Path, help=f"{field_docs(InferOptions)['output']} ({', '.join(EXTENSIONS)})")
     docs = field_docs(InferOptions)
     for name, section in sections(InferOptions).items():
         group = p.add_argument_group(name, docs[name])
@@ -169,8 +169,8 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> In
 
 
 def _check_files(o: InferOptions) -> None:
-    if o.output.suffix.lower() not in WRITABLE_FORMATS:
-        raise OptionError(f"output {o.output}: unknown extension '{o.output.suffix}'; use {', '.join(WRITABLE_FORMATS)}")
+    if o.output.suffix.lower() not in EXTENSIONS:
+        raise OptionError(f"output {o.output}: unknown extension '{o.output.suffix}'; use {', '.join(EXTENSIONS)}")
     script, voice = o.script, o.voice
     if (script.input is None) == (script.text is None):
         raise OptionError("give the script with exactly one of --input FILE or --text '...'")

@@ -1,7 +1,8 @@
-"""Reading and writing audio files: soundfile for IO, soxr for resampling.
+"""Reading and writing audio files: soundfile reads, `dia2.audio.encode` writes, soxr resamples.
 
-(torchaudio does not import beside the CPU torch build these machines use; see
-shared/environment.md.)
+Every written format (wav, flac, mp3, Ogg Opus as `.ogg`/`.opus`, AAC, raw pcm) goes through
+`dia2.audio.encode`, so a saved file and a served stream carry the same bytes. (torchaudio does not
+import beside the CPU torch build these machines use; see shared/environment.md.)
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dia2.audio.encode import encode, format_for_path
 from dia2.errors import Dia2Error
-
-WRITABLE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 
 
 class AudioFileError(Dia2Error, ValueError):
@@ -46,17 +46,11 @@ def resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def write_audio(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int) -> Path:
-    """Write mono audio [S] as wav, flac or ogg (by the file's extension)."""
-    import soundfile as sf
-
+    """Write mono audio [S] in the format the file's extension names (`dia2.audio.encode.EXTENSIONS`:
+    .wav and .flac 16-bit, .mp3, .ogg/.opus Ogg Opus, .aac ADTS, .pcm/.raw s16le). An unknown
+    extension raises `EncodeError` listing the known ones."""
     path = Path(path)
-    fmt = WRITABLE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise AudioFileError(
-            f"cannot write {path}: unknown extension '{path.suffix}'; use one of {', '.join(WRITABLE_FORMATS)}"
-        )
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    subtype = "VORBIS" if fmt == "OGG" else ("PCM_16" if fmt == "WAV" else None)
-    sf.write(str(path), np.asarray(waveform, dtype=np.float32), sample_rate, format=fmt, subtype=subtype)
+    data = encode(waveform, sample_rate, format_for_path(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
     return path

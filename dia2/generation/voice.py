@@ -127,3 +127,17 @@ def voice_prefix(voice: Voice, tokenizer: Tokenizer, ids: TextTokenIds) -> tuple
     # state handed to unforced decoding is one it could have reached itself.
     entries = list(utterance.entries)
     return entries, Prefix(voice.codes, utterance.alignment.action_steps, utterance.num_words)
+
+
+def with_transcript(voice: Voice, transcript: str) -> Voice:
+    """The voice with the words of a known transcript in place of the recogniser's, keeping the
+    recogniser's times (word for word, so the counts must agree; otherwise the heard words stay
+    and a warning says why: a transcript of other speech would misplace every word)."""
+    given = transcript.split()
+    if len(given) != len(voice.words):
+        logger.warning(
+            "the transcript has %d words but %d were heard in the recording: keeping the heard words (%s)",
+            len(given), len(voice.words), " ".join(w.text for w in voice.words),
+        )
+        return voice
+    return replace(voice, words=tuple(replace(w, text=t, probability=1.0) for w, t in zip(voice.words, given)))

@@ -309,7 +309,13 @@ class Engine:
                     self._lock.wait()
                 if self._stopping:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:  # the thread must outlive a bad frame: its requests fail, the queue goes on
+                logger.exception("an engine frame failed")
+                with self._step_lock:
+                    for job in list(self._jobs):
+                        self._finish(job, exc)
 
     def _has_work(self) -> bool:
         return bool(self._queue) or any(not j.waiting or j.handle.cancelled for j in self._jobs)

