@@ -55,6 +55,10 @@ class ServeOptions:
     """Requests waiting for a slot; beyond them clients get 429 with Retry-After."""
     cuda_graph: bool = False
     """Replay each engine frame from CUDA graphs (CUDA only)."""
+    max_adapters: int = 8
+    """Adapter voices loaded at once."""
+    max_adapter_rank: int = 64
+    """Highest LoRA rank an adapter voice may have."""
     max_upload_mb: float = 20.0
     """Largest voice upload accepted, in MB."""
     max_input_chars: int = 20_000
@@ -109,8 +113,9 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> ServerOpt
     s = options.serve
     if not 0 < s.port < 65536:
         raise OptionError(f"--port {s.port}: use 1-65535")
-    if s.slots < 1 or s.max_queued < 0 or s.max_upload_mb <= 0 or s.max_input_chars < 1:
-        raise OptionError("--slots and --max-input-chars must be >= 1, --max-queued >= 0, --max-upload-mb > 0")
+    if min(s.slots, s.max_input_chars, s.max_adapters, s.max_adapter_rank) < 1 or s.max_queued < 0 or s.max_upload_mb <= 0:
+        raise OptionError("--slots, --max-input-chars, --max-adapters and --max-adapter-rank must be >= 1, "
+                          "--max-queued >= 0, --max-upload-mb > 0")
     return options
 
 
@@ -150,7 +155,7 @@ def serve(options: ServerOptions) -> int:
 def build_app(options: ServerOptions):
     """The FastAPI app with a started engine and the voice store (what `serve` runs)."""
     from dia2.generation.runtime import Dia2
-    from dia2.serving.api import ApiSettings, create_app, load_voice_adapter
+    from dia2.serving.api import ApiSettings, VoiceAdapters, create_app, load_stored_adapters
     from dia2.serving.engine import Engine, EngineConfig
     from dia2.serving.voices import VoiceStore
 
@@ -161,20 +166,23 @@ def build_app(options: ServerOptions):
         m.source, device=m.device, dtype=m.torch_dtype, config_path=m.config, weights_path=m.weights,
         tokenizer=m.tokenizer, mimi=m.mimi, low_vram=m.low_vram, adapter=m.adapter, merge_adapter=True,
     )
-    engine = Engine(tts, EngineConfig(slots=s.slots, max_queued=s.max_queued, cuda_graph=s.cuda_graph))
+    engine = Engine(tts, EngineConfig(slots=s.slots, max_queued=s.max_queued, cuda_graph=s.cuda_graph,
+                                      max_adapters=s.max_adapters, max_adapter_rank=s.max_adapter_rank))
     aliases = dict(item.split("=", 1) for item in s.voice_alias)
     voices = VoiceStore(s.voices_dir, _voice_maker(tts, s.whisper_model), sample_rate=tts.codec.sample_rate,
                         max_upload_bytes=int(s.max_upload_mb * 2**20), aliases=aliases)
     for item in s.adapter:
         name, path = item.split("=", 1)
+        if name in voices.names() and voices.get(name).voice is not None:
+            raise OptionError(f"--adapter {item}: the voices folder has a recorded voice named '{name}': "
+                              "serve the adapter under another name")
         voices.add_adapter(name, path, replace=True)
-    for stored in voices.list():
-        if stored.adapter is not None:
-            load_voice_adapter(engine, stored)
+    adapters = VoiceAdapters(engine)
+    load_stored_adapters(voices, adapters)
     engine.start()
     settings = ApiSettings(model_name=Path(m.source).name if m.source != TINY_MODEL else "dia2-tiny", api_key=s.api_key,
                            generation=options.generation, max_input_chars=s.max_input_chars)
-    return create_app(engine, voices, settings)
+    return create_app(engine, voices, settings, adapters)
 
 
 def _voice_maker(tts, whisper_model: str):

@@ -101,7 +101,9 @@ class Captured:
             self.graph = torch.cuda.CUDAGraph()
             # torch.cuda.graph's default capture stream is made once, on whichever device is
             # current then: capture on this device's own stream instead.
-            with torch.cuda.graph(self.graph, stream=stream):
+            # thread_local: other threads (audio decoding for clients, voice uploads) may use the
+            # GPU during a capture; in the default global mode their calls would break it.
+            with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
                 self.static_outputs = fn(*self.static_inputs)
             restore()
 

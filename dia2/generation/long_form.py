@@ -109,7 +109,8 @@ class LongForm:
 
     def _tail_voice(self) -> Voice | None:
         """The end of the part just spoken as a voice: from the first word starting in its last
-        `tail_frames` frames (or its last word) to its end, with those words and their speakers."""
+        `tail_frames` frames (or its last word, if that starts within twice as many) to its end,
+        with those words and their speakers. At most `2 * tail_frames` frames."""
         codes = torch.cat(self._codes, dim=1) if self._codes else None
         if codes is None or not self._words:
             logger.warning("part %d spoke no words: the next part starts without its voice", self.index + 1)
@@ -118,7 +119,14 @@ class LongForm:
         starts = [round(seconds * FRAME_RATE) for _, seconds in self._words]
         first = next((i for i, s in enumerate(starts) if s >= frames - self.tail_frames), len(starts) - 1)
         origin = starts[first]
+        if origin < frames - 2 * self.tail_frames:
+            logger.warning("part %d ends in a long silence: the next part starts without its voice", self.index + 1)
+            return None
         speakers = _speakers(self._entries, self.tts.ids.spk1, self.tts.ids.spk2)
+        lead = len(self._words) - len(speakers)  # the user's voice words, kept with include_prefix
+        if lead > 0:
+            heard = [w.speaker for w in self.voice.words] if self.voice is not None else []
+            speakers = (heard + [1] * lead)[:lead] + speakers
         ends = [*starts[first + 1 :], frames]
         words = tuple(
             SpokenWord(text, (s - origin) / FRAME_RATE, (e - origin) / FRAME_RATE, speaker)

@@ -83,6 +83,8 @@ class GenerationConfig:
             raise GenerationConfigError(f"initial_padding must be >= 0, got {self.initial_padding}")
         if self.max_frames is not None and self.max_frames < 1:
             raise GenerationConfigError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise GenerationConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.part_words is not None and self.part_words < 1:
             raise GenerationConfigError(f"part_words must be >= 1, got {self.part_words}")
 
@@ -130,11 +132,10 @@ def sample_audio(
     """Codebooks 0..K-1 of the next column of J utterances, from the rows' decoder hidden [R, D]
     and cb0 logits [R, V] of the current column and the rows' text [R, 2] of the next one.
     seed/step [J] key the draws. Returns codes [J, K] long."""
-    K = model.config.num_codebooks
-    codes = [draw(cb0_logits[rows.cond], cb0_logits[rows.uncond], params, seed, counters(step, 1, K), banned_cb0)]
+    codes = [draw(cb0_logits[rows.cond], cb0_logits[rows.uncond], params, seed, counters(step, 1), banned_cb0)]
     for stage in range(model.config.num_depformer_stages):
         logits = model.depformer_step(stage, hidden, codes[-1][rows.owner], state, text=text)
-        codes.append(draw(logits[rows.cond], logits[rows.uncond], params, seed, counters(step, 2 + stage, K)))
+        codes.append(draw(logits[rows.cond], logits[rows.uncond], params, seed, counters(step, 2 + stage)))
     return torch.stack(codes, dim=1)
 
 

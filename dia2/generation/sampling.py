@@ -157,18 +157,19 @@ def gumbel(seed: Tensor, counter: Tensor, tokens: Tensor) -> Tensor:
     return -torch.log(-torch.log(uniform(seed, counter, tokens)))
 
 
-def streams(num_codebooks: int) -> int:
-    """Draws per frame of one utterance: the action, then every codebook."""
-    return num_codebooks + 1
+STREAMS = 256
+"""Counters per frame: draw 0 is the action, 1 + k codebook k (any model with < 255 codebooks)."""
 
 
-def counters(step: Tensor, stream: int, num_codebooks: int) -> Tensor:
-    """The noise counter of draw `stream` (0: action, 1 + k: codebook k) at frame `step` [R]."""
-    return step * streams(num_codebooks) + stream
+def counters(step: Tensor, stream: int) -> Tensor:
+    """The noise counter of draw `stream` (0: action, 1 + k: codebook k) at frame `step` [R]:
+    distinct for every (frame, stream), so no two draws of an utterance share their noise."""
+    assert 0 <= stream < STREAMS, stream
+    return step * STREAMS + stream
 
 
 def sample_action(logits: Tensor, cond: Tensor, uncond: Tensor, params: RowSampling, seed: Tensor, step: Tensor) -> Tensor:
     """The action of J utterances from the rows' action logits [R, V_action] (last column):
     cond/uncond [J] are each utterance's rows. Returns [J] long."""
-    return draw(logits[cond], logits[uncond], params, seed, counters(step, 0, 0))
+    return draw(logits[cond], logits[uncond], params, seed, counters(step, 0))
 

@@ -25,6 +25,8 @@ import base64
 import itertools
 import json
 import logging
+import re
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
@@ -44,8 +46,8 @@ from dia2.errors import Dia2Error
 from dia2.generation.loop import GenerationConfig
 from dia2.generation.runtime import AudioChunk
 from dia2.serving.engine import Engine
-from dia2.serving.requests import EngineFull, Handle, Request
-from dia2.serving.voices import StoredVoice, VoiceError, VoiceStore
+from dia2.serving.requests import EngineError, EngineFull, Handle, Request
+from dia2.serving.voices import StoredVoice, UploadTooLarge, VoiceError, VoiceExists, VoiceStore
 from dia2.text.script import ScriptError
 
 logger = logging.getLogger(__name__)
@@ -123,10 +125,14 @@ class _Metrics:
         Gauge("dia2_busy_slots", "Slots generating", registry=self.registry).set_function(lambda: engine.busy_slots)
 
 
-def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None = None) -> FastAPI:
-    """The API over a running (or runnable) engine and a voice store."""
+def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None = None,
+               adapters: VoiceAdapters | None = None) -> FastAPI:
+    """The API over a running (or runnable) engine and a voice store (`adapters`: the voices'
+    adapters already loaded into the engine; none when not given)."""
     settings = settings or ApiSettings()
+    adapters = adapters or VoiceAdapters(engine)
     app = FastAPI(title="Dia2 speech server", version="1")
+    app.state.engine, app.state.voices = engine, voices
     metrics = _Metrics(engine)
     _add_error_handlers(app, settings)
 
@@ -168,21 +174,22 @@ def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None 
         name: str = Form(...), file: UploadFile | None = File(None), speaker_2: UploadFile | None = File(None),
         transcript: str | None = Form(None), adapter: str | None = Form(None), replace: bool = Form(False),
     ) -> dict:
-        first = await file.read() if file is not None else None
-        second = await speaker_2.read() if speaker_2 is not None else None
-        stored = await run_in_threadpool(_add_voice, engine, voices, name, first, second, transcript, adapter, replace)
+        first, second = await _read_upload(file, voices), await _read_upload(speaker_2, voices)
+        stored = await run_in_threadpool(_add_voice, engine, voices, adapters, name, first, second, transcript, adapter,
+                                         replace)
         return _voice_record(stored)
 
     @app.delete("/v1/voices/{name}", dependencies=[Depends(authorized)])
     async def delete_voice(name: str) -> dict:
         await run_in_threadpool(voices.delete, name)
+        adapters.bind(name, None)
         return {"id": name, "deleted": True}
 
     @app.post("/v1/audio/speech", dependencies=[Depends(authorized)])
     async def speech(body: SpeechRequest) -> StreamingResponse:
         started = time.perf_counter()
-        handle, chunks, tokens = await run_in_threadpool(_start, engine, voices, settings, body, metrics)
-        encoder = AudioEncoder(body.response_format, engine.tts.codec.sample_rate, body.speed)
+        encoder = AudioEncoder(body.response_format, engine.tts.codec.sample_rate, body.speed)  # before a slot is taken
+        handle, chunks, tokens = await run_in_threadpool(_start, engine, voices, adapters, settings, body, metrics)
         if body.stream_format == "sse":
             parts = _sse(chunks, encoder, body.speed, tokens, metrics, started)
             return StreamingResponse(_cancelling(parts, handle), media_type="text/event-stream")
@@ -191,7 +198,7 @@ def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None 
 
     @app.post("/v1/audio/speech/captioned", dependencies=[Depends(authorized)])
     async def captioned(body: SpeechRequest) -> dict:
-        handle, chunks, _ = await run_in_threadpool(_start, engine, voices, settings, body, metrics)
+        handle, chunks, _ = await run_in_threadpool(_start, engine, voices, adapters, settings, body, metrics)
         try:
             return await run_in_threadpool(_captioned, chunks, body, engine.tts.codec.sample_rate, metrics)
         finally:
@@ -204,36 +211,127 @@ def _model_ids(settings: ApiSettings) -> list[str]:
     return list(dict.fromkeys([settings.model_name, *SPEECH_MODELS]))
 
 
+async def _read_upload(upload: UploadFile | None, voices: VoiceStore) -> bytes | None:
+    """An uploaded file's bytes; one past the size limit is refused without reading it whole."""
+    if upload is None:
+        return None
+    data = await upload.read(voices.max_upload_bytes + 1)
+    if len(data) > voices.max_upload_bytes:
+        raise UploadTooLarge(f"{upload.filename or 'the upload'} is over the {voices.max_upload_bytes / 2**20:g} MiB limit: "
+                             "send a shorter clip or a compressed format")
+    return data
+
+
 def _voice_record(v: StoredVoice) -> dict:
     return {"id": v.name, "name": v.name, "speakers": v.speakers, "transcript": v.transcript,
             "adapter": v.adapter is not None, "prefix": v.voice is not None, "builtin": v.builtin}
 
 
-def _add_voice(engine: Engine, voices: VoiceStore, name: str, first: bytes | None, second: bytes | None,
-               transcript: str | None, adapter: str | None, replace: bool) -> StoredVoice:
+class VoiceAdapters:
+    """Which engine adapter serves each adapter voice.
+
+    Each load gets a fresh engine name, so a voice's new adapter is loaded (and checked: a bad
+    one is refused before anything is stored) while its old one may still be serving requests;
+    a replaced or deleted voice's adapter is retired and unloaded once no request uses it.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._keys: dict[str, str] = {}
+        self._failed: dict[str, str] = {}
+        self._retired: list[str] = []
+        self._numbers = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def load(self, adapter: str) -> str:
+        """Load an adapter under a fresh engine name; AdapterError if it cannot serve this model."""
+        key = f"voice-adapter-{next(self._numbers)}"
+        self.engine.load_adapter(key, adapter)
+        return key
+
+    def retire(self, key: str) -> None:
+        """Unload an engine adapter once no request uses it."""
+        with self._lock:
+            self._retired.append(key)
+            self._sweep()
+
+    def bind(self, name: str, key: str | None) -> None:
+        """Voice `name` is now served by `key` (None: by no adapter)."""
+        with self._lock:
+            old = self._keys.pop(name, None)
+            self._failed.pop(name, None)
+            if key is not None:
+                self._keys[name] = key
+            if old is not None:
+                self._retired.append(old)
+            self._sweep()
+
+    def fail(self, name: str, reason: str) -> None:
+        with self._lock:
+            self._failed[name] = reason
+
+    def key(self, stored: StoredVoice) -> str | None:
+        """The engine adapter of a voice (None without one); 503 if it failed to load."""
+        if stored.adapter is None:
+            return None
+        with self._lock:
+            if stored.name in self._failed:
+                raise ApiError(503, f"voice '{stored.name}': its adapter could not be loaded ({self._failed[stored.name]}); "
+                               "replace the voice (POST /v1/voices with replace=true) or fix the adapter and restart",
+                               "server_error", param="voice")
+            return self._keys.get(stored.name)
+
+    def _sweep(self) -> None:
+        for key in list(self._retired):
+            try:
+                self.engine.unload_adapter(key)
+                self._retired.remove(key)
+            except EngineError:
+                pass  # still serving a request: unloaded at a later sweep
+
+
+def _add_voice(engine: Engine, voices: VoiceStore, adapters: VoiceAdapters, name: str, first: bytes | None,
+               second: bytes | None, transcript: str | None, adapter: str | None, replace: bool) -> StoredVoice:
     if first is None and adapter is None:
         raise ApiError(400, "a voice needs a recording ('file') or an adapter ('adapter'), or both", param="file")
-    if adapter is not None and (adapter.count("/") != 1 or adapter.startswith((".", "/", "~")) or "\\" in adapter):
-        # A client must not make the server read arbitrary paths: local adapters are the operator's (--adapter).
+    if adapter is not None and not _HUB_ID.fullmatch(adapter):
+        # A client must not make the server read its disk: local adapters are the operator's (--adapter).
         raise ApiError(400, f"adapter '{adapter}': give a Hub repo id like 'user/my-voice-lora' (local adapter "
                        "folders are served with the server's --adapter NAME=PATH flag)", param="adapter")
-    if first is None:
-        stored = voices.add_adapter(name, adapter, replace=replace)
-    else:
-        stored = voices.add(name, first, second, transcript=transcript, adapter=adapter, replace=replace)
-    if stored.adapter is not None:
-        load_voice_adapter(engine, stored)
+    if not replace and name in voices.names():
+        raise VoiceExists(f"a voice named {name!r} exists: pass replace=true to overwrite it")
+    key = adapters.load(adapter) if adapter is not None else None  # refused before anything is stored
+    try:
+        if first is None:
+            stored = voices.add_adapter(name, adapter, replace=replace, local_adapter=False)
+        else:
+            stored = voices.add(name, first, second, transcript=transcript, adapter=adapter, replace=replace,
+                                local_adapter=False)
+    except BaseException:
+        if key is not None:
+            adapters.retire(key)
+        raise
+    adapters.bind(name, key)
     return stored
 
 
-def load_voice_adapter(engine: Engine, stored: StoredVoice) -> None:
-    """Load a voice's adapter into the engine under the voice's name (again if it changed)."""
-    if stored.name in engine.adapters:
-        engine.unload_adapter(stored.name)
-    engine.load_adapter(stored.name, stored.adapter)
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def _start(engine: Engine, voices: VoiceStore, settings: ApiSettings, body: SpeechRequest,
+def load_stored_adapters(voices: VoiceStore, adapters: VoiceAdapters) -> None:
+    """At start: load every stored voice's adapter; one that fails is logged, and its voice
+    answers 503 saying why, while the others serve."""
+    for stored in voices.list():
+        if stored.adapter is None:
+            continue
+        try:
+            adapters.bind(stored.name, adapters.load(stored.adapter))
+        except Dia2Error as exc:
+            logger.error("voice '%s': its adapter %s could not be loaded: %s", stored.name, stored.adapter, exc)
+            adapters.fail(stored.name, str(exc))
+
+
+def _start(engine: Engine, voices: VoiceStore, adapters: VoiceAdapters, settings: ApiSettings, body: SpeechRequest,
            metrics: _Metrics) -> tuple[Handle, Iterator[AudioChunk], int]:
     """Check the request, submit it and wait for its first chunk, so a request that fails from
     the start is answered with its error, not an empty stream. Returns the handle, its chunks
@@ -248,8 +346,7 @@ def _start(engine: Engine, voices: VoiceStore, settings: ApiSettings, body: Spee
     seed = next((s for s in (body.seed, stored.seed, settings.generation.seed) if s is not None), None)
     config = replace(settings.generation, seed=seed)
     words = sum(1 for e in engine.tts.parse(body.input) if e.tokens)  # refused before it takes a slot
-    adapter = stored.name if stored.adapter is not None else None
-    handle = engine.submit(Request(body.input, config, stored.voice, adapter))
+    handle = engine.submit(Request(body.input, config, stored.voice, adapters.key(stored)))
     chunks = iter(handle)
     try:
         first = next(chunks)
@@ -293,7 +390,7 @@ def _sse(chunks: Iterator[AudioChunk], encoder: AudioEncoder, speed: float, toke
             if data or chunk.words:
                 words = [{"word": w, "start": round(t / speed, 3)} for w, t in chunk.words]
                 yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode(), "words": words})
-    except Dia2Error as exc:
+    except Exception as exc:  # the headers are sent: the error can only travel as an event
         yield _event({"type": "error", "error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
         return
     metrics.requests.labels("completed").inc()
@@ -357,6 +454,10 @@ def _add_error_handlers(app: FastAPI, settings: ApiSettings) -> None:
     @app.exception_handler(ScriptError)
     async def script_error(request: HttpRequest, exc: ScriptError) -> JSONResponse:
         return ApiError(422, f"input cannot be spoken: {exc}", param="input").response()
+
+    @app.exception_handler(EngineError)
+    async def conflict(request: HttpRequest, exc: EngineError) -> JSONResponse:
+        return ApiError(409, str(exc), code="conflict").response()
 
     @app.exception_handler(Dia2Error)
     async def dia2_error(request: HttpRequest, exc: Dia2Error) -> JSONResponse:

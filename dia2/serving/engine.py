@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from dia2.generation.long_form import LongForm
+from dia2.generation.long_form import LongForm, tail_frames
 from dia2.generation.loop import FrameUpdate, GenerationConfig, Rows, Utterance
 from dia2.generation.runtime import Dia2, seed_of
 from dia2.generation.sampling import KEEP_ALL, RowSampling, sample_action
@@ -95,8 +95,9 @@ class _Job:
     """A request in the engine: its handle, seed, adapter and, once admitted, its utterance,
     cache rows and the model outputs its next step samples from."""
 
-    def __init__(self, handle: Handle, seed: int, adapter: int) -> None:
-        self.handle, self.seed_value, self.adapter = handle, seed, adapter
+    def __init__(self, handle: Handle, seed: int) -> None:
+        self.handle, self.seed_value = handle, seed
+        self.adapter = 0  # its adapter's index in the bank, resolved when it takes a slot
         self.seed: Tensor | None = None  # [1] on the device, with the sampling settings (first prefill)
         self.text_params: RowSampling | None = None
         self.audio_params: RowSampling | None = None
@@ -167,7 +168,12 @@ class Engine:
         self.config = config = config or EngineConfig()
         self.num_codebooks = self.model.config.num_codebooks
         context = self.model.config.runtime.max_context_steps
-        self.length = context + max(1, config.max_prefix_frames)
+        if config.max_prefix_frames < 2 * tail_frames(context):
+            raise EngineError(
+                f"EngineConfig.max_prefix_frames is {config.max_prefix_frames}, but long scripts carry up to "
+                f"{2 * tail_frames(context)} frames of each part into the next: raise it to at least that"
+            )
+        self.length = context + config.max_prefix_frames
         max_rows = 2 * config.slots
         self.state = self.model.new_state(max_rows, self.length)
         self.state.position = torch.zeros(max_rows, dtype=torch.long, device=self.model.device)
@@ -199,7 +205,7 @@ class Engine:
         """
         if not isinstance(request, Request):
             raise TypeError(f"submit takes a Request, got {type(request).__name__}")
-        adapter = self._adapter_index(request.adapter)
+        self._adapter_index(request.adapter)  # an unknown name is refused now; resolved again at admission
         with self._lock:
             # Queued requests first fill the free slots; those beyond wait for one.
             waiting = len(self._jobs) + len(self._queue) - self.config.slots
@@ -213,7 +219,7 @@ class Engine:
                     f"all {self.config.slots} slots are busy and {waiting} requests are queued "
                     f"(EngineConfig.max_queued = {self.config.max_queued}): retry later"
                 )
-            job = _Job(Handle(self, request, next(self._numbers)), seed_of(request.config), adapter)
+            job = _Job(Handle(self, request, next(self._numbers)), seed_of(request.config))
             self._queue.append(job)
             self._lock.notify_all()
         return job.handle
@@ -243,8 +249,9 @@ class Engine:
     def unload_adapter(self, name: str) -> None:
         """Unload an adapter no request is using (cancel those first)."""
         with self._step_lock:
-            index = self._adapter_index(name)
-            users = [j for j in [*self._jobs, *self._queue] if j.adapter == index]
+            self._adapter_index(name)
+            with self._lock:
+                users = [j for j in [*self._jobs, *self._queue] if j.request.adapter == name]
             if users:
                 raise EngineError(
                     f"adapter '{name}' is in use by {len(users)} request(s): wait for them or cancel them, then unload"
@@ -364,6 +371,7 @@ class Engine:
                 job = self._queue.popleft()
             self._jobs.append(job)
             try:
+                job.adapter = self._adapter_index(job.request.adapter)  # under the frame lock: it cannot change
                 job.utterance = self._utterance(job)
             except Exception as exc:
                 self._finish(job, exc)

@@ -204,11 +204,12 @@ def check_speech(audio: DecodedAudio, label: str) -> None:
         )
 
 
-def check_adapter(adapter: str) -> str:
-    """An adapter reference to store: an existing PEFT folder (as an absolute path) or a Hub repo id."""
+def check_adapter(adapter: str, local: bool = True) -> str:
+    """An adapter reference to store: an existing PEFT folder (as an absolute path; only with
+    `local`) or a Hub repo id. Without `local` the disk is never looked at (a client's input)."""
     text = str(adapter).strip()
     path = Path(text).expanduser()
-    if text and path.exists():
+    if local and text and path.exists():
         from dia2.model.adapters import AdapterError, resolve_adapter
 
         try:
@@ -305,11 +306,13 @@ class VoiceStore:
         transcript: str | None = None,
         adapter: str | None = None,
         replace: bool = False,
+        local_adapter: bool = True,
     ) -> StoredVoice:
         """Decode, check and transcribe one or two recordings (any format ffmpeg reads) into a
-        stored voice; nothing is written unless all of it succeeds."""
+        stored voice; nothing is written unless all of it succeeds. `local_adapter=False` takes
+        Hub repo ids only (a client's input never names the server's disk)."""
         self._check_free(name, replace)
-        adapter = check_adapter(adapter) if adapter is not None else None
+        adapter = check_adapter(adapter, local_adapter) if adapter is not None else None
         uploads = {"speaker_1": speaker_1, **({"speaker_2": speaker_2} if speaker_2 is not None else {})}
         for label, data in uploads.items():
             if len(data) > self.max_upload_bytes:
@@ -321,10 +324,10 @@ class VoiceStore:
         files = {f"{label}.{audio[label].suffix}": data for label, data in uploads.items()}
         return self._add(name, audio, files, transcript, adapter, replace)
 
-    def add_adapter(self, name: str, adapter: str, replace: bool = False) -> StoredVoice:
+    def add_adapter(self, name: str, adapter: str, replace: bool = False, local_adapter: bool = True) -> StoredVoice:
         """A voice that is only a LoRA adapter (a PEFT folder or Hub repo id): no prefix."""
         self._check_free(name, replace)
-        return self._commit(name, _meta(check_adapter(adapter), 0, None), None, {}, replace)
+        return self._commit(name, _meta(check_adapter(adapter, local_adapter), 0, None), None, {}, replace)
 
     def delete(self, name: str) -> None:
         """Remove a stored voice and its folder. Builtin aliases and voices an alias plays cannot be deleted."""

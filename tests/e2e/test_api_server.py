@@ -270,6 +270,15 @@ def test_an_adapter_voice_differs_from_the_base(tmp_path, tiny_bundle_dir):
         assert adapted != base and len(adapted) > 0
         remote = httpx.post(f"{live.url}/v1/voices", data={"name": "x", "adapter": str(adapter)}, timeout=30)
         assert "Hub repo id" in _error(remote, 400)["message"]
+        # A Hub adapter that cannot be had (offline here) is refused before anything is stored.
+        missing = httpx.post(f"{live.url}/v1/voices", data={"name": "x", "adapter": "nobody/no-such-lora"}, timeout=60)
+        assert "no-such-lora" in _error(missing, 400)["message"]
+        assert "x" not in {v["id"] for v in httpx.get(f"{live.url}/v1/audio/voices", timeout=30).json()["voices"]}
+        engine = live.app.state.engine
+        assert len(engine.adapters) == 1
+        # Deleting the voice unloads its adapter from the engine.
+        assert httpx.delete(f"{live.url}/v1/voices/mine", timeout=30).status_code == 200
+        assert engine.adapters == ()
     finally:
         live.stop()
 
@@ -321,7 +330,8 @@ def test_a_client_that_disconnects_frees_its_slot(tmp_path, tiny_bundle_dir):
         body = {"model": "tts-1", "voice": "alloy", "input": long_input, "response_format": "pcm"}
         with httpx.stream("POST", f"{live.url}/v1/audio/speech", json=body, timeout=120) as response:
             assert response.status_code == 200, response.read()
-            next(response.iter_bytes(1024))
+            pieces = response.iter_bytes(1024)  # kept: a dropped iterator closes the response (a disconnect)
+            next(pieces)
             assert _wait_for_busy(live.url, 1), "the streaming request does not hold a slot"
         assert _wait_for_busy(live.url, 0), "the disconnected client's slot was never freed"
     finally:

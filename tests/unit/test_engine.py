@@ -152,9 +152,13 @@ def test_a_failing_request_fails_alone(tiny_tts):
 
 
 def test_a_voice_longer_than_a_slot_is_refused(tiny_tts):
-    engine = Engine(tiny_tts, EngineConfig(slots=1, max_prefix_frames=8))
-    handle = engine.submit(Request("[S1] Hi.", GenerationConfig(seed=1), _voice()))
-    with pytest.raises(EngineError, match="max_prefix_frames"):
+    with pytest.raises(EngineError, match="max_prefix_frames is 8, .* raise it to at least"):
+        Engine(tiny_tts, EngineConfig(slots=1, max_prefix_frames=8))
+    engine = Engine(tiny_tts, EngineConfig(slots=1))
+    g = torch.Generator().manual_seed(5)
+    long_voice = Voice(torch.randint(0, 2048, (8, 300), generator=g), (SpokenWord("hello", 0.1, 0.5, 1),))
+    handle = engine.submit(Request("[S1] Hi.", GenerationConfig(seed=1), long_voice))
+    with pytest.raises(EngineError, match="a slot holds 1750: .*max_prefix_frames"):
         handle.result()
 
 
