@@ -74,6 +74,17 @@ def check_capturable(model: Dia2Model) -> None:
         raise GraphError(f"CUDA graphs need the model on a CUDA device, not {model.device}; drop --cuda-graph")
 
 
+def state_restorer(state: DecodeState) -> Callable[[], None]:
+    """Undo what warm-up and capture do to a decode state's positions, so results match eager."""
+    position, filled = state.position.clone(), state.filled
+
+    def restore() -> None:
+        state.position.copy_(position)
+        state.filled = filled
+
+    return restore
+
+
 class Captured:
     """One function captured into a CUDA graph on `device`, with static input and output buffers."""
 
@@ -155,21 +166,11 @@ class CudaGraphKernels(FrameKernels):
                 return shape
         raise GraphError("CudaGraphKernels replays graphs bound to its own decode states: take the state from its new_state()")
 
-    def _snapshot(self, state: DecodeState) -> Callable[[], None]:
-        """Undo what warm-up and capture do to the state, so results match eager."""
-        position, filled = state.position.clone(), state.filled
-
-        def restore() -> None:
-            state.position.copy_(position)
-            state.filled = filled
-
-        return restore
-
     def head(self, column: Tensor, state: DecodeState, seed: Tensor, step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         shape = self._shape(state)
         if shape.head is None:
             fn = lambda col, sd, st: self.inner.head(col, state, sd, st)
-            shape.head = Captured(fn, (column, seed, step), self._snapshot(state), self.model.device)
+            shape.head = Captured(fn, (column, seed, step), state_restorer(state), self.model.device)
         return shape.head(column, seed, step)
 
     def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState, seed: Tensor, step: Tensor) -> Tensor:
@@ -177,7 +178,7 @@ class CudaGraphKernels(FrameKernels):
         if shape.audio is None:
             fn = lambda h, c, t, sd, st: self.inner.audio(h, c, t, state, sd, st)
             inputs = (hidden, cb0_logits, text, seed, step)
-            shape.audio = Captured(fn, inputs, self._snapshot(state), self.model.device)
+            shape.audio = Captured(fn, inputs, state_restorer(state), self.model.device)
         return shape.audio(hidden, cb0_logits, text, seed, step)
 
     def action(self, out: DecoderOutput, seed: Tensor, step: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from dia2.generation.graphs import Captured, check_capturable
+from dia2.generation.graphs import Captured, check_capturable, state_restorer
 from dia2.generation.loop import Rows, sample_audio
 from dia2.generation.sampling import RowSampling, sample_action
 from dia2.model.network import DecodeState, Dia2Model
@@ -67,7 +67,8 @@ class BatchKernels:
         self.bank: LoraBank | None = None
 
     def routed(self, adapters: Tensor) -> AbstractContextManager:
-        """Each row through its adapter, while the bank holds any."""
+        """Each row through its adapter, while the bank holds any (under graphs: as at capture,
+        which happens again when the bank's hooks change)."""
         if self.bank is None or not self.bank.names:
             return nullcontext()
         return self.bank.routed(adapters)
@@ -111,31 +112,16 @@ class GraphedBatchKernels(BatchKernels):
             self._head = self._audio = None
             self._version = version
 
-    def routed(self, adapters: Tensor) -> AbstractContextManager:
-        # Decided at capture: a graph replays with or without the adapters' hooks.
-        return nullcontext() if self.bank is None or not self.bank.names else self.bank.routed(adapters)
-
     def head(self, columns: Tensor, state: DecodeState, inputs: FrameInputs) -> tuple[Tensor, Tensor, Tensor]:
         self._current()
         if self._head is None:
             fn = lambda col, *t: BatchKernels.head(self, col, state, inputs.like(t))
-            self._head = Captured(fn, (columns, *inputs.tensors()), _restorer(state), self.model.device)
+            self._head = Captured(fn, (columns, *inputs.tensors()), state_restorer(state), self.model.device)
         return self._head(columns, *inputs.tensors())
 
     def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState, inputs: FrameInputs) -> Tensor:
         self._current()
         if self._audio is None:
             fn = lambda h, c, x, *t: BatchKernels.audio(self, h, c, x, state, inputs.like(t))
-            self._audio = Captured(fn, (hidden, cb0_logits, text, *inputs.tensors()), _restorer(state), self.model.device)
+            self._audio = Captured(fn, (hidden, cb0_logits, text, *inputs.tensors()), state_restorer(state), self.model.device)
         return self._audio(hidden, cb0_logits, text, *inputs.tensors())
-
-
-def _restorer(state: DecodeState):
-    """Undo what warm-up and capture do to the positions (the engine sets them every frame anyway)."""
-    position, filled = state.position.clone(), state.filled
-
-    def restore() -> None:
-        state.position.copy_(position)
-        state.filled = filled
-
-    return restore

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from dia2.model.adapters import (
@@ -15,7 +16,6 @@ from dia2.model.adapters import (
     AdaptedModel,
     AdapterError,
     load_adapter,
-    lora_model,
 )
 from dia2.model.config import parse_config
 from dia2.model.network import Dia2Model
@@ -34,13 +34,17 @@ def _config(n_embd: int | None = None, n_layer: int | None = None):
     return parse_config(raw)
 
 
-def _save_random_adapter(cfg, folder: Path, seed: int = 1, base_name: str | None = None) -> Path:
-    """A LoRA adapter with non-zero lora_B (PEFT starts B at zero, which would change nothing)."""
+def _save_random_adapter(cfg, folder: Path, seed: int = 1, base_name: str | None = None, **lora) -> Path:
+    """A random PEFT LoRA folder with non-zero lora_B (PEFT starts B at zero, which would change
+    nothing): rank 4, alpha 8 on the default targets unless `lora` (LoraConfig fields) says otherwise."""
     torch.manual_seed(seed)
-    peft_model = lora_model(Dia2Model.from_config(cfg), rank=4, alpha=8, base_model_name_or_path=base_name)
+    config = LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": DEFAULT_TARGET_MODULES, **lora})
+    peft_model = get_peft_model(Dia2Model.from_config(cfg), config)
+    if base_name is not None:
+        peft_model.peft_config["default"].base_model_name_or_path = base_name
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or "lora_embedding_A" in name:
                 param.normal_(0.0, 0.2)
     peft_model.save_pretrained(str(folder))
     return folder

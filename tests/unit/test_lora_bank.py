@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
 from dia2.model.adapters import (
-    DEFAULT_TARGET_MODULES,
     AdapterError,
     load_adapter,
     lora_model,
@@ -19,6 +17,7 @@ from dia2.model.config import parse_config
 from dia2.model.lora_bank import LoraBank
 from dia2.model.network import Dia2Model
 from tests.conftest import random_tokens, tiny_raw_config
+from tests.unit.test_adapters import _save_random_adapter
 
 ATOL = 1e-5
 FRAMES = 6
@@ -33,16 +32,8 @@ def _config(n_embd: int | None = None):
 
 
 def _save_adapter(folder: Path, seed: int, cfg=None, **lora) -> Path:
-    """A random PEFT LoRA folder with non-zero lora_B (PEFT starts B at zero, which changes nothing)."""
-    torch.manual_seed(seed)
-    lora.setdefault("target_modules", DEFAULT_TARGET_MODULES)
-    peft_model = get_peft_model(Dia2Model.from_config(cfg or _config()), LoraConfig(**lora))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name or "lora_embedding_A" in name:
-                param.normal_(0.0, 0.2)
-    peft_model.save_pretrained(str(folder))
-    return folder
+    """A random PEFT LoRA folder for the tiny geometry (or `cfg`); `lora`: LoraConfig fields."""
+    return _save_random_adapter(cfg or _config(), folder, seed, **lora)
 
 
 @pytest.fixture(scope="module")
