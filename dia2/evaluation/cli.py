@@ -1,0 +1,176 @@
+"""`dia2-eval`: does a model, an adapter, a voice prefix give a stable, faithful voice?
+
+    dia2-eval --model nari-labs/Dia2-2B --adapter runs/my-voice/adapter \\
+              --references my-voice/clips --voice my-voice/stored eval/my-voice
+    dia2-eval --model tiny --references refs/ --asr-model tiny.en --seeds 0 out/   # embedded demo model
+
+Speaks every prompt (--prompts, or the shipped set) with every seed and configuration (base,
+base+prefix, each adapter, adapter+prefix), scores every clip (WER/CER, speaker similarity to
+the references, duration, silences, frame-limit hits, word coverage), measures the toplines (the
+references and their Mimi resynthesis), and writes OUTPUT/eval.json, OUTPUT/report.html and
+OUTPUT/clips/. Every input is checked before anything is generated; the output folder appears
+only when the evaluation is complete. Exit status 1 with one message on any error, including an
+adapter that changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dia2.audio.asr import DEFAULT_WHISPER_MODEL, WhisperTranscriber
+from dia2.device import AUTO, resolve_device
+from dia2.errors import Dia2Error, report
+from dia2.evaluation.inputs import (
+    EvalInputError,
+    adapter_labels,
+    check_adapters,
+    check_output,
+    read_prompts,
+    read_references,
+)
+from dia2.evaluation.report import HTML_NAME, JSON_NAME, staged, write_report
+from dia2.evaluation.run import EvalSetup, Evaluation, configurations, total_clips
+from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
+from dia2.evaluation.speaker import DEFAULT_SPEAKER_ENCODER
+from dia2.generation.loop import GenerationConfig
+from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
+from dia2.options import FlagParser, OptionError, add_flags, build, flag_values
+from dia2.text.script import ScriptError
+
+PROG = "dia2-eval"
+READ_RATE = 24000
+"""Rate the references are read at (Mimi's); the scorer and the codec resample from it if needed."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """A dia2-eval run (the output folder is the positional argument)."""
+
+    references: Path
+    """Folder of recordings of the target voice (wav/flac/ogg/mp3; NAME.txt beside NAME.wav is its transcript)."""
+    model: str = DEFAULT_MODEL
+    """Hub repo id or local folder of the base model, or tiny (the embedded demo model)."""
+    adapter: tuple[str, ...] = ()
+    """PEFT LoRA adapter folders or Hub repo ids to evaluate, comma-separated."""
+    voice: Path | None = None
+    """A stored voice folder (dia2-infer --save-voice) used as the voice prefix."""
+    prefix: Path | None = None
+    """A recording of the target voice used as the voice prefix (transcribed with --asr-model)."""
+    prompts: Path | None = None
+    """Prompt file, one prompt a line (default: the shipped set, dia2/evaluation/prompts/default.txt)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds each prompt is spoken with (the spread across them measures stability)."""
+    max_frames: int = 375
+    """Most frames generated per clip (12.5 a second); a clip that reaches it counts as a frame-limit hit."""
+    cfg_scale: float = GenerationConfig.cfg_scale
+    """Classifier-free guidance scale of the generations."""
+    asr_model: str = DEFAULT_WHISPER_MODEL
+    """faster-whisper model name or local CTranslate2 folder for WER/CER (none: no WER/CER)."""
+    speaker_encoder: str = DEFAULT_SPEAKER_ENCODER
+    """Speaker encoder for similarity: resemblyzer or none."""
+    toplines: bool = True
+    """Also score the references and their Mimi resynthesis."""
+    device: str = AUTO
+    """cuda, cuda:1, cpu ... (auto: cuda when available, else cpu)."""
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise OptionError("--seeds needs at least one seed")
+        if self.voice is not None and self.prefix is not None:
+            raise OptionError("give either --voice or --prefix, not both")
+        if self.prefix is not None and self.asr_model == "none":
+            raise OptionError("--prefix is transcribed with --asr-model: give a model, or a stored --voice instead")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = FlagParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", type=Path, help="Folder to write eval.json, report.html and clips/ to (new or empty).")
+    add_flags(parser, EvalOptions)
+    return parser
+
+
+def parse_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[Path, EvalOptions]:
+    raw = flag_values(parser.parse_args(argv))
+    output = raw.pop("output")
+    return output, build(EvalOptions, raw)
+
+
+def evaluate(output: Path, o: EvalOptions) -> Path:
+    """The whole command: check inputs, load, speak, score, write; returns the report folder."""
+    from tqdm import tqdm
+
+    from dia2.generation.runtime import Dia2
+    from dia2.generation.voice import Voice
+
+    # Cheap checks first: loading a 2B model takes minutes.
+    check_output(output)
+    prompts = read_prompts(o.prompts)
+    references = read_references(o.references, READ_RATE)
+    if o.prefix is not None and not o.prefix.is_file():
+        raise EvalInputError(f"--prefix {o.prefix}: file not found")
+    if o.voice is not None and not (o.voice / "voice.json").is_file():
+        raise EvalInputError(f"--voice {o.voice}: not a stored voice folder (no voice.json); make one with dia2-infer --save-voice")
+    device = str(resolve_device(o.device))
+    if o.model == TINY_MODEL:
+        print("using the embedded tiny demo model: random, untrained weights (noise, not speech)", file=sys.stderr)
+    tts = Dia2.from_repo(o.model, device=device)
+    check_adapters(tts.model, list(o.adapter))
+    asr = None if o.asr_model == "none" else ClipTranscriber(o.asr_model, device=device, model_option="--asr-model")
+    if asr is not None:
+        asr.load()  # an unloadable model is refused now, not after the first clip
+    scorer = ClipScorer([r.waveform for r in references], reference_rate=READ_RATE, asr=asr,
+                        speaker=o.speaker_encoder, device=device)
+    voice = Voice.load(o.voice) if o.voice else None
+    if o.prefix is not None:
+        # The prefix needs word timings, which the scoring transcriber skips.
+        voice = tts.make_voice(o.prefix, transcriber=WhisperTranscriber(o.asr_model, device=device, model_option="--asr-model"))
+    generation = dataclasses.replace(GenerationConfig(), max_frames=o.max_frames, cfg_scale=o.cfg_scale)
+    check_prompts(tts, prompts, generation, voice)
+    setup = EvalSetup(tuple(prompts), o.seeds, generation, o.toplines)
+    adapters = dict(zip(adapter_labels(list(o.adapter)), o.adapter))
+    total = total_clips(setup, len(configurations(adapters, voice is not None)), len(references))
+    with staged(output) as work, tqdm(total=total, desc="evaluating", unit="clip", disable=None) as bar:
+        evaluation = Evaluation(tts, setup, scorer, work, voice, progress=lambda label: (bar.set_postfix_str(label), bar.update()))
+        data = evaluation.run(adapters, references)
+        data["settings"] = {
+            "model": o.model, "adapters": list(o.adapter), "prompts": str(o.prompts or "shipped default"),
+            "prompt_count": len(prompts), "seeds": list(o.seeds), "max_frames": o.max_frames, "cfg_scale": o.cfg_scale,
+            "references": str(o.references), "reference_count": len(references),
+            "voice_prefix": str(o.voice or o.prefix or "none"), "asr_model": o.asr_model,
+            "speaker_encoder": o.speaker_encoder, "device": device,
+        }
+        write_report(data, work)
+    return output
+
+
+def check_prompts(tts, prompts: list[str], generation: GenerationConfig, voice) -> None:
+    """Refuse a prompt the model cannot speak within the frame limit, naming its line."""
+    for i, prompt in enumerate(prompts, 1):
+        try:
+            tts.plan(tts.parse(prompt), generation, voice, None)
+        except ScriptError as exc:
+            raise EvalInputError(f"prompt {i} ({prompt!r}) cannot be spoken: {exc}") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        output, options = parse_options(parser, argv)
+    except OptionError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        folder = evaluate(output, options)
+    except Dia2Error as exc:
+        return report(PROG, exc)
+    print(f"wrote {folder / JSON_NAME} and {folder / HTML_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The evaluation's inputs, each read and checked before anything is generated or written:
+prompts (a file, or the shipped set), reference recordings (a folder), adapters (for this base).
+
+Each refusal is an `EvalInputError` naming the input and the fix, so `dia2-eval` fails before it
+has loaded a recogniser or spoken a word, and leaves no output folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from dia2.audio.io import AudioFileError, read_audio
+from dia2.errors import Dia2Error
+from dia2.model.adapters import (
+    WEIGHTS_NAME,
+    AdapterError,
+    check_adapter_fits,
+    read_adapter_config,
+    resolve_adapter,
+)
+from dia2.model.network import Dia2Model
+from dia2.text.script import SPEAKER_TAGS
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+"""Files of a reference folder read as recordings; a same-named .txt beside one is its transcript."""
+DEFAULT_PROMPTS = "default.txt"
+
+
+class EvalInputError(Dia2Error, ValueError):
+    """An evaluation input (prompt file, reference folder, adapter, output folder) that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A recording of the target voice: mono waveform [S] at `sample_rate`, and its transcript if known."""
+
+    name: str
+    path: Path
+    waveform: np.ndarray
+    sample_rate: int
+    text: str | None
+
+
+def read_prompts(path: str | os.PathLike | None = None) -> list[str]:
+    """Prompts, one a line (blank lines and # comments skipped); a line without a speaker tag is
+    spoken by [S1]. None: the shipped set, dia2/evaluation/prompts/default.txt."""
+    if path is None:
+        text = resources.files("dia2.evaluation").joinpath("prompts", DEFAULT_PROMPTS).read_text(encoding="utf-8")
+        where = f"the shipped prompt set ({DEFAULT_PROMPTS})"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise EvalInputError(f"prompt file {path} not found: pass a text file with one prompt a line, or leave --prompts out for the shipped set")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EvalInputError(f"prompt file {path} cannot be read as UTF-8 text ({exc})") from exc
+        where = str(path)
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise EvalInputError(f"prompt file {where} holds no prompts: write one prompt a line")
+    return [p if p.startswith(SPEAKER_TAGS) else f"[S1] {p}" for p in prompts]
+
+
+def read_references(folder: str | os.PathLike, sample_rate: int) -> list[Reference]:
+    """Every recording in `folder` (not its subfolders) at `sample_rate`, sorted by name.
+
+    Refused: a missing folder, one without recordings, and any recording that cannot be read
+    (all of them named at once, so one pass fixes them all).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvalInputError(f"reference folder {folder} not found: pass a folder of recordings of the target voice")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise EvalInputError(
+            f"reference folder {folder} holds no recordings ({', '.join(AUDIO_EXTENSIONS)}): add a few clips of the target voice"
+        )
+    references, unreadable = [], []
+    for path in files:
+        try:
+            wave = read_audio(path, sample_rate)
+        except AudioFileError as exc:
+            unreadable.append(f"{path.name} ({exc})")
+            continue
+        transcript = path.with_suffix(".txt")
+        text = transcript.read_text(encoding="utf-8").strip() if transcript.is_file() else None
+        references.append(Reference(path.stem, path, wave, sample_rate, text or None))
+    if unreadable:
+        raise EvalInputError(
+            f"reference folder {folder}: {len(unreadable)} recording(s) cannot be read: {'; '.join(unreadable)}. "
+            "Re-export them as wav or flac, or move them out of the folder"
+        )
+    return references
+
+
+def check_adapters(model: Dia2Model, adapters: list[str]) -> None:
+    """Refuse, before any generation, an adapter that is missing or was trained for another base."""
+    for adapter in adapters:
+        try:
+            folder = resolve_adapter(adapter)
+            check_adapter_fits(model, folder / WEIGHTS_NAME, read_adapter_config(folder, adapter), adapter)
+        except AdapterError as exc:
+            raise EvalInputError(f"--adapter {adapter}: {exc}") from exc
+
+
+def adapter_labels(adapters: list[str]) -> list[str]:
+    """A short, unique, file-safe name per adapter: its folder (or repo) name, numbered on a clash."""
+    labels: list[str] = []
+    for adapter in adapters:
+        name = re.sub(r"[^\w.-]+", "_", Path(str(adapter).rstrip("/")).name) or "adapter"
+        label, n = name, 2
+        while label in labels or label in ("base", "references", "resynthesis"):
+            label, n = f"{name}-{n}", n + 1
+        labels.append(label)
+    return labels
+
+
+def check_output(folder: Path) -> None:
+    """Refuse an output folder that already holds files: a report is never written over another."""
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise EvalInputError(f"output {folder} already exists and is not empty: choose a new folder or remove it")

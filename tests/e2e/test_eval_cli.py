@@ -1,0 +1,151 @@
+"""`dia2-eval` end to end on the embedded tiny default: JSON + HTML with every section and playable
+clips, the adapter-effect check, and bad inputs refused before any output folder appears.
+
+The tiny model's weights are random, so its clips are noise: these tests check what the command
+writes and refuses, not how good the voice is (tests/unit/test_evaluation_scoring.py checks the
+scores on real speech).
+"""
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from peft import LoraConfig, get_peft_model
+
+from dia2.evaluation.cli import main
+from dia2.model.adapters import DEFAULT_TARGET_MODULES
+from dia2.model.config import parse_config
+from dia2.model.network import Dia2Model
+from dia2.tiny import TINY_GEOMETRY
+from tests.conftest import REPO_ROOT
+
+PREP = REPO_ROOT / "tests" / "fixtures" / "prep"
+SECTIONS = ("summary", "adapter-effect", "plots", "base", "base+prefix", "voice", "voice+prefix", "references", "resynthesis")
+
+
+def save_adapter(folder: Path, geometry: dict = TINY_GEOMETRY, scale: float = 0.2) -> Path:
+    """A PEFT LoRA folder for a model of `geometry`: lora_B random (scale > 0) or left at PEFT's zeros."""
+    torch.manual_seed(3)
+    peft_model = get_peft_model(Dia2Model.from_config(parse_config(geometry)), LoraConfig(r=4, lora_alpha=8, target_modules=DEFAULT_TARGET_MODULES))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name and scale:
+                param.normal_(0.0, scale)
+    peft_model.save_pretrained(str(folder))
+    return folder
+
+
+class Links(HTMLParser):
+    """The ids and <audio src> links of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.audio: list[str] = []
+        self.svgs = 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "audio":
+            self.audio.append(attrs["src"])
+        self.svgs += tag == "svg"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_en):
+    root = tmp_path_factory.mktemp("eval-inputs")
+    refs = root / "refs"
+    refs.mkdir()
+    for name in ("greeting", "weather"):
+        shutil.copy(PREP / "alice" / f"{name}.flac", refs / f"{name}.flac")
+    (refs / "greeting.txt").write_text("Hello there, how are you doing today?\n")
+    (root / "prompts.txt").write_text("# one short prompt\nHello there.\n")
+    return {"refs": refs, "prompts": root / "prompts.txt", "asr": tiny_en, "root": root}
+
+
+@pytest.fixture(autouse=True)
+def tiny_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DIA2_CACHE", str(tmp_path_factory.getbasetemp() / "dia2-eval-cache"))
+
+
+def run(inputs, out: Path, *extra: str) -> int:
+    return main([
+        "--model", "tiny", "--references", str(inputs["refs"]), "--prompts", str(inputs["prompts"]),
+        "--asr-model", inputs["asr"], "--max-frames", "30", "--seeds", "0,1", *extra, str(out),
+    ])
+
+
+def test_full_command_writes_every_section_and_playable_clips(tmp_path, inputs, capsys):
+    adapter = save_adapter(tmp_path / "voice")
+    out = tmp_path / "report"
+    assert run(inputs, out, "--adapter", str(adapter), "--prefix", str(PREP / "alice" / "greeting.flac")) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "voice"]  # no staging folder left behind
+    data = json.loads((out / "eval.json").read_text())
+    names = [c["name"] for c in data["configurations"]]
+    assert names == ["base", "base+prefix", "voice", "voice+prefix"]
+    assert len(data["clips"]) == 4 * 2
+    for clip in data["clips"]:
+        assert clip["wer"] is not None and clip["similarity"] is not None and clip["word_coverage"] is not None
+        assert 0 < clip["duration_s"] <= 30 / 12.5 + 0.5
+    for config in data["configurations"]:
+        assert config["aggregate"]["clips"] == 2 and config["aggregate"]["similarity_spread"] is not None
+    refs = data["toplines"]["references"]["clips"]
+    assert [Path(c["file"]).name for c in refs] == ["greeting.wav", "weather.wav"]
+    # The transcribed reference is scored on real speech; the other has no transcript, so no WER.
+    assert refs[0]["wer"] <= 0.6 and refs[1]["wer"] is None
+    assert len(data["toplines"]["resynthesis"]["clips"]) == 2
+    assert [(e["configuration"], e["passed"]) for e in data["adapter_effect"]] == [("voice", True), ("voice+prefix", True)]
+    assert set(data["timing"]) == {"generation_s", "asr_s", "speaker_s", "behaviour_s"}
+
+    page = Links()
+    page.feed((out / "report.html").read_text())
+    assert set(SECTIONS) <= page.ids and page.svgs == 3
+    files = {c["file"] for c in data["clips"]} | {c["file"] for t in data["toplines"].values() for c in t["clips"]}
+    assert sorted(page.audio) == sorted(files) and len(files) == 8 + 4
+    for link in page.audio:
+        audio, rate = sf.read(str(out / link))
+        assert rate == 24000 and len(audio) > 0
+
+
+def test_a_zero_adapter_fails_loudly_and_writes_nothing(tmp_path, inputs, capsys):
+    adapter = save_adapter(tmp_path / "untrained", scale=0.0)
+    out = tmp_path / "report"
+    assert run(inputs, out, "--adapter", str(adapter), "--speaker-encoder", "none", "--no-toplines") == 1
+    err = capsys.readouterr().err
+    assert "dia2-eval: error: adapter" in err and "changes nothing" in err and "identical" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["untrained"]
+
+
+@pytest.mark.parametrize("case,message", [
+    ("empty references", "holds no recordings"),
+    ("unreadable reference", "broken.wav"),
+    ("missing prompts", "prompt file"),
+    ("other base", "trained for another base"),
+])
+def test_bad_inputs_give_clear_errors_and_no_output(tmp_path, inputs, capsys, case, message):
+    refs, prompts, extra = inputs["refs"], inputs["prompts"], []
+    if case == "empty references":
+        refs = tmp_path / "empty"
+        refs.mkdir()
+    elif case == "unreadable reference":
+        refs = tmp_path / "refs"
+        shutil.copytree(inputs["refs"], refs)
+        (refs / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    elif case == "missing prompts":
+        prompts = tmp_path / "nowhere.txt"
+    else:
+        geometry = json.loads(json.dumps(TINY_GEOMETRY))
+        geometry["model"]["decoder"]["n_embd"] = 128
+        extra = ["--adapter", str(save_adapter(tmp_path / "big", geometry))]
+    out = tmp_path / "report"
+    code = run({**inputs, "refs": refs, "prompts": prompts}, out, *extra)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("dia2-eval: error:") == 1 and message in err, err
+    assert not out.exists() and not any(p.name.startswith(".report") for p in tmp_path.iterdir())

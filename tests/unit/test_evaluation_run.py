@@ -1,0 +1,109 @@
+"""dia2.evaluation run/inputs/report pieces: prompts, adapters switched in and out exactly,
+aggregates, the staged output folder and the HTML page (the whole command: tests/e2e/test_eval_cli.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from dia2.evaluation.inputs import EvalInputError, adapter_labels, read_prompts
+from dia2.evaluation.report import render_html, staged
+from dia2.evaluation.run import (
+    Clip,
+    Configuration,
+    EvalSetup,
+    Evaluation,
+    adapter_applied,
+    aggregate,
+    configurations,
+)
+from dia2.evaluation.scoring import ClipScores
+from dia2.generation.loop import GenerationConfig
+from tests.e2e.test_eval_cli import save_adapter
+
+SHORT = GenerationConfig(max_frames=20, seed=0)
+
+
+def test_the_shipped_prompts_are_speakable_one_speaker_lines(tiny_tts):
+    prompts = read_prompts()
+    assert 6 <= len(prompts) <= 12 and len(set(prompts)) == len(prompts)
+    for prompt in prompts:
+        assert prompt.startswith("[S1] ") and "[S2]" not in prompt and len(prompt.split()) >= 5
+        tiny_tts.parse(prompt)
+
+
+def test_prompt_files_skip_comments_and_tag_bare_lines(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("# a comment\n\nHello there.\n[S2] Hi!\n")
+    assert read_prompts(path) == ["[S1] Hello there.", "[S2] Hi!"]
+    path.write_text("# only a comment\n")
+    with pytest.raises(EvalInputError, match="holds no prompts"):
+        read_prompts(path)
+
+
+def test_configurations_and_labels():
+    labels = adapter_labels(["runs/a/adapter", "runs/b/adapter/", "user/my voice"])
+    assert labels == ["adapter", "adapter-2", "my_voice"]
+    names = [c.name for c in configurations(dict(zip(labels[:1], ["x"])), with_prefix=True)]
+    assert names == ["base", "base+prefix", "adapter", "adapter+prefix"]
+    assert [c.name for c in configurations({}, with_prefix=False)] == ["base"]
+
+
+def test_an_adapter_is_applied_inside_the_block_and_removed_exactly_after(tiny_tts, tmp_path):
+    adapter = save_adapter(tmp_path / "voice")
+    before = tiny_tts.generate("[S1] Hello there.", SHORT).audio_tokens
+    with adapter_applied(tiny_tts, str(adapter)):
+        inside = tiny_tts.generate("[S1] Hello there.", SHORT).audio_tokens
+    after = tiny_tts.generate("[S1] Hello there.", SHORT).audio_tokens
+    assert not torch.equal(before, inside) and torch.equal(before, after)
+
+
+def test_the_adapter_effect_is_counted_over_every_clip(tiny_tts, tmp_path):
+    from dia2.evaluation import ClipScorer
+
+    setup = EvalSetup(("[S1] Hello there.",), seeds=(0, 1), generation=SHORT, toplines=False)
+    evaluation = Evaluation(tiny_tts, setup, ClipScorer(asr=None, speaker=None), tmp_path)
+    data = evaluation.run({"voice": str(save_adapter(tmp_path / "voice"))}, references=[])
+    assert data["adapter_effect"] == [{
+        "configuration": "voice", "adapter": str(tmp_path / "voice"), "compared_with": "base",
+        "clips": 2, "identical_clips": 0, "passed": True,
+    }]
+    assert [c["aggregate"]["clips"] for c in data["configurations"]] == [2, 2]
+    assert sorted(p.name for p in (tmp_path / "clips" / "voice").iterdir()) == ["p0_s0.wav", "p0_s1.wav"]
+
+
+def _clip(prompt: int, similarity: float | None, hit: bool = False) -> Clip:
+    scores = ClipScores(wer=0.5, cer=0.25, similarity=similarity, transcript="x", duration_s=2.0, expected_duration_s=1.0,
+                        leading_silence_s=0.1, trailing_silence_s=0.2, hit_frame_limit=hit, word_coverage=None)
+    return Clip("base", prompt, "<b>hi</b>", 0, f"clips/base/p{prompt}.wav", scores)
+
+
+def test_aggregate_means_and_the_similarity_spread_across_seeds():
+    clips = [_clip(0, 0.5), _clip(0, 0.7, hit=True), _clip(1, 0.6), _clip(1, 0.6), _clip(2, None)]
+    out = aggregate(clips)
+    assert out["clips"] == 5 and out["frame_limit_hits"] == 1
+    assert out["similarity"] == pytest.approx(0.6) and out["wer"] == 0.5 and out["duration_ratio"] == 2.0
+    assert out["similarity_spread"] == pytest.approx((0.1 + 0.0) / 2)
+    assert out["word_coverage"] is None
+
+
+def test_the_page_escapes_text_and_plots_every_group():
+    clips = [_clip(0, 0.5), _clip(1, None)]
+    data = {"configurations": [{**dataclasses.asdict(Configuration("base")), "aggregate": aggregate(clips)}],
+            "clips": [c.as_dict() for c in clips], "adapter_effect": [], "settings": {"model": "tiny"}}
+    page = render_html(data)
+    assert "<b>hi</b>" not in page and "&lt;b&gt;hi&lt;/b&gt;" in page
+    assert page.count("<svg") == 3 and page.count("<audio") == 2 and "No adapters evaluated" in page
+
+
+def test_staged_output_appears_only_on_success(tmp_path):
+    target = tmp_path / "report"
+    with pytest.raises(RuntimeError), staged(target) as work:
+        (work / "eval.json").write_text("{}")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with staged(target) as work:
+        (work / "eval.json").write_text("{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["report"] and (target / "eval.json").is_file()
