@@ -1,14 +1,23 @@
-"""Resumable checkpoints, written atomically, the last N kept.
+"""Resumable checkpoints, written atomically, the last N kept, readable by any number of processes.
 
 A checkpoint is a folder `checkpoints/step_NNNNNN/` holding everything that makes a resumed run
 continue exactly as if it had not stopped:
 
 | file | what |
 |---|---|
-| trainable.safetensors | the parameters that train (LoRA weights, or all weights for full fine-tuning) |
-| optimizer.pt, scheduler.pt | their state dicts |
+| trainable.safetensors | the parameters that train (LoRA weights, or all weights for full fine-tuning), whole |
+| optimizer.pt | AdamW's state, whole, keyed by parameter name |
+| scheduler.pt | the learning-rate schedule's state |
 | rng_rank{r}.pt | each process's RNG states (python, numpy, torch CPU and CUDA): LoRA dropout draws from them |
-| state.json | step, data position (epoch, batch index), number of processes, training seconds so far |
+| state.json | step, data position (epoch, batches of it consumed by all processes), number of processes, seconds |
+
+Weights and optimizer state are gathered whole (torch.distributed.checkpoint's full state dicts)
+whether the processes replicate the model (DDP) or shard it (FSDP2), so the same folder resumes
+on any number of processes, sharded or not. With the same number of processes a resumed run is
+exact: same batches, same dropout draws, same losses. With another number it continues at the
+same place in the data with the same weights, optimizer and schedule; a step then holds another
+number of batches and the dropout draws are seeded afresh, as an uninterrupted run with the new
+number of processes would differ too (the run logs a warning).
 
 It is written into `.partial-step_NNNNNN/` and renamed into place once complete (a rename is
 atomic), so a kill during a save leaves the previous checkpoint as the newest complete one.
@@ -27,8 +36,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from dia2.errors import Dia2Error
 from finetune.data import DataPosition
@@ -38,6 +55,13 @@ logger = logging.getLogger(__name__)
 PREFIX = "step_"
 PARTIAL = ".partial-"
 
+# Whole tensors, gathered to the main process's CPU (others get nothing): the same files for one
+# process or many, replicated or sharded.
+_GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+# Every process reads the whole tensors from the folder and keeps its own shard. Not strict:
+# the frozen weights are not in a checkpoint, nor the moments of a weight that never had a gradient.
+_SCATTER = StateDictOptions(full_state_dict=True, strict=False)
+
 
 class ResumeError(Dia2Error, RuntimeError):
     """A checkpoint that cannot be resumed from; the message says why and what to do."""
@@ -45,17 +69,24 @@ class ResumeError(Dia2Error, RuntimeError):
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a run stands at a checkpoint: the step, the data position, and the seconds spent
-    training so far over every invocation (the run's records report the whole run)."""
+    """Where a run stands at a checkpoint: the step, the data position (shared by every process),
+    and the seconds spent training so far over every invocation (the run's records report the
+    whole run)."""
 
     step: int
     position: DataPosition
     seconds: float = 0.0
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that train, by name, on the CPU."""
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model: nn.Module, every_weight: bool = False) -> dict[str, torch.Tensor]:
+    """The parameters that train (`every_weight`: every weight and buffer), whole, by name, on the
+    CPU of the main process; other processes get an empty dict.
+
+    Collective: every process calls it. `model` may be plain, DDP-wrapped or FSDP2-sharded: names
+    are the plain model's.
+    """
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True) if every_weight else _GATHER
+    return get_model_state_dict(model, options=options)
 
 
 def checkpoint_name(step: int) -> str:
@@ -81,22 +112,24 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint of `step` (collective: every process calls it); returns its folder.
 
-    `model` is the unwrapped model; model, optimizer and scheduler are the same on every process
-    under DDP, so the main process writes them, and each process adds its own RNG states.
+    `model` and `optimizer` are the prepared ones (DDP or FSDP2 wrapped): their state is gathered
+    whole onto the main process, which writes it; each process adds its own RNG states.
     """
     step, position = progress.step, progress.position
     final, partial = root / checkpoint_name(step), root / f"{PARTIAL}{checkpoint_name(step)}"
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)  # left by a save that was killed
         partial.mkdir(parents=True)
+    weights = trainable_state(model)
+    moments = get_optimizer_state_dict(model, optimizer, options=_GATHER)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), partial / f"rng_rank{accelerator.process_index}.pt")
     if accelerator.is_main_process:
-        save_file(trainable_state(model), str(partial / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(partial / "trainable.safetensors"))
+        torch.save(moments, partial / "optimizer.pt")
         torch.save(scheduler.state_dict(), partial / "scheduler.pt")
         state = {
-            "step": step, "epoch": position.epoch, "index": position.index, "world_size": accelerator.num_processes,
+            "step": step, "epoch": position.epoch, "batch": position.index, "world_size": accelerator.num_processes,
             "seconds": round(progress.seconds, 3),
         }
         (partial / "state.json").write_text(json.dumps(state, indent=1) + "\n")
@@ -113,33 +146,42 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, accelerator: Any
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, accelerator: Any, seed: int
 ) -> Progress:
-    """Restore weights, optimizer, scheduler and this process's RNG; returns where the run stood."""
+    """Restore weights, optimizer, scheduler and this process's RNG into the prepared `model` and
+    `optimizer` (each process reads the folder); returns where the run stood."""
     try:
         state = json.loads((folder / "state.json").read_text())
         weights = load_file(str(folder / "trainable.safetensors"))
-    except (OSError, ValueError) as exc:
+        moments = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
         raise ResumeError(f"{folder} is not a complete checkpoint ({exc}); resume from another one") from exc
-    if state["world_size"] != accelerator.num_processes:
-        raise ResumeError(
-            f"{folder} was written by {state['world_size']} process(es) but this run has {accelerator.num_processes}: "
-            "the data order depends on it, so resume with the same number of processes"
-        )
-    expected = set(trainable_state(model))
-    if set(weights) != expected:
+    expected = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    if set(weights) != expected or not all(isinstance(k, str) for k in moments["state"]):
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
         raise ResumeError(
             f"{folder} does not hold this run's trainable weights (missing {missing[:3]}, unexpected {extra[:3]}): "
-            "it comes from a run with another model or LoRA config"
+            "it comes from a run with another model or LoRA config, or from an older trainer"
         )
-    model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    set_model_state_dict(model, weights, options=_SCATTER)
+    set_optimizer_state_dict(model, optimizer, moments, options=_SCATTER)
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(folder / f"rng_rank{accelerator.process_index}.pt", weights_only=True))
-    logger.info("resumed from %s (step %d)", folder, state["step"])
+    step, saved_world = state["step"], state["world_size"]
+    if saved_world == accelerator.num_processes:
+        set_rng_state(torch.load(folder / f"rng_rank{accelerator.process_index}.pt", weights_only=True))
+    else:
+        # No saved stream for some of these processes: seed every one afresh, from the step.
+        set_seed(seed + step, device_specific=True)
+        if accelerator.is_main_process:
+            logger.warning(
+                "%s was written by %d process(es), this run has %d: training continues from the same data position "
+                "and state, but a step now holds %d batch(es) and dropout draws anew, so the losses from here differ "
+                "from an uninterrupted %d-process run", folder, saved_world, accelerator.num_processes,
+                accelerator.num_processes, saved_world,
+            )
+    logger.info("resumed from %s (step %d)", folder, step)
     # Checkpoints written before the seconds were recorded count from zero.
-    return Progress(state["step"], DataPosition(state["epoch"], state["index"]), state.get("seconds", 0.0))
+    return Progress(step, DataPosition(state["epoch"], state["batch"]), state.get("seconds", 0.0))
 
 
 def rng_state() -> dict[str, Any]:

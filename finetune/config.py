@@ -149,6 +149,27 @@ class EvalSection:
     """Sampling seed of the sample scripts, so successive samples differ only by the weights."""
     max_sample_seconds: float = 20.0
     """Longest audio generated per sample script."""
+    references: str | None = None
+    """Folder of recordings of the target voice: each evaluation scores the sample scripts' speaker
+    similarity to them (dia2-eval's scorer; scores.json beside the samples). None: no similarity."""
+    asr_model: str | None = None
+    """faster-whisper model name or local folder that scores the sample scripts' WER/CER at each
+    evaluation. None: no WER/CER."""
+    metric: Literal["loss", "wer", "cer", "similarity"] = "loss"
+    """What keep_best ranks evaluations by: held-out loss, or the samples' mean WER or CER (lower is
+    better), or their mean speaker similarity (higher is better)."""
+    keep_best: bool = False
+    """After each evaluation that improves eval.metric, copy the adapter to best/ with best.json
+    (the step and every score)."""
+
+    def __post_init__(self) -> None:
+        needs = {"wer": ("asr_model", self.asr_model), "cer": ("asr_model", self.asr_model),
+                 "similarity": ("references", self.references)}
+        if self.keep_best and self.metric in needs and needs[self.metric][1] is None:
+            key = needs[self.metric][0]
+            raise ConfigError(f"eval.keep_best by eval.metric={self.metric} needs eval.{key}: set it, or rank by another metric")
+        if self.keep_best and self.metric != "loss" and not self.scripts:
+            raise ConfigError(f"eval.keep_best by eval.metric={self.metric} scores eval.scripts, which is empty: add a script")
 
 
 @dataclass(frozen=True)
@@ -226,8 +247,10 @@ def check_config(cfg: TrainConfig) -> None:
         # AdamW would update the bf16 weights in place: updates below bf16's resolution
         # (~1/256 of a weight) round away. Mixed precision keeps float32 weights and bf16 compute.
         (not (cfg.lora.full_finetune and cfg.model.dtype == "bfloat16"),
-         "model.dtype=bfloat16 with lora.full_finetune=true would run AdamW on bf16 weights and lose small "
-         "updates to rounding: set model.dtype=float32 (or auto) and optim.mixed_precision=bf16 for bf16 compute"),
+         ("model.dtype=bfloat16 with lora.full_finetune=true would run AdamW on bf16 weights and lose small "
+          "updates to rounding: set model.dtype=float32 (or auto) and optim.mixed_precision=bf16 for bf16 compute")),
+        (not (cfg.eval.keep_best and cfg.lora.full_finetune),
+         "eval.keep_best keeps a LoRA adapter and a full fine-tune (lora.full_finetune=true) has none: set eval.keep_best=false"),
         (cfg.data.max_frames_per_batch > 0, "data.max_frames_per_batch must be > 0"),
         (cfg.data.bucket_size > 0, "data.bucket_size must be > 0"),
         (0 <= cfg.data.uncond_prob < 1, "data.uncond_prob must be in [0, 1)"),

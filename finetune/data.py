@@ -7,17 +7,21 @@ decodes (spec section 7). Batches are padded and masked by `dia2.data.teacher.co
 Batches are length-bucketed by grid columns: each epoch shuffles the utterances, sorts them by
 length within buckets of `bucket_size`, cuts each bucket into batches of at most
 `max_frames_per_batch` padded columns, and shuffles the batches. The order is a pure function of
-(seed, epoch), and the unconditional-dropout draw a pure function of (seed, epoch, batch, rank),
-so a `DataPosition` (epoch, batch index) is all a checkpoint needs to resume exactly.
+(seed, epoch); N processes take an epoch's batches N at a time, process r the r-th of each group.
+A batch's position (epoch, index in the epoch) is the same whatever the number of processes, and
+so is its unconditional-dropout draw (a pure function of seed and position), so a `DataPosition`
+(epoch, batches of it consumed by all processes) is all a checkpoint needs to continue on any
+number of processes, and exactly on the same number.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -168,7 +172,8 @@ def _speakers(rows: Any) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class DataPosition:
-    """Where a process is in its batch stream: epoch, and batches of it already drawn."""
+    """A place in the training data: an epoch, and a batch index within it (counted over every
+    process's batches: the same value whatever the number of processes)."""
 
     epoch: int = 0
     index: int = 0
@@ -198,8 +203,11 @@ def epoch_batches(lengths: Sequence[int], max_frames: int, bucket_size: int, see
 class BatchStream:
     """This process's endless stream of training batches, resumable from a DataPosition.
 
-    Every process computes the same epoch order and takes every world-th batch from its rank;
-    the epoch is cut to a multiple of world so that all processes run the same number of steps.
+    Every process computes the same epoch order; each draw consumes the next `world` batches of
+    it, of which this process takes the one at offset `rank`. The epoch ends when fewer than
+    `world` batches are left (dropped), so all processes run the same number of steps. `position`
+    is the first batch not yet consumed by any process: the same on every process, and valid for
+    any number of them.
     """
 
     def __init__(
@@ -215,36 +223,45 @@ class BatchStream:
         self.lengths, self.max_frames, self.bucket_size, self.seed = list(lengths), max_frames, bucket_size, seed
         self.rank, self.world = rank, world
         self.position = position
-        self._epoch, self._shard = -1, []
-        total = len(epoch_batches(self.lengths, max_frames, bucket_size, seed, 0))
+        self._epoch, self._batches = -1, []
+        total = len(self.batches(0))
         if total < world:
             raise CorpusError(
                 f"the training split gives {total} batch(es) per epoch, fewer than the {world} processes: use "
                 "fewer processes or a lower data.max_frames_per_batch"
             )
 
-    def shard(self, epoch: int) -> list[list[int]]:
-        """This process's batches of `epoch`, in order."""
+    def batches(self, epoch: int) -> list[list[int]]:
+        """Every batch of `epoch`, in order (all processes')."""
         if epoch != self._epoch:
-            batches = epoch_batches(self.lengths, self.max_frames, self.bucket_size, self.seed, epoch)
-            usable = len(batches) // self.world * self.world
-            self._epoch, self._shard = epoch, batches[self.rank : usable : self.world]
-        return self._shard
+            self._epoch, self._batches = epoch, epoch_batches(self.lengths, self.max_frames, self.bucket_size, self.seed, epoch)
+        return self._batches
 
-    def __iter__(self) -> "BatchStream":
+    def shard(self, epoch: int) -> list[list[int]]:
+        """This process's batches of `epoch` drawn from its start, in order."""
+        batches = self.batches(epoch)
+        usable = len(batches) // self.world * self.world
+        return batches[self.rank : usable : self.world]
+
+    def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> tuple[DataPosition, list[int]]:
-        """(position of this batch, its example indices); the stream's position moves past it."""
+        """(position of this process's batch, its example indices); the stream moves past the
+        `world` batches all processes draw together."""
         position = self.position
-        if position.index >= len(self.shard(position.epoch)):
+        if position.index + self.world > len(self.batches(position.epoch)):
             position = DataPosition(position.epoch + 1, 0)
-        self.position = DataPosition(position.epoch, position.index + 1)
-        return position, self.shard(position.epoch)[position.index]
+        self.position = DataPosition(position.epoch, position.index + self.world)
+        mine = DataPosition(position.epoch, position.index + self.rank)
+        return mine, self.batches(mine.epoch)[mine.index]
 
 
 def uncond_mask(seed: int, position: DataPosition, rank: int, size: int, prob: float) -> list[bool]:
-    """Which utterances of the batch at `position` get the unconditional input (a pure function)."""
+    """Which utterances of the batch at `position` get the unconditional input (a pure function).
+
+    The trainer passes rank 0: a position already names one batch of one process, and leaving
+    the rank out keeps the draw the same when a run resumes on another number of processes."""
     rng = np.random.default_rng([seed, 1, position.epoch, position.index, rank])
     return (rng.random(size) < prob).tolist()
 

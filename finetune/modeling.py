@@ -4,16 +4,23 @@ The base comes through `dia2.generation.runtime.Dia2.from_repo`, the very path `
 tokenizer and codec the trainer builds grids with (and checks the corpus against) are the ones
 inference will use. LoRA layers are injected into that same `Dia2Model` in place, so the runtime
 object speaks evaluation samples with the current adapter and no copy of the model.
+
+Sharding (FSDP2) comes from the Accelerate launch config (configs/accelerate/fsdp-*.yaml) and is
+applied by `accelerator.prepare`; `select_fsdp_on_cpu` makes a CPU launch take that same path.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from torch import nn
 
 from dia2.generation.runtime import Dia2
@@ -81,3 +88,52 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return {"trainable": trainable, "total": total}
+
+
+def select_fsdp_on_cpu(accelerator: Any) -> None:
+    """Shard with FSDP on CPU processes when the launch asked for it (`accelerate launch
+    --config_file configs/accelerate/fsdp-*.yaml`, or --use_fsdp).
+
+    Accelerate 1.15 joins CPU processes only as DDP (MULTI_CPU, over gloo) and never selects FSDP
+    there, though torch's FSDP2 shards over gloo on the CPU. Selecting it here, once the process
+    group is up, makes `accelerator.prepare` shard exactly as it does on GPUs, so a CPU run tests
+    the GPU path.
+    """
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    # Reads the FSDP_* variables the launcher set from the config file.
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    # Both states: every later AcceleratorState() copies PartialState's fields over its own.
+    PartialState().distributed_type = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+
+
+def is_sharded(accelerator: Any) -> bool:
+    """Whether the model's weights are sharded over the processes (FSDP) rather than replicated."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def check_sharding(accelerator: Any, quant: QuantSection, sample_scripts: tuple[str, ...]) -> None:
+    """Refuse what FSDP cannot shard or run, before the base loads."""
+    if not is_sharded(accelerator):
+        return
+    if not accelerator.is_fsdp2:
+        # FSDP1 flattens each unit's weights into one tensor: PEFT's mix of frozen and trainable
+        # weights then needs use_orig_params, and the per-parameter state dicts below assume FSDP2.
+        raise ConfigError(
+            "the Accelerate config asks for FSDP1, which the trainer does not support: set fsdp_version: 2 "
+            "(configs/accelerate/fsdp-full.yaml, fsdp-lora.yaml)"
+        )
+    if quant.mode != "none":
+        raise ConfigError(
+            f"quant.mode={quant.mode} cannot be sharded with FSDP (bitsandbytes weights are not sharded tensors): "
+            "launch QLoRA with configs/accelerate/multi-gpu-ddp.yaml, or set quant.mode=none"
+        )
+    if sample_scripts:
+        # Samples are spoken by the main process alone, but a sharded forward needs every process.
+        raise ConfigError(
+            "eval.scripts are spoken by one process, which sharded (FSDP) weights do not allow: set eval.scripts=[] "
+            "(speak them afterwards: dia2-infer --adapter runs/NAME/adapter), or train with configs/accelerate/multi-gpu-ddp.yaml"
+        )

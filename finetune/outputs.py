@@ -30,6 +30,7 @@ from torch import nn
 from dia2.model.adapters import load_adapter
 from dia2.model.assets import DEFAULT_MANIFEST
 from dia2.model.checkpoint import load_model, resolve_files, save_model
+from dia2.model.config import Dia2Config
 from dia2.model.network import Dia2Model
 
 logger = logging.getLogger(__name__)
@@ -105,10 +106,14 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def save_adapter(peft_model: nn.Module, folder: Path, voice: dict[str, Any]) -> Path:
-    """PEFT's own adapter folder, plus the voice file. save_embedding_layers=False: PEFT would
-    otherwise look the base config up (online) to decide whether embeddings were resized."""
-    peft_model.save_pretrained(str(folder), save_embedding_layers=False)
+def save_adapter(
+    peft_model: nn.Module, folder: Path, voice: dict[str, Any], weights: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """PEFT's own adapter folder, plus the voice file. `weights`: the trained LoRA tensors by
+    parameter name, whole (gathered from FSDP shards); default: the model's own.
+    save_embedding_layers=False: PEFT would otherwise look the base config up (online) to decide
+    whether embeddings were resized."""
+    peft_model.save_pretrained(str(folder), state_dict=weights, save_embedding_layers=False)
     write_voice_file(folder, voice)
     return folder
 
@@ -131,8 +136,13 @@ def read_voice_file(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def save_full_model(model: Dia2Model, source: str, folder: Path, voice: dict[str, Any]) -> Path:
-    """A complete model folder (weights in the published layout, tokenizer, codec) for full fine-tuning."""
+def save_full_model(
+    config: Dia2Config, weights: dict[str, torch.Tensor], source: str, folder: Path, voice: dict[str, Any]
+) -> Path:
+    """A complete model folder (weights in the published layout, tokenizer, codec) for full
+    fine-tuning. `weights`: every weight by name, whole (gathered from FSDP shards if need be)."""
+    model = Dia2Model.from_config(config, device="meta")
+    model.load_state_dict(weights, assign=True)  # strict: a missing weight is a bug, not a default
     save_model(model, folder)
     copy_model_assets(source, folder)
     write_voice_file(folder, voice)

@@ -7,8 +7,11 @@
 
 Several processes (DDP; over gloo on CPU): accelerate launch --quiet --multi_gpu --num_processes 2
 --num_machines 1 --mixed_precision no --dynamo_backend no finetune/train.py ... (these flags keep
-accelerate quiet: no defaults warning, no second traceback after an error). Ctrl-C or SIGTERM
-stops a run with one line: the last checkpoint and the command that continues it.
+accelerate quiet: no defaults warning, no second traceback after an error). Sharded (FSDP2), on
+several GPUs or nodes: accelerate launch --config_file configs/accelerate/fsdp-full.yaml
+finetune/train.py ... (configs/accelerate/ holds one config per set-up, each with its launch
+line). A checkpoint resumes on any number of processes. Ctrl-C or SIGTERM stops a run with one
+line: the last checkpoint and the command that continues it.
 
 The loop below reads top to bottom: load the base, the corpus and the adapter; then per step,
 grad_accumulation teacher-forced batches (finetune.data) through the weighted masked loss
@@ -39,18 +42,21 @@ import shlex
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from dia2.data.corpus import CorpusMeta
 from dia2.errors import Dia2Error, report
+from dia2.evaluation.inputs import read_references
 from finetune.card import model_card
 from finetune.checkpoint import (
     Progress,
@@ -60,6 +66,7 @@ from finetune.checkpoint import (
     load_checkpoint,
     resume_checkpoint,
     save_checkpoint,
+    trainable_state,
 )
 from finetune.config import ConfigError, OptimSection, OutputSection, TrainConfig
 from finetune.config_file import config_to_dict, help_text, load_config, save_config
@@ -70,14 +77,17 @@ from finetune.data import (
     make_batch,
     uncond_mask,
 )
-from finetune.evaluation import check_scripts, held_out_loss, speak_samples
+from finetune.evaluation import check_scripts, held_out_loss, keep_best, speak_and_score
 from finetune.losses import metrics, training_loss
 from finetune.modeling import (
     Base,
+    check_sharding,
+    is_sharded,
     load_base,
     make_trainable,
     parameter_counts,
     resolve_source,
+    select_fsdp_on_cpu,
 )
 from finetune.outputs import (
     MetricsLog,
@@ -107,6 +117,8 @@ def train(cfg: TrainConfig) -> RunPaths:
     accelerator = Accelerator(
         cpu=multi_cpu, mixed_precision=mixed_precision(cfg.optim), **accelerate_kwargs(cfg.output.tracker, paths.root)
     )
+    select_fsdp_on_cpu(accelerator)
+    check_sharding(accelerator, cfg.quant, cfg.eval.scripts)
     rank, device, is_main = accelerator.process_index, accelerator.device, accelerator.is_main_process
     resume_from = resume_checkpoint(cfg.output.resume, paths.root)
     if resume_from is not None and paths.config.is_file():
@@ -122,6 +134,8 @@ def train(cfg: TrainConfig) -> RunPaths:
         cfg.data.max_frames_per_batch, cfg.data.min_asr_confidence,
     )
     check_scripts(tts, cfg.eval.scripts)
+    if cfg.eval.references:  # refused here, not at the first evaluation after the run folder exists
+        read_references(cfg.eval.references, tts.codec.sample_rate)
     # The run folder changes only once every input has loaded: a failed start leaves nothing behind.
     accelerator.wait_for_everyone()  # every process has looked at the folder before it changes
     if is_main:
@@ -137,6 +151,8 @@ def train(cfg: TrainConfig) -> RunPaths:
     # Not passed to prepare(): Accelerate would step it once per process per step.
     scheduler = LambdaLR(optimizer, partial(lr_factor, optim=o))
     model, optimizer = accelerator.prepare(model, optimizer)
+    # FSDP replaces every parameter with its shard: clip what the optimizer now holds.
+    params = [p for p in model.parameters() if p.requires_grad]
     unwrapped = accelerator.unwrap_model(model)
     stream = BatchStream(
         corpus.train.lengths, cfg.data.max_frames_per_batch, cfg.data.bucket_size, cfg.seed,
@@ -145,7 +161,7 @@ def train(cfg: TrainConfig) -> RunPaths:
     log = MetricsLog(paths.metrics, is_main)
     step, seconds_before = 0, 0.0
     if resume_from is not None:
-        resumed = load_checkpoint(resume_from, unwrapped, optimizer, scheduler, accelerator)
+        resumed = load_checkpoint(resume_from, model, optimizer, scheduler, accelerator, cfg.seed)
         step, stream.position, seconds_before = resumed.step, resumed.position, resumed.seconds
         log.truncate(step)
     else:
@@ -159,9 +175,18 @@ def train(cfg: TrainConfig) -> RunPaths:
         if held is not None:
             log.write({"step": at, "split": "eval", **held})
             tracker.log(held, at, "eval")
+        scores = dict(held or {})
         if is_main and cfg.eval.scripts:
             folder = paths.samples / checkpoint_name(at)
-            tracker.log_audio(speak_samples(tts, cfg.eval.scripts, cfg.eval.seed, cfg.eval.max_sample_seconds, folder), at)
+            samples, sample_scores = speak_and_score(tts, cfg.eval, folder)
+            tracker.log_audio(samples, at)
+            tracker.log(sample_scores, at, "eval_samples")
+            scores.update(sample_scores)
+        if cfg.eval.keep_best:
+            # Sharded (FSDP) LoRA weights are gathered whole first: a collective every process joins.
+            weights = trainable_state(model) if is_sharded(accelerator) else None
+            if is_main:
+                keep_best(unwrapped, paths.root / "best", at, cfg.eval.metric, scores, weights)
         accelerator.wait_for_everyone()
 
     if step == 0 and cfg.eval.at_start:
@@ -176,7 +201,7 @@ def train(cfg: TrainConfig) -> RunPaths:
         frames = torch.zeros((), device=device)
         for micro in range(o.grad_accumulation):
             position, indices = next(stream)
-            drop = uncond_mask(cfg.seed, position, rank, len(indices), cfg.data.uncond_prob)
+            drop = uncond_mask(cfg.seed, position, 0, len(indices), cfg.data.uncond_prob)
             batch = make_batch(corpus.train.examples, indices, data, tts.ids, drop).to(device)
             # DDP all-reduces gradients during backward: only on the step's last batch.
             sync = accelerator.no_sync(model) if micro < o.grad_accumulation - 1 else contextlib.nullcontext()
@@ -187,6 +212,8 @@ def train(cfg: TrainConfig) -> RunPaths:
             sums += result.stats
             frames += batch.frames
         grad_norm = accelerator.clip_grad_norm_(params, o.grad_clip or math.inf)
+        if isinstance(grad_norm, DTensor):  # FSDP: the norm over every shard, the same on every process
+            grad_norm = grad_norm.full_tensor()
         stop_if_not_finite(grad_norm, "the gradient norm", step, paths, accelerator)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -207,9 +234,9 @@ def train(cfg: TrainConfig) -> RunPaths:
             evaluate(step)
         if last or (cfg.output.save_every and step % cfg.output.save_every == 0):
             at = Progress(step, stream.position, seconds_before + time.perf_counter() - started)
-            save_checkpoint(paths.checkpoints, at, unwrapped, optimizer, scheduler, accelerator, cfg.output.keep_last)
+            save_checkpoint(paths.checkpoints, at, model, optimizer, scheduler, accelerator, cfg.output.keep_last)
     progress.close()
-    finish(cfg, paths, base, corpus, unwrapped, step, accelerator, seconds_before + time.perf_counter() - started)
+    finish(cfg, paths, base, corpus, model, step, accelerator, seconds_before + time.perf_counter() - started)
     tracker.close()
     return paths
 
@@ -295,14 +322,18 @@ def finish(
     cfg: TrainConfig, paths: RunPaths, base: Base, corpus: TrainingData, model: torch.nn.Module, step: int,
     accelerator: Accelerator, seconds: float,
 ) -> None:
-    """Write the trained voice (adapter/ or model/), the loss curve, then export and push if asked."""
-    in_sync = replicas_in_sync(model, accelerator)
+    """Write the trained voice (adapter/ or model/), the loss curve, then export and push if asked.
+    `model` is the prepared (DDP or FSDP) model; every process calls this."""
+    unwrapped = accelerator.unwrap_model(model)
+    # Sharded weights are held once, so there are no replicas to compare.
+    in_sync = None if is_sharded(accelerator) else replicas_in_sync(unwrapped, accelerator)
+    weights = trainable_state(model, every_weight=cfg.lora.full_finetune)  # whole, on the main process
     if accelerator.is_main_process:
-        voice = voice_summary(cfg, paths, base, corpus, model, step, accelerator.num_processes, in_sync, seconds)
+        voice = voice_summary(cfg, paths, base, corpus, unwrapped, step, accelerator.num_processes, in_sync, seconds)
         if cfg.lora.full_finetune:
-            save_full_model(model, base.source, paths.model, voice)
+            save_full_model(unwrapped.config, weights, base.source, paths.model, voice)
         else:
-            save_adapter(model, paths.adapter, voice)
+            save_adapter(unwrapped, paths.adapter, voice, weights)
             (paths.adapter / CARD_FILE).write_text(model_card(voice, cfg.output.push_to_hub), encoding="utf-8")
         loss_curve(paths.metrics, paths.loss_png)
         if cfg.output.export_merged and not cfg.lora.full_finetune:  # full fine-tuning wrote model/ already
@@ -326,7 +357,7 @@ def replicas_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
 
 def voice_summary(
     cfg: TrainConfig, paths: RunPaths, base: Base, corpus: TrainingData, model: torch.nn.Module, step: int,
-    processes: int, in_sync: bool, seconds: float,
+    processes: int, in_sync: bool | None, seconds: float,
 ) -> dict[str, Any]:
     """The content of dia2_voice.json: speakers, corpus, training summary, samples, license, consent."""
     records = read_metrics(paths.metrics)
@@ -346,7 +377,8 @@ def voice_summary(
         "training": {
             "steps": step,
             "processes": processes,
-            "replicas_in_sync": in_sync,
+            "replicas_in_sync": in_sync,  # None when FSDP sharded the weights
+            "sharded": in_sync is None,
             "seconds": round(seconds, 1),
             "full_finetune": lora.full_finetune,
             "quantization": cfg.quant.mode,

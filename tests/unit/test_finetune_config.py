@@ -57,6 +57,9 @@ def test_overrides_are_typed_by_their_field():
         ("quant.mode=4bit lora.full_finetune=true", r"lora.full_finetune cannot train a quantized base"),
         ("model.dtype=bfloat16 lora.full_finetune=true", r"model.dtype=bfloat16 with lora.full_finetune=true would run AdamW on bf16"),
         ("optim", r"override 'optim' is not key=value"),
+        ("eval.keep_best=true lora.full_finetune=true", r"eval.keep_best keeps a LoRA adapter and a full fine-tune"),
+        ("eval.keep_best=true eval.metric=similarity", r"eval.keep_best by eval.metric=similarity needs eval.references"),
+        ("eval.metric=mos", r"'eval.metric' must be one of loss\|wer\|cer\|similarity"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override, message):

@@ -1,0 +1,106 @@
+"""The trainer's evaluation with dia2-eval's scorer: scored samples, and keep-best (best/ holds the
+adapter of the evaluation that scored best on eval.metric, with best.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+
+from dia2.model.adapters import DEFAULT_TARGET_MODULES, load_adapter
+from dia2.model.network import Dia2Model
+from finetune.checkpoint import checkpoint_name
+from finetune.config import ConfigError, EvalSection
+from finetune.evaluation import keep_best
+from finetune.outputs import RunPaths, read_metrics
+from finetune.train import main
+from tests.conftest import REPO_ROOT
+from tests.unit.test_finetune_data import synthetic_rows, write_corpus
+
+PRESET = str(REPO_ROOT / "configs" / "train" / "tiny-cpu.yaml")
+ALICE = REPO_ROOT / "tests" / "fixtures" / "prep" / "alice"
+
+
+@pytest.fixture(scope="module")
+def corpus(tiny_tts, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus") / "voice1"
+    return write_corpus(folder, tiny_tts, synthetic_rows(tiny_tts, 1, 8, seed=0), synthetic_rows(tiny_tts, 1, 2, seed=99))
+
+
+def train(out: Path, bundle: Path, corpus: Path, *overrides: str) -> tuple[int, RunPaths]:
+    args = ["--config", PRESET, f"model.base={bundle}", f"data.corpus={corpus}", f"output.dir={out}", "output.name=run"]
+    return main([*args, "optim.steps=2", "eval.every=1", "output.save_every=0", *overrides]), RunPaths(out / "run")
+
+
+def _lora(tiny_config) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return get_peft_model(Dia2Model.from_config(tiny_config), LoraConfig(r=2, lora_alpha=4, target_modules=DEFAULT_TARGET_MODULES))
+
+
+def test_keep_best_replaces_best_only_on_improvement(tiny_config, tmp_path):
+    model, best = _lora(tiny_config), tmp_path / "best"
+    record = lambda: json.loads((best / "best.json").read_text())
+    assert keep_best(model, best, 1, "wer", {"wer": 0.5, "similarity": 0.7})
+    assert not keep_best(model, best, 2, "wer", {"wer": 0.6})
+    assert record()["step"] == 1
+    assert keep_best(model, best, 3, "wer", {"wer": 0.4})
+    assert record() == {"step": 3, "metric": "wer", "value": 0.4, "scores": {"wer": 0.4}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no partial or old copies left
+    assert {"adapter_config.json", "adapter_model.safetensors", "best.json"} <= {p.name for p in best.iterdir()}
+    # A record from a later step than now belongs to an earlier attempt: replaced even if better.
+    assert keep_best(model, best, 0, "wer", {"wer": 0.9}) and record()["step"] == 0
+    with pytest.raises(ConfigError, match="eval.metric=loss needs a validation split"):
+        keep_best(model, best, 5, "loss", {"wer": 0.1})
+    with pytest.raises(ConfigError, match="full fine-tune"):
+        keep_best(Dia2Model.from_config(tiny_config), best, 6, "wer", {"wer": 0.1})
+
+
+def test_similarity_ranks_higher_as_better(tiny_config, tmp_path):
+    model, best = _lora(tiny_config), tmp_path / "best"
+    assert keep_best(model, best, 1, "similarity", {"similarity": 0.5})
+    assert not keep_best(model, best, 2, "similarity", {"similarity": 0.4})
+    assert keep_best(model, best, 3, "similarity", {"similarity": 0.6})
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["eval.keep_best=true", "eval.metric=wer"], "eval.keep_best by eval.metric=wer needs eval.asr_model"),
+    (["eval.keep_best=true", "eval.metric=similarity"], "needs eval.references"),
+    (["eval.metric=mos"], "'eval.metric' must be one of loss|wer|cer|similarity"),
+])
+def test_bad_eval_settings_are_refused(overrides, message):
+    from finetune.config_file import load_config
+
+    with pytest.raises(ConfigError, match=message.replace("|", r"\|")):
+        load_config(Path(PRESET), ["data.corpus=x", *overrides])
+    assert EvalSection(keep_best=True).metric == "loss"
+
+
+def test_training_scores_samples_and_keeps_the_best_adapter(tiny_bundle_dir, tiny_config, corpus, tmp_path):
+    pytest.importorskip("resemblyzer")
+    rc, paths = train(
+        tmp_path, tiny_bundle_dir, corpus, f"eval.references={ALICE}", "eval.keep_best=true", "eval.metric=similarity",
+    )
+    assert rc == 0
+    similarity = {}
+    for step in range(3):
+        scores = json.loads((paths.samples / checkpoint_name(step) / "scores.json").read_text())
+        assert scores["clips"][0]["file"] == "sample_0.wav" and scores["clips"][0]["wer"] is None
+        similarity[step] = scores["aggregate"]["similarity"]
+    best = json.loads((paths.root / "best" / "best.json").read_text())
+    top = max(similarity, key=lambda s: (similarity[s], -s))  # the first of equals: only improvements replace
+    assert best["step"] == top and best["value"] == similarity[top] and best["metric"] == "similarity"
+    held = {r["step"]: r["loss"] for r in read_metrics(paths.metrics) if r["split"] == "eval"}
+    assert best["scores"]["loss"] == held[top]
+    # best/ is a plain PEFT adapter: it loads onto the base, and is the final adapter only if the last step won.
+    load_adapter(Dia2Model.from_config(tiny_config), paths.root / "best")
+    same = _same_tensors(paths.root / "best", paths.adapter)
+    assert same == (top == 2)
+
+
+def _same_tensors(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
