@@ -14,13 +14,24 @@ Prints JSON per layout: audio seconds, wall seconds of the run (models loaded be
 reported apart), speed = audio seconds / wall seconds (x real time; the issue's target is >= 6
 on the 2-core CPU, >= 200 on a GPU), and seconds per stage (read/resample, transcribe,
 segment/align, encode, write).
+
+    python bench/data_prep.py --processes 1,2 --layout clips --minutes 2   # 1 process against 2
+
+With --processes, each count runs as its own launch on the same input: 1 is a plain process
+(all cores), N > 1 is `torchrun --nproc_per_node N` (the cores shared out). Each process loads
+the models, then all start `run_prep` together; x real time is audio seconds over the wall
+time of `run_prep` (shards, waiting, the main process's assembly), and the JSON also gives the
+whole launch's wall time (process start and model loads included), each shard's figures, and
+whether every launch wrote the same corpus.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +57,7 @@ from data_prep.config import (  # noqa: E402
     PrepConfig,
     RunOptions,
 )
+from data_prep.distributed import ProcessGroup, cpu_share, launched_world_size  # noqa: E402
 from data_prep.pipeline import PrepModel, run_prep  # noqa: E402
 from data_prep.transcribe import asr_transcriber  # noqa: E402
 from dia2.audio.asr import WhisperTranscriber  # noqa: E402
@@ -123,12 +135,7 @@ def load_models(args) -> tuple[PrepModel, WhisperTranscriber, float]:
 def run(layout: str, args, model: PrepModel, whisper: WhisperTranscriber) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         audio_seconds = make_inputs(Path(tmp) / "in", layout, args.minutes)
-        config = PrepConfig(
-            Path(tmp) / "in", Path(tmp) / "out",
-            model=ModelOptions(device=args.device, codec_dtype=args.codec_dtype),
-            asr=AsrOptions(asr_model=whisper.model_name, beam_size=args.beam_size, asr_device=args.asr_device),
-            out=OutputOptions(), run=RunOptions(threads=args.threads, progress=False),
-        )
+        config = prep_config(args, Path(tmp) / "in", Path(tmp) / "out", whisper)
         start = time.perf_counter()
         outcome = run_prep(config, model, whisper)
         wall = time.perf_counter() - start
@@ -145,6 +152,69 @@ def run(layout: str, args, model: PrepModel, whisper: WhisperTranscriber) -> dic
     }
 
 
+def prep_config(args, input_folder: Path, output: Path, whisper: WhisperTranscriber) -> PrepConfig:
+    return PrepConfig(
+        input_folder, output,
+        model=ModelOptions(device=args.device, codec_dtype=args.codec_dtype),
+        asr=AsrOptions(asr_model=whisper.model_name, beam_size=args.beam_size, asr_device=args.asr_device),
+        out=OutputOptions(), run=RunOptions(threads=args.threads, progress=False),
+    )
+
+
+def worker(args) -> None:
+    """One process of a --processes launch: load the models, start with the others, prepare, report (rank 0)."""
+    model, whisper, load_seconds = load_models(args)
+    if launched_world_size() > 1:
+        ProcessGroup.join()
+        torch.distributed.barrier()  # every process has its models: time the run, not the loads
+    start = time.perf_counter()
+    outcome = run_prep(prep_config(args, args.worker_input, args.worker_output, whisper), model, whisper)
+    wall = time.perf_counter() - start
+    if int(os.environ.get("RANK", "0")) == 0:
+        report = outcome.report
+        shards = [{k: s[k] for k in ("rank", "files", "audio_seconds", "setup_seconds", "wall_seconds")} for s in report.get("shards", [])]
+        result = {"wall_seconds": round(wall, 2), "model_load_seconds": round(load_seconds, 2),
+                  "utterances": report["utterances"]["kept"], "write_seconds": report["stage_seconds"]["write"], "shards": shards}
+        (args.worker_output / "bench.json").write_text(json.dumps(result))
+
+
+def compare_processes(args) -> dict:
+    """The same input prepared by each process count in turn; x real time of each."""
+    import datasets
+
+    counts = [int(n) for n in args.processes.split(",")]
+    layout = "clips" if args.layout == "both" else args.layout
+    root = Path(tempfile.mkdtemp())
+    try:
+        audio_seconds = make_inputs(root / "in", layout, args.minutes)
+        runs, corpora = {}, []
+        for n in counts:
+            out = root / f"out_{n}"
+            launcher = [sys.executable] if n == 1 else [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(n)]
+            command = [*launcher, str(Path(__file__).resolve()), "--worker-input", str(root / "in"), "--worker-output", str(out),
+                       "--beam-size", str(args.beam_size), "--codec-dtype", args.codec_dtype, "--device", args.device,
+                       "--asr-device", args.asr_device, "--threads", str(args.threads)]
+            start = time.perf_counter()
+            subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+            launch_wall = time.perf_counter() - start
+            result = json.loads((out / "bench.json").read_text())
+            runs[str(n)] = {
+                "x_real_time": round(audio_seconds / result["wall_seconds"], 2),
+                "x_real_time_whole_launch": round(audio_seconds / launch_wall, 2),
+                "launch_wall_seconds": round(launch_wall, 2), **result,
+            }
+            loaded = datasets.load_from_disk(str(out))
+            corpora.append({split: [{k: v for k, v in row.items()} for row in loaded[split]] for split in loaded})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    base = runs[str(counts[0])]["wall_seconds"]
+    return {
+        "layout": layout, "audio_seconds": round(audio_seconds, 1), "processes": runs,
+        "speedup": {n: round(base / r["wall_seconds"], 2) for n, r in runs.items()},
+        "same_corpus": all(c == corpora[0] for c in corpora),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layout", choices=["long", "clips", "both"], default="both")
@@ -155,14 +225,23 @@ def main() -> None:
     p.add_argument("--asr-device", default="cpu", help="Whisper device")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     p.add_argument("--default-malloc", action="store_true", help="skip the CLI's glibc tuning (to measure its effect)")
+    p.add_argument("--processes", help="compare process counts, e.g. 1,2 (each a launch of its own; see above)")
+    p.add_argument("--worker-input", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if not args.default_malloc:
         keep_freed_memory()  # as the dia2-prep CLI does
+    args.threads = args.threads or (cpu_share() if args.worker_input else 0)  # as the CLI shares a node's cores
     if args.threads:
         torch.set_num_threads(args.threads)
     import datasets
 
     datasets.disable_progress_bars()
+    if args.worker_input:
+        return worker(args)
+    if args.processes:
+        print(json.dumps({"machine": describe(), "asr": "tiny.en", "beam_size": args.beam_size, **compare_processes(args)}, indent=2))
+        return
     model, whisper, load_seconds = load_models(args)
     layouts = ["long", "clips"] if args.layout == "both" else [args.layout]
     results = {layout: run(layout, args, model, whisper) for layout in layouts}

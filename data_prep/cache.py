@@ -74,10 +74,13 @@ def entry_key(source: SourceFile, fingerprint: str, options: str) -> str:
 class FileCache:
     """A folder of prepared recordings, keyed by `entry_key`."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, clean: bool = True) -> None:
+        """clean: delete files half-written by a killed run. Of several processes sharing the
+        cache only the main one cleans, before the others start, or it could delete a file
+        another process is writing."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(".*.tmp"):  # half-written by a run that was killed
+        for stale in folder.glob(".*.tmp") if clean else ():
             stale.unlink(missing_ok=True)
 
     def load(self, key: str) -> FileResult | None:

@@ -5,11 +5,18 @@
     dia2-prep recordings/ corpus/ --speaker-map speakers.json     # a speaker per file (or per channel)
     dia2-prep manifest.csv corpus/ --asr-model large-v3 --device cuda --asr-device cuda
     dia2-prep recordings/ corpus/ --model tiny --asr-model ./tiny.en   # embedded demo model (or --tiny)
+    accelerate launch --multi_gpu --num_processes 8 -m data_prep recordings/ corpus/   # a shard per GPU
+    torchrun --nproc_per_node 8 -m data_prep recordings/ corpus/                       # the same
+
+Under a launcher the recordings are shared out among the processes (balanced by size, the same
+way on every run); each prepares its shard on its own GPU (cuda:LOCAL_RANK), and the corpus is
+the one a single process writes. On several nodes the output folder must be on a filesystem
+every node mounts at the same path (so must the input); this is checked before work starts.
 
 The corpus is a `datasets` folder (train / validation) with corpus_meta.json and a QC report
 (qc_report.json, qc_report.txt) beside it. Run the same command again to continue an interrupted
-run: recordings already prepared are reused. Every option's default and meaning below comes from
-data_prep/config.py.
+run (under a launcher too, with any number of processes): recordings already prepared are
+reused. Every option's default and meaning below comes from data_prep/config.py.
 """
 
 from __future__ import annotations
@@ -73,13 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
+    from data_prep.distributed import (
+        cpu_share,
+        launched_rank,
+        launched_world_size,
+        release_group,
+    )
     from data_prep.pipeline import NothingKeptError, run_prep
     from data_prep.qc import TEXT_FILE
     from data_prep.writer import PushError
 
     keep_freed_memory()
-    if config.run.threads:
-        torch.set_num_threads(config.run.threads)
+    if config.run.threads or launched_world_size() > 1:  # processes of one node share its cores
+        torch.set_num_threads(config.run.threads or cpu_share())
     if not config.run.progress:
         import datasets
 
@@ -92,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     except Dia2Error as exc:
         print(f"dia2-prep: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        release_group()
+    if launched_rank() != 0:
+        return 0  # the main process prints the run's summary
     report = outcome.report
     splits = ", ".join(f"{k} {v}" for k, v in report["utterances"].items() if k not in ("kept", "skipped"))
     print(
@@ -99,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         f"skipped: {report['files']['skipped']} recording(s), {report['utterances']['skipped']} utterance(s); "
         f"QC report: {outcome.folder / TEXT_FILE}"
     )
+    for shard in report.get("shards", []):
+        print(f"shard {shard['rank']} ({shard['host']}, {shard['device']}): {shard['files']} recording(s), "
+              f"{shard['files_from_cache']} reused from the cache")
     return 0
 
 

@@ -14,7 +14,7 @@ corpus as one that was never interrupted.
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +35,11 @@ from data_prep.config import (
     PrepConfig,
     PrepConfigError,
     check_context_budget,
+)
+from data_prep.distributed import (
+    ProcessGroup,
+    cpu_share,
+    launched_world_size,
 )
 from data_prep.qc import JSON_FILE, TEXT_FILE, build_report, write_report
 from data_prep.recording import RecordingPreparer
@@ -146,39 +151,71 @@ def run_prep(config: PrepConfig, model: PrepModel | None = None, transcriber: Se
 
     model / transcriber: loaded from the config when not given (tests and benchmarks pass their
     own to load them once). Raises PrepConfigError for bad options or inputs, NothingKeptError
-    when no utterance survives (the QC report is written first).
+    when no utterance survives (the QC report is written first). Under a launcher (accelerate
+    launch, torchrun: WORLD_SIZE > 1) each process prepares its shard and the main process writes
+    the same corpus a single process would (data_prep/shards.py); every process returns it.
     """
     config.validate()
     out = config.output
     check_output(out, config.out.overwrite)
     sources = collect_sources(config.input, config.speaker, exclude=out)
+    if launched_world_size() > 1:
+        from data_prep.shards import run_sharded  # it builds on this module
+
+        return run_sharded(config, sources, model, transcriber, ProcessGroup.join())
+    work = load_work(config, sources, model, transcriber)
+    results, _, reused = prepare_files(work, sources.files, FileCache(out / CACHE_DIR), "recordings")
+    return write_outputs(config, work, sources, results, {"files_from_cache": reused})
+
+
+@dataclass(frozen=True)
+class PrepWork:
+    """What preparing recordings needs, loaded once per process (`load_work`)."""
+
+    model: PrepModel
+    transcriber: SegmentTranscriber
+    preparer: RecordingPreparer
+    options: str  # options_digest: part of every cache key
+    timer: StageTimer
+    progress: bool
+
+
+def load_work(config: PrepConfig, sources: Sources, model: PrepModel | None, transcriber: SegmentTranscriber | None) -> PrepWork:
+    """The models (those not given, from the config), the preparer and the cache-key options of a run."""
     if transcriber is None:
         resolve_device(config.asr.asr_device, "--asr-device")  # refused before any model loads
     model = model or load_prep_model(config.model)
     tail = tail_frames(model.data)
     max_frames = check_context_budget(config.segment, model.max_context_steps, max(model.data.delays, default=0), tail)
     if transcriber is None:
-        transcriber = asr_transcriber(config.asr, cpu_threads=config.run.threads or _cores())
+        transcriber = asr_transcriber(config.asr, cpu_threads=config.run.threads or cpu_share())
         transcriber.load()  # a model that cannot load is the run's error, not every file's
     timer = StageTimer()
     names = sources.speaker_names
     preparer = RecordingPreparer(config, model.codec, model.tokenizer, model.ids, transcriber, names, max_frames, tail, timer)
     tokenizer_id = tokenizer_fingerprint(model.tokenizer)
     options = options_digest(config, model.codec.fingerprint, tokenizer_id, transcriber.identity, max_frames, names)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = FileCache(out / CACHE_DIR)
-    results, reused = [], 0
-    bar = tqdm(sources.files, unit="file", desc="recordings", disable=not config.run.progress)
+    config.output.mkdir(parents=True, exist_ok=True)
+    return PrepWork(model, transcriber, preparer, options, timer, config.run.progress)
+
+
+def prepare_files(
+    work: PrepWork, files: Sequence[SourceFile], cache: FileCache, desc: str
+) -> tuple[list[FileResult], list[str], int]:
+    """Each file's result (from the cache, or prepared and cached), its cache key, and how many came from the cache."""
+    results, keys, reused = [], [], 0
+    bar = tqdm(files, unit="file", desc=desc, disable=not work.progress)
     for source in bar:
-        key = entry_key(source, file_fingerprint(source.path), options)
+        key = entry_key(source, file_fingerprint(source.path), work.options)
         result = cache.load(key)
         if result is None:
-            result = _prepare(preparer, source, cache, key, timer)
+            result = _prepare(work.preparer, source, cache, key, work.timer)
         else:
             reused += 1
         results.append(result)
+        keys.append(key)
         bar.set_postfix(utterances=sum(len(r.rows) for r in results), reused=reused)
-    return _finish(config, model, sources, results, reused, timer, transcriber.identity)
+    return results, keys, reused
 
 
 def _prepare(preparer: RecordingPreparer, source: SourceFile, cache: FileCache, key: str, timer: StageTimer) -> FileResult:
@@ -197,18 +234,17 @@ def _prepare(preparer: RecordingPreparer, source: SourceFile, cache: FileCache, 
         return cache.load(key) or fresh
 
 
-def _finish(
-    config: PrepConfig, model: PrepModel, sources: Sources, results: list[FileResult], reused: int, timer: StageTimer, asr: str
-) -> PrepOutcome:
-    out = config.output
+def write_outputs(config: PrepConfig, work: PrepWork, sources: Sources, results: list[FileResult], extra: dict[str, Any]) -> PrepOutcome:
+    """Split, corpus, meta and QC report (`extra`: figures for the report) from every recording's result, in sorted order."""
+    out, model, timer = config.output, work.model, work.timer
     splits = assign_splits([r.source for r in results if r.kept], config.out.validation_fraction, config.out.seed)
-    extra = {"files_from_cache": reused, "stage_seconds": timer.totals(), "output": str(out)}
+    extra = {**extra, "stage_seconds": timer.totals(), "output": str(out)}
     if not splits:
         write_report(build_report(results, sources.ignored, sources.speaker_names, splits, extra), out)
         raise NothingKeptError(f"no utterance was kept from {len(results)} recording(s): see {out / TEXT_FILE} for why")
     with timer.stage("write"):
         counts = write_corpus(out, results, splits, model.codec.num_codebooks)
-        _meta(config, model, sources.speaker_names, counts, asr).save(out)
+        _meta(config, model, sources.speaker_names, counts, work.transcriber.identity).save(out)
     if "validation" not in counts:
         logger.warning("the validation split is empty (%d recording(s) kept): the corpus has only a train split", len(splits))
     extra["stage_seconds"] = timer.totals()
@@ -248,13 +284,6 @@ def tool_version() -> str:
         return metadata.version("dia2-toolkit")
     except metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _log_result(result: FileResult) -> None:

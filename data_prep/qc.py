@@ -103,6 +103,14 @@ def summary_text(report: dict[str, Any]) -> str:
             lines.append(f"  {s['source']} [{where}] {s['reason']}: {s['detail']}")
     if report["notes"]:
         lines += ["", "notes:"] + [f"  {n['source']}: {n['note']}" for n in report["notes"]]
+    if report.get("shards"):
+        lines += ["", f"processes: {report['processes']} (one shard each)"]
+        lines += [
+            f"  shard {s['rank']} on {s['host']} ({s['device']}): {s['files']} recording(s), {s['files_from_cache']} "
+            f"from the cache, {s['utterances']} utterance(s), {s['audio_seconds']:.1f} s of audio in {s['wall_seconds']:.1f} s "
+            f"(after {s['setup_seconds']:.1f} s loading models)"
+            for s in report["shards"]
+        ]
     if "stage_seconds" in report:
         lines += ["", "time per stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["stage_seconds"].items())]
     return "\n".join(lines) + "\n"
