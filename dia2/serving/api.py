@@ -11,7 +11,8 @@ Routes (OpenAI's contract where it has one):
   every word's start time.
 - `GET /v1/models`, `GET /v1/audio/models`, `GET /v1/audio/voices`: open (Open WebUI fills its
   menus from them without a key).
-- `GET|POST /v1/voices`, `DELETE /v1/voices/{name}`: stored voices (`dia2.serving.voices`).
+- `GET|POST /v1/voices`, `DELETE /v1/voices/{name}`: stored voices (`dia2.serving.voices`);
+  servers sharing a voices folder serve the same voices (docs/serving-replicas.md).
 - `GET /health`, `GET /metrics` (Prometheus).
 
 Every error has OpenAI's shape `{"error": {"message", "type", "param", "code"}}`, request
@@ -26,7 +27,6 @@ import itertools
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
@@ -47,6 +47,7 @@ from dia2.generation.loop import GenerationConfig
 from dia2.generation.runtime import AudioChunk
 from dia2.serving.engine import Engine
 from dia2.serving.requests import EngineError, EngineFull, Handle, Request
+from dia2.serving.voice_adapters import VoiceAdapters, load_stored_adapters  # noqa: F401 - api_server's and the studio's
 from dia2.serving.voices import StoredVoice, UploadTooLarge, VoiceError, VoiceExists, VoiceStore
 from dia2.text.script import ScriptError
 
@@ -131,6 +132,7 @@ def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None 
     adapters already loaded into the engine; none when not given)."""
     settings = settings or ApiSettings()
     adapters = adapters or VoiceAdapters(engine)
+    voices.watch(adapters.changed)
     app = FastAPI(title="Dia2 speech server", version="1")
     app.state.engine, app.state.voices = engine, voices
     metrics = _Metrics(engine)
@@ -181,8 +183,7 @@ def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None 
 
     @app.delete("/v1/voices/{name}", dependencies=[Depends(authorized)])
     async def delete_voice(name: str) -> dict:
-        await run_in_threadpool(voices.delete, name)
-        adapters.bind(name, None)
+        await run_in_threadpool(voices.delete, name)  # its adapter is unloaded through `adapters.changed`
         return {"id": name, "deleted": True}
 
     @app.post("/v1/audio/speech", dependencies=[Depends(authorized)])
@@ -227,69 +228,6 @@ def _voice_record(v: StoredVoice) -> dict:
             "adapter": v.adapter is not None, "prefix": v.voice is not None, "builtin": v.builtin}
 
 
-class VoiceAdapters:
-    """Which engine adapter serves each adapter voice.
-
-    Each load gets a fresh engine name, so a voice's new adapter is loaded (and checked: a bad
-    one is refused before anything is stored) while its old one may still be serving requests;
-    a replaced or deleted voice's adapter is retired and unloaded once no request uses it.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._keys: dict[str, str] = {}
-        self._failed: dict[str, str] = {}
-        self._retired: list[str] = []
-        self._numbers = itertools.count(1)
-        self._lock = threading.Lock()
-
-    def load(self, adapter: str) -> str:
-        """Load an adapter under a fresh engine name; AdapterError if it cannot serve this model."""
-        key = f"voice-adapter-{next(self._numbers)}"
-        self.engine.load_adapter(key, adapter)
-        return key
-
-    def retire(self, key: str) -> None:
-        """Unload an engine adapter once no request uses it."""
-        with self._lock:
-            self._retired.append(key)
-            self._sweep()
-
-    def bind(self, name: str, key: str | None) -> None:
-        """Voice `name` is now served by `key` (None: by no adapter)."""
-        with self._lock:
-            old = self._keys.pop(name, None)
-            self._failed.pop(name, None)
-            if key is not None:
-                self._keys[name] = key
-            if old is not None:
-                self._retired.append(old)
-            self._sweep()
-
-    def fail(self, name: str, reason: str) -> None:
-        with self._lock:
-            self._failed[name] = reason
-
-    def key(self, stored: StoredVoice) -> str | None:
-        """The engine adapter of a voice (None without one); 503 if it failed to load."""
-        if stored.adapter is None:
-            return None
-        with self._lock:
-            if stored.name in self._failed:
-                raise ApiError(503, f"voice '{stored.name}': its adapter could not be loaded ({self._failed[stored.name]}); "
-                               "replace the voice (POST /v1/voices with replace=true) or fix the adapter and restart",
-                               "server_error", param="voice")
-            return self._keys.get(stored.name)
-
-    def _sweep(self) -> None:
-        for key in list(self._retired):
-            try:
-                self.engine.unload_adapter(key)
-                self._retired.remove(key)
-            except EngineError:
-                pass  # still serving a request: unloaded at a later sweep
-
-
 def _add_voice(engine: Engine, voices: VoiceStore, adapters: VoiceAdapters, name: str, first: bytes | None,
                second: bytes | None, transcript: str | None, adapter: str | None, replace: bool) -> StoredVoice:
     if first is None and adapter is None:
@@ -311,24 +249,11 @@ def _add_voice(engine: Engine, voices: VoiceStore, adapters: VoiceAdapters, name
         if key is not None:
             adapters.retire(key)
         raise
-    adapters.bind(name, key)
+    adapters.bind(name, key, stored.revision)
     return stored
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def load_stored_adapters(voices: VoiceStore, adapters: VoiceAdapters) -> None:
-    """At start: load every stored voice's adapter; one that fails is logged, and its voice
-    answers 503 saying why, while the others serve."""
-    for stored in voices.list():
-        if stored.adapter is None:
-            continue
-        try:
-            adapters.bind(stored.name, adapters.load(stored.adapter))
-        except Dia2Error as exc:
-            logger.error("voice '%s': its adapter %s could not be loaded: %s", stored.name, stored.adapter, exc)
-            adapters.fail(stored.name, str(exc))
 
 
 def _start(engine: Engine, voices: VoiceStore, adapters: VoiceAdapters, settings: ApiSettings, body: SpeechRequest,
@@ -445,7 +370,8 @@ def _add_error_handlers(app: FastAPI, settings: ApiSettings) -> None:
 
     @app.exception_handler(VoiceError)
     async def voice_error(request: HttpRequest, exc: VoiceError) -> JSONResponse:
-        return ApiError(exc.status, str(exc), param="voice" if exc.status == 404 else "name").response()
+        kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+        return ApiError(exc.status, str(exc), kind, param="voice" if exc.status in (404, 503) else "name").response()
 
     @app.exception_handler(EngineFull)
     async def full(request: HttpRequest, exc: EngineFull) -> JSONResponse:

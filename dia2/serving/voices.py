@@ -17,7 +17,12 @@ Folder layout:
     <folder>/<stem>.txt                its transcript (moved to <folder>/<stem>/transcript.txt)
     <folder>/.new-* .old-* .del-*      work in progress: a voice folder is written whole under a
                                        dot name, then renamed, so a failure or a crash never
-                                       leaves half a voice (restarts tidy these up)
+                                       leaves half a voice (`voice_folder` tidies these up)
+    <folder>/.lock                     on a network filesystem: what writers lock (`voice_folder`)
+
+Several server processes may share the folder (`voice_folder` says how it stays consistent):
+each read of the store first checks the folder (a listing and a stat per voice) and reloads the
+voices another process added, replaced or deleted, so every replica serves the same voices.
 
 Each recording is transcribed once, when it is added: the stored Voice is what every request
 and every restart uses. Transcription takes seconds, and Whisper can hear a word differently on
@@ -27,26 +32,32 @@ stored voice sounds.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import threading
-import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
-from dia2.audio.io import resample
-from dia2.errors import Dia2Error
 from dia2.generation.voice import PrefixError, Voice
+from dia2.serving.voice_folder import Stamp, VoiceFolder
+from dia2.serving.voice_upload import (  # noqa: F401 - the errors and checks are this module's API too
+    MAX_SECONDS,
+    MIN_SECONDS,
+    DecodedAudio,
+    UploadTooLarge,
+    VoiceError,
+    VoiceExists,
+    VoiceNotFound,
+    check_adapter,
+    check_name,
+    check_speech,
+    decode_audio,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,50 +65,15 @@ OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "on
 """The voice names of OpenAI's speech API: builtin aliases, so OpenAI clients work unchanged."""
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a")
 """Files dropped into the folder with these extensions become voices on `scan`."""
-MIN_SECONDS, MAX_SECONDS = 1.0, 30.0
-"""Length bounds of each speaker's recording (data prep's utterance bounds)."""
-SILENCE_DB = -50.0
-"""A recording whose peak stays below this level (dBFS) is silent (data prep's --silence-db)."""
-CLIP_LEVEL = 0.99
-"""A sample at or above this magnitude counts as clipped (8-bit audio tops out at 127/128)."""
-MAX_CLIPPED = 0.001
-"""Most samples (fraction) at full scale before a recording counts as clipped (data prep's --max-clipped)."""
 META = "meta.json"
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", re.ASCII)
-_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+", re.ASCII)
-# Container formats (PyAV's first name for them) whose usual extension differs from the name.
-_SUFFIX_OF_FORMAT = {"mov": "m4a", "matroska": "webm", "mp3": "mp3", "ogg": "ogg", "wav": "wav", "flac": "flac"}
-
-
-class VoiceError(Dia2Error, ValueError):
-    """A bad upload or voice name; the message names the input and the fix."""
-
-    status = 400
-
-
-class VoiceNotFound(VoiceError):
-    """No voice by that name; the message lists the valid names."""
-
-    status = 404
-
-
-class VoiceExists(VoiceError):
-    """A voice by that name is stored already and replacing it was not asked for."""
-
-    status = 409
-
-
-class UploadTooLarge(VoiceError):
-    """An uploaded recording larger than the store accepts."""
-
-    status = 413
 
 
 @dataclass(frozen=True)
 class StoredVoice:
     """One named voice. speakers: 1 or 2 recordings in the prefix (0 without a prefix);
     transcript: the one given when it was added, else the prefix's words ("" without a prefix);
-    builtin: an OpenAI alias, not stored in the folder."""
+    builtin: an OpenAI alias, not stored in the folder; revision: changes whenever the stored
+    voice is replaced (by any process sharing the folder)."""
 
     name: str
     voice: Voice | None
@@ -106,122 +82,8 @@ class StoredVoice:
     speakers: int
     transcript: str
     builtin: bool = False
+    revision: str = ""
 
-
-@dataclass(frozen=True)
-class DecodedAudio:
-    """An uploaded recording: mono float32 waveform [S] at the store's rate, its length, its
-    peak level and clipped fraction (of the original samples, all channels), and the extension
-    its container format usually has."""
-
-    waveform: np.ndarray
-    seconds: float
-    peak: float
-    clipped: float
-    suffix: str
-
-
-def check_name(name: str) -> str:
-    """A voice name as given, or VoiceError saying which rule it breaks."""
-    rules = "1-64 letters, digits, '-', '_' or '.', not starting with '.'"
-    if not isinstance(name, str) or not name:
-        raise VoiceError(f"voice name {name!r} is empty: give {rules}")
-    if "/" in name or "\\" in name or ".." in name:
-        raise VoiceError(f"voice name {name!r} holds a path ('/', '\\' or '..'): give {rules}")
-    if name.startswith("."):
-        raise VoiceError(f"voice name {name!r} starts with '.': give {rules}")
-    if len(name) > 64:
-        raise VoiceError(f"voice name {name[:20]!r}... is {len(name)} characters long: give {rules}")
-    if not _NAME.fullmatch(name):
-        raise VoiceError(f"voice name {name!r} holds other characters: give {rules}")
-    return name
-
-
-def decode_audio(data: bytes, sample_rate: int, label: str, max_seconds: float = MAX_SECONDS) -> DecodedAudio:
-    """Any audio ffmpeg reads (bytes) -> DecodedAudio; VoiceError naming `label` if it is not audio.
-
-    Decoding stops a second past `max_seconds` (a small compressed file can hold hours); `seconds`
-    is then the container's stated length, or what was decoded when it states none.
-    """
-    import av
-
-    try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            fmt = container.format.name.split(",")[0]
-            frames, stated = _decode_frames(container, max_seconds + 1.0)
-    except (av.FFmpegError, ValueError, OSError) as exc:
-        raise VoiceError(f"{label} cannot be decoded as audio ({exc}): send a wav, mp3, flac, ogg or m4a recording") from exc
-    if not frames:
-        raise VoiceError(f"{label} holds no audio: send a wav, mp3, flac, ogg or m4a recording")
-    rate = frames[0].sample_rate
-    samples = np.concatenate([f.to_ndarray() for f in frames], axis=1)  # [C, S]
-    samples = np.where(np.isfinite(samples), samples, 0.0).astype(np.float32)
-    magnitude = np.abs(samples)
-    seconds = samples.shape[1] / rate
-    if seconds > max_seconds and stated is not None:
-        seconds = max(seconds, stated)
-    suffix = _SUFFIX_OF_FORMAT.get(fmt, fmt if re.fullmatch(r"[a-z0-9]{1,8}", fmt) else "audio")
-    return DecodedAudio(
-        resample(samples.mean(axis=0), rate, sample_rate), seconds,
-        float(magnitude.max(initial=0.0)), float((magnitude >= CLIP_LEVEL).mean()) if magnitude.size else 0.0, suffix,
-    )
-
-
-def _decode_frames(container, limit: float) -> tuple[list, float | None]:
-    """The first audio stream's frames as planar float at their own rate and channels (levels are
-    measured on the samples as recorded), up to about `limit` seconds; and the stated length."""
-    import av
-
-    if not container.streams.audio:
-        return [], None
-    stream = container.streams.audio[0]
-    stated = container.duration / av.time_base if container.duration else None
-    to_float = av.AudioResampler(format="fltp")
-    frames, seconds = [], 0.0
-    for frame in container.decode(stream):
-        frames += to_float.resample(frame)
-        seconds += frame.samples / frame.sample_rate
-        if seconds > limit:
-            return frames, stated
-    return frames + to_float.resample(None), stated
-
-
-def check_speech(audio: DecodedAudio, label: str) -> None:
-    """VoiceError unless the recording could hold a voice: MIN_SECONDS to MAX_SECONDS long, not
-    silent, not clipped. (Whether it holds words is make_voice's to find.)"""
-    if not MIN_SECONDS <= audio.seconds <= MAX_SECONDS:
-        raise VoiceError(
-            f"{label} is {audio.seconds:.2f} s long; a voice recording must be {MIN_SECONDS:g} to {MAX_SECONDS:g} s: "
-            "send a clip of the speaker talking within those bounds"
-        )
-    if audio.peak < 10.0 ** (SILENCE_DB / 20.0):
-        level = 20 * math.log10(audio.peak) if audio.peak > 0 else float("-inf")
-        raise VoiceError(f"{label} is silent (peak {level:.1f} dBFS, below {SILENCE_DB:g} dBFS): send a recording of speech")
-    if audio.clipped > MAX_CLIPPED:
-        raise VoiceError(
-            f"{label} is clipped ({audio.clipped:.2%} of samples at full scale, more than {MAX_CLIPPED:.1%}): "
-            "record it again at a lower level"
-        )
-
-
-def check_adapter(adapter: str, local: bool = True) -> str:
-    """An adapter reference to store: an existing PEFT folder (as an absolute path; only with
-    `local`) or a Hub repo id. Without `local` the disk is never looked at (a client's input)."""
-    text = str(adapter).strip()
-    path = Path(text).expanduser()
-    if local and text and path.exists():
-        from dia2.model.adapters import AdapterError, resolve_adapter
-
-        try:
-            resolve_adapter(path)  # a local folder: checks its two files, no download
-        except AdapterError as exc:
-            raise VoiceError(str(exc)) from exc
-        return str(path.resolve())
-    if not _REPO_ID.fullmatch(text):
-        raise VoiceError(
-            f"adapter {adapter!r} is neither an existing folder nor a Hub repo id like 'user/my-voice-lora': check the path"
-        )
-    return text
 
 
 def builtin_voice(name: str) -> StoredVoice:
@@ -230,7 +92,8 @@ def builtin_voice(name: str) -> StoredVoice:
 
 
 class VoiceStore:
-    """The voices in `folder` plus the OpenAI aliases; safe to call from several threads.
+    """The voices in `folder` plus the OpenAI aliases; safe to call from several threads, and from
+    several processes sharing the folder (each read first picks up what the others changed).
 
     make_voice(speaker_1, speaker_2=None, transcript=None) -> Voice gets float32 mono arrays [S]
     at `sample_rate` (the server passes a closure over `Dia2.make_voice`). aliases: OpenAI name ->
@@ -254,14 +117,19 @@ class VoiceStore:
         unknown = sorted(set(self._aliases) - set(OPENAI_VOICES))
         if unknown:
             raise VoiceError(f"aliases name {', '.join(unknown)}, not OpenAI voices: map only {', '.join(OPENAI_VOICES)}")
-        self._lock = threading.RLock()  # guards _voices and the folder's renames
+        # _voices and _stamps are replaced whole, never changed in place: a reader's copy stays whole.
+        self._lock = threading.Lock()
         self._work_lock = threading.Lock()  # one make_voice at a time: it shares one transcriber and codec
         self._scan_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()  # one reload at a time
         self._voices: dict[str, StoredVoice] = {}
+        self._stamps: dict[str, Stamp] = {}  # every voice folder seen, loadable or not
+        self._settled: Stamp | None = None  # the folder's stamp when it was last listed, if settled then
+        self._listeners: list[Callable[[str, StoredVoice | None], None]] = []
         self._failed: dict[Path, tuple[int, int]] = {}  # dropped files that failed, as (size, mtime) then
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._tidy()
-        self._load_all()
+        self._disk = VoiceFolder(self.folder)
+        self._disk.tidy()
+        self.refresh()
         self.scan()
         for alias, target in sorted(self._aliases.items()):
             if target not in self._voices:
@@ -274,27 +142,62 @@ class VoiceStore:
 
     def names(self) -> list[str]:
         """The stored voices (sorted), then the OpenAI aliases."""
-        with self._lock:
-            stored = sorted(self._voices)
+        stored = sorted(self._current())
         return stored + [a for a in OPENAI_VOICES if a not in stored]
 
     def list(self) -> list[StoredVoice]:
         """Each record once: the stored voices (sorted), then the builtin aliases (mapped aliases
         are names of stored voices' records: see `names` and `get`)."""
-        with self._lock:
-            stored = [self._voices[n] for n in sorted(self._voices)]
-        return stored + [builtin_voice(a) for a in OPENAI_VOICES if a not in self._aliases]
+        voices = self._current()
+        return [voices[n] for n in sorted(voices)] + [builtin_voice(a) for a in OPENAI_VOICES if a not in self._aliases]
 
     def get(self, name: str) -> StoredVoice:
         """The voice called `name` (a mapped alias gives its stored voice's record); VoiceNotFound otherwise."""
-        with self._lock:
-            if name in self._voices:
-                return self._voices[name]
-            if name in self._aliases:
-                return self._voices[self._aliases[name]]
+        voices = self._current()
+        if name in voices:
+            return voices[name]
+        if name in self._aliases:
+            target = self._aliases[name]
+            if target in voices:
+                return voices[target]
+            raise VoiceNotFound(f"alias '{name}' plays voice '{target}', which is no longer stored (deleted through "
+                                "another server sharing the folder?): add that voice again or change the aliases")
         if name in OPENAI_VOICES:
             return builtin_voice(name)
         raise VoiceNotFound(f"no voice named {name!r}: use one of {', '.join(self.names())}")
+
+    def watch(self, callback: Callable[[str, StoredVoice | None], None]) -> None:
+        """Call `callback(name, voice)` after voice `name` is added or replaced (by this store or,
+        seen at a later read, by another process), and `callback(name, None)` after it is deleted."""
+        self._listeners.append(callback)
+
+    def refresh(self) -> None:
+        """Pick up the voices that other processes sharing the folder added, replaced or deleted.
+        Costs one stat when nothing changed (and a listing with a stat per voice for a second after
+        a change); a changed voice is loaded once."""
+        settled = self._disk.stamp()
+        if settled is not None and settled == self._settled:
+            return
+        if self._disk.stamps() == self._stamps:
+            self._settled = settled
+            return
+        with self._refresh_lock, self._disk.locked(exclusive=False):
+            settled = self._disk.stamp()  # before the listing: a change during it changes the stamp again
+            stamps = self._disk.stamps()  # again under the lock: no writer is between its two renames now
+            with self._lock:
+                known, voices = self._stamps, self._voices
+            fresh = {n: voices.get(n) if known.get(n) == s else self._load(n, s) for n, s in stamps.items()}
+            with self._lock:
+                self._stamps, self._voices = stamps, {n: v for n, v in fresh.items() if v is not None}
+                self._settled = settled
+        for name in sorted(set(known) | set(stamps)):
+            if known.get(name) != stamps.get(name):
+                self._notify(name, fresh.get(name))
+
+    def _current(self) -> dict[str, StoredVoice]:
+        self.refresh()
+        with self._lock:
+            return self._voices
 
     # --- adding and deleting -------------------------------------------------------------------
 
@@ -331,18 +234,20 @@ class VoiceStore:
 
     def delete(self, name: str) -> None:
         """Remove a stored voice and its folder. Builtin aliases and voices an alias plays cannot be deleted."""
+        users = sorted(a for a, t in self._aliases.items() if t == name)
+        if users:
+            raise VoiceError(f"voice '{name}' is what alias {', '.join(users)} plays: remove it from aliases first")
+        try:
+            trash = self._disk.move_out(check_name(name))
+        except (VoiceError, FileNotFoundError):
+            if name in OPENAI_VOICES:
+                raise VoiceError(f"'{name}' is a builtin OpenAI voice alias: it cannot be deleted") from None
+            raise VoiceNotFound(f"no voice named {name!r}: use one of {', '.join(self.names())}") from None
         with self._lock:
-            if name not in self._voices:
-                if name in OPENAI_VOICES:
-                    raise VoiceError(f"'{name}' is a builtin OpenAI voice alias: it cannot be deleted")
-                raise VoiceNotFound(f"no voice named {name!r}: use one of {', '.join(self.names())}")
-            users = sorted(a for a, t in self._aliases.items() if t == name)
-            if users:
-                raise VoiceError(f"voice '{name}' is what alias {', '.join(users)} plays: remove it from aliases first")
-            trash = self._work_folder("del", name)
-            (self.folder / name).rename(trash)
-            del self._voices[name]
+            self._stamps = {n: s for n, s in self._stamps.items() if n != name}
+            self._voices = {n: v for n, v in self._voices.items() if n != name}
         shutil.rmtree(trash, ignore_errors=True)
+        self._notify(name, None)
 
     def scan(self) -> list[str]:
         """Make each audio file dropped into the folder (<stem>.wav ...) into voice <stem>, moving it
@@ -353,12 +258,17 @@ class VoiceStore:
             for path in sorted(self.folder.iterdir()):
                 if path.name.startswith(".") or path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
                     continue
-                stat = path.stat()
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue  # another process sharing the folder took it
                 if self._failed.get(path) == (stat.st_size, stat.st_mtime_ns):
                     continue
                 try:
                     self._adopt(path)
                 except VoiceError as exc:
+                    if not path.exists():
+                        continue  # another process sharing the folder made it a voice first
                     self._failed[path] = (stat.st_size, stat.st_mtime_ns)
                     logger.warning("voice file %s left in place, not made a voice: %s", path, exc)
                 else:
@@ -368,15 +278,15 @@ class VoiceStore:
     # --- internals -----------------------------------------------------------------------------
 
     def _check_free(self, name: str, replace: bool) -> None:
+        """Name rules, and a first check that the name is free (`_commit` checks again, under the lock)."""
         check_name(name)
         if name in OPENAI_VOICES and self._aliases.get(name) != name:
             raise VoiceError(
                 f"'{name}' is a builtin OpenAI voice alias: choose another name (or start the store with "
                 f"aliases {{'{name}': '{name}'}} to play a stored voice of that name)"
             )
-        with self._lock:
-            if not replace and (self.folder / name).exists():
-                raise VoiceExists(f"a voice named '{name}' exists already: pass replace=true to overwrite it")
+        if not replace and (self.folder / name).exists():
+            raise VoiceExists(f"a voice named '{name}' exists already: pass replace=true to overwrite it")
 
     def _add(
         self, name: str, audio: dict[str, DecodedAudio], files: dict[str, bytes], transcript: str | None,
@@ -414,14 +324,15 @@ class VoiceStore:
         if transcript is not None:
             files["transcript.txt"] = transcript.encode("utf-8")
         self._add(name, audio, files, transcript, None, replace=False)
-        path.unlink()
+        path.unlink(missing_ok=True)
         if transcript is not None:
-            text_file.unlink()
+            text_file.unlink(missing_ok=True)
 
     def _commit(self, name: str, meta: dict, voice: Voice | None, files: dict[str, bytes], replace: bool) -> StoredVoice:
-        """Write the voice's folder under a dot name, then swap it in (the old one stays until then)."""
-        stage = self._work_folder("new", name)
-        old = None
+        """Write the voice's folder under a private dot name, then swap it in under the folder's
+        lock (the old one stays until then; of two writers of one name, the second is refused
+        unless `replace`, when the last one wins)."""
+        stage = self._disk.work_path("new", name)
         try:
             stage.mkdir()
             if voice is not None:
@@ -429,50 +340,37 @@ class VoiceStore:
             for file_name, data in files.items():
                 (stage / file_name).write_bytes(data)
             (stage / META).write_text(json.dumps(meta, indent=1) + "\n")
-            record = _record(name, meta, voice)
-            with self._lock:
-                # Again under the lock: another thread may have added the name since the first check.
-                self._check_free(name, replace)
-                target = self.folder / name
-                if target.exists():
-                    old = self._work_folder("old", name)
-                    target.rename(old)
-                try:
-                    stage.rename(target)
-                except OSError:
-                    if old is not None:
-                        old.rename(target)
-                    raise
-                self._voices[name] = record
+            try:
+                old, stamp = self._disk.swap_in(stage, name, replace)
+            except FileExistsError:
+                raise VoiceExists(f"a voice named '{name}' exists already: pass replace=true to overwrite it") from None
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
+        record = _record(name, meta, voice, _revision(stamp))
+        with self._lock:
+            self._stamps = {**self._stamps, name: stamp}
+            self._voices = {**self._voices, name: record}
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         logger.info("voice '%s' stored in %s", name, self.folder / name)
+        self._notify(name, record)
         return record
 
-    def _work_folder(self, kind: str, name: str) -> Path:
-        return self.folder / f".{kind}-{name}-{uuid.uuid4().hex[:8]}"
+    def _load(self, name: str, stamp: Stamp) -> StoredVoice | None:
+        """The stored voice in folder `name`, or None (logged) if that folder is not one."""
+        path = self.folder / name
+        try:
+            meta = json.loads((path / META).read_text())
+            voice = Voice.load(path) if (path / "voice.json").exists() else None
+            return _record(check_name(name), meta, voice, _revision(stamp))
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # PrefixError and VoiceError are ValueErrors
+            logger.warning("%s is not a stored voice, left out: %s", path, exc)
+            return None
 
-    def _tidy(self) -> None:
-        """After a crash: drop half-written and deleted voices, put back a replaced one that was not yet swapped."""
-        for path in sorted(self.folder.glob(".*-*-*")):
-            kind, _, rest = path.name[1:].partition("-")
-            name = rest.rpartition("-")[0]
-            if kind == "old" and not (self.folder / name).exists():
-                path.rename(self.folder / name)
-            elif kind in ("new", "old", "del"):
-                shutil.rmtree(path, ignore_errors=True)
-
-    def _load_all(self) -> None:
-        for path in sorted(p for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            try:
-                meta = json.loads((path / META).read_text())
-                voice = Voice.load(path) if (path / "voice.json").exists() else None
-                self._voices[check_name(path.name)] = _record(path.name, meta, voice)
-            except (OSError, ValueError, KeyError, TypeError) as exc:  # PrefixError and VoiceError are ValueErrors
-                logger.warning("%s is not a stored voice, left out: %s", path, exc)
+    def _notify(self, name: str, voice: StoredVoice | None) -> None:
+        for callback in self._listeners:
+            callback(name, voice)
 
 
 def _meta(adapter: str | None, speakers: int, transcript: str | None) -> dict:
@@ -480,9 +378,13 @@ def _meta(adapter: str | None, speakers: int, transcript: str | None) -> dict:
     return {"adapter": adapter, "seed": None, "speakers": speakers, "transcript": transcript, "created": created}
 
 
-def _record(name: str, meta: dict, voice: Voice | None) -> StoredVoice:
+def _revision(stamp: Stamp) -> str:
+    return "-".join(f"{part:x}" for part in stamp)
+
+
+def _record(name: str, meta: dict, voice: Voice | None, revision: str) -> StoredVoice:
     seed = meta.get("seed")
     if seed is not None and not isinstance(seed, int):
         raise TypeError(f"{META} seed must be an integer or null, got {seed!r}")
     transcript = meta.get("transcript") or (" ".join(w.text for w in voice.words) if voice is not None else "")
-    return StoredVoice(name, voice, meta.get("adapter"), seed, int(meta["speakers"]), transcript)
+    return StoredVoice(name, voice, meta.get("adapter"), seed, int(meta["speakers"]), transcript, revision=revision)
