@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,15 @@ from dia2.cli import PUBLISHED_SPELLING, ModelOptions
 from dia2.errors import Dia2Error, report
 from dia2.generation.loop import GenerationConfig
 from dia2.model.assets import TINY_MODEL
-from dia2.options import FlagParser, OptionError, add_flags, build, field_docs, flag_values, sections
+from dia2.options import (
+    FlagParser,
+    OptionError,
+    add_flags,
+    build,
+    field_docs,
+    flag_values,
+    sections,
+)
 
 logger = logging.getLogger("dia2.api_server")
 
@@ -97,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> ServerOptions:
     """Typed, checked options. Repeated --adapter / --voice-alias flags add up."""
-    argv = _join_repeated(argv, ("--adapter", "--voice-alias"))
+    argv = join_repeated(argv, ("--adapter", "--voice-alias"))
     raw = flag_values(parser.parse_args(argv))
     serve = raw.setdefault("serve", {})
     if "api_key" not in serve and os.environ.get(API_KEY_ENV):
@@ -119,7 +128,7 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> ServerOpt
     return options
 
 
-def _join_repeated(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+def join_repeated(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     """`--adapter a=x --adapter b=y` -> `--adapter a=x,b=y` (the options module keeps the last value)."""
     out, seen = [], {}
     it = iter(range(len(argv)))
@@ -154,29 +163,23 @@ def serve(options: ServerOptions) -> int:
 
 def build_app(options: ServerOptions):
     """The FastAPI app with a started engine and the voice store (what `serve` runs)."""
-    from dia2.generation.runtime import Dia2
-    from dia2.serving.api import ApiSettings, VoiceAdapters, create_app, load_stored_adapters
+    from dia2.serving.api import (
+        ApiSettings,
+        VoiceAdapters,
+        create_app,
+        load_stored_adapters,
+    )
     from dia2.serving.engine import Engine, EngineConfig
     from dia2.serving.voices import VoiceStore
 
     m, s = options.model, options.serve
-    if m.source == TINY_MODEL:
-        logger.warning("serving the embedded tiny demo model: random, untrained weights (noise, not speech)")
-    tts = Dia2.from_repo(
-        m.source, device=m.device, dtype=m.torch_dtype, config_path=m.config, weights_path=m.weights,
-        tokenizer=m.tokenizer, mimi=m.mimi, low_vram=m.low_vram, adapter=m.adapter, merge_adapter=True,
-    )
+    tts = load_tts(m, "serving")
     engine = Engine(tts, EngineConfig(slots=s.slots, max_queued=s.max_queued, cuda_graph=s.cuda_graph,
                                       max_adapters=s.max_adapters, max_adapter_rank=s.max_adapter_rank))
     aliases = dict(item.split("=", 1) for item in s.voice_alias)
-    voices = VoiceStore(s.voices_dir, _voice_maker(tts, s.whisper_model), sample_rate=tts.codec.sample_rate,
+    voices = VoiceStore(s.voices_dir, voice_maker(tts, s.whisper_model), sample_rate=tts.codec.sample_rate,
                         max_upload_bytes=int(s.max_upload_mb * 2**20), aliases=aliases)
-    for item in s.adapter:
-        name, path = item.split("=", 1)
-        if name in voices.names() and voices.get(name).voice is not None:
-            raise OptionError(f"--adapter {item}: the voices folder has a recorded voice named '{name}': "
-                              "serve the adapter under another name")
-        voices.add_adapter(name, path, replace=True)
+    offer_adapters(voices, s.adapter)
     adapters = VoiceAdapters(engine)
     load_stored_adapters(voices, adapters)
     engine.start()
@@ -185,7 +188,29 @@ def build_app(options: ServerOptions):
     return create_app(engine, voices, settings, adapters)
 
 
-def _voice_maker(tts, whisper_model: str):
+def load_tts(m: ModelOptions, purpose: str):
+    """The Dia2 runtime the model options name (a --adapter given with the model is merged in)."""
+    from dia2.generation.runtime import Dia2
+
+    if m.source == TINY_MODEL:
+        logger.warning("%s the embedded tiny demo model: random, untrained weights (noise, not speech)", purpose)
+    return Dia2.from_repo(
+        m.source, device=m.device, dtype=m.torch_dtype, config_path=m.config, weights_path=m.weights,
+        tokenizer=m.tokenizer, mimi=m.mimi, low_vram=m.low_vram, adapter=m.adapter, merge_adapter=True,
+    )
+
+
+def offer_adapters(voices, items: Sequence[str]) -> None:
+    """Store each `--adapter NAME=PATH` as an adapter voice (replacing an older one of that name)."""
+    for item in items:
+        name, path = item.split("=", 1)
+        if name in voices.names() and voices.get(name).voice is not None:
+            raise OptionError(f"--adapter {item}: the voices folder has a recorded voice named '{name}': "
+                              "offer the adapter under another name")
+        voices.add_adapter(name, path, replace=True)
+
+
+def voice_maker(tts, whisper_model: str):
     """make_voice for the voice store: transcribes with faster-whisper, loaded on first use."""
     from dia2.audio.asr import WhisperTranscriber
     from dia2.generation.voice import with_transcript

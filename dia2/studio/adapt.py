@@ -1,0 +1,263 @@
+"""The Adapt tab: recordings -> data prep (with its QC summary) -> a LoRA trained from a preset,
+with progress, a live loss plot and a cancel button; the trained adapter becomes a voice (in
+Speak, and in the server's voices folder).
+
+Both steps run as background jobs (`dia2.studio.jobs`): `python -m data_prep` and
+`python -m finetune.train`, the commands a user would type, so the page stays responsive and a
+reload, or a studio restart, shows them. The studio reads their progress from what they write:
+data prep's progress bar (in the job's log) and QC report, the trainer's metrics.jsonl.
+
+Work folder layout: corpora/<name>/recordings (uploads), corpora/<name>/corpus (data prep's
+output), runs/<name> (the trainer's run; its adapter/ becomes voice <name>), jobs/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dia2.serving.voices import check_name
+from dia2.studio.jobs import Job
+from dia2.studio.runtime import Studio, StudioError, job_label, shows_errors
+
+QC_TEXT, QC_JSON, CORPUS_META = "qc_report.txt", "qc_report.json", "corpus_meta.json"
+METRICS, ADAPTER = "metrics.jsonl", "adapter"
+_PREP_BAR = re.compile(r"recordings:\s*\d+%.*?(\d+)/(\d+)")
+_CHILD_ENV = {"PYTHONUNBUFFERED": "1"}  # progress reaches the log as it happens
+
+
+def corpus_folder(studio: Studio, name: str) -> Path:
+    return studio.work / "corpora" / name / "corpus"
+
+
+def corpora(studio: Studio) -> list[str]:
+    """Names of the prepared corpora (data prep finished writing them)."""
+    root = studio.work / "corpora"
+    return sorted(p.parent.parent.name for p in root.glob(f"*/corpus/{CORPUS_META}"))
+
+
+def presets(studio: Studio) -> list[str]:
+    folder = Path(studio.options.studio.presets)
+    return sorted(p.name for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _name(text: str | None, what: str) -> str:
+    name = (text or "").strip()
+    if not name:
+        raise StudioError(f"give the {what} a name (letters, digits, '-', '_' or '.')")
+    return check_name(name)
+
+
+def _running(studio: Studio, kind: str, output: Path) -> Job | None:
+    return next((j for j in studio.jobs.list(kind) if j.status == "running" and j.details.get("output") == str(output)),
+                None)
+
+
+def start_prep(studio: Studio, name: str, files: list[str] | None, folder: str | None) -> Job:
+    """Copy the uploads (or take a folder on this machine) and start data prep on them."""
+    name = _name(name, "corpus")
+    folder = (folder or "").strip()
+    if files and folder:
+        raise StudioError("give either uploaded recordings or a folder on this machine, not both")
+    if not files and not folder:
+        raise StudioError("no recordings: upload audio files, or name a folder of recordings on this machine")
+    output = corpus_folder(studio, name)
+    if _running(studio, "prep", output):
+        raise StudioError(f"corpus '{name}' is being prepared already: wait for that job, or cancel it")
+    if folder:
+        source = Path(folder).expanduser()
+        if not source.is_dir():
+            raise StudioError(f"folder {folder} does not exist on this machine: give the path of a folder of recordings")
+    else:
+        source = output.parent / "recordings"
+        source.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            shutil.copyfile(path, source / Path(path).name)
+    m, s = studio.options.model, studio.options.studio
+    argv = [sys.executable, "-m", "data_prep", source, output, "--model", m.source, "--asr-model", s.whisper_model,
+            "--device", m.device]
+    argv += [a for flag, v in (("--tokenizer", m.tokenizer), ("--mimi", m.mimi)) if v for a in (flag, v)]
+    return studio.jobs.start("prep", f"prepare '{name}'", argv, env=_CHILD_ENV,
+                             details={"name": name, "output": str(output), "input": str(source)})
+
+
+def start_train(studio: Studio, corpus: str | None, preset: str | None, steps: float | None, name: str,
+                extra: str | None) -> Job:
+    """Start training a LoRA on a prepared corpus from a preset; the adapter becomes voice `name`."""
+    name = _name(name, "adapter")
+    if not corpus or corpus not in corpora(studio):
+        raise StudioError(f"choose a prepared corpus ({', '.join(corpora(studio)) or 'none yet: prepare one first'})")
+    if not preset or preset not in presets(studio):
+        raise StudioError(f"choose a training preset ({', '.join(presets(studio)) or 'none found'})")
+    if name in studio.voices.names() and studio.voices.get(name).voice is not None:
+        raise StudioError(f"a recorded voice is named '{name}': give the adapter another name")
+    run = studio.work / "runs" / name
+    if run.exists():
+        raise StudioError(f"a run named '{name}' exists ({run}): give the adapter another name")
+    preset_path = Path(studio.options.studio.presets) / preset
+    overrides = shlex.split(extra or "")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise StudioError(f"extra options {' '.join(bad)}: write key=value items, e.g. optim.lr=1e-3")
+    total = _total_steps(preset_path, steps, overrides)
+    if steps not in (None, ""):
+        overrides.append(f"optim.steps={total}")
+    argv = [sys.executable, "-m", "finetune.train", "--config", preset_path, f"model.base={studio.options.model.source}",
+            f"data.corpus={corpus_folder(studio, corpus)}", f"output.dir={run.parent}", f"output.name={name}", *overrides]
+    return studio.jobs.start("train", f"train '{name}' on '{corpus}'", argv, env=_CHILD_ENV,
+                             details={"name": name, "output": str(run), "steps": total, "corpus": corpus})
+
+
+def _total_steps(preset: Path, steps: float | None, overrides: list[str]) -> int:
+    if steps not in (None, ""):
+        if float(steps) != int(steps) or int(steps) < 1:
+            raise StudioError(f"steps {steps!r}: give a whole number of optimizer steps, at least 1")
+        return int(steps)
+    for item in overrides:
+        if item.startswith("optim.steps="):
+            return int(item.partition("=")[2])
+    return int((yaml.safe_load(preset.read_text()) or {}).get("optim", {}).get("steps", 0)) or 1
+
+
+def job_ended(studio: Studio, job: Job) -> str:
+    """What the studio does when a job ends (JobStore's on_end): a trained adapter becomes a voice."""
+    if job.status != "done":
+        return job.note or _failure(job)
+    output = Path(job.details["output"])
+    if job.kind == "prep":
+        return qc_summary(output)
+    adapter = output / ADAPTER
+    if not (adapter / "adapter_config.json").is_file():
+        return f"the run wrote no adapter in {adapter} (a full fine-tune writes model/): nothing was added to the voices"
+    studio.add_adapter_voice(job.details["name"], adapter)
+    return f"adapter voice '{job.details['name']}' added: choose it in Speak; the speech server serves it too"
+
+
+def _failure(job: Job) -> str:
+    if job.status == "cancelled":
+        return "cancelled"
+    lines = [line for line in job.log_tail(2000).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or [f"exit code {job.returncode}"])[-1]
+
+
+def qc_summary(corpus: Path) -> str:
+    """One line of data prep's QC report."""
+    try:
+        report = json.loads((corpus / QC_JSON).read_text())
+    except (OSError, ValueError):
+        return f"no QC report in {corpus}"
+    u, files = report["utterances"], report["files"]
+    skipped = ", ".join(f"{k} {v}" for k, v in report.get("skipped_by_reason", {}).items()) or "nothing"
+    return (f"kept {u['kept']} utterance(s), {report['hours']['kept'] * 3600:.1f} s, from {files['kept']} of "
+            f"{files['found']} recording(s); skipped: {skipped}")
+
+
+def progress(job: Job) -> tuple[int, int]:
+    """(done, total) of a job: recordings prepared, or optimizer steps taken."""
+    if job.kind == "prep":
+        found = _PREP_BAR.findall(job.log_tail(4000))
+        return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+    return (len(train_losses(job)), int(job.details.get("steps", 0)))
+
+
+def train_losses(job: Job) -> list[dict[str, Any]]:
+    """The trainer's train records so far (metrics.jsonl), one per step."""
+    path = Path(job.details["output"]) / METRICS
+    records = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if record.get("split") == "train":
+            records.append(record)
+    return records
+
+
+def job_view(studio: Studio, job_id: str | None) -> tuple[str, Any, str, str]:
+    """(status, loss table, QC report, log tail) of a job, for the page."""
+    import pandas as pd
+
+    empty = pd.DataFrame({"step": [], "loss": []})
+    if not job_id:
+        return "no job yet: prepare data or train", empty, "", ""
+    job = studio.jobs.get(job_id)
+    done, total = progress(job)
+    unit = "recording(s)" if job.kind == "prep" else "step(s)"
+    lines = [f"**{job_label(job)}**", f"progress: {done}/{total or '?'} {unit}"]
+    if job.handled:
+        lines.append(f"result: {job.note}")
+    qc = ""
+    if job.kind == "prep":
+        try:
+            qc = (Path(job.details["output"]) / QC_TEXT).read_text()
+        except OSError:
+            qc = ""
+    losses = pd.DataFrame({"step": [r["step"] for r in train_losses(job)], "loss": [r["loss"] for r in train_losses(job)]}) \
+        if job.kind == "train" else empty
+    return "\n\n".join(lines), losses, qc, job.log_tail(3000)
+
+
+def build_adapt_tab(studio: Studio) -> dict[str, Any]:
+    """The tab's components; returns the job picker and its view (the app refreshes them on load)."""
+    import gradio as gr
+
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("### 1. Prepare data\nUpload recordings of one speaker, or name a folder of them on this machine.")
+            corpus_name = gr.Textbox(label="Corpus name", elem_id="adapt-corpus-name")
+            files = gr.File(file_count="multiple", type="filepath", label="Recordings", elem_id="adapt-files")
+            folder = gr.Textbox(label="…or a folder on this machine", elem_id="adapt-folder")
+            prep_button = gr.Button("Prepare data", variant="primary", elem_id="adapt-prep")
+        with gr.Column():
+            gr.Markdown("### 2. Train a LoRA adapter")
+            corpus = gr.Dropdown(corpora(studio), label="Prepared corpus", elem_id="adapt-corpus",
+                                 allow_custom_value=True)
+            preset = gr.Dropdown(presets(studio), value=(presets(studio) or [None])[0], label="Preset",
+                                 allow_custom_value=True)
+            steps = gr.Number(label="Steps (empty: the preset's)", precision=0, value=None)
+            adapter_name = gr.Textbox(label="Adapter (voice) name", elem_id="adapt-name")
+            extra = gr.Textbox(label="Extra options (key=value ...)", placeholder="optim.lr=1e-3 eval.every=50")
+            train_button = gr.Button("Train", variant="primary", elem_id="adapt-train")
+    with gr.Row():
+        job = gr.Dropdown(studio.job_choices(), label="Job", elem_id="adapt-job", scale=4,
+                              allow_custom_value=True)
+        refresh_button = gr.Button("Refresh", scale=1)
+        cancel_button = gr.Button("Cancel job", variant="stop", scale=1, elem_id="adapt-cancel")
+    status = gr.Markdown(elem_id="adapt-status")
+    with gr.Row():
+        loss = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="adapt-loss")
+        qc = gr.Textbox(label="QC report", lines=12, interactive=False)
+    log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True)
+    view = [status, loss, qc, log]
+
+    def picked(job_id: str) -> Any:
+        return gr.update(choices=studio.job_choices(), value=job_id)
+
+    started_prep = prep_button.click(shows_errors(lambda *a: start_prep(studio, *a).id), [corpus_name, files, folder], job,
+                                     api_name="prepare")
+    started_train = train_button.click(shows_errors(lambda *a: start_train(studio, *a).id),
+                                       [corpus, preset, steps, adapter_name, extra], job, api_name="train")
+    for started in (started_prep, started_train):
+        started.success(picked, job, job, api_visibility="private")
+    show = shows_errors(lambda j: job_view(studio, j))
+    job.change(show, job, view, api_visibility="private")
+    refresh_button.click(lambda j: (gr.update(choices=studio.job_choices(), value=j), gr.update(choices=corpora(studio))),
+                         job, [job, corpus], api_visibility="private").then(show, job, view)
+    cancel_button.click(shows_errors(lambda j: studio.jobs.cancel(j).id if j else None), job, job, api_name="cancel")
+    gr.Button(visible=False).click(show, job, view, api_name="job_status")
+    timer = gr.Timer(1.0)
+    timer.tick(show, job, view, show_progress="hidden", concurrency_limit=None, api_visibility="private")
+    return {"job": job, "corpus": corpus, "view": view, "show": show}

@@ -1,0 +1,185 @@
+"""`python gradio_app.py` / `dia2-studio`: the Dia2 studio in the browser.
+
+    python gradio_app.py --hf nari-labs/Dia2-2B --voices voices/      # open http://127.0.0.1:7860
+    python gradio_app.py --tiny                                        # the embedded demo model (noise)
+
+Tabs: Speak (a script, a voice per speaker, an adapter; the audio plays while it is generated),
+Voices (make a voice from a recording, list, play, delete), Adapt (data prep and LoRA training
+in the background, with progress, QC summary and a live loss plot), Compare (one script and seed,
+several configurations side by side, scored by dia2.evaluation when it is installed).
+
+Model flags are dia2-infer's (`--hf`, `--config`, `--weights`, `--tokenizer`, `--mimi`,
+`--device`, `--dtype`, `--low-vram`, `--tiny`; `--merge-adapter` folds one adapter into the
+base); generation flags (`--cfg`, `--temperature`, `--max-frames`...) set the page's defaults.
+`--voices` is the speech server's voices folder: voices and trained adapters made here are the
+server's too. Nothing reaches the network (Gradio's analytics are off) unless `--share` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Before gradio is imported anywhere: it reads this once.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from dia2.api_server import MODEL_SPELLING, join_repeated
+from dia2.audio.asr import DEFAULT_WHISPER_MODEL
+from dia2.cli import PUBLISHED_SPELLING, ModelOptions
+from dia2.errors import Dia2Error, report
+from dia2.generation.loop import GenerationConfig
+from dia2.options import (
+    FlagParser,
+    OptionError,
+    add_flags,
+    build,
+    field_docs,
+    flag_values,
+    sections,
+)
+from dia2.studio.runtime import ScorerFactory, Studio
+
+logger = logging.getLogger("dia2.studio")
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs" / "train"
+CSS = Path(__file__).with_name("studio.css")
+
+
+@dataclass(frozen=True)
+class StudioSection:
+    """Where the studio listens, and the folders it works in."""
+
+    voices: Path = Path("voices")
+    """The speech server's voices folder: voices and trained adapters made here are stored in it."""
+    adapter: tuple[str, ...] = ()
+    """NAME=PATH_OR_REPO: offer a PEFT LoRA adapter as voice NAME (repeat the flag for more)."""
+    work: Path = Path("studio")
+    """Folder of the studio's jobs, corpora, training runs and generated audio."""
+    presets: Path = PRESETS
+    """Folder of training presets (YAML) the Adapt tab offers."""
+    whisper_model: str = DEFAULT_WHISPER_MODEL
+    """faster-whisper model (size name or local folder) that transcribes voices and data-prep recordings."""
+    slots: int = 4
+    """Utterances generated at once (the engine's batch): Compare's configurations, several pages."""
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0: every interface)."""
+    port: int = 7860
+    """Port to listen on."""
+    share: bool = False
+    """Also publish the page through a public gradio.live link (reaches the network)."""
+
+
+@dataclass(frozen=True)
+class StudioOptions:
+    """The studio: the model, the page's generation defaults, and where it works."""
+
+    model: ModelOptions = field(default_factory=ModelOptions)
+    """Which model (`--hf`, `--tiny`, `--low-vram`, ...)."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """Generation defaults of the page (`--cfg`, `--temperature`, `--max-frames`, ...)."""
+    studio: StudioSection = field(default_factory=StudioSection)
+    """Folders and listening (`--voices`, `--work`, `--port`, ...)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = FlagParser(prog="dia2-studio", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    docs = field_docs(StudioOptions)
+    spellings = {"model": MODEL_SPELLING, "generation": PUBLISHED_SPELLING, "studio": None}
+    for name, section in sections(StudioOptions).items():
+        add_flags(p.add_argument_group(name, docs[name]), section, dest=f"{name}.", spelling=spellings[name])
+    return p
+
+
+def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> StudioOptions:
+    """Typed, checked options; repeated --adapter flags add up."""
+    raw = flag_values(parser.parse_args(join_repeated(argv, ("--adapter",))))
+    options = build(StudioOptions, raw)
+    if options.model.tiny and ("hf" in raw.get("model", {}) or options.model.config or options.model.weights):
+        raise OptionError("--tiny is --hf tiny, the embedded demo model; it cannot be combined with --hf/--config/--weights")
+    for item in options.studio.adapter:
+        name, _, value = item.partition("=")
+        if not name or not value:
+            raise OptionError(f"--adapter {item!r}: write NAME=PATH, e.g. --adapter my-voice=studio/runs/me/adapter")
+    s = options.studio
+    if not 0 < s.port < 65536:
+        raise OptionError(f"--port {s.port}: use 1-65535")
+    if s.slots < 1:
+        raise OptionError(f"--slots {s.slots}: use 1 or more")
+    if s.voices.exists() and not s.voices.is_dir():
+        raise OptionError(f"--voices {s.voices} is a file: give the voices folder (it is created if missing)")
+    return options
+
+
+def build_app(options: StudioOptions, *, scorer: ScorerFactory | None = None, studio: Studio | None = None):
+    """The studio page (gr.Blocks) over a loaded model. scorer: builds Compare's clip scorer from
+    reference waveforms (default: dia2.evaluation's ClipScorer, when installed)."""
+    import gradio as gr
+
+    from dia2.studio.adapt import build_adapt_tab
+    from dia2.studio.compare import build_compare_tab, default_scorer
+    from dia2.studio.speak import (
+        NO_VOICE,
+        adapter_choices,
+        build_speak_tab,
+        voice_choices,
+    )
+    from dia2.studio.voices_tab import build_voices_tab
+
+    studio = studio or Studio(options)
+    scorer = scorer or default_scorer(options.studio.whisper_model)
+    prefixes = lambda: [NO_VOICE, *studio.prefix_voices()]
+    with gr.Blocks(title="Dia2 studio", analytics_enabled=False) as demo:
+        gr.Markdown("# Dia2 studio")
+        with gr.Tab("Speak") as speak_tab:
+            speak = build_speak_tab(studio)
+        with gr.Tab("Voices"):
+            voices = build_voices_tab(studio, [(speak["voice_1"], lambda: voice_choices(studio)),
+                                               (speak["voice_2"], lambda: voice_choices(studio))])
+        with gr.Tab("Adapt"):
+            adapt = build_adapt_tab(studio)
+        with gr.Tab("Compare") as compare_tab:
+            compare = build_compare_tab(studio, scorer, prefixes, lambda: adapter_choices(studio))
+        # Voices and adapters change in other tabs, other pages and background jobs.
+        speak_tab.select(lambda: [gr.update(choices=voice_choices(studio))] * 2 + [gr.update(choices=adapter_choices(studio))],
+                         None, [speak["voice_1"], speak["voice_2"], speak["adapter"]], api_visibility="private")
+        compare_tab.select(lambda: (gr.update(choices=prefixes()), gr.update(choices=adapter_choices(studio))),
+                           None, [compare["voice"], compare["adapter"]], api_visibility="private")
+        # A reload shows the newest job (running or not) and the stored voices as they are now.
+        demo.load(lambda: gr.update(choices=studio.job_choices(), value=studio.newest_job()), None, adapt["job"],
+                  api_visibility="private")
+        demo.load(voices["listing"], None, voices["listed"], api_name="list_voices")
+    demo.studio = studio
+    return demo
+
+
+def launch(demo, options: StudioOptions, **kwargs):
+    """Serve the page (returns at once with prevent_thread_lock=True: (app, local url, share url))."""
+    s = options.studio
+    css = CSS.read_text() if CSS.is_file() else None
+    return demo.queue(default_concurrency_limit=s.slots).launch(
+        server_name=s.host, server_port=s.port, share=s.share, css=css, quiet=True,
+        allowed_paths=[str(Path(s.work).resolve()), str(Path(s.voices).resolve())], footer_links=["api"], **kwargs,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        options = parse_options(parser, sys.argv[1:] if argv is None else argv)
+    except OptionError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        demo = build_app(options)
+    except (Dia2Error, OSError) as exc:
+        return report("dia2-studio", exc)
+    launch(demo, options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The Compare tab: one script and one seed spoken by several configurations side by side (base,
+voice prefix, adapter, adapter + prefix), with the evaluation's scores for each when
+`dia2.evaluation` is installed (WER/CER from Whisper, similarity to the prefix's recording...).
+
+All configurations go to the engine at once, so they are generated in one batch; the engine
+keys every draw by the seed, so each configuration's audio is what it would be alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dia2.studio.runtime import (
+    ScorerFactory,
+    Studio,
+    StudioError,
+    parse_seed,
+    shows_errors,
+)
+from dia2.studio.speak import NO_VOICE, check_script, generation_config, save_audio
+
+logger = logging.getLogger(__name__)
+
+CONFIGURATIONS = ("base", "prefix", "adapter", "adapter + prefix")
+SCORE_COLUMNS = ["configuration", "duration_s", "wer", "cer", "similarity", "word_coverage", "leading_silence_s",
+                 "trailing_silence_s", "hit_frame_limit", "transcript"]
+
+
+def default_scorer(whisper_model: str) -> ScorerFactory | None:
+    """The evaluation's clip scorer with the studio's Whisper (None when dia2.evaluation is absent)."""
+    try:
+        from dia2.evaluation import ClipScorer
+    except ImportError:
+        return None
+    return lambda references: ClipScorer(list(references) or None, asr=whisper_model)
+
+
+def _references(studio: Studio, voice: str) -> list[np.ndarray]:
+    """The recording(s) a stored voice was made from, as waveforms (similarity is measured against them)."""
+    from dia2.serving.voices import decode_audio
+
+    folder = Path(studio.voices.folder, voice)
+    return [decode_audio(p.read_bytes(), studio.sample_rate, p.name).waveform for p in sorted(folder.glob("speaker_*.*"))]
+
+
+def compare(studio: Studio, script: str, seed_text: str, voice: str | None, adapter: str | None,
+            chosen: Sequence[str], scorer_factory: ScorerFactory | None) -> tuple[Any, ...]:
+    """Speak `script` once per chosen configuration; returns an audio path per CONFIGURATIONS
+    entry (None where not chosen), the score rows and a status line."""
+    from dia2.serving.requests import Request
+
+    script = check_script(studio, script)
+    seed = parse_seed(seed_text, required=True)
+    chosen = [c for c in CONFIGURATIONS if c in (chosen or ())]
+    if not chosen:
+        raise StudioError(f"choose at least one configuration ({', '.join(CONFIGURATIONS)})")
+    voice = voice if voice and voice != NO_VOICE else None
+    adapter = adapter if adapter and adapter != NO_VOICE else None
+    if voice is None and any("prefix" in c for c in chosen):
+        raise StudioError("the prefix configurations need a voice: choose a stored voice (or untick them)")
+    if adapter is None and any("adapter" in c for c in chosen):
+        raise StudioError("the adapter configurations need an adapter: choose one (train it in Adapt), or untick them")
+    prefix = studio.voices.get(voice).voice if voice else None
+    if voice and prefix is None:
+        raise StudioError(f"voice '{voice}' has no recording to use as a prefix: choose a recorded voice")
+    key = studio.adapter_key(adapter)
+    g = studio.options.generation
+    config = generation_config(g, g.cfg_scale, g.audio.temperature, g.audio.top_k, seed)
+    handles = {c: studio.engine.submit(Request(script, config, prefix if "prefix" in c else None,
+                                               key if "adapter" in c else None)) for c in chosen}
+    try:
+        results = {c: h.result() for c, h in handles.items()}
+    finally:
+        for h in handles.values():
+            h.cancel()
+    paths = {c: save_audio(studio.work / "outputs", "compare-" + c.replace(" + ", "-"), r.waveform, r.sample_rate)
+             for c, r in results.items()}
+    rows, note = _scores(studio, script, results, voice, scorer_factory)
+    audio = [str(paths[c]) if c in paths else None for c in CONFIGURATIONS]
+    return (*audio, rows, f"spoke {len(results)} configuration(s) with seed {seed}{note}")
+
+
+def _scores(studio: Studio, script: str, results: dict, voice: str | None,
+            scorer_factory: ScorerFactory | None) -> tuple[list[list[Any]], str]:
+    """A row per configuration: the evaluation's scores, or just the duration without them."""
+    rows = [[c, round(r.duration, 2), *[None] * (len(SCORE_COLUMNS) - 2)] for c, r in results.items()]
+    if scorer_factory is None:
+        return rows, " (scores need dia2.evaluation, which is not installed)"
+    try:
+        scorer = scorer_factory(_references(studio, voice) if voice else [])
+        scored = {c: scorer.score(r.waveform, r.sample_rate, script, timestamps=r.timestamps,
+                                  hit_frame_limit=r.truncated).as_dict() for c, r in results.items()}
+    except Exception as exc:  # the audio is worth showing without its scores; the page says why they are missing
+        logger.exception("scoring failed")
+        return rows, f" (no scores: {type(exc).__name__}: {exc})"
+    return [[c, *[_rounded(scored[c].get(k)) for k in SCORE_COLUMNS[1:]]] for c in results], ""
+
+
+def _rounded(value: Any) -> Any:
+    return round(value, 3) if isinstance(value, float) else value
+
+
+def build_compare_tab(studio: Studio, scorer_factory: ScorerFactory | None,
+                      voice_choices: Callable[[], list[str]], adapter_choices: Callable[[], list[str]]) -> dict[str, Any]:
+    import gradio as gr
+
+    script = gr.Textbox(label="Script", lines=4, value="[S1] Hello there, how are you doing today?",
+                        elem_id="compare-script")
+    with gr.Row():
+        seed = gr.Textbox(value="0", label="Seed", elem_id="compare-seed")
+        voice = gr.Dropdown(voice_choices(), value=NO_VOICE, label="Voice (prefix)", elem_id="compare-voice",
+                            allow_custom_value=True)
+        adapter = gr.Dropdown(adapter_choices(), value=NO_VOICE, label="Adapter", elem_id="compare-adapter",
+                              allow_custom_value=True)
+    chosen = gr.CheckboxGroup(list(CONFIGURATIONS), value=["base"], label="Configurations")
+    button = gr.Button("Compare", variant="primary", elem_id="compare-run")
+    with gr.Row():
+        players = [gr.Audio(label=c, type="filepath", interactive=False) for c in CONFIGURATIONS]
+    status = gr.Markdown(elem_id="compare-status")
+    scores = gr.Dataframe(headers=SCORE_COLUMNS, label="Scores", interactive=False, elem_id="compare-scores")
+
+    def run(*args: Any) -> tuple[Any, ...]:
+        return compare(studio, *args, scorer_factory=scorer_factory)
+
+    button.click(shows_errors(run), [script, seed, voice, adapter, chosen], [*players, scores, status],
+                 api_name="compare", concurrency_limit=studio.engine.config.slots)
+    return {"voice": voice, "adapter": adapter}

@@ -1,0 +1,222 @@
+"""Background jobs of the studio (data prep, training): child processes whose state lives on disk.
+
+Each job is a folder under `<work>/jobs/<id>/`:
+
+    job.json     what runs (argv, cwd, env), its kind, title and details (output folder, steps),
+                 when it started and the pid of its runner; written whole (temp name, then rename)
+    log.txt      everything the command printed (progress bars included)
+    exit.json    how it ended (return code, cancelled), written by the runner when it ends
+    handled.json that the studio has acted on its end (e.g. added the trained adapter), with a note
+
+A job runs under `runner.py`, in its own session, so it outlives the page that started it and
+the studio itself: a page reload, or a studio started again on the same work folder, finds every
+job with its progress and result. Cancelling sends SIGTERM, which the runner passes on (the
+trainer stops like Ctrl-C and keeps its last checkpoint; data prep keeps what it cached).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dia2.errors import Dia2Error
+from dia2.studio.runner import EXIT, LOG, SPEC
+
+logger = logging.getLogger(__name__)
+
+HANDLED = "handled.json"
+CANCEL = "cancel.json"  # a cancel was asked for: a runner killed before it could say so still ends as cancelled
+RUNNER = Path(__file__).with_name("runner.py")
+Status = Literal["running", "done", "failed", "cancelled"]
+
+
+class JobError(Dia2Error, ValueError):
+    """A job that does not exist or cannot be cancelled; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as its folder describes it now."""
+
+    id: str
+    kind: str
+    title: str
+    status: Status
+    started: float
+    folder: Path
+    details: dict[str, Any] = field(default_factory=dict)
+    returncode: int | None = None
+    ended: float | None = None
+    note: str = ""
+    """What the studio did when the job ended (or why the job failed)."""
+    handled: bool = False
+    """Whether the studio has acted on the job's end (its note is then final)."""
+
+    @property
+    def log(self) -> Path:
+        return self.folder / LOG
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the job's output, progress-bar redraws (carriage returns) resolved to their last state."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4 * chars))
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+        # A progress bar redraws its line after a carriage return: keep each line's last drawing.
+        lines = [next((p for p in reversed(line.split("\r")) if p.strip()), "") for line in text.split("\n")]
+        return "\n".join(lines)[-chars:]
+
+
+class JobStore:
+    """The jobs under `folder`. `on_end(job) -> note` runs once per ended job (in a watcher thread,
+    or at start-up for jobs that ended while no studio watched them); its note is kept."""
+
+    def __init__(self, folder: str | os.PathLike, on_end: Callable[[Job], str] | None = None) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._on_end = on_end
+        self._lock = threading.Lock()  # one on_end per job, even when a watcher and a poll race
+        for job in self.list():
+            if job.status == "running":
+                self._watch(job, None)
+            else:
+                self._handle(job)
+
+    def start(self, kind: str, title: str, argv: list[str], *, cwd: str | os.PathLike | None = None,
+              env: dict[str, str] | None = None, details: dict[str, Any] | None = None) -> Job:
+        """Start `argv` as a background job; returns it, running."""
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{uuid.uuid4().hex[:6]}"
+        folder = self.folder / job_id
+        folder.mkdir()
+        spec = {"id": job_id, "kind": kind, "title": title, "argv": [str(a) for a in argv],
+                "cwd": str(cwd) if cwd is not None else None, "env": env or {}, "details": details or {},
+                "started": time.time(), "pid": None}
+        _write_json(folder / SPEC, spec)
+        process = subprocess.Popen([sys.executable, str(RUNNER), str(folder)], start_new_session=True,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _write_json(folder / SPEC, {**spec, "pid": process.pid})
+        job = self.get(job_id)
+        self._watch(job, process)
+        logger.info("job %s started: %s", job_id, " ".join(spec["argv"]))
+        return job
+
+    def get(self, job_id: str) -> Job:
+        folder = self.folder / job_id
+        if not job_id or "/" in job_id or job_id.startswith(".") or not (folder / SPEC).is_file():
+            raise JobError(f"no job {job_id!r} in {self.folder}: choose one from the list")
+        return _read_job(folder)
+
+    def list(self, kind: str | None = None) -> list[Job]:
+        """Every job (of `kind`), newest first."""
+        jobs = [_read_job(p) for p in sorted(self.folder.iterdir(), reverse=True) if (p / SPEC).is_file()]
+        return [j for j in jobs if kind is None or j.kind == kind]
+
+    def cancel(self, job_id: str) -> Job:
+        """Ask a running job to stop (SIGTERM); it ends as cancelled shortly after."""
+        job = self.get(job_id)
+        if job.status != "running":
+            raise JobError(f"job {job_id} is not running (it is {job.status}): nothing to cancel")
+        pid = json.loads((job.folder / SPEC).read_text())["pid"]
+        _write_json(job.folder / CANCEL, {"at": time.time()})
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it ended meanwhile
+        return self.get(job_id)
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        """The job once it has ended and been handled (or as it stands after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job.handled or time.monotonic() > deadline:
+                return job
+            time.sleep(0.2)
+
+    def _watch(self, job: Job, process: subprocess.Popen | None) -> None:
+        """Act on the job's end: wait for our own child, or poll a runner a former studio started."""
+
+        def watch() -> None:
+            if process is not None:
+                process.wait()
+            else:
+                while self.get(job.id).status == "running":
+                    time.sleep(0.5)
+            self._handle(self.get(job.id))
+
+        threading.Thread(target=watch, daemon=True, name=f"dia2-job-{job.id}").start()
+
+    def _handle(self, job: Job) -> None:
+        with self._lock:
+            if (job.folder / HANDLED).exists() or job.status == "running":
+                return
+            note = job.note
+            if self._on_end is not None:
+                try:
+                    note = self._on_end(job) or note
+                except Exception as exc:  # the job's result stays; the page shows why the follow-up failed
+                    logger.exception("acting on the end of job %s failed", job.id)
+                    note = f"{type(exc).__name__}: {exc}"
+            _write_json(job.folder / HANDLED, {"note": note, "at": time.time()})
+
+
+def _read_job(folder: Path) -> Job:
+    spec = json.loads((folder / SPEC).read_text())
+    ended = _read_optional(folder / EXIT)
+    handled = _read_optional(folder / HANDLED)
+    note = handled.get("note", "") if handled else ""
+    if ended is not None:
+        code = ended["returncode"]
+        status: Status = "cancelled" if ended["cancelled"] else ("done" if code == 0 else "failed")
+        return Job(spec["id"], spec["kind"], spec["title"], status, spec["started"], folder, spec["details"], code,
+                   ended["ended"], note, handled is not None)
+    if spec["pid"] is not None and _runs(spec["pid"], folder):
+        return Job(spec["id"], spec["kind"], spec["title"], "running", spec["started"], folder, spec["details"])
+    if (folder / CANCEL).exists():
+        return Job(spec["id"], spec["kind"], spec["title"], "cancelled", spec["started"], folder, spec["details"],
+                   note=note, handled=handled is not None)
+    return Job(spec["id"], spec["kind"], spec["title"], "failed", spec["started"], folder, spec["details"],
+               note=note or "the job's process ended without recording a result (was it killed?)",
+               handled=handled is not None)
+
+
+def _runs(pid: int, folder: Path) -> bool:
+    """Whether `pid` is alive and is this job's runner (a reused pid would name another command)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (not Linux): trust the pid
+    return str(folder).encode() in command
+
+
+def _read_optional(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write whole or not at all: a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    temporary.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(temporary, path)

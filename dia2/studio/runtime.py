@@ -1,0 +1,176 @@
+"""What every tab of the studio shares: the model on a serving engine, the server's voice store and
+adapter voices, the background jobs, and the page-facing error handling.
+
+The studio loads its model and voices the way the speech server does (`dia2.api_server`): the
+same model options, the same `VoiceStore` on the same folder (so a voice made here is one the
+server serves, and the other way round), adapter voices loaded per request by the engine through
+the server's `VoiceAdapters`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dia2.errors import Dia2Error
+from dia2.generation.voice import Voice
+from dia2.studio.jobs import Job, JobStore
+
+logger = logging.getLogger(__name__)
+
+ScorerFactory = Callable[[Sequence[np.ndarray]], Any]
+"""references (mono float32 waveforms of the target voice, maybe none) -> an object with
+`score(waveform, sample_rate, text, *, timestamps, hit_frame_limit)` (dia2.evaluation.ClipScorer)."""
+
+
+class StudioError(Dia2Error, ValueError):
+    """A bad input in the page (empty script, no recording, bad seed...); shown as a message."""
+
+
+class Studio:
+    """The loaded studio: `tts`, `engine`, `voices` (VoiceStore), `adapters` (VoiceAdapters),
+    `jobs` (JobStore), and the folders of its work."""
+
+    def __init__(self, options: Any) -> None:
+        from dia2.api_server import load_tts, offer_adapters, voice_maker
+        from dia2.serving.engine import Engine, EngineConfig
+        from dia2.serving.voice_adapters import VoiceAdapters, load_stored_adapters
+        from dia2.serving.voices import VoiceStore
+
+        self.options = options
+        m, s = options.model, options.studio
+        self.tts = load_tts(m, "the studio runs")
+        self.sample_rate = self.tts.codec.sample_rate
+        self.engine = Engine(self.tts, EngineConfig(slots=s.slots))
+        self._make_voice = voice_maker(self.tts, s.whisper_model)
+        self._voice_lock = threading.Lock()  # one transcription at a time: one Whisper, one codec
+        self.voices = VoiceStore(s.voices, self.make_voice, sample_rate=self.sample_rate)
+        offer_adapters(self.voices, s.adapter)
+        self.adapters = VoiceAdapters(self.engine)
+        self.voices.watch(self.adapters.changed)  # a replaced or deleted voice unloads its adapter, as in the server
+        load_stored_adapters(self.voices, self.adapters)
+        self.engine.start()
+        self.work = Path(s.work)
+        for sub in ("corpora", "runs", "outputs"):
+            (self.work / sub).mkdir(parents=True, exist_ok=True)
+        from dia2.studio.adapt import job_ended
+
+        self.jobs = JobStore(self.work / "jobs", functools.partial(job_ended, self))
+
+    def make_voice(self, speaker_1: np.ndarray, speaker_2: np.ndarray | None = None,
+                   transcript: str | None = None) -> Voice:
+        """Transcribe and encode recordings (float32 mono [S] at the codec's rate) into a prefix."""
+        with self._voice_lock:
+            return self._make_voice(speaker_1, speaker_2, transcript=transcript)
+
+    # --- the voices the tabs offer -------------------------------------------------------------
+
+    def prefix_voices(self) -> list[str]:
+        """Stored voices with a recording (a prefix), sorted."""
+        return [v.name for v in self.voices.list() if v.voice is not None]
+
+    def adapter_voices(self) -> list[str]:
+        """Stored voices with a LoRA adapter (trained here, given with --adapter, or the server's)."""
+        return [v.name for v in self.voices.list() if v.adapter is not None]
+
+    def adapter_key(self, name: str | None) -> str | None:
+        """The engine's name for adapter voice `name` (None: no adapter)."""
+        if not name:
+            return None
+        stored = self.voices.get(name)
+        if stored.adapter is None:
+            raise StudioError(f"voice '{name}' has no adapter: choose one of {', '.join(self.adapter_voices()) or 'none yet'}")
+        return self.adapters.key(stored)  # loaded now if another server added it to the folder
+
+    def add_adapter_voice(self, name: str, adapter: Path) -> None:
+        """Serve a trained adapter as voice `name`, here and in the server's voices folder."""
+        key = self.adapters.load(str(adapter))  # refused (wrong base...) before anything is stored
+        try:
+            stored = self.voices.add_adapter(name, str(adapter), replace=True)
+        except BaseException:
+            self.adapters.retire(key)
+            raise
+        self.adapters.bind(name, key, stored.revision)
+
+    def job_choices(self) -> list[tuple[str, str]]:
+        return [(job_label(j), j.id) for j in self.jobs.list()]
+
+    def newest_job(self) -> str | None:
+        jobs = self.jobs.list()
+        return jobs[0].id if jobs else None
+
+
+def job_label(job: Job) -> str:
+    return f"{job.title} ({job.status}) · {job.id}"
+
+
+def shows_errors(fn: Callable) -> Callable:
+    """A UI callback whose errors reach the page as a message, never a traceback: a user's error
+    (Dia2Error) with its own message, anything else as one line naming the failure (logged whole)."""
+    import gradio as gr
+
+    def as_message(exc: Exception) -> gr.Error:
+        if isinstance(exc, gr.Error):
+            return exc
+        if isinstance(exc, Dia2Error):
+            return gr.Error(str(exc), print_exception=False)
+        logger.exception("a studio callback failed")
+        return gr.Error(f"the studio failed: {type(exc).__name__}: {exc}", print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a message in the page
+                raise as_message(exc) from None
+
+        return generator
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a message in the page
+            raise as_message(exc) from None
+
+    return call
+
+
+def parse_seed(text: str | float | None, *, required: bool = False) -> int | None:
+    """A seed typed in the page: empty is none (a random one), else an integer in [0, 2**63)."""
+    value = str(text).strip() if text is not None else ""
+    if not value:
+        if required:
+            raise StudioError("give a seed (a whole number such as 0): every configuration is spoken with it")
+        return None
+    try:
+        seed = int(float(value)) if float(value).is_integer() else None
+    except ValueError:
+        seed = None
+    if seed is None or not 0 <= seed < 2**63:
+        raise StudioError(f"seed {value!r} is not a whole number from 0 to 2**63-1: type one such as 42, or leave it empty")
+    return seed
+
+
+def read_recording(path: str | Path | None, sample_rate: int, label: str) -> tuple[bytes, np.ndarray]:
+    """An uploaded or recorded file: its bytes and mono float32 waveform [S] at `sample_rate`,
+    checked as the server checks a voice upload (decodable, 1-30 s, not silent, not clipped)."""
+    from dia2.serving.voices import check_speech, decode_audio
+
+    if not path:
+        raise StudioError(f"{label}: no recording: upload a file or record one with the microphone")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise StudioError(f"{label}: cannot read the upload ({exc}): upload it again") from exc
+    audio = decode_audio(data, sample_rate, label)
+    check_speech(audio, label)
+    return data, audio.waveform
