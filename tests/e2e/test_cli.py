@@ -1,13 +1,19 @@
-"""`dia2-infer` end to end on the embedded tiny default: a playable file, and clear errors."""
+"""`dia2-infer` end to end on the embedded tiny default: a playable file, and clear errors.
+
+One test runs the real entry point (`python -m dia2.cli`) in a child process; the rest call
+`dia2.cli.main(argv)` in-process, as the entry point does, which saves a Python start-up and a
+model load per case."""
 
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import soundfile as sf
 
+from dia2.cli import main
 from tests.conftest import REPO_ROOT
 
 
@@ -15,8 +21,15 @@ def run_cli(*args, cache, timeout=600, stdin=None):
     env = {**os.environ, "DIA2_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "dia2.cli", *map(str, args)],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=timeout, env=env, input=stdin,
+        check=False, capture_output=True, text=True, cwd=REPO_ROOT, timeout=timeout, env=env, input=stdin,
     )
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +37,26 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("dia2-cache")
 
 
-@pytest.mark.parametrize("ext", ["wav", "flac", "ogg"])
-def test_cli_writes_a_playable_file(tmp_path, cache, ext):
-    out = tmp_path / f"speech.{ext}"
+@pytest.fixture
+def cli(cache, monkeypatch, capsys):
+    """dia2.cli.main(argv) in this process, from the repository root, with the test's cache."""
+    monkeypatch.setenv("DIA2_CACHE", str(cache))
+    monkeypatch.chdir(REPO_ROOT)
+
+    def call(*args) -> Run:
+        capsys.readouterr()
+        try:
+            code = main(list(map(str, args)))
+        except SystemExit as exc:  # argparse refuses a flag with exit code 2
+            code = exc.code
+        out, err = capsys.readouterr()
+        return Run(code, out, err)
+
+    return call
+
+
+def test_the_entry_point_writes_a_playable_file(tmp_path, cache):
+    out = tmp_path / "speech.wav"
     stamps = tmp_path / "words.json"
     proc = run_cli("--tiny", "--text", "[S1] Hello there. [S2] Hi!", "--seed", "0", "--timestamps", stamps, out, cache=cache)
     assert proc.returncode == 0, proc.stderr
@@ -36,20 +66,32 @@ def test_cli_writes_a_playable_file(tmp_path, cache, ext):
     assert [w["word"] for w in json.loads(stamps.read_text())] == ["Hello", "there.", "Hi!"]
 
 
-def test_cli_reads_the_script_from_a_file_and_is_reproducible(tmp_path, cache):
+@pytest.mark.parametrize("ext", ["flac", "ogg"])
+def test_cli_writes_a_playable_file(tmp_path, cli, ext):
+    out = tmp_path / f"speech.{ext}"
+    stamps = tmp_path / "words.json"
+    proc = cli("--tiny", "--text", "[S1] Hello there. [S2] Hi!", "--seed", "0", "--timestamps", stamps, out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}" in proc.stdout
+    data, rate = sf.read(str(out))
+    assert rate == 24000 and data.ndim == 1 and len(data) > 24000 // 2
+    assert [w["word"] for w in json.loads(stamps.read_text())] == ["Hello", "there.", "Hi!"]
+
+
+def test_cli_reads_the_script_from_a_file_and_is_reproducible(tmp_path, cli):
     script = tmp_path / "script.txt"
     script.write_text("[S1] Good morning. [S2] Morning!\n")
     a, b = tmp_path / "a.wav", tmp_path / "b.wav"
     for out in (a, b):
-        proc = run_cli("--tiny", "--input", script, "--seed", "3", "--cfg", "3", "--temperature", "0.9", out, cache=cache)
+        proc = cli("--tiny", "--input", script, "--seed", "3", "--cfg", "3", "--temperature", "0.9", out)
         assert proc.returncode == 0, proc.stderr
     assert sf.read(str(a))[0].tolist() == sf.read(str(b))[0].tolist()
 
 
-def test_hf_tiny_is_the_embedded_model_that_tiny_is_short_for(tmp_path, cache):
+def test_hf_tiny_is_the_embedded_model_that_tiny_is_short_for(tmp_path, cli):
     outs = {flags: tmp_path / f"{flags[-1]}.wav" for flags in (("--hf", "tiny"), ("--tiny",))}
     for flags, out in outs.items():
-        proc = run_cli(*flags, "--text", "[S1] Hello there.", "--seed", "1", "--max-frames", "40", out, cache=cache)
+        proc = cli(*flags, "--text", "[S1] Hello there.", "--seed", "1", "--max-frames", "40", out)
         assert proc.returncode == 0 and "untrained" in proc.stderr, proc.stderr
     first, second = (sf.read(str(out))[0] for out in outs.values())
     assert len(first) > 0 and first.tolist() == second.tolist()
@@ -65,8 +107,8 @@ def test_hf_tiny_is_the_embedded_model_that_tiny_is_short_for(tmp_path, cache):
     (["--tiny", "--hf", "x/y", "--text", "hi", "out.wav"], "cannot be combined"),
     (["--tiny", "--text", "hi", "--cuda-graph", "--device", "cpu", "out.wav"], "--cuda-graph needs a CUDA device"),
 ])
-def test_cli_rejects_bad_flags(tmp_path, cache, args, message):
-    proc = run_cli(*args, cache=cache, timeout=120)
+def test_cli_rejects_bad_flags(cli, args, message):
+    proc = cli(*args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
@@ -76,8 +118,8 @@ def test_cli_rejects_bad_flags(tmp_path, cache, args, message):
     (["--hf", "nobody/NoSuchDia2", "--text", "hi", "out.wav"], "HF_HUB_OFFLINE is set"),
     (["--tiny", "--text", "hi", "--adapter", "no/such/adapter", "out.wav"], "adapter"),
 ])
-def test_cli_reports_bad_input_without_a_traceback(tmp_path, cache, args, message):
-    proc = run_cli(*args, cache=cache)
+def test_cli_reports_bad_input_without_a_traceback(cli, args, message):
+    proc = cli(*args)
     assert proc.returncode == 1, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (REPO_ROOT / "out.wav").exists()
