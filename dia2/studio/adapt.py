@@ -14,15 +14,16 @@ output), runs/<name> (the trainer's run; its adapter/ becomes voice <name>), job
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from dia2.errors import Dia2Error
 from dia2.serving.voices import check_name
 from dia2.studio.jobs import Job
 from dia2.studio.runtime import Studio, StudioError, job_label, shows_errors
@@ -31,6 +32,10 @@ QC_TEXT, QC_JSON, CORPUS_META = "qc_report.txt", "qc_report.json", "corpus_meta.
 METRICS, ADAPTER = "metrics.jsonl", "adapter"
 _PREP_BAR = re.compile(r"recordings:\s*\d+%.*?(\d+)/(\d+)")
 _CHILD_ENV = {"PYTHONUNBUFFERED": "1"}  # progress reaches the log as it happens
+UNTRAINABLE = (("config", "--config"), ("weights", "--weights"), ("tokenizer", "--tokenizer"), ("mimi", "--mimi"),
+               ("adapter", "--merge-adapter"))
+"""Model options of the studio the trainer has no key for (finetune's model section: base, base_name, dtype)."""
+STUDIO_KEYS = ("model.base", "data.corpus", "output.dir", "output.name")
 
 
 def corpus_folder(studio: Studio, name: str) -> Path:
@@ -48,6 +53,35 @@ def presets(studio: Studio) -> list[str]:
     return sorted(p.name for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
+def _no_presets(studio: Studio) -> str:
+    # The default folder is the repository checkout's configs/train: an installed studio has none.
+    return (f"no training presets (*.yaml) in {studio.options.studio.presets}: start the studio with "
+            "--presets FOLDER, e.g. the configs/train folder of a Dia2 checkout")
+
+
+def check_trainable(studio: Studio) -> None:
+    """Refuse Adapt when the studio speaks with a model the trainer cannot load: the trainer takes
+    model.base only (with the config, weights, tokenizer and Mimi that model names), so a corpus or
+    adapter made here would be for another model than the one the studio speaks with."""
+    m = studio.options.model
+    given = [f"{flag} {getattr(m, key)}" for key, flag in UNTRAINABLE if getattr(m, key)]
+    if given:
+        raise StudioError(
+            f"Adapt is off: the studio was started with {', '.join(given)}, which the trainer cannot take (it loads "
+            f"{m.source} as its model names it), so it would train for another model than the one speaking here. "
+            f"Start the studio with --hf {m.source} alone to adapt it, or save the model you speak with as a "
+            "model folder and give that folder to --hf")
+
+
+def adapt_note(studio: Studio) -> str:
+    """Why Adapt cannot be used in this studio ('' when it can), shown at the top of the tab."""
+    try:
+        check_trainable(studio)
+    except StudioError as exc:
+        return f"**{exc}**"
+    return "" if presets(studio) else f"**{_no_presets(studio)}**"
+
+
 def _name(text: str | None, what: str) -> str:
     name = (text or "").strip()
     if not name:
@@ -55,75 +89,120 @@ def _name(text: str | None, what: str) -> str:
     return check_name(name)
 
 
-def _running(studio: Studio, kind: str, output: Path) -> Job | None:
-    return next((j for j in studio.jobs.list(kind) if j.status == "running" and j.details.get("output") == str(output)),
-                None)
-
-
 def start_prep(studio: Studio, name: str, files: list[str] | None, folder: str | None) -> Job:
     """Copy the uploads (or take a folder on this machine) and start data prep on them."""
     name = _name(name, "corpus")
+    check_trainable(studio)
     folder = (folder or "").strip()
     if files and folder:
         raise StudioError("give either uploaded recordings or a folder on this machine, not both")
     if not files and not folder:
         raise StudioError("no recordings: upload audio files, or name a folder of recordings on this machine")
+    if folder and not Path(folder).expanduser().is_dir():
+        raise StudioError(f"folder {folder} does not exist on this machine: give the path of a folder of recordings")
+    names = [Path(f).name for f in files or []]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise StudioError(f"two uploads are named {', '.join(clashes)}: rename one (each recording keeps its file "
+                          "name in the corpus)")
     output = corpus_folder(studio, name)
-    if _running(studio, "prep", output):
-        raise StudioError(f"corpus '{name}' is being prepared already: wait for that job, or cancel it")
-    if folder:
-        source = Path(folder).expanduser()
-        if not source.is_dir():
-            raise StudioError(f"folder {folder} does not exist on this machine: give the path of a folder of recordings")
-    else:
-        source = output.parent / "recordings"
-        source.mkdir(parents=True, exist_ok=True)
+    with studio.jobs.exclusive():  # the check and the start are one step: two clicks cannot share the output
+        _refuse_running(studio, "prep", output, f"corpus '{name}' is being prepared already")
+        training = studio.jobs.running("train", corpus=name)
+        if training:
+            raise StudioError(f"corpus '{name}' is being trained on (job {training.id}): wait for that job, or "
+                              "cancel it, before preparing the corpus again")
+        source = Path(folder).expanduser() if folder else _store_uploads(output.parent / "recordings", files)
+        m, s = studio.options.model, studio.options.studio
+        argv = [sys.executable, "-m", "data_prep", source, output, "--model", m.source, "--asr-model",
+                s.whisper_model, "--device", m.device]
+        return studio.jobs.start("prep", f"prepare '{name}'", argv, env=_CHILD_ENV,
+                                 details={"name": name, "output": str(output), "input": str(source)})
+
+
+def _refuse_running(studio: Studio, kind: str, output: Path, what: str) -> None:
+    job = studio.jobs.running(kind, output=str(output))
+    if job:
+        raise StudioError(f"{what} (job {job.id}): wait for that job, or cancel it")
+
+
+def _store_uploads(folder: Path, files: list[str]) -> Path:
+    """The uploads as `folder`'s only recordings (an earlier upload's files are replaced, not mixed in):
+    copied under a temporary name, then renamed into place."""
+    fresh = folder.with_name(f".{folder.name}-{uuid.uuid4().hex[:8]}")
+    fresh.mkdir(parents=True)
+    try:
         for path in files:
-            shutil.copyfile(path, source / Path(path).name)
-    m, s = studio.options.model, studio.options.studio
-    argv = [sys.executable, "-m", "data_prep", source, output, "--model", m.source, "--asr-model", s.whisper_model,
-            "--device", m.device]
-    argv += [a for flag, v in (("--tokenizer", m.tokenizer), ("--mimi", m.mimi)) if v for a in (flag, v)]
-    return studio.jobs.start("prep", f"prepare '{name}'", argv, env=_CHILD_ENV,
-                             details={"name": name, "output": str(output), "input": str(source)})
+            shutil.copyfile(path, fresh / Path(path).name)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    old = folder.with_name(f".{folder.name}-old-{uuid.uuid4().hex[:8]}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(fresh, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def start_train(studio: Studio, corpus: str | None, preset: str | None, steps: float | None, name: str,
                 extra: str | None) -> Job:
     """Start training a LoRA on a prepared corpus from a preset; the adapter becomes voice `name`."""
     name = _name(name, "adapter")
+    check_trainable(studio)
     if not corpus or corpus not in corpora(studio):
         raise StudioError(f"choose a prepared corpus ({', '.join(corpora(studio)) or 'none yet: prepare one first'})")
+    if not presets(studio):
+        raise StudioError(_no_presets(studio))
     if not preset or preset not in presets(studio):
-        raise StudioError(f"choose a training preset ({', '.join(presets(studio)) or 'none found'})")
+        raise StudioError(f"choose a training preset ({', '.join(presets(studio))})")
     if name in studio.voices.names() and studio.voices.get(name).voice is not None:
         raise StudioError(f"a recorded voice is named '{name}': give the adapter another name")
     run = studio.work / "runs" / name
-    if run.exists():
-        raise StudioError(f"a run named '{name}' exists ({run}): give the adapter another name")
     preset_path = Path(studio.options.studio.presets) / preset
-    overrides = shlex.split(extra or "")
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise StudioError(f"extra options {' '.join(bad)}: write key=value items, e.g. optim.lr=1e-3")
-    total = _total_steps(preset_path, steps, overrides)
-    if steps not in (None, ""):
-        overrides.append(f"optim.steps={total}")
-    argv = [sys.executable, "-m", "finetune.train", "--config", preset_path, f"model.base={studio.options.model.source}",
-            f"data.corpus={corpus_folder(studio, corpus)}", f"output.dir={run.parent}", f"output.name={name}", *overrides]
-    return studio.jobs.start("train", f"train '{name}' on '{corpus}'", argv, env=_CHILD_ENV,
-                             details={"name": name, "output": str(run), "steps": total, "corpus": corpus})
-
-
-def _total_steps(preset: Path, steps: float | None, overrides: list[str]) -> int:
+    items = [f"model.base={studio.options.model.source}", f"data.corpus={corpus_folder(studio, corpus)}",
+             f"output.dir={run.parent}", f"output.name={name}", *_extra_options(extra)]
     if steps not in (None, ""):
         if float(steps) != int(steps) or int(steps) < 1:
             raise StudioError(f"steps {steps!r}: give a whole number of optimizer steps, at least 1")
-        return int(steps)
-    for item in overrides:
-        if item.startswith("optim.steps="):
-            return int(item.partition("=")[2])
-    return int((yaml.safe_load(preset.read_text()) or {}).get("optim", {}).get("steps", 0)) or 1
+        items.append(f"optim.steps={int(steps)}")
+    total = _checked_config(preset_path, items).optim.steps
+    argv = [sys.executable, "-m", "finetune.train", "--config", preset_path, *items]
+    with studio.jobs.exclusive():  # the checks and the start are one step: two clicks cannot share a run folder
+        _refuse_running(studio, "train", run, f"adapter '{name}' is being trained already")
+        _refuse_running(studio, "prep", corpus_folder(studio, corpus), f"corpus '{corpus}' is being prepared again")
+        if run.exists():
+            raise StudioError(f"a run named '{name}' exists ({run}): give the adapter another name")
+        return studio.jobs.start("train", f"train '{name}' on '{corpus}'", argv, env=_CHILD_ENV,
+                                 details={"name": name, "output": str(run), "steps": total, "corpus": corpus})
+
+
+def _extra_options(extra: str | None) -> list[str]:
+    """The page's extra key=value items; the keys the studio sets itself are refused."""
+    try:
+        items = shlex.split(extra or "")
+    except ValueError as exc:
+        raise StudioError(f"extra options {extra!r}: {exc}: close the quote") from None
+    bad = [o for o in items if "=" not in o]
+    if bad:
+        raise StudioError(f"extra options {' '.join(bad)}: write key=value items, e.g. optim.lr=1e-3")
+    taken = [o for o in items if o.partition("=")[0].strip() in STUDIO_KEYS]
+    if taken:
+        raise StudioError(f"extra options {' '.join(taken)}: the studio sets {', '.join(STUDIO_KEYS)} itself "
+                          "(the base it speaks with, the corpus, the run folder and the adapter name): leave them out")
+    return items
+
+
+def _checked_config(preset: Path, items: list[str]) -> Any:
+    """The trainer's config as it will run (finetune.config_file.load_config): a bad key or value is
+    refused here, with the trainer's message naming it, before a job starts."""
+    # The studio drives the trainer, as its entry point; the trainer's own checks are the ones that count.
+    from finetune.config_file import load_config
+
+    try:
+        return load_config(preset, items)
+    except Dia2Error as exc:
+        raise StudioError(f"training options: {exc}") from None
 
 
 def job_ended(studio: Studio, job: Job) -> str:
@@ -194,6 +273,8 @@ def job_view(studio: Studio, job_id: str | None) -> tuple[str, Any, str, str]:
     if not job_id:
         return "no job yet: prepare data or train", empty, "", ""
     job = studio.jobs.get(job_id)
+    if job.status == "damaged":
+        return f"**{job_label(job)}**\n\n{job.note}", empty, "", ""
     done, total = progress(job)
     unit = "recording(s)" if job.kind == "prep" else "step(s)"
     lines = [f"**{job_label(job)}**", f"progress: {done}/{total or '?'} {unit}"]
@@ -214,6 +295,7 @@ def build_adapt_tab(studio: Studio) -> dict[str, Any]:
     """The tab's components; returns the job picker and its view (the app refreshes them on load)."""
     import gradio as gr
 
+    gr.Markdown(adapt_note(studio), elem_id="adapt-note")
     with gr.Row():
         with gr.Column():
             gr.Markdown("### 1. Prepare data\nUpload recordings of one speaker, or name a folder of them on this machine.")

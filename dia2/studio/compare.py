@@ -3,12 +3,17 @@ voice prefix, adapter, adapter + prefix), with the evaluation's scores for each 
 `dia2.evaluation` is installed (WER/CER from Whisper, similarity to the prefix's recording...).
 
 All configurations go to the engine at once, so they are generated in one batch; the engine
-keys every draw by the seed, so each configuration's audio is what it would be alone.
+keys every draw by the seed, so each configuration's audio is what it would be alone. The clip
+scorer (Whisper, the speaker encoder, the voice's embedded recordings) is built once per set of
+reference recordings and kept for the next clicks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,10 +39,37 @@ SCORE_COLUMNS = ["configuration", "duration_s", "wer", "cer", "similarity", "wor
 def default_scorer(whisper_model: str) -> ScorerFactory | None:
     """The evaluation's clip scorer with the studio's Whisper (None when dia2.evaluation is absent)."""
     try:
-        from dia2.evaluation import ClipScorer
+        from dia2.evaluation.scoring import ASR_OPTION, ClipScorer, ClipTranscriber
     except ImportError:
         return None
-    return lambda references: ClipScorer(list(references) or None, asr=whisper_model)
+    # One Whisper (loaded at the first clip) for every scorer the cache keeps, one per voice.
+    transcriber = ClipTranscriber(whisper_model, device="cpu", model_option=ASR_OPTION)
+    return lambda references: ClipScorer(list(references) or None, asr=transcriber)
+
+
+class ScorerCache:
+    """The scorers a factory builds, one per set of reference waveforms, the last `size` kept:
+    each click on Compare with the same voice reuses its scorer instead of loading Whisper and
+    the speaker encoder again. `score` runs one clip set at a time (one Whisper, one encoder)."""
+
+    def __init__(self, factory: ScorerFactory, size: int = 4) -> None:
+        self.factory = factory
+        self.size = size
+        self._scorers: OrderedDict[bytes, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def score(self, references: Sequence[np.ndarray], results: dict[str, Any], script: str) -> dict[str, dict]:
+        """Each result's scores as a dict (ClipScores.as_dict), against `references` (mono [S] each)."""
+        key = hashlib.sha256(b"".join(np.ascontiguousarray(r, np.float32).tobytes() + b"|" for r in references)).digest()
+        with self._lock:
+            scorer = self._scorers.pop(key, None)
+            if scorer is None:
+                scorer = self.factory(references)
+            self._scorers[key] = scorer  # newest last
+            while len(self._scorers) > self.size:
+                self._scorers.popitem(last=False)
+            return {c: scorer.score(r.waveform, r.sample_rate, script, timestamps=r.timestamps,
+                                    hit_frame_limit=r.truncated).as_dict() for c, r in results.items()}
 
 
 def _references(studio: Studio, voice: str) -> list[np.ndarray]:
@@ -49,7 +81,7 @@ def _references(studio: Studio, voice: str) -> list[np.ndarray]:
 
 
 def compare(studio: Studio, script: str, seed_text: str, voice: str | None, adapter: str | None,
-            chosen: Sequence[str], scorer_factory: ScorerFactory | None) -> tuple[Any, ...]:
+            chosen: Sequence[str], scorers: ScorerCache | None) -> tuple[Any, ...]:
     """Speak `script` once per chosen configuration; returns an audio path per CONFIGURATIONS
     entry (None where not chosen), the score rows and a status line."""
     from dia2.serving.requests import Request
@@ -71,30 +103,30 @@ def compare(studio: Studio, script: str, seed_text: str, voice: str | None, adap
     key = studio.adapter_key(adapter)
     g = studio.options.generation
     config = generation_config(g, g.cfg_scale, g.audio.temperature, g.audio.top_k, seed)
-    handles = {c: studio.engine.submit(Request(script, config, prefix if "prefix" in c else None,
-                                               key if "adapter" in c else None)) for c in chosen}
-    try:
+    handles = {}
+    try:  # a refused submit (EngineFull) or a failed result stops the configurations already started too
+        for c in chosen:
+            handles[c] = studio.engine.submit(Request(script, config, prefix if "prefix" in c else None,
+                                                      key if "adapter" in c else None))
         results = {c: h.result() for c, h in handles.items()}
     finally:
         for h in handles.values():
             h.cancel()
     paths = {c: save_audio(studio.work / "outputs", "compare-" + c.replace(" + ", "-"), r.waveform, r.sample_rate)
              for c, r in results.items()}
-    rows, note = _scores(studio, script, results, voice, scorer_factory)
+    rows, note = _scores(studio, script, results, voice, scorers)
     audio = [str(paths[c]) if c in paths else None for c in CONFIGURATIONS]
     return (*audio, rows, f"spoke {len(results)} configuration(s) with seed {seed}{note}")
 
 
 def _scores(studio: Studio, script: str, results: dict, voice: str | None,
-            scorer_factory: ScorerFactory | None) -> tuple[list[list[Any]], str]:
+            scorers: ScorerCache | None) -> tuple[list[list[Any]], str]:
     """A row per configuration: the evaluation's scores, or just the duration without them."""
     rows = [[c, round(r.duration, 2), *[None] * (len(SCORE_COLUMNS) - 2)] for c, r in results.items()]
-    if scorer_factory is None:
+    if scorers is None:
         return rows, " (scores need dia2.evaluation, which is not installed)"
     try:
-        scorer = scorer_factory(_references(studio, voice) if voice else [])
-        scored = {c: scorer.score(r.waveform, r.sample_rate, script, timestamps=r.timestamps,
-                                  hit_frame_limit=r.truncated).as_dict() for c, r in results.items()}
+        scored = scorers.score(_references(studio, voice) if voice else [], results, script)
     except Exception as exc:  # the audio is worth showing without its scores; the page says why they are missing
         logger.exception("scoring failed")
         return rows, f" (no scores: {type(exc).__name__}: {exc})"
@@ -124,8 +156,10 @@ def build_compare_tab(studio: Studio, scorer_factory: ScorerFactory | None,
     status = gr.Markdown(elem_id="compare-status")
     scores = gr.Dataframe(headers=SCORE_COLUMNS, label="Scores", interactive=False, elem_id="compare-scores")
 
+    scorers = ScorerCache(scorer_factory) if scorer_factory is not None else None
+
     def run(*args: Any) -> tuple[Any, ...]:
-        return compare(studio, *args, scorer_factory=scorer_factory)
+        return compare(studio, *args, scorers=scorers)
 
     button.click(shows_errors(run), [script, seed, voice, adapter, chosen], [*players, scores, status],
                  api_name="compare", concurrency_limit=studio.engine.config.slots)

@@ -9,9 +9,10 @@ Each job is a folder under `<work>/jobs/<id>/`:
     handled.json that the studio has acted on its end (e.g. added the trained adapter), with a note
 
 A job runs under `runner.py`, in its own session, so it outlives the page that started it and
-the studio itself: a page reload, or a studio started again on the same work folder, finds every
-job with its progress and result. Cancelling sends SIGTERM, which the runner passes on (the
-trainer stops like Ctrl-C and keeps its last checkpoint; data prep keeps what it cached).
+the studio itself: a page reload, or a studio started again on the same work folder (by any
+spelling of its path), finds every job with its progress and result. Cancelling sends SIGTERM,
+which the runner passes on (the trainer stops like Ctrl-C and keeps its last checkpoint; data
+prep keeps what it cached). A folder whose job.json cannot be read is listed as damaged.
 """
 
 from __future__ import annotations
@@ -25,20 +26,28 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from dia2.errors import Dia2Error
-from dia2.studio.runner import EXIT, LOG, SPEC
+from dia2.studio.runner import CANCEL, EXIT, LOG, SPEC
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: starting jobs is serialised within this studio only
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
 HANDLED = "handled.json"
-CANCEL = "cancel.json"  # a cancel was asked for: a runner killed before it could say so still ends as cancelled
 RUNNER = Path(__file__).with_name("runner.py")
-Status = Literal["running", "done", "failed", "cancelled"]
+STARTING_GRACE_S = 60.0
+"""A job with no runner pid yet is starting (its runner is being spawned) for this long; after it,
+the studio that started it stopped before it could record one, and the job counts as failed."""
+Status = Literal["running", "done", "failed", "cancelled", "damaged"]
 
 
 class JobError(Dia2Error, ValueError):
@@ -85,15 +94,26 @@ class JobStore:
     or at start-up for jobs that ended while no studio watched them); its note is kept."""
 
     def __init__(self, folder: str | os.PathLike, on_end: Callable[[Job], str] | None = None) -> None:
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()  # the runner's command line names it; one spelling for every studio
         self.folder.mkdir(parents=True, exist_ok=True)
         self._on_end = on_end
         self._lock = threading.Lock()  # one on_end per job, even when a watcher and a poll race
+        self._starting = threading.Lock()
+        self._reported: set[str] = set()  # damaged folders already logged (the page lists jobs every second)
         for job in self.list():
             if job.status == "running":
                 self._watch(job, None)
-            else:
+            elif job.status != "damaged":
                 self._handle(job)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold while checking that no running job writes a folder and starting one that does:
+        two clicks (or two studios on one work folder) cannot both pass the check."""
+        with self._starting, open(self.folder / ".start.lock", "a") as lock_file:
+            if fcntl is not None:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
+            yield
 
     def start(self, kind: str, title: str, argv: list[str], *, cwd: str | os.PathLike | None = None,
               env: dict[str, str] | None = None, details: dict[str, Any] | None = None) -> Job:
@@ -120,9 +140,18 @@ class JobStore:
         return _read_job(folder)
 
     def list(self, kind: str | None = None) -> list[Job]:
-        """Every job (of `kind`), newest first."""
+        """Every job (of `kind`), newest first; a damaged one (unreadable job.json) as status damaged."""
         jobs = [_read_job(p) for p in sorted(self.folder.iterdir(), reverse=True) if (p / SPEC).is_file()]
+        for job in jobs:
+            if job.status == "damaged" and job.id not in self._reported:
+                self._reported.add(job.id)
+                logger.warning("job %s is damaged and listed as such: %s", job.id, job.note)
         return [j for j in jobs if kind is None or j.kind == kind]
+
+    def running(self, kind: str, **details: Any) -> Job | None:
+        """A running job of `kind` whose details hold these values (e.g. output="/path"), if any."""
+        return next((j for j in self.list(kind) if j.status == "running"
+                     and all(j.details.get(k) == v for k, v in details.items())), None)
 
     def cancel(self, job_id: str) -> Job:
         """Ask a running job to stop (SIGTERM); it ends as cancelled shortly after."""
@@ -130,11 +159,12 @@ class JobStore:
         if job.status != "running":
             raise JobError(f"job {job_id} is not running (it is {job.status}): nothing to cancel")
         pid = json.loads((job.folder / SPEC).read_text())["pid"]
-        _write_json(job.folder / CANCEL, {"at": time.time()})
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass  # it ended meanwhile
+        _write_json(job.folder / CANCEL, {"at": time.time()})  # a runner still starting reads it and stops
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # it ended meanwhile
         return self.get(job_id)
 
     def wait(self, job_id: str, timeout: float) -> Job:
@@ -174,7 +204,16 @@ class JobStore:
 
 
 def _read_job(folder: Path) -> Job:
-    spec = json.loads((folder / SPEC).read_text())
+    try:
+        spec = json.loads((folder / SPEC).read_text())
+        return _job(folder, spec)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # One broken folder (a disk filled up, a hand edit) must not hide every other job.
+        return Job(folder.name, "", "damaged job", "damaged", 0.0, folder,
+                   note=f"{SPEC} cannot be read ({type(exc).__name__}: {exc}): delete the folder {folder}")
+
+
+def _job(folder: Path, spec: dict[str, Any]) -> Job:
     ended = _read_optional(folder / EXIT)
     handled = _read_optional(folder / HANDLED)
     note = handled.get("note", "") if handled else ""
@@ -183,7 +222,8 @@ def _read_job(folder: Path) -> Job:
         status: Status = "cancelled" if ended["cancelled"] else ("done" if code == 0 else "failed")
         return Job(spec["id"], spec["kind"], spec["title"], status, spec["started"], folder, spec["details"], code,
                    ended["ended"], note, handled is not None)
-    if spec["pid"] is not None and _runs(spec["pid"], folder):
+    starting = spec["pid"] is None and time.time() - spec["started"] < STARTING_GRACE_S
+    if (starting and not (folder / CANCEL).exists()) or (spec["pid"] is not None and _runs(spec["pid"], spec["id"])):
         return Job(spec["id"], spec["kind"], spec["title"], "running", spec["started"], folder, spec["details"])
     if (folder / CANCEL).exists():
         return Job(spec["id"], spec["kind"], spec["title"], "cancelled", spec["started"], folder, spec["details"],
@@ -193,8 +233,10 @@ def _read_job(folder: Path) -> Job:
                handled=handled is not None)
 
 
-def _runs(pid: int, folder: Path) -> bool:
-    """Whether `pid` is alive and is this job's runner (a reused pid would name another command)."""
+def _runs(pid: int, job_id: str) -> bool:
+    """Whether `pid` is alive and is this job's runner (a reused pid would name another command).
+    Matched on the job id, the last part of the runner's folder argument, not on the folder's
+    spelling: a studio started again with another spelling of --work still finds its runners."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -202,10 +244,14 @@ def _runs(pid: int, folder: Path) -> bool:
     except PermissionError:
         return True
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if not command:
+            # Empty while the runner is between fork and exec (measured right after Popen), and for
+            # a zombie: only the zombie (state Z, after the ')' that ends the command name) has ended.
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return True  # no /proc (not Linux): trust the pid
-    return str(folder).encode() in command
+    return any(Path(os.fsdecode(part)).name == job_id for part in command.split(b"\0")[1:] if part)
 
 
 def _read_optional(path: Path) -> dict[str, Any] | None:

@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 SPEC, LOG, EXIT = "job.json", "log.txt", "exit.json"
+CANCEL = "cancel.json"
+"""A cancel was asked for: a runner killed before it could say so still ends as cancelled, and one
+asked before it started its command never starts it."""
 
 
 def run(folder: Path) -> int:
@@ -35,12 +38,15 @@ def run(folder: Path) -> int:
             child.send_signal(signal.SIGTERM)  # the trainer stops like Ctrl-C and keeps its last checkpoint
 
     signal.signal(signal.SIGTERM, cancel)
-    with open(folder / LOG, "ab") as log:
-        child = subprocess.Popen(spec["argv"], cwd=spec.get("cwd"), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL)
-    if cancelled:  # asked to stop while the command was starting
-        child.send_signal(signal.SIGTERM)
-    code = child.wait()
+    if (folder / CANCEL).exists():  # cancelled while the studio was still starting this runner
+        cancelled, code = True, -int(signal.SIGTERM)
+    else:
+        with open(folder / LOG, "ab") as log:
+            child = subprocess.Popen(spec["argv"], cwd=spec.get("cwd"), env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if cancelled:  # asked to stop while the command was starting
+            child.send_signal(signal.SIGTERM)
+        code = child.wait()
     record = {"returncode": code, "cancelled": cancelled, "ended": time.time()}
     temporary = folder / f".{EXIT}.{os.getpid()}"
     temporary.write_text(json.dumps(record) + "\n")

@@ -10,6 +10,7 @@ the server's `VoiceAdapters`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import logging
 import threading
@@ -51,13 +52,14 @@ class Studio:
         self.engine = Engine(self.tts, EngineConfig(slots=s.slots))
         self._make_voice = voice_maker(self.tts, s.whisper_model)
         self._voice_lock = threading.Lock()  # one transcription at a time: one Whisper, one codec
+        self._heard: tuple[bytes, Voice] | None = None  # the last recording's voice, before any transcript
         self.voices = VoiceStore(s.voices, self.make_voice, sample_rate=self.sample_rate)
         offer_adapters(self.voices, s.adapter)
         self.adapters = VoiceAdapters(self.engine)
         self.voices.watch(self.adapters.changed)  # a replaced or deleted voice unloads its adapter, as in the server
         load_stored_adapters(self.voices, self.adapters)
         self.engine.start()
-        self.work = Path(s.work)
+        self.work = Path(s.work).resolve()  # jobs record absolute paths: a restart may spell --work otherwise
         for sub in ("corpora", "runs", "outputs"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
         from dia2.studio.adapt import job_ended
@@ -66,9 +68,19 @@ class Studio:
 
     def make_voice(self, speaker_1: np.ndarray, speaker_2: np.ndarray | None = None,
                    transcript: str | None = None) -> Voice:
-        """Transcribe and encode recordings (float32 mono [S] at the codec's rate) into a prefix."""
+        """Transcribe and encode recordings (float32 mono [S] at the codec's rate) into a prefix,
+        with `transcript`'s words in place of the heard ones when the counts agree. The last
+        recording's result is kept: Voices transcribes, checks the corrected transcript and
+        then stores the same recording, and Whisper runs once for all three."""
+        from dia2.generation.voice import with_transcript
+
+        key = hashlib.sha256(b"".join(np.ascontiguousarray(w, np.float32).tobytes() + b"|"
+                                      for w in (speaker_1, speaker_2) if w is not None)).digest()
         with self._voice_lock:
-            return self._make_voice(speaker_1, speaker_2, transcript=transcript)
+            if self._heard is None or self._heard[0] != key:
+                self._heard = (key, self._make_voice(speaker_1, speaker_2))
+            voice = self._heard[1]
+        return with_transcript(voice, transcript) if transcript else voice
 
     # --- the voices the tabs offer -------------------------------------------------------------
 

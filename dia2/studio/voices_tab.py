@@ -40,14 +40,17 @@ def save_voice(studio: Studio, name: str, recording: str | None, transcript: str
     name = (name or "").strip()
     if not name:
         raise StudioError("give the voice a name (letters, digits, '-', '_' or '.')")
-    data = read_recording(recording, studio.sample_rate, "the recording")[0]
+    data, wave = read_recording(recording, studio.sample_rate, "the recording")
     given = (transcript or "").strip() or None
+    if given is not None:
+        # Refused before anything is stored: the store would keep the heard words instead.
+        heard = [w.text for w in studio.make_voice(wave).words]  # Transcribe's result, kept by the studio
+        if heard and len(given.split()) != len(heard):
+            raise StudioError(f"the transcript has {len(given.split())} word(s) but {len(heard)} were heard "
+                              f"({' '.join(heard)}): correct it word for word (each word keeps its heard timing), "
+                              "or clear it to save the heard words; nothing was saved")
     stored = studio.voices.add(name, data, transcript=given, replace=bool(replace))
-    heard = [w.text for w in stored.voice.words]
-    if given is not None and given.split() != heard:
-        return (f"voice '{name}' saved, with the heard words kept: the transcript has {len(given.split())} word(s) but "
-                f"{len(heard)} were heard, and each word needs its own timing ({' '.join(heard)})")
-    return f"voice '{name}' saved: {' '.join(heard)}"
+    return f"voice '{name}' saved: {' '.join(w.text for w in stored.voice.words)}"
 
 
 def recording_of(studio: Studio, name: str | None) -> str | None:

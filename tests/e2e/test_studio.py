@@ -174,6 +174,10 @@ def test_make_a_voice_correct_its_transcript_use_and_delete_it(client, live, bas
     heard, note = client.predict(upload, api_name="/transcribe_voice")
     words = heard.split()
     assert len(words) >= 4 and "word(s)" in note  # "Hello there, how are you doing today?" give or take a word
+    # A correction with another word count is refused before anything is stored.
+    text = message(lambda: client.predict("bea", upload, "Howdy", False, api_name="/save_voice"))
+    assert f"has 1 word(s) but {len(words)} were heard" in text and "nothing was saved" in text
+    assert not (live.voices / "bea").exists()
     corrected = " ".join(["Howdy", *words[1:]])
     saved = client.predict("bea", upload, corrected, False, api_name="/save_voice")
     assert saved.startswith("voice 'bea' saved: Howdy")
@@ -284,6 +288,185 @@ def test_a_job_outlives_the_studio_that_started_it(tmp_path):
     assert job.status == "cancelled" and job.note == "acted on" and ended == ["cancelled"]
 
 
+def test_a_restart_with_another_spelling_of_the_work_folder_finds_running_jobs(tmp_path, monkeypatch):
+    """A studio started with --work studio leaves a runner whose command line says jobs/ID; the next
+    one, started with --work /abs/studio, must see it running, not failed (and not act on it)."""
+    import json
+    import subprocess
+    import sys
+
+    from dia2.studio.jobs import RUNNER, JobStore
+
+    job_id = "20260101-000000-demo-abcdef"
+    folder = tmp_path / "jobs" / job_id
+    folder.mkdir(parents=True)
+    spec = {"id": job_id, "kind": "demo", "title": "sleep", "argv": [sys.executable, "-c", "import time; time.sleep(60)"],
+            "cwd": None, "env": {}, "details": {}, "started": time.time(), "pid": None}
+    (folder / "job.json").write_text(json.dumps(spec))
+    ended: list[str] = []
+    store = JobStore(tmp_path / "jobs", on_end=lambda job: ended.append(job.status) or "acted on")
+    assert store.get(job_id).status == "running", "a job whose runner is being started (no pid yet) is running"
+    runner = subprocess.Popen([sys.executable, str(RUNNER), f"jobs/{job_id}"], cwd=tmp_path, start_new_session=True)
+    (folder / "job.json").write_text(json.dumps({**spec, "pid": runner.pid}))
+    monkeypatch.chdir(tmp_path.parent)  # the new studio runs elsewhere, with the absolute path
+    store = JobStore(tmp_path.resolve() / "jobs", on_end=lambda job: ended.append(job.status) or "acted on")
+    assert store.get(job_id).status == "running" and ended == []
+    assert not (folder / "handled.json").exists()
+    store.cancel(job_id)
+    assert store.wait(job_id, timeout=30).status == "cancelled" and "cancelled" in ended
+    runner.wait(timeout=30)
+    # A job with no pid long after it started: the studio stopped before its runner could start.
+    stale = tmp_path / "jobs" / "20250101-000000-demo-000000"
+    stale.mkdir()
+    (stale / "job.json").write_text(json.dumps({**spec, "id": stale.name, "started": time.time() - 3600}))
+    assert store.get(stale.name).status == "failed"
+
+
+def test_a_damaged_job_is_listed_as_damaged_and_hides_nothing(tmp_path, caplog):
+    import json
+
+    from dia2.studio.jobs import JobError, JobStore
+
+    good, bad = tmp_path / "20260101-000001-demo-aaaaaa", tmp_path / "20260101-000002-demo-bbbbbb"
+    good.mkdir()
+    (good / "job.json").write_text(json.dumps({"id": good.name, "kind": "demo", "title": "fine", "argv": ["true"],
+                                               "details": {}, "started": 1.0, "pid": None}))
+    (good / "exit.json").write_text(json.dumps({"returncode": 0, "cancelled": False, "ended": 2.0}))
+    bad.mkdir()
+    (bad / "job.json").write_text('{"id": "half a fi')
+    with caplog.at_level("WARNING", logger="dia2.studio.jobs"):
+        store = JobStore(tmp_path, on_end=lambda job: "acted on")  # a studio starting on this folder
+    assert [(j.id, j.status) for j in store.list()] == [(bad.name, "damaged"), (good.name, "done")]
+    assert store.get(good.name).note == "acted on" and "job.json cannot be read" in store.get(bad.name).note
+    assert bad.name in caplog.text and "damaged" in caplog.text
+    with pytest.raises(JobError, match="it is damaged"):
+        store.cancel(bad.name)
+
+
+def sleeping_jobs(folder: Path):
+    """A JobStore that starts a sleep in place of each command (kept in `argvs`), after a pause in
+    which a second click can race the first: the real data prep and trainer are tested above."""
+    from dia2.studio.jobs import JobStore
+
+    class SleepingJobs(JobStore):
+        def __init__(self, folder: Path) -> None:
+            self.argvs: list[list[str]] = []
+            super().__init__(folder)
+
+        def start(self, kind, title, argv, **kwargs):
+            self.argvs.append([str(a) for a in argv])
+            time.sleep(0.3)
+            return super().start(kind, title, ["sleep", "30"], **kwargs)
+
+    return SleepingJobs(folder)
+
+
+def adapt_studio(tmp_path: Path, presets: Path = REPO_ROOT / "configs" / "train", **model):
+    """What the Adapt functions use of a studio (folders, options, jobs, voices), without a model."""
+    from types import SimpleNamespace
+
+    from dia2.cli import ModelOptions
+    from dia2.studio.app import StudioOptions, StudioSection
+
+    work = tmp_path / "work"
+    (work / "corpora" / "c" / "corpus").mkdir(parents=True)
+    (work / "corpora" / "c" / "corpus" / "corpus_meta.json").write_text("{}")
+    options = StudioOptions(model=ModelOptions(hf="tiny", device="cpu", **model),
+                            studio=StudioSection(work=work, presets=presets))
+    return SimpleNamespace(work=work, options=options, jobs=sleeping_jobs(work / "jobs"),
+                           voices=SimpleNamespace(names=list))
+
+
+def race(call, times: int = 2) -> tuple[list, list[str]]:
+    """`call` from `times` threads at once: (what returned, error messages)."""
+    import threading
+
+    from dia2.errors import Dia2Error
+
+    returned, errors = [], []
+
+    def one():
+        try:
+            returned.append(call())
+        except Dia2Error as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=one) for _ in range(times)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return returned, errors
+
+
+def test_two_clicks_start_one_job_per_output_folder(tmp_path):
+    from dia2.studio.adapt import start_prep, start_train
+
+    studio = adapt_studio(tmp_path)
+    try:
+        jobs, errors = race(lambda: start_train(studio, "c", "tiny-cpu.yaml", 3, "me", ""))
+        assert len(jobs) == 1 and len(errors) == 1 and "adapter 'me' is being trained already" in errors[0]
+        argv = studio.jobs.argvs[0]
+        assert "model.base=tiny" in argv and "optim.steps=3" in argv and jobs[0].details["steps"] == 3
+        text = message_of(lambda: start_prep(studio, "c", None, str(tmp_path)))
+        assert "corpus 'c' is being trained on" in text, "data prep would rewrite the corpus under the trainer"
+        recordings = tmp_path / "recordings"
+        recordings.mkdir()
+        jobs, errors = race(lambda: start_prep(studio, "d", None, str(recordings)))
+        assert len(jobs) == 1 and len(errors) == 1 and "corpus 'd' is being prepared already" in errors[0]
+    finally:
+        for job in studio.jobs.list():
+            if job.status == "running":
+                studio.jobs.cancel(job.id)
+
+
+def message_of(call) -> str:
+    from dia2.errors import Dia2Error
+
+    with pytest.raises(Dia2Error) as info:
+        call()
+    return str(info.value)
+
+
+def test_adapt_refuses_bad_options_and_other_bases_before_starting(tmp_path):
+    from dia2.studio.adapt import start_prep, start_train
+
+    studio = adapt_studio(tmp_path)
+    train = lambda extra, steps=3: start_train(studio, "c", "tiny-cpu.yaml", steps, "me", extra)
+    text = message_of(lambda: train("optim.steps=abc", steps=None))
+    assert "optim.steps" in text and "ValueError" not in text
+    assert "optim.lr" in message_of(lambda: train("optim.lr=fast"))
+    assert "optim.stepz" in message_of(lambda: train("optim.stepz=3"))  # an unknown key, with the valid ones
+    assert "the studio sets" in message_of(lambda: train("output.name=other"))
+    assert studio.jobs.list() == [], "nothing started"
+    other = adapt_studio(tmp_path / "other", config=Path("my-config.json"), tokenizer="my-tokenizer")
+    text = message_of(lambda: start_train(other, "c", "tiny-cpu.yaml", 3, "me", ""))
+    assert "--config my-config.json" in text and "--tokenizer my-tokenizer" in text and "Adapt is off" in text
+    assert "--config" in message_of(lambda: start_prep(other, "c", None, str(tmp_path)))
+    installed = adapt_studio(tmp_path / "installed", presets=tmp_path / "no-presets")
+    assert "--presets FOLDER" in message_of(lambda: start_train(installed, "c", None, 3, "me", ""))
+
+
+def test_each_upload_replaces_the_corpus_recordings(tmp_path):
+    from dia2.studio.adapt import start_prep
+
+    studio = adapt_studio(tmp_path)
+    first, second = tmp_path / "a" / "take.flac", tmp_path / "b" / "take.flac"
+    for path in (first, second):
+        path.parent.mkdir()
+        shutil.copyfile(FIXTURES / "voice_a.flac", path)
+    assert "two uploads are named take.flac" in message_of(lambda: start_prep(studio, "c", [str(first), str(second)], ""))
+    job = start_prep(studio, "c", [str(first)], "")
+    studio.jobs.cancel(job.id)
+    studio.jobs.wait(job.id, timeout=30)
+    other = tmp_path / "b" / "other.flac"
+    shutil.copyfile(FIXTURES / "voice_b.flac", other)
+    job = start_prep(studio, "c", [str(other)], "")
+    studio.jobs.cancel(job.id)
+    recordings = Path(job.details["input"])
+    assert sorted(p.name for p in recordings.iterdir()) == ["other.flac"], "an earlier upload is not mixed in"
+
+
 def test_a_job_can_be_cancelled(adapted, client, live):
     job_id = client.predict("espeak", "tiny-cpu.yaml", 500, "long-run", QUIET_TRAINING, api_name="/train")
     assert client.predict(job_id, api_name="/cancel") == job_id
@@ -332,6 +515,47 @@ def test_compare_speaks_every_configuration_with_one_seed(adapted, client):
     assert np.allclose(alone, spoken, atol=1e-3)
     assert "need a voice" in message(lambda: client.predict(SHORT, "5", NONE, NONE, ["prefix"], api_name="/compare"))
     assert "give a seed" in message(lambda: client.predict(SHORT, "", NONE, NONE, ["base"], api_name="/compare"))
+
+
+def test_compare_stops_the_started_configurations_when_one_is_refused(live, monkeypatch):
+    from dia2.serving.engine import EngineFull
+    from dia2.studio.compare import compare
+
+    live.studio.voices.add("cmp-full", (FIXTURES / "voice_a.flac").read_bytes(), replace=True)
+    engine, started = live.studio.engine, []
+    submit = engine.submit
+
+    def full_after_one(request, **kwargs):
+        if started:
+            raise EngineFull("the engine's queue is full (test)")
+        started.append(submit(request, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(engine, "submit", full_after_one)
+    with pytest.raises(EngineFull):
+        compare(live.studio, SHORT, "5", "cmp-full", NONE, ["base", "prefix"], None)
+    assert len(started) == 1 and started[0].cancelled, "the base configuration does not generate for nobody"
+
+
+def test_compare_builds_one_scorer_per_voice():
+    from dia2.studio.compare import ScorerCache
+
+    class Result:
+        waveform, sample_rate, timestamps, truncated = np.zeros(2400, np.float32), 24000, None, False
+
+    class Scorer:
+        def __init__(self, references):
+            built.append(len(references))
+
+        def score(self, waveform, sample_rate, text, *, timestamps, hit_frame_limit):
+            return type("Scores", (), {"as_dict": lambda self: {"duration_s": len(waveform) / sample_rate}})()
+
+    built: list[int] = []
+    cache = ScorerCache(Scorer, size=2)
+    voice_a, voice_b = [np.ones(10, np.float32)], [np.zeros(10, np.float32)]
+    for references in (voice_a, voice_a, [], voice_a, voice_b, voice_b, []):
+        assert cache.score(references, {"base": Result()}, SHORT) == {"base": {"duration_s": 0.1}}
+    assert built == [1, 0, 1, 0], "built again only once evicted (two kept)"
 
 
 def test_the_command_line_refuses_bad_options(capsys):
