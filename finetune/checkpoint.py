@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -58,9 +58,12 @@ PARTIAL = ".partial-"
 # Whole tensors, gathered to the main process's CPU (others get nothing): the same files for one
 # process or many, replicated or sharded.
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-# Every process reads the whole tensors from the folder and keeps its own shard. Not strict:
-# the frozen weights are not in a checkpoint, nor the moments of a weight that never had a gradient.
-_SCATTER = StateDictOptions(full_state_dict=True, strict=False)
+# Whole tensors into the prepared model. Not strict: the frozen weights are not in a checkpoint,
+# nor the moments of a weight that never had a gradient. One process reads the folder itself;
+# with several, only the main one does and broadcasts each tensor in turn, each process keeping
+# its shard: a full fine-tune's optimizer.pt is 3x the weights, too much for every process to hold.
+_SET_ONE = StateDictOptions(full_state_dict=True, strict=False)
+_SET_FROM_MAIN = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=True)
 
 
 class ResumeError(Dia2Error, RuntimeError):
@@ -149,22 +152,24 @@ def load_checkpoint(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, accelerator: Any, seed: int
 ) -> Progress:
     """Restore weights, optimizer, scheduler and this process's RNG into the prepared `model` and
-    `optimizer` (each process reads the folder); returns where the run stood."""
-    try:
-        state = json.loads((folder / "state.json").read_text())
-        weights = load_file(str(folder / "trainable.safetensors"))
-        moments = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ResumeError(f"{folder} is not a complete checkpoint ({exc}); resume from another one") from exc
-    expected = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
-    if set(weights) != expected or not all(isinstance(k, str) for k in moments["state"]):
-        missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
-        raise ResumeError(
-            f"{folder} does not hold this run's trainable weights (missing {missing[:3]}, unexpected {extra[:3]}): "
-            "it comes from a run with another model or LoRA config, or from an older trainer"
-        )
-    set_model_state_dict(model, weights, options=_SCATTER)
-    set_optimizer_state_dict(model, optimizer, moments, options=_SCATTER)
+    `optimizer` (collective: every process calls it; the main process reads the weights and the
+    optimizer state and broadcasts them); returns where the run stood."""
+    several = accelerator.num_processes > 1
+    state, weights, moments, problem = None, {}, {}, None
+    if accelerator.is_main_process:
+        try:
+            state, weights, moments = _read_checkpoint(folder, accelerator.unwrap_model(model))
+        except ResumeError as exc:
+            problem = str(exc)
+    if several:
+        # The others learn of a bad folder here, rather than waiting for tensors that never come.
+        state, problem = broadcast_object_list([state, problem])
+    if problem is not None:
+        raise ResumeError(problem)
+    options = _SET_FROM_MAIN if several else _SET_ONE
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, moments, options=options)
+    del weights, moments
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     step, saved_world = state["step"], state["world_size"]
     if saved_world == accelerator.num_processes:
@@ -182,6 +187,25 @@ def load_checkpoint(
     logger.info("resumed from %s (step %d)", folder, step)
     # Checkpoints written before the seconds were recorded count from zero.
     return Progress(step, DataPosition(state["epoch"], state["batch"]), state.get("seconds", 0.0))
+
+
+def _read_checkpoint(folder: Path, model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+    """state.json, the trainable weights and the optimizer state of `folder`, checked against the
+    unwrapped `model`'s trainable parameters; ResumeError when they do not belong to it."""
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        weights = load_file(str(folder / "trainable.safetensors"))
+        moments = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ResumeError(f"{folder} is not a complete checkpoint ({exc}); resume from another one") from exc
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != expected or not all(isinstance(k, str) for k in moments["state"]):
+        missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise ResumeError(
+            f"{folder} does not hold this run's trainable weights (missing {missing[:3]}, unexpected {extra[:3]}): "
+            "it comes from a run with another model or LoRA config, or from an older trainer"
+        )
+    return state, weights, moments
 
 
 def rng_state() -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,13 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from peft import PeftModel
 from torch import nn
 
 from dia2.data.grid import FRAME_RATE
+from dia2.errors import Dia2Error
 from dia2.evaluation.inputs import read_references
 from dia2.evaluation.run import Clip, aggregate
-from dia2.evaluation.scoring import ClipScorer
+from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
 from dia2.generation.loop import GenerationConfig
 from dia2.generation.runtime import Dia2, GenerationResult
 from dia2.text.script import ScriptError
@@ -38,6 +41,8 @@ from finetune.config import ConfigError, EvalSection, TrainConfig
 from finetune.data import TrainingData, eval_batches, make_batch
 from finetune.losses import metrics, training_loss
 from finetune.modeling import is_sharded
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -111,10 +116,12 @@ def speak_and_score(tts: Dia2, section: EvalSection, folder: Path) -> tuple[list
 
 @functools.cache
 def sample_scorer(references: str | None, asr_model: str | None, sample_rate: int, device: str) -> ClipScorer:
-    """The scorer of a run's samples, built at its first evaluation and kept (the recogniser and
-    the speaker encoder load once per run). A bad folder or model raises its own Dia2Error."""
+    """The scorer of a run's samples, built once per run (by `check_evaluation`, at start-up) and
+    kept, so the recogniser and the speaker encoder load once. A bad folder or model raises its
+    own Dia2Error."""
     waves = [r.waveform for r in read_references(references, sample_rate)] if references else None
-    return ClipScorer(waves, reference_rate=sample_rate, asr=asr_model, device=device)
+    asr = ClipTranscriber(asr_model, device=device, model_option="eval.asr_model") if asr_model else None
+    return ClipScorer(waves, reference_rate=sample_rate, asr=asr, device=device)
 
 
 LOWER_IS_BETTER = {"loss": True, "wer": True, "cer": True, "similarity": False}
@@ -126,14 +133,16 @@ def keep_best(
     weights: dict[str, torch.Tensor] | None = None,
 ) -> bool:
     """Copy the adapter of `model` (a PeftModel) to `folder` with best.json when scores[metric]
-    beats the best recorded there; returns whether it did. Written beside and renamed into place.
+    beats the best recorded there; returns whether it did (not when scores[metric] is None: it
+    logs a warning). Written beside and renamed into place.
     `weights`: the LoRA tensors gathered whole from FSDP shards (default: the model's own)."""
     if not isinstance(model, PeftModel):
         raise ConfigError("eval.keep_best keeps a LoRA adapter; a full fine-tune (lora.full_finetune=true) has none: set eval.keep_best=false")
     value = scores.get(metric)
     if value is None:
-        source = "a validation split (the corpus has none)" if metric == "loss" else f"a {metric} score of the samples"
-        raise ConfigError(f"eval.metric={metric} needs {source}: choose another eval.metric, or set eval.keep_best=false")
+        # E.g. no speech in any sample yet (no similarity), early in training: nothing to rank.
+        logger.warning("eval.metric=%s has no value at step %d: best/ is left as it is", metric, step)
+        return False
     best = _read_best(folder)
     if best is not None and best["step"] < step:
         better = value < best["value"] if LOWER_IS_BETTER[metric] else value > best["value"]
@@ -166,10 +175,34 @@ def _read_best(folder: Path) -> dict[str, Any] | None:
         return None  # a damaged record is replaced by the next evaluation
 
 
-def check_scripts(tts: Dia2, scripts: Sequence[str]) -> None:
-    """Refuse sample scripts the model cannot speak before training starts, not at the first eval."""
-    for i, script in enumerate(scripts):
+def check_evaluation(section: EvalSection, corpus: TrainingData, tts: Dia2, accelerator: Any) -> None:
+    """Refuse evaluation settings that would fail at an evaluation, before training starts (and
+    before the run folder is made): sample scripts the model cannot speak, keep-best by a
+    held-out loss the corpus cannot give, references or a recogniser that do not load.
+
+    Collective: every process calls it and every process raises the same error. The scorer is
+    built on the main process (the only one that scores samples) and kept for the evaluations."""
+    for i, script in enumerate(section.scripts):
         try:
             tts.parse(script)
         except ScriptError as exc:
             raise ConfigError(f"eval.scripts[{i}] cannot be spoken: {exc}") from exc
+    if section.keep_best and section.metric == "loss" and not corpus.validation.examples:
+        raise ConfigError(
+            "eval.keep_best by eval.metric=loss needs a validation split, and data.corpus has none: rank by "
+            "eval.metric=wer, cer or similarity, make the corpus again with a validation split, or set eval.keep_best=false"
+        )
+    if section.references:
+        read_references(section.references, tts.codec.sample_rate)
+    problem = None
+    if accelerator.is_main_process and section.scripts and (section.asr_model or section.references):
+        try:
+            scorer = sample_scorer(section.references, section.asr_model, tts.codec.sample_rate, tts.model.device.type)
+            if isinstance(scorer.transcriber, ClipTranscriber):
+                scorer.transcriber.load()  # otherwise loaded at the first sample it scores
+        except Dia2Error as exc:
+            problem = str(exc)
+    if accelerator.num_processes > 1:
+        [problem] = broadcast_object_list([problem])
+    if problem is not None:
+        raise ConfigError(problem)

@@ -56,7 +56,6 @@ from tqdm import tqdm
 
 from dia2.data.corpus import CorpusMeta
 from dia2.errors import Dia2Error, report
-from dia2.evaluation.inputs import read_references
 from finetune.card import model_card
 from finetune.checkpoint import (
     Progress,
@@ -77,7 +76,12 @@ from finetune.data import (
     make_batch,
     uncond_mask,
 )
-from finetune.evaluation import check_scripts, held_out_loss, keep_best, speak_and_score
+from finetune.evaluation import (
+    check_evaluation,
+    held_out_loss,
+    keep_best,
+    speak_and_score,
+)
 from finetune.losses import metrics, training_loss
 from finetune.modeling import (
     Base,
@@ -133,9 +137,8 @@ def train(cfg: TrainConfig) -> RunPaths:
         cfg.data.corpus, tts.tokenizer, tts.ids, data, tts.codec.fingerprint,
         cfg.data.max_frames_per_batch, cfg.data.min_asr_confidence,
     )
-    check_scripts(tts, cfg.eval.scripts)
-    if cfg.eval.references:  # refused here, not at the first evaluation after the run folder exists
-        read_references(cfg.eval.references, tts.codec.sample_rate)
+    # Refused here, not at the first evaluation after the run folder exists (or on one process only).
+    check_evaluation(cfg.eval, corpus, tts, accelerator)
     # The run folder changes only once every input has loaded: a failed start leaves nothing behind.
     accelerator.wait_for_everyone()  # every process has looked at the folder before it changes
     if is_main:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from dia2.model.adapters import load_adapter
 from dia2.model.network import Dia2Model
@@ -61,6 +62,15 @@ def tensor_layout(file: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     with safe_open(str(file), "pt") as f:
         names = f.keys()  # a safe_open handle is not iterable
         return {k: (tuple(f.get_slice(k).get_shape()), f.get_tensor(k).dtype) for k in names}
+
+
+def assert_holds_checkpoint_weights(weights_file: Path, checkpoint: Path) -> None:
+    """The weights a run wrote (adapter or full model) are the checkpoint's trainable tensors, to
+    the bit. PEFT saves adapter tensors without the adapter's name ("default")."""
+    saved, trained = load_file(str(weights_file)), load_file(str(checkpoint / "trainable.safetensors"))
+    names = {k.replace(".default.", "."): k for k in trained}
+    assert names.keys() <= saved.keys()
+    assert all(torch.equal(saved[name], trained[k]) for name, k in names.items())
 
 
 def position(checkpoint: Path) -> tuple[DataPosition, int]:
@@ -132,15 +142,22 @@ def test_fsdp_full_finetune_writes_the_published_model_and_resumes_on_another_pr
     assert any(not torch.equal(p, q) for p, q in zip(trained.state_dict().values(), base.state_dict().values()))
     assert (full.model / "dia2_voice.json").is_file() and (full.model / "config.json").is_file()
 
-    # 2 -> 1: the sharded checkpoint resumes in one process, at the same place in the data.
+    # 2 -> 1: the sharded checkpoint resumes in one process with its weights: resumed with no step
+    # left (optim.steps=2), the run writes the weights it loaded ...
     one = stopped_after_step_2(full, "full-on-one")
+    rc, _ = train(tmp_path, tiny_bundle_dir, corpus, *SHORT, "lora.full_finetune=true", "optim.steps=2", "--resume",
+                  name="full-on-one")
+    assert rc == 0
+    assert_holds_checkpoint_weights(one.model / "model.safetensors", one.checkpoints / "step_000002")
+    # ... and continued to step 4 (a resume may raise optim.steps), at the same place in the data.
     rc, _ = train(tmp_path, tiny_bundle_dir, corpus, *SHORT, "lora.full_finetune=true", "--resume", name="full-on-one")
     assert rc == 0
     assert position(one.checkpoints / "step_000002") == (after(tiny_tts, corpus, DataPosition(), 2, 2), 2)
     at_2 = position(one.checkpoints / "step_000002")[0]
     assert position(one.checkpoints / "step_000004") == (after(tiny_tts, corpus, at_2, 1, 2), 1)
     assert [r["step"] for r in train_records(one)] == [1, 2, 3, 4]
-    assert train_records(one)[:2] == train_records(full)[:2]
+    # The schedule resumed too: step 3 has the learning rate of step 3, not of a fresh schedule's first step.
+    assert train_records(one)[2]["lr"] == train_records(full)[2]["lr"] != train_records(full)[0]["lr"]
     assert tensor_layout(one.model / "model.safetensors") == tensor_layout(full.model / "model.safetensors")
 
 
@@ -149,6 +166,11 @@ def test_one_process_lora_checkpoint_continues_sharded_on_two(tiny_tts, tiny_bun
     rc, single = train(tmp_path, tiny_bundle_dir, corpus, *SHORT, name="single")
     assert rc == 0
     two = stopped_after_step_2(single, "on-two")
+    # Resumed with no step left (optim.steps=2), the two processes write the adapter they loaded:
+    # the checkpoint's, whole, though each process holds half of it.
+    proc = launch("fsdp-lora.yaml", tmp_path, tiny_bundle_dir, corpus, "on-two", "optim.steps=2", "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_holds_checkpoint_weights(two.adapter / "adapter_model.safetensors", two.checkpoints / "step_000002")
     proc = launch("fsdp-lora.yaml", tmp_path, tiny_bundle_dir, corpus, "on-two", "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "was written by 1 process(es), this run has 2" in proc.stderr
@@ -156,6 +178,7 @@ def test_one_process_lora_checkpoint_continues_sharded_on_two(tiny_tts, tiny_bun
     assert world == 1 and at_2 == after(tiny_tts, corpus, DataPosition(), 1, 2)
     assert position(two.checkpoints / "step_000004") == (after(tiny_tts, corpus, at_2, 2, 2), 2)
     assert [r["step"] for r in train_records(two)] == [1, 2, 3, 4]
+    assert train_records(two)[2]["lr"] == train_records(single)[2]["lr"] != train_records(single)[0]["lr"]
     assert tensor_layout(two.adapter / "adapter_model.safetensors") == \
         tensor_layout(single.adapter / "adapter_model.safetensors")
 

@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
+from dia2.evaluation.scoring import ClipScorer
 from dia2.model.adapters import DEFAULT_TARGET_MODULES, load_adapter
 from dia2.model.network import Dia2Model
 from finetune.checkpoint import checkpoint_name
@@ -53,8 +54,8 @@ def test_keep_best_replaces_best_only_on_improvement(tiny_config, tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors", "best.json"} <= {p.name for p in best.iterdir()}
     # A record from a later step than now belongs to an earlier attempt: replaced even if better.
     assert keep_best(model, best, 0, "wer", {"wer": 0.9}) and record()["step"] == 0
-    with pytest.raises(ConfigError, match="eval.metric=loss needs a validation split"):
-        keep_best(model, best, 5, "loss", {"wer": 0.1})
+    # No value to rank (no validation split, no speech in the samples): not better, best/ stays.
+    assert not keep_best(model, best, 5, "wer", {"wer": None, "loss": 0.1}) and record()["step"] == 0
     with pytest.raises(ConfigError, match="full fine-tune"):
         keep_best(Dia2Model.from_config(tiny_config), best, 6, "wer", {"wer": 0.1})
 
@@ -104,3 +105,38 @@ def test_training_scores_samples_and_keeps_the_best_adapter(tiny_bundle_dir, tin
 def _same_tensors(a: Path, b: Path) -> bool:
     x, y = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_keep_best_by_loss_without_validation_split_is_refused_before_the_run_folder(
+    tiny_tts, tiny_bundle_dir, tmp_path, capsys
+):
+    no_validation = write_corpus(tmp_path / "no-validation", tiny_tts, synthetic_rows(tiny_tts, 1, 4, seed=0), [])
+    rc, paths = train(tmp_path, tiny_bundle_dir, no_validation, "eval.keep_best=true")  # eval.metric=loss: the default
+    assert rc == 1
+    assert "eval.keep_best by eval.metric=loss needs a validation split, and data.corpus has none" in capsys.readouterr().err
+    assert not paths.root.exists()
+
+
+def test_unloadable_asr_model_is_refused_before_the_run_folder(tiny_bundle_dir, corpus, tmp_path, capsys):
+    missing = tmp_path / "no-such-whisper"
+    rc, paths = train(tmp_path, tiny_bundle_dir, corpus, f"eval.asr_model={missing}")
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"cannot load the Whisper model '{missing}'" in err and "pass eval.asr_model with" in err
+    assert not paths.root.exists()
+
+
+def test_a_missing_score_keeps_training_and_writes_no_best(tiny_bundle_dir, corpus, tmp_path, monkeypatch, caplog):
+    pytest.importorskip("resemblyzer")
+    # As when the samples hold no speech yet: the speaker encoder finds no voice to compare.
+    monkeypatch.setattr(ClipScorer, "similarity", lambda self, *args, **kwargs: None)
+    rc, paths = train(
+        tmp_path, tiny_bundle_dir, corpus, "optim.steps=1", f"eval.references={ALICE}", "eval.keep_best=true",
+        "eval.metric=similarity",
+    )
+    assert rc == 0 and (paths.adapter / "adapter_model.safetensors").is_file()
+    for step in (0, 1):
+        scores = json.loads((paths.samples / checkpoint_name(step) / "scores.json").read_text())
+        assert scores["aggregate"]["similarity"] is None
+    assert not (paths.root / "best").exists()
+    assert "eval.metric=similarity has no value at step 1: best/ is left as it is" in caplog.text
