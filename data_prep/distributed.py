@@ -14,7 +14,8 @@ error. The main process then assembles the corpus from the cache exactly as a si
 does, and one short collective hands its outcome to the others.
 
 The output folder must be one folder that every process sees (on several nodes: a shared
-filesystem mounted at the same path); `ShardBoard.open` checks that before any work starts.
+filesystem mounted at the same path), and every process must list the same recordings;
+`ShardBoard.open` checks both before any work starts.
 A single process (no launcher) never touches any of this.
 """
 
@@ -163,8 +164,10 @@ class ShardBoard:
         self._beat: threading.Thread | None = None
 
     @classmethod
-    def open(cls, cache_folder: Path, group: ProcessGroup) -> ShardBoard:
-        """The board of a new launch; SharedFolderError when a process cannot see the main process's files.
+    def open(cls, cache_folder: Path, group: ProcessGroup, inputs: str) -> ShardBoard:
+        """The board of a new launch; SharedFolderError when a process cannot see the main process's
+        files, ShardError when the processes listed different recordings (`inputs`: a digest of
+        this process's listing), both before any work starts.
 
         The main process clears the boards of earlier launches (their cache entries stay, and are
         reused) and writes the new board's token; every process must then find that token.
@@ -179,13 +182,20 @@ class ShardBoard:
         run_id = group.broadcast(run_id)
         board = cls(root / run_id, group)
         seen = board._find(board.folder / "token.json", SHARED_CHECK_SECONDS)
-        blind = [(r, host) for r, (ok, host) in enumerate(group.gather((seen, board.host))) if not ok]
+        views = group.gather((seen, board.host, inputs))
+        blind = [(r, host) for r, (ok, host, _) in enumerate(views) if not ok]
         if blind:
             names = ", ".join(f"rank {r} on {host}" for r, host in blind)
             raise SharedFolderError(
                 f"the output folder {cache_folder.parent} is not shared by every process: {names} cannot see the files "
                 f"rank 0 writes there; put the output folder on a filesystem every node mounts at the same path "
                 "(NFS, Lustre, a cloud file share ...)"
+            )
+        if len({listed for _, _, listed in views}) > 1:
+            ranks = ", ".join(f"shard {r} on {host}: {listed}" for r, (_, host, listed) in enumerate(views))
+            raise ShardError(
+                f"the processes listed different recordings ({ranks}): every node must see the same input at the same "
+                "path, unchanged while the run starts; run again once it does"
             )
         return board
 

@@ -49,7 +49,7 @@ def run_sharded(
     out = config.output
     out.mkdir(parents=True, exist_ok=True)
     cache = FileCache(out / CACHE_DIR, clean=group.is_main)  # before the board's first collective: no one writes yet
-    with ShardBoard.open(out / CACHE_DIR, group) as board:
+    with ShardBoard.open(out / CACHE_DIR, group, _listing_digest(sources)) as board:
         try:
             work, summary = _prepare_shard(config, sources, model, transcriber, group, cache)
             board.done(summary)
@@ -88,16 +88,15 @@ def _assemble(
     """The main process: the corpus and QC report from every shard's cache entries; its outcome to the others."""
     error, report = None, None
     try:
-        _check_same_inputs(summaries)
         for other in summaries[1:]:  # the report's stage times cover every shard
             for stage, seconds in other["stage_seconds"].items():
                 work.timer.seconds[stage] += seconds
         extra = {"files_from_cache": sum(s["files_from_cache"] for s in summaries), "processes": group.world_size,
-                 "shards": [{k: v for k, v in s.items() if k not in ("entries", "failed", "inputs")} for s in summaries]}
+                 "shards": [{k: v for k, v in s.items() if k not in ("entries", "failed")} for s in summaries]}
         outcome = write_outputs(config, work, sources, _gather_results(sources, summaries, cache), extra)
         report = outcome.report
         return outcome
-    except Exception as exc:
+    except BaseException as exc:  # an interrupt too: the others must not report a corpus that was never written
         error = exc if isinstance(exc, Dia2Error) else ShardError(f"the main process failed: {type(exc).__name__}: {exc}")
         raise
     finally:
@@ -119,25 +118,21 @@ def _shard_summary(
     timer: StageTimer,
 ) -> dict[str, Any]:
     """What the main process needs from a shard: cache keys, failures (not cached), and the shard's figures."""
-    listing = json.dumps([[f.name, _size(f.path)] for f in sources.files])
     return {
         "device": str(resolve_device(config.model.device)), "asr_device": str(resolve_device(config.asr.asr_device)),
         "files": len(results), "files_from_cache": reused, "utterances": sum(len(r.rows) for r in results),
         "audio_seconds": round(sum(r.seconds for r in results), 3),
         "stage_seconds": timer.totals(),
-        "inputs": hashlib.sha256(listing.encode()).hexdigest()[:16],
         "entries": {r.source: key for r, key in zip(results, keys) if key in cache},
         "failed": {r.source: [s.to_dict() for s in r.skips] for r, key in zip(results, keys) if key not in cache},
     }
 
 
-def _check_same_inputs(summaries: list[dict[str, Any]]) -> None:
-    if len({s["inputs"] for s in summaries}) > 1:
-        ranks = ", ".join(f"shard {s['rank']} on {s['host']}: {s['inputs']}" for s in summaries)
-        raise ShardError(
-            f"the processes listed different recordings ({ranks}): every node must see the same input at the same path, "
-            "unchanged while the run starts; run again once it does"
-        )
+def _listing_digest(sources: Sources) -> str:
+    """A short digest of the recordings this process lists (names and sizes): equal on every process
+    that sees the same input."""
+    listing = json.dumps([[f.name, _size(f.path)] for f in sources.files])
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def _gather_results(sources: Sources, summaries: list[dict[str, Any]], cache: FileCache) -> list[FileResult]:

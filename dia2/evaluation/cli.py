@@ -10,7 +10,8 @@ the references, duration, silences, frame-limit hits, word coverage), measures t
 references and their Mimi resynthesis), and writes OUTPUT/eval.json, OUTPUT/report.html and
 OUTPUT/clips/. Every input is checked before anything is generated; the output folder appears
 only when the evaluation is complete. Exit status 1 with one message on any error, including an
-adapter that changes nothing.
+adapter that changes nothing, and one whose recorded base is not --model (--allow-other-base
+evaluates it anyway).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dia2.errors import Dia2Error, report
 from dia2.evaluation.inputs import (
     EvalInputError,
     adapter_labels,
+    check_adapter_bases,
     check_adapters,
     check_output,
     read_prompts,
@@ -36,7 +38,7 @@ from dia2.evaluation.inputs import (
 from dia2.evaluation.report import HTML_NAME, JSON_NAME, staged, write_report
 from dia2.evaluation.run import EvalSetup, Evaluation, configurations, total_clips
 from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
-from dia2.evaluation.speaker import DEFAULT_SPEAKER_ENCODER
+from dia2.evaluation.speaker import DEFAULT_SPEAKER_ENCODER, load_speaker_encoder
 from dia2.generation.loop import GenerationConfig
 from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
 from dia2.options import FlagParser, OptionError, add_flags, build, flag_values
@@ -75,12 +77,18 @@ class EvalOptions:
     """Speaker encoder for similarity: resemblyzer or none."""
     toplines: bool = True
     """Also score the references and their Mimi resynthesis."""
+    allow_other_base: bool = False
+    """Evaluate an adapter whose recorded base model is not --model (refused otherwise)."""
     device: str = AUTO
     """cuda, cuda:1, cpu ... (auto: cuda when available, else cpu)."""
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise OptionError("--seeds needs at least one seed")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            raise OptionError(f"--seeds repeats {', '.join(map(str, repeated))}: give each seed once (a seed speaks "
+                              "the same clip every time, so a repeat adds nothing to the spread across seeds)")
         if self.voice is not None and self.prefix is not None:
             raise OptionError("give either --voice or --prefix, not both")
         if self.prefix is not None and self.asr_model == "none":
@@ -115,7 +123,10 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
         raise EvalInputError(f"--prefix {o.prefix}: file not found")
     if o.voice is not None and not (o.voice / "voice.json").is_file():
         raise EvalInputError(f"--voice {o.voice}: not a stored voice folder (no voice.json); make one with dia2-infer --save-voice")
+    if not o.allow_other_base:
+        check_adapter_bases(list(o.adapter), o.model)
     device = str(resolve_device(o.device))
+    speaker = load_speaker_encoder(o.speaker_encoder, device)
     if o.model == TINY_MODEL:
         print("using the embedded tiny demo model: random, untrained weights (noise, not speech)", file=sys.stderr)
     tts = Dia2.from_repo(o.model, device=device)
@@ -124,7 +135,7 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
     if asr is not None:
         asr.load()  # an unloadable model is refused now, not after the first clip
     scorer = ClipScorer([r.waveform for r in references], reference_rate=READ_RATE, asr=asr,
-                        speaker=o.speaker_encoder, device=device)
+                        speaker=speaker, device=device)
     voice = Voice.load(o.voice) if o.voice else None
     if o.prefix is not None:
         # The prefix needs word timings, which the scoring transcriber skips.

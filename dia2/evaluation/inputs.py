@@ -1,5 +1,6 @@
 """The evaluation's inputs, each read and checked before anything is generated or written:
-prompts (a file, or the shipped set), reference recordings (a folder), adapters (for this base).
+prompts (a file, or the shipped set), reference recordings (a folder), adapters (trained on this
+base, and fitting it).
 
 Each refusal is an `EvalInputError` naming the input and the fix, so `dia2-eval` fails before it
 has loaded a recogniser or spoken a word, and leaves no output folder.
@@ -7,6 +8,7 @@ has loaded a recogniser or spoken a word, and leaves no output folder.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -18,18 +20,22 @@ import numpy as np
 from dia2.audio.io import AudioFileError, read_audio
 from dia2.errors import Dia2Error
 from dia2.model.adapters import (
+    CONFIG_NAME,
     WEIGHTS_NAME,
     AdapterError,
     check_adapter_fits,
     read_adapter_config,
     resolve_adapter,
 )
+from dia2.model.assets import TINY_MODEL
 from dia2.model.network import Dia2Model
 from dia2.text.script import SPEAKER_TAGS
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 """Files of a reference folder read as recordings; a same-named .txt beside one is its transcript."""
 DEFAULT_PROMPTS = "default.txt"
+VOICE_FILE = "dia2_voice.json"
+"""The voice file a training run writes beside its adapter (finetune.outputs.VOICE_FILE; dia2 imports no finetune)."""
 
 
 class EvalInputError(Dia2Error, ValueError):
@@ -71,8 +77,9 @@ def read_prompts(path: str | os.PathLike | None = None) -> list[str]:
 def read_references(folder: str | os.PathLike, sample_rate: int) -> list[Reference]:
     """Every recording in `folder` (not its subfolders) at `sample_rate`, sorted by name.
 
-    Refused: a missing folder, one without recordings, and any recording that cannot be read
-    (all of them named at once, so one pass fixes them all).
+    Refused: a missing folder, one without recordings, two recordings of one name (a.wav and
+    a.flac would share clips/references/a.wav and a.txt), and any recording or transcript that
+    cannot be read (all of them named at once, so one pass fixes them all).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -82,6 +89,7 @@ def read_references(folder: str | os.PathLike, sample_rate: int) -> list[Referen
         raise EvalInputError(
             f"reference folder {folder} holds no recordings ({', '.join(AUDIO_EXTENSIONS)}): add a few clips of the target voice"
         )
+    _check_unique_names(folder, files)
     references, unreadable = [], []
     for path in files:
         try:
@@ -89,15 +97,42 @@ def read_references(folder: str | os.PathLike, sample_rate: int) -> list[Referen
         except AudioFileError as exc:
             unreadable.append(f"{path.name} ({exc})")
             continue
-        transcript = path.with_suffix(".txt")
-        text = transcript.read_text(encoding="utf-8").strip() if transcript.is_file() else None
-        references.append(Reference(path.stem, path, wave, sample_rate, text or None))
+        try:
+            text = _read_transcript(path.with_suffix(".txt"))
+        except EvalInputError as exc:
+            unreadable.append(str(exc))
+            continue
+        references.append(Reference(path.stem, path, wave, sample_rate, text))
     if unreadable:
         raise EvalInputError(
-            f"reference folder {folder}: {len(unreadable)} recording(s) cannot be read: {'; '.join(unreadable)}. "
-            "Re-export them as wav or flac, or move them out of the folder"
+            f"reference folder {folder}: {len(unreadable)} file(s) cannot be read: {'; '.join(unreadable)}. "
+            "Re-export recordings as wav or flac and save transcripts as UTF-8 text, or move them out of the folder"
         )
     return references
+
+
+def _check_unique_names(folder: Path, files: list[Path]) -> None:
+    """Refuse two recordings of one name: their clips and their transcript would be one file."""
+    by_stem: dict[str, list[str]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(path.name)
+    clashes = [names for names in by_stem.values() if len(names) > 1]
+    if clashes:
+        listed = "; ".join(" and ".join(names) for names in clashes)
+        raise EvalInputError(
+            f"reference folder {folder}: {listed} share a name, so they would be written to one clip "
+            "(clips/references/NAME.wav) and share one transcript (NAME.txt): rename or remove all but one of each"
+        )
+
+
+def _read_transcript(path: Path) -> str | None:
+    """The transcript beside a recording (None when there is none, or it is blank)."""
+    if not path.is_file():
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalInputError(f"{path.name} (its transcript; not readable as UTF-8 text: {exc})") from exc
 
 
 def check_adapters(model: Dia2Model, adapters: list[str]) -> None:
@@ -108,6 +143,43 @@ def check_adapters(model: Dia2Model, adapters: list[str]) -> None:
             check_adapter_fits(model, folder / WEIGHTS_NAME, read_adapter_config(folder, adapter), adapter)
         except AdapterError as exc:
             raise EvalInputError(f"--adapter {adapter}: {exc}") from exc
+
+
+def check_adapter_bases(adapters: list[str], model: str) -> None:
+    """Refuse an adapter whose recorded base (adapter_config.json's base_model_name_or_path, or
+    dia2_voice.json's base_model) names another model than `model` (--model): one trained on
+    another base of the same shape loads, but its scores would say nothing about either."""
+    for adapter in adapters:
+        try:
+            folder = resolve_adapter(adapter)
+            recorded = read_adapter_config(folder, adapter).base_model_name_or_path
+        except AdapterError as exc:
+            raise EvalInputError(f"--adapter {adapter}: {exc}") from exc
+        for base, where in ((recorded, CONFIG_NAME), (_voice_file_base(folder), VOICE_FILE)):
+            if base and not _names_model(base, model):
+                raise EvalInputError(
+                    f"--adapter {adapter} was trained on base '{base}' (its {where} says so), not on --model {model}: "
+                    f"pass --model {base}, or add --allow-other-base to evaluate it on {model} anyway"
+                )
+
+
+def _voice_file_base(folder: Path) -> str | None:
+    """The base a training run recorded in the adapter's dia2_voice.json (None without one)."""
+    try:
+        voice = json.loads((folder / VOICE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # optional, descriptive metadata: adapter_config.json is what loading checks
+    base = voice.get("base_model") if isinstance(voice, dict) else None
+    return base if isinstance(base, str) else None
+
+
+def _names_model(base: str, model: str) -> bool:
+    """Whether a recorded base name is --model: the same name, or (--model a local folder) that
+    folder recorded by its path, or a copy of the Hub repo it names (same last name part)."""
+    if base == model:
+        return True
+    path = Path(model).expanduser()
+    return model != TINY_MODEL and path.is_dir() and Path(base.rstrip("/")).name == path.resolve().name
 
 
 def adapter_labels(adapters: list[str]) -> list[str]:

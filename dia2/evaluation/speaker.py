@@ -54,8 +54,9 @@ class ResemblyzerEncoder:
                 from resemblyzer import VoiceEncoder
             except ImportError as exc:
                 raise SpeakerError(
-                    f"the resemblyzer speaker encoder is not installed ({exc}): pip install resemblyzer "
-                    "webrtcvad-wheels, or pass --speaker-encoder none to skip speaker similarity"
+                    f"the resemblyzer speaker encoder is not installed ({exc}): pip install 'dia2-toolkit[eval]' "
+                    "(resemblyzer, webrtcvad-wheels), or skip speaker similarity: --speaker-encoder none (dia2-eval), "
+                    "no eval.references (trainer)"
                 ) from exc
             self._encoder = VoiceEncoder(self.device, verbose=False)
         return self._encoder
@@ -83,6 +84,15 @@ def speaker_encoder(spec: str | SpeakerEncoder | None, device: str = "cpu") -> S
     if spec == "resemblyzer":
         return ResemblyzerEncoder(device)
     raise SpeakerError(f"unknown speaker encoder '{spec}': use resemblyzer or none, or pass a SpeakerEncoder object (Python)")
+
+
+def load_speaker_encoder(spec: str | SpeakerEncoder | None, device: str = "cpu") -> SpeakerEncoder | None:
+    """`speaker_encoder(spec, device)`, loaded now: a missing package (SpeakerError) is refused
+    before a caller loads a model and speaks, not at the first clip it scores."""
+    encoder = speaker_encoder(spec, device)
+    if isinstance(encoder, ResemblyzerEncoder):
+        encoder.load()
+    return encoder
 
 
 def unit(vector: np.ndarray) -> np.ndarray:

@@ -163,13 +163,16 @@ def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None 
     async def audio_models() -> dict:
         return {"models": [{"id": m} for m in _model_ids(settings)]}
 
+    # Reading the store first picks up other replicas' changes (a lock wait, voice loads,
+    # adapter unloads): in a worker thread, so the event loop keeps every stream going.
     @app.get("/v1/audio/voices")
     async def audio_voices() -> dict:
-        return {"voices": [{"id": n, "name": n} for n in voices.names()]}
+        names = await run_in_threadpool(voices.names)
+        return {"voices": [{"id": n, "name": n} for n in names]}
 
     @app.get("/v1/voices", dependencies=[Depends(authorized)])
     async def list_voices() -> dict:
-        return {"voices": [_voice_record(v) for v in voices.list()]}
+        return {"voices": [_voice_record(v) for v in await run_in_threadpool(voices.list)]}
 
     @app.post("/v1/voices", dependencies=[Depends(authorized)], status_code=201)
     async def add_voice(

@@ -45,7 +45,8 @@ NETWORK_FILESYSTEMS = frozenset({
 })
 """Filesystem types (/proc/self/mountinfo) on which the store locks a `.lock` file, not the folder."""
 WORK_KINDS = ("new", "old", "del")
-"""Work folder kinds: a voice being written, a replaced one until its successor is in, a deleted one."""
+"""Work folder kinds: a voice being written; a replaced one between the two renames of a swap (the
+only kind tidying puts back); a deleted or replaced one, being removed."""
 
 SETTLED_SECONDS = 1.0
 """A folder whose mtime is this old is trusted unchanged while its stat stays the same: a change
@@ -152,8 +153,8 @@ class VoiceFolder:
 
     def swap_in(self, stage: Path, name: str, replace: bool) -> tuple[Path | None, Stamp]:
         """Rename the written folder `stage` to voice `name`; FileExistsError if the name is taken
-        and not `replace`. Returns the replaced folder (for the caller to delete, None if none)
-        and the new folder's stamp."""
+        and not `replace`. Returns the replaced folder, renamed to a `.del-` work folder (for the
+        caller to delete; None if none), and the new folder's stamp."""
         target = self.path / name
         with self.locked(exclusive=True):
             old = None
@@ -168,6 +169,12 @@ class VoiceFolder:
                 if old is not None:
                     old.rename(target)
                 raise
+            if old is not None:
+                # An `.old-` folder is put back by tidying: it must only ever exist between these
+                # renames, never while it is being deleted (half of it would come back as the voice).
+                trash = self.work_path("del", name)
+                old.rename(trash)
+                old = trash
             st = target.stat()
             self._tidy_locked()
         return old, (st.st_ino, st.st_ctime_ns, st.st_mtime_ns)

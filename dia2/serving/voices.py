@@ -341,7 +341,7 @@ class VoiceStore:
                 (stage / file_name).write_bytes(data)
             (stage / META).write_text(json.dumps(meta, indent=1) + "\n")
             try:
-                old, stamp = self._disk.swap_in(stage, name, replace)
+                trash, stamp = self._disk.swap_in(stage, name, replace)
             except FileExistsError:
                 raise VoiceExists(f"a voice named '{name}' exists already: pass replace=true to overwrite it") from None
         except BaseException:
@@ -351,8 +351,8 @@ class VoiceStore:
         with self._lock:
             self._stamps = {**self._stamps, name: stamp}
             self._voices = {**self._voices, name: record}
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if trash is not None:  # the replaced voice, under a name tidying deletes, never puts back
+            shutil.rmtree(trash, ignore_errors=True)
         logger.info("voice '%s' stored in %s", name, self.folder / name)
         self._notify(name, record)
         return record

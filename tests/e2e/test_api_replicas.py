@@ -17,6 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dia2.serving.voice_folder import VoiceFolder
+from tests.unit.test_voices import LOAD_VOICE_FOLDER
+
 pytest.importorskip("uvicorn")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,12 +27,6 @@ FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
 SHORT = "[S1] Hello there. [S2] Hi!"
 HUB_ADAPTER = "tester/tiny-lora"
 VOICE_FILES = ("meta.json", "voice.json", "codes.npy")
-# Writer processes load the folder module alone (it needs only the standard library), not dia2 and torch.
-LOAD_VOICE_FOLDER = (
-    "import importlib.util\n"
-    f"spec = importlib.util.spec_from_file_location('voice_folder', {str(REPO_ROOT / 'dia2/serving/voice_folder.py')!r})\n"
-    "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); VoiceFolder = module.VoiceFolder\n"
-)
 
 
 def _free_port() -> int:
@@ -148,6 +145,34 @@ def test_an_adapter_voice_added_through_one_replica_is_served_by_the_other(repli
     assert httpx.delete(f"{b}/v1/voices/lora", timeout=30).status_code == 200
     for url in (a, b):
         assert _speak(url, "lora").status_code == 404
+
+
+def _lock_waiters(path: Path) -> bool:
+    """Whether some process waits for a flock on `path` (Linux lists waiters in /proc/locks with '->')."""
+    inode = f":{path.stat().st_ino}"
+    return any("->" in fields and any(f.endswith(inode) for f in fields)
+               for fields in (line.split() for line in Path("/proc/locks").read_text().splitlines()))
+
+
+def test_a_voices_listing_waiting_for_the_folder_lock_holds_up_no_other_request(replicas):
+    folder, a, _ = replicas
+    listed: dict[str, dict] = {}
+    # As a writer on another replica between its two renames: the folder changed, and it is locked.
+    with VoiceFolder(folder).locked(exclusive=True):
+        (folder / "pending").mkdir()
+        lister = threading.Thread(target=lambda: listed.update(_listed(a)))
+        lister.start()
+        deadline = time.time() + 60
+        while not _lock_waiters(folder):
+            assert time.time() < deadline and lister.is_alive(), "the listing never waited for the lock"
+            time.sleep(0.02)
+        # Replica A's listing waits for the lock in a worker thread; its event loop answers the rest.
+        assert httpx.get(f"{a}/health", timeout=30).json()["status"] == "ok"
+        assert "dia2" in {m["id"] for m in httpx.get(f"{a}/v1/models", timeout=30).json()["data"]}
+        assert lister.is_alive() and not listed
+    lister.join(timeout=60)
+    (folder / "pending").rmdir()
+    assert "alloy" in listed and "pending" not in listed
 
 
 def _incomplete(path: str) -> list[str]:

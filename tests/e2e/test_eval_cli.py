@@ -8,6 +8,7 @@ scores on real speech).
 
 import json
 import shutil
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -27,15 +28,19 @@ PREP = REPO_ROOT / "tests" / "fixtures" / "prep"
 SECTIONS = ("summary", "adapter-effect", "plots", "base", "base+prefix", "voice", "voice+prefix", "references", "resynthesis")
 
 
-def save_adapter(folder: Path, geometry: dict = TINY_GEOMETRY, scale: float = 0.2) -> Path:
-    """A PEFT LoRA folder for a model of `geometry`: lora_B random (scale > 0) or left at PEFT's zeros."""
+def save_adapter(folder: Path, geometry: dict = TINY_GEOMETRY, scale: float = 0.2, base: str | None = None) -> Path:
+    """A PEFT LoRA folder for a model of `geometry`: lora_B random (scale > 0) or left at PEFT's zeros;
+    `base`: the base model name it records (none by default)."""
     torch.manual_seed(3)
-    peft_model = get_peft_model(Dia2Model.from_config(parse_config(geometry)), LoraConfig(r=4, lora_alpha=8, target_modules=DEFAULT_TARGET_MODULES))
+    model = Dia2Model.from_config(parse_config(geometry))
+    if base is not None:
+        model.name_or_path = base  # as a loaded checkpoint names itself: PEFT records it
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=DEFAULT_TARGET_MODULES))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name and scale:
                 param.normal_(0.0, scale)
-    peft_model.save_pretrained(str(folder))
+    peft_model.save_pretrained(str(folder), save_embedding_layers=False)  # else PEFT looks the base up on the Hub
     return folder
 
 
@@ -125,20 +130,30 @@ def test_a_zero_adapter_fails_loudly_and_writes_nothing(tmp_path, inputs, capsys
 @pytest.mark.parametrize("case,message", [
     ("empty references", "holds no recordings"),
     ("unreadable reference", "broken.wav"),
+    ("non-UTF-8 transcript", "greeting.txt (its transcript; not readable as UTF-8 text"),
+    ("two recordings of one name", "greeting.flac and greeting.wav share a name"),
     ("missing prompts", "prompt file"),
     ("other base", "trained for another base"),
+    ("recorded base", "trained on base 'nari-labs/Dia2-2B' (its adapter_config.json says so), not on --model tiny"),
 ])
 def test_bad_inputs_give_clear_errors_and_no_output(tmp_path, inputs, capsys, case, message):
     refs, prompts, extra = inputs["refs"], inputs["prompts"], []
     if case == "empty references":
         refs = tmp_path / "empty"
         refs.mkdir()
-    elif case == "unreadable reference":
+    elif case in ("unreadable reference", "non-UTF-8 transcript", "two recordings of one name"):
         refs = tmp_path / "refs"
         shutil.copytree(inputs["refs"], refs)
-        (refs / "broken.wav").write_bytes(b"RIFF not really a wave file")
+        if case == "unreadable reference":
+            (refs / "broken.wav").write_bytes(b"RIFF not really a wave file")
+        elif case == "non-UTF-8 transcript":
+            (refs / "greeting.txt").write_bytes("Grüße aus Köln".encode("latin-1"))
+        else:
+            sf.write(str(refs / "greeting.wav"), sf.read(str(refs / "greeting.flac"))[0], 16000)
     elif case == "missing prompts":
         prompts = tmp_path / "nowhere.txt"
+    elif case == "recorded base":
+        extra = ["--adapter", str(save_adapter(tmp_path / "for-2b", base="nari-labs/Dia2-2B"))]
     else:
         geometry = json.loads(json.dumps(TINY_GEOMETRY))
         geometry["model"]["decoder"]["n_embd"] = 128
@@ -149,3 +164,31 @@ def test_bad_inputs_give_clear_errors_and_no_output(tmp_path, inputs, capsys, ca
     err = capsys.readouterr().err
     assert err.count("dia2-eval: error:") == 1 and message in err, err
     assert not out.exists() and not any(p.name.startswith(".report") for p in tmp_path.iterdir())
+
+
+def test_an_adapter_for_another_base_is_evaluated_when_allowed(tmp_path, inputs, capsys):
+    adapter = save_adapter(tmp_path / "for-2b", base="nari-labs/Dia2-2B")
+    out = tmp_path / "report"
+    code = run(inputs, out, "--adapter", str(adapter), "--allow-other-base", "--seeds", "0", "--asr-model", "none",
+               "--speaker-encoder", "none", "--no-toplines")
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "eval.json").read_text())["adapter_effect"][0]["passed"]
+
+
+def test_repeated_seeds_are_refused(tmp_path, inputs, capsys):
+    with pytest.raises(SystemExit) as exited:
+        run(inputs, tmp_path / "report", "--seeds", "0,1,0")
+    assert exited.value.code == 2 and "--seeds repeats 0: give each seed once" in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_missing_speaker_encoder_is_refused_before_the_model_loads(tmp_path, inputs, capsys, monkeypatch):
+    from dia2.generation.runtime import Dia2
+
+    loads = []
+    monkeypatch.setattr(Dia2, "from_repo", lambda *args, **kwargs: loads.append(args))
+    monkeypatch.setitem(sys.modules, "resemblyzer", None)  # import resemblyzer now raises ImportError
+    assert run(inputs, tmp_path / "report") == 1
+    err = capsys.readouterr().err
+    assert "resemblyzer speaker encoder is not installed" in err and "--speaker-encoder none" in err, err
+    assert loads == [] and not (tmp_path / "report").exists()

@@ -8,17 +8,20 @@ covers every shard. The shard plan and the board the shards report on are checke
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import pytest
 import torch
 
-from data_prep import distributed
+from data_prep import distributed, shards
 from data_prep.cache import CACHE_DIR
 from data_prep.config import (
     AsrOptions,
@@ -35,6 +38,8 @@ from data_prep.distributed import (
     assign_shards,
 )
 from data_prep.pipeline import run_prep
+from data_prep.sources import SourceFile, Sources
+from data_prep.timing import StageTimer
 from dia2.data.corpus import row_codes
 from tests.conftest import REPO_ROOT
 
@@ -185,22 +190,39 @@ def test_shards_are_balanced_by_size_and_the_same_on_every_call():
 
 
 class _Peers(ProcessGroup):
-    """A rank of a two-process group whose collectives are answered from a script (no launcher)."""
+    """A rank of a two-process group whose collectives are answered from a script (no launcher).
 
-    def __init__(self, rank: int, run_id: str | None = None, others_see: bool = True) -> None:
+    Rank 0's broadcasts are put on `sent`; rank 1's take the next of `answers` (a queue: another
+    thread's rank 0 `sent`). The other rank sees the output folder if `others_see` and lists the
+    recordings with digest `others_list` (None: as this rank does).
+    """
+
+    def __init__(self, rank: int, answers: queue.Queue | None = None, others_see: bool = True,
+                 others_list: str | None = None) -> None:
         super().__init__(rank, 2, torch.device("cpu"))
-        object.__setattr__(self, "script", (run_id, others_see))
+        object.__setattr__(self, "script", (answers, others_see, others_list))
+        object.__setattr__(self, "sent", queue.Queue())
 
     def broadcast(self, value):
-        return value if self.rank == 0 else self.script[0]
+        if self.rank == 0:
+            self.sent.put(value)
+            return value
+        return self.script[0].get(timeout=60)
 
     def gather(self, value):
-        other = (self.script[1], "node-b")
-        return [value, other] if self.rank == 0 else [(True, "node-a"), value]
+        other = (self.script[1], "node-b" if self.rank == 0 else "node-a", self.script[2] or value[2])
+        return [value, other] if self.rank == 0 else [other, value]
+
+
+def _answers(*values) -> queue.Queue:
+    answers = queue.Queue()
+    for value in values:
+        answers.put(value)
+    return answers
 
 
 def test_a_failed_shard_stops_the_others_with_its_error(tmp_path):
-    main = ShardBoard.open(tmp_path, _Peers(0))
+    main = ShardBoard.open(tmp_path, _Peers(0), "digest")
     with ShardBoard(main.folder, _Peers(1)) as peer:
         peer.failed(MemoryError("CUDA out of memory"))
     main.done({"entries": {}})
@@ -209,7 +231,7 @@ def test_a_failed_shard_stops_the_others_with_its_error(tmp_path):
 
 
 def test_a_silent_shard_stops_the_others_instead_of_a_hang(tmp_path):
-    main = ShardBoard.open(tmp_path, _Peers(0))
+    main = ShardBoard.open(tmp_path, _Peers(0), "digest")
     main.stale_seconds = 0.3
     main.done({"entries": {}})
     start = time.monotonic()
@@ -221,7 +243,48 @@ def test_a_silent_shard_stops_the_others_instead_of_a_hang(tmp_path):
 def test_a_folder_the_other_processes_cannot_see_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "SHARED_CHECK_SECONDS", 0.2)
     with pytest.raises(SharedFolderError, match=r"rank 1 on node-b cannot see the files rank 0 writes.*filesystem every node mounts"):
-        ShardBoard.open(tmp_path / "cache", _Peers(0, others_see=False))
+        ShardBoard.open(tmp_path / "cache", _Peers(0, others_see=False), "digest")
     # Seen from the blind rank: rank 0's run folder never appears in its own copy of the output folder.
     with pytest.raises(SharedFolderError, match=r"rank 1 on .* cannot see"):
-        ShardBoard.open(tmp_path / "elsewhere", _Peers(1, run_id="0123456789ab"))
+        ShardBoard.open(tmp_path / "elsewhere", _Peers(1, _answers("0123456789ab")), "digest")
+
+
+def test_processes_that_list_different_recordings_are_refused_before_any_work(tmp_path, monkeypatch):
+    with pytest.raises(ShardError, match=r"listed different recordings \(shard 0 on .*: aaaa, shard 1 on node-b: bbbb\).*same input at the same path"):
+        ShardBoard.open(tmp_path / "cache", _Peers(0, others_list="bbbb"), "aaaa")
+    # Through a run: refused before this process loads a model or prepares a recording.
+    started = []
+    monkeypatch.setattr(shards, "_prepare_shard", lambda *args: started.append(args))
+    sources = Sources(tuple(SourceFile(FIXTURES / name, name) for name in RECORDINGS), ("alice", "bob"), ())
+    with pytest.raises(ShardError, match="listed different recordings"):
+        shards.run_sharded(PrepConfig(FIXTURES, tmp_path / "out"), sources, None, None, _Peers(0, others_list="bbbb"))
+    assert started == [] and not list((tmp_path / "out" / CACHE_DIR).glob("shards/*/rank-*"))
+
+
+def test_a_main_process_stopped_while_writing_the_corpus_fails_every_process(tmp_path, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    def prepared(*args):
+        summary = {"files_from_cache": 0, "stage_seconds": {}, "entries": {}, "failed": {}}
+        return SimpleNamespace(timer=StageTimer()), summary
+
+    monkeypatch.setattr(shards, "_prepare_shard", prepared)
+    monkeypatch.setattr(shards, "write_outputs", interrupted)
+    main = _Peers(0)
+    config, outcomes = PrepConfig(tmp_path / "in", tmp_path / "out"), {}
+
+    def run(group: ProcessGroup) -> None:
+        try:
+            outcomes[group.rank] = shards.run_sharded(config, Sources((), (), ()), None, None, group)
+        except BaseException as exc:  # noqa: BLE001 - each rank's ending is what the test checks
+            outcomes[group.rank] = exc
+
+    ranks = [threading.Thread(target=run, args=(group,)) for group in (main, _Peers(1, main.sent))]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join(timeout=60)
+    assert isinstance(outcomes[0], KeyboardInterrupt)
+    # The other process stops with the error, so its launcher reports the launch failed.
+    assert isinstance(outcomes[1], ShardError) and "the main process failed: KeyboardInterrupt" in str(outcomes[1])

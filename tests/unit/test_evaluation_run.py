@@ -4,11 +4,17 @@ aggregates, the staged output folder and the HTML page (the whole command: tests
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
-from dia2.evaluation.inputs import EvalInputError, adapter_labels, read_prompts
+from dia2.evaluation.inputs import (
+    EvalInputError,
+    adapter_labels,
+    check_adapter_bases,
+    read_prompts,
+)
 from dia2.evaluation.report import render_html, staged
 from dia2.evaluation.run import (
     Clip,
@@ -107,3 +113,35 @@ def test_staged_output_appears_only_on_success(tmp_path):
     with staged(target) as work:
         (work / "eval.json").write_text("{}")
     assert [p.name for p in tmp_path.iterdir()] == ["report"] and (target / "eval.json").is_file()
+
+
+def _adapter_files(folder, base=None, voice_base=None):
+    """An adapter folder whose files record `base` (adapter_config.json) and `voice_base` (dia2_voice.json)."""
+    folder.mkdir()
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "base_model_name_or_path": base}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    (folder / "adapter_model.safetensors").write_bytes(b"")  # only the recorded names are read here
+    if voice_base is not None:
+        (folder / "dia2_voice.json").write_text(json.dumps({"format": "dia2-voice/1", "base_model": voice_base}))
+    return str(folder)
+
+
+def test_an_adapter_recorded_for_another_base_is_refused_with_the_way_round(tmp_path):
+    unrecorded = _adapter_files(tmp_path / "plain")
+    tiny = _adapter_files(tmp_path / "tiny-voice", base="tiny", voice_base="tiny")
+    check_adapter_bases([unrecorded, tiny], "tiny")
+    big = _adapter_files(tmp_path / "big-voice", base="nari-labs/Dia2-2B")
+    with pytest.raises(EvalInputError, match=r"big-voice was trained on base 'nari-labs/Dia2-2B' \(its adapter_config.json "
+                       r"says so\), not on --model tiny: pass --model nari-labs/Dia2-2B, or add --allow-other-base"):
+        check_adapter_bases([tiny, big], "tiny")
+    voice_only = _adapter_files(tmp_path / "voice-only", voice_base="nari-labs/Dia2-1B")
+    with pytest.raises(EvalInputError, match=r"'nari-labs/Dia2-1B' \(its dia2_voice.json says so\)"):
+        check_adapter_bases([voice_only], "nari-labs/Dia2-2B")
+    # A local copy of the base: its folder recorded by path, or the repo it is a copy of.
+    copy = tmp_path / "models" / "Dia2-2B"
+    copy.mkdir(parents=True)
+    check_adapter_bases([big, _adapter_files(tmp_path / "by-path", base=str(copy))], str(copy))
+    with pytest.raises(EvalInputError, match="trained on base 'someone/Other-2B'"):
+        check_adapter_bases([_adapter_files(tmp_path / "other", base="someone/Other-2B")], str(copy))
+    with pytest.raises(EvalInputError, match=r"--adapter .*missing"):
+        check_adapter_bases([str(tmp_path / "missing")], "tiny")

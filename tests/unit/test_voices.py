@@ -2,8 +2,14 @@
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +17,7 @@ import soundfile as sf
 import torch
 
 from dia2.generation.voice import PrefixError, Voice
+from dia2.serving.voice_folder import VoiceFolder
 from dia2.serving.voices import (
     OPENAI_VOICES,
     UploadTooLarge,
@@ -24,6 +31,12 @@ from tests.conftest import REPO_ROOT
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
 RATE = 24000
+# Writer processes load the folder module alone (it needs only the standard library), not dia2 and torch.
+LOAD_VOICE_FOLDER = (
+    "import importlib.util\n"
+    f"spec = importlib.util.spec_from_file_location('voice_folder', {str(REPO_ROOT / 'dia2/serving/voice_folder.py')!r})\n"
+    "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); VoiceFolder = module.VoiceFolder\n"
+)
 
 
 class FakeMakeVoice:
@@ -371,3 +384,82 @@ def test_real_make_voice_with_tiny_en_whisper(tmp_path, tiny_tts, speech):
     assert len(stored.voice.words) >= 5 and stored.transcript == " ".join(w.text for w in stored.voice.words)
     reopened = VoiceStore(tmp_path, FakeMakeVoice(refuse=True)).get("fox")
     assert torch.equal(reopened.voice.codes, stored.voice.codes) and reopened.voice.words == stored.voice.words
+
+
+def test_a_replaced_voice_that_a_dead_writer_half_removed_never_comes_back(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    store.add("alice", speech["voice_a"])
+    # Another process replaces alice, then dies partway through removing the replaced folder.
+    meta = json.dumps({"adapter": "tester/lora", "seed": None, "speakers": 0, "transcript": None, "created": "now"})
+    replace_then_die = LOAD_VOICE_FOLDER + (
+        "import os, signal, sys\n"
+        "disk = VoiceFolder(sys.argv[1])\n"
+        "stage = disk.work_path('new', 'alice'); stage.mkdir(); (stage / 'meta.json').write_text(sys.argv[2])\n"
+        "trash, _ = disk.swap_in(stage, 'alice', replace=True)\n"
+        "(trash / 'codes.npy').unlink()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    died = subprocess.run([sys.executable, "-c", replace_then_die, str(tmp_path), meta], timeout=60, check=False)
+    assert died.returncode == -signal.SIGKILL
+    (left,) = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert left.startswith(".del-alice-")
+    assert store.get("alice").adapter == "tester/lora" and store.get("alice").voice is None
+    store.delete("alice")
+    # The next store on the folder tidies the half-removed folder away: it is not put back as alice.
+    reopened = VoiceStore(tmp_path, fake)
+    assert "alice" not in reopened.names()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _flocked_inodes(pid: int) -> set[int]:
+    """The inodes process `pid` holds flock locks on (Linux's /proc/locks; waiters, marked '->', left out)."""
+    held = set()
+    for fields in (line.split() for line in Path("/proc/locks").read_text().splitlines()):
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[4] == str(pid):
+            held.add(int(fields[5].rsplit(":", 1)[1]))
+    return held
+
+
+def test_writers_on_a_network_filesystem_exclude_each_other_through_the_lock_file(tmp_path):
+    """With `.lock` present (as on NFS) two writer processes replace one voice over and over while
+    this process reads it under the shared lock: it always finds one writer's voice, whole."""
+    (tmp_path / ".lock").touch()
+    disk = VoiceFolder(tmp_path)
+    with disk.locked(exclusive=True):
+        assert _flocked_inodes(os.getpid()) == {(tmp_path / ".lock").stat().st_ino}, "the folder was locked, not .lock"
+    rounds = 30
+    replace_often = LOAD_VOICE_FOLDER + (
+        "import shutil, sys\n"
+        "disk, tag = VoiceFolder(sys.argv[1]), sys.argv[2]\n"
+        "for i in range(int(sys.argv[3])):\n"
+        "    stage = disk.work_path('new', 'shared'); stage.mkdir()\n"
+        "    for part in 'abc':\n"
+        "        (stage / part).write_text(f'{tag}{i}')\n"
+        "    trash, _ = disk.swap_in(stage, 'shared', replace=True)\n"
+        "    if trash is not None:\n"
+        "        shutil.rmtree(trash)\n"
+    )
+    writers = [subprocess.Popen([sys.executable, "-c", replace_often, str(tmp_path), tag, str(rounds)],
+                                stderr=subprocess.PIPE, text=True) for tag in "xy"]
+    seen, faults = set(), []
+    try:
+        while any(w.poll() is None for w in writers):
+            with disk.locked(exclusive=False):
+                voice = tmp_path / "shared"
+                if voice.is_dir():
+                    contents = {(voice / part).read_text() for part in "abc"}
+                    seen |= contents
+                    if len(contents) != 1:
+                        faults.append(f"mixed {sorted(contents)}")
+                elif seen:
+                    faults.append("missing between the two renames of a swap")
+            time.sleep(0.001)  # flock is not fair: give a waiting writer its turn
+        for writer in writers:
+            assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    finally:
+        for writer in writers:
+            if writer.poll() is None:
+                writer.kill()
+    assert faults == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "shared"]
+    assert (tmp_path / "shared" / "a").read_text() in (f"x{rounds - 1}", f"y{rounds - 1}")
