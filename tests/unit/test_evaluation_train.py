@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
+from dia2.evaluation.cli import main as eval_main
 from dia2.evaluation.scoring import ClipScorer
 from dia2.model.adapters import DEFAULT_TARGET_MODULES, load_adapter
 from dia2.model.network import Dia2Model
@@ -100,6 +101,17 @@ def test_training_scores_samples_and_keeps_the_best_adapter(tiny_bundle_dir, tin
     load_adapter(Dia2Model.from_config(tiny_config), paths.root / "best")
     same = _same_tensors(paths.root / "best", paths.adapter)
     assert same == (top == 2)
+
+    # dia2-eval's adapter-effect check passes on the adapter this run trained (a zero one fails it:
+    # tests/e2e/test_eval_cli.py), and the adapter is accepted as made for this base.
+    report, prompts = tmp_path / "eval", tmp_path / "prompts.txt"
+    prompts.write_text("Hello there.\n")
+    argv = ["--model", str(tiny_bundle_dir), "--prompts", str(prompts), "--adapter", str(paths.adapter), "--references", str(ALICE),
+            "--asr-model", "none", "--speaker-encoder", "none", "--no-toplines", "--seeds", "0",
+            "--max-frames", "30", str(report)]
+    assert eval_main(argv) == 0
+    effect = json.loads((report / "eval.json").read_text())["adapter_effect"]
+    assert effect and all(e["passed"] for e in effect)
 
 
 def _same_tensors(a: Path, b: Path) -> bool:
