@@ -173,6 +173,9 @@ def run_cli(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+# A kill and resume through the cache also runs in the default suite across two processes
+# (tests/e2e/test_prep_distributed.py).
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_corpus(corpus, tmp_path, tiny_bundle_dir, speaker_map):
     out = tmp_path / "out"
     args = [FIXTURES, out, "--model", tiny_bundle_dir, "--asr-model", TINY_EN, "--speaker-map", speaker_map, "--threads", "1", "--no-progress"]

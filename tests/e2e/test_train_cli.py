@@ -31,6 +31,8 @@ def corpus(tiny_tts, tmp_path_factory) -> Path:
     return write_corpus(folder, tiny_tts, synthetic_rows(tiny_tts, 1, 12, seed=0), synthetic_rows(tiny_tts, 1, 3, seed=99))
 
 
+# The same launcher and gloo path runs in the default suite under FSDP (tests/e2e/test_train_fsdp.py).
+@pytest.mark.slow
 def test_two_process_ddp_run_keeps_replicas_in_sync(tiny_bundle_dir, corpus, tmp_path):
     # Environment note: `--cpu --num_processes 2` runs one process; --multi_gpu runs two over gloo.
     proc = run(

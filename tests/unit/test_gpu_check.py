@@ -29,6 +29,8 @@ def gpu_check():
     return module
 
 
+# The GPU script's dry run: what a lent GPU runs; slow on 2 cores.
+@pytest.mark.slow
 def test_dry_run_checks_every_step(tmp_path, gpu_check):
     out = tmp_path / "report.json"
     proc = subprocess.run(
