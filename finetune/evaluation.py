@@ -192,14 +192,16 @@ def check_evaluation(section: EvalSection, corpus: TrainingData, tts: Dia2, acce
             "eval.keep_best by eval.metric=loss needs a validation split, and data.corpus has none: rank by "
             "eval.metric=wer, cer or similarity, make the corpus again with a validation split, or set eval.keep_best=false"
         )
-    if section.references:
-        read_references(section.references, tts.codec.sample_rate)
     problem = None
-    if accelerator.is_main_process and section.scripts and (section.asr_model or section.references):
+    if accelerator.is_main_process:
         try:
-            scorer = sample_scorer(section.references, section.asr_model, tts.codec.sample_rate, tts.model.device.type)
-            if isinstance(scorer.transcriber, ClipTranscriber):
-                scorer.transcriber.load()  # otherwise loaded at the first sample it scores
+            if section.scripts and (section.asr_model or section.references):
+                # Reads the references and loads the recogniser once, for every evaluation.
+                scorer = sample_scorer(section.references, section.asr_model, tts.codec.sample_rate, tts.model.device.type)
+                if isinstance(scorer.transcriber, ClipTranscriber):
+                    scorer.transcriber.load()  # otherwise loaded at the first sample it scores
+            elif section.references:
+                read_references(section.references, tts.codec.sample_rate)  # unused without scripts, but refused if bad
         except Dia2Error as exc:
             problem = str(exc)
     if accelerator.num_processes > 1:

@@ -152,3 +152,11 @@ def test_a_missing_score_keeps_training_and_writes_no_best(tiny_bundle_dir, corp
         assert scores["aggregate"]["similarity"] is None
     assert not (paths.root / "best").exists()
     assert "eval.metric=similarity has no value at step 1: best/ is left as it is" in caplog.text
+
+
+@pytest.mark.parametrize("scripts", ["eval.scripts=[]", None], ids=["no-scripts", "scripts"])
+def test_a_missing_reference_folder_is_refused_before_the_run_folder(tiny_bundle_dir, corpus, tmp_path, capsys, scripts):
+    rc, paths = train(tmp_path, tiny_bundle_dir, corpus, f"eval.references={tmp_path / 'nowhere'}", *[s for s in [scripts] if s])
+    assert rc == 1
+    assert f"reference folder {tmp_path / 'nowhere'} not found" in capsys.readouterr().err
+    assert not paths.root.exists()
