@@ -26,6 +26,7 @@ from dia2.audio.asr import Transcriber
 from dia2.errors import Dia2Error
 from dia2.generation.loop import Prefix
 from dia2.text.script import Entry, TextTokenIds, Tokenizer
+from dia2.text.transcript import TranscriptError, align_transcript
 from dia2.text.utterance import align_utterance
 from dia2.text.words import SpokenWord
 
@@ -130,14 +131,16 @@ def voice_prefix(voice: Voice, tokenizer: Tokenizer, ids: TextTokenIds) -> tuple
 
 
 def with_transcript(voice: Voice, transcript: str) -> Voice:
-    """The voice with the words of a known transcript in place of the recogniser's, keeping the
-    recogniser's times (word for word, so the counts must agree; otherwise the heard words stay
-    and a warning says why: a transcript of other speech would misplace every word)."""
-    given = transcript.split()
-    if len(given) != len(voice.words):
-        logger.warning(
-            "the transcript has %d words but %d were heard in the recording: keeping the heard words (%s)",
-            len(given), len(voice.words), " ".join(w.text for w in voice.words),
+    """The voice with the words of a known transcript in place of the recogniser's, each timed from
+    the heard words it corresponds to (`dia2.text.transcript.align_transcript`): matching words keep
+    their heard times, replaced, split, merged or missed words take the span they replace."""
+    try:
+        alignment = align_transcript(voice.words, transcript)
+    except TranscriptError as exc:
+        raise PrefixError(f"transcript: {exc}") from exc
+    if alignment.changed:
+        logger.info(
+            "transcript aligned to the recording (%d of %d typed words heard as typed):\n%s",
+            alignment.matched, len(alignment.rows), "\n".join("  ".join(row) for row in alignment.table()),
         )
-        return voice
-    return replace(voice, words=tuple(replace(w, text=t, probability=1.0) for w, t in zip(voice.words, given)))
+    return replace(voice, words=alignment.words)
