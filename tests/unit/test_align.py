@@ -259,3 +259,16 @@ def test_speaker_2_waits_for_the_tokens_of_speaker_1s_last_word():
     # not at 4, where the machine would still be emitting the 5 tokens and drop the new_word.
     alignment = align_prefix([(0.0, 0.2, 5, 1), (0.24, 0.4, 1, 2)], speaker_2_frame=3)
     assert [w.start_frame for w in alignment.words] == [1, 7]
+
+
+def test_training_rule_two_speakers_in_one_row():
+    # A training row is one recording, whatever its speakers; TWO_SPEAKERS by the training rule:
+    # hello: start round(3.75) = 4, a 4-frame leading break (step 2); next round(8.75) = 9 <= 4+7.
+    # there (1 token): start 9, next round(19.0) = 19 > latest 9+7 = 16: a break from where it
+    #     ends, clamp(round(12.5) = 12, 11, 16) = 12, of 19-12 = 7 frames, step 12-1+3 = 14.
+    # how: start 19, next round(22.75) = 23. are (2 tokens, last): start 23, end of speech at
+    #     min(max(26, round(25.25) = 25), 23+7) = 26, step 28.
+    alignment = align(TWO_SPEAKERS)
+    assert list(alignment.words) == [AlignedWord(4, 6, 6, 9), AlignedWord(9, 10, 11, 19), AlignedWord(19, 20, 21, 23), AlignedWord(23, 25, 25, 26)]
+    assert alignment.breaks == (AlignedBreak(0, 4, 2, before=0), AlignedBreak(12, 7, 14, before=2))
+    assert alignment.end_of_speech_step == 28
