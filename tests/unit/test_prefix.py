@@ -249,7 +249,12 @@ def test_a_prefixed_utterance_starts_to_sample_right_after_the_prefix(tiny_tts, 
     voice = _voice(P, words, speaker_2_frame)
     script = "[S1] Fine thanks."
     kernels: list[RecordingKernels] = []
-    tts = Dia2(tiny_tts.model, tiny_tts.tokenizer, tiny_tts.codec, kernel_wrapper=lambda k: kernels.append(RecordingKernels(k, NEVER)) or kernels[-1])
+
+    def recording(base):
+        kernels.append(RecordingKernels(base, NEVER))
+        return kernels[-1]
+
+    tts = Dia2(tiny_tts.model, tiny_tts.tokenizer, tiny_tts.codec, kernel_wrapper=recording)
     steps_run = []
     real_process = StateMachine.process
 
