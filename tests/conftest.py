@@ -71,3 +71,23 @@ def tiny_tts(tiny_bundle_dir):
     from dia2.generation.runtime import Dia2
 
     return Dia2.from_repo(tiny_bundle_dir, device="cpu")
+
+
+@pytest.fixture
+def prefix_rules(monkeypatch) -> list:
+    """The words each use of the published prefix rule aligned; any use of the training rule
+    (dia2.text.align, docs/alignment.md) fails the test: no prefix path may pick it."""
+    import dia2.text.utterance as utterance
+
+    aligned, prefix_rule = [], utterance.prefix_alignment
+
+    def counted(words, *args, **kwargs):
+        aligned.append(list(words))
+        return prefix_rule(words, *args, **kwargs)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the training alignment rule was used (only training rows may use it)")
+
+    monkeypatch.setattr(utterance, "prefix_alignment", counted)
+    monkeypatch.setattr(utterance, "training_alignment", refused)
+    return aligned

@@ -1,9 +1,10 @@
 """The teacher-forced training grid of an utterance (spec section 7).
 
 An utterance becomes exactly the grid inference would build for it, with the very code the
-decoder uses: words are aligned by `dia2.text.utterance` (the voice-prefix path, which turns long
-pauses and the lead-in silence into break entries), the text streams come from the state machine
-driven in forced mode (`forced_text_streams`), and the audio is delayed by `dia2.data.grid`.
+decoder uses: words are aligned by the training rule (`dia2.text.utterance.align_utterance`,
+which turns long pauses and the lead-in silence into break entries; voice prefixes follow the
+published rule instead, docs/alignment.md), the text streams come from the state machine driven
+in forced mode (`forced_text_streams`), and the audio is delayed by `dia2.data.grid`.
 
 Train as we infer: the state machine in its normal, unforced mode (initial_padding 2, max_padding
 6), fed a row's action targets as if the model had sampled them, reproduces the row's two text

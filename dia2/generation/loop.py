@@ -185,7 +185,8 @@ class FrameKernels:
 class Prefix:
     """A voice prefix as the loop needs it: audio codes and the forced new_word steps.
 
-    codes [K, P] undelayed Mimi codes; new_word_steps are decoder steps (the alignment rule's);
+    codes [K, P] undelayed Mimi codes; new_word_steps are decoder steps (the prefix rule's,
+    `dia2.text.align.prefix_alignment`);
     `entries` (the prefix words, in order) go to the state machine before the script's.
     """
 
@@ -381,7 +382,8 @@ class Utterance:
 
         A word's new_word step s maps back to its first audio frame by the alignment rule
         (frame = s + 1 - NEW_WORD_STEP_OFFSET), so the times match the audio, and the prefix's
-        frames are subtracted when it is cropped.
+        frames are subtracted when it is cropped. A script word started in the prefix's last
+        steps (the first free step is P - 1) is reported where its audio can begin, at frame P.
         """
         words = []
         skip = 0 if self.config.include_prefix else self.prefix_words
@@ -389,7 +391,8 @@ class Utterance:
         for i in range(self._words_reported, len(self.mstate.transcript)):
             text, step = self.mstate.transcript[i]
             if i >= skip:
-                frame = max(0, step + 1 - NEW_WORD_STEP_OFFSET - origin)
+                first = self.prefix_frames if i >= self.prefix_words else 0
+                frame = max(first, step + 1 - NEW_WORD_STEP_OFFSET) - origin
                 words.append((text, frame / FRAME_RATE))
         self._words_reported = len(self.mstate.transcript)
         return words

@@ -2,9 +2,10 @@
 
 speaker audio -> word timestamps (a `Transcriber`, faster-whisper by default: `dia2.audio.asr`)
 -> Mimi codes -> a `Voice` (codes + timed words, storable, so a server never re-transcribes a
-stored voice) -> entries and forced new_word steps through the shared alignment rule
-(`dia2.text.align`, the same function that builds training data) -> one `prefill` call in the
-generation loop.
+stored voice) -> entries and forced new_word steps through the published prefix rule
+(`dia2.text.align.prefix_alignment`: what the published runtime forces, the only prefix streams
+the published model was conditioned on; training rows use the other rule there) -> one
+`prefill` call in the generation loop.
 
 Two published quirks are fixed here: both speakers' words get the same step offset (the
 published runtime gave speaker 2 no +3, a plausible cause of "prefix speakers swapped"), and no
@@ -27,7 +28,7 @@ from dia2.errors import Dia2Error
 from dia2.generation.loop import Prefix
 from dia2.text.script import Entry, TextTokenIds, Tokenizer
 from dia2.text.transcript import TranscriptError, align_transcript
-from dia2.text.utterance import align_utterance
+from dia2.text.utterance import align_prefix
 from dia2.text.words import SpokenWord
 
 logger = logging.getLogger(__name__)
@@ -39,20 +40,29 @@ class PrefixError(Dia2Error, ValueError):
 
 @dataclass(frozen=True)
 class Voice:
-    """A ready voice prefix: Mimi codes [K, P], its timed words (speaker 1's, then 2's), and the
-    fingerprint of the codec that made the codes (None for voices stored before it was recorded):
-    codes of another Mimi mean other sounds, so a model with another codec refuses the voice."""
+    """A ready voice prefix: Mimi codes [K, P], its timed words (speaker 1's, then 2's), the
+    fingerprint of the codec that made the codes (None for voices stored before it was recorded:
+    codes of another Mimi mean other sounds, so a model with another codec refuses the voice),
+    and, for two recordings (speaker 1's, then speaker 2's), the frame where speaker 2's starts:
+    the published prefix rule aligns each recording as its own file. None: one recording (or a
+    voice stored before it was recorded; then both speakers' words are aligned as one)."""
 
     codes: torch.Tensor
     words: tuple[SpokenWord, ...]
     codec_fingerprint: str | None = None
+    speaker_2_frame: int | None = None
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write `codes.npy` + `voice.json` (its "words": text, start, end, speaker, probability) to `folder`."""
+        """Write `codes.npy` + `voice.json` (its "words": text, start, end, speaker, probability;
+        "speaker_2_frame") to `folder`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "codes.npy", self.codes.cpu().numpy().astype(np.int16))
-        record = {"codec_fingerprint": self.codec_fingerprint, "words": [asdict(w) for w in self.words]}
+        record = {
+            "codec_fingerprint": self.codec_fingerprint,
+            "speaker_2_frame": self.speaker_2_frame,
+            "words": [asdict(w) for w in self.words],
+        }
         (folder / "voice.json").write_text(json.dumps(record, indent=1) + "\n")
         return folder
 
@@ -77,7 +87,18 @@ class Voice:
             raise PrefixError(f"{folder} is not a stored voice (codes.npy + voice.json): {exc}") from exc
         if codes.dim() != 2 or not words:
             raise PrefixError(f"{folder}: a voice needs codes [K, P] and at least one word")
-        return cls(codes, words, raw.get("codec_fingerprint"))
+        voice = cls(codes, words, raw.get("codec_fingerprint"), raw.get("speaker_2_frame"))
+        voice.check_speaker_2_frame(f"{folder}/voice.json")
+        return voice
+
+    def check_speaker_2_frame(self, where: str) -> None:
+        """Refuse a speaker_2_frame that is not a frame inside the codes."""
+        frame, frames = self.speaker_2_frame, self.codes.shape[-1]
+        if frame is not None and not (isinstance(frame, int) and not isinstance(frame, bool) and 0 < frame < frames):
+            raise PrefixError(
+                f"{where}: speaker_2_frame must be null or a frame inside the codes (1..{frames - 1}), got {frame!r}; "
+                "make the voice again (--prefix-speaker-1 ... --prefix-speaker-2 ... --save-voice)"
+            )
 
 
 def build_voice(
@@ -92,9 +113,12 @@ def build_voice(
     words: list[SpokenWord] = []
     waves: list[np.ndarray] = []
     offset = 0.0
+    speaker_2_frame = None
     for speaker, source in ((1, speaker_1), (2, speaker_2)):
         if source is None:
             continue
+        if speaker == 2:
+            speaker_2_frame = sum(len(w) for w in waves) // codec.samples_per_frame
         name = str(source) if not isinstance(source, np.ndarray) else f"speaker {speaker} audio"
         wave = read_audio(source, codec.sample_rate) if not isinstance(source, np.ndarray) else source.astype(np.float32)
         heard = transcriber.transcribe(wave, codec.sample_rate)
@@ -107,27 +131,25 @@ def build_voice(
         waves.append(padded)
         offset += len(padded) / codec.sample_rate
     codes = codec.encode(torch.from_numpy(np.concatenate(waves)))[0]
-    return Voice(codes.cpu(), tuple(words), codec.fingerprint)
+    return Voice(codes.cpu(), tuple(words), codec.fingerprint, speaker_2_frame)
 
 
 def voice_prefix(voice: Voice, tokenizer: Tokenizer, ids: TextTokenIds) -> tuple[list[Entry], Prefix]:
     """Entries (each speaker's first word tagged) and the Prefix with its forced new_word steps.
 
-    The words go through `align_utterance`, the function that builds training grids, so the
-    prefix is forced exactly the way the model was trained.
+    The words go through `align_prefix`: the published runtime's prefix rule (each word padded
+    until the next, no break entries, first word at frame 1 or later in its recording), since a
+    prefix is forced, not generated, and the published model knows only those prefix streams.
+    Training rows follow the other rule (`dia2.text.align`, docs/alignment.md).
     """
+    voice.check_speaker_2_frame("voice prefix")
     try:
-        utterance = align_utterance(
-            voice.words, tokenizer, ids, prepend_s1_to_first_word=False, continue_at=voice.codes.shape[-1]
-        )
+        utterance = align_prefix(voice.words, tokenizer, ids, voice.speaker_2_frame)
     except ValueError as exc:
         raise PrefixError(f"voice prefix: {exc}") from exc
     # Words near the end of the prefix get steps past its last column (step = frame + 2); the
     # loop keeps forcing actions up to the last prefix step, so none is dropped or said twice.
-    # The forced steps include the breaks' (pauses, and the gap up to the prefix end), so the
-    # state handed to unforced decoding is one it could have reached itself.
-    entries = list(utterance.entries)
-    return entries, Prefix(voice.codes, utterance.alignment.action_steps, utterance.num_words)
+    return list(utterance.entries), Prefix(voice.codes, utterance.alignment.new_word_steps, utterance.num_words)
 
 
 def with_transcript(voice: Voice, transcript: str) -> Voice:

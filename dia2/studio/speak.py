@@ -52,7 +52,8 @@ def join_voices(first: Voice, second: Voice) -> Voice:
     codes = np.concatenate([first.codes.numpy(), second.codes.numpy()], axis=-1)
     import torch
 
-    return Voice(torch.from_numpy(codes), first.words + words, first.codec_fingerprint)
+    # Two recordings: the prefix rule aligns speaker 2's as its own file, from first's end.
+    return Voice(torch.from_numpy(codes), first.words + words, first.codec_fingerprint, first.codes.shape[-1])
 
 
 def _stored_prefix(studio: Studio, name: str, speaker: int) -> Voice:

@@ -9,9 +9,10 @@ prosody; with k = 0 a copy of the main stream).
 The machine also paces speech: after a word it forces `entry.padding` pad frames, and once
 `max_padding` frames pass without a word it forces one. In forced mode (teacher forcing, voice
 prefixes) the given action is kept, so the same code produces the text of training grids and of
-inference, and the two cannot drift apart. Forced mode is no licence for timings the normal mode
-cannot produce: the alignment (`dia2.text.align`) only forces steps the unforced machine would
-accept, so either mode gives a row the same text.
+inference, and the two cannot drift apart. For training rows forced mode is no licence for
+timings the normal mode cannot produce: the training rule (`dia2.text.align`) only forces steps
+the unforced machine would accept, so either mode gives a row the same text. Voice prefixes are
+forced as the published runtime forces them, which the normal mode need not reproduce.
 
 The configuration (`StateMachine`) is frozen; the per-utterance state (`MachineState`) is an
 explicit object owned by the caller, so a server session can hold one per stream.

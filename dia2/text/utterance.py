@@ -1,14 +1,17 @@
-"""Timed words of an utterance -> entries and frame alignment: one path for prefixes and training.
+"""Timed words -> entries and frame alignment, for a training row or a voice prefix.
 
-A voice prefix (inference) and a corpus row (training) are the same thing to the model: speech
-whose words have known times. Both go through `align_utterance`, so the new_word steps a model
-is trained on are exactly the ones it is forced with at inference.
+A corpus row (training) and a voice prefix (inference) are both speech whose words have known
+times, and both become entries the same way: through the script parser itself (`ScriptParser`),
+speaker tags included, so a word is tokenised as it would be in a script; a word the parser
+splits (e.g. "a:b") shares its time span among its entries. They differ in the alignment rule
+(`dia2.text.align`, docs/alignment.md):
 
-Words become entries through the script parser itself (`ScriptParser`), speaker tags included,
-so a word is tokenised as it would be in a script; a word the parser splits (e.g. "a:b") shares
-its time span among its entries. Pauses the state machine cannot wait out alone become break
-entries (`dia2.text.align`), so an utterance's entries are exactly those of a script with
-`<break time="..."/>` tags (`script_text` writes that script).
+- `align_utterance` (training rows, our rule): pauses the state machine cannot wait out alone
+  become break entries, so a row's entries are exactly those of a script with
+  `<break time="..."/>` tags (`script_text` writes that script) and its text is one unforced
+  decoding can produce;
+- `align_prefix` (voice prefixes, the published rule): word entries only, each padded until the
+  next word, as the published runtime forces them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from dia2.data.grid import FRAME_RATE
-from dia2.text.align import Alignment, align_words
+from dia2.text.align import Alignment, prefix_alignment, training_alignment
 from dia2.text.script import (
     SPEAKER_TAGS,
     Entry,
@@ -91,28 +94,44 @@ def _share_time(entries: list[Entry], word: SpokenWord) -> list[tuple[Entry, Spo
     ]
 
 
+def _spoken_pairs(
+    words: Sequence[SpokenWord], tokenizer: Tokenizer, ids: TextTokenIds, prepend_s1_to_first_word: bool
+) -> list[tuple[Entry, SpokenWord]]:
+    pairs = [(e, w) for e, w in entries_for_words(words, tokenizer, ids, prepend_s1_to_first_word) if e.tokens]
+    if not pairs:
+        raise ValueError("the utterance has no words the tokenizer can encode")
+    return pairs
+
+
 def align_utterance(
     words: Sequence[SpokenWord],
     tokenizer: Tokenizer,
     ids: TextTokenIds,
     prepend_s1_to_first_word: bool = True,
-    continue_at: int | None = None,
 ) -> AlignedUtterance:
-    """Entries with the breaks the pauses need, and their frame alignment (`dia2.text.align`).
-
-    Word entries are the script parser's (padding = one frame per token); continue_at is a voice
-    prefix's length in frames (the script follows it). Raises ValueError when no word can be spoken.
-    """
-    pairs = [(e, w) for e, w in entries_for_words(words, tokenizer, ids, prepend_s1_to_first_word) if e.tokens]
-    if not pairs:
-        raise ValueError("the utterance has no words the tokenizer can encode")
-    alignment = align_words([w for _, w in pairs], [len(e.tokens) for e, _ in pairs], continue_at=continue_at)
+    """A training row's entries, with the breaks its pauses need, and their frame alignment
+    (`training_alignment`). Word entries are the script parser's (padding = one frame per
+    token). Raises ValueError when no word can be spoken."""
+    pairs = _spoken_pairs(words, tokenizer, ids, prepend_s1_to_first_word)
+    alignment = training_alignment([w for _, w in pairs], [len(e.tokens) for e, _ in pairs])
     entries: list[Entry] = []
     for i, (entry, _) in enumerate(pairs):
         entries += [Entry((), "", b.frames) for b in alignment.breaks if b.before == i]
         entries.append(entry)
-    entries += [Entry((), "", b.frames) for b in alignment.breaks if b.before == len(pairs)]
     return AlignedUtterance(tuple(entries), tuple(w for _, w in pairs), alignment)
+
+
+def align_prefix(
+    words: Sequence[SpokenWord], tokenizer: Tokenizer, ids: TextTokenIds, speaker_2_frame: int | None = None
+) -> AlignedUtterance:
+    """A voice prefix's entries and their frame alignment (`prefix_alignment`, published): one
+    entry per word, each speaker's first word tagged, its padding running until the next word.
+    speaker_2_frame: where speaker 2's recording starts (None: one recording). Raises ValueError
+    when no word can be spoken."""
+    pairs = _spoken_pairs(words, tokenizer, ids, prepend_s1_to_first_word=False)
+    alignment = prefix_alignment([w for _, w in pairs], [len(e.tokens) for e, _ in pairs], speaker_2_frame=speaker_2_frame)
+    entries = tuple(Entry(e.tokens, e.text, a.padding) for (e, _), a in zip(pairs, alignment.words))
+    return AlignedUtterance(entries, tuple(w for _, w in pairs), alignment)
 
 
 def script_text(utterance: AlignedUtterance, frame_rate: float = FRAME_RATE) -> str:

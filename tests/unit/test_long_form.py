@@ -58,8 +58,11 @@ def test_a_long_script_comes_out_whole_in_order(short_tts, plans):
     assert len(result.waveform) == result.audio_tokens.shape[1] * short_tts.codec.samples_per_frame
 
 
-def test_each_part_starts_from_the_end_of_the_previous_one(short_tts, plans):
+def test_each_part_starts_from_the_end_of_the_previous_one(short_tts, plans, prefix_rules):
     result = short_tts.generate(SCRIPT, GenerationConfig(seed=4))
+    # Each part's prefix (the previous part's tail) is aligned by the published prefix rule, as a
+    # user's voice is; the training rule is never used (prefix_rules fails the test if it is).
+    assert prefix_rules == [list(voice.words) for voice, _ in plans[1:]]
     codes, words = result.audio_tokens, result.timestamps
     first_voice, _ = plans[0]
     assert first_voice is None

@@ -7,13 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from dia2.data.grid import FRAME_RATE
+from dia2.data.grid import FRAME_RATE, delay_codes
 from dia2.generation.loop import GenerationConfig
+from dia2.generation.runtime import Dia2
+from dia2.generation.sampling import SamplingConfig
 from dia2.generation.voice import PrefixError, Voice, voice_prefix
 from dia2.text.align import NEW_WORD_STEP_OFFSET
+from dia2.text.state_machine import StateMachine, forced_text_streams
 from dia2.text.words import SpokenWord
 from tests.asr_checks import assert_heard, assert_starts_near
 from tests.conftest import REPO_ROOT
+from tests.unit.test_stop_and_timestamps import NEVER, ForcedActions, expected_steps
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
 
@@ -35,26 +39,31 @@ def _speech(seconds, rate=24000, seed=0):
     return (0.3 * np.sin(2 * np.pi * 220 * t) * np.random.default_rng(seed).uniform(0.5, 1, t.shape)).astype(np.float32)
 
 
-def test_two_speaker_voice_aligns_both_speakers_with_the_same_rule(tiny_tts):
+def test_two_speaker_voice_aligns_each_recording_by_the_published_rule(tiny_tts):
     t = ScriptedTranscriber(
         [SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)],
-        [SpokenWord("how", 0.20, 0.40), SpokenWord("are", 0.50, 0.70)],
+        [SpokenWord("how", 0.0, 0.40), SpokenWord("are", 0.50, 0.70)],
     )
     voice = tiny_tts.make_voice(_speech(1.5), _speech(1.0, seed=1), transcriber=t)
     assert t.seen == [(36000, 24000), (24000, 24000)]
     # Speaker 1 spans 1.5 s = 18.75 frames, padded to 19 whole frames (1.52 s) before speaker 2.
-    assert voice.codes.shape == (8, 19 + 13)
+    assert voice.codes.shape == (8, 19 + 13) and voice.speaker_2_frame == 19
     assert [(w.text, w.speaker) for w in voice.words] == [("hello", 1), ("there", 1), ("how", 2), ("are", 2)]
-    assert voice.words[2].start == pytest.approx(1.52 + 0.20)
+    assert voice.words[2].start == pytest.approx(1.52)
 
     entries, prefix = voice_prefix(voice, tiny_tts.tokenizer, tiny_tts.ids)
-    entries = [e for e in entries if e.tokens]  # the words (break entries have no tokens)
+    assert all(e.tokens for e in entries)  # no break entries: one entry per word
     assert entries[0].tokens[0] == tiny_tts.ids.spk1 and entries[2].tokens[0] == tiny_tts.ids.spk2
     assert entries[1].tokens[0] not in (tiny_tts.ids.spk1, tiny_tts.ids.spk2)
-    # Both speakers' first words get the same offset: step = round(start * 12.5) - 1 + 3.
-    # (The forced steps also hold the breaks' steps: the lead-in silence and the pauses.)
-    assert round(0.30 * 12.5) - 1 + NEW_WORD_STEP_OFFSET in prefix.new_word_steps
-    assert round((1.52 + 0.20) * 12.5) - 1 + NEW_WORD_STEP_OFFSET in prefix.new_word_steps
+    n = [len(e.tokens) for e in entries]
+    assert n == [6, 3, 2, 2]  # "[S1] hello", "there", "[S2] how", "are" with the tiny tokenizer
+    # Published rule, by hand: hello max(1, round(3.75) = 4) = 4; there max(4 + 6 + 1, round(8.75)
+    # = 9) = 11, padded to its own end max(15, round(12.5) = 12) = 15 (not to speaker 2's first
+    # word); speaker 2's recording starts at 19, so how (0.0 s into it) starts at frame 20, not
+    # 19, padded to are's max(23, round(25.25) = 25) = 25; are ends at max(28, round(27.75)) = 28.
+    starts, nexts = [4, 11, 20, 25], [11, 15, 25, 28]
+    assert prefix.new_word_steps == tuple(f - 1 + NEW_WORD_STEP_OFFSET for f in starts)  # both speakers: +3
+    assert [e.padding for e in entries] == [b - a - 1 for a, b in zip(starts, nexts)] == [6, 3, 4, 2]
 
 
 def test_generation_with_a_prefix_forces_its_words_and_crops_its_audio(tiny_tts):
@@ -155,3 +164,177 @@ def test_prefix_with_the_real_tiny_en_whisper(tiny_tts):
     assert starts == sorted(starts)
     result = tiny_tts.generate("[S1] Nice to meet you.", GenerationConfig(seed=0), voice=voice)
     assert [w for w, _ in result.timestamps] == ["Nice", "to", "meet", "you."]
+
+
+def test_a_stored_voice_keeps_where_speaker_2s_recording_starts(tiny_tts, tmp_path):
+    words = (SpokenWord("hello", 0.3, 0.6, 1), SpokenWord("you", 1.6, 1.9, 2))
+    voice = Voice(torch.randint(0, 2048, (8, 30)), words, speaker_2_frame=19)
+    assert Voice.load(voice.save(tmp_path / "v")).speaker_2_frame == 19
+    record = json.loads((tmp_path / "v" / "voice.json").read_text())
+    del record["speaker_2_frame"]  # a voice stored before the field: one recording
+    (tmp_path / "v" / "voice.json").write_text(json.dumps(record))
+    assert Voice.load(tmp_path / "v").speaker_2_frame is None
+    for bad in (0, 30, "19", True):
+        record["speaker_2_frame"] = bad
+        (tmp_path / "v" / "voice.json").write_text(json.dumps(record))
+        with pytest.raises(PrefixError, match="speaker_2_frame must be null or a frame inside the codes"):
+            Voice.load(tmp_path / "v")
+    with pytest.raises(PrefixError, match=r"voice prefix: speaker_2_frame .* \(1\.\.29\), got 30"):
+        voice_prefix(Voice(voice.codes, words, speaker_2_frame=30), tiny_tts.tokenizer, tiny_tts.ids)
+
+
+# --- what a prefix forces: the published runtime's alignment (issue 29) ---------------------------
+
+
+def test_generation_forces_a_prefix_as_the_published_runtime_does(tiny_tts):
+    """A word heard at 0.0 s and a 1.3 s pause (beyond max_padding): the prefix's entries are its
+    words alone, each padded until the next, and the words are forced at the published steps,
+    so they are reported at the published frames (include_prefix)."""
+    words = (SpokenWord("hello", 0.0, 0.3, 1), SpokenWord("there", 1.6, 1.9, 1))
+    voice = Voice(torch.from_numpy(np.random.default_rng(1).integers(0, 2048, (8, 40))), words)
+    script = tiny_tts.parse("[S1] Fine.")
+    plan = tiny_tts.plan(script, GenerationConfig(seed=0), voice, None)
+    # "[S1] hello" (6 tokens) at max(1, round(0.0)) = 1, not 0; "there" at max(8, round(20.0)) = 20;
+    # hello's padding runs to there: 20 - 1 - 1 = 18 frames; there's to its end max(24, round(23.75)
+    # = 24) = 24: 3 frames. The script's entries follow, untouched.
+    assert [(e.text, e.padding) for e in plan.machine_state.entries][:2] == [("hello", 18), ("there", 3)]
+    assert list(plan.machine_state.entries)[2:] == script
+    assert plan.prefix.new_word_steps == (1 + 2, 20 + 2)
+    result = tiny_tts.generate("[S1] Fine.", GenerationConfig(seed=0, include_prefix=True), voice=voice)
+    assert result.timestamps[:2] == [("hello", 1 / 12.5), ("there", 20 / 12.5)]
+
+
+class RecordingKernels(ForcedActions):
+    """Actions by a fixed policy (ForcedActions); records the text and codes of every generated
+    column in order (the first is column P, the one after the prefix's last)."""
+
+    def __init__(self, base, policy):
+        super().__init__(base, policy)
+        self.texts, self.codes = [], []
+
+    def audio(self, hidden, cb0_logits, text, state, seed, step):
+        codes = super().audio(hidden, cb0_logits, text, state, seed, step)
+        self.texts.append(tuple(text[0].tolist()))
+        self.codes.append(codes.clone())
+        return codes
+
+
+def _voice(frames: int, words: tuple[SpokenWord, ...], speaker_2_frame: int | None = None) -> Voice:
+    codes = torch.from_numpy(np.random.default_rng(7).integers(0, 2048, (8, frames)))
+    return Voice(codes, words, speaker_2_frame=speaker_2_frame)
+
+
+# Each prefix's words end long before its last frame, so at the first free step the machine's
+# padding budget is spent and it starts the script's first word whatever the action.
+# One speaker, P = 40: "[S1] hello" (6 tokens) at max(1, round(4.0)) = 4 (step 6), "there" (3) at
+#   max(11, round(12.0) = 12) = 12 (step 14).
+# Two speakers, P = 32, speaker 2's recording from frame 19: "[S1] hello" at 4 (step 6), "[S2] how"
+#   (2 tokens) 0.0 s into speaker 2's recording: max(19 + 1, round(19.0)) = 20 (step 22).
+BOUNDARY_PREFIXES = {
+    "one speaker": (40, (SpokenWord("hello", 0.32, 0.8, 1), SpokenWord("there", 0.96, 1.2, 1)), None, (6, 14)),
+    "two speakers": (32, (SpokenWord("hello", 0.32, 0.8, 1), SpokenWord("how", 1.52, 1.72, 2)), 19, (6, 22)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDARY_PREFIXES))
+def test_a_prefixed_utterance_starts_to_sample_right_after_the_prefix(tiny_tts, monkeypatch, name):
+    """Issue 26, property 1. Spec section 6: the prefix's P columns are prefilled with their text
+    forced (steps 0..P-2 give the text of columns 1..P-1) and no column runs twice, so the first
+    sampled action is step P-1's, read from the prefill's last column, and it sets the text of
+    column P. The published runtime samples its first action at step P-1 too (it re-runs that
+    step after forcing it). So: steps 0..P-2 forced, step P-1 free, the script's first word at
+    step P-1 (its padding budget is spent), and columns P, P+1, ... hold exactly the text and
+    (greedy) audio that follow from there."""
+    P, words, speaker_2_frame, prefix_steps = BOUNDARY_PREFIXES[name]
+    voice = _voice(P, words, speaker_2_frame)
+    script = "[S1] Fine thanks."
+    kernels: list[RecordingKernels] = []
+
+    def recording(base):
+        kernels.append(RecordingKernels(base, NEVER))
+        return kernels[-1]
+
+    tts = Dia2(tiny_tts.model, tiny_tts.tokenizer, tiny_tts.codec, kernel_wrapper=recording)
+    steps_run = []
+    real_process = StateMachine.process
+
+    def spy(machine, state, step, action, forced=False):
+        steps_run.append((step, forced))
+        return real_process(machine, state, step, action, forced)
+
+    monkeypatch.setattr(StateMachine, "process", spy)
+    greedy = SamplingConfig(temperature=0.0, top_k=1)
+    result = tts.generate(script, GenerationConfig(seed=0, cfg_scale=1.0, audio=greedy, include_prefix=True), voice=voice)
+    monkeypatch.undo()
+
+    # Where sampling starts: every step once, in order; forced exactly up to P-2.
+    assert [s for s, _ in steps_run] == list(range(len(steps_run)))
+    assert [s for s, forced in steps_run if not forced][0] == P - 1
+    assert all(forced for s, forced in steps_run if s < P - 1)
+    # The words: the prefix's at the published steps, the script's first at step P-1, the next
+    # after its tokens and the 6-frame budget (NEVER asks). Each is reported at its frame, step
+    # + 1 - 3, a script word at frame P at the earliest (where its audio can begin).
+    entries = tts.parse(script)
+    script_steps, end_step = expected_steps(entries, NEVER, initial_padding=P - 1)
+    assert script_steps == [P - 1, P - 1 + 7]
+    frames = [s - 2 for s in prefix_steps] + [P, P + 4]
+    assert [t for _, t in result.timestamps] == [f / 12.5 for f in frames]
+
+    # The text of the first free columns: the machine forced along the prefix's and script's steps.
+    data = tts.model.config.data
+    machine = StateMachine.from_config(data, tts.ids)
+    prefix_entries, _ = voice_prefix(voice, tts.tokenizer, tts.ids)
+    L = end_step + 2
+    main, second = forced_text_streams(machine, prefix_entries + entries, (*prefix_steps, *script_steps, end_step), L)
+    generated = kernels[0].texts
+    assert generated[:12] == list(zip(main[P : P + 12], second[P : P + 12]))
+    assert generated[0] == (entries[0].tokens[0], tts.ids.new_word)  # column P: "[S1] Fine" begins
+
+    # Their audio: greedy, so each code is the argmax of the teacher-forced logits over that text
+    # and the audio before it (cb0 first free at column P + delay[0], the others one later).
+    delays = list(data.delays)
+    audio = delay_codes(result.audio_tokens, delays, data.audio_bos_token_id)
+    columns = P + 8
+    grid = torch.cat([torch.tensor([main[:columns], second[:columns]]), audio[:, :columns]]).unsqueeze(0)
+    with torch.no_grad():
+        out = tts.model(grid)
+    banned = [data.audio_bos_token_id, data.audio_pad_token_id]
+    for t in range(P - 1, columns - 1):
+        cb0 = out.cb0_logits[0, t].clone()
+        cb0[banned] = -float("inf")
+        if t + 1 - delays[0] >= P:
+            assert cb0[grid[0, 2, t + 1]] >= cb0.max() - 1e-4, t
+        for s in range(len(delays) - 1):
+            if t + 1 - max(delays[: s + 2]) >= P:
+                dep = out.depformer_logits[0, t, s]
+                assert dep[grid[0, 3 + s, t + 1]] >= dep.max() - 1e-4, (t, s)
+    assert torch.equal(torch.stack(kernels[0].codes[2:8])[:, 0], grid[0, 2, P + 2 : P + 8])
+
+
+def test_every_prefix_path_uses_the_published_rule(tiny_tts, prefix_rules):
+    """generate (dia2-infer --voice / --prefix-speaker-*, the studio), stream, and the engine (the
+    server, the studio's streamed Speak) align a voice by the prefix rule, never the training
+    rule (the parts of a long script: tests/unit/test_long_form.py)."""
+    from dia2.serving.engine import Engine, EngineConfig, Request
+
+    P, words, speaker_2_frame, _ = BOUNDARY_PREFIXES["two speakers"]
+    voice = _voice(P, words, speaker_2_frame)
+    config = GenerationConfig(seed=0)
+    tiny_tts.generate("[S1] Hi there.", config, voice=voice)
+    list(tiny_tts.stream(iter(["[S1] Hi", " there."]), config, voice=voice))
+    Engine(tiny_tts, EngineConfig(slots=1)).submit(Request("[S1] Hi there.", config, voice)).result()
+    assert [[w.text for w in aligned] for aligned in prefix_rules] == [["hello", "how"]] * 3
+
+
+def test_two_stored_voices_joined_in_the_studio_stay_two_recordings(tiny_tts):
+    """The studio joins speaker 1's and speaker 2's stored voices into one prefix: speaker 2's
+    recording starts after speaker 1's frames, so its first word heard at 0.0 s into it is
+    forced at the published rule's frame 1 of that recording (not at its frame 0)."""
+    from dia2.studio.speak import join_voices
+
+    first = _voice(19, (SpokenWord("hello", 0.32, 0.8, 1),))
+    second = _voice(13, (SpokenWord("how", 0.0, 0.3, 1),))
+    joined = join_voices(first, second)
+    assert joined.speaker_2_frame == 19 and joined.codes.shape[-1] == 32
+    _, prefix = voice_prefix(joined, tiny_tts.tokenizer, tiny_tts.ids)
+    assert prefix.new_word_steps == (4 + 2, 19 + 1 + 2)

@@ -8,7 +8,7 @@ The tables are traced by hand from the spec's steps 1-5. Ids: bos 1, new_word 2,
 import pytest
 
 from dia2.model.config import DataConfig
-from dia2.text.align import align_words
+from dia2.text.align import training_alignment
 from dia2.text.script import Entry, TextTokenIds
 from dia2.text.state_machine import StateMachine, drive_forced, forced_text_streams
 from dia2.text.words import SpokenWord
@@ -172,7 +172,7 @@ def test_forced_text_streams_bad_steps(steps, columns, message):
 def test_aligned_words_drive_the_machine_exactly(k):
     """Alignment + forced driving: every aligned step starts its word, the end step ends speech."""
     words = [SpokenWord("w0", 0.2, 0.5), SpokenWord("w1", 0.52, 0.9), SpokenWord("w2", 1.3, 1.8)]
-    alignment = align_words(words, [2, 3, 1])
+    alignment = training_alignment(words, [2, 3, 1])
     tokens = [(S1, 10), (20, 21, 22), (30,)]
     entries = [Entry(t, f"w{i}", len(t)) for i, t in enumerate(tokens)]  # a script's padding
     steps = [*alignment.new_word_steps, alignment.end_of_speech_step]  # 4, 8, 18, 24

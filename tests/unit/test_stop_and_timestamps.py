@@ -16,9 +16,9 @@ import torch
 from dia2.generation.loop import FrameKernels, GenerationConfig
 from dia2.generation.runtime import Dia2
 from dia2.generation.voice import Voice, voice_prefix
-from dia2.text.align import align_words
+from dia2.text.align import prefix_alignment
 from dia2.text.state_machine import last_column
-from dia2.text.utterance import align_utterance
+from dia2.text.utterance import align_prefix, align_utterance
 from dia2.text.words import SpokenWord
 
 SPEC_MAX_PADDING = 6  # published runtime's max_padding (spec section 5)
@@ -131,15 +131,16 @@ def test_word_times_are_the_alignment_start_frames(tiny_tts, policy, script, ini
 
 
 def test_word_times_map_back_to_their_steps_through_the_alignment_rule(tiny_tts):
-    """Aligning the reported times (with the words' token counts) gives back the steps the words
-    were started at: timestamps and alignment are one rule, read in two directions."""
+    """Aligning the reported times (with the words' token counts) by the prefix rule, as a long
+    script's next part does with them, gives back the steps the words were started at:
+    timestamps and alignment are one rule, read in two directions."""
     tts, _ = forced_runtime(tiny_tts, ALWAYS)
     entries = [e for e in tts.parse(SHORT_SCRIPT) if e.tokens]
     steps, _ = expected_steps(entries, ALWAYS, initial_padding=3)  # frame 1: the rule's earliest
     result = tts.generate(SHORT_SCRIPT, GenerationConfig(seed=0, initial_padding=3))
     times = [t for _, t in result.timestamps]
     timed = [SpokenWord(e.text, t, t + len(e.tokens) * FRAME_SECONDS) for t, e in zip(times, entries)]
-    assert list(align_words(timed, [len(e.tokens) for e in entries]).new_word_steps) == steps
+    assert list(prefix_alignment(timed, [len(e.tokens) for e in entries]).new_word_steps) == steps
 
 
 def _prefix_voice() -> Voice:
@@ -158,7 +159,7 @@ def test_prefix_words_round_trip_through_the_alignment(tiny_tts):
     the frames they were heard at; re-aligning the reported times gives the same steps; the
     script's words after the prefix shift by exactly the prefix's frames when it is cropped."""
     voice = _prefix_voice()
-    utterance = align_utterance(voice.words, tiny_tts.tokenizer, tiny_tts.ids, prepend_s1_to_first_word=False)
+    utterance = align_prefix(voice.words, tiny_tts.tokenizer, tiny_tts.ids)
     starts = [w.start_frame for w in utterance.alignment.words]
     assert starts == [round(w.start * 12.5) for w in voice.words] == [4, 16, 28]
     _, prefix = voice_prefix(voice, tiny_tts.tokenizer, tiny_tts.ids)
@@ -171,7 +172,7 @@ def test_prefix_words_round_trip_through_the_alignment(tiny_tts):
     assert kept.timestamps[:3] == [(w.text, f / 12.5) for w, f in zip(voice.words, starts)]
     tokens = [len(e.tokens) for e in utterance.entries if e.tokens]
     heard = [SpokenWord(text, t, w.end) for (text, t), w in zip(kept.timestamps, voice.words)]
-    assert list(align_words(heard, tokens).new_word_steps) == word_steps
+    assert list(prefix_alignment(heard, tokens).new_word_steps) == word_steps
 
     P = voice.codes.shape[1]
     assert [w for w, _ in kept.timestamps[3:]] == [w for w, _ in cropped.timestamps] == ["How", "are", "you?"]
