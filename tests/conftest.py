@@ -71,3 +71,13 @@ def tiny_tts(tiny_bundle_dir):
     from dia2.generation.runtime import Dia2
 
     return Dia2.from_repo(tiny_bundle_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def recordings(tmp_path_factory) -> dict:
+    """Real-world recordings (every container, a mono dialogue, noisy, quiet and loud twins, broken
+    files) made at test time from the committed espeak-ng fixtures: their manifest, with `folder`."""
+    from tests.fixtures.make_recordings import make_all
+
+    folder = tmp_path_factory.mktemp("recordings")
+    return {**make_all(folder), "folder": folder}
