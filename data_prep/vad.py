@@ -8,7 +8,7 @@ ends where the probability stays below `threshold - 0.15` for `min_silence_secon
 Python package is not imported: importing it sets torch to one thread for the whole process.)
 
 `refine_cut` moves a cut's boundaries (from word timestamps, say) so that it never starts or ends
-inside speech, and trims or extends the silence at each end to `pad_seconds`.
+inside speech, and trims or extends the silence at each end to `speech_pad_seconds`.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ class VadConfig:
     """Shorter bursts of speech probability are dropped as clicks or breaths (seconds)."""
     min_silence_seconds: float = 0.1
     """A pause must last this long to end a speech region (seconds)."""
-    pad_seconds: float = 0.1
+    speech_pad_seconds: float = 0.1
     """Silence kept before a cut's first and after its last speech (seconds)."""
-    max_shift_seconds: float = 0.5
+    max_boundary_shift: float = 0.5
     """Farthest a cut boundary that falls inside speech moves out to the speech's edge (seconds);
     speech that runs on further belongs to another utterance, and the cut is refused."""
 
@@ -60,7 +60,7 @@ class VadConfig:
         if not 0 < self.vad_threshold < 1:
             raise VadError(f"the speech threshold {self.vad_threshold} must lie strictly between 0 and 1 (silero-vad's default is 0.5)")
         for name, value in (("shortest speech", self.min_speech_seconds), ("shortest pause", self.min_silence_seconds),
-                            ("silence pad", self.pad_seconds), ("largest boundary shift", self.max_shift_seconds)):
+                            ("silence pad", self.speech_pad_seconds), ("largest boundary shift", self.max_boundary_shift)):
             if not (math.isfinite(value) and value >= 0):
                 raise VadError(f"the {name} must be a number of seconds >= 0, got {value}")
 
@@ -169,26 +169,26 @@ def speech_fraction(start: float, end: float, regions: Sequence[SpeechRegion]) -
 def refine_cut(
     start: float, end: float, regions: Sequence[SpeechRegion], config: VadConfig = VadConfig(), lo: float = 0.0, hi: float = math.inf
 ) -> RefinedCut:
-    """Bounds for the cut [start, end) that neither start nor end inside speech, with `pad_seconds`
+    """Bounds for the cut [start, end) that neither start nor end inside speech, with `speech_pad_seconds`
     of silence before its first and after its last speech where [lo, hi] (the audio, or the room
     between the neighbouring cuts) and the neighbouring speech leave it.
 
     A boundary inside a speech region moves out to the region's edge when that is at most
-    `max_shift_seconds` away and within [lo, hi]; otherwise the cut is refused (SPEECH_AT_START or
+    `max_boundary_shift` away and within [lo, hi]; otherwise the cut is refused (SPEECH_AT_START or
     SPEECH_AT_END): the speech there runs into another utterance. A cut with no speech gets NO_SPEECH.
     """
     inside = [r for r in regions if r.end > start and r.start < end]
     if not inside:
         return RefinedCut(start, end, 0.0, NO_SPEECH)
     first, last = inside[0], inside[-1]
-    if first.start < start and (start - first.start > config.max_shift_seconds or first.start < lo):
+    if first.start < start and (start - first.start > config.max_boundary_shift or first.start < lo):
         return RefinedCut(start, end, speech_seconds(start, end, regions), SPEECH_AT_START)
-    if last.end > end and (last.end - end > config.max_shift_seconds or last.end > hi):
+    if last.end > end and (last.end - end > config.max_boundary_shift or last.end > hi):
         return RefinedCut(start, end, speech_seconds(start, end, regions), SPEECH_AT_END)
     before = max([r.end for r in regions if r.end <= first.start], default=-math.inf)
     after = min([r.start for r in regions if r.start >= last.end], default=math.inf)
-    new_start = max(first.start - config.pad_seconds, lo, before)
-    new_end = min(last.end + config.pad_seconds, hi, after)
+    new_start = max(first.start - config.speech_pad_seconds, lo, before)
+    new_end = min(last.end + config.speech_pad_seconds, hi, after)
     return RefinedCut(new_start, new_end, speech_seconds(new_start, new_end, regions))
 
 

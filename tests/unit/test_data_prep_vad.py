@@ -99,26 +99,26 @@ REGIONS = [SpeechRegion(1.0, 2.0), SpeechRegion(2.3, 3.0), SpeechRegion(5.0, 6.0
 
 
 def test_a_cut_that_starts_inside_speech_moves_out_to_its_edge():
-    cut = refine_cut(1.2, 3.05, REGIONS, VadConfig(pad_seconds=0.1, max_shift_seconds=0.5))
+    cut = refine_cut(1.2, 3.05, REGIONS, VadConfig(speech_pad_seconds=0.1, max_boundary_shift=0.5))
     assert cut.reason is None
     assert cut.start == pytest.approx(0.9) and cut.end == pytest.approx(3.1)
     assert cut.speech_seconds == pytest.approx(1.7) and cut.speech_fraction == pytest.approx(1.7 / 2.2)
 
 
 def test_a_cut_whose_boundary_lies_deep_in_speech_is_refused():
-    assert refine_cut(1.7, 3.0, REGIONS, VadConfig(max_shift_seconds=0.5)).reason == SPEECH_AT_START
-    assert refine_cut(0.5, 5.2, REGIONS, VadConfig(max_shift_seconds=0.5)).reason == SPEECH_AT_END
+    assert refine_cut(1.7, 3.0, REGIONS, VadConfig(max_boundary_shift=0.5)).reason == SPEECH_AT_START
+    assert refine_cut(0.5, 5.2, REGIONS, VadConfig(max_boundary_shift=0.5)).reason == SPEECH_AT_END
     # The speech's edge lies beyond the room the cut has (the previous cut ends at 1.1).
-    assert refine_cut(1.2, 2.1, REGIONS, VadConfig(max_shift_seconds=0.5), lo=1.1).reason == SPEECH_AT_START
+    assert refine_cut(1.2, 2.1, REGIONS, VadConfig(max_boundary_shift=0.5), lo=1.1).reason == SPEECH_AT_START
 
 
 def test_silence_is_trimmed_to_the_pad_and_never_reaches_other_speech():
-    config = VadConfig(pad_seconds=0.25)
+    config = VadConfig(speech_pad_seconds=0.25)
     cut = refine_cut(3.5, 7.5, REGIONS, config)  # 1.5 s of silence on each side of the 5-6 s speech
     assert (cut.start, cut.end) == (pytest.approx(4.75), pytest.approx(6.25))
     tight = refine_cut(4.9, 6.05, REGIONS, config, hi=6.1)  # extended to the pad where the room allows
     assert (tight.start, tight.end) == (pytest.approx(4.75), pytest.approx(6.1))
-    near = refine_cut(2.3, 3.0, REGIONS, VadConfig(pad_seconds=0.5))  # the pad stops at the speech before
+    near = refine_cut(2.3, 3.0, REGIONS, VadConfig(speech_pad_seconds=0.5))  # the pad stops at the speech before
     assert near.start == pytest.approx(2.0) and near.end == pytest.approx(3.5)
 
 
@@ -131,7 +131,7 @@ def test_a_cut_without_speech_says_so():
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"vad_threshold": 1.0}, "speech threshold"), ({"pad_seconds": -0.1}, "silence pad"), ({"min_silence_seconds": float("inf")}, "shortest pause")],
+    [({"vad_threshold": 1.0}, "speech threshold"), ({"speech_pad_seconds": -0.1}, "silence pad"), ({"min_silence_seconds": float("inf")}, "shortest pause")],
 )
 def test_bad_settings_are_refused(options, message):
     with pytest.raises(VadError, match=message):
