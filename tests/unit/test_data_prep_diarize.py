@@ -58,9 +58,13 @@ def test_a_mono_dialogue_gets_its_speakers_and_turns(dialogue, recordings):
 
 
 def test_without_enrollment_names_follow_first_appearance(diarizer, recordings):
+    # The first voice heard is alice's, so it takes the first name given: in the dialogue, where
+    # alice also talks most, and in the overlap recording, where the second voice talks most.
     result = diarizer.diarize(*_read(recordings, "dialogue.wav"), ["bob", "alice"])
-    # The first voice heard is alice's, so it takes the first name given.
     assert [t.speaker for t in result.turns] == ["bob", "alice", "bob", "alice", "bob"]
+    result = diarizer.diarize(*_read(recordings, "overlap.wav"), ["bob", "alice"])
+    assert result.talk_seconds["alice"] > result.talk_seconds["bob"]  # "alice" names the voice that talks more
+    assert [t.speaker for t in result.turns] == ["bob", "alice", "bob", "alice"]
 
 
 def test_enrollment_clips_name_the_speakers(diarizer, recordings):
