@@ -37,7 +37,7 @@ from data_prep.loudness import normalize_loudness  # noqa: E402
 from data_prep.quality import quality_scorer  # noqa: E402
 from data_prep.vad import SpeechDetector  # noqa: E402
 from dia2.audio.dnsmos import INPUT_SECONDS, DnsmosScorer  # noqa: E402
-from dia2.audio.io import decode_audio_file, resample  # noqa: E402
+from dia2.audio.io import decode_audio_file  # noqa: E402
 from tests.fixtures import make_recordings as fixtures  # noqa: E402
 
 RATE = 24000

@@ -292,7 +292,9 @@ def check_speakers(speakers: Sequence[str], enrollment: Mapping[str, object] | N
         raise DiarizeError(f"speaker names must be distinct and non-empty, got {','.join(names)}")
     unknown = [n for n in (enrollment or {}) if n not in names]
     if unknown:
-        raise DiarizeError(f"enrollment names {', '.join(unknown)} are not among the speakers {','.join(names)}: enroll the speakers you name")
+        raise DiarizeError(
+            f"enrollment names {', '.join(unknown)} are not among the speakers {','.join(names)}: enroll the speakers you name"
+        )
     return names
 
 

@@ -89,7 +89,8 @@ class DnsmosScorer:
             raise DnsmosError("DNSMOS cannot score silence or empty audio: give a clip with sound in it")
         windows = _windows(audio, self.hop_seconds)
         session = self.load()
-        raw = np.concatenate([session.run(None, {"input_1": windows[i : i + _BATCH_WINDOWS]})[0] for i in range(0, len(windows), _BATCH_WINDOWS)])
+        batches = (windows[i : i + _BATCH_WINDOWS] for i in range(0, len(windows), _BATCH_WINDOWS))
+        raw = np.concatenate([session.run(None, {"input_1": batch})[0] for batch in batches])  # [W, 3]: SIG, BAK, OVRL
         sig, bak, ovrl = (np.polyval(poly, raw[:, k].astype(np.float64)) for k, poly in enumerate((_SIG_POLY, _BAK_POLY, _OVRL_POLY)))
         return DnsmosScore(float(sig.mean()), float(bak.mean()), float(ovrl.mean()), len(windows))
 

@@ -55,6 +55,19 @@ def test_regions_follow_the_spoken_turns(detector, dialogue, recordings):
     assert 0.75 * spoken <= sum(r.seconds for r in regions) <= spoken
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # silero_vad's use of importlib.resources.path
+def test_regions_equal_silero_vads_own(detector, dialogue):
+    # silero_vad's Python path (its frame-by-frame ONNX model, its timestamp state machine, no pad).
+    from silero_vad import get_speech_timestamps, load_silero_vad
+
+    audio, rate = dialogue
+    theirs = get_speech_timestamps(torch.from_numpy(audio), load_silero_vad(onnx=True), sampling_rate=rate, speech_pad_ms=0,
+                                   return_seconds=True, time_resolution=3)
+    ours = detector.regions(audio, rate)
+    assert len(ours) == len(theirs) >= 5
+    np.testing.assert_allclose([(r.start, r.end) for r in ours], [(t["start"], t["end"]) for t in theirs], atol=1e-3)
+
+
 def test_the_same_regions_at_any_input_rate(detector, dialogue):
     from dia2.audio.io import resample
 
