@@ -5,7 +5,8 @@ table behind the default --min-dnsmos.
 
 Audio: the repository's mono espeak-ng dialogue (tests/fixtures/make_recordings.py: a female and a
 male voice, five turns, 19 s) repeated to --minutes, as an m4a (AAC) file. Each stage runs as
-prep would run it, models loaded beforehand (load seconds reported apart), best of --repeats:
+prep would run it, models loaded beforehand (load seconds reported apart), best of --repeats
+after a warm-up run:
 - decode: the whole m4a to 24 kHz mono (PyAV + soxr; `dia2.audio.io.decode_audio_file`);
 - vad: silero-vad regions of the whole recording (`data_prep.vad`);
 - loudness: every turn-sized cut (2-6 s) normalised to -23 LUFS with true-peak limiting (`data_prep.loudness`);
@@ -30,7 +31,7 @@ import numpy as np
 
 _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [str(_BENCH.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _BENCH] + [str(_BENCH)]
-from machine import describe  # noqa: E402
+from machine import best_time, describe  # noqa: E402
 
 from data_prep.diarize import Diarizer  # noqa: E402
 from data_prep.loudness import normalize_loudness  # noqa: E402
@@ -45,22 +46,13 @@ SNRS = (30, 20, 10, 5, 0)
 TABLE_CLIPS = ["audio/voice_a.flac", "audio/voice_b.flac", "prep/alice/weather.flac", "prep/bob/time.flac"]
 
 
-def _best(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def stage_speeds(minutes: float = 2.0, repeats: int = 2) -> dict:
     """x real time of each stage on `minutes` of mono dialogue (see the module docstring)."""
     dialogue, turns = fixtures.mono_dialogue()
     copies = max(1, round(minutes * 60 / (len(dialogue) / fixtures.RATE)))
     with tempfile.TemporaryDirectory() as tmp:
         m4a = fixtures.write_container(np.tile(dialogue, copies), Path(tmp) / "podcast.m4a", "m4a")
-        decode = _best(lambda: decode_audio_file(m4a, RATE), repeats)
+        decode = best_time(lambda: decode_audio_file(m4a, RATE), repeats)
         audio = decode_audio_file(m4a, RATE).waveform
     seconds = len(audio) / RATE
     cut_spans = [(t["start"] + k * len(dialogue) / fixtures.RATE, t["end"] + k * len(dialogue) / fixtures.RATE)
@@ -76,12 +68,12 @@ def stage_speeds(minutes: float = 2.0, repeats: int = 2) -> dict:
     reference = DnsmosScorer()
     walls = {
         "decode": decode,
-        "vad": _best(lambda: detector.regions(audio, RATE), repeats),
-        "loudness": _best(lambda: [normalize_loudness(c, RATE) for c in cuts], repeats),
-        "dnsmos": _best(lambda: [scorer.score(c, RATE) for c in cuts], repeats),
-        "diarize": _best(lambda: diarizer.diarize(audio, RATE, ["alice", "bob"], regions=regions), repeats),
+        "vad": best_time(lambda: detector.regions(audio, RATE), repeats),
+        "loudness": best_time(lambda: [normalize_loudness(c, RATE) for c in cuts], repeats),
+        "dnsmos": best_time(lambda: [scorer.score(c, RATE) for c in cuts], repeats),
+        "diarize": best_time(lambda: diarizer.diarize(audio, RATE, ["alice", "bob"], regions=regions), repeats),
     }
-    dnsmos_reference = _best(lambda: [reference.score(c, RATE) for c in cuts], repeats)
+    dnsmos_reference = best_time(lambda: [reference.score(c, RATE) for c in cuts], repeats)
     audio_of = {"decode": seconds, "vad": seconds, "loudness": cut_seconds, "dnsmos": cut_seconds, "diarize": seconds}
     per_audio_second = {k: walls[k] / audio_of[k] for k in walls}
     total = sum(per_audio_second.values())
