@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_prep.audio import CLIP_LEVEL
 from data_prep.config import FilterOptions
+from dia2.audio.io import CLIP_LEVEL
 from dia2.errors import Dia2Error
 
 logger = logging.getLogger(__name__)
