@@ -7,4 +7,8 @@ Stages (one module each): `sources` (folders, manifests, speakers) -> `audio` (c
 shared alignment, Mimi encoding) -> `cache` (per-file results, resumable) -> `writer` (the
 `datasets` corpus of `dia2.data.corpus`) and `qc` (the report). `pipeline.run_prep` runs them;
 `config` holds every option. Imports `dia2` only.
+
+Stages for real recordings (issue 21), not yet run by the pipeline: `loudness` (BS.1770 level and
+true-peak limiting), `vad` (silero-vad speech regions, cut boundaries), `quality` (the DNSMOS
+filter), `diarize` with `speaker_clusters` (mono dialogues: who speaks when).
 """

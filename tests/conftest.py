@@ -91,3 +91,13 @@ def prefix_rules(monkeypatch) -> list:
     monkeypatch.setattr(utterance, "prefix_alignment", counted)
     monkeypatch.setattr(utterance, "training_alignment", refused)
     return aligned
+
+
+@pytest.fixture(scope="session")
+def recordings(tmp_path_factory) -> dict:
+    """Real-world recordings (every container, a mono dialogue, noisy, quiet and loud twins, broken
+    files) made at test time from the committed espeak-ng fixtures: their manifest, with `folder`."""
+    from tests.fixtures.make_recordings import make_all
+
+    folder = tmp_path_factory.mktemp("recordings")
+    return {**make_all(folder), "folder": folder}

@@ -1,1 +1,2 @@
-"""Audio and the Mimi codec: encode/decode, exact streaming decode, audio files, speech -> timed words."""
+"""Audio and the Mimi codec: encode/decode, exact streaming decode, audio files (any container), speech -> timed
+words, speech quality (DNSMOS)."""
