@@ -197,7 +197,7 @@ def test_evaluation_runs_without_dropout_and_gives_training_mode_back(tiny_tts, 
     assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in model.modules())
     model.train()
     data = load_training_data(corpus, tts.tokenizer, tts.ids, tts.model.config.data, tts.codec.fingerprint, 10_000)
-    accelerator = Accelerator(cpu=True)
+    accelerator = Accelerator()  # as the trainer makes it on one process
 
     def in_training_mode() -> bool:
         return all(m.training for m in model.modules())
