@@ -172,3 +172,24 @@ def ddp_worker(bundle: str, out: Path) -> None:
 
 if __name__ == "__main__":
     ddp_worker(sys.argv[1], Path(sys.argv[2]))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_the_learning_rate_warms_up_then_decays_to_its_floor(schedule):
+    import math
+
+    from finetune.config import OptimSection
+    from finetune.train import lr_factor
+
+    optim = OptimSection(steps=12, warmup_steps=3, schedule=schedule, min_lr_ratio=0.1)
+    factors = [lr_factor(step, optim) for step in range(optim.steps)]  # of optimizer steps 1..12
+    assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])  # linear warm-up to the peak
+    decay = factors[3:]
+    if schedule == "constant":
+        assert decay == [1.0] * 9
+        return
+    # From the peak down to lr x min_lr_ratio at the last step, never rising on the way.
+    assert all(a > b for a, b in zip([1.0, *decay], decay)) and decay[-1] == pytest.approx(0.1)
+    progress = [(step + 1 - 3) / 9 for step in range(3, 12)]
+    shape = [1 - p for p in progress] if schedule == "linear" else [0.5 * (1 + math.cos(math.pi * p)) for p in progress]
+    assert decay == pytest.approx([0.1 + 0.9 * s for s in shape])
