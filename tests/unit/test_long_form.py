@@ -64,6 +64,10 @@ def draws(monkeypatch) -> list[tuple[int, int]]:
     return made
 
 
+def _prefix_frames(voice) -> int:
+    return voice.codes.shape[-1] if voice is not None else 0
+
+
 def assert_fresh_draws_across_parts(draws: list[tuple[int, int]], seed: int, prefixes: list[int]) -> None:
     """The draws of the script spoken with `seed`, in parts whose voice prefixes have `prefixes`
     frames, are keyed by the frame counted across parts: no (seed, counter) is drawn twice, and
@@ -87,9 +91,12 @@ def assert_fresh_draws_across_parts(draws: list[tuple[int, int]], seed: int, pre
     assert [run[0] - previous[-1] for previous, run in zip(runs, runs[1:])] == [p + 1 for p in prefixes[1:]]
 
 
-def test_a_long_script_comes_out_whole_in_order(short_tts, plans):
-    result = short_tts.generate(SCRIPT, GenerationConfig(seed=3))
+def test_a_long_script_comes_out_whole_in_order_with_fresh_draws_per_part(short_tts, plans, draws):
+    config = GenerationConfig(seed=3)
+    assert config.text.temperature > 0 and config.audio.temperature > 0  # sampled, not greedy
+    result = short_tts.generate(SCRIPT, config)
     assert len(plans) >= 4, "the script should need several parts"
+    assert_fresh_draws_across_parts(draws, 3, [_prefix_frames(voice) for voice, _ in plans])
     assert [w for w, _ in result.timestamps] == WORDS
     times = [t for _, t in result.timestamps]
     assert times == sorted(times) and times[-1] < result.duration
@@ -142,9 +149,11 @@ def test_streamed_parts_join_without_a_gap_or_a_click(short_tts):
     assert chunks[-1].done and not any(c.done for c in chunks[:-1])
 
 
-def test_the_engine_speaks_a_long_script_as_alone(short_tts):
+def test_the_engine_speaks_a_long_script_as_alone_with_fresh_draws_per_part(short_tts, plans, draws):
     config = GenerationConfig(seed=6)
     alone = short_tts.generate(SCRIPT, config)
+    draws.clear()
+    plans.clear()
     engine = Engine(short_tts, EngineConfig(slots=2))
     other = engine.submit(Request("[S2] Something short meanwhile.", GenerationConfig(seed=1)))
     engine.step()
@@ -153,6 +162,8 @@ def test_the_engine_speaks_a_long_script_as_alone(short_tts):
     assert torch.equal(got.audio_tokens, alone.audio_tokens)
     assert got.timestamps == alone.timestamps
     assert other.result().audio_tokens.shape[1] > 0
+    # The engine keys each part's draws itself (by the frame counted across parts), not the runtime.
+    assert_fresh_draws_across_parts(draws, 6, [_prefix_frames(voice) for voice, plan in plans if plan.config.seed == 6])
 
 
 def test_part_words_sets_the_cut(short_tts, plans):
@@ -164,22 +175,3 @@ def test_part_words_sets_the_cut(short_tts, plans):
 def test_parts_too_long_for_the_frame_limit_are_refused(short_tts):
     with pytest.raises(ScriptError, match="lower part_words"):
         short_tts.generate(SCRIPT, GenerationConfig(seed=7, part_words=20))
-
-
-def test_each_part_draws_fresh_randomness_keyed_by_the_frame_across_parts(short_tts, plans, draws):
-    config = GenerationConfig(seed=11)
-    assert config.text.temperature > 0 and config.audio.temperature > 0  # sampled, not greedy
-    short_tts.generate(SCRIPT, config)
-    prefixes = [voice.codes.shape[-1] if voice is not None else 0 for voice, _ in plans]
-    assert_fresh_draws_across_parts(draws, 11, prefixes)
-
-
-def test_in_the_engine_each_part_draws_fresh_randomness_too(short_tts, plans, draws):
-    engine = Engine(short_tts, EngineConfig(slots=2))
-    other = engine.submit(Request("[S2] Something short meanwhile.", GenerationConfig(seed=1)))
-    engine.step()
-    long = engine.submit(Request(SCRIPT, GenerationConfig(seed=12)))
-    long.result()
-    other.result()
-    prefixes = [voice.codes.shape[-1] if voice is not None else 0 for voice, plan in plans if plan.config.seed == 12]
-    assert_fresh_draws_across_parts(draws, 12, prefixes)
