@@ -167,7 +167,7 @@ def _without_dropout(module: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     clone = copy.deepcopy(module)
-    for name, child in list(clone.named_modules()):
+    for child in list(clone.modules()):
         for key, sub in list(child.named_children()):
             if isinstance(sub, torch.nn.Dropout):
                 setattr(child, key, torch.nn.Identity())
