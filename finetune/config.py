@@ -126,7 +126,9 @@ class OptimSection:
     grad_clip: float = 1.0
     """Clip the gradient's global norm to this (0: no clipping)."""
     grad_accumulation: int = 1
-    """Batches per optimizer step (per process)."""
+    """Batches per optimizer step (per process). The step's gradient is the mean of theirs (and of
+    every process's); each batch's loss is a mean over its own targets, so that equals the gradient
+    of one batch holding them all when the batches hold as many targets each."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     """Autocast of the forward pass: bf16, or no. auto: bf16 on CUDA, no on CPU."""
     gradient_checkpointing: bool = False

@@ -42,7 +42,7 @@ import shlex
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -55,6 +55,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from dia2.data.corpus import CorpusMeta
+from dia2.data.teacher import Batch
 from dia2.errors import Dia2Error, report
 from finetune.card import model_card
 from finetune.checkpoint import (
@@ -67,7 +68,7 @@ from finetune.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from finetune.config import ConfigError, OptimSection, OutputSection, TrainConfig
+from finetune.config import ConfigError, LossSection, OptimSection, OutputSection, TrainConfig
 from finetune.config_file import config_to_dict, help_text, load_config, save_config
 from finetune.data import (
     BatchStream,
@@ -200,20 +201,18 @@ def train(cfg: TrainConfig) -> RunPaths:
         step += 1
         step_started = time.perf_counter()
         model.train()
-        sums = torch.zeros(3, 4, device=device)
-        frames = torch.zeros((), device=device)
-        for micro in range(o.grad_accumulation):
-            position, indices = next(stream)
-            drop = uncond_mask(cfg.seed, position, 0, len(indices), cfg.data.uncond_prob)
-            batch = make_batch(corpus.train.examples, indices, data, tts.ids, drop).to(device)
-            # DDP all-reduces gradients during backward: only on the step's last batch.
-            sync = accelerator.no_sync(model) if micro < o.grad_accumulation - 1 else contextlib.nullcontext()
-            with sync, out_of_memory_hint(cfg):
-                result = training_loss(model(batch.tokens), batch, cfg.loss, data.action_pad_token_id)
-                stop_if_not_finite(result.loss, "the loss", step, paths, accelerator)
-                accelerator.backward(result.loss / o.grad_accumulation)
-            sums += result.stats
-            frames += batch.frames
+
+        def micro_batches() -> Iterator[Batch]:
+            for _ in range(o.grad_accumulation):
+                position, indices = next(stream)
+                drop = uncond_mask(cfg.seed, position, 0, len(indices), cfg.data.uncond_prob)
+                yield make_batch(corpus.train.examples, indices, data, tts.ids, drop).to(device)
+
+        with out_of_memory_hint(cfg):
+            sums, frames = accumulate_gradients(
+                model, micro_batches(), o.grad_accumulation, cfg.loss, data.action_pad_token_id, accelerator,
+                check_loss=lambda loss: stop_if_not_finite(loss, "the loss", step, paths, accelerator),
+            )
         grad_norm = accelerator.clip_grad_norm_(params, o.grad_clip or math.inf)
         if isinstance(grad_norm, DTensor):  # FSDP: the norm over every shard, the same on every process
             grad_norm = grad_norm.full_tensor()
@@ -287,6 +286,30 @@ def lr_factor(step: int, optim: OptimSection) -> float:
     if optim.schedule == "linear":
         return 1.0 - (1.0 - low) * progress
     return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def accumulate_gradients(
+    model: torch.nn.Module, batches: Iterable[Batch], steps: int, weights: LossSection, action_pad_id: int,
+    accelerator: Accelerator, check_loss: Callable[[torch.Tensor], None] = lambda loss: None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add to the gradients of `model` those of the next `steps` micro-batches of `batches`, each
+    loss divided by `steps`: the gradient is the mean of the micro-batches' losses' gradients (and
+    under DDP, of every process's). When the micro-batches weigh their targets alike (equal target
+    counts per stream), that is the gradient of one batch `steps` times as large.
+    `check_loss` sees each loss before its backward. Returns the loss statistics summed over the
+    micro-batches [3, 4] and their real frames."""
+    sums = torch.zeros(3, 4, device=accelerator.device)
+    frames = torch.zeros((), device=accelerator.device)
+    for micro, batch in zip(range(steps), batches):
+        # DDP all-reduces gradients during backward: only on the step's last batch.
+        sync = accelerator.no_sync(model) if micro < steps - 1 else contextlib.nullcontext()
+        with sync:
+            result = training_loss(model(batch.tokens), batch, weights, action_pad_id)
+            check_loss(result.loss)
+            accelerator.backward(result.loss / steps)
+        sums += result.stats
+        frames += batch.frames
+    return sums, frames
 
 
 def stop_if_not_finite(value: torch.Tensor, what: str, step: int, paths: RunPaths, accelerator: Accelerator) -> None:

@@ -7,7 +7,6 @@ Chromium or its driver is not installed (.ci/run installs them).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import httpx
@@ -107,11 +106,11 @@ def test_upload_a_recording_and_make_a_voice(live, browser):
     browser.find_element(By.ID, "voice-save").click()
     status = wait(browser, lambda d: "saved" in d.find_element(By.ID, "voice-status").text
                   and d.find_element(By.ID, "voice-status").text, what="voice-save")
-    time.sleep(1.0)  # the voice table refreshes after the save
-    screenshot(browser, "voice")
     assert status.startswith("voice 'from-browser' saved")
     assert (live.voices / "from-browser" / "voice.json").is_file()
-    assert "from-browser" in browser.find_element(By.ID, "voice-table").text
+    # The voice table refreshes after the save (an event of its own): waited for, not slept on.
+    wait(browser, lambda d: "from-browser" in d.find_element(By.ID, "voice-table").text, what="voice-table")
+    screenshot(browser, "voice")
 
 
 def test_a_bad_input_shows_a_message_not_a_traceback(live, browser):

@@ -74,6 +74,9 @@ def test_a_run_writes_exactly_its_files(finished, tiny_bundle_dir):
     for key in ("loss", "loss_action", "loss_cb0", "loss_depformer", "acc_action", "acc_cb0", "acc_depformer"):
         assert all(key in r for r in records)
     assert all(r["frames"] > 0 and r["lr"] > 0 and r["grad_norm"] > 0 for r in records if r["split"] == "train")
+    # Each step's learning rate as the preset schedules it: lr 3e-3, 2 warm-up steps, then a
+    # cosine down to 0.1 x lr at the last step (finetune.train.lr_factor).
+    assert [r["lr"] for r in records if r["split"] == "train"] == pytest.approx([3e-3 * f for f in (0.5, 1.0, 0.55, 0.1)])
     assert finished.loss_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -91,6 +94,11 @@ def test_adapter_folder_is_plain_peft_with_a_voice_file_and_card(finished, tiny_
     card = (finished.adapter / "README.md").read_text()
     assert "library_name: peft" in card and "Both speakers agreed in writing." in card and "| [S1] | voice-1 |" in card
     assert "| loss |" in card and "12 training utterances" in card
+    # The held-out figures before training and after, each in its column.
+    before, after = training["eval_start"], training["eval_final"]
+    assert f"{before['loss']:.4f}" != f"{after['loss']:.4f}"
+    for name in ("loss", "loss_action", "loss_cb0", "loss_depformer", "acc_action", "acc_cb0", "acc_depformer"):
+        assert f"| {name} | {before[name]:.4f} | {after[name]:.4f} |" in card, name
 
 
 def _trained_model(finished: RunPaths, bundle: Path) -> torch.nn.Module:

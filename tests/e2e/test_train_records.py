@@ -116,10 +116,14 @@ def test_resume_and_export_keep_the_runs_seconds_and_config(tiny_run, embedded_t
     rc, paths = train(tmp_path, embedded_tiny, corpus, *QUIET, "optim.steps=4", "output.save_every=2",
                       "output.consent=A agreed.", "--resume", "--export-merged")
     assert rc == 0 and (paths.merged / "model.safetensors").is_file()
-    # No step was left to train: the record still counts the first invocation's seconds (as of
-    # its last checkpoint, written just before the end).
+    # No step was left to train: the record still counts the first invocation's seconds as of its
+    # last checkpoint. Not the first record's seconds: those also count the checkpoint's save
+    # (0.15-0.2 s here, growing with the machine's load: a bound on it was timing-sensitive). The
+    # invocation itself adds only the few lines between loading the checkpoint and the record.
+    checkpointed = json.loads((run / "checkpoints" / "step_000004" / "state.json").read_text())["seconds"]
+    assert 0 < checkpointed <= seconds + 0.05  # the record is rounded to 0.1 s
     resumed = json.loads((paths.adapter / "dia2_voice.json").read_text())["training"]["seconds"]
-    assert resumed == pytest.approx(seconds, abs=0.5)
+    assert resumed == pytest.approx(checkpointed, abs=0.5)
     after = yaml.safe_load((paths.root / "config.yaml").read_text())
     assert after == {**yaml.safe_load(config_before), "output": {**saved, "dir": str(tmp_path)}}
     # Two more steps: the seconds grow from the recorded total, not from zero.
@@ -127,7 +131,7 @@ def test_resume_and_export_keep_the_runs_seconds_and_config(tiny_run, embedded_t
                       "output.consent=A agreed.", "--resume")
     assert rc == 0
     longer = json.loads((paths.adapter / "dia2_voice.json").read_text())["training"]
-    assert longer["steps"] == 6 and longer["seconds"] > seconds
+    assert longer["steps"] == 6 and longer["seconds"] > checkpointed  # two steps take well over the 0.05 s of rounding
     assert yaml.safe_load((paths.root / "config.yaml").read_text())["optim"]["steps"] == 6
 
 

@@ -77,6 +77,41 @@ def test_streamed_wav_says_unknown_sizes_and_whole_wav_true_ones():
     assert streamed[44:] == whole[44:]
 
 
+@pytest.mark.parametrize("rate", [RATE, 16000])
+@pytest.mark.parametrize("streaming", [False, True], ids=["whole", "streamed"])
+def test_every_wav_header_field_is_right_and_strict_readers_agree(rate, streaming):
+    """Lenient decoders (PyAV, and even `wave` and soundfile) ignore the byte rate and block
+    align, so each field is read out of the header here: 16-bit mono PCM at `rate`."""
+    import wave
+
+    import soundfile as sf
+
+    x = tone(0.5)
+    if streaming:
+        encoder = AudioEncoder("wav", rate)
+        data = b"".join(encoder.push(x[i:i + PIECE]) for i in range(0, len(x), PIECE)) + encoder.finish()
+    else:
+        data = encode(x, rate, "wav")
+    channels, bits = 1, 16
+    riff, riff_size, wave_id, fmt_id, fmt_size = struct.unpack("<4sI4s4sI", data[:20])
+    audio_format, n_channels, sample_rate, byte_rate, block_align, bits_per_sample = struct.unpack("<HHIIHH", data[20:36])
+    data_id, data_size = struct.unpack("<4sI", data[36:44])
+    assert (riff, wave_id, fmt_id, fmt_size, data_id) == (b"RIFF", b"WAVE", b"fmt ", 16, b"data")
+    assert (audio_format, n_channels, sample_rate, bits_per_sample) == (1, channels, rate, bits)
+    assert byte_rate == rate * channels * bits // 8
+    assert block_align == channels * bits // 8
+    samples = len(data) - 44
+    assert (riff_size, data_size) == ((0xFFFFFFFF, 0xFFFFFFFF) if streaming else (36 + samples, samples))
+    with wave.open(io.BytesIO(data)) as reader:
+        assert (reader.getnchannels(), reader.getsampwidth(), reader.getframerate()) == (channels, bits // 8, rate)
+        if not streaming:
+            assert reader.getnframes() == len(x)
+        np.testing.assert_array_equal(np.frombuffer(reader.readframes(len(x) + 1), "<i2"), quantised(x))
+    info = sf.info(io.BytesIO(data))
+    assert (info.samplerate, info.channels, info.subtype, info.frames) == (rate, channels, "PCM_16", len(x))
+    np.testing.assert_array_equal(sf.read(io.BytesIO(data), dtype="int16")[0], quantised(x))
+
+
 def test_float_input_is_clipped_before_16_bit():
     x = np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 2.5], dtype=np.float32)
     np.testing.assert_array_equal(np.frombuffer(encode(x, RATE, "pcm"), "<i2"), [-32767, -32767, 0, 16384, 32767, 32767])

@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from dia2.evaluation.inputs import (
     EvalInputError,
+    Reference,
     adapter_labels,
     check_adapter_bases,
     read_prompts,
@@ -27,6 +29,7 @@ from dia2.evaluation.run import (
 )
 from dia2.evaluation.scoring import ClipScores
 from dia2.generation.loop import GenerationConfig
+from dia2.text.words import SpokenWord
 from tests.e2e.test_eval_cli import save_adapter
 
 SHORT = GenerationConfig(max_frames=20, seed=0)
@@ -145,3 +148,75 @@ def test_an_adapter_recorded_for_another_base_is_refused_with_the_way_round(tmp_
         check_adapter_bases([_adapter_files(tmp_path / "other", base="someone/Other-2B")], str(copy))
     with pytest.raises(EvalInputError, match=r"--adapter .*missing"):
         check_adapter_bases([str(tmp_path / "missing")], "tiny")
+
+
+class HearsItsPrompt:
+    """A transcriber that hears, for each clip the runtime spoke, that clip's prompt less its last
+    word: scored against its own prompt a clip's WER is exactly 1 / (the prompt's words)."""
+
+    def __init__(self, tts, monkeypatch) -> None:
+        self.prompts: dict[bytes, str] = {}
+        generate = tts.generate
+
+        def spy(script, config=None, **kwargs):
+            result = generate(script, config, **kwargs)
+            self.prompts[np.asarray(result.waveform, np.float32).tobytes()] = script
+            return result
+
+        monkeypatch.setattr(tts, "generate", spy)
+
+    def transcribe(self, waveform, sample_rate):
+        words = self.prompts[np.asarray(waveform, np.float32).tobytes()].split()[1:-1]  # no tag, no last word
+        return [SpokenWord(w, 0.0, 0.1) for w in words]
+
+
+def test_each_clip_is_scored_against_its_own_prompt(tiny_tts, tmp_path, monkeypatch):
+    from dia2.evaluation import ClipScorer
+
+    prompts = ("[S1] Hello there.", "[S1] The quick brown fox jumps.", "[S1] One two three.")
+    setup = EvalSetup(prompts, seeds=(0, 1), generation=GenerationConfig(max_frames=40), toplines=False)
+    scorer = ClipScorer(asr=HearsItsPrompt(tiny_tts, monkeypatch), speaker=None)
+    data = Evaluation(tiny_tts, setup, scorer, tmp_path).run({}, references=[])
+    clips = data["clips"]
+    assert [(c["prompt_index"], c["seed"]) for c in clips] == [(p, s) for p in range(3) for s in (0, 1)]
+    for clip in clips:
+        prompt = prompts[clip["prompt_index"]]
+        assert clip["text"] == prompt
+        assert clip["transcript"] == " ".join(prompt.split()[1:-1])
+        assert clip["wer"] == pytest.approx(1 / (len(prompt.split()) - 1))
+    assert data["configurations"][0]["aggregate"]["wer"] == pytest.approx((1 / 2 + 1 / 5 + 1 / 3) / 3)
+
+
+class TableEncoder:
+    """A speaker encoder that knows each reference's embedding (by its samples) and gives
+    `other` for any other audio (the resynthesised references)."""
+
+    def __init__(self, table: dict[bytes, np.ndarray], other: np.ndarray) -> None:
+        self.table, self.other = table, other
+
+    def embed(self, waveform, sample_rate):
+        return self.table.get(np.asarray(waveform, np.float32).tobytes(), self.other)
+
+
+def test_the_reference_topline_compares_each_reference_with_the_others_only(tiny_tts, tmp_path):
+    from dia2.evaluation import ClipScorer
+
+    rate = tiny_tts.codec.sample_rate
+    e1, e2 = np.eye(2)
+    waves = [np.random.default_rng(i).uniform(-0.5, 0.5, rate // 4).astype(np.float32) for i in range(3)]
+    # Two references of one voice (e1) and one of another (e2): with itself in the set, each
+    # reference would pull the voice towards its own embedding.
+    table = {w.tobytes(): e for w, e in zip(waves, (e1, e1, e2))}
+    refs = [Reference(f"r{i}", tmp_path / f"r{i}.wav", w, rate, None) for i, w in enumerate(waves)]
+    scorer = ClipScorer(waves, reference_rate=rate, asr=None, speaker=TableEncoder(table, other=e1))
+    setup = EvalSetup(("[S1] Hi.",), seeds=(0,), generation=SHORT)
+    toplines = Evaluation(tiny_tts, setup, scorer, tmp_path).toplines(refs)
+    recorded = [c.scores.similarity for c in toplines if c.group == "references"]
+    resynthesised = [c.scores.similarity for c in toplines if c.group == "resynthesis"]
+    half = 1 / np.sqrt(2)
+    # r0 against {r1, r2} = unit(e1 + e2); r2 against {r0, r1} = e1, orthogonal to it.
+    assert recorded == pytest.approx([half, half, 0.0], abs=1e-12)
+    assert resynthesised == pytest.approx([half, half, 1.0], abs=1e-12)
+    mean = aggregate([c for c in toplines if c.group == "references"])["similarity"]
+    inflated = (2 * (2 / np.sqrt(5)) + 1 / np.sqrt(5)) / 3  # each reference inside its own voice
+    assert mean == pytest.approx(2 * half / 3) and abs(mean - inflated) > 0.2

@@ -14,7 +14,7 @@ import pytest
 from dia2.audio.io import read_audio
 from dia2.evaluation import ClipScorer, ClipScores
 from dia2.evaluation.scoring import EXPECTED_WORDS_PER_SECOND, silences
-from dia2.evaluation.speaker import SpeakerError
+from dia2.evaluation.speaker import SpeakerError, voice_embedding
 from dia2.evaluation.text import char_error_rate, word_error_rate
 from dia2.text.words import SpokenWord
 from tests.conftest import REPO_ROOT
@@ -91,6 +91,28 @@ def test_leaving_a_reference_out_compares_it_with_the_other_voice_only(waves):
     against_bob = scorer.score(clip, RATE, "", leave_out=0).similarity
     assert against_bob < itself
     assert ClipScorer(refs[:1], reference_rate=RATE, asr=None).score(clip, RATE, "", leave_out=0).similarity is None
+
+
+class Vectors:
+    """A speaker encoder giving known waveforms their embeddings as they are: not unit length, as
+    a custom `SpeakerEncoder` may give them."""
+
+    def __init__(self, table: dict[bytes, np.ndarray]) -> None:
+        self.table = table
+
+    def embed(self, waveform, sample_rate):
+        return self.table[np.asarray(waveform, np.float32).tobytes()]
+
+
+def test_each_reference_counts_alike_in_the_voice_whatever_its_embedding_length():
+    e1, e2 = np.eye(2)
+    long, short, clip = _tone(2.0), _tone(1.0), _tone(1.5)
+    # The long reference's embedding is ten times longer; the voice is still their unit mean.
+    encoder = Vectors({long.tobytes(): 10 * e1, short.tobytes(): e2, clip.tobytes(): e1})
+    scorer = ClipScorer([long, short], reference_rate=RATE, asr=None, speaker=encoder)
+    np.testing.assert_allclose(scorer.voice, np.array([1.0, 1.0]) / np.sqrt(2))
+    assert scorer.score(clip, RATE, "").similarity == pytest.approx(1 / np.sqrt(2))
+    assert voice_embedding([3 * e2, e1, e1]) == pytest.approx(np.array([2.0, 1.0]) / np.sqrt(5))
 
 
 class Heard:

@@ -160,3 +160,62 @@ def test_a_missing_reference_folder_is_refused_before_the_run_folder(tiny_bundle
     assert rc == 1
     assert f"reference folder {tmp_path / 'nowhere'} not found" in capsys.readouterr().err
     assert not paths.root.exists()
+
+
+def _without_dropout(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `module` with every dropout replaced by the identity (still in training mode)."""
+    import copy
+
+    clone = copy.deepcopy(module)
+    for child in list(clone.modules()):
+        for key, sub in list(child.named_children()):
+            if isinstance(sub, torch.nn.Dropout):
+                setattr(child, key, torch.nn.Identity())
+    return clone
+
+
+def test_evaluation_runs_without_dropout_and_gives_training_mode_back(tiny_tts, corpus, tmp_path):
+    import copy
+
+    from accelerate import Accelerator
+
+    from dia2 import Dia2
+    from finetune.config_file import load_config
+    from finetune.data import load_training_data
+    from finetune.evaluation import held_out_loss, speak_samples
+    from finetune.modeling import make_trainable
+
+    # A high LoRA dropout (the default is 0.05) and non-zero lora_B, so dropout would change every figure.
+    cfg = load_config(Path(PRESET), [f"data.corpus={corpus}", "lora.dropout=0.5"])
+    tts = Dia2(copy.deepcopy(tiny_tts.model), tiny_tts.tokenizer, tiny_tts.codec)
+    torch.manual_seed(0)
+    model = make_trainable(tts.model, cfg.lora, "tiny")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in model.modules())
+    model.train()
+    data = load_training_data(corpus, tts.tokenizer, tts.ids, tts.model.config.data, tts.codec.fingerprint, 10_000)
+    accelerator = Accelerator()  # as the trainer makes it on one process
+
+    def in_training_mode() -> bool:
+        return all(m.training for m in model.modules())
+
+    reference = _without_dropout(model)
+    reference_tts = Dia2(reference.base_model.model, tts.tokenizer, tts.codec)
+    assert in_training_mode()
+
+    # Held-out loss: deterministic, equal to the model without dropout, training mode after.
+    losses = [held_out_loss(model, data, tts, cfg, accelerator) for _ in range(2)]
+    assert in_training_mode()
+    expected = held_out_loss(reference, data, reference_tts, cfg, accelerator)
+    assert losses[0] == losses[1] == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+    # Spoken samples: the same, token for token.
+    scripts = ["[S1] Hello there."]
+    spoken = [speak_samples(tts, scripts, 0, 3.0, tmp_path / f"s{i}")[0][1].audio_tokens for i in range(2)]
+    assert in_training_mode()
+    reference.train()
+    alone = speak_samples(reference_tts, scripts, 0, 3.0, tmp_path / "reference")[0][1].audio_tokens
+    assert torch.equal(spoken[0], spoken[1]) and torch.equal(spoken[0], alone)

@@ -223,6 +223,23 @@ def test_processes_share_an_epoch_without_overlap():
         BatchStream([50, 50], 100, 32, seed=0, rank=0, world=4)
 
 
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_each_epoch_draws_every_usable_batch_once_in_order(world):
+    """Drawn with next(), an epoch gives each process its shard of the epoch's batches (all of
+    them on one process; the groups of `world` that fill up on several), then the next epoch
+    starts at its first batch."""
+    ranks = [BatchStream(LENGTHS, 600, 32, seed=1, rank=r, world=world) for r in range(world)]
+    for rank, stream in enumerate(ranks):
+        shards = [stream.shard(0), stream.shard(1)]
+        drawn = [next(stream) for _ in range(len(shards[0]) + len(shards[1]))]
+        assert [b for _, b in drawn] == shards[0] + shards[1]
+        assert [p for p, _ in drawn] == [DataPosition(e, rank + world * i) for e in (0, 1) for i in range(len(shards[e]))]
+    batches = ranks[0].batches(0)
+    assert len(ranks[0].shard(0)) == len(batches) // world  # a group left incomplete is dropped
+    if world == 1:
+        assert ranks[0].shard(0) == batches
+
+
 def test_unconditional_dropout_rate_and_determinism():
     draws = [uncond_mask(0, DataPosition(0, i), 0, 50, 0.15) for i in range(200)]
     rate = np.mean(draws)

@@ -47,9 +47,56 @@ def plans(short_tts, monkeypatch) -> list:
     return made
 
 
-def test_a_long_script_comes_out_whole_in_order(short_tts, plans):
-    result = short_tts.generate(SCRIPT, GenerationConfig(seed=3))
+@pytest.fixture
+def draws(monkeypatch) -> list[tuple[int, int]]:
+    """Every (seed, noise counter) a sampling draw used, in order: alone or in the engine, every
+    draw's noise comes from `sampling.gumbel`."""
+    from dia2.generation import sampling
+
+    made = []
+    original = sampling.gumbel
+
+    def spy(seed, counter, tokens):
+        made.extend(zip(seed.tolist(), counter.tolist()))
+        return original(seed, counter, tokens)
+
+    monkeypatch.setattr(sampling, "gumbel", spy)
+    return made
+
+
+def _prefix_frames(voice) -> int:
+    return voice.codes.shape[-1] if voice is not None else 0
+
+
+def assert_fresh_draws_across_parts(draws: list[tuple[int, int]], seed: int, prefixes: list[int]) -> None:
+    """The draws of the script spoken with `seed`, in parts whose voice prefixes have `prefixes`
+    frames, are keyed by the frame counted across parts: no (seed, counter) is drawn twice, and
+    part p+1's first draw is at the frame after part p's last column and its own prefix."""
+    from dia2.generation.sampling import STREAMS
+
+    counters = [c for s, c in draws if s == seed]
+    assert len(counters) == len(set(counters)), "a part replays the random draws of an earlier one"
+    frames = {stream: [c // STREAMS for c in counters if c % STREAMS == stream] for stream in range(STREAMS)}
+    action = frames.pop(0)
+    assert all(f == action for f in frames.values() if f), "each codebook draws at the action's frames"
+    runs = [[action[0]]]
+    for frame in action[1:]:
+        if frame == runs[-1][-1] + 1:
+            runs[-1].append(frame)
+        else:
+            runs.append([frame])
+    assert len(runs) == len(prefixes) > 1, (len(runs), prefixes)
+    assert runs[0][0] == max(1, prefixes[0])  # column 0 is the bos column (or the prefix ends there)
+    # A part's columns are its prefix, then its frames: part p+1 counts on from part p's last.
+    assert [run[0] - previous[-1] for previous, run in zip(runs, runs[1:])] == [p + 1 for p in prefixes[1:]]
+
+
+def test_a_long_script_comes_out_whole_in_order_with_fresh_draws_per_part(short_tts, plans, draws):
+    config = GenerationConfig(seed=3)
+    assert config.text.temperature > 0 and config.audio.temperature > 0  # sampled, not greedy
+    result = short_tts.generate(SCRIPT, config)
     assert len(plans) >= 4, "the script should need several parts"
+    assert_fresh_draws_across_parts(draws, 3, [_prefix_frames(voice) for voice, _ in plans])
     assert [w for w, _ in result.timestamps] == WORDS
     times = [t for _, t in result.timestamps]
     assert times == sorted(times) and times[-1] < result.duration
@@ -105,9 +152,11 @@ def test_streamed_parts_join_without_a_gap_or_a_click(short_tts):
     assert chunks[-1].done and not any(c.done for c in chunks[:-1])
 
 
-def test_the_engine_speaks_a_long_script_as_alone(short_tts):
+def test_the_engine_speaks_a_long_script_as_alone_with_fresh_draws_per_part(short_tts, plans, draws):
     config = GenerationConfig(seed=6)
     alone = short_tts.generate(SCRIPT, config)
+    draws.clear()
+    plans.clear()
     engine = Engine(short_tts, EngineConfig(slots=2))
     other = engine.submit(Request("[S2] Something short meanwhile.", GenerationConfig(seed=1)))
     engine.step()
@@ -116,6 +165,8 @@ def test_the_engine_speaks_a_long_script_as_alone(short_tts):
     assert torch.equal(got.audio_tokens, alone.audio_tokens)
     assert got.timestamps == alone.timestamps
     assert other.result().audio_tokens.shape[1] > 0
+    # The engine keys each part's draws itself (by the frame counted across parts), not the runtime.
+    assert_fresh_draws_across_parts(draws, 6, [_prefix_frames(voice) for voice, plan in plans if plan.config.seed == 6])
 
 
 def test_part_words_sets_the_cut(short_tts, plans):
