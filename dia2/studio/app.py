@@ -119,7 +119,7 @@ def build_app(options: StudioOptions, *, scorer: ScorerFactory | None = None, st
     reference waveforms (default: dia2.evaluation's ClipScorer, when installed)."""
     import gradio as gr
 
-    from dia2.studio.adapt import build_adapt_tab
+    from dia2.studio.adapt_view import build_adapt_tab
     from dia2.studio.compare import build_compare_tab, default_scorer
     from dia2.studio.speak import (
         NO_VOICE,
@@ -134,6 +134,8 @@ def build_app(options: StudioOptions, *, scorer: ScorerFactory | None = None, st
     prefixes = lambda: [NO_VOICE, *studio.prefix_voices()]
     with gr.Blocks(title="Dia2 studio", analytics_enabled=False) as demo:
         gr.Markdown("# Dia2 studio")
+        if studio.random_demo:
+            gr.Markdown(f"**{RANDOM_MODEL_BANNER}**", elem_id="model-banner")
         with gr.Tab("Speak") as speak_tab:
             speak = build_speak_tab(studio)
         with gr.Tab("Voices"):
@@ -148,12 +150,15 @@ def build_app(options: StudioOptions, *, scorer: ScorerFactory | None = None, st
                          None, [speak["voice_1"], speak["voice_2"], speak["adapter"]], api_visibility="private")
         compare_tab.select(lambda: (gr.update(choices=prefixes()), gr.update(choices=adapter_choices(studio))),
                            None, [compare["voice"], compare["adapter"]], api_visibility="private")
-        # A reload shows the newest job (running or not) and the stored voices as they are now.
-        demo.load(lambda: gr.update(choices=studio.job_choices(), value=studio.newest_job()), None, adapt["job"],
-                  api_visibility="private")
+        # A reload shows the newest job (running or not), the corpora and the stored voices as they are now.
+        demo.load(adapt["on_load"][0], None, adapt["on_load"][1], api_visibility="private")
         demo.load(voices["listing"], None, voices["listed"], api_name="list_voices")
     demo.studio = studio
     return demo
+
+
+RANDOM_MODEL_BANNER = ("This studio runs the embedded tiny demo model, with random weights: its audio is noise. "
+                       "Load a real model with --hf, e.g. python gradio_app.py --hf nari-labs/Dia2-2B")
 
 
 def launch(demo, options: StudioOptions, **kwargs):
