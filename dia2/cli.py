@@ -194,7 +194,7 @@ def _check_files(o: InferOptions) -> None:
     if voice.prefix_transcript is not None and not voice.prefix_speaker_1:
         raise OptionError("--prefix-transcript is what --prefix-speaker-1/2 say: give those recordings too")
     if voice.prefix_transcript is not None and not voice.prefix_transcript.strip():
-        raise OptionError("--prefix-transcript is empty: type the words the prefix recordings say, or leave the flag out")
+        raise OptionError("--prefix-transcript is empty: type the words the prefix recordings say, or leave it out")
     if voice.save_voice and not voice.prefix_speaker_1:
         raise OptionError("--save-voice stores the voice made from --prefix-speaker-1/2: give those recordings too")
 

@@ -205,17 +205,16 @@ def build_adapt_tab(studio: Studio) -> dict[str, Any]:
 
     def on_load() -> tuple[Any, ...]:
         """A page (re)loaded: the newest job, the corpora as they are now, polling if a job is busy."""
-        job_id = studio.newest_job()
-        names = corpora(studio)
-        return (gr.update(choices=studio.job_choices(), value=job_id), gr.update(choices=names, value=newest_corpus(studio)),
-                {"jobs": studio.job_choices(), "corpora": names}, gr.Timer(active=busy(studio)))
+        jobs, names = studio.job_choices(), corpora(studio)
+        return (gr.update(choices=jobs, value=studio.newest_job()), gr.update(choices=names, value=newest_corpus(studio)),
+                {"jobs": jobs, "corpora": names}, gr.Timer(active=busy(studio)))
 
     def started(job_id: str) -> tuple[Any, Any, Any]:
-        return gr.update(choices=studio.job_choices(), value=job_id), {"jobs": studio.job_choices(),
-                                                                         "corpora": corpora(studio)}, gr.Timer(active=True)
+        jobs = studio.job_choices()
+        return gr.update(choices=jobs, value=job_id), {"jobs": jobs, "corpora": corpora(studio)}, gr.Timer(active=True)
 
-    started_prep = prep_button.click(shows_errors(lambda *a: start_prep(studio, *a).id), [corpus_name, files, folder], job,
-                                     api_name="prepare")
+    started_prep = prep_button.click(shows_errors(lambda *a: start_prep(studio, *a).id), [corpus_name, files, folder],
+                                     job, api_name="prepare")
     started_train = train_button.click(shows_errors(lambda *a: start_train(studio, *a).id),
                                        [corpus, preset, steps, adapter_name, extra], job, api_name="train")
     for event in (started_prep, started_train):

@@ -3,10 +3,11 @@
     python gradio_app.py --hf nari-labs/Dia2-2B --voices voices/      # open http://127.0.0.1:7860
     python gradio_app.py --tiny                                        # the embedded demo model (noise)
 
-Tabs: Speak (a script, a voice per speaker, an adapter; the audio plays while it is generated),
-Voices (make a voice from a recording, list, play, delete), Adapt (data prep and LoRA training
-in the background, with progress, QC summary and a live loss plot), Compare (one script and seed,
-several configurations side by side, scored by dia2.evaluation when it is installed).
+Tabs: Speak (a script, a voice per speaker, an adapter; the audio plays while it is generated,
+with a Stop button and the seed of every take), Voices (make a voice from a recording, its
+corrected transcript aligned to the heard words; list, play, delete), Adapt (data prep and LoRA
+training in the background, with a phase line, QC summary and a live loss plot), Compare (one
+script and seed, several configurations side by side, scored by dia2.evaluation when installed).
 
 Model flags are dia2-infer's (`--hf`, `--config`, `--weights`, `--tokenizer`, `--mimi`,
 `--device`, `--dtype`, `--low-vram`, `--tiny`; `--merge-adapter` folds one adapter into the

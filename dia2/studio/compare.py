@@ -112,7 +112,8 @@ def compare(studio: Studio, script: str, seed_text: str, voice: str | None, adap
         raise StudioError("the adapter configurations need an adapter: choose one (train it in Adapt), or untick them")
     prefix = studio.stored_voice(voice, "recording").voice if voice else None
     key = studio.adapter_key(adapter)
-    config = generation_config(studio.options.generation, cfg_scale, temperature, top_k, seed)
+    g = studio.options.generation
+    config = generation_config(g, cfg_scale, temperature, top_k, seed, g.max_frames)
     handles = {}
     try:  # a refused submit (EngineFull) or a failed result stops the configurations already started too
         for c in chosen:

@@ -98,8 +98,8 @@ def speaker_voices(studio: Studio, choice_1: str | None, recording_1: str | None
 
 
 def generation_config(base: GenerationConfig, cfg_scale: float, temperature: float, top_k: float,
-                      seed: int | None, max_frames: int | None = None) -> GenerationConfig:
-    """The studio's defaults with the page's settings."""
+                      seed: int | None, max_frames: int | None) -> GenerationConfig:
+    """The studio's defaults with the page's settings (max_frames None: no limit)."""
     if top_k is None or float(top_k) != int(top_k):
         raise StudioError(f"top-k {top_k!r} is not a whole number: use e.g. 50 (0 keeps every token)")
     audio = dataclasses.replace(base.audio, temperature=float(temperature), top_k=int(top_k))

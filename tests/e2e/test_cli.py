@@ -144,7 +144,8 @@ def test_a_prefix_transcript_is_aligned_to_the_heard_words_and_saved(tmp_path, c
     k = max(range(len(heard)), key=lambda i: len(comparable(heard[i].text)))
     word = heard[k].text
     typed = [w.text for w in heard[:k]] + [word[:2], word[2:]] + [w.text for w in heard[k + 1:]]
-    proc = cli(*common, "--prefix-transcript", " ".join(typed), "--save-voice", tmp_path / "typed", tmp_path / "typed.wav")
+    proc = cli(*common, "--prefix-transcript", " ".join(typed), "--save-voice", tmp_path / "typed",
+               tmp_path / "typed.wav")
     assert proc.returncode == 0, proc.stderr
     words = Voice.load(tmp_path / "typed").words
     assert [w.text for w in words] == typed

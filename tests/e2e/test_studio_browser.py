@@ -85,9 +85,8 @@ def page(live, browser):
 def settle(driver) -> None:
     """Wait for the page to be loaded and its load events answered (a component waiting for one
     is covered by a translucent overlay that takes clicks)."""
-    wait(driver, lambda d: d.find_elements(By.ID, "speak-generate") and d.execute_script(
-        "return [...document.querySelectorAll('[data-testid=status-tracker]')].every(e => e.classList.contains('hide'))"),
-         60, what="settle")
+    idle = "return [...document.querySelectorAll('[data-testid=status-tracker]')].every(e => e.classList.contains('hide'))"
+    wait(driver, lambda d: d.find_elements(By.ID, "speak-generate") and d.execute_script(idle), 60, what="settle")
 
 
 def reload(driver) -> None:
