@@ -106,6 +106,10 @@ class VoiceOptions:
     """Recording of speaker 1's voice."""
     prefix_speaker_2: Path | None = None
     """Recording of speaker 2's voice (needs --prefix-speaker-1)."""
+    prefix_transcript: str | None = None
+    """What --prefix-speaker-1/2 say (speaker 1's words, then 2's), in place of the heard words: each
+    word is timed from the heard words it matches or replaces (a split word shares its span);
+    --verbose logs the aligned words."""
     voice: Path | None = None
     """A stored voice folder (from --save-voice): no transcription."""
     save_voice: Path | None = None
@@ -187,6 +191,10 @@ def _check_files(o: InferOptions) -> None:
         raise OptionError("give either --voice or --prefix-speaker-1/2, not both")
     if voice.voice and not (voice.voice / "voice.json").is_file():
         raise OptionError(f"--voice {voice.voice}: not a stored voice folder (no voice.json)")
+    if voice.prefix_transcript is not None and not voice.prefix_speaker_1:
+        raise OptionError("--prefix-transcript is what --prefix-speaker-1/2 say: give those recordings too")
+    if voice.prefix_transcript is not None and not voice.prefix_transcript.strip():
+        raise OptionError("--prefix-transcript is empty: type the words the prefix recordings say, or leave it out")
     if voice.save_voice and not voice.prefix_speaker_1:
         raise OptionError("--save-voice stores the voice made from --prefix-speaker-1/2: give those recordings too")
 
@@ -217,7 +225,7 @@ def _speak(o: InferOptions, script: str) -> GenerationResult:
     from dia2.audio.asr import WhisperTranscriber
     from dia2.generation.graphs import kernel_wrapper
     from dia2.generation.runtime import Dia2
-    from dia2.generation.voice import Voice
+    from dia2.generation.voice import Voice, with_transcript
 
     m = o.model
     if m.source == TINY_MODEL:
@@ -231,6 +239,8 @@ def _speak(o: InferOptions, script: str) -> GenerationResult:
     if o.voice.prefix_speaker_1:
         transcriber = WhisperTranscriber(o.voice.whisper_model, device="cuda" if tts.model.device.type == "cuda" else "cpu")
         voice = tts.make_voice(o.voice.prefix_speaker_1, o.voice.prefix_speaker_2, transcriber)
+        if o.voice.prefix_transcript:
+            voice = with_transcript(voice, o.voice.prefix_transcript)
         if o.voice.save_voice:
             voice.save(o.voice.save_voice)
     with tqdm(total=None, unit="frame", desc="generating", disable=None) as bar:

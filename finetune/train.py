@@ -96,6 +96,7 @@ from finetune.modeling import (
 )
 from finetune.outputs import (
     MetricsLog,
+    ProgressFile,
     RunPaths,
     export_merged,
     loss_curve,
@@ -163,6 +164,7 @@ def train(cfg: TrainConfig) -> RunPaths:
         rank, accelerator.num_processes,
     )
     log = MetricsLog(paths.metrics, is_main)
+    phase = ProgressFile(paths.progress, is_main, cfg.optim.steps)
     step, seconds_before = 0, 0.0
     if resume_from is not None:
         resumed = load_checkpoint(resume_from, model, optimizer, scheduler, accelerator, cfg.seed)
@@ -175,6 +177,7 @@ def train(cfg: TrainConfig) -> RunPaths:
     logger.info("training %d of %d parameters on %d process(es)", counts["trainable"], counts["total"], accelerator.num_processes)
 
     def evaluate(at: int) -> None:
+        phase.write("evaluating", at)
         held = held_out_loss(unwrapped, corpus, tts, cfg, accelerator)
         if held is not None:
             log.write({"step": at, "split": "eval", **held})
@@ -195,7 +198,7 @@ def train(cfg: TrainConfig) -> RunPaths:
 
     if step == 0 and cfg.eval.at_start:
         evaluate(0)
-    started = time.perf_counter()
+    started, first_step = time.perf_counter(), step
     progress = tqdm(total=o.steps, initial=step, desc="training", unit="step", disable=not is_main)
     while step < o.steps:
         step += 1
@@ -231,14 +234,19 @@ def train(cfg: TrainConfig) -> RunPaths:
         tracker.log(record, step, "train")
         progress.update()
         progress.set_postfix(loss=f"{record['loss']:.3f}")
+        seconds_per_step = (time.perf_counter() - started) / (step - first_step)
+        phase.write("training", step, seconds_per_step * (o.steps - step))
         last = step == o.steps
         if last or (cfg.eval.every and step % cfg.eval.every == 0):
             evaluate(step)
         if last or (cfg.output.save_every and step % cfg.output.save_every == 0):
             at = Progress(step, stream.position, seconds_before + time.perf_counter() - started)
+            phase.write("saving", step)
             save_checkpoint(paths.checkpoints, at, model, optimizer, scheduler, accelerator, cfg.output.keep_last)
     progress.close()
+    phase.write("saving", step)
     finish(cfg, paths, base, corpus, model, step, accelerator, seconds_before + time.perf_counter() - started)
+    phase.write("done", step)
     tracker.close()
     return paths
 

@@ -66,19 +66,20 @@ class DecodedAudio:
     suffix: str
 
 
-def check_name(name: str) -> str:
-    """A voice name as given, or VoiceError saying which rule it breaks."""
+def check_name(name: str, what: str = "voice") -> str:
+    """A voice name as given, or VoiceError saying which rule it breaks. what: the thing named, in
+    the message (the studio names corpora and adapters by the same rules)."""
     rules = "1-64 letters, digits, '-', '_' or '.', not starting with '.'"
     if not isinstance(name, str) or not name:
-        raise VoiceError(f"voice name {name!r} is empty: give {rules}")
+        raise VoiceError(f"{what} name {name!r} is empty: give {rules}")
     if "/" in name or "\\" in name or ".." in name:
-        raise VoiceError(f"voice name {name!r} holds a path ('/', '\\' or '..'): give {rules}")
+        raise VoiceError(f"{what} name {name!r} holds a path ('/', '\\' or '..'): give {rules}")
     if name.startswith("."):
-        raise VoiceError(f"voice name {name!r} starts with '.': give {rules}")
+        raise VoiceError(f"{what} name {name!r} starts with '.': give {rules}")
     if len(name) > 64:
-        raise VoiceError(f"voice name {name[:20]!r}... is {len(name)} characters long: give {rules}")
+        raise VoiceError(f"{what} name {name[:20]!r}... is {len(name)} characters long: give {rules}")
     if not _NAME.fullmatch(name):
-        raise VoiceError(f"voice name {name!r} holds other characters: give {rules}")
+        raise VoiceError(f"{what} name {name!r} holds other characters: give {rules}")
     return name
 
 

@@ -1,21 +1,20 @@
-"""The Adapt tab: recordings -> data prep (with its QC summary) -> a LoRA trained from a preset,
-with progress, a live loss plot and a cancel button; the trained adapter becomes a voice (in
-Speak, and in the server's voices folder).
+"""The Adapt tab's jobs: recordings -> data prep -> a LoRA trained from a preset; the trained
+adapter becomes a voice (in Speak, and in the server's voices folder). The page that shows them
+(phase line, QC figures, loss plot, log) is `dia2.studio.adapt_view`.
 
 Both steps run as background jobs (`dia2.studio.jobs`): `python -m data_prep` and
 `python -m finetune.train`, the commands a user would type, so the page stays responsive and a
-reload, or a studio restart, shows them. The studio reads their progress from what they write:
-data prep's progress bar (in the job's log) and QC report, the trainer's metrics.jsonl.
+reload, or a studio restart, shows them.
 
-Work folder layout: corpora/<name>/recordings (uploads), corpora/<name>/corpus (data prep's
-output), runs/<name> (the trainer's run; its adapter/ becomes voice <name>), jobs/.
+Work folder layout: corpora/<name>/recordings (uploads of the last prep that succeeded; a new
+prep's uploads wait in corpora/<name>/.recordings-* until it does), corpora/<name>/corpus (data
+prep's output), runs/<name> (the trainer's run; its adapter/ becomes voice <name>), jobs/.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -23,14 +22,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dia2.errors import Dia2Error
+from dia2.model.assets import TINY_MODEL
 from dia2.serving.voices import check_name
 from dia2.studio.jobs import Job
-from dia2.studio.runtime import Studio, StudioError, job_label, shows_errors
+from dia2.studio.runtime import Studio, StudioError
 
 QC_TEXT, QC_JSON, CORPUS_META = "qc_report.txt", "qc_report.json", "corpus_meta.json"
-METRICS, ADAPTER = "metrics.jsonl", "adapter"
-_PREP_BAR = re.compile(r"recordings:\s*\d+%.*?(\d+)/(\d+)")
+METRICS, PROGRESS, ADAPTER = "metrics.jsonl", "progress.json", "adapter"
 _CHILD_ENV = {"PYTHONUNBUFFERED": "1"}  # progress reaches the log as it happens
 UNTRAINABLE = (("config", "--config"), ("weights", "--weights"), ("tokenizer", "--tokenizer"), ("mimi", "--mimi"),
                ("adapter", "--merge-adapter"))
@@ -42,15 +43,58 @@ def corpus_folder(studio: Studio, name: str) -> Path:
     return studio.work / "corpora" / name / "corpus"
 
 
+def recordings_folder(studio: Studio, name: str) -> Path:
+    return studio.work / "corpora" / name / "recordings"
+
+
 def corpora(studio: Studio) -> list[str]:
     """Names of the prepared corpora (data prep finished writing them)."""
     root = studio.work / "corpora"
     return sorted(p.parent.parent.name for p in root.glob(f"*/corpus/{CORPUS_META}"))
 
 
+def newest_corpus(studio: Studio) -> str | None:
+    """The corpus prepared last (None before any)."""
+    metas = list((studio.work / "corpora").glob(f"*/corpus/{CORPUS_META}"))
+    return max(metas, key=lambda p: p.stat().st_mtime).parent.parent.name if metas else None
+
+
 def presets(studio: Studio) -> list[str]:
     folder = Path(studio.options.studio.presets)
     return sorted(p.name for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def preset_settings(studio: Studio, preset: str) -> dict[str, Any]:
+    """The base (model.base) and optim.steps a preset's YAML gives ({} for one that cannot be read:
+    Train names the problem)."""
+    try:
+        raw = yaml.safe_load((Path(studio.options.studio.presets) / preset).read_text(encoding="utf-8")) or {}
+        return {"base": raw.get("model", {}).get("base"), "steps": raw.get("optim", {}).get("steps")}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+
+
+def fitting_preset(studio: Studio) -> tuple[str | None, str]:
+    """The preset to preselect for the model and device this studio runs, and why (for the page).
+
+    The GPU presets train a 1B/2B model for thousands of steps: on a CPU, or for the tiny demo
+    model, the preset written for the tiny model (a few steps on a CPU) is the one that finishes."""
+    names = presets(studio)
+    if not names:
+        return None, ""
+    bases = {n: preset_settings(studio, n).get("base") for n in names}
+    source = studio.options.model.source
+    on_cpu = studio.tts.model.device.type == "cpu"
+    tiny = [n for n in names if bases[n] == TINY_MODEL]
+    if tiny and (studio.random_demo or on_cpu):
+        model = "the tiny demo model" if studio.random_demo else source
+        return tiny[0], (f"{tiny[0]} is preselected: this studio runs {model} on the "
+                         f"{'CPU' if on_cpu else 'GPU'}, and the other presets train a 1B/2B model on a GPU "
+                         "for thousands of steps.")
+    same = [n for n in names if bases[n] == source]
+    if same:
+        return same[0], f"{same[0]} is preselected: it is written for {source}, the model this studio speaks with."
+    return names[0], f"no preset is written for {source}: check {names[0]}'s settings before training."
 
 
 def _no_presets(studio: Studio) -> str:
@@ -86,11 +130,12 @@ def _name(text: str | None, what: str) -> str:
     name = (text or "").strip()
     if not name:
         raise StudioError(f"give the {what} a name (letters, digits, '-', '_' or '.')")
-    return check_name(name)
+    return check_name(name, what)
 
 
 def start_prep(studio: Studio, name: str, files: list[str] | None, folder: str | None) -> Job:
-    """Copy the uploads (or take a folder on this machine) and start data prep on them."""
+    """Copy the uploads (or take a folder on this machine) and start data prep on them. Uploads
+    replace the corpus's stored recordings only once the prep succeeds (`job_ended`)."""
     name = _name(name, "corpus")
     check_trainable(studio)
     folder = (folder or "").strip()
@@ -112,12 +157,20 @@ def start_prep(studio: Studio, name: str, files: list[str] | None, folder: str |
         if training:
             raise StudioError(f"corpus '{name}' is being trained on (job {training.id}): wait for that job, or "
                               "cancel it, before preparing the corpus again")
-        source = Path(folder).expanduser() if folder else _store_uploads(output.parent / "recordings", files)
+        staged = None if folder else _stage_uploads(output.parent, files)
+        source = Path(folder).expanduser() if folder else staged
         m, s = studio.options.model, studio.options.studio
         argv = [sys.executable, "-m", "data_prep", source, output, "--model", m.source, "--asr-model",
                 s.whisper_model, "--device", m.device]
-        return studio.jobs.start("prep", f"prepare '{name}'", argv, env=_CHILD_ENV,
-                                 details={"name": name, "output": str(output), "input": str(source)})
+        details = {"name": name, "output": str(output), "input": str(source)}
+        if staged is not None:
+            details.update(staged=str(staged), recordings=str(recordings_folder(studio, name)))
+        try:
+            return studio.jobs.start("prep", f"prepare '{name}'", argv, env=_CHILD_ENV, details=details)
+        except BaseException:
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+            raise
 
 
 def _refuse_running(studio: Studio, kind: str, output: Path, what: str) -> None:
@@ -126,23 +179,34 @@ def _refuse_running(studio: Studio, kind: str, output: Path, what: str) -> None:
         raise StudioError(f"{what} (job {job.id}): wait for that job, or cancel it")
 
 
-def _store_uploads(folder: Path, files: list[str]) -> Path:
-    """The uploads as `folder`'s only recordings (an earlier upload's files are replaced, not mixed in):
-    copied under a temporary name, then renamed into place."""
-    fresh = folder.with_name(f".{folder.name}-{uuid.uuid4().hex[:8]}")
-    fresh.mkdir(parents=True)
+def _stage_uploads(corpus_root: Path, files: list[str]) -> Path:
+    """The uploads copied into a hidden folder of their own, where data prep reads them."""
+    staged = corpus_root / f".recordings-{uuid.uuid4().hex[:8]}"
+    staged.mkdir(parents=True)
     try:
         for path in files:
-            shutil.copyfile(path, fresh / Path(path).name)
+            shutil.copyfile(path, staged / Path(path).name)
     except BaseException:
-        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
         raise
-    old = folder.with_name(f".{folder.name}-old-{uuid.uuid4().hex[:8]}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(fresh, folder)
+    return staged
+
+
+def _settle_uploads(job: Job) -> None:
+    """At a prep's end: its staged uploads become the corpus's recordings (replacing the last
+    ones whole) if it succeeded; otherwise they are removed and the stored recordings stay."""
+    staged = Path(job.details["staged"]) if job.details.get("staged") else None
+    if staged is None or not staged.exists():
+        return
+    if job.status != "done":
+        shutil.rmtree(staged, ignore_errors=True)
+        return
+    final = Path(job.details["recordings"])
+    old = final.with_name(f".{final.name}-old-{uuid.uuid4().hex[:8]}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staged, final)
     shutil.rmtree(old, ignore_errors=True)
-    return folder
 
 
 def start_train(studio: Studio, corpus: str | None, preset: str | None, steps: float | None, name: str,
@@ -206,7 +270,10 @@ def _checked_config(preset: Path, items: list[str]) -> Any:
 
 
 def job_ended(studio: Studio, job: Job) -> str:
-    """What the studio does when a job ends (JobStore's on_end): a trained adapter becomes a voice."""
+    """What the studio does when a job ends (JobStore's on_end): a prep's uploads replace the
+    corpus's recordings, or are dropped; a trained adapter becomes a voice."""
+    if job.kind == "prep":
+        _settle_uploads(job)
     if job.status != "done":
         return job.note or _failure(job)
     output = Path(job.details["output"])
@@ -227,119 +294,19 @@ def _failure(job: Job) -> str:
     return (errors or lines or [f"exit code {job.returncode}"])[-1]
 
 
-def qc_summary(corpus: Path) -> str:
-    """One line of data prep's QC report."""
+def qc_report(corpus: Path) -> dict[str, Any] | None:
     try:
-        report = json.loads((corpus / QC_JSON).read_text())
+        return json.loads((corpus / QC_JSON).read_text())
     except (OSError, ValueError):
+        return None
+
+
+def qc_summary(corpus: Path) -> str:
+    """One line of data prep's QC report, its figures as the report gives them."""
+    report = qc_report(corpus)
+    if report is None:
         return f"no QC report in {corpus}"
-    u, files = report["utterances"], report["files"]
+    u, files, hours = report["utterances"], report["files"], report["hours"]
     skipped = ", ".join(f"{k} {v}" for k, v in report.get("skipped_by_reason", {}).items()) or "nothing"
-    return (f"kept {u['kept']} utterance(s), {report['hours']['kept'] * 3600:.1f} s, from {files['kept']} of "
-            f"{files['found']} recording(s); skipped: {skipped}")
-
-
-def progress(job: Job) -> tuple[int, int]:
-    """(done, total) of a job: recordings prepared, or optimizer steps taken."""
-    if job.kind == "prep":
-        found = _PREP_BAR.findall(job.log_tail(4000))
-        return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
-    return (len(train_losses(job)), int(job.details.get("steps", 0)))
-
-
-def train_losses(job: Job) -> list[dict[str, Any]]:
-    """The trainer's train records so far (metrics.jsonl), one per step."""
-    path = Path(job.details["output"]) / METRICS
-    records = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line being written
-        if record.get("split") == "train":
-            records.append(record)
-    return records
-
-
-def job_view(studio: Studio, job_id: str | None) -> tuple[str, Any, str, str]:
-    """(status, loss table, QC report, log tail) of a job, for the page."""
-    import pandas as pd
-
-    empty = pd.DataFrame({"step": [], "loss": []})
-    if not job_id:
-        return "no job yet: prepare data or train", empty, "", ""
-    job = studio.jobs.get(job_id)
-    if job.status == "damaged":
-        return f"**{job_label(job)}**\n\n{job.note}", empty, "", ""
-    done, total = progress(job)
-    unit = "recording(s)" if job.kind == "prep" else "step(s)"
-    lines = [f"**{job_label(job)}**", f"progress: {done}/{total or '?'} {unit}"]
-    if job.handled:
-        lines.append(f"result: {job.note}")
-    qc = ""
-    if job.kind == "prep":
-        try:
-            qc = (Path(job.details["output"]) / QC_TEXT).read_text()
-        except OSError:
-            qc = ""
-    losses = pd.DataFrame({"step": [r["step"] for r in train_losses(job)], "loss": [r["loss"] for r in train_losses(job)]}) \
-        if job.kind == "train" else empty
-    return "\n\n".join(lines), losses, qc, job.log_tail(3000)
-
-
-def build_adapt_tab(studio: Studio) -> dict[str, Any]:
-    """The tab's components; returns the job picker and its view (the app refreshes them on load)."""
-    import gradio as gr
-
-    gr.Markdown(adapt_note(studio), elem_id="adapt-note")
-    with gr.Row():
-        with gr.Column():
-            gr.Markdown("### 1. Prepare data\nUpload recordings of one speaker, or name a folder of them on this machine.")
-            corpus_name = gr.Textbox(label="Corpus name", elem_id="adapt-corpus-name")
-            files = gr.File(file_count="multiple", type="filepath", label="Recordings", elem_id="adapt-files")
-            folder = gr.Textbox(label="…or a folder on this machine", elem_id="adapt-folder")
-            prep_button = gr.Button("Prepare data", variant="primary", elem_id="adapt-prep")
-        with gr.Column():
-            gr.Markdown("### 2. Train a LoRA adapter")
-            corpus = gr.Dropdown(corpora(studio), label="Prepared corpus", elem_id="adapt-corpus",
-                                 allow_custom_value=True)
-            preset = gr.Dropdown(presets(studio), value=(presets(studio) or [None])[0], label="Preset",
-                                 allow_custom_value=True)
-            steps = gr.Number(label="Steps (empty: the preset's)", precision=0, value=None)
-            adapter_name = gr.Textbox(label="Adapter (voice) name", elem_id="adapt-name")
-            extra = gr.Textbox(label="Extra options (key=value ...)", placeholder="optim.lr=1e-3 eval.every=50")
-            train_button = gr.Button("Train", variant="primary", elem_id="adapt-train")
-    with gr.Row():
-        job = gr.Dropdown(studio.job_choices(), label="Job", elem_id="adapt-job", scale=4,
-                              allow_custom_value=True)
-        refresh_button = gr.Button("Refresh", scale=1)
-        cancel_button = gr.Button("Cancel job", variant="stop", scale=1, elem_id="adapt-cancel")
-    status = gr.Markdown(elem_id="adapt-status")
-    with gr.Row():
-        loss = gr.LinePlot(x="step", y="loss", title="Training loss", elem_id="adapt-loss")
-        qc = gr.Textbox(label="QC report", lines=12, interactive=False)
-    log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True)
-    view = [status, loss, qc, log]
-
-    def picked(job_id: str) -> Any:
-        return gr.update(choices=studio.job_choices(), value=job_id)
-
-    started_prep = prep_button.click(shows_errors(lambda *a: start_prep(studio, *a).id), [corpus_name, files, folder], job,
-                                     api_name="prepare")
-    started_train = train_button.click(shows_errors(lambda *a: start_train(studio, *a).id),
-                                       [corpus, preset, steps, adapter_name, extra], job, api_name="train")
-    for started in (started_prep, started_train):
-        started.success(picked, job, job, api_visibility="private")
-    show = shows_errors(lambda j: job_view(studio, j))
-    job.change(show, job, view, api_visibility="private")
-    refresh_button.click(lambda j: (gr.update(choices=studio.job_choices(), value=j), gr.update(choices=corpora(studio))),
-                         job, [job, corpus], api_visibility="private").then(show, job, view)
-    cancel_button.click(shows_errors(lambda j: studio.jobs.cancel(j).id if j else None), job, job, api_name="cancel")
-    gr.Button(visible=False).click(show, job, view, api_name="job_status")
-    timer = gr.Timer(1.0)
-    timer.tick(show, job, view, show_progress="hidden", concurrency_limit=None, api_visibility="private")
-    return {"job": job, "corpus": corpus, "view": view, "show": show}
+    return (f"{u['kept']} utterance(s), {hours['kept'] * 3600:.1f} s kept of {hours['input'] * 3600:.1f} s read, "
+            f"from {files['kept']} of {files['found']} recording(s); skipped: {skipped}")

@@ -3,10 +3,11 @@
     python gradio_app.py --hf nari-labs/Dia2-2B --voices voices/      # open http://127.0.0.1:7860
     python gradio_app.py --tiny                                        # the embedded demo model (noise)
 
-Tabs: Speak (a script, a voice per speaker, an adapter; the audio plays while it is generated),
-Voices (make a voice from a recording, list, play, delete), Adapt (data prep and LoRA training
-in the background, with progress, QC summary and a live loss plot), Compare (one script and seed,
-several configurations side by side, scored by dia2.evaluation when it is installed).
+Tabs: Speak (a script, a voice per speaker, an adapter; the audio plays while it is generated,
+with a Stop button and the seed of every take), Voices (make a voice from a recording, its
+corrected transcript aligned to the heard words; list, play, delete), Adapt (data prep and LoRA
+training in the background, with a phase line, QC summary and a live loss plot), Compare (one
+script and seed, several configurations side by side, scored by dia2.evaluation when installed).
 
 Model flags are dia2-infer's (`--hf`, `--config`, `--weights`, `--tokenizer`, `--mimi`,
 `--device`, `--dtype`, `--low-vram`, `--tiny`; `--merge-adapter` folds one adapter into the
@@ -119,7 +120,7 @@ def build_app(options: StudioOptions, *, scorer: ScorerFactory | None = None, st
     reference waveforms (default: dia2.evaluation's ClipScorer, when installed)."""
     import gradio as gr
 
-    from dia2.studio.adapt import build_adapt_tab
+    from dia2.studio.adapt_view import build_adapt_tab
     from dia2.studio.compare import build_compare_tab, default_scorer
     from dia2.studio.speak import (
         NO_VOICE,
@@ -134,6 +135,8 @@ def build_app(options: StudioOptions, *, scorer: ScorerFactory | None = None, st
     prefixes = lambda: [NO_VOICE, *studio.prefix_voices()]
     with gr.Blocks(title="Dia2 studio", analytics_enabled=False) as demo:
         gr.Markdown("# Dia2 studio")
+        if studio.random_demo:
+            gr.Markdown(f"**{RANDOM_MODEL_BANNER}**", elem_id="model-banner")
         with gr.Tab("Speak") as speak_tab:
             speak = build_speak_tab(studio)
         with gr.Tab("Voices"):
@@ -148,12 +151,15 @@ def build_app(options: StudioOptions, *, scorer: ScorerFactory | None = None, st
                          None, [speak["voice_1"], speak["voice_2"], speak["adapter"]], api_visibility="private")
         compare_tab.select(lambda: (gr.update(choices=prefixes()), gr.update(choices=adapter_choices(studio))),
                            None, [compare["voice"], compare["adapter"]], api_visibility="private")
-        # A reload shows the newest job (running or not) and the stored voices as they are now.
-        demo.load(lambda: gr.update(choices=studio.job_choices(), value=studio.newest_job()), None, adapt["job"],
-                  api_visibility="private")
+        # A reload shows the newest job (running or not), the corpora and the stored voices as they are now.
+        demo.load(adapt["on_load"][0], None, adapt["on_load"][1], api_visibility="private")
         demo.load(voices["listing"], None, voices["listed"], api_name="list_voices")
     demo.studio = studio
     return demo
+
+
+RANDOM_MODEL_BANNER = ("This studio runs the embedded tiny demo model, with random weights: its audio is noise. "
+                       "Load a real model with --hf, e.g. python gradio_app.py --hf nari-labs/Dia2-2B")
 
 
 def launch(demo, options: StudioOptions, **kwargs):

@@ -1,6 +1,7 @@
 """The Compare tab: one script and one seed spoken by several configurations side by side (base,
-voice prefix, adapter, adapter + prefix), with the evaluation's scores for each when
-`dia2.evaluation` is installed (WER/CER from Whisper, similarity to the prefix's recording...).
+voice prefix, adapter, adapter + prefix), with Speak's sampling controls, and the evaluation's
+scores for each when `dia2.evaluation` is installed (word error rate from Whisper, similarity to
+the prefix's recording...), named in words with which way is better.
 
 All configurations go to the engine at once, so they are generated in one batch; the engine
 keys every draw by the seed, so each configuration's audio is what it would be alone. The clip
@@ -24,16 +25,26 @@ from dia2.studio.runtime import (
     ScorerFactory,
     Studio,
     StudioError,
-    parse_seed,
     shows_errors,
+    take_seed,
 )
-from dia2.studio.speak import NO_VOICE, check_script, generation_config, save_audio
+from dia2.studio.speak import NO_VOICE, check_script, generation_config, sampling_controls, save_audio
 
 logger = logging.getLogger(__name__)
 
 CONFIGURATIONS = ("base", "prefix", "adapter", "adapter + prefix")
-SCORE_COLUMNS = ["configuration", "duration_s", "wer", "cer", "similarity", "word_coverage", "leading_silence_s",
-                 "trailing_silence_s", "hit_frame_limit", "transcript"]
+SCORES = {
+    "duration_s": "length (s)",
+    "wer": "word error rate (lower is better)",
+    "cer": "character error rate (lower is better)",
+    "similarity": "similarity to the voice (higher is better)",
+    "word_coverage": "share of the script's words started in the clip (higher is better)",
+    "leading_silence_s": "silence before the speech, s (lower is better)",
+    "trailing_silence_s": "silence after the speech, s (lower is better)",
+    "hit_frame_limit": "cut off at the length limit (no is better)",
+    "transcript": "what speech recognition heard",
+}
+"""The evaluation's scores (ClipScores.as_dict keys) as the page names them, with which way is better."""
 
 
 def default_scorer(whisper_model: str) -> ScorerFactory | None:
@@ -81,13 +92,15 @@ def _references(studio: Studio, voice: str) -> list[np.ndarray]:
 
 
 def compare(studio: Studio, script: str, seed_text: str, voice: str | None, adapter: str | None,
-            chosen: Sequence[str], scorers: ScorerCache | None) -> tuple[Any, ...]:
-    """Speak `script` once per chosen configuration; returns an audio path per CONFIGURATIONS
-    entry (None where not chosen), the score rows and a status line."""
+            chosen: Sequence[str], cfg_scale: float, temperature: float, top_k: float, *,
+            scorers: ScorerCache | None) -> tuple[Any, ...]:
+    """Speak `script` once per chosen configuration, all with one seed (the one typed, or a random
+    one, shown) and Speak's sampling settings; returns an audio path per CONFIGURATIONS entry (None
+    where not chosen), the scores (a row per score, a column per configuration) and a status line."""
     from dia2.serving.requests import Request
 
-    script = check_script(studio, script)
-    seed = parse_seed(seed_text, required=True)
+    script = check_script(studio, script)[0]
+    seed = take_seed(seed_text)
     chosen = [c for c in CONFIGURATIONS if c in (chosen or ())]
     if not chosen:
         raise StudioError(f"choose at least one configuration ({', '.join(CONFIGURATIONS)})")
@@ -97,12 +110,10 @@ def compare(studio: Studio, script: str, seed_text: str, voice: str | None, adap
         raise StudioError("the prefix configurations need a voice: choose a stored voice (or untick them)")
     if adapter is None and any("adapter" in c for c in chosen):
         raise StudioError("the adapter configurations need an adapter: choose one (train it in Adapt), or untick them")
-    prefix = studio.voices.get(voice).voice if voice else None
-    if voice and prefix is None:
-        raise StudioError(f"voice '{voice}' has no recording to use as a prefix: choose a recorded voice")
+    prefix = studio.stored_voice(voice, "recording").voice if voice else None
     key = studio.adapter_key(adapter)
     g = studio.options.generation
-    config = generation_config(g, g.cfg_scale, g.audio.temperature, g.audio.top_k, seed)
+    config = generation_config(g, cfg_scale, temperature, top_k, seed, g.max_frames)
     handles = {}
     try:  # a refused submit (EngineFull) or a failed result stops the configurations already started too
         for c in chosen:
@@ -120,17 +131,25 @@ def compare(studio: Studio, script: str, seed_text: str, voice: str | None, adap
 
 
 def _scores(studio: Studio, script: str, results: dict, voice: str | None,
-            scorers: ScorerCache | None) -> tuple[list[list[Any]], str]:
-    """A row per configuration: the evaluation's scores, or just the duration without them."""
-    rows = [[c, round(r.duration, 2), *[None] * (len(SCORE_COLUMNS) - 2)] for c, r in results.items()]
+            scorers: ScorerCache | None) -> tuple[Any, str]:
+    """A table with a row per score (named in words) and a column per configuration: the
+    evaluation's scores, or just the length without them."""
+    import pandas as pd
+
+    def table(values: dict[str, dict[str, Any]]) -> Any:
+        rows = [[label, *[_rounded(values[c].get(key)) for c in results]] for key, label in SCORES.items()
+                if any(values[c].get(key) is not None for c in results)]
+        return pd.DataFrame(rows, columns=["score", *results])
+
+    lengths = {c: {"duration_s": r.duration} for c, r in results.items()}
     if scorers is None:
-        return rows, " (scores need dia2.evaluation, which is not installed)"
+        return table(lengths), " (scores need dia2.evaluation, which is not installed)"
     try:
         scored = scorers.score(_references(studio, voice) if voice else [], results, script)
     except Exception as exc:  # the audio is worth showing without its scores; the page says why they are missing
         logger.exception("scoring failed")
-        return rows, f" (no scores: {type(exc).__name__}: {exc})"
-    return [[c, *[_rounded(scored[c].get(k)) for k in SCORE_COLUMNS[1:]]] for c in results], ""
+        return table(lengths), f" (no scores: {type(exc).__name__}: {exc})"
+    return table(scored), ""
 
 
 def _rounded(value: Any) -> Any:
@@ -144,23 +163,25 @@ def build_compare_tab(studio: Studio, scorer_factory: ScorerFactory | None,
     script = gr.Textbox(label="Script", lines=4, value="[S1] Hello there, how are you doing today?",
                         elem_id="compare-script")
     with gr.Row():
-        seed = gr.Textbox(value="0", label="Seed", elem_id="compare-seed")
+        seed = gr.Textbox(value="0", label="Seed (empty: random)", elem_id="compare-seed", min_width=160)
         voice = gr.Dropdown(voice_choices(), value=NO_VOICE, label="Voice (prefix)", elem_id="compare-voice",
-                            allow_custom_value=True)
+                            allow_custom_value=True, min_width=160)
         adapter = gr.Dropdown(adapter_choices(), value=NO_VOICE, label="Adapter", elem_id="compare-adapter",
-                              allow_custom_value=True)
+                              allow_custom_value=True, min_width=160)
+    sampling = sampling_controls(studio.options.generation)
     chosen = gr.CheckboxGroup(list(CONFIGURATIONS), value=["base"], label="Configurations")
     button = gr.Button("Compare", variant="primary", elem_id="compare-run")
     with gr.Row():
-        players = [gr.Audio(label=c, type="filepath", interactive=False) for c in CONFIGURATIONS]
+        players = [gr.Audio(label=c, type="filepath", interactive=False, min_width=200) for c in CONFIGURATIONS]
     status = gr.Markdown(elem_id="compare-status")
-    scores = gr.Dataframe(headers=SCORE_COLUMNS, label="Scores", interactive=False, elem_id="compare-scores")
+    scores = gr.Dataframe(headers=["score", *CONFIGURATIONS], label="Scores (a column per configuration)",
+                          interactive=False, elem_id="compare-scores", wrap=True)
 
     scorers = ScorerCache(scorer_factory) if scorer_factory is not None else None
 
     def run(*args: Any) -> tuple[Any, ...]:
         return compare(studio, *args, scorers=scorers)
 
-    button.click(shows_errors(run), [script, seed, voice, adapter, chosen], [*players, scores, status],
+    button.click(shows_errors(run), [script, seed, voice, adapter, chosen, *sampling], [*players, scores, status],
                  api_name="compare", concurrency_limit=studio.engine.config.slots)
     return {"voice": voice, "adapter": adapter}

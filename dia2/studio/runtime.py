@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import html
 import inspect
 import logging
+import random
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,6 +61,7 @@ class Studio:
         self.voices.watch(self.adapters.changed)  # a replaced or deleted voice unloads its adapter, as in the server
         load_stored_adapters(self.voices, self.adapters)
         self.engine.start()
+        self.random_demo = is_random_demo(m.source, self.tts.model.config)
         self.work = Path(s.work).resolve()  # jobs record absolute paths: a restart may spell --work otherwise
         for sub in ("corpora", "runs", "outputs"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
@@ -69,9 +72,10 @@ class Studio:
     def make_voice(self, speaker_1: np.ndarray, speaker_2: np.ndarray | None = None,
                    transcript: str | None = None) -> Voice:
         """Transcribe and encode recordings (float32 mono [S] at the codec's rate) into a prefix,
-        with `transcript`'s words in place of the heard ones when the counts agree. The last
-        recording's result is kept: Voices transcribes, checks the corrected transcript and
-        then stores the same recording, and Whisper runs once for all three."""
+        with `transcript`'s words in place of the heard ones, each timed from the heard words it
+        matches or replaces (`with_transcript`). The last recording's result is kept: Voices
+        transcribes, aligns the corrected transcript and then stores the same recording, and
+        Whisper runs once for all three."""
         from dia2.generation.voice import with_transcript
 
         key = hashlib.sha256(b"".join(np.ascontiguousarray(w, np.float32).tobytes() + b"|"
@@ -92,14 +96,35 @@ class Studio:
         """Stored voices with a LoRA adapter (trained here, given with --adapter, or the server's)."""
         return [v.name for v in self.voices.list() if v.adapter is not None]
 
+    def stored_voice(self, name: str, kind: str) -> Any:
+        """Stored voice `name` for a use needing a `kind` ("recording" or "adapter"): StudioError
+        offering the voices of that kind when it has none, is unknown, or is one of the speech
+        server's OpenAI alias names (no recording, no adapter: the studio never offers them)."""
+        from dia2.serving.voices import VoiceNotFound
+
+        offered = self.prefix_voices() if kind == "recording" else self.adapter_voices()
+        choose = f"choose one of {', '.join(offered)}" if offered else (
+            "make one in Voices first" if kind == "recording" else "train one in Adapt first")
+        try:
+            stored = self.voices.get(name)
+        except VoiceNotFound:
+            raise StudioError(f"no voice named '{name}': {choose}") from None
+        if stored.builtin:
+            what = "a recorded voice" if kind == "recording" else "an adapter"
+            raise StudioError(f"'{name}' is one of the speech server's OpenAI voice names, not {what}: {choose}")
+        if kind == "recording" and stored.voice is None:
+            raise StudioError(f"voice '{name}' has no recording, only an adapter: choose it as the Adapter, and "
+                              f"for the speaker {choose}")
+        if kind == "adapter" and stored.adapter is None:
+            raise StudioError(f"voice '{name}' is not an adapter (it is a recorded voice: choose it for a speaker); "
+                              f"for the adapter {choose}")
+        return stored
+
     def adapter_key(self, name: str | None) -> str | None:
         """The engine's name for adapter voice `name` (None: no adapter)."""
         if not name:
             return None
-        stored = self.voices.get(name)
-        if stored.adapter is None:
-            raise StudioError(f"voice '{name}' has no adapter: choose one of {', '.join(self.adapter_voices()) or 'none yet'}")
-        return self.adapters.key(stored)  # loaded now if another server added it to the folder
+        return self.adapters.key(self.stored_voice(name, "adapter"))  # loaded now if another server added it
 
     def add_adapter_voice(self, name: str, adapter: Path) -> None:
         """Serve a trained adapter as voice `name`, here and in the server's voices folder."""
@@ -119,6 +144,16 @@ class Studio:
         return jobs[0].id if jobs else None
 
 
+def is_random_demo(source: str, config: Any) -> bool:
+    """Whether the studio speaks with the embedded tiny demo model (--tiny, or a folder of it):
+    random, untrained weights, whose audio is noise. Known by its geometry, which only it has."""
+    from dia2.model.assets import TINY_MODEL
+    from dia2.model.config import parse_config
+    from dia2.tiny import TINY_GEOMETRY
+
+    return source == TINY_MODEL or config == parse_config(TINY_GEOMETRY)
+
+
 def job_label(job: Job) -> str:
     return f"{job.title} ({job.status}) · {job.id}"
 
@@ -131,10 +166,13 @@ def shows_errors(fn: Callable) -> Callable:
     def as_message(exc: Exception) -> gr.Error:
         if isinstance(exc, gr.Error):
             return exc
+        # The page renders a message as HTML: escaped, text such as '<none>' (PyAV's name for no
+        # format) shows as written instead of vanishing as an unknown tag.
         if isinstance(exc, Dia2Error):
-            return gr.Error(str(exc), print_exception=False)
+            return gr.Error(html.escape(str(exc), quote=False), print_exception=False)
         logger.exception("a studio callback failed")
-        return gr.Error(f"the studio failed: {type(exc).__name__}: {exc}", print_exception=False)
+        return gr.Error(html.escape(f"the studio failed: {type(exc).__name__}: {exc}", quote=False),
+                        print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -156,20 +194,26 @@ def shows_errors(fn: Callable) -> Callable:
     return call
 
 
-def parse_seed(text: str | float | None, *, required: bool = False) -> int | None:
+def parse_seed(text: str | float | None) -> int | None:
     """A seed typed in the page: empty is none (a random one), else an integer in [0, 2**63)."""
     value = str(text).strip() if text is not None else ""
     if not value:
-        if required:
-            raise StudioError("give a seed (a whole number such as 0): every configuration is spoken with it")
         return None
     try:
         seed = int(float(value)) if float(value).is_integer() else None
     except ValueError:
         seed = None
     if seed is None or not 0 <= seed < 2**63:
-        raise StudioError(f"seed {value!r} is not a whole number from 0 to 2**63-1: type one such as 42, or leave it empty")
+        raise StudioError(f"seed {value!r} is not a whole number from 0 to 2**63-1: type one such as 42, or leave it "
+                          "empty for a random one")
     return seed
+
+
+def take_seed(text: str | float | None) -> int:
+    """The seed a take uses: the one typed, or a random one (shown with the take, short enough to
+    copy), so every take can be made again."""
+    seed = parse_seed(text)
+    return random.SystemRandom().randrange(2**31) if seed is None else seed
 
 
 def read_recording(path: str | Path | None, sample_rate: int, label: str) -> tuple[bytes, np.ndarray]:

@@ -106,6 +106,10 @@ def test_hf_tiny_is_the_embedded_model_that_tiny_is_short_for(tmp_path, cli):
     (["--tiny", "--text", "hi", "--low-vram", "2bit", "out.wav"], "invalid choice: '2bit'"),
     (["--tiny", "--hf", "x/y", "--text", "hi", "out.wav"], "cannot be combined"),
     (["--tiny", "--text", "hi", "--cuda-graph", "--device", "cpu", "out.wav"], "--cuda-graph needs a CUDA device"),
+    (["--tiny", "--text", "hi", "--prefix-transcript", "Hello there.", "out.wav"],
+     "--prefix-transcript is what --prefix-speaker-1/2 say"),
+    (["--tiny", "--text", "hi", "--prefix-speaker-1", "tests/fixtures/audio/voice_b.flac", "--prefix-transcript", "  ",
+      "out.wav"], "--prefix-transcript is empty"),
 ])
 def test_cli_rejects_bad_flags(cli, args, message):
     proc = cli(*args)
@@ -123,3 +127,28 @@ def test_cli_reports_bad_input_without_a_traceback(cli, args, message):
     assert proc.returncode == 1, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (REPO_ROOT / "out.wav").exists()
+
+
+def test_a_prefix_transcript_is_aligned_to_the_heard_words_and_saved(tmp_path, cli, tiny_en):
+    """--prefix-transcript replaces the heard words, each timed from the heard words it matches or
+    replaces (dia2.text.transcript): here one heard word typed as two shares that word's span."""
+    from dia2.generation.voice import Voice
+    from dia2.text.transcript import comparable
+
+    recording = REPO_ROOT / "tests" / "fixtures" / "audio" / "voice_b.flac"
+    common = ("--tiny", "--text", "[S1] Fine.", "--max-frames", "40", "--prefix-speaker-1", recording,
+              "--whisper-model", tiny_en)
+    proc = cli(*common, "--save-voice", tmp_path / "heard", tmp_path / "heard.wav")
+    assert proc.returncode == 0, proc.stderr
+    heard = Voice.load(tmp_path / "heard").words
+    k = max(range(len(heard)), key=lambda i: len(comparable(heard[i].text)))
+    word = heard[k].text
+    typed = [w.text for w in heard[:k]] + [word[:2], word[2:]] + [w.text for w in heard[k + 1:]]
+    proc = cli(*common, "--prefix-transcript", " ".join(typed), "--save-voice", tmp_path / "typed",
+               tmp_path / "typed.wav")
+    assert proc.returncode == 0, proc.stderr
+    words = Voice.load(tmp_path / "typed").words
+    assert [w.text for w in words] == typed
+    assert words[k].start == heard[k].start and words[k + 1].end == heard[k].end and words[k].end < heard[k].end
+    kept = [(w.start, w.end) for w in words[:k] + words[k + 2:]]
+    assert kept == [(w.start, w.end) for w in heard[:k] + heard[k + 1:]], "the other words keep their heard times"

@@ -67,7 +67,10 @@ def test_a_run_writes_exactly_its_files(finished, tiny_bundle_dir):
     adapter = {f"adapter/{f}" for f in ("README.md", "adapter_config.json", "adapter_model.safetensors", "dia2_voice.json")}
     # merged/ is a complete model folder, laid out like the base (its README aside).
     merged = {f"merged/{f}" for f in files_under(tiny_bundle_dir) - {"README.md"}}
-    assert files_under(finished.root) == {"config.yaml", "metrics.jsonl", "loss.png"} | checkpoint | samples | adapter | merged
+    assert files_under(finished.root) == ({"config.yaml", "metrics.jsonl", "progress.json", "loss.png"}
+                                          | checkpoint | samples | adapter | merged)
+    progress = json.loads(finished.progress.read_text())
+    assert (progress["phase"], progress["step"], progress["steps"]) == ("done", 4, 4), "the studio's phase line reads it"
     records = read_metrics(finished.metrics)
     assert [(r["step"], r["split"]) for r in records] == [
         (0, "eval"), (1, "train"), (2, "train"), (2, "eval"), (3, "train"), (4, "train"), (4, "eval")]
