@@ -232,7 +232,7 @@ def test_dropped_in_files_become_voices_once(tmp_path, speech, fake, caplog):
         "codes.npy", "meta.json", "speaker_1.flac", "transcript.txt", "voice.json"]
     # Moved in; the bad files stay where they were, each logged with its reason.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alloy.wav", "broken.wav", "carol", "notes.md", "quiet.wav"]
-    for reason in ("broken.wav", "cannot be decoded", "silent", "builtin OpenAI voice alias"):
+    for reason in ("broken.wav", "cannot be decoded", "silent", "reserved: it is a builtin OpenAI voice"):
         assert reason in caplog.text
 
     assert store.scan() == [] and len(fake.calls) == 1
