@@ -185,7 +185,6 @@ def build_app(options: ServerOptions):
         load_stored_adapters,
     )
     from dia2.serving.engine import Engine, EngineConfig
-    from dia2.serving.voice_maker import VoiceMaker
     from dia2.serving.voices import VoiceStore
 
     m, s = options.model, options.serve
@@ -193,7 +192,7 @@ def build_app(options: ServerOptions):
     engine = Engine(tts, EngineConfig(slots=s.slots, max_queued=s.max_queued, cuda_graph=s.cuda_graph,
                                       max_adapters=s.max_adapters, max_adapter_rank=s.max_adapter_rank))
     aliases = dict(item.split("=", 1) for item in s.voice_alias)
-    make_voice = VoiceMaker(tts, s.whisper_model)  # Whisper loads in the background: checked at start
+    make_voice = voice_maker(tts, s.whisper_model)  # Whisper loads in the background: checked at start
     voices = VoiceStore(s.voices_dir, make_voice, sample_rate=tts.codec.sample_rate,
                         max_upload_bytes=int(s.max_upload_mb * 2**20), aliases=aliases)
     offer_adapters(voices, s.adapter)
@@ -225,6 +224,14 @@ def offer_adapters(voices, items: Sequence[str]) -> None:
             raise OptionError(f"--adapter {item}: the voices folder has a recorded voice named '{name}': "
                               "offer the adapter under another name")
         voices.add_adapter(name, path, replace=True)
+
+
+def voice_maker(tts, whisper_model: str):
+    """make_voice for a voice store over `tts` (the server's and the studio's): Whisper loaded in
+    the background from now, a given transcript used without it (`dia2.serving.voice_maker`)."""
+    from dia2.serving.voice_maker import VoiceMaker
+
+    return VoiceMaker(tts, whisper_model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, FastAPI, File, Form, UploadFile
 from fastapi import Request as HttpRequest
 from fastapi.responses import Response
@@ -56,6 +57,9 @@ SPEECH_MODELS = ("dia2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tt
 OpenAI's names work)."""
 CLIENT_GONE = 499
 """Status of the answer to a client that went away before it (nobody reads it; nginx's code)."""
+PREPARE_THREADS = 2
+"""Speech requests checked at once in worker threads (voice looked up, script parsed): a burst of
+requests takes turns instead of flooding the interpreter's lock while streams are decoded."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,9 @@ def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None 
     app = FastAPI(title="Dia2 speech server", version="1", lifespan=lifespan)
     app.state.engine, app.state.voices = engine, voices
     metrics = Metrics(engine)
+    # Threads for the streams' decoding (a slot's request, and the one after it in the same slot)
+    # and for checking requests, apart from the pool that uploads and voice listings use.
+    stream_threads, prepare_threads = CapacityLimiter(2 * engine.config.slots), CapacityLimiter(PREPARE_THREADS)
 
     def answered(error: ApiError) -> None:
         metrics.errors.labels(str(error.status)).inc()
@@ -189,8 +196,11 @@ def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None 
         return {"id": name, "deleted": True}
 
     async def submit(body: SpeechRequest) -> Speech:
-        request, words = await run_in_threadpool(_prepare, engine, voices, adapters, settings, body)
-        return Speech(engine.submit(request), engine.tts.codec, words, metrics)
+        stored, config, words = await to_thread.run_sync(_prepare, engine, voices, settings, body, limiter=prepare_threads)
+        # An adapter voice another server added is loaded here first (seconds): in the shared pool.
+        adapter = await run_in_threadpool(adapters.key, stored) if stored.adapter is not None else None
+        request = Request(body.input, config, stored.voice, adapter)
+        return Speech(engine.submit(request), engine.tts.codec, words, metrics, stream_threads)
 
     @app.post("/v1/audio/speech", dependencies=[Depends(authorized)], response_model=None)
     async def speech(body: SpeechRequest, http: HttpRequest) -> Response:
@@ -277,10 +287,10 @@ def _add_voice(voices: VoiceStore, adapters: VoiceAdapters, name: str, first: by
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-def _prepare(engine: Engine, voices: VoiceStore, adapters: VoiceAdapters, settings: ApiSettings,
-             body: SpeechRequest) -> tuple[Request, int]:
-    """Check a speech request and make its engine request (a bad one is refused before it takes
-    a slot or a queue place); returns it and the script's word count."""
+def _prepare(engine: Engine, voices: VoiceStore, settings: ApiSettings,
+             body: SpeechRequest) -> tuple[StoredVoice, GenerationConfig, int]:
+    """Check a speech request (a bad one is refused before it takes a slot or a queue place):
+    its voice, its settings (the request's over the voice's over the server's), its word count."""
     if body.model not in _model_ids(settings):
         raise ApiError(404, _unknown_model(body.model, settings), param="model", code="model_not_found")
     if len(body.input) > settings.max_input_chars:
@@ -293,4 +303,4 @@ def _prepare(engine: Engine, voices: VoiceStore, adapters: VoiceAdapters, settin
         raise ApiError(400, str(exc), param="voice", code="voice_not_found") from None
     config = body.overrides.over(stored.defaults.over(settings.generation))
     words = sum(1 for e in engine.tts.parse(body.input) if e.tokens)
-    return Request(body.input, config, stored.voice, adapters.key(stored)), words
+    return stored, config, words

@@ -3,8 +3,9 @@
 
 Waiting costs no thread: a request's updates are awaited on its handle (`Handle.batches`, woken by
 the engine thread), and only the work on a batch of them (the Mimi decode and the audio encoder)
-runs in a worker thread. So however many clients wait for a slot, the active streams and every
-other route keep their threads. A client that goes away cancels its request: while it waits or is
+runs in a worker thread, from threads kept for the streams (`threads`: a limiter the API sizes to
+its slots, apart from the pool that request checks, uploads and voice listings share). So however
+many clients wait for a slot or send requests at once, the active streams keep going. A client that goes away cancels its request: while it waits or is
 generated for a JSON answer (`cancel_when_gone` watches the connection), or while it is streamed
 (Starlette stops the stream, and its end cancels the request).
 """
@@ -19,10 +20,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import Request as HttpRequest
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from dia2.audio.encode import FORMATS, AudioEncoder
@@ -95,8 +96,8 @@ class Speech:
     """One submitted request's audio, awaited batch by batch; each batch is decoded (and made into
     what the route sends) in a worker thread. `done`: the request ended complete, not cancelled."""
 
-    def __init__(self, handle: Handle, codec, words: int, metrics: Metrics) -> None:
-        self.handle, self.words, self.metrics = handle, words, metrics
+    def __init__(self, handle: Handle, codec, words: int, metrics: Metrics, threads: CapacityLimiter) -> None:
+        self.handle, self.words, self.metrics, self.threads = handle, words, metrics, threads
         self.started = time.perf_counter()
         self.frames, self.done, self.failed, self._ended = 0, False, False, False
         self._batches = handle.batches()
@@ -122,7 +123,7 @@ class Speech:
         """`make(chunks)` of each batch, from the first one on (after `begin`)."""
         batch, self._first = self._first, None
         while batch is not None:
-            yield await run_in_threadpool(self._decoded, batch, make)
+            yield await to_thread.run_sync(self._decoded, batch, make, limiter=self.threads)
             batch = await self._next()
 
     def audio_out(self) -> None:
@@ -230,7 +231,7 @@ async def captioned(speech: Speech, response_format: str, sample_rate: int, spee
         audio += data
     if not speech.done:
         return None
-    audio += await run_in_threadpool(encoder.finish)
+    audio += await to_thread.run_sync(encoder.finish, limiter=speech.threads)
     return {"audio": base64.b64encode(bytes(audio)).decode(), "format": response_format,
             "content_type": FORMATS[response_format], "words": words}
 
