@@ -253,16 +253,18 @@ async def _queue_load(url: str, clients: int, give_up_every: int, give_up_s: flo
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         await _stream(client, url, -1, None)  # untimed: the server's first-use costs are not the queue's
-        stop = asyncio.Event()
+        stop = threading.Event()
         health: list[float] = []
-        watcher = asyncio.ensure_future(_watch_health(client, url, stop, health))
+        # In a thread of its own: a poll waits for the server, not behind the clients' own sends.
+        watcher = threading.Thread(target=_watch_health, args=(url, stop, health), daemon=True)
+        watcher.start()
         start = time.perf_counter()
         runs = await asyncio.gather(*(
             _stream(client, url, i, give_up_s if i % give_up_every == give_up_every - 1 else None) for i in range(clients)
         ))
         wall = time.perf_counter() - start
         stop.set()
-        await watcher
+        watcher.join()
         final = await _settled_health(client, url)
     served = [r for r in runs if r["status"] == 200 and r["complete"]]
     gaps = sorted(r["largest_gap_s"] for r in served)
@@ -301,16 +303,15 @@ async def _stream(client: httpx.AsyncClient, url: str, index: int, give_up_s: fl
     return run
 
 
-async def _watch_health(client: httpx.AsyncClient, url: str, stop: asyncio.Event, latencies: list[float]) -> None:
-    while not stop.is_set():
-        start = time.perf_counter()
-        response = await client.get(f"{url}/health")
-        latencies.append(time.perf_counter() - start)
-        response.raise_for_status()
-        try:
-            await asyncio.wait_for(stop.wait(), 0.1)
-        except TimeoutError:
-            pass
+def _watch_health(url: str, stop: threading.Event, latencies: list[float]) -> None:
+    with httpx.Client(timeout=60) as client:
+        while True:
+            start = time.perf_counter()
+            response = client.get(f"{url}/health")
+            latencies.append(time.perf_counter() - start)
+            response.raise_for_status()
+            if stop.wait(0.1):
+                return
 
 
 async def _settled_health(client: httpx.AsyncClient, url: str, seconds: float = 10.0) -> dict:

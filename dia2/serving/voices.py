@@ -258,6 +258,8 @@ class VoiceStore:
         if name not in self._current() and name in OPENAI_VOICES:
             raise VoiceError(f"'{name}' is a builtin OpenAI voice with a fixed seed: its settings cannot change "
                              "(store a voice of your own with the settings you want)", param="name")
+        if not changes:
+            return self.get(name)
         try:
             stamp = self._disk.update_json(
                 check_name(name), META, lambda meta: {**meta, **VoiceDefaults.from_meta(meta).changed(changes).as_meta()}
