@@ -169,5 +169,6 @@ def voice_from_transcript(
         alignment = spread_transcript(voice.words, transcript)
     except TranscriptError as exc:
         raise PrefixError(f"transcript: {exc}") from exc
-    logger.info("transcript spread over the speech in the recording:\n%s", "\n".join("  ".join(r) for r in alignment.table()))
+    table = "\n".join("  ".join(row) for row in alignment.table())
+    logger.info("transcript spread over the speech in the recording:\n%s", table)
     return replace(voice, words=alignment.words)

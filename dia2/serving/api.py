@@ -47,7 +47,15 @@ from dia2.serving.engine import Engine
 from dia2.serving.openai_errors import ApiError, add_error_handlers
 from dia2.serving.operations import Metrics, add_operations, allowed_methods
 from dia2.serving.requests import Request
-from dia2.serving.speech import Speech, SpeechRequest, SpeechResponse, cancel_when_gone, captioned, stream_audio, stream_sse
+from dia2.serving.speech import (
+    Speech,
+    SpeechRequest,
+    SpeechResponse,
+    cancel_when_gone,
+    captioned,
+    stream_audio,
+    stream_sse,
+)
 from dia2.serving.voice_adapters import VoiceAdapters, load_stored_adapters  # noqa: F401 - api_server's and the studio's
 from dia2.serving.voice_defaults import MAX_SEED, VoiceDefaults
 from dia2.serving.voices import SCAN_SECONDS, StoredVoice, UploadTooLarge, VoiceNotFound, VoiceStore
@@ -196,7 +204,8 @@ def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None 
         return {"id": name, "deleted": True}
 
     async def submit(body: SpeechRequest) -> Speech:
-        stored, config, words = await to_thread.run_sync(_prepare, engine, voices, settings, body, limiter=prepare_threads)
+        checked = await to_thread.run_sync(_prepare, engine, voices, settings, body, limiter=prepare_threads)
+        stored, config, words = checked
         # An adapter voice another server added is loaded here first (seconds): in the shared pool.
         adapter = await run_in_threadpool(adapters.key, stored) if stored.adapter is not None else None
         request = Request(body.input, config, stored.voice, adapter)
@@ -221,7 +230,8 @@ def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None 
 
     @app.post("/v1/audio/speech/captioned", dependencies=[Depends(authorized)], response_model=None)
     async def speech_captioned(body: SpeechRequest, http: HttpRequest) -> Response | dict:
-        AudioEncoder(body.response_format, engine.tts.codec.sample_rate, body.speed)  # a bad format before a slot is taken
+        # A format or speed the encoder cannot take is refused before a slot is taken.
+        AudioEncoder(body.response_format, engine.tts.codec.sample_rate, body.speed)
         speaking = await submit(body)
         try:
             async with cancel_when_gone(http, speaking.handle):

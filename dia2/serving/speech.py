@@ -4,10 +4,12 @@
 Waiting costs no thread: a request's updates are awaited on its handle (`Handle.batches`, woken by
 the engine thread), and only the work on a batch of them (the Mimi decode and the audio encoder)
 runs in a worker thread, from threads kept for the streams (`threads`: a limiter the API sizes to
-its slots, apart from the pool that request checks, uploads and voice listings share). So however
-many clients wait for a slot or send requests at once, the active streams keep going. A client that goes away cancels its request: while it waits or is
-generated for a JSON answer (`cancel_when_gone` watches the connection), or while it is streamed
-(Starlette stops the stream, and its end cancels the request).
+its slots, apart from the pool that uploads and voice listings share). So however many clients
+wait for a slot or send requests at once, the active streams keep going.
+
+A client that goes away cancels its request: while it waits or is generated for a JSON answer
+(`cancel_when_gone` watches the connection), or while it is streamed (Starlette stops the stream,
+and its end cancels the request).
 """
 
 from __future__ import annotations
@@ -212,8 +214,8 @@ async def stream_sse(speech: Speech, encoder: AudioEncoder, speed: float) -> Asy
             for event in batch:
                 yield event
         if speech.done:
-            usage = {"input_tokens": speech.words, "output_tokens": speech.frames, "total_tokens": speech.words + speech.frames}
-            yield _event({"type": "speech.audio.done", "usage": usage})
+            tokens = {"input_tokens": speech.words, "output_tokens": speech.frames}
+            yield _event({"type": "speech.audio.done", "usage": {**tokens, "total_tokens": speech.words + speech.frames}})
     except Exception as exc:  # the headers are sent: the error can only travel as an event
         yield _event({"type": "error", "error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
 

@@ -58,7 +58,8 @@ class VoiceMaker:
         state = "loading" if not self._loaded.is_set() else "ready" if self._transcriber is not None else "unavailable"
         return {"model": self.whisper_model, "status": state, **({"error": self._error} if self._error else {})}
 
-    def __call__(self, speaker_1: np.ndarray, speaker_2: np.ndarray | None = None, transcript: str | None = None) -> Voice:
+    def __call__(self, speaker_1: np.ndarray, speaker_2: np.ndarray | None = None,
+                 transcript: str | None = None) -> Voice:
         self._loaded.wait()
         if self._transcriber is None:
             if transcript is None:

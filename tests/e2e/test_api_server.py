@@ -232,6 +232,7 @@ def test_voices_upload_list_use_delete_and_survive_a_restart(tmp_path, tiny_bund
         created = httpx.post(f"{live.url}/v1/voices", data={"name": "me"}, files=files, timeout=120)
         assert created.status_code == 201, created.text
         assert created.json()["prefix"] and created.json()["transcript"]
+        assert httpx.get(f"{live.url}/health", timeout=30).json()["whisper"]["status"] == "ready"
         listed = {v["id"] for v in httpx.get(f"{live.url}/v1/voices", timeout=30).json()["voices"]}
         assert {"me", "dropped", "alloy"} <= listed
         assert {"id": "me", "name": "me"} in httpx.get(f"{live.url}/v1/audio/voices", timeout=30).json()["voices"]
@@ -400,6 +401,8 @@ def test_bad_server_flags_are_refused():
         (["--tiny", "--adapter", "nameonly"], "NAME=VALUE"),
         (["--tiny", "--port", "70000"], "--port 70000"),
         (["--tiny", "--slots", "0"], "--slots"),
+        (["--tiny", "--cors-origin", "chat.example.com"], "--cors-origin chat.example.com: give an origin"),
+        (["--tiny", "--hub-timeout", "0"], "--hub-timeout 0"),
     ]:
         with pytest.raises(Exception, match=message):
             parse_options(parser, argv)
