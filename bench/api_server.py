@@ -1,8 +1,10 @@
 """Speech server (`python -m dia2.api_server`) against the engine it serves: overhead per request,
-time to first byte, and requests/s sustained at the slot count (issue 10).
+time to first byte, requests/s sustained at the slot count (issue 10), and a long queue of
+clients of whom some give up (issue 24).
 
     python bench/api_server.py [--config PATH] [--slots 2] [--seconds 60] [--repeats 5] [--threads N]
     python bench/api_server.py --quick      # 1 repeat, 10 s sustained: a smoke test
+    python bench/api_server.py --queue-only [--clients 50] [--max-queued 60]   # scenario 4 alone
 
 The app is built as `dia2.api_server.build_app` builds it (`Engine` started in its thread, a
 `VoiceStore` on a temporary folder, `create_app`), but over a random-weight model of any geometry
@@ -24,11 +26,22 @@ this process; clients are httpx in other threads of the same process.
    for `--seconds`; requests started before the deadline are finished and counted. The engine
    queues nothing (max_queued=0), so a request finding every slot busy gets 429: none should,
    with as many clients as slots. Busy slots are sampled every 50 ms.
+4. Queue (`queue_load`): a server with `--slots` slots and `--max-queued` queue places (60) and a
+   frame limit (QUEUE_MAX_FRAMES: each request holds its slot about 2 s); after one untimed
+   request, `--clients` clients (50) open a pcm stream (SHORT, a seed each) at once from one
+   asyncio loop in this process (the server's GIL is theirs too: harder than real clients); every
+   third gives up (closes its connection) after GIVE_UP_S if its stream has not ended. The others
+   read to the end. For every stream that was served: the longest its client waited for the next
+   bytes once the answer had started (from the headers to the first bytes, then between two
+   reads: the "gap"; percentiles over streams and its maximum); `/health` polled every
+   0.1 s meanwhile (latency percentiles and maximum); the 429 rate; and `/health` once all are
+   done (busy and queued must be 0). Targets: every gap < 1 s, /health < 0.2 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -65,6 +78,12 @@ SEED = 5
 VOICE = "alloy"
 TARGET_OVERHEAD_PCT = 10.0
 FORMATS = ("pcm", "mp3")
+SHORT = "[S1] Hello there. [S2] Hi!"
+QUEUE_MAX_FRAMES = 100
+"""Frames each request of the queue scenario may make (8 s of audio: about 2 s of its slot here)."""
+GIVE_UP_S = 1.0
+"""Seconds after which every third client of the queue scenario closes its connection."""
+TARGET_GAP_S, TARGET_HEALTH_S = 1.0, 0.2
 
 
 @dataclass(frozen=True)
@@ -103,9 +122,10 @@ def refuse_uploads(*args, **kwargs):
     raise VoiceError("the benchmark server takes no voice uploads: use a builtin voice such as 'alloy'")
 
 
-def build_server(tts: Dia2, slots: int, voices_dir: Path, settings: ApiSettings) -> tuple[Engine, LiveServer]:
+def build_server(tts: Dia2, slots: int, voices_dir: Path, settings: ApiSettings,
+                 max_queued: int = 0) -> tuple[Engine, LiveServer]:
     """A started engine and the API over it, listening on loopback."""
-    engine = Engine(tts, EngineConfig(slots=slots, max_queued=0)).start()
+    engine = Engine(tts, EngineConfig(slots=slots, max_queued=max_queued)).start()
     voices = VoiceStore(voices_dir, refuse_uploads, sample_rate=tts.codec.sample_rate)
     return engine, LiveServer(create_app(engine, voices, settings))
 
@@ -224,6 +244,106 @@ def sustained(url: str, engine: Engine, script: str, clients: int, seconds: floa
     }
 
 
+def queue_load(url: str, clients: int, give_up_every: int = 3, give_up_s: float = GIVE_UP_S) -> dict:
+    """Scenario 4 against a running server (see the module's docstring); returns its figures."""
+    return asyncio.run(_queue_load(url, clients, give_up_every, give_up_s))
+
+
+async def _queue_load(url: str, clients: int, give_up_every: int, give_up_s: float) -> dict:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        await _stream(client, url, -1, None)  # untimed: the server's first-use costs are not the queue's
+        stop = threading.Event()
+        health: list[float] = []
+        # In a thread of its own: a poll waits for the server, not behind the clients' own sends.
+        watcher = threading.Thread(target=_watch_health, args=(url, stop, health), daemon=True)
+        watcher.start()
+        start = time.perf_counter()
+        runs = await asyncio.gather(*(
+            _stream(client, url, i, give_up_s if i % give_up_every == give_up_every - 1 else None) for i in range(clients)
+        ))
+        wall = time.perf_counter() - start
+        stop.set()
+        watcher.join()
+        final = await _settled_health(client, url)
+    served = [r for r in runs if r["status"] == 200 and r["complete"]]
+    gaps = sorted(r["largest_gap_s"] for r in served)
+    statuses = Counter("gave up before an answer" if r["status"] is None else str(r["status"]) for r in runs)
+    return {
+        "clients": clients,
+        "gave_up": sum(r["gave_up"] for r in runs),
+        "served_whole": len(served),
+        "status_counts": dict(sorted(statuses.items())),
+        "rate_429": statuses["429"] / clients,
+        "wall_s": wall,
+        "largest_gap_s": _percentiles(gaps),
+        "health_latency_s": _percentiles(sorted(health)),
+        "health_samples": len(health),
+        "final_health": {k: final[k] for k in ("busy", "queued", "max_queued")},
+        f"every_gap_under_{TARGET_GAP_S:g}s": bool(gaps) and gaps[-1] < TARGET_GAP_S,
+        f"health_under_{TARGET_HEALTH_S:g}s": bool(health) and max(health) < TARGET_HEALTH_S,
+        "ends_idle": final["busy"] == 0 and final["queued"] == 0,
+    }
+
+
+async def _stream(client: httpx.AsyncClient, url: str, index: int, give_up_s: float | None) -> dict:
+    """One client: a pcm stream read to its end (or given up after `give_up_s`)."""
+    run = {"status": None, "complete": False, "gave_up": False, "largest_gap_s": 0.0, "bytes": 0}
+    try:
+        async with asyncio.timeout(give_up_s):
+            async with client.stream("POST", f"{url}/v1/audio/speech", json=speech_body(SHORT, 100 + index, "pcm")) as r:
+                run["status"], last = r.status_code, time.perf_counter()  # the answer started: audio is due
+                async for piece in r.aiter_raw():
+                    now = time.perf_counter()
+                    run["largest_gap_s"] = max(run["largest_gap_s"], now - last)
+                    last, run["bytes"] = now, run["bytes"] + len(piece)
+                run["complete"] = r.status_code == 200
+    except TimeoutError:
+        run["gave_up"] = True
+    return run
+
+
+def _watch_health(url: str, stop: threading.Event, latencies: list[float]) -> None:
+    with httpx.Client(timeout=60) as client:
+        while True:
+            start = time.perf_counter()
+            response = client.get(f"{url}/health")
+            latencies.append(time.perf_counter() - start)
+            response.raise_for_status()
+            if stop.wait(0.1):
+                return
+
+
+async def _settled_health(client: httpx.AsyncClient, url: str, seconds: float = 10.0) -> dict:
+    """/health once busy and queued are 0, or after `seconds`."""
+    deadline = time.perf_counter() + seconds
+    while True:
+        state = (await client.get(f"{url}/health")).json()
+        if (state["busy"] == 0 and state["queued"] == 0) or time.perf_counter() > deadline:
+            return state
+        await asyncio.sleep(0.05)
+
+
+def _percentiles(values: list[float]) -> dict:
+    """p50, p90, p99 and max of sorted `values` (nearest rank)."""
+    if not values:
+        return {}
+    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": values[-1]}
+
+
+def run_queue(tts: Dia2, slots: int, max_queued: int, clients: int) -> dict:
+    """Scenario 4 on a fresh server (frame-limited requests, a queue of `max_queued`)."""
+    settings = ApiSettings(model_name="dia2", generation=GenerationConfig(max_frames=QUEUE_MAX_FRAMES))
+    with tempfile.TemporaryDirectory() as voices_dir:
+        engine, server = build_server(tts, slots, Path(voices_dir), settings, max_queued=max_queued)
+        try:
+            return {"slots": slots, "max_queued": max_queued, **queue_load(server.url, clients)}
+        finally:
+            server.stop()
+            engine.stop()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=None, help="model geometry (default: the tiny one; e.g. configs/models/dia2-100m.json)")
@@ -233,11 +353,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)")
     p.add_argument("--quick", action="store_true", help="1 repeat, 10 s sustained: a smoke test")
+    p.add_argument("--clients", type=int, default=50, help="clients of the queue scenario")
+    p.add_argument("--max-queued", type=int, default=60, help="queue places of the queue scenario's server")
+    p.add_argument("--queue-only", action="store_true", help="run the queue scenario alone")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.seconds = 1, 10.0
-    if min(args.slots, args.repeats, args.threads) < 1 or args.seconds <= 0:
-        p.error("--slots, --repeats and --threads must be at least 1, --seconds above 0")
+    if min(args.slots, args.repeats, args.threads, args.clients) < 1 or args.seconds <= 0 or args.max_queued < 0:
+        p.error("--slots, --repeats, --threads and --clients must be at least 1, --seconds above 0, --max-queued >= 0")
     return args
 
 
@@ -246,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     tts = build_tts(args.config, args.device)
+    header = {"benchmark": "api_server", "machine": describe(), "load_average_before": load_before}
+    if args.queue_only:
+        queue = run_queue(tts, args.slots, args.max_queued, args.clients)
+        print(json.dumps({**header, "load_average_after": os.getloadavg(), "queue": queue}, indent=2))
+        return 0
     settings = ApiSettings(model_name="dia2", generation=GenerationConfig())
     with tempfile.TemporaryDirectory() as voices_dir, httpx.Client(timeout=600) as client:
         engine, server = build_server(tts, args.slots, Path(voices_dir), settings)
@@ -258,14 +386,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.stop()
             engine.stop()
+    queue = run_queue(tts, args.slots, args.max_queued, args.clients)
     pcm = formats["pcm"]
     config = "tiny (dia2.tiny)" if args.config is None else args.config
     if isinstance(config, Path) and config.resolve().is_relative_to(ROOT):
         config = config.resolve().relative_to(ROOT)
     result = {
-        "benchmark": "api_server",
-        "machine": describe(),
-        "load_average_before": load_before,
+        **header,
         "load_average_after": os.getloadavg(),
         "config": str(config),
         "parameters": sum(p.numel() for p in tts.model.parameters()),
@@ -285,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             "mp3_first_byte_s": formats["mp3"]["http_first_byte_s"],
         },
         "sustained": steady,
+        "queue": queue,
     }
     print(json.dumps(result, indent=2))
     return 0

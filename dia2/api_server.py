@@ -8,8 +8,10 @@ Model flags are dia2-infer's (`--hf`, `--config`, `--weights`, `--device`, `--dt
 request). `--adapter NAME=PATH_OR_REPO` (repeatable) serves a LoRA adapter as voice NAME, applied
 per request by the engine. Voices live in `--voices-dir` (default `voices/`); `--api-key` (or
 $DIA2_API_KEY) makes every route but the model and voice menus ask for
-`Authorization: Bearer <key>`. The routes are documented in `dia2.serving.api`; generation
-defaults are `GenerationConfig`'s flags (`--cfg`, `--temperature`, ...).
+`Authorization: Bearer <key>`; `--cors-origin ORIGIN` (repeatable, or *) lets browser pages on
+those origins call it. The routes are documented in `dia2.serving.api`; generation defaults are
+`GenerationConfig`'s flags (`--cfg`, `--temperature`, ...), which a voice's own defaults and a
+request's settings override.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.cli import PUBLISHED_SPELLING, ModelOptions
 from dia2.errors import Dia2Error, report
 from dia2.generation.loop import GenerationConfig
-from dia2.model.assets import TINY_MODEL
+from dia2.model.assets import HUB_TIMEOUT_S, TINY_MODEL
 from dia2.options import (
     FlagParser,
     OptionError,
@@ -53,11 +56,14 @@ class ServeOptions:
     api_key: str | None = None
     """Key clients must send as 'Authorization: Bearer <key>' (default: $DIA2_API_KEY; none: open)."""
     voices_dir: Path = Path("voices")
-    """Folder of stored voices; audio files dropped into it become voices."""
+    """Folder of stored voices; audio files dropped into it become voices (within seconds, while serving)."""
     adapter: tuple[str, ...] = ()
     """NAME=PATH_OR_REPO: serve a PEFT LoRA adapter as voice NAME (repeat the flag for more)."""
     voice_alias: tuple[str, ...] = ()
     """OPENAI_NAME=VOICE: answer an OpenAI voice name (alloy, echo, ...) with a stored voice."""
+    cors_origin: tuple[str, ...] = ()
+    """Origin browser pages may call the API from, e.g. https://chat.example.com (repeat the flag
+    for more; * for any; none: no CORS)."""
     slots: int = 4
     """Requests generated at once (the engine's batch)."""
     max_queued: int = 8
@@ -73,7 +79,10 @@ class ServeOptions:
     max_input_chars: int = 20_000
     """Longest speech input accepted, in characters."""
     whisper_model: str = DEFAULT_WHISPER_MODEL
-    """faster-whisper model that transcribes uploaded voices (once, at upload)."""
+    """faster-whisper model that transcribes uploaded voices (loaded at start; if it cannot be, only
+    uploads with a transcript are taken)."""
+    hub_timeout: float = HUB_TIMEOUT_S
+    """Seconds to wait for the Hugging Face Hub when fetching an adapter voice (then 504)."""
     log_level: str = "info"
     """uvicorn's log level."""
 
@@ -106,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> ServerOptions:
     """Typed, checked options. Repeated --adapter / --voice-alias flags add up."""
-    argv = join_repeated(argv, ("--adapter", "--voice-alias"))
+    argv = join_repeated(argv, ("--adapter", "--voice-alias", "--cors-origin"))
     raw = flag_values(parser.parse_args(argv))
     serve = raw.setdefault("serve", {})
     if "api_key" not in serve and os.environ.get(API_KEY_ENV):
@@ -125,6 +134,12 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> ServerOpt
     if min(s.slots, s.max_input_chars, s.max_adapters, s.max_adapter_rank) < 1 or s.max_queued < 0 or s.max_upload_mb <= 0:
         raise OptionError("--slots, --max-input-chars, --max-adapters and --max-adapter-rank must be >= 1, "
                           "--max-queued >= 0, --max-upload-mb > 0")
+    if not s.hub_timeout > 0:
+        raise OptionError(f"--hub-timeout {s.hub_timeout}: give the seconds to wait for the Hub, above 0")
+    for origin in s.cors_origin:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise OptionError(f"--cors-origin {origin}: give an origin such as https://chat.example.com "
+                              "(scheme and host, no path), or *")
     return options
 
 
@@ -177,15 +192,16 @@ def build_app(options: ServerOptions):
     engine = Engine(tts, EngineConfig(slots=s.slots, max_queued=s.max_queued, cuda_graph=s.cuda_graph,
                                       max_adapters=s.max_adapters, max_adapter_rank=s.max_adapter_rank))
     aliases = dict(item.split("=", 1) for item in s.voice_alias)
-    voices = VoiceStore(s.voices_dir, voice_maker(tts, s.whisper_model), sample_rate=tts.codec.sample_rate,
+    make_voice = voice_maker(tts, s.whisper_model)  # Whisper loads in the background: checked at start
+    voices = VoiceStore(s.voices_dir, make_voice, sample_rate=tts.codec.sample_rate,
                         max_upload_bytes=int(s.max_upload_mb * 2**20), aliases=aliases)
     offer_adapters(voices, s.adapter)
-    adapters = VoiceAdapters(engine)
+    adapters = VoiceAdapters(engine, hub_timeout_s=s.hub_timeout)
     load_stored_adapters(voices, adapters)
     engine.start()
     settings = ApiSettings(model_name=Path(m.source).name if m.source != TINY_MODEL else "dia2-tiny", api_key=s.api_key,
-                           generation=options.generation, max_input_chars=s.max_input_chars)
-    return create_app(engine, voices, settings, adapters)
+                           generation=options.generation, max_input_chars=s.max_input_chars, cors_origins=s.cors_origin)
+    return create_app(engine, voices, settings, adapters, whisper=make_voice.status)
 
 
 def load_tts(m: ModelOptions, purpose: str):
@@ -211,20 +227,11 @@ def offer_adapters(voices, items: Sequence[str]) -> None:
 
 
 def voice_maker(tts, whisper_model: str):
-    """make_voice for the voice store: transcribes with faster-whisper, loaded on first use."""
-    from dia2.audio.asr import WhisperTranscriber
-    from dia2.generation.voice import with_transcript
+    """make_voice for a voice store over `tts` (the server's and the studio's): Whisper loaded in
+    the background from now, a given transcript used without it (`dia2.serving.voice_maker`)."""
+    from dia2.serving.voice_maker import VoiceMaker
 
-    transcriber: list[WhisperTranscriber] = []
-
-    def make_voice(speaker_1, speaker_2=None, transcript: str | None = None):
-        if not transcriber:
-            device = "cuda" if tts.model.device.type == "cuda" else "cpu"
-            transcriber.append(WhisperTranscriber(whisper_model, device=device))
-        voice = tts.make_voice(speaker_1, speaker_2, transcriber[0])
-        return with_transcript(voice, transcript) if transcript else voice
-
-    return make_voice
+    return VoiceMaker(tts, whisper_model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,10 @@ from dia2.errors import Dia2Error
 
 FORMATS: dict[str, str] = {
     "mp3": "audio/mpeg",
-    "opus": "audio/ogg",
+    # Ogg Opus is sent as audio/opus, as OpenAI's speech API sends response_format=opus: the
+    # openai package (3.63) names the formats but not their content types, so the API's own answer
+    # is the contract clients were written against; players sniff the Ogg container either way.
+    "opus": "audio/opus",
     "aac": "audio/aac",
     "flac": "audio/flac",
     "wav": "audio/wav",

@@ -306,16 +306,31 @@ def decode_updates(updates: Iterable[FrameUpdate], codec: MimiCodec) -> Iterator
     """Audio chunks of a stream of frame updates, decoded as they come (one streaming decoder,
     so the audio is seamless however the frames are grouped). Updates without frames or words
     give no chunk, except the last."""
-    decoder = codec.stream_decoder()
+    decoder = UpdateDecoder(codec)
     for update in updates:
+        chunk = decoder.push(update)
+        if chunk is not None:
+            yield chunk
+
+
+class UpdateDecoder:
+    """One stream's frame updates -> audio chunks, an update at a time (`decode_updates` for an
+    iterator; a server that receives updates in batches pushes them as they come)."""
+
+    def __init__(self, codec: MimiCodec) -> None:
+        self._decoder = codec.stream_decoder()
+
+    def push(self, update: FrameUpdate) -> AudioChunk | None:
+        """The update's chunk; None for an update without frames or words that is not the last."""
         frames = update.frames
-        audio = decoder.push(frames.unsqueeze(0))[0] if frames.shape[-1] else None
+        audio = self._decoder.push(frames.unsqueeze(0))[0] if frames.shape[-1] else None
         if update.done:
-            tail = decoder.flush()[0]
+            tail = self._decoder.flush()[0]
             audio = tail if audio is None else torch.cat([audio, tail])
-        if audio is not None or update.words or update.done:
-            wave = np.zeros(0, np.float32) if audio is None else audio.float().clamp(-1, 1).cpu().numpy()
-            yield AudioChunk(wave, frames.cpu(), update.words, update.done)
+        if audio is None and not update.words and not update.done:
+            return None
+        wave = np.zeros(0, np.float32) if audio is None else audio.float().clamp(-1, 1).cpu().numpy()
+        return AudioChunk(wave, frames.cpu(), update.words, update.done)
 
 
 def load_codec(

@@ -27,7 +27,7 @@ from dia2.audio.asr import Transcriber
 from dia2.errors import Dia2Error
 from dia2.generation.loop import Prefix
 from dia2.text.script import Entry, TextTokenIds, Tokenizer
-from dia2.text.transcript import TranscriptError, align_transcript
+from dia2.text.transcript import TranscriptError, align_transcript, spread_transcript
 from dia2.text.utterance import align_prefix
 from dia2.text.words import SpokenWord
 
@@ -165,4 +165,32 @@ def with_transcript(voice: Voice, transcript: str) -> Voice:
             "transcript aligned to the recording (%d of %d typed words heard as typed):\n%s",
             alignment.matched, len(alignment.rows), "\n".join("  ".join(row) for row in alignment.table()),
         )
+    return replace(voice, words=alignment.words)
+
+
+class _SpeechSpans:
+    """A `Transcriber` that hears no words, only where the speech is (untitled words)."""
+
+    def transcribe(self, waveform: np.ndarray, sample_rate: int) -> list[SpokenWord]:
+        from dia2.audio.activity import speech_spans
+
+        return speech_spans(waveform, sample_rate)
+
+
+def voice_from_transcript(
+    codec,
+    transcript: str,
+    speaker_1: str | os.PathLike | np.ndarray,
+    speaker_2: str | os.PathLike | np.ndarray | None = None,
+) -> Voice:
+    """A voice without a recogniser: the known transcript's words timed from the speech found in
+    the recordings (`dia2.text.transcript.spread_transcript`; tag a dialogue's transcript
+    `[S1] ... [S2] ...` to say whose words are whose)."""
+    voice = build_voice(codec, _SpeechSpans(), speaker_1, speaker_2)
+    try:
+        alignment = spread_transcript(voice.words, transcript)
+    except TranscriptError as exc:
+        raise PrefixError(f"transcript: {exc}") from exc
+    table = "\n".join("  ".join(row) for row in alignment.table())
+    logger.info("transcript spread over the speech in the recording:\n%s", table)
     return replace(voice, words=alignment.words)

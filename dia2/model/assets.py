@@ -29,6 +29,15 @@ class AssetError(Dia2Error, FileNotFoundError):
     """A model file that cannot be found or fetched; the message says what to do."""
 
 
+HUB_TIMEOUT_S = 20.0
+"""Seconds a server waits for the Hub to deliver a file a request needs (an adapter voice's)
+before it answers that the Hub timed out (the download goes on in the background)."""
+
+
+class HubUnreachable(AssetError):
+    """A file not cached that the Hub could not be asked for (no network, or offline mode)."""
+
+
 @dataclass(frozen=True)
 class AssetManifest:
     """File names inside the model repo (config, weights) and repos/paths of other assets."""
@@ -143,7 +152,7 @@ def _hub_file(repo_id: str, name: str, revision: str | None, cache_dir: str | No
             if offline
             else "the Hub could not be reached and the file is not cached: check the network, or pass a local folder"
         )
-        raise AssetError(f"cannot get '{name}' of {repo_id}: {hint}") from exc
+        raise HubUnreachable(f"cannot get '{name}' of {repo_id}: {hint}") from exc
     except (hub_errors.RemoteEntryNotFoundError, hub_errors.EntryNotFoundError) as exc:
         if not required:
             return None

@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,9 +129,7 @@ class _Job:
     def emit(self, item: FrameUpdate | BaseException) -> None:
         if isinstance(item, FrameUpdate) and self.speech is not None:
             item = self.speech.record(item)
-        self.handle._updates.put(item)
-        if isinstance(item, BaseException) or item.done:
-            self.handle.finished.set()
+        self.handle._deliver(item)
 
 
 def sampling_tensors(
@@ -231,8 +230,10 @@ class Engine:
 
     @property
     def queued(self) -> int:
-        """Requests not yet in a slot."""
-        return len(self._queue)
+        """Requests waiting for a slot: those beyond the free slots, so never more than
+        `max_queued` (a request that a free slot takes at the next frame is not waiting)."""
+        with self._lock:
+            return max(0, len(self._jobs) + len(self._queue) - self.config.slots)
 
     # --- adapters ------------------------------------------------------------------------------
 
@@ -309,6 +310,17 @@ class Engine:
         with self._lock:
             self._lock.notify_all()
 
+    def _withdraw(self, handle: Handle) -> None:
+        """A cancelled request that is still queued leaves the queue now (its place is free for the
+        next `submit`); one in a slot leaves at the next frame boundary."""
+        with self._lock:
+            job = next((j for j in self._queue if j.handle is handle), None)
+            if job is not None:
+                self._queue.remove(job)
+            self._lock.notify_all()
+        if job is not None:
+            job.emit(Cancelled())
+
     def _run(self) -> None:
         while True:
             with self._lock:
@@ -369,7 +381,8 @@ class Engine:
                 if not self._queue:
                     return
                 job = self._queue.popleft()
-            self._jobs.append(job)
+                self._jobs.append(job)  # under the lock: `queued` never sees it in neither
+            job.handle.admitted = time.perf_counter()
             try:
                 job.adapter = self._adapter_index(job.request.adapter)  # under the frame lock: it cannot change
                 job.utterance = self._utterance(job)

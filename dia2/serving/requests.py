@@ -4,14 +4,20 @@ back (stream its audio, take the whole result, cancel it), plus the engine's err
 A streamed script (an iterable of text pieces) is pumped by its own thread into a buffer that
 the engine reads without ever waiting (`StreamedText`), so a slow text source holds up only its
 own request.
+
+A handle is read from a thread (iterate it: each read waits in that thread) or from an asyncio
+event loop (`async for batch in handle.batches()`: the engine thread wakes the loop when updates
+arrive, so a waiting request costs no thread however many wait).
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -64,7 +70,10 @@ class Handle:
         self.engine, self.request, self.number = engine, request, number
         self._updates: queue.Queue[FrameUpdate | BaseException] = queue.Queue()
         self._cancel = threading.Event()
+        self._wakers: list[Callable[[], None]] = []  # async readers' alarms, rung by the engine thread
         self.finished = threading.Event()
+        self.submitted = time.perf_counter()
+        self.admitted: float | None = None  # perf_counter() when it took a slot
 
     def __repr__(self) -> str:
         return f"Handle(#{self.number})"
@@ -74,9 +83,59 @@ class Handle:
         return self._cancel.is_set()
 
     def cancel(self) -> None:
-        """Stop this request; its slot (or queue place) is freed at the next frame boundary."""
+        """Stop this request: a queued one leaves the queue now, one in a slot frees it at the
+        next frame boundary."""
         self._cancel.set()
-        self.engine._wake()
+        self.engine._withdraw(self)
+
+    def _deliver(self, item: FrameUpdate | BaseException) -> None:
+        """The engine's side: hand over an update, or the error or cancellation that ends it."""
+        self._updates.put(item)
+        if isinstance(item, BaseException) or item.done:
+            self.finished.set()
+        for wake in list(self._wakers):
+            wake()
+
+    async def batches(self) -> AsyncIterator[list[FrameUpdate]]:
+        """The updates from an asyncio event loop, in batches of those that arrived together.
+        Waiting holds no thread: the engine thread wakes the loop. Raises the request's error
+        (after the updates before it); ends when it is done or cancelled. Needs a started engine."""
+        if not self.engine.running:
+            raise EngineError("reading a handle from an event loop needs a running engine: call Engine.start() first")
+        loop, arrived = asyncio.get_running_loop(), asyncio.Event()
+
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(arrived.set)
+            except RuntimeError:  # the loop is closed: nobody reads any more
+                pass
+
+        self._wakers.append(wake)
+        try:
+            while True:
+                arrived.clear()  # before looking: an update delivered after the look rings again
+                batch: list[FrameUpdate] = []
+                while True:
+                    try:
+                        item = self._updates.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(item, BaseException):
+                        if batch:
+                            yield batch
+                        if isinstance(item, Cancelled):
+                            return
+                        raise item
+                    batch.append(item)
+                    if item.done:
+                        yield batch
+                        return
+                if batch:
+                    yield batch
+                else:
+                    await arrived.wait()
+        finally:
+            self._wakers.remove(wake)
 
     def updates(self, timeout: float | None = None) -> Iterator[FrameUpdate]:
         """Frame updates (codes [K, n] on the model's device, words, done) as they come.

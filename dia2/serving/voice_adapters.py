@@ -3,15 +3,24 @@
 A voice's adapter is loaded into the engine under a fresh name per stored revision of the voice,
 so replacing a voice (here, or through another server sharing the voices folder) loads the new
 adapter beside the old one, which is unloaded once no request uses it.
+
+A Hub adapter is fetched with a deadline (`hub_timeout_s`): a Hub that cannot be reached answers
+502 and one too slow 504, in OpenAI's error shape, and neither is remembered against the voice (the
+next request tries again); an adapter the Hub does not have, or that does not fit the model, is
+the client's error (400), or the voice's (503) once stored.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import queue
 import threading
+from pathlib import Path
 
 from dia2.errors import Dia2Error
+from dia2.model.adapters import resolve_adapter
+from dia2.model.assets import HUB_TIMEOUT_S, HubUnreachable
 from dia2.serving.engine import Engine
 from dia2.serving.requests import EngineError
 from dia2.serving.voices import StoredVoice, VoiceError, VoiceStore
@@ -25,6 +34,18 @@ class AdapterUnavailable(VoiceError):
     status = 503
 
 
+class HubFetchFailed(VoiceError):
+    """An adapter that is not cached, and the Hub could not be reached to fetch it."""
+
+    status = 502
+
+
+class HubFetchTimedOut(VoiceError):
+    """An adapter the Hub did not deliver within the server's deadline."""
+
+    status = 504
+
+
 class VoiceAdapters:
     """Which engine adapter serves each adapter voice, per stored revision of the voice.
 
@@ -35,8 +56,8 @@ class VoiceAdapters:
     here at its first request.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, hub_timeout_s: float = HUB_TIMEOUT_S) -> None:
+        self.engine, self.hub_timeout_s = engine, hub_timeout_s
         self._keys: dict[str, tuple[str | None, str]] = {}  # voice name -> (revision, engine adapter name)
         self._failed: dict[str, tuple[str, str]] = {}  # voice name -> (revision, why its adapter did not load)
         self._retired: list[str] = []
@@ -45,10 +66,38 @@ class VoiceAdapters:
         self._loading = threading.Lock()  # one load at a time: two requests for a new voice load it once
 
     def load(self, adapter: str) -> str:
-        """Load an adapter under a fresh engine name; AdapterError if it cannot serve this model."""
+        """Load an adapter under a fresh engine name; AdapterError if it cannot serve this model,
+        HubFetchFailed or HubFetchTimedOut if the Hub cannot deliver it."""
+        folder = self._fetch(adapter)
         key = f"voice-adapter-{next(self._numbers)}"
-        self.engine.load_adapter(key, adapter)
+        self.engine.load_adapter(key, str(folder))
         return key
+
+    def _fetch(self, adapter: str) -> Path:
+        """The adapter's local folder (a Hub repo is downloaded to the cache), within the deadline.
+        A fetch past it goes on in the background: the next try finds the files cached."""
+        result: queue.Queue[Path | BaseException] = queue.Queue(maxsize=1)
+
+        def fetch() -> None:
+            try:
+                result.put(resolve_adapter(adapter))
+            except BaseException as exc:  # handed to the waiting request, which raises it
+                result.put(exc)
+
+        threading.Thread(target=fetch, daemon=True, name="dia2-adapter-fetch").start()
+        try:
+            got = result.get(timeout=self.hub_timeout_s)
+        except queue.Empty:
+            raise HubFetchTimedOut(
+                f"the Hugging Face Hub did not deliver adapter '{adapter}' within {self.hub_timeout_s:g} s: try again "
+                "in a while (the download goes on), or ask the operator to raise --hub-timeout", param="adapter"
+            ) from None
+        if isinstance(got, BaseException):
+            if isinstance(got.__cause__, HubUnreachable):
+                raise HubFetchFailed(f"the server cannot reach the Hugging Face Hub for adapter '{adapter}': {got}",
+                                     param="adapter") from got
+            raise got
+        return got
 
     def retire(self, key: str) -> None:
         """Unload an engine adapter once no request uses it."""
@@ -97,6 +146,8 @@ class VoiceAdapters:
             if key is None:
                 try:
                     key = self.load(stored.adapter)
+                except (HubFetchFailed, HubFetchTimedOut):
+                    raise  # the Hub may deliver it next time: not remembered as the voice's failure
                 except Dia2Error as exc:
                     logger.error("voice '%s': its adapter %s could not be loaded: %s", stored.name, stored.adapter, exc)
                     self.fail(stored, str(exc))
@@ -132,6 +183,8 @@ def load_stored_adapters(voices: VoiceStore, adapters: VoiceAdapters) -> None:
             continue
         try:
             adapters.bind(stored.name, adapters.load(stored.adapter), stored.revision)
+        except (HubFetchFailed, HubFetchTimedOut) as exc:
+            logger.warning("voice '%s': its adapter is fetched at its first request instead: %s", stored.name, exc)
         except Dia2Error as exc:
             logger.error("voice '%s': its adapter %s could not be loaded: %s", stored.name, stored.adapter, exc)
             adapters.fail(stored, str(exc))

@@ -13,6 +13,9 @@ voices folder. What keeps them one consistent store:
   in it, which changes its mtime. Only when that changed does it list the folder and stat each
   voice (`stamps`), and it reloads a changed voice under a shared lock, so it never catches a
   replaced voice between its two renames.
+- A voice's settings (its meta.json) change in place (`update_json`): the new file is renamed
+  over the old under the exclusive lock, and the voices folder's mtime is set to now, so readers
+  list the folder again and reload that voice.
 - Work folders are named after their owner (host and process id): tidying removes only those of
   processes that are gone from this host, or of any host once older than STALE_SECONDS.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -28,7 +32,7 @@ import socket
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -178,6 +182,27 @@ class VoiceFolder:
             st = target.stat()
             self._tidy_locked()
         return old, (st.st_ino, st.st_ctime_ns, st.st_mtime_ns)
+
+    def update_json(self, name: str, file_name: str, change: Callable[[dict], dict]) -> Stamp:
+        """Rewrite the JSON file `file_name` of voice `name` as `change` returns it, under the
+        exclusive lock (the new file is renamed over the old, so a reader sees one or the other),
+        and mark the voices folder changed so every process looks at the voice again. Returns the
+        voice folder's new stamp; FileNotFoundError if the voice or the file is absent."""
+        folder = self.path / name
+        path = folder / file_name
+        with self.locked(exclusive=True):
+            updated = change(json.loads(path.read_text()))
+            stage = folder / f".{file_name}-{_HOST}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+            try:
+                stage.write_text(json.dumps(updated, indent=1) + "\n")
+                os.replace(stage, path)
+            except BaseException:
+                stage.unlink(missing_ok=True)
+                raise
+            # Readers stat only the voices folder until it changes: a change inside one voice must show there.
+            os.utime(self.path)
+            st = folder.stat()
+        return st.st_ino, st.st_ctime_ns, st.st_mtime_ns
 
     def move_out(self, name: str) -> Path:
         """Rename voice `name` to a work folder (for the caller to delete); FileNotFoundError if absent."""

@@ -30,9 +30,14 @@ _SUFFIX_OF_FORMAT = {"mov": "m4a", "matroska": "webm", "mp3": "mp3", "ogg": "ogg
 
 
 class VoiceError(Dia2Error, ValueError):
-    """A bad upload or voice name; the message names the input and the fix."""
+    """A bad upload or voice name; the message names the input and the fix. `param`: the input
+    at fault as the upload names it (a form field, or a dropped-in file's name), when one is."""
 
     status = 400
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class VoiceNotFound(VoiceError):
@@ -71,15 +76,15 @@ def check_name(name: str, what: str = "voice") -> str:
     the message (the studio names corpora and adapters by the same rules)."""
     rules = "1-64 letters, digits, '-', '_' or '.', not starting with '.'"
     if not isinstance(name, str) or not name:
-        raise VoiceError(f"{what} name {name!r} is empty: give {rules}")
+        raise VoiceError(f"{what} name {name!r} is empty: give {rules}", param="name")
     if "/" in name or "\\" in name or ".." in name:
-        raise VoiceError(f"{what} name {name!r} holds a path ('/', '\\' or '..'): give {rules}")
+        raise VoiceError(f"{what} name {name!r} holds a path ('/', '\\' or '..'): give {rules}", param="name")
     if name.startswith("."):
-        raise VoiceError(f"{what} name {name!r} starts with '.': give {rules}")
+        raise VoiceError(f"{what} name {name!r} starts with '.': give {rules}", param="name")
     if len(name) > 64:
-        raise VoiceError(f"{what} name {name[:20]!r}... is {len(name)} characters long: give {rules}")
+        raise VoiceError(f"{what} name {name[:20]!r}... is {len(name)} characters long: give {rules}", param="name")
     if not _NAME.fullmatch(name):
-        raise VoiceError(f"{what} name {name!r} holds other characters: give {rules}")
+        raise VoiceError(f"{what} name {name!r} holds other characters: give {rules}", param="name")
     return name
 
 
@@ -96,9 +101,10 @@ def decode_audio(data: bytes, sample_rate: int, label: str, max_seconds: float =
             fmt = container.format.name.split(",")[0]
             frames, stated = _decode_frames(container, max_seconds + 1.0)
     except (av.FFmpegError, ValueError, OSError) as exc:
-        raise VoiceError(f"{label} cannot be decoded as audio ({exc}): send a wav, mp3, flac, ogg or m4a recording") from exc
+        raise VoiceError(f"{label} cannot be decoded as audio ({exc}): send a wav, mp3, flac, ogg or m4a recording",
+                         param=label) from exc
     if not frames:
-        raise VoiceError(f"{label} holds no audio: send a wav, mp3, flac, ogg or m4a recording")
+        raise VoiceError(f"{label} holds no audio: send a wav, mp3, flac, ogg or m4a recording", param=label)
     rate = frames[0].sample_rate
     samples = np.concatenate([f.to_ndarray() for f in frames], axis=1)  # [C, S]
     samples = np.where(np.isfinite(samples), samples, 0.0).astype(np.float32)
@@ -138,15 +144,18 @@ def check_speech(audio: DecodedAudio, label: str) -> None:
     if not MIN_SECONDS <= audio.seconds <= MAX_SECONDS:
         raise VoiceError(
             f"{label} is {audio.seconds:.2f} s long; a voice recording must be {MIN_SECONDS:g} to {MAX_SECONDS:g} s: "
-            "send a clip of the speaker talking within those bounds"
+            "send a clip of the speaker talking within those bounds",
+            param=label,
         )
     if audio.peak < 10.0 ** (SILENCE_DB / 20.0):
         level = 20 * math.log10(audio.peak) if audio.peak > 0 else float("-inf")
-        raise VoiceError(f"{label} is silent (peak {level:.1f} dBFS, below {SILENCE_DB:g} dBFS): send a recording of speech")
+        raise VoiceError(f"{label} is silent (peak {level:.1f} dBFS, below {SILENCE_DB:g} dBFS): send a recording of speech",
+                         param=label)
     if audio.clipped > MAX_CLIPPED:
         raise VoiceError(
             f"{label} is clipped ({audio.clipped:.2%} of samples at full scale, more than {MAX_CLIPPED:.1%}): "
-            "record it again at a lower level"
+            "record it again at a lower level",
+            param=label,
         )
 
 
@@ -161,10 +170,11 @@ def check_adapter(adapter: str, local: bool = True) -> str:
         try:
             resolve_adapter(path)  # a local folder: checks its two files, no download
         except AdapterError as exc:
-            raise VoiceError(str(exc)) from exc
+            raise VoiceError(str(exc), param="adapter") from exc
         return str(path.resolve())
     if not _REPO_ID.fullmatch(text):
         raise VoiceError(
-            f"adapter {adapter!r} is neither an existing folder nor a Hub repo id like 'user/my-voice-lora': check the path"
+            f"adapter {adapter!r} is neither an existing folder nor a Hub repo id like 'user/my-voice-lora': check the path",
+            param="adapter",
         )
     return text

@@ -2,18 +2,20 @@
 
 A voice here is what a request names in `voice`: a prefix (`dia2.generation.voice.Voice`: a
 recording's Mimi codes and its timed words), a LoRA adapter (a PEFT folder or Hub repo id that
-the engine loads by name), or both, and optionally a fixed seed. The eleven OpenAI voice names
-are builtin aliases: no prefix and a fixed seed each (so "alloy" sounds the same on every
-request), unless the store is told to map them to stored voices.
+the engine loads by name), or both, and optionally generation defaults (`VoiceDefaults`: a seed,
+CFG, temperature, top-k). OpenAI's voice names are builtin aliases: no prefix and a fixed seed
+each (so "alloy" sounds the same on every request), unless the store is told to map them to
+stored voices; they are reserved names otherwise.
 
 Folder layout:
 
-    <folder>/<name>/meta.json          adapter, seed (null, or an integer that fixes the voice's seed),
-                                       speakers, transcript (null: the prefix's words), created
+    <folder>/<name>/meta.json          adapter, speakers, transcript (null: the prefix's words), created,
+                                       and the voice's defaults: seed, cfg, temperature, top_k (null: unset)
     <folder>/<name>/voice.json         the prefix's timed words (Voice.save), when it has a prefix
     <folder>/<name>/codes.npy          the prefix's Mimi codes [K, P]
     <folder>/<name>/speaker_1.<ext>    the recording(s) as received (speaker_2.<ext> for a dialogue)
-    <folder>/<stem>.wav (.mp3 ...)     dropped in by hand: made into <folder>/<stem>/ by `scan`
+    <folder>/<stem>.wav (.mp3 ...)     dropped in by hand: made into <folder>/<stem>/ by `scan` (at start,
+                                       and every few seconds while `start_scanning` runs)
     <folder>/<stem>.txt                its transcript (moved to <folder>/<stem>/transcript.txt)
     <folder>/.new-* .old-* .del-*      work in progress: a voice folder is written whole under a
                                        dot name, then renamed, so a failure or a crash never
@@ -37,6 +39,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dia2.generation.voice import PrefixError, Voice
+from dia2.serving.voice_defaults import VoiceDefaults
 from dia2.serving.voice_folder import Stamp, VoiceFolder
 from dia2.serving.voice_upload import (  # noqa: F401 - the errors and checks are this module's API too
     MAX_SECONDS,
@@ -61,34 +65,45 @@ from dia2.serving.voice_upload import (  # noqa: F401 - the errors and checks ar
 
 logger = logging.getLogger(__name__)
 
-OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
-"""The voice names of OpenAI's speech API: builtin aliases, so OpenAI clients work unchanged."""
+OPENAI_VOICES = (
+    "alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse", "marin", "cedar",
+)
+"""The voice names of OpenAI's speech API (openai 3.63's list): builtin aliases, so OpenAI clients
+work unchanged."""
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a")
 """Files dropped into the folder with these extensions become voices on `scan`."""
 META = "meta.json"
+SCAN_SECONDS = 2.0
+"""How often `start_scanning` looks for dropped-in files; one is taken once it has not changed for
+as long (a file still being copied in is left for a later look)."""
 
 
 @dataclass(frozen=True)
 class StoredVoice:
-    """One named voice. speakers: 1 or 2 recordings in the prefix (0 without a prefix);
-    transcript: the one given when it was added, else the prefix's words ("" without a prefix);
-    builtin: an OpenAI alias, not stored in the folder; revision: changes whenever the stored
-    voice is replaced (by any process sharing the folder)."""
+    """One named voice. defaults: its generation settings (a request's own win); speakers: 1 or
+    2 recordings in the prefix (0 without a prefix); transcript: the one given when it was added,
+    else the prefix's words ("" without a prefix); builtin: an OpenAI alias, not stored in the
+    folder; revision: changes whenever the stored voice is replaced or its defaults change (by any
+    process sharing the folder)."""
 
     name: str
     voice: Voice | None
     adapter: str | None
-    seed: int | None
+    defaults: VoiceDefaults
     speakers: int
     transcript: str
     builtin: bool = False
     revision: str = ""
 
+    @property
+    def seed(self) -> int | None:
+        """The voice's fixed seed, if it has one."""
+        return self.defaults.seed
 
 
 def builtin_voice(name: str) -> StoredVoice:
     """An OpenAI alias with no prefix: its seed is a stable hash of its name."""
-    return StoredVoice(name, None, None, zlib.crc32(name.encode()), 0, "", builtin=True)
+    return StoredVoice(name, None, None, VoiceDefaults(seed=zlib.crc32(name.encode())), 0, "", builtin=True)
 
 
 class VoiceStore:
@@ -127,6 +142,7 @@ class VoiceStore:
         self._settled: Stamp | None = None  # the folder's stamp when it was last listed, if settled then
         self._listeners: list[Callable[[str, StoredVoice | None], None]] = []
         self._failed: dict[Path, tuple[int, int]] = {}  # dropped files that failed, as (size, mtime) then
+        self._scanning: threading.Event | None = None  # set to stop the scanning thread
         self._disk = VoiceFolder(self.folder)
         self._disk.tidy()
         self.refresh()
@@ -210,11 +226,12 @@ class VoiceStore:
         adapter: str | None = None,
         replace: bool = False,
         local_adapter: bool = True,
+        defaults: VoiceDefaults | None = None,
     ) -> StoredVoice:
         """Decode, check and transcribe one or two recordings (any format ffmpeg reads) into a
         stored voice; nothing is written unless all of it succeeds. `local_adapter=False` takes
         Hub repo ids only (a client's input never names the server's disk)."""
-        self._check_free(name, replace)
+        self.check_free(name, replace)
         adapter = check_adapter(adapter, local_adapter) if adapter is not None else None
         uploads = {"speaker_1": speaker_1, **({"speaker_2": speaker_2} if speaker_2 is not None else {})}
         for label, data in uploads.items():
@@ -225,12 +242,39 @@ class VoiceStore:
                 )
         audio = {label: decode_audio(data, self.sample_rate, label) for label, data in uploads.items()}
         files = {f"{label}.{audio[label].suffix}": data for label, data in uploads.items()}
-        return self._add(name, audio, files, transcript, adapter, replace)
+        return self._add(name, audio, files, transcript, adapter, replace, defaults or VoiceDefaults())
 
-    def add_adapter(self, name: str, adapter: str, replace: bool = False, local_adapter: bool = True) -> StoredVoice:
+    def add_adapter(self, name: str, adapter: str, replace: bool = False, local_adapter: bool = True,
+                    defaults: VoiceDefaults | None = None) -> StoredVoice:
         """A voice that is only a LoRA adapter (a PEFT folder or Hub repo id): no prefix."""
-        self._check_free(name, replace)
-        return self._commit(name, _meta(check_adapter(adapter, local_adapter), 0, None), None, {}, replace)
+        self.check_free(name, replace)
+        meta = _meta(check_adapter(adapter, local_adapter), 0, None, defaults or VoiceDefaults())
+        return self._commit(name, meta, None, {}, replace)
+
+    def set_defaults(self, name: str, changes: dict) -> StoredVoice:
+        """Change some of a stored voice's defaults (`VoiceDefaults` fields; None unsets one), in
+        place: every process sharing the folder serves the new ones at its next read."""
+        VoiceDefaults().changed(changes)  # an unknown field or a bad value is refused before the disk is touched
+        if name not in self._current() and name in OPENAI_VOICES:
+            raise VoiceError(f"'{name}' is a builtin OpenAI voice with a fixed seed: its settings cannot change "
+                             "(store a voice of your own with the settings you want)", param="name")
+        if not changes:
+            return self.get(name)
+        try:
+            stamp = self._disk.update_json(
+                check_name(name), META, lambda meta: {**meta, **VoiceDefaults.from_meta(meta).changed(changes).as_meta()}
+            )
+        except FileNotFoundError:
+            raise VoiceNotFound(f"no voice named {name!r}: use one of {', '.join(self.names())}", param="name") from None
+        with self._disk.locked(exclusive=False):
+            record = self._load(name, stamp)
+        if record is None:
+            raise VoiceError(f"voice '{name}' could not be read back after the change: see the server's log")
+        with self._lock:
+            self._stamps = {**self._stamps, name: stamp}
+            self._voices = {**self._voices, name: record}
+        self._notify(name, record)
+        return record
 
     def delete(self, name: str) -> None:
         """Remove a stored voice and its folder. Builtin aliases and voices an alias plays cannot be deleted."""
@@ -249,10 +293,11 @@ class VoiceStore:
         shutil.rmtree(trash, ignore_errors=True)
         self._notify(name, None)
 
-    def scan(self) -> list[str]:
+    def scan(self, settled_seconds: float = 0.0) -> list[str]:
         """Make each audio file dropped into the folder (<stem>.wav ...) into voice <stem>, moving it
         (and <stem>.txt, its transcript) into the voice's folder; returns the new names. A file
-        that fails is left in place, logged with the reason, and not tried again until it changes."""
+        that fails is left in place, logged with the reason, and not tried again until it changes.
+        Files changed less than `settled_seconds` ago are left for a later scan."""
         added = []
         with self._scan_lock:
             for path in sorted(self.folder.iterdir()):
@@ -263,6 +308,8 @@ class VoiceStore:
                 except FileNotFoundError:
                     continue  # another process sharing the folder took it
                 if self._failed.get(path) == (stat.st_size, stat.st_mtime_ns):
+                    continue
+                if time.time() - stat.st_mtime < settled_seconds:
                     continue
                 try:
                     self._adopt(path)
@@ -275,22 +322,44 @@ class VoiceStore:
                     added.append(path.stem)
         return added
 
+    def start_scanning(self, every: float = SCAN_SECONDS) -> None:
+        """Look for dropped-in files every `every` seconds in a background thread (`scan`), so they
+        become voices while the server runs; `stop_scanning` ends it."""
+        if self._scanning is not None:
+            return
+        stop = self._scanning = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                try:
+                    self.scan(settled_seconds=every)
+                except OSError as exc:  # the folder went away for a moment (a remount): look again later
+                    logger.warning("cannot scan the voices folder %s: %s", self.folder, exc)
+
+        threading.Thread(target=loop, daemon=True, name="dia2-voice-scan").start()
+
+    def stop_scanning(self) -> None:
+        if self._scanning is not None:
+            self._scanning.set()
+            self._scanning = None
+
     # --- internals -----------------------------------------------------------------------------
 
-    def _check_free(self, name: str, replace: bool) -> None:
+    def check_free(self, name: str, replace: bool) -> None:
         """Name rules, and a first check that the name is free (`_commit` checks again, under the lock)."""
         check_name(name)
         if name in OPENAI_VOICES and self._aliases.get(name) != name:
             raise VoiceError(
-                f"'{name}' is a builtin OpenAI voice alias: choose another name (or start the store with "
-                f"aliases {{'{name}': '{name}'}} to play a stored voice of that name)"
+                f"'{name}' is reserved: it is a builtin OpenAI voice, even with replace=true; choose another name "
+                f"(or start the store with aliases {{'{name}': '{name}'}} to play a stored voice of that name)",
+                param="name",
             )
         if not replace and (self.folder / name).exists():
             raise VoiceExists(f"a voice named '{name}' exists already: pass replace=true to overwrite it")
 
     def _add(
         self, name: str, audio: dict[str, DecodedAudio], files: dict[str, bytes], transcript: str | None,
-        adapter: str | None, replace: bool,
+        adapter: str | None, replace: bool, defaults: VoiceDefaults,
     ) -> StoredVoice:
         """Checks, make_voice, then the commit: shared by uploads and dropped-in files."""
         for label, decoded in audio.items():
@@ -304,13 +373,13 @@ class VoiceStore:
                 raise VoiceError(f"voice '{name}': {exc}") from exc
         if not voice.words:
             raise VoiceError(f"voice '{name}': no words were heard in the recording; send a clip of the speaker talking")
-        return self._commit(name, _meta(adapter, len(waves), transcript), voice, files, replace)
+        return self._commit(name, _meta(adapter, len(waves), transcript, defaults), voice, files, replace)
 
     def _adopt(self, path: Path) -> None:
         """Make the dropped-in file `path` into a voice (see `scan`)."""
         name = path.stem
         try:
-            self._check_free(name, replace=False)
+            self.check_free(name, replace=False)
         except VoiceExists as exc:
             raise VoiceError(f"a voice named '{name}' exists already: rename {path.name} or delete that voice") from exc
         text_file = path.with_suffix(".txt")
@@ -323,7 +392,7 @@ class VoiceStore:
         files = {f"speaker_1{path.suffix.lower()}": data}
         if transcript is not None:
             files["transcript.txt"] = transcript.encode("utf-8")
-        self._add(name, audio, files, transcript, None, replace=False)
+        self._add(name, audio, files, transcript, None, False, VoiceDefaults())
         path.unlink(missing_ok=True)
         if transcript is not None:
             text_file.unlink(missing_ok=True)
@@ -373,9 +442,9 @@ class VoiceStore:
             callback(name, voice)
 
 
-def _meta(adapter: str | None, speakers: int, transcript: str | None) -> dict:
+def _meta(adapter: str | None, speakers: int, transcript: str | None, defaults: VoiceDefaults) -> dict:
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return {"adapter": adapter, "seed": None, "speakers": speakers, "transcript": transcript, "created": created}
+    return {"adapter": adapter, **defaults.as_meta(), "speakers": speakers, "transcript": transcript, "created": created}
 
 
 def _revision(stamp: Stamp) -> str:
@@ -383,8 +452,6 @@ def _revision(stamp: Stamp) -> str:
 
 
 def _record(name: str, meta: dict, voice: Voice | None, revision: str) -> StoredVoice:
-    seed = meta.get("seed")
-    if seed is not None and not isinstance(seed, int):
-        raise TypeError(f"{META} seed must be an integer or null, got {seed!r}")
+    defaults = VoiceDefaults.from_meta(meta)  # a VoiceError (a ValueError) names a bad value
     transcript = meta.get("transcript") or (" ".join(w.text for w in voice.words) if voice is not None else "")
-    return StoredVoice(name, voice, meta.get("adapter"), seed, int(meta["speakers"]), transcript, revision=revision)
+    return StoredVoice(name, voice, meta.get("adapter"), defaults, int(meta["speakers"]), transcript, revision=revision)

@@ -17,10 +17,18 @@ time. This module aligns them instead:
 `align_transcript` returns the new words and a row per typed word (heard words, times, how it was
 placed) for a page or a log to show before anything is saved. The studio's Voices tab, the speech
 server's `transcript` field and `dia2-infer --save-voice` with a transcript all use it.
+
+Without a recogniser there are no heard words: `spread_transcript` times the typed words from the
+spans of speech found in the recording (`dia2.audio.activity`), each span taking the words that
+fall in it by character length and sharing its time among them as a replaced word's span is
+shared (the speech server does this for an upload with a transcript when Whisper is unavailable).
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import re
 import unicodedata
 from dataclasses import dataclass, replace
 from typing import Literal, Sequence
@@ -28,7 +36,7 @@ from typing import Literal, Sequence
 from dia2.errors import Dia2Error
 from dia2.text.words import SpokenWord
 
-Placement = Literal["heard", "replaced", "split", "merged", "inserted"]
+Placement = Literal["heard", "replaced", "split", "merged", "inserted", "spread"]
 
 # A pause shorter than this per inserted word is no room for it: share the previous word instead.
 MIN_INSERT_SECONDS = 0.06
@@ -118,6 +126,66 @@ def align_transcript(heard: Sequence[SpokenWord], transcript: str) -> Transcript
         SpokenWord(row.typed, row.start, row.end, row.speaker, _probability(row, heard, blocks)) for row in rows
     )
     return TranscriptAlignment(words_out, tuple(rows), tuple(dropped))
+
+
+def spread_transcript(spans: Sequence[SpokenWord], transcript: str) -> TranscriptAlignment:
+    """Typed `transcript` words timed without a recogniser, from the speech `spans` of the
+    recording (words without text, in time order; their speakers). The words are laid over the
+    speech in order by character length: a word goes to the span its middle falls in, and each
+    span is shared among its words by character length. A transcript tagged `[S1] ... [S2] ...`
+    gives each speaker's words to that speaker's spans only (untagged words are speaker 1's)."""
+    groups = _speaker_words(transcript)
+    if not any(words for _, words in groups):
+        raise TranscriptError("the transcript is empty: type the words spoken in the recording, or leave it out")
+    if not spans:
+        raise TranscriptError("no speech was found in the recording, so a transcript has no times to take")
+    rows: list[AlignedWord] = []
+    for speaker, words in groups:
+        own = [s for s in spans if speaker is None or s.speaker == speaker]
+        if not own:
+            raise TranscriptError(f"the transcript gives words to [S{speaker}], but speaker {speaker} has no recording")
+        rows += _spread(words, own)
+    rows.sort(key=lambda row: row.start)
+    words_out = tuple(SpokenWord(row.typed, row.start, row.end, row.speaker) for row in rows)
+    return TranscriptAlignment(words_out, tuple(rows), ())
+
+
+_TAG = re.compile(r"\[S([12])\]")
+
+
+def untagged(transcript: str) -> str:
+    """The transcript without speaker tags ([S1], [S2]): the words alone, for `align_transcript`,
+    which takes each word's speaker from the heard word it matches."""
+    return " ".join(_TAG.sub(" ", transcript).split())
+
+
+def _speaker_words(transcript: str) -> list[tuple[int | None, list[str]]]:
+    """The typed words per speaker tag ([(None, words)] for a transcript without tags)."""
+    parts = _TAG.split(transcript)
+    if len(parts) == 1:
+        return [(None, transcript.split())]
+    words: dict[int, list[str]] = {1: parts[0].split()}
+    for tag, text in zip(parts[1::2], parts[2::2]):
+        words.setdefault(int(tag), []).extend(text.split())
+    return [(speaker, w) for speaker, w in sorted(words.items()) if w]
+
+
+def _spread(typed: list[str], spans: list[SpokenWord]) -> list[AlignedWord]:
+    """`typed` words laid over `spans` by character length (see `spread_transcript`)."""
+    lengths = [max(len(comparable(t)), 1) for t in typed]
+    ends = list(itertools.accumulate(s.end - s.start for s in spans))  # speech time at each span's end
+    total, at = sum(lengths), 0
+    taken: list[list[str]] = [[] for _ in spans]
+    for word, length in zip(typed, lengths):
+        middle = (at + length / 2) / total * ends[-1]
+        taken[min(bisect.bisect_left(ends, middle), len(spans) - 1)].append(word)
+        at += length
+    return [
+        replace(row, heard=(), placement="spread")
+        for span, words in zip(spans, taken)
+        if words
+        for row in _share(words, [span])
+    ]
 
 
 def _probability(row: AlignedWord, heard: Sequence[SpokenWord], blocks) -> float:

@@ -131,7 +131,7 @@ def test_a_voice_stored_through_one_replica_is_served_replaced_and_deleted_throu
     # Deleted through A: gone from both.
     assert httpx.delete(f"{a}/v1/voices/me", timeout=30).json() == {"id": "me", "deleted": True}
     for url in (a, b):
-        assert "me" not in _listed(url) and _speak(url, "me").status_code == 404
+        assert "me" not in _listed(url) and _speak(url, "me").status_code == 400
     assert httpx.delete(f"{b}/v1/voices/me", timeout=30).status_code == 404
 
 
@@ -144,7 +144,7 @@ def test_an_adapter_voice_added_through_one_replica_is_served_by_the_other(repli
     assert adapted == _audio(a, "lora") and adapted != _audio(b, "alloy")
     assert httpx.delete(f"{b}/v1/voices/lora", timeout=30).status_code == 200
     for url in (a, b):
-        assert _speak(url, "lora").status_code == 404
+        assert _speak(url, "lora").status_code == 400
 
 
 def _lock_waiters(path: Path) -> bool:

@@ -3,6 +3,7 @@ giving exactly the tokens it gives alone."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -116,6 +117,47 @@ def test_a_queued_request_can_be_cancelled(tiny_tts):
     queued.cancel()
     _run(engine)
     assert list(queued.updates()) == [] and first.result().audio_tokens.shape[1] > 0
+
+
+def test_queued_never_exceeds_max_queued_and_a_cancelled_request_leaves_the_queue_at_once(tiny_tts):
+    engine = Engine(tiny_tts, EngineConfig(slots=2, max_queued=3))  # no thread, no frame runs
+    handles = [engine.submit(Request("[S1] Hi.", GenerationConfig(seed=i))) for i in range(5)]
+    # Two of the five take the free slots at the next frame: three wait, as many as may.
+    assert (engine.queued, engine.busy_slots) == (3, 0)
+    with pytest.raises(EngineFull):
+        engine.submit(Request("[S1] One too many.", GenerationConfig(seed=9)))
+    handles[4].cancel()
+    assert engine.queued == 2 and handles[4].finished.is_set() and list(handles[4].updates()) == []
+    engine.submit(Request("[S1] In its place.", GenerationConfig(seed=9)))  # the place is free before any frame
+    assert engine.queued == 3
+
+
+def test_a_handle_is_awaited_from_an_event_loop(tiny_tts):
+    script, config = "[S1] Hello there, how are you?", GenerationConfig(seed=1)
+    expected = tiny_tts.generate(script, config).audio_tokens
+    engine = Engine(tiny_tts, EngineConfig(slots=2)).start()
+
+    async def read(handle):
+        return [update async for batch in handle.batches() for update in batch]
+
+    async def both():
+        whole = engine.submit(Request(script, config))
+        cut = engine.submit(Request("[S2] This one is cancelled after its first audio.", GenerationConfig(seed=2)))
+        reading = asyncio.ensure_future(read(whole))
+        first = await anext(cut.batches())
+        cut.cancel()
+        rest = await read(cut)  # ends quietly at the cancel
+        failing = engine.submit(Request("[S3] nobody", config))
+        with pytest.raises(ScriptError):
+            await read(failing)
+        return await reading, first, rest
+
+    try:
+        updates, first, rest = asyncio.run(both())
+    finally:
+        engine.stop()
+    assert updates[-1].done and torch.equal(torch.cat([u.frames for u in updates], dim=1).cpu(), expected)
+    assert first and not any(u.done for u in first + rest)
 
 
 def test_a_full_engine_refuses_or_queues(tiny_tts):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dia2.generation.voice import PrefixError, Voice, with_transcript
-from dia2.text.transcript import TranscriptError, align_transcript, comparable
+from dia2.text.transcript import TranscriptError, align_transcript, comparable, spread_transcript, untagged
 from dia2.text.words import SpokenWord
 
 HEARD = (
@@ -103,3 +103,31 @@ def test_a_voice_takes_the_aligned_words():
     assert torch.equal(corrected.codes, voice.codes)
     with pytest.raises(PrefixError, match="transcript"):
         with_transcript(voice, "")
+
+
+SPANS = (SpokenWord("", 0.5, 1.5, 1), SpokenWord("", 2.0, 2.5, 1), SpokenWord("", 3.0, 4.0, 2))
+
+
+def test_without_heard_words_the_typed_ones_are_spread_over_the_speech_by_length():
+    alignment = spread_transcript(SPANS[:1], "aa bbbb")
+    assert times(alignment) == [("aa", 0.5, 0.833, 1), ("bbbb", 0.833, 1.5, 1)]
+    # Over several spans: each word in the span its middle falls in, never in a pause.
+    spread = spread_transcript(SPANS, "one two three four five six")
+    assert [w.text for w in spread.words] == "one two three four five six".split()
+    inside = [any(s.start <= w.start < w.end <= s.end + 1e-9 for s in SPANS) for w in spread.words]
+    assert all(inside) and [w.start for w in spread.words] == sorted(w.start for w in spread.words)
+    assert {w.speaker for w in spread.words} == {1, 2} and all(r.placement == "spread" for r in spread.rows)
+    assert spread.matched == 0 and spread.changed and all(w.probability == 1.0 for w in spread.words)
+
+
+def test_speaker_tags_keep_each_speakers_words_on_their_own_speech():
+    tagged = spread_transcript(SPANS, "[S1] Hello there my friend. [S2] Hi!")
+    assert times(tagged)[-1] == ("Hi!", 3.0, 4.0, 2)
+    assert all(w.speaker == 1 and w.end <= 2.5 for w in tagged.words[:-1])
+    assert untagged("[S1] Hello there. [S2] Hi!") == "Hello there. Hi!"
+    with pytest.raises(TranscriptError, match=r"\[S2\]"):
+        spread_transcript(SPANS[:2], "[S1] Hello. [S2] Hi!")
+    with pytest.raises(TranscriptError, match="empty"):
+        spread_transcript(SPANS, " [S1] ")
+    with pytest.raises(TranscriptError, match="no speech"):
+        spread_transcript((), "hello")

@@ -17,6 +17,7 @@ import soundfile as sf
 import torch
 
 from dia2.generation.voice import PrefixError, Voice
+from dia2.serving.voice_defaults import VoiceDefaults
 from dia2.serving.voice_folder import VoiceFolder
 from dia2.serving.voices import (
     OPENAI_VOICES,
@@ -232,7 +233,7 @@ def test_dropped_in_files_become_voices_once(tmp_path, speech, fake, caplog):
         "codes.npy", "meta.json", "speaker_1.flac", "transcript.txt", "voice.json"]
     # Moved in; the bad files stay where they were, each logged with its reason.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alloy.wav", "broken.wav", "carol", "notes.md", "quiet.wav"]
-    for reason in ("broken.wav", "cannot be decoded", "silent", "builtin OpenAI voice alias"):
+    for reason in ("broken.wav", "cannot be decoded", "silent", "reserved: it is a builtin OpenAI voice"):
         assert reason in caplog.text
 
     assert store.scan() == [] and len(fake.calls) == 1
@@ -311,6 +312,52 @@ def test_mapped_aliases(tmp_path, speech, fake):
     assert not own.get("nova").builtin and own.get("nova").voice is not None
     assert own.names() == ["bob", "nova", *(a for a in OPENAI_VOICES if a != "nova")]
     assert own.add("nova", speech["voice_a"], replace=True).name == "nova"
+
+
+def test_marin_and_cedar_are_builtins_that_can_be_mapped(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    assert store.get("marin").builtin and store.get("cedar").seed == zlib.crc32(b"cedar")
+    store.add("bob", speech["voice_a"])
+    assert VoiceStore(tmp_path, fake, aliases={"cedar": "bob"}).get("cedar").name == "bob"
+
+
+def test_defaults_are_stored_changed_in_place_and_seen_by_another_store(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    added = store.add("bob", speech["voice_a"], defaults=VoiceDefaults(seed=5, temperature=0.7))
+    assert (added.seed, added.defaults) == (5, VoiceDefaults(seed=5, temperature=0.7))
+    meta = json.loads((tmp_path / "bob" / "meta.json").read_text())
+    assert (meta["seed"], meta["cfg"], meta["temperature"], meta["top_k"]) == (5, None, 0.7, None)
+    other = VoiceStore(tmp_path, FakeMakeVoice(refuse=True))  # another replica on the folder
+    assert other.get("bob").defaults == added.defaults
+    changed = store.set_defaults("bob", {"seed": None, "cfg": 3.0, "top_k": 20})
+    assert changed.defaults == VoiceDefaults(cfg=3.0, temperature=0.7, top_k=20) and changed.revision != added.revision
+    assert changed.voice.words == added.voice.words and len(fake.calls) == 1  # not made again
+    assert other.get("bob").defaults == changed.defaults, "the other store sees the change at its next read"
+    assert sorted(p.name for p in (tmp_path / "bob").iterdir()) == ["codes.npy", "meta.json", "speaker_1.flac", "voice.json"]
+    for changes, param in (({"top_k": -1}, "top_k"), ({"cfg": 0}, "cfg"), ({"seed": 2**63}, "seed"),
+                           ({"speed": 2}, "speed"), ({"temperature": float("nan")}, "temperature")):
+        with pytest.raises(VoiceError) as caught:
+            store.set_defaults("bob", changes)
+        assert caught.value.param == param
+    with pytest.raises(VoiceError, match="fixed seed"):
+        store.set_defaults("alloy", {"seed": 1})
+    with pytest.raises(VoiceNotFound):
+        store.set_defaults("nobody", {"seed": 1})
+    assert store.get("bob").defaults == changed.defaults
+
+
+def test_files_dropped_in_while_scanning_become_voices(tmp_path, speech, fake):
+    store = VoiceStore(tmp_path, fake)
+    store.start_scanning(every=0.1)
+    try:
+        (tmp_path / "late.flac").write_bytes(speech["voice_a"])
+        deadline = time.time() + 20
+        while "late" not in store.names() or (tmp_path / "late.flac").exists():
+            assert time.time() < deadline, "the dropped-in file was never picked up"
+            time.sleep(0.05)
+    finally:
+        store.stop_scanning()
+    assert len(fake.calls) == 1 and (tmp_path / "late" / "speaker_1.flac").read_bytes() == speech["voice_a"]
 
 
 def test_concurrent_adds(tmp_path, speech, fake):
