@@ -27,7 +27,8 @@ from dia2.audio.encode import EXTENSIONS
 from dia2.device import AUTO
 from dia2.errors import Dia2Error, report
 from dia2.generation.loop import GenerationConfig
-from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
+from dia2.model.adapter_files import AdapterError, check_adapter_path
+from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL, AssetError, ModelSource
 from dia2.options import (
     FlagParser,
     OptionError,
@@ -37,6 +38,8 @@ from dia2.options import (
     flag_values,
     sections,
 )
+from dia2.output_paths import check_writable
+from dia2.text.script import check_script
 
 if TYPE_CHECKING:
     from dia2.generation.runtime import GenerationResult
@@ -176,9 +179,8 @@ def _check_files(o: InferOptions) -> None:
         raise OptionError("give the script with exactly one of --input FILE or --text '...'")
     if script.input is not None and str(script.input) != "-" and not script.input.is_file():
         raise OptionError(f"--input {script.input}: file not found")
-    given = {"--prefix-speaker-1": voice.prefix_speaker_1, "--prefix-speaker-2": voice.prefix_speaker_2,
-             "--config": o.model.config, "--weights": o.model.weights}
-    for flag, path in given.items():
+    check_model_options(o.model)
+    for flag, path in (("--prefix-speaker-1", voice.prefix_speaker_1), ("--prefix-speaker-2", voice.prefix_speaker_2)):
         if path is not None and not path.is_file():
             raise OptionError(f"{flag} {path}: file not found")
     if voice.prefix_speaker_2 and not voice.prefix_speaker_1:
@@ -189,6 +191,31 @@ def _check_files(o: InferOptions) -> None:
         raise OptionError(f"--voice {voice.voice}: not a stored voice folder (no voice.json)")
     if voice.save_voice and not voice.prefix_speaker_1:
         raise OptionError("--save-voice stores the voice made from --prefix-speaker-1/2: give those recordings too")
+
+
+def check_model_options(m: ModelOptions, spelling: dict[str, str] | None = None) -> None:
+    """Refuse, before anything loads, model options naming what is not there: a --config or
+    --weights file, a model folder, a local adapter folder (`spelling`: field -> flag where an
+    entry point spells one differently, e.g. the server's --merge-adapter)."""
+    for flag, path in (("--config", m.config), ("--weights", m.weights)):
+        if path is not None and not path.is_file():
+            raise OptionError(f"{flag} {path}: file not found")
+    try:
+        if m.source != TINY_MODEL:
+            ModelSource.resolve(m.source)  # a local folder or a Hub repo id; nothing is fetched
+        if m.adapter is not None:
+            check_adapter_path(m.adapter, (spelling or {}).get("adapter", "--adapter"))
+    except (AssetError, AdapterError) as exc:
+        raise OptionError(str(exc)) from None
+
+
+def _check_outputs(o: InferOptions) -> None:
+    """Every file the run writes can be written: refused now, not after the clip is generated."""
+    check_writable(o.output, "output")
+    if o.run.timestamps is not None:
+        check_writable(o.run.timestamps, "--timestamps")
+    if o.voice.save_voice is not None:
+        check_writable(o.voice.save_voice, "--save-voice", folder=True)
 
 
 def _check_runtime(o: InferOptions) -> None:
@@ -250,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.INFO if options.run.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = _speak(options, _read_script(options.script))
+        _check_outputs(options)
+        script = _read_script(options.script)
+        check_script(script)  # a typo is refused before the model loads
+        result = _speak(options, script)
     except (Dia2Error, ValueError, OSError) as exc:
         return report("dia2-infer", exc)
     path = result.save(options.output)

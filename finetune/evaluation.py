@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import broadcast_object_list
-from peft import PeftModel
 from torch import nn
 
 from dia2.data.grid import FRAME_RATE
@@ -36,6 +35,7 @@ from dia2.evaluation.run import Clip, aggregate
 from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
 from dia2.generation.loop import GenerationConfig
 from dia2.generation.runtime import Dia2, GenerationResult
+from dia2.model.peft_api import PeftModel
 from dia2.text.script import ScriptError
 from finetune.config import ConfigError, EvalSection, TrainConfig
 from finetune.data import TrainingData, eval_batches, make_batch

@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from dia2.data.corpus import CorpusMeta
 from dia2.errors import Dia2Error, report
+from dia2.output_paths import check_writable
 from finetune.card import model_card
 from finetune.checkpoint import (
     Progress,
@@ -259,6 +260,7 @@ def run_config(cfg: TrainConfig) -> TrainConfig:
 
 def check_inputs(cfg: TrainConfig) -> None:
     """Refuse what can be refused before anything loads (loading the 2B base takes minutes)."""
+    check_writable(Path(cfg.output.dir) / cfg.output.name, "the run folder (output.dir/output.name)", folder=True)
     corpus = Path(cfg.data.corpus)
     if not corpus.exists():
         raise ConfigError(

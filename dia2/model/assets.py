@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,26 @@ TINY_MODEL = "tiny"
 """The model source naming the embedded tiny demo model (`dia2.tiny`), wherever a model is
 named: `Dia2.from_repo("tiny")`, `dia2-infer --hf tiny`, `dia2-prep --model tiny`, the trainer's
 `model.base=tiny`. A local folder called tiny is passed as `./tiny`."""
+
+
+# One part of a Hub repo id (the Hub's rules): ASCII letters, digits, '_', '-' and '.', beginning
+# and ending with a letter, digit or '_', with no '--' or '..'.
+_HUB_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_HUB_NAME_LENGTH = 96
+
+
+def hub_repo_id_problem(repo: str) -> str | None:
+    """What makes `repo` an invalid Hub repo id (owner/name, the Hub's character rules), or None."""
+    parts = repo.split("/")
+    if len(parts) != 2:
+        return "a Hub repo id is owner/name, e.g. me/my-voice-lora"
+    for part in parts:
+        if not _HUB_PART.fullmatch(part) or "--" in part or ".." in part:
+            return (f"'{part}' breaks the Hub's rules for names: ASCII letters, digits, '_', '-' and '.', beginning and "
+                    "ending with a letter or digit, no '--' or '..'")
+    if len(parts[1]) > _HUB_NAME_LENGTH or parts[1].endswith(".git"):
+        return f"the name may have at most {_HUB_NAME_LENGTH} characters and may not end in .git"
+    return None
 
 
 class AssetError(Dia2Error, FileNotFoundError):

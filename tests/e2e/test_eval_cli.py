@@ -107,6 +107,7 @@ def test_full_command_writes_every_section_and_playable_clips(tmp_path, inputs, 
     assert len(data["toplines"]["resynthesis"]["clips"]) == 2
     assert [(e["configuration"], e["passed"]) for e in data["adapter_effect"]] == [("voice", True), ("voice+prefix", True)]
     assert set(data["timing"]) == {"generation_s", "asr_s", "speaker_s", "behaviour_s"}
+    assert data["settings"]["references_found"] == f"2 recordings in {inputs['refs']}: 2 at its top"
 
     page = Links()
     page.feed((out / "report.html").read_text())

@@ -87,7 +87,7 @@ def test_a_dry_run_or_failed_push_changes_nothing_in_the_run(tiny_run, monkeypat
     before = snapshot(tiny_run.root)
     assert push_main([str(tiny_run.root), "--repo", "someone/else", "--consent", "B", "--dry-run"]) == 0
     assert snapshot(tiny_run.root) == before
-    listing = json.loads(capsys.readouterr().out)["would upload"]
+    listing = json.JSONDecoder().raw_decode(capsys.readouterr().out)[0]["would upload"]
     assert {f["path_in_repo"]: f["file"] for f in listing}["README.md"] == "(generated for this push)"
     # The upload carries the card and consent of this push; the run keeps those of its training.
     plan = {u.path_in_repo: u.source for u in push_run(tiny_run.root, "someone/else", dry_run=True, consent="B")}
@@ -175,3 +175,14 @@ def test_an_interrupted_run_names_its_checkpoint_and_the_resume_command(
     monkeypatch.undo()
     assert main(command[command.index("finetune/train.py") + 1:]) == 0
     assert json.loads((tmp_path / "run" / "adapter" / "dia2_voice.json").read_text())["training"]["steps"] == 4
+
+
+def test_a_dry_run_shows_the_cards_text(tiny_run, capsys):
+    from finetune.push import main as push_main
+
+    assert push_main([str(tiny_run.root), "--repo", "someone/else", "--consent", "B agreed.", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    listing, end = json.JSONDecoder().raw_decode(out)
+    assert listing["dry_run"] is True
+    card = out[end:]
+    assert "# else" in card and "## Consent" in card and "B agreed." in card and "library_name: peft" in card
