@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
-from dia2.cli import PUBLISHED_SPELLING, ModelOptions, check_model_options
+from dia2.cli import FLAG_ALIASES, PUBLISHED_SPELLING, ModelOptions, check_model_options
 from dia2.errors import Dia2Error, report
 from dia2.generation.loop import GenerationConfig
 from dia2.model.adapter_files import AdapterError, check_adapter_path
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     spellings = {"model": MODEL_SPELLING, "generation": PUBLISHED_SPELLING, "serve": None}
     for name, section in sections(ServerOptions).items():
         group = p.add_argument_group(name, docs[name])
-        add_flags(group, section, dest=f"{name}.", spelling=spellings[name])
+        add_flags(group, section, dest=f"{name}.", spelling=spellings[name], aliases=FLAG_ALIASES)
     return p
 
 

@@ -51,6 +51,8 @@ PUBLISHED_SPELLING = {
     "text.top_k": "--text-topk",
 }
 """GenerationConfig keys whose flags keep the published CLI's names; the others are the field names."""
+FLAG_ALIASES = {"--cfg": ("--cfg-scale",)}
+"""Other spellings a flag answers to (every entry point spells the CFG scale --cfg; --cfg-scale too)."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     docs = field_docs(InferOptions)
     for name, section in sections(InferOptions).items():
         group = p.add_argument_group(name, docs[name])
-        add_flags(group, section, dest=f"{name}.", spelling=PUBLISHED_SPELLING if section is GenerationConfig else None)
+        add_flags(group, section, dest=f"{name}.", spelling=PUBLISHED_SPELLING if section is GenerationConfig else None,
+                  aliases=FLAG_ALIASES)
     return p
 
 

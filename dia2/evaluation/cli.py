@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL, WhisperTranscriber
+from dia2.cli import FLAG_ALIASES
 from dia2.device import AUTO, resolve_device
 from dia2.errors import Dia2Error, report
 from dia2.evaluation.inputs import (
@@ -100,7 +101,7 @@ class EvalOptions:
 def build_parser() -> argparse.ArgumentParser:
     parser = FlagParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", type=Path, help="Folder to write eval.json, report.html and clips/ to (new or empty).")
-    add_flags(parser, EvalOptions)
+    add_flags(parser, EvalOptions, spelling={"cfg_scale": "--cfg"}, aliases=FLAG_ALIASES)
     return parser
 
 

@@ -31,7 +31,7 @@ from dia2.model.adapter_files import (
 )
 from dia2.model.assets import TINY_MODEL
 from dia2.output_paths import check_writable
-from dia2.text.script import SPEAKER_TAGS
+from dia2.text.script import SPEAKER_TAGS, ScriptError, check_script
 
 if TYPE_CHECKING:
     from dia2.model.network import Dia2Model
@@ -74,7 +74,13 @@ def read_prompts(path: str | os.PathLike | None = None) -> list[str]:
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise EvalInputError(f"prompt file {where} holds no prompts: write one prompt a line")
-    return [p if p.startswith(SPEAKER_TAGS) else f"[S1] {p}" for p in prompts]
+    prompts = [p if p.startswith(SPEAKER_TAGS) else f"[S1] {p}" for p in prompts]
+    for i, prompt in enumerate(prompts, 1):
+        try:
+            check_script(prompt)  # a typo is refused before the model loads
+        except ScriptError as exc:
+            raise EvalInputError(f"prompt {i} ({prompt!r}) in {where} cannot be spoken: {exc}") from exc
+    return prompts
 
 
 def read_references(folder: str | os.PathLike, sample_rate: int) -> list[Reference]:

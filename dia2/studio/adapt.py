@@ -235,8 +235,9 @@ def qc_summary(corpus: Path) -> str:
         return f"no QC report in {corpus}"
     u, files = report["utterances"], report["files"]
     skipped = ", ".join(f"{k} {v}" for k, v in report.get("skipped_by_reason", {}).items()) or "nothing"
-    return (f"kept {u['kept']} utterance(s), {report['hours']['kept'] * 3600:.1f} s, from {files['kept']} of "
-            f"{files['found']} recording(s); skipped: {skipped}")
+    hours = report["hours"]
+    return (f"kept {u['kept']} utterance(s), {hours['kept'] * 3600:.1f} s of the {hours['input'] * 3600:.1f} s read, "
+            f"from {files['kept']} of {files['found']} recording(s); skipped: {skipped}")
 
 
 def progress(job: Job) -> tuple[int, int]:

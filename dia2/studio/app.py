@@ -29,7 +29,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from dia2.api_server import MODEL_SPELLING, check_adapter_items, join_repeated
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
-from dia2.cli import PUBLISHED_SPELLING, ModelOptions, check_model_options
+from dia2.cli import FLAG_ALIASES, PUBLISHED_SPELLING, ModelOptions, check_model_options
 from dia2.errors import Dia2Error, report
 from dia2.generation.loop import GenerationConfig
 from dia2.options import (
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     docs = field_docs(StudioOptions)
     spellings = {"model": MODEL_SPELLING, "generation": PUBLISHED_SPELLING, "studio": None}
     for name, section in sections(StudioOptions).items():
-        add_flags(p.add_argument_group(name, docs[name]), section, dest=f"{name}.", spelling=spellings[name])
+        add_flags(p.add_argument_group(name, docs[name]), section, dest=f"{name}.", spelling=spellings[name],
+                  aliases=FLAG_ALIASES)
     return p
 
 

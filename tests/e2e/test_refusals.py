@@ -95,6 +95,12 @@ def test_eval_refuses_a_reference_folder_without_recordings(work):
     assert not (work / "out").exists()
 
 
+def test_eval_reports_a_prompt_typo_before_the_model_loads(work):
+    (work / "prompts.txt").write_text("Hello there.\n[S1] Hi [S3] you.\n")
+    refused(run("dia2.evaluation.cli", "--model", "tiny", "--references", "my recordings", "--prompts", "prompts.txt",
+                "out", cwd=work), "prompt 2", "unknown tag '[S3]'")
+
+
 def test_eval_refuses_a_missing_adapter_before_loading(work):
     refused(run("dia2.evaluation.cli", "--model", "tiny", "--references", "my recordings", "--adapter", "runs/nope/adapter",
                 "out", cwd=work), "--adapter runs/nope/adapter")
