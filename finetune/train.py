@@ -39,8 +39,6 @@ import logging
 import math
 import os
 import shlex
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -54,6 +52,7 @@ from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from dia2.console import is_main_process, setup_logging, sigterm_stops_like_ctrl_c, stop_code, stop_line
 from dia2.data.corpus import CorpusMeta
 from dia2.errors import Dia2Error, report
 from dia2.output_paths import check_writable
@@ -425,25 +424,6 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     return load_config(args.config, overrides)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so both stop a run the same way."""
-
-
-@contextlib.contextmanager
-def sigterm_stops_like_ctrl_c() -> Iterator[None]:
-    def stop(signum: int, frame: Any) -> None:
-        raise Terminated
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Python delivers signals to the main thread only; its handler stays in charge
-        return
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def resume_hint(cfg: TrainConfig, argv: list[str]) -> str:
     """Where an interrupted run stands, and the command that continues it."""
     paths = RunPaths(Path(cfg.output.dir) / cfg.output.name)
@@ -466,8 +446,7 @@ def resume_hint(cfg: TrainConfig, argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("finetune").setLevel(logging.INFO)
+    setup_logging(logging.WARNING, {"finetune": logging.INFO})
     argv = sys.argv[1:] if argv is None else argv
     cfg = None
     try:
@@ -476,12 +455,11 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg)
     except Dia2Error as exc:
         return report("train", exc)
-    except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
-        if int(os.environ.get("RANK", "0")) == 0:  # one message for all processes
+    except KeyboardInterrupt as stop:
+        if is_main_process():  # one message for all processes
             hint = resume_hint(cfg, argv) if cfg is not None else "nothing was trained"
-            print(f"\ntrain: stopped by {'SIGTERM' if terminated else 'Ctrl-C'}: {hint}", file=sys.stderr)
-        return 128 + int(signal.SIGTERM if terminated else signal.SIGINT)
+            print("\n" + stop_line("train", stop, hint), file=sys.stderr)
+        return stop_code(stop)
     return 0
 
 
