@@ -2,7 +2,8 @@
 
 | path | what |
 |---|---|
-| config.yaml | the resolved config |
+| config.yaml | the resolved config (as of the last invocation) |
+| resumes.jsonl | what each resume changed in it (e.g. more optim.steps), at which step |
 | metrics.jsonl | one JSON object per training step and per evaluation |
 | checkpoints/step_N/ | resumable checkpoints, the last output.keep_last (finetune.checkpoint) |
 | samples/step_N/sample_i.wav | sample scripts spoken at each evaluation |

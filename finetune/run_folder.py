@@ -22,9 +22,16 @@ class RunPaths:
 
     root: Path
 
+    RESUMES = "resumes.jsonl"
+    """What each resume changed in the config (config.yaml holds the values in effect now)."""
+
     @property
     def config(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def resumes(self) -> Path:
+        return self.root / self.RESUMES
 
     @property
     def metrics(self) -> Path:

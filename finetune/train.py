@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import time
 from collections.abc import Iterator
@@ -62,7 +63,9 @@ from finetune.checkpoint import (
     check_resumable,
     checkpoint_name,
     complete_checkpoints,
+    config_changes,
     load_checkpoint,
+    read_state,
     resume_checkpoint,
     save_checkpoint,
     trainable_state,
@@ -103,6 +106,7 @@ from finetune.outputs import (
     save_full_model,
 )
 from finetune.push import CARD_FILE, push_run
+from finetune.schedule import Decay, continued_decay, lr_factor
 from finetune.tracking import Tracker, accelerate_kwargs
 
 logger = logging.getLogger("finetune.train")
@@ -125,9 +129,11 @@ def train(cfg: TrainConfig) -> RunPaths:
     check_sharding(accelerator, cfg.quant, cfg.eval.scripts)
     rank, device, is_main = accelerator.process_index, accelerator.device, accelerator.is_main_process
     resume_from = resume_checkpoint(cfg.output.resume, paths.root)
-    if resume_from is not None and paths.config.is_file():
-        check_resumable(yaml.safe_load(paths.config.read_text()), config_to_dict(cfg))
+    saved = yaml.safe_load(paths.config.read_text()) if resume_from is not None and paths.config.is_file() else None
+    if saved is not None:
+        check_resumable(saved, config_to_dict(cfg))
     check_inputs(cfg)
+    decay = Decay.fresh(cfg.optim) if resume_from is None else resumed_decay(resume_from, saved, cfg.optim, is_main)
 
     # Model, data, optimizer. The same seed on every process gives every process the same LoRA init.
     set_seed(cfg.seed)
@@ -145,6 +151,8 @@ def train(cfg: TrainConfig) -> RunPaths:
         paths.root.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
             paths.metrics.unlink(missing_ok=True)  # left by a fresh run that died before its first checkpoint
+        elif saved is not None:
+            record_resume(paths, saved, cfg, read_state(resume_from)["step"])
         save_config(run_config(cfg), paths.config)
     model = make_trainable(tts.model, cfg.lora, base.name)
     tts.model.set_gradient_checkpointing(cfg.optim.gradient_checkpointing)
@@ -152,7 +160,7 @@ def train(cfg: TrainConfig) -> RunPaths:
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     # Not passed to prepare(): Accelerate would step it once per process per step.
-    scheduler = LambdaLR(optimizer, partial(lr_factor, optim=o))
+    scheduler = LambdaLR(optimizer, partial(lr_factor, optim=o, decay=decay))
     model, optimizer = accelerator.prepare(model, optimizer)
     # FSDP replaces every parameter with its shard: clip what the optimizer now holds.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -192,8 +200,13 @@ def train(cfg: TrainConfig) -> RunPaths:
                 keep_best(unwrapped, paths.root / "best", at, cfg.eval.metric, scores, weights)
         accelerator.wait_for_everyone()
 
+    def evaluation_due(at: int) -> bool:
+        return at == o.steps or bool(cfg.eval.every and at % cfg.eval.every == 0)
+
     if step == 0 and cfg.eval.at_start:
         evaluate(0)
+    elif step > 0 and evaluation_due(step) and not evaluated(paths, corpus, cfg.eval, step):
+        evaluate(step)  # the evaluation a stop interrupted (its checkpoint is written first)
     started = time.perf_counter()
     progress = tqdm(total=o.steps, initial=step, desc="training", unit="step", disable=not is_main)
     while step < o.steps:
@@ -232,12 +245,12 @@ def train(cfg: TrainConfig) -> RunPaths:
         tracker.log(record, step, "train")
         progress.update()
         progress.set_postfix(loss=f"{record['loss']:.3f}")
-        last = step == o.steps
-        if last or (cfg.eval.every and step % cfg.eval.every == 0):
-            evaluate(step)
-        if last or (cfg.output.save_every and step % cfg.output.save_every == 0):
-            at = Progress(step, stream.position, seconds_before + time.perf_counter() - started)
+        # The checkpoint first: a run stopped during the evaluation keeps this step.
+        if step == o.steps or (cfg.output.save_every and step % cfg.output.save_every == 0):
+            at = Progress(step, stream.position, seconds_before + time.perf_counter() - started, dataclasses.asdict(decay))
             save_checkpoint(paths.checkpoints, at, model, optimizer, scheduler, accelerator, cfg.output.keep_last)
+        if evaluation_due(step):
+            evaluate(step)
     progress.close()
     finish(cfg, paths, base, corpus, model, step, accelerator, seconds_before + time.perf_counter() - started)
     tracker.close()
@@ -270,24 +283,49 @@ def check_inputs(cfg: TrainConfig) -> None:
     resolve_source(cfg.model.base)  # a base that is neither a folder, a Hub repo id nor tiny
 
 
+def resumed_decay(folder: Path, saved: dict[str, Any] | None, optim: OptimSection, is_main: bool) -> Decay:
+    """The learning-rate decay a run resumed from checkpoint `folder` continues with (extended
+    when optim.steps changed, with a warning: finetune.schedule); `saved`: the run's config.yaml."""
+    state = read_state(folder)
+    steps_before = saved["optim"]["steps"] if saved else optim.steps
+    recorded = Decay.from_record(state.get("lr_decay"), optim, steps_before)
+    decay = continued_decay(recorded, state["step"], optim)
+    if decay != recorded and is_main:
+        change = "raised" if optim.steps > recorded.steps else "lowered"
+        logger.warning(
+            "optim.steps %s from %d to %d on resume: the learning-rate schedule continues from step %d at %.3g "
+            "(where the run left it) to %.3g (optim.lr x optim.min_lr_ratio) at step %d; the steps already trained "
+            "keep their rates (the change is recorded in %s)", change, recorded.steps, optim.steps, state["step"],
+            optim.lr * lr_factor(state["step"], optim, decay), optim.lr * optim.min_lr_ratio, optim.steps,
+            RunPaths.RESUMES,
+        )
+    return decay
+
+
+def record_resume(paths: RunPaths, saved: dict[str, Any], cfg: TrainConfig, step: int) -> None:
+    """Append to resumes.jsonl what a resume at `step` changed in the run's config (config.yaml
+    then holds the new values): the record of what ran. Where the run lives and what this
+    invocation does (output.dir, output.name, --resume, --export-merged, push) are not changes."""
+    ignored = {"output.dir", "output.name", *(f"output.{k}" for k in INVOCATION_KEYS)}
+    changed = {k: [old, new] for k, (old, new) in config_changes(saved, config_to_dict(cfg)).items() if k not in ignored}
+    if changed:
+        with paths.resumes.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "changed": changed}) + "\n")
+
+
+def evaluated(paths: RunPaths, corpus: TrainingData, section: Any, step: int) -> bool:
+    """Whether the evaluation of `step` left its record (held-out loss, or samples); True when an
+    evaluation records nothing (no validation split, no sample scripts)."""
+    if not corpus.validation.examples and not section.scripts:
+        return True
+    records = read_metrics(paths.metrics) if paths.metrics.is_file() else []
+    return any(r["step"] == step and r["split"] == "eval" for r in records) or (paths.samples / checkpoint_name(step)).is_dir()
+
+
 def mixed_precision(optim: OptimSection) -> str:
     if optim.mixed_precision == "auto":
         return "bf16" if torch.cuda.is_available() else "no"
     return optim.mixed_precision
-
-
-def lr_factor(step: int, optim: OptimSection) -> float:
-    """Multiplier of optim.lr for optimizer step step+1: linear warm-up, then the decay schedule
-    down to min_lr_ratio at the last step."""
-    if step < optim.warmup_steps:
-        return (step + 1) / optim.warmup_steps
-    if optim.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step + 1 - optim.warmup_steps) / max(1, optim.steps - optim.warmup_steps))
-    low = optim.min_lr_ratio
-    if optim.schedule == "linear":
-        return 1.0 - (1.0 - low) * progress
-    return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def stop_if_not_finite(value: torch.Tensor, what: str, step: int, paths: RunPaths, accelerator: Accelerator) -> None:
@@ -392,6 +430,7 @@ def voice_summary(
             "final_train": trains[-1] if trains else None,
             "eval_start": evals[0] if evals and evals[0]["step"] == 0 else None,
             "eval_final": evals[-1] if evals else None,
+            "resumes": read_metrics(paths.resumes) if paths.resumes.is_file() else [],
         },
         "samples": samples,
         "license": cfg.output.license,
@@ -410,7 +449,12 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     parser.add_argument("--export-merged", action="store_true", help="same as output.export_merged=true")
     parser.add_argument("--push-to-hub", metavar="REPO", help="same as output.push_to_hub=REPO")
     parser.add_argument("--hub-dry-run", action="store_true", help="same as output.hub_dry_run=true")
-    # Intermixed: key=value overrides may come before or after the flags.
+    # Intermixed: key=value overrides may come before or after the flags. A key=value right after a
+    # bare --resume is an override, not the checkpoint to resume from.
+    argv = [*argv] if argv is not None else sys.argv[1:]
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--resume" and re.fullmatch(r"[\w.]+=.*", argv[i + 1]):
+            argv[i] = "--resume=auto"
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
     if args.resume:
@@ -441,8 +485,15 @@ def resume_hint(cfg: TrainConfig, argv: list[str]) -> str:
     # accelerate launch sets this in its processes; its own flags are not visible from here.
     launcher = "accelerate launch" if "ACCELERATE_DYNAMO_BACKEND" in os.environ else sys.executable
     same_flags = " (with the same accelerate launch flags)" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-    command = shlex.join([*launcher.split(), "finetune/train.py", *args, "--resume"])
+    command = shlex.join([*launcher.split(), script_path(), *args, "--resume"])
     return f"the last checkpoint is {done[-1]}; continue with{same_flags}: {command}"
+
+
+def script_path() -> str:
+    """This script as the user's shell reaches it from where they are: relative to the current
+    folder when it lies below it (finetune/train.py from the checkout), else absolute."""
+    path = Path(__file__).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
