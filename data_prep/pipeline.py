@@ -248,7 +248,7 @@ def write_outputs(config: PrepConfig, work: PrepWork, sources: Sources, results:
     with timer.stage("write"):
         counts = write_corpus(out, results, splits, model.codec.num_codebooks)
         _meta(config, model, sources.speaker_names, counts, work.transcriber.identity).save(out)
-    if "validation" not in counts:
+    if "validation" not in counts and config.out.validation_fraction > 0:  # not when none was asked for
         logger.warning("the validation split is empty (%d recording(s) kept): the corpus has only a train split", len(splits))
     extra["stage_seconds"] = timer.totals()
     report = build_report(results, sources.ignored, sources.speaker_names, splits, extra)

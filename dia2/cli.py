@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -24,6 +26,8 @@ import torch
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.audio.encode import EXTENSIONS
+from dia2.console import setup_logging
+from dia2.data.grid import FRAME_RATE
 from dia2.device import AUTO
 from dia2.errors import Dia2Error, report
 from dia2.generation.loop import GenerationConfig
@@ -39,10 +43,13 @@ from dia2.options import (
     sections,
 )
 from dia2.output_paths import check_writable
-from dia2.text.script import check_script
+from dia2.progress import progress_bar
+from dia2.text.script import check_script, expected_seconds
 
 if TYPE_CHECKING:
     from dia2.generation.runtime import GenerationResult
+
+logger = logging.getLogger("dia2.cli")
 
 PUBLISHED_SPELLING = {
     "cfg_scale": "--cfg",
@@ -130,7 +137,8 @@ class RunOptions:
     timestamps: Path | None = None
     """Write the word timestamps as JSON to this file."""
     verbose: bool = False
-    """Log progress details."""
+    """Log each stage as it starts and ends (loading, the voice prefix, generating, with timings) and the
+    libraries' info messages."""
 
 
 @dataclass(frozen=True)
@@ -242,8 +250,6 @@ def _read_script(script: ScriptOptions) -> str:
 
 def _speak(o: InferOptions, script: str) -> GenerationResult:
     """Load the model (and the voice) and speak `script`."""
-    from tqdm import tqdm
-
     from dia2.audio.asr import WhisperTranscriber
     from dia2.generation.graphs import kernel_wrapper
     from dia2.generation.runtime import Dia2
@@ -252,20 +258,27 @@ def _speak(o: InferOptions, script: str) -> GenerationResult:
     m = o.model
     if m.source == TINY_MODEL:
         print("using the embedded tiny demo model: random, untrained weights (noise, not speech)", file=sys.stderr)
+    logger.info("loading the model %s%s", m.source, f" with the adapter {m.adapter}" if m.adapter else "")
+    started = time.perf_counter()
     tts = Dia2.from_repo(
         m.source, device=m.device, dtype=m.torch_dtype, config_path=m.config, weights_path=m.weights,
         tokenizer=m.tokenizer, mimi=m.mimi, low_vram=m.low_vram, adapter=m.adapter, merge_adapter=not m.unmerged_adapter,
         kernel_wrapper=kernel_wrapper(o.run.cuda_graph, o.run.torch_compile),
     )
+    logger.info("loaded in %.1f s on %s", time.perf_counter() - started, tts.model.device)
     voice = Voice.load(o.voice.voice) if o.voice.voice else None
     if o.voice.prefix_speaker_1:
+        logger.info("transcribing the voice prefix with Whisper %s", o.voice.whisper_model)
         transcriber = WhisperTranscriber(o.voice.whisper_model, device="cuda" if tts.model.device.type == "cuda" else "cpu")
         voice = tts.make_voice(o.voice.prefix_speaker_1, o.voice.prefix_speaker_2, transcriber)
         if o.voice.save_voice:
             voice.save(o.voice.save_voice)
-    with tqdm(total=None, unit="frame", desc="generating", disable=None) as bar:
+    # The bar's total (and time left) is the frames this script is expected to take, not the limit.
+    expected = math.ceil(expected_seconds(script) * FRAME_RATE) + max(tts.model.config.data.delays)
+    logger.info("generating about %d frames (%.1f s of speech expected)", expected, expected / FRAME_RATE)
+    with progress_bar(expected, "generating", "frame") as bar:
         def progress(frame: int, limit: int) -> None:
-            bar.total = limit
+            bar.total = min(limit, max(expected, frame))
             bar.update(frame - bar.n)
 
         return tts.generate(script, o.generation, voice=voice, progress=progress)
@@ -277,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         options = parse_options(parser, argv)
     except OptionError as exc:
         parser.error(str(exc))
-    level = logging.INFO if options.run.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO if options.run.verbose else logging.WARNING)
     try:
         _check_outputs(options)
         script = _read_script(options.script)

@@ -41,7 +41,7 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -51,12 +51,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
-from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dia2.console import is_main_process, setup_logging, sigterm_stops_like_ctrl_c, stop_code, stop_line
 from dia2.data.corpus import CorpusMeta
 from dia2.errors import Dia2Error, report
 from dia2.output_paths import check_writable
+from dia2.progress import progress_bar
 from finetune.card import model_card
 from finetune.checkpoint import (
     Progress,
@@ -182,10 +183,15 @@ def train(cfg: TrainConfig) -> RunPaths:
     logger.info("training %d of %d parameters on %d process(es)", counts["trainable"], counts["total"], accelerator.num_processes)
 
     def evaluate(at: int) -> None:
+        # The bar stands still meanwhile (minutes on a large model): say why, then what it found.
+        logger.info("step %d: evaluating: %s", at, evaluation_work(corpus, cfg.eval.scripts if is_main else ()))
+        started = time.perf_counter()
         held = held_out_loss(unwrapped, corpus, tts, cfg, accelerator)
         if held is not None:
             log.write({"step": at, "split": "eval", **held})
             tracker.log(held, at, "eval")
+            logger.info("step %d: held-out loss %.3f (action %.3f, codebook 0 %.3f, depformer %.3f)", at, held["loss"],
+                        held["loss_action"], held["loss_cb0"], held["loss_depformer"])
         scores = dict(held or {})
         if is_main and cfg.eval.scripts:
             folder = paths.samples / checkpoint_name(at)
@@ -199,6 +205,7 @@ def train(cfg: TrainConfig) -> RunPaths:
             if is_main:
                 keep_best(unwrapped, paths.root / "best", at, cfg.eval.metric, scores, weights)
         accelerator.wait_for_everyone()
+        logger.info("step %d: evaluated in %.0f s", at, time.perf_counter() - started)
 
     def evaluation_due(at: int) -> bool:
         return at == o.steps or bool(cfg.eval.every and at % cfg.eval.every == 0)
@@ -208,7 +215,7 @@ def train(cfg: TrainConfig) -> RunPaths:
     elif step > 0 and evaluation_due(step) and not evaluated(paths, corpus, cfg.eval, step):
         evaluate(step)  # the evaluation a stop interrupted (its checkpoint is written first)
     started = time.perf_counter()
-    progress = tqdm(total=o.steps, initial=step, desc="training", unit="step", disable=not is_main)
+    progress = progress_bar(o.steps, "training", "step", initial=step, disable=not is_main)
     while step < o.steps:
         step += 1
         step_started = time.perf_counter()
@@ -281,6 +288,14 @@ def check_inputs(cfg: TrainConfig) -> None:
         )
     CorpusMeta.load(corpus)  # a folder that is not a corpus
     resolve_source(cfg.model.base)  # a base that is neither a folder, a Hub repo id nor tiny
+
+
+def evaluation_work(corpus: TrainingData, scripts: Sequence[str]) -> str:
+    """What an evaluation does, for the line that announces it."""
+    work = [f"held-out loss on {len(corpus.validation.examples)} utterances"] if corpus.validation.examples else []
+    if scripts:
+        work.append(f"{len(scripts)} sample script{'s' if len(scripts) > 1 else ''}")
+    return ", ".join(work) or "nothing to evaluate (no validation split, no sample scripts)"
 
 
 def resumed_decay(folder: Path, saved: dict[str, Any] | None, optim: OptimSection, is_main: bool) -> Decay:
@@ -501,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cfg = None
     try:
-        with sigterm_stops_like_ctrl_c():
+        # Log lines print above the progress bar on a terminal, not into it.
+        with sigterm_stops_like_ctrl_c(), logging_redirect_tqdm():
             cfg = parse_args(argv)
             train(cfg)
     except Dia2Error as exc:

@@ -44,6 +44,7 @@ from dia2.generation.loop import GenerationConfig
 from dia2.model.adapter_files import check_adapter_path
 from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
 from dia2.options import FlagParser, OptionError, add_flags, build, flag_values
+from dia2.progress import progress_bar
 from dia2.text.script import ScriptError
 
 PROG = "dia2-eval"
@@ -127,8 +128,6 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
         check_adapter_path(adapter, "--adapter")
     if not o.allow_other_base:
         check_adapter_bases(list(o.adapter), o.model)
-    from tqdm import tqdm
-
     from dia2.evaluation.run import EvalSetup, Evaluation, configurations, total_clips
     from dia2.generation.runtime import Dia2
     from dia2.generation.voice import Voice
@@ -153,7 +152,7 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
     setup = EvalSetup(tuple(prompts), o.seeds, generation, o.toplines)
     adapters = dict(zip(adapter_labels(list(o.adapter)), o.adapter))
     total = total_clips(setup, len(configurations(adapters, voice is not None)), len(references))
-    with staged(output) as work, tqdm(total=total, desc="evaluating", unit="clip", disable=None) as bar:
+    with staged(output) as work, progress_bar(total, "evaluating", "clip") as bar:
         evaluation = Evaluation(tts, setup, scorer, work, voice, progress=lambda label: (bar.set_postfix_str(label), bar.update()))
         data = evaluation.run(adapters, references)
         data["settings"] = {

@@ -26,6 +26,9 @@ from dia2.model.config import DataConfig
 
 SPEAKER_TAGS = ("[S1]", "[S2]")
 
+EXPECTED_WORDS_PER_SECOND = 2.5
+"""The speaking rate an expected duration assumes: 150 words a minute, conversational English."""
+
 MAX_BREAK_SECONDS = 60.0
 """Longest break accepted: half of the 2-minute context; anything longer is surely a typo."""
 
@@ -245,6 +248,18 @@ def check_script(script: str, max_break_seconds: float = MAX_BREAK_SECONDS) -> N
         elif kind == "word":
             pending, seen_word = None, True
     _check_ending(pending, seen_word)
+
+
+def expected_seconds(script: str) -> float:
+    """How long `script` is expected to take to speak: its words at EXPECTED_WORDS_PER_SECOND, plus
+    its breaks (an estimate, e.g. for a progress bar's time left; raises ScriptError as `lex` does)."""
+    words = breaks = 0.0
+    for kind, value in lex(script):
+        if kind == "word":
+            words += 1
+        elif kind == "break":
+            breaks += value
+    return words / EXPECTED_WORDS_PER_SECOND + breaks
 
 
 def lex(text: str, max_break_seconds: float = MAX_BREAK_SECONDS) -> Iterator[tuple[str, Any]]:

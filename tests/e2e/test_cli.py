@@ -61,6 +61,12 @@ def test_the_entry_point_writes_a_playable_file(tmp_path, cache):
     proc = run_cli("--tiny", "--text", "[S1] Hello there. [S2] Hi!", "--seed", "0", "--timestamps", stamps, out, cache=cache)
     assert proc.returncode == 0, proc.stderr
     assert "untrained" in proc.stderr and f"wrote {out}" in proc.stdout
+    # Written to a pipe, progress comes as plain lines; its total is the frames this short
+    # script is expected to take (about 2 s of speech), not the 1501-frame maximum.
+    bar = [line for line in proc.stderr.splitlines() if line.startswith("generating:")]
+    assert bar and "\r" not in proc.stderr and bar[-1].endswith("done")
+    total = int(bar[0].split("/")[1].split()[0])
+    assert 10 < total < 100
     data, rate = sf.read(str(out))
     assert rate == 24000 and data.ndim == 1 and len(data) > 24000 // 2
     assert [w["word"] for w in json.loads(stamps.read_text())] == ["Hello", "there.", "Hi!"]
@@ -106,6 +112,8 @@ def test_hf_tiny_is_the_embedded_model_that_tiny_is_short_for(tmp_path, cli):
     (["--tiny", "--text", "hi", "--low-vram", "2bit", "out.wav"], "invalid choice: '2bit'"),
     (["--tiny", "--hf", "x/y", "--text", "hi", "out.wav"], "cannot be combined"),
     (["--tiny", "--text", "hi", "--cuda-graph", "--device", "cpu", "out.wav"], "--cuda-graph needs a CUDA device"),
+    # Like a missing recording, a missing adapter folder is refused with the flags, before anything loads.
+    (["--tiny", "--text", "hi", "--adapter", "no/such/adapter", "out.wav"], "--adapter no/such/adapter: adapter"),
 ])
 def test_cli_rejects_bad_flags(cli, args, message):
     proc = cli(*args)
@@ -116,10 +124,21 @@ def test_cli_rejects_bad_flags(cli, args, message):
     (["--tiny", "--text", "[S3] hello", "out.wav"], "[S3]"),
     (["--tiny", "--text", "   ", "out.wav"], "empty"),
     (["--hf", "nobody/NoSuchDia2", "--text", "hi", "out.wav"], "HF_HUB_OFFLINE is set"),
-    (["--tiny", "--text", "hi", "--adapter", "no/such/adapter", "out.wav"], "adapter"),
 ])
 def test_cli_reports_bad_input_without_a_traceback(cli, args, message):
     proc = cli(*args)
     assert proc.returncode == 1, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (REPO_ROOT / "out.wav").exists()
+
+
+def test_verbose_says_what_the_command_is_doing(tmp_path, cli, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    proc = cli("--tiny", "--text", "[S1] Hello there.", "--seed", "0", "--verbose", tmp_path / "out.wav")
+    assert proc.returncode == 0, proc.stderr
+    said = [r.getMessage() for r in caplog.records if r.name == "dia2.cli"]
+    assert any(m.startswith("loading the model tiny") for m in said)
+    assert any(m.startswith("loaded in") for m in said)
+    assert any(m.startswith("generating about") and "frames" in m for m in said)

@@ -267,3 +267,16 @@ def test_a_checkpoint_due_at_an_evaluation_is_written_before_it(embedded_tiny, c
     assert rc == 0
     # The evaluation the stop interrupted runs when the run continues.
     assert [r["step"] for r in read_metrics(paths.metrics) if r["split"] == "eval"] == [2, 4]
+
+
+def test_evaluations_are_announced_and_held_out_loss_is_printed(embedded_tiny, corpus, tmp_path, caplog):  # noqa: F811
+    import logging
+
+    caplog.set_level(logging.INFO, logger="finetune")
+    rc, paths = train(tmp_path, embedded_tiny, corpus, "eval.at_start=false", "eval.every=2", "optim.steps=2",
+                      "output.save_every=0")
+    assert rc == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "finetune.train"]
+    held = next(r for r in read_metrics(paths.metrics) if r["split"] == "eval")
+    assert "step 2: evaluating: held-out loss on 3 utterances, 1 sample script" in said
+    assert any(m.startswith(f"step 2: held-out loss {held['loss']:.3f}") for m in said)
