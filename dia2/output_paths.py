@@ -20,14 +20,19 @@ def check_writable(path: str | os.PathLike, what: str, *, folder: bool = False) 
     or a folder this process may not write to. `what` names the option, e.g. "--timestamps".
     Nothing is created: the check writes an unnamed temporary file only."""
     path = Path(path)
-    if path.exists() and path.is_dir() != folder:
-        kind = "a folder" if path.is_dir() else "a file"
-        raise OutputPathError(f"{what} {path} cannot be written: it is {kind}; give {'a folder' if folder else 'a file name'}")
-    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor) or p == Path("."))
+    if path.exists():
+        if path.is_dir() != folder:
+            kind = "a folder" if path.is_dir() else "a file"
+            raise OutputPathError(f"{what} {path} cannot be written: it is {kind}; give {'a folder' if folder else 'a file name'}")
+        if not folder:
+            if not os.access(path, os.W_OK):
+                raise OutputPathError(f"{what} {path} cannot be written: the file is read-only")
+            return
+    # The folder the first new file or folder goes into: the output folder itself, or the nearest
+    # existing folder above the output (the folders between are made when it is written).
+    existing = path if path.exists() else next(p for p in path.parents if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
         raise OutputPathError(f"{what} {path} cannot be written: {existing} is a file, not a folder")
-    if path.is_file() and not os.access(path, os.W_OK):
-        raise OutputPathError(f"{what} {path} cannot be written: the file is read-only")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass

