@@ -104,7 +104,7 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> StudioOpt
     check_model_options(options.model, MODEL_SPELLING)
     check_adapter_items(options.studio.adapter)
     s = options.studio
-    if not s.presets.is_dir():
+    if "presets" in raw.get("studio", {}) and not s.presets.is_dir():  # without a checkout's, Adapt says how to train
         raise OptionError(f"--presets {s.presets}: not a folder; give a folder of training presets (YAML), like configs/train/")
     if not 0 < s.port < 65536:
         raise OptionError(f"--port {s.port}: use 1-65535")
