@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = FlagParser(prog="dia2-prep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "input", type=Path,
-        help="folder of recordings (searched recursively), or a manifest (.csv / .jsonl: path, speaker, speaker_2, text)",
+        help="folder of recordings (searched recursively; NAME.txt beside a recording is its reference text), or a "
+             "manifest (.csv / .jsonl: path, speaker, speaker_2, text)",
     )
     p.add_argument("output", type=Path, help="corpus folder to write, or to continue writing")
     for name, section in sections(PrepConfig).items():

@@ -109,7 +109,9 @@ class OptimSection:
     """Optimizer, schedule and the numerics of a step."""
 
     steps: int = 1000
-    """Optimizer steps to train for (each one is grad_accumulation batches per process)."""
+    """Optimizer steps to train for (each one is grad_accumulation batches per process). Raised on resume
+    (`--resume optim.steps=N`), the learning-rate schedule is extended from where it stood, not restarted
+    (finetune/schedule.py)."""
     lr: float = 1e-4
     """Peak learning rate (AdamW)."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"

@@ -71,7 +71,7 @@ from finetune.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from finetune.config import ConfigError, OptimSection, OutputSection, TrainConfig
+from finetune.config import ConfigError, EvalSection, OptimSection, OutputSection, TrainConfig
 from finetune.config_file import config_to_dict, help_text, load_config, save_config
 from finetune.data import (
     BatchStream,
@@ -328,7 +328,7 @@ def record_resume(paths: RunPaths, saved: dict[str, Any], cfg: TrainConfig, step
             f.write(json.dumps({"step": step, "changed": changed}) + "\n")
 
 
-def evaluated(paths: RunPaths, corpus: TrainingData, section: Any, step: int) -> bool:
+def evaluated(paths: RunPaths, corpus: TrainingData, section: EvalSection, step: int) -> bool:
     """Whether the evaluation of `step` left its record (held-out loss, or samples); True when an
     evaluation records nothing (no validation split, no sample scripts)."""
     if not corpus.validation.examples and not section.scripts:

@@ -62,3 +62,9 @@ def test_a_stopped_run_says_so_in_one_line_and_how_to_continue(tmp_path, capsys,
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"dia2-prep: stopped by {said}")
     assert "run the same command again to continue" in lines[0]
+
+
+def test_a_hub_repo_id_to_push_to_is_checked_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), str(tmp_path / "out"), "--tiny", "--push-to-hub", "not_a_repo_id"])
+    assert exit_info.value.code == 2 and "--push-to-hub not_a_repo_id: a Hub repo id is owner/name" in capsys.readouterr().err
