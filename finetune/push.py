@@ -5,8 +5,9 @@
 Uploads the run's adapter/ folder (PEFT files, dia2_voice.json, README.md model card), the
 samples of its last evaluation (as samples/sample_i.wav) and loss.png, in one commit. The token
 comes from the usual Hugging Face sources (HF_TOKEN, `hf auth login`) or --token. --dry-run
-lists the upload and shows the model card without contacting the Hub. A voice is only published with a consent statement
-(output.consent when training, or --consent here).
+lists the upload and prints the model card without contacting the Hub. A voice is only published
+with a consent statement (output.consent when training, or --consent here). The repo id, the run
+folder, the consent and the token are checked before anything else, without loading torch.
 
 The run folder is the record of the training and is never changed: the model card (titled for
 the target repo) and dia2_voice.json (with a --consent given here) are generated in memory for
