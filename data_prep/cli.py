@@ -16,7 +16,8 @@ every node mounts at the same path (so must the input); this is checked before w
 The corpus is a `datasets` folder (train / validation) with corpus_meta.json and a QC report
 (qc_report.json, qc_report.txt) beside it. Run the same command again to continue an interrupted
 run (under a launcher too, with any number of processes): recordings already prepared are
-reused. Every option's default and meaning below comes from data_prep/config.py.
+reused; Ctrl-C or SIGTERM stops it with one line. Every option's default and meaning below comes
+from data_prep/config.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sys
 from pathlib import Path
 
 from data_prep.config import PrepConfig, PrepConfigError
+from dia2.console import is_main_process, setup_logging, sigterm_stops_like_ctrl_c, stop_code, stop_line
 from dia2.errors import Dia2Error
 from dia2.options import FlagParser, add_flags, build, flag_values, sections
 
@@ -37,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = FlagParser(prog="dia2-prep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "input", type=Path,
-        help="folder of recordings (searched recursively), or a manifest (.csv / .jsonl: path, speaker, speaker_2, text)",
+        help="folder of recordings (searched recursively; NAME.txt beside a recording is its reference text), or a "
+             "manifest (.csv / .jsonl: path, speaker, speaker_2, text)",
     )
     p.add_argument("output", type=Path, help="corpus folder to write, or to continue writing")
     for name, section in sections(PrepConfig).items():
@@ -76,8 +79,19 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(parser.parse_args(argv)).validate()
     except PrepConfigError as exc:
         parser.error(str(exc))
-    level = logging.INFO if config.run.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO if config.run.verbose else logging.WARNING)
+    try:
+        with sigterm_stops_like_ctrl_c():
+            return _prepare(config)
+    except KeyboardInterrupt as stop:
+        if is_main_process():  # one message for all processes
+            print(stop_line("dia2-prep", stop, "every recording prepared so far is kept in the cache; run the same "
+                            "command again to continue"), file=sys.stderr)
+        return stop_code(stop)
+
+
+def _prepare(config: PrepConfig) -> int:
+    """Prepare the corpus `config` describes and print its summary; the exit code."""
     import torch
 
     from data_prep.distributed import (

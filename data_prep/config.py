@@ -18,7 +18,7 @@ from typing import Literal
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.data.grid import FRAME_RATE
-from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
+from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL, hub_repo_id_problem
 from dia2.options import OptionError, sections
 
 
@@ -191,6 +191,8 @@ class PrepConfig:
             raise PrepConfigError(f"--silence-db is a level below full scale (negative dBFS), got {flt.silence_db}")
         if not 0 <= self.out.validation_fraction < 1:
             raise PrepConfigError(f"--validation-fraction must be in [0, 1), got {self.out.validation_fraction}")
+        if self.out.push_to_hub is not None and (problem := hub_repo_id_problem(self.out.push_to_hub)) is not None:
+            raise PrepConfigError(f"--push-to-hub {self.out.push_to_hub}: {problem}")
         if self.run.threads < 0:
             raise PrepConfigError(f"--threads must be >= 0 (0 = all cores), got {self.run.threads}")
         if self.model.tiny and self.model.model not in (DEFAULT_MODEL, TINY_MODEL):

@@ -56,6 +56,7 @@ from dia2.device import resolve_device
 from dia2.errors import Dia2Error
 from dia2.model.assets import TINY_MODEL, ModelSource
 from dia2.model.config import DataConfig, load_config
+from dia2.output_paths import check_writable
 from dia2.text.script import TextTokenIds
 from dia2.text.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_source
 
@@ -131,9 +132,11 @@ def recorded_identity(identity: str, model: str) -> str:
 
 
 def check_output(folder: Path, overwrite: bool) -> None:
-    """Refuse an output folder that holds something other than a dia2-prep corpus, unless --overwrite."""
+    """Refuse an output folder that cannot be written, or holds something other than a dia2-prep
+    corpus (unless --overwrite)."""
     if folder.exists() and not folder.is_dir():
         raise PrepConfigError(f"output {folder} is a file: give a folder for the corpus")
+    check_writable(folder, "output", folder=True)
     if not folder.exists() or not any(folder.iterdir()):
         return
     if (folder / CACHE_DIR).is_dir() or (folder / META_FILE).is_file():
@@ -245,7 +248,7 @@ def write_outputs(config: PrepConfig, work: PrepWork, sources: Sources, results:
     with timer.stage("write"):
         counts = write_corpus(out, results, splits, model.codec.num_codebooks)
         _meta(config, model, sources.speaker_names, counts, work.transcriber.identity).save(out)
-    if "validation" not in counts:
+    if "validation" not in counts and config.out.validation_fraction > 0:  # not when none was asked for
         logger.warning("the validation split is empty (%d recording(s) kept): the corpus has only a train split", len(splits))
     extra["stage_seconds"] = timer.totals()
     report = build_report(results, sources.ignored, sources.speaker_names, splits, extra)

@@ -1,13 +1,15 @@
 """The QC report: what was kept (hours per speaker, counts) and everything left out, with why.
 
 Written beside the corpus as `qc_report.json` (every figure and every skip) and
-`qc_report.txt` (the same, for reading). A dialogue utterance's time is shared among its
-speakers in proportion to their words' durations.
+`qc_report.txt` (the same, for reading). Kept time is the recordings' audio the utterances
+cover (each moment once, the grids' silent padding left out); a dialogue utterance's time is
+shared among its speakers in proportion to their words' durations.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -31,12 +33,13 @@ def build_report(
     skips += [s for r in results for s in r.skips]
     per_speaker: dict[str, float] = defaultdict(float)
     split_rows: Counter = Counter()
+    kept = {r.source: _kept_seconds(r.rows) for r in results}
     for result in results:
-        for row in result.rows:
-            for speaker, seconds in _speaker_seconds(row, speaker_names).items():
+        for row, row_seconds in zip(result.rows, kept[result.source]):
+            for speaker, seconds in _speaker_seconds(row, speaker_names, row_seconds).items():
                 per_speaker[speaker] += seconds
             split_rows[splits.get(result.source, "none")] += 1
-    kept_seconds = sum(row["duration"] for r in results for row in r.rows)
+    kept_seconds = sum(sum(seconds) for seconds in kept.values())
     utterance_skips = [s for s in skips if s.start is not None]
     file_skips = [s for s in skips if s.start is None]
     report = {
@@ -61,7 +64,7 @@ def build_report(
         "notes": [{"source": r.source, "note": note} for r in results for note in r.notes],
         "recordings": [
             {"source": r.source, "seconds": round(r.seconds, 3), "utterances": len(r.rows), "split": splits.get(r.source),
-             "kept_seconds": round(sum(row["duration"] for row in r.rows), 3), "wer": r.wer}
+             "kept_seconds": round(sum(kept[r.source]), 3), "wer": r.wer}
             for r in results
         ],
     }
@@ -70,8 +73,20 @@ def build_report(
     return report
 
 
-def _speaker_seconds(row: dict[str, Any], speaker_names: Sequence[str]) -> dict[str, float]:
-    """The row's duration shared among its speakers by their words' durations."""
+def _kept_seconds(rows: Sequence[dict[str, Any]]) -> list[float]:
+    """Each row's share of its recording's audio: its source span (not its grid, which silence pads
+    past the audio) less what an earlier row already covers (neighbours may share a pause)."""
+    shares = [0.0] * len(rows)
+    covered = -math.inf
+    for i in sorted(range(len(rows)), key=lambda i: float(rows[i]["source_start"])):
+        start, end = float(rows[i]["source_start"]), float(rows[i]["source_end"])
+        shares[i] = max(0.0, end - max(start, covered))
+        covered = max(covered, end)
+    return shares
+
+
+def _speaker_seconds(row: dict[str, Any], speaker_names: Sequence[str], seconds: float) -> dict[str, float]:
+    """The row's `seconds` shared among its speakers by their words' durations."""
     spoken: dict[int, float] = defaultdict(float)
     for word in row["words"]:
         spoken[int(word["speaker"])] += max(float(word["end"]) - float(word["start"]), 0.0)
@@ -80,7 +95,7 @@ def _speaker_seconds(row: dict[str, Any], speaker_names: Sequence[str]) -> dict[
         speakers = {int(w["speaker"]) for w in row["words"]} or {1}
         spoken = {s: 1.0 for s in speakers}
         total = float(len(speakers))
-    return {speaker_names[s - 1]: row["duration"] * t / total for s, t in spoken.items()}
+    return {speaker_names[s - 1]: seconds * t / total for s, t in spoken.items()}
 
 
 def summary_text(report: dict[str, Any]) -> str:

@@ -1,7 +1,9 @@
 """What to read: a folder of recordings or a manifest, and who speaks in each recording.
 
-A folder is searched recursively for audio files (hidden files and the output folder are left
-out; other files are listed as ignored). A manifest is CSV (with a header) or JSONL, one
+A folder is searched recursively for audio files the way every command finds recordings
+(`dia2.audio.recordings`: hidden files and the output folder are left out, other files are listed
+as ignored); a NAME.txt beside a recording is its reference text, as a manifest's text column
+would be. A manifest is CSV (with a header) or JSONL, one
 recording per row, with the columns:
 
 | column | meaning |
@@ -25,14 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.config import PrepConfigError, SpeakerOptions
+from dia2.audio.recordings import (
+    AUDIO_EXTENSIONS,
+    FoundRecording,
+    TranscriptError,
+    find_recordings,
+    is_audio_file,
+    read_transcript,
+    transcript_beside,
+)
 
 logger = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = frozenset(
-    ".wav .wave .flac .ogg .oga .opus .mp3 .aif .aiff .aifc .au .snd .caf .w64 .rf64 .voc .wve .htk .sd2 .paf .svx"
-    " .nist .sph .avr .ircam .sf .xi .mat .mat4 .mat5 .pvf .sds .mpc".split()
-)
-"""Extensions of the formats libsndfile (soundfile) reads; RAW is left out, it has no header."""
 MANIFEST_COLUMNS = ("path", "speaker", "speaker_2", "text")
 DEFAULT_NAMES = ("speaker_1", "speaker_2")
 _SHOW = 5
@@ -69,24 +75,26 @@ def collect_sources(input_path: Path, options: SpeakerOptions, exclude: Path | N
         )
     if input_path.is_dir():
         return _from_folder(input_path, options, exclude)
-    if input_path.suffix.lower() in AUDIO_EXTENSIONS:
-        return _from_audio(input_path.parent, [input_path], [], options)
+    if is_audio_file(input_path):
+        found = FoundRecording(input_path, input_path.name, transcript_beside(input_path))
+        return _from_audio([found], [], options)
     if options.speaker_map is not None:
         raise PrepConfigError("--speaker-map is for folder inputs: put the speakers in the manifest's speaker column instead")
     return _from_manifest(input_path, options)
 
 
 def _from_folder(root: Path, options: SpeakerOptions, exclude: Path | None) -> Sources:
-    audio, ignored = scan_folder(root, exclude)
-    if not audio:
+    scan = find_recordings(root, exclude)
+    if not scan.recordings:
         shown = ", ".join(sorted(AUDIO_EXTENSIONS)[:8])
         raise PrepConfigError(f"no audio files in {root} (looked for {shown} ... recursively): check the folder")
-    return _from_audio(root, audio, ignored, options)
+    return _from_audio(list(scan.recordings), list(scan.ignored), options)
 
 
-def _from_audio(root: Path, audio: list[Path], ignored: list[str], options: SpeakerOptions) -> Sources:
-    """Sources of audio files under `root`, named by their path relative to it."""
-    names = [p.relative_to(root).as_posix() for p in audio]
+def _from_audio(found: list[FoundRecording], ignored: list[str], options: SpeakerOptions) -> Sources:
+    """Sources of recordings found in a folder, named by their path relative to it, with the
+    transcript beside each as its reference text."""
+    names = [r.name for r in found]
     if options.speaker_map is not None:
         table = read_speaker_map(options.speaker_map)
         _check_map_covers(table, names, options.speaker_map)
@@ -96,28 +104,19 @@ def _from_audio(root: Path, audio: list[Path], ignored: list[str], options: Spea
         assigned = [() for _ in names]
         speaker_names = _speaker_names(options, [], "")
     files = tuple(
-        SourceFile(path, name, _numbers(entry, speaker_names, options), None) for path, name, entry in zip(audio, names, assigned)
+        SourceFile(r.path, r.name, _numbers(entry, speaker_names, options), _reference_text(r))
+        for r, entry in zip(found, assigned)
     )
     return Sources(files, speaker_names, tuple(ignored))
 
 
-def scan_folder(root: Path, exclude: Path | None = None) -> tuple[list[Path], list[str]]:
-    """Audio files under `root` (sorted) and the relative names of the other files found."""
-    audio, ignored = [], []
-    exclude = exclude.resolve() if exclude is not None else None
-    if exclude == root.resolve():
-        exclude = None  # corpus written beside its recordings: our files are not audio, the cache is hidden
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        if exclude is not None and (path.resolve() == exclude or exclude in path.resolve().parents):
-            continue
-        if path.suffix.lower() in AUDIO_EXTENSIONS:
-            audio.append(path)
-        else:
-            ignored.append(relative.as_posix())
-    return audio, ignored
+def _reference_text(recording: FoundRecording) -> str | None:
+    if recording.transcript is None:
+        return None
+    try:
+        return read_transcript(recording.transcript)
+    except TranscriptError as exc:
+        raise PrepConfigError(f"{recording.name}: {exc}; save it as UTF-8 text, or move it out of the folder") from exc
 
 
 def read_speaker_map(path: Path) -> dict[str, tuple[str, ...]]:

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
-from dia2.cli import PUBLISHED_SPELLING, ModelOptions
+from dia2.cli import FLAG_ALIASES, PUBLISHED_SPELLING, ModelOptions, check_model_options
 from dia2.errors import Dia2Error, report
 from dia2.generation.loop import GenerationConfig
+from dia2.model.adapter_files import AdapterError, check_adapter_path
 from dia2.model.assets import HUB_TIMEOUT_S, TINY_MODEL
 from dia2.options import (
     FlagParser,
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     spellings = {"model": MODEL_SPELLING, "generation": PUBLISHED_SPELLING, "serve": None}
     for name, section in sections(ServerOptions).items():
         group = p.add_argument_group(name, docs[name])
-        add_flags(group, section, dest=f"{name}.", spelling=spellings[name])
+        add_flags(group, section, dest=f"{name}.", spelling=spellings[name], aliases=FLAG_ALIASES)
     return p
 
 
@@ -123,11 +124,12 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> ServerOpt
     options = build(ServerOptions, raw)
     if options.model.tiny and ("hf" in raw.get("model", {}) or options.model.config or options.model.weights):
         raise OptionError("--tiny is --hf tiny, the embedded demo model; it cannot be combined with --hf/--config/--weights")
-    for flag, items in (("--adapter", options.serve.adapter), ("--voice-alias", options.serve.voice_alias)):
-        for item in items:
-            name, _, value = item.partition("=")
-            if not name or not value:
-                raise OptionError(f"{flag} {item!r}: write NAME=VALUE, e.g. {flag} my-voice=runs/voice/adapter")
+    check_model_options(options.model, MODEL_SPELLING)
+    check_adapter_items(options.serve.adapter)
+    for item in options.serve.voice_alias:
+        name, _, value = item.partition("=")
+        if not name or not value:
+            raise OptionError(f"--voice-alias {item!r}: write OPENAI_NAME=VOICE, e.g. --voice-alias alloy=me")
     s = options.serve
     if not 0 < s.port < 65536:
         raise OptionError(f"--port {s.port}: use 1-65535")
@@ -141,6 +143,19 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> ServerOpt
             raise OptionError(f"--cors-origin {origin}: give an origin such as https://chat.example.com "
                               "(scheme and host, no path), or *")
     return options
+
+
+def check_adapter_items(items: Sequence[str]) -> None:
+    """Refuse, before anything loads, an `--adapter NAME=PATH_OR_REPO` that is malformed or names a
+    missing or incomplete local folder (a Hub repo id is checked when it is fetched)."""
+    for item in items:
+        name, _, value = item.partition("=")
+        if not name or not value:
+            raise OptionError(f"--adapter {item!r}: write NAME=PATH, e.g. --adapter my-voice=runs/voice/adapter")
+        try:
+            check_adapter_path(value, f"--adapter {name}=")
+        except AdapterError as exc:
+            raise OptionError(str(exc)) from None
 
 
 def join_repeated(argv: list[str], flags: tuple[str, ...]) -> list[str]:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -24,10 +26,13 @@ import torch
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.audio.encode import EXTENSIONS
+from dia2.console import setup_logging
+from dia2.data.grid import FRAME_RATE
 from dia2.device import AUTO
 from dia2.errors import Dia2Error, report
 from dia2.generation.loop import GenerationConfig
-from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
+from dia2.model.adapter_files import AdapterError, check_adapter_path
+from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL, AssetError, ModelSource
 from dia2.options import (
     FlagParser,
     OptionError,
@@ -37,9 +42,14 @@ from dia2.options import (
     flag_values,
     sections,
 )
+from dia2.output_paths import check_writable
+from dia2.progress import progress_bar
+from dia2.text.script import check_script, expected_seconds
 
 if TYPE_CHECKING:
     from dia2.generation.runtime import GenerationResult
+
+logger = logging.getLogger("dia2.cli")
 
 PUBLISHED_SPELLING = {
     "cfg_scale": "--cfg",
@@ -48,6 +58,8 @@ PUBLISHED_SPELLING = {
     "text.top_k": "--text-topk",
 }
 """GenerationConfig keys whose flags keep the published CLI's names; the others are the field names."""
+FLAG_ALIASES = {"--cfg": ("--cfg-scale",)}
+"""Other spellings a flag answers to (every entry point spells the CFG scale --cfg; --cfg-scale too)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,8 @@ class RunOptions:
     timestamps: Path | None = None
     """Write the word timestamps as JSON to this file."""
     verbose: bool = False
-    """Log progress details."""
+    """Log each stage as it starts and ends (loading, the voice prefix, generating, with timings) and the
+    libraries' info messages."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     docs = field_docs(InferOptions)
     for name, section in sections(InferOptions).items():
         group = p.add_argument_group(name, docs[name])
-        add_flags(group, section, dest=f"{name}.", spelling=PUBLISHED_SPELLING if section is GenerationConfig else None)
+        add_flags(group, section, dest=f"{name}.", spelling=PUBLISHED_SPELLING if section is GenerationConfig else None,
+                  aliases=FLAG_ALIASES)
     return p
 
 
@@ -180,9 +194,8 @@ def _check_files(o: InferOptions) -> None:
         raise OptionError("give the script with exactly one of --input FILE or --text '...'")
     if script.input is not None and str(script.input) != "-" and not script.input.is_file():
         raise OptionError(f"--input {script.input}: file not found")
-    given = {"--prefix-speaker-1": voice.prefix_speaker_1, "--prefix-speaker-2": voice.prefix_speaker_2,
-             "--config": o.model.config, "--weights": o.model.weights}
-    for flag, path in given.items():
+    check_model_options(o.model)
+    for flag, path in (("--prefix-speaker-1", voice.prefix_speaker_1), ("--prefix-speaker-2", voice.prefix_speaker_2)):
         if path is not None and not path.is_file():
             raise OptionError(f"{flag} {path}: file not found")
     if voice.prefix_speaker_2 and not voice.prefix_speaker_1:
@@ -197,6 +210,31 @@ def _check_files(o: InferOptions) -> None:
         raise OptionError("--prefix-transcript is empty: type the words the prefix recordings say, or leave it out")
     if voice.save_voice and not voice.prefix_speaker_1:
         raise OptionError("--save-voice stores the voice made from --prefix-speaker-1/2: give those recordings too")
+
+
+def check_model_options(m: ModelOptions, spelling: dict[str, str] | None = None) -> None:
+    """Refuse, before anything loads, model options naming what is not there: a --config or
+    --weights file, a model folder, a local adapter folder (`spelling`: field -> flag where an
+    entry point spells one differently, e.g. the server's --merge-adapter)."""
+    for flag, path in (("--config", m.config), ("--weights", m.weights)):
+        if path is not None and not path.is_file():
+            raise OptionError(f"{flag} {path}: file not found")
+    try:
+        if m.source != TINY_MODEL:
+            ModelSource.resolve(m.source)  # a local folder or a Hub repo id; nothing is fetched
+        if m.adapter is not None:
+            check_adapter_path(m.adapter, (spelling or {}).get("adapter", "--adapter"))
+    except (AssetError, AdapterError) as exc:
+        raise OptionError(str(exc)) from None
+
+
+def _check_outputs(o: InferOptions) -> None:
+    """Every file the run writes can be written: refused now, not after the clip is generated."""
+    check_writable(o.output, "output")
+    if o.run.timestamps is not None:
+        check_writable(o.run.timestamps, "--timestamps")
+    if o.voice.save_voice is not None:
+        check_writable(o.voice.save_voice, "--save-voice", folder=True)
 
 
 def _check_runtime(o: InferOptions) -> None:
@@ -220,8 +258,6 @@ def _read_script(script: ScriptOptions) -> str:
 
 def _speak(o: InferOptions, script: str) -> GenerationResult:
     """Load the model (and the voice) and speak `script`."""
-    from tqdm import tqdm
-
     from dia2.audio.asr import WhisperTranscriber
     from dia2.generation.graphs import kernel_wrapper
     from dia2.generation.runtime import Dia2
@@ -230,22 +266,29 @@ def _speak(o: InferOptions, script: str) -> GenerationResult:
     m = o.model
     if m.source == TINY_MODEL:
         print("using the embedded tiny demo model: random, untrained weights (noise, not speech)", file=sys.stderr)
+    logger.info("loading the model %s%s", m.source, f" with the adapter {m.adapter}" if m.adapter else "")
+    started = time.perf_counter()
     tts = Dia2.from_repo(
         m.source, device=m.device, dtype=m.torch_dtype, config_path=m.config, weights_path=m.weights,
         tokenizer=m.tokenizer, mimi=m.mimi, low_vram=m.low_vram, adapter=m.adapter, merge_adapter=not m.unmerged_adapter,
         kernel_wrapper=kernel_wrapper(o.run.cuda_graph, o.run.torch_compile),
     )
+    logger.info("loaded in %.1f s on %s", time.perf_counter() - started, tts.model.device)
     voice = Voice.load(o.voice.voice) if o.voice.voice else None
     if o.voice.prefix_speaker_1:
+        logger.info("transcribing the voice prefix with Whisper %s", o.voice.whisper_model)
         transcriber = WhisperTranscriber(o.voice.whisper_model, device="cuda" if tts.model.device.type == "cuda" else "cpu")
         voice = tts.make_voice(o.voice.prefix_speaker_1, o.voice.prefix_speaker_2, transcriber)
         if o.voice.prefix_transcript:
             voice = with_transcript(voice, o.voice.prefix_transcript)
         if o.voice.save_voice:
             voice.save(o.voice.save_voice)
-    with tqdm(total=None, unit="frame", desc="generating", disable=None) as bar:
+    # The bar's total (and time left) is the frames this script is expected to take, not the limit.
+    expected = math.ceil(expected_seconds(script) * FRAME_RATE) + max(tts.model.config.data.delays)
+    logger.info("generating about %d frames (%.1f s of speech expected)", expected, expected / FRAME_RATE)
+    with progress_bar(expected, "generating", "frame") as bar:
         def progress(frame: int, limit: int) -> None:
-            bar.total = limit
+            bar.total = min(limit, max(expected, frame))
             bar.update(frame - bar.n)
 
         return tts.generate(script, o.generation, voice=voice, progress=progress)
@@ -257,10 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         options = parse_options(parser, argv)
     except OptionError as exc:
         parser.error(str(exc))
-    level = logging.INFO if options.run.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO if options.run.verbose else logging.WARNING)
     try:
-        result = _speak(options, _read_script(options.script))
+        _check_outputs(options)
+        script = _read_script(options.script)
+        check_script(script)  # a typo is refused before the model loads
+        result = _speak(options, script)
     except (Dia2Error, ValueError, OSError) as exc:
         return report("dia2-infer", exc)
     path = result.save(options.output)

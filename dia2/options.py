@@ -308,6 +308,7 @@ def add_flags(
     *,
     dest: str = "",
     spelling: Mapping[str, str] | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
     _flag: str = "",
     _base: Any = None,
     _about: str = "",
@@ -316,6 +317,7 @@ def add_flags(
 
     dest: prefix of each flag's dest (a section name and a dot), so `flag_values` can nest them.
     spelling: dotted key (below dest) -> flag, for published flags that differ from field names.
+    aliases: flag -> other spellings it also answers to (shown in --help beside it).
     A flag not given is absent from the parsed namespace: `build` then keeps the dataclass default.
     """
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
@@ -324,21 +326,22 @@ def add_flags(
         default = getattr(_base, f.name) if _base is not None else default_of(f)
         doc = f"{_about}: {docs[f.name][:1].lower()}{docs[f.name][1:]}" if _about else docs[f.name]
         if is_dataclass(hints[f.name]):
-            add_flags(parser, hints[f.name], dest=dest, spelling=spelling, _flag=f"{key}.", _base=default,
-                               _about=docs[f.name].rstrip("."))
+            add_flags(parser, hints[f.name], dest=dest, spelling=spelling, aliases=aliases, _flag=f"{key}.",
+                      _base=default, _about=docs[f.name].rstrip("."))
             continue
         flag = (spelling or {}).get(key) or "--" + key.replace(".", "-").replace("_", "-")
-        _add_flag(parser, flag, dest + key, hints[f.name], default, doc)
+        _add_flag(parser, (flag, *(aliases or {}).get(flag, ())), dest + key, hints[f.name], default, doc)
 
 
-def _add_flag(parser: Any, flag: str, dest: str, hint: Any, default: Any, doc: str) -> None:
+def _add_flag(parser: Any, flags: tuple[str, ...], dest: str, hint: Any, default: Any, doc: str) -> None:
+    flag = flags[0]
     doc = doc.replace("%", "%%")  # argparse formats help with %
     if hint is bool:
         if default:
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+            parser.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=f"{doc} (default: on)")
         else:
-            parser.add_argument(flag, dest=dest, action="store_true", default=argparse.SUPPRESS, help=doc)
+            parser.add_argument(*flags, dest=dest, action="store_true", default=argparse.SUPPRESS, help=doc)
         return
     if isinstance(default, tuple):
         default = ",".join(map(str, default))
@@ -346,7 +349,7 @@ def _add_flag(parser: Any, flag: str, dest: str, hint: Any, default: Any, doc: s
     literal = next((a for a in (typing.get_args(hint) if _is_union(hint) else (hint,)) if typing.get_origin(a) is Literal), None)
     choices = [str(c) for c in typing.get_args(literal)] if literal is not None else None
     metavar = None if choices else dest.rpartition(".")[2].upper()
-    parser.add_argument(flag, dest=dest, type=partial(CliValue, given_as=flag), choices=choices, metavar=metavar,
+    parser.add_argument(*flags, dest=dest, type=partial(CliValue, given_as=flag), choices=choices, metavar=metavar,
                         default=argparse.SUPPRESS, help=shown, required=default is MISSING)
 
 

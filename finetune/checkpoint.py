@@ -9,7 +9,7 @@ continue exactly as if it had not stopped:
 | optimizer.pt | AdamW's state, whole, keyed by parameter name |
 | scheduler.pt | the learning-rate schedule's state |
 | rng_rank{r}.pt | each process's RNG states (python, numpy, torch CPU and CUDA): LoRA dropout draws from them |
-| state.json | step, data position (epoch, batches of it consumed by all processes), number of processes, seconds |
+| state.json | step, data position (epoch, batches of it consumed by all processes), number of processes, seconds, the learning-rate decay in effect |
 
 Weights and optimizer state are gathered whole (torch.distributed.checkpoint's full state dicts)
 whether the processes replicate the model (DDP) or shard it (FSDP2), so the same folder resumes
@@ -79,6 +79,7 @@ class Progress:
     step: int
     position: DataPosition
     seconds: float = 0.0
+    lr_decay: dict[str, Any] | None = None  # finetune.schedule.Decay in effect (None: the run's own)
 
 
 def trainable_state(model: nn.Module, every_weight: bool = False) -> dict[str, torch.Tensor]:
@@ -133,7 +134,7 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), partial / "scheduler.pt")
         state = {
             "step": step, "epoch": position.epoch, "batch": position.index, "world_size": accelerator.num_processes,
-            "seconds": round(progress.seconds, 3),
+            "seconds": round(progress.seconds, 3), "lr_decay": progress.lr_decay,
         }
         (partial / "state.json").write_text(json.dumps(state, indent=1) + "\n")
     accelerator.wait_for_everyone()
@@ -186,14 +187,22 @@ def load_checkpoint(
             )
     logger.info("resumed from %s (step %d)", folder, step)
     # Checkpoints written before the seconds were recorded count from zero.
-    return Progress(step, DataPosition(state["epoch"], state["batch"]), state.get("seconds", 0.0))
+    return Progress(step, DataPosition(state["epoch"], state["batch"]), state.get("seconds", 0.0), state.get("lr_decay"))
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    """state.json of checkpoint `folder` (step, data position, processes, seconds, lr decay)."""
+    try:
+        return json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ResumeError(f"{folder} is not a complete checkpoint ({exc}); resume from another one") from exc
 
 
 def _read_checkpoint(folder: Path, model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
     """state.json, the trainable weights and the optimizer state of `folder`, checked against the
     unwrapped `model`'s trainable parameters; ResumeError when they do not belong to it."""
+    state = read_state(folder)
     try:
-        state = json.loads((folder / "state.json").read_text())
         weights = load_file(str(folder / "trainable.safetensors"))
         moments = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -259,14 +268,20 @@ def resume_checkpoint(option: str, run_root: Path) -> Path | None:
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to resume with a config that changes what the finished steps computed."""
-    old, new = _flatten(saved), _flatten(current)
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
+    changes = config_changes(saved, current)
+    changed = [k for k in changes if not k.startswith(RESUMABLE_CHANGES)]
     if changed:
-        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        details = ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in changed[:5])
         raise ResumeError(
             f"cannot resume with a changed config ({details}); only {', '.join(RESUMABLE_CHANGES)} may change. "
             "Start a new run (another output.name) for other changes"
         )
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (saved value, current value) for every key two configs (as dicts) differ in, sorted."""
+    old, new = _flatten(saved), _flatten(current)
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dia2.model.adapters import DEFAULT_TARGET_MODULES
+from dia2.model.adapter_files import DEFAULT_TARGET_MODULES
+from dia2.model.assets import hub_repo_id_problem
 from dia2.options import SENTENCES, OptionError, sections
 
 
@@ -49,7 +50,7 @@ class LoraSection:
     target_modules: str | tuple[str, ...] = DEFAULT_TARGET_MODULES
     """Layers that get adapters: a regex matched against full module names, or a list of name
     suffixes. Default: attention and MLP of both stacks plus the depformer's per-group
-    projections (dia2.model.adapters.DEFAULT_TARGET_MODULES)."""
+    projections (dia2.model.adapter_files.DEFAULT_TARGET_MODULES)."""
     full_finetune: bool = False
     """Train every weight instead of LoRA adapters; the run then writes a full model folder
     (`model/`) instead of `adapter/`, and rank/alpha/dropout/target_modules are unused."""
@@ -108,7 +109,9 @@ class OptimSection:
     """Optimizer, schedule and the numerics of a step."""
 
     steps: int = 1000
-    """Optimizer steps to train for (each one is grad_accumulation batches per process)."""
+    """Optimizer steps to train for (each one is grad_accumulation batches per process). Raised on resume
+    (`--resume optim.steps=N`), the learning-rate schedule is extended from where it stood, not restarted
+    (finetune/schedule.py)."""
     lr: float = 1e-4
     """Peak learning rate (AdamW)."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
@@ -276,3 +279,6 @@ def check_config(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    repo = cfg.output.push_to_hub
+    if repo is not None and (problem := hub_repo_id_problem(repo)) is not None:
+        raise ConfigError(f"output.push_to_hub={repo} (--push-to-hub): {problem}")

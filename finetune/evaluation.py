@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import broadcast_object_list
-from peft import PeftModel
 from torch import nn
 
 from dia2.data.grid import FRAME_RATE
@@ -36,6 +35,7 @@ from dia2.evaluation.run import Clip, aggregate
 from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
 from dia2.generation.loop import GenerationConfig
 from dia2.generation.runtime import Dia2, GenerationResult
+from dia2.model.peft_api import PeftModel
 from dia2.text.script import ScriptError
 from finetune.config import ConfigError, EvalSection, TrainConfig
 from finetune.data import TrainingData, eval_batches, make_batch
@@ -134,10 +134,14 @@ def keep_best(
 ) -> bool:
     """Copy the adapter of `model` (a PeftModel) to `folder` with best.json when scores[metric]
     beats the best recorded there; returns whether it did (not when scores[metric] is None: it
-    logs a warning). Written beside and renamed into place.
+    logs a warning; never for an adapter that changes nothing). Written beside and renamed into place.
     `weights`: the LoRA tensors gathered whole from FSDP shards (default: the model's own)."""
     if not isinstance(model, PeftModel):
         raise ConfigError("eval.keep_best keeps a LoRA adapter; a full fine-tune (lora.full_finetune=true) has none: set eval.keep_best=false")
+    if changes_nothing(model, weights):
+        # E.g. the untrained adapter of step 0: PEFT starts every lora_B at zero.
+        logger.info("step %d: the adapter changes nothing yet (every LoRA update is zero): best/ is left as it is", step)
+        return False
     value = scores.get(metric)
     if value is None:
         # E.g. no speech in any sample yet (no similarity), early in training: nothing to rank.
@@ -163,6 +167,18 @@ def keep_best(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return True
+
+
+def changes_nothing(model: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> bool:
+    """Whether a LoRA adapter adds nothing to its base: in every adapted layer lora_A or lora_B is
+    all zeros (the delta is their product). `weights`: its tensors by name (default: the model's)."""
+    tensors = weights if weights is not None else dict(model.named_parameters())
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        for kind in ("lora_A", "lora_B"):
+            if f".{kind}." in name:
+                layers.setdefault(name.split(f".{kind}.")[0], {})[kind] = tensor
+    return all(any(not bool(t.detach().any()) for t in pair.values()) for pair in layers.values())
 
 
 def _read_best(folder: Path) -> dict[str, Any] | None:

@@ -1,8 +1,9 @@
-"""What a run leaves behind in `runs/<name>/`.
+"""What a run leaves behind in `runs/<name>/` (its layout: `finetune.run_folder.RunPaths`).
 
 | path | what |
 |---|---|
-| config.yaml | the resolved config |
+| config.yaml | the resolved config (as of the last invocation) |
+| resumes.jsonl | what each resume changed in it (e.g. more optim.steps), at which step |
 | metrics.jsonl | one JSON object per training step and per evaluation |
 | progress.json | what the run does now (ProgressFile), for a page that watches it |
 | checkpoints/step_N/ | resumable checkpoints, the last output.keep_last (finetune.checkpoint) |
@@ -11,9 +12,6 @@
 | model/ | instead of adapter/ for full fine-tuning: a complete model folder |
 | merged/ | with --export-merged: base + adapter as full weights, a complete model folder |
 | loss.png | the loss curves |
-
-`dia2_voice.json` (not `voice.json`, which names a stored voice prefix in dia2) describes the
-voice: who speaks as [S1]/[S2], the corpus and its meta, and a training summary.
 """
 
 from __future__ import annotations
@@ -35,60 +33,11 @@ from dia2.model.assets import DEFAULT_MANIFEST
 from dia2.model.checkpoint import load_model, resolve_files, save_model
 from dia2.model.config import Dia2Config
 from dia2.model.network import Dia2Model
+from finetune.run_folder import VOICE_FILE, RunPaths, write_voice_file
 
 logger = logging.getLogger(__name__)
 
-VOICE_FILE = "dia2_voice.json"
-VOICE_FORMAT = "dia2-voice/1"
 _MODEL_FILES = ("config.json", "model.safetensors", "README.md", VOICE_FILE)
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """The files and folders of one run."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def progress(self) -> Path:
-        return self.root / "progress.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def samples(self) -> Path:
-        return self.root / "samples"
-
-    @property
-    def adapter(self) -> Path:
-        return self.root / "adapter"
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def merged(self) -> Path:
-        return self.root / "merged"
-
-    @property
-    def loss_png(self) -> Path:
-        return self.root / "loss.png"
-
-    @property
-    def weights(self) -> Path:
-        """The folder holding the trained voice: adapter/ (LoRA) or model/ (full fine-tuning)."""
-        return self.model if (self.model / VOICE_FILE).is_file() else self.adapter
 
 
 class MetricsLog:
@@ -141,24 +90,6 @@ def save_adapter(
     peft_model.save_pretrained(str(folder), state_dict=weights, save_embedding_layers=False)
     write_voice_file(folder, voice)
     return folder
-
-
-def voice_file_text(voice: dict[str, Any]) -> str:
-    """The text of dia2_voice.json for `voice` (its content without the format tag)."""
-    return json.dumps({"format": VOICE_FORMAT, **voice}, indent=2) + "\n"
-
-
-def write_voice_file(folder: Path, voice: dict[str, Any]) -> Path:
-    path = folder / VOICE_FILE
-    path.write_text(voice_file_text(voice), encoding="utf-8")
-    return path
-
-
-def read_voice_file(folder: Path) -> dict[str, Any]:
-    path = folder / VOICE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {VOICE_FILE}: pass the adapter folder of a finished run")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def save_full_model(

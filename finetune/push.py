@@ -5,8 +5,9 @@
 Uploads the run's adapter/ folder (PEFT files, dia2_voice.json, README.md model card), the
 samples of its last evaluation (as samples/sample_i.wav) and loss.png, in one commit. The token
 comes from the usual Hugging Face sources (HF_TOKEN, `hf auth login`) or --token. --dry-run
-lists the upload without contacting the Hub. A voice is only published with a consent statement
-(output.consent when training, or --consent here).
+lists the upload and prints the model card without contacting the Hub. A voice is only published
+with a consent statement (output.consent when training, or --consent here). The repo id, the run
+folder, the consent and the token are checked before anything else, without loading torch.
 
 The run folder is the record of the training and is never changed: the model card (titled for
 the target repo) and dia2_voice.json (with a --consent given here) are generated in memory for
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from dia2.errors import Dia2Error, report
+from dia2.model.assets import hub_repo_id_problem
 from finetune.card import model_card
-from finetune.outputs import VOICE_FILE, RunPaths, read_voice_file, voice_file_text
+from finetune.run_folder import VOICE_FILE, RunPaths, finished_runs, read_voice_file, voice_file_text
 
 CARD_FILE = "README.md"
 
@@ -73,13 +75,13 @@ def push_run(
     consent: str | None = None,
 ) -> list[Upload]:
     """Upload the adapter with a model card for `repo` (or only list the upload, when dry_run).
-    Nothing in the run folder is written."""
+    Nothing in the run folder is written. Every check (repo id, run folder, consent, token) comes
+    before anything is read from the Hub."""
     run = Path(run)
-    adapter = RunPaths(run).adapter
-    try:
-        voice = read_voice_file(adapter)
-    except FileNotFoundError as exc:
-        raise PushError(str(exc)) from exc
+    problem = hub_repo_id_problem(repo)
+    if problem is not None:
+        raise PushError(f"--repo {repo}: {problem}")
+    voice = read_run_voice(run)
     voice.pop("format", None)
     if consent:
         voice["consent"] = consent
@@ -88,6 +90,8 @@ def push_run(
             "no consent statement: a voice is published only with one. Set output.consent when training or pass "
             "--consent 'The speakers agreed to ...'"
         )
+    if not dry_run:
+        token = hub_token(token)
     plan = upload_plan(run, voice, model_card(voice, repo))
     missing = [str(u.source) for u in plan if isinstance(u.source, Path) and not u.source.is_file()]
     if missing:
@@ -98,13 +102,33 @@ def push_run(
     return plan
 
 
-def _upload(plan: list[Upload], repo: str, private: bool, token: str | None) -> None:
-    from huggingface_hub import CommitOperationAdd, HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
+def read_run_voice(run: Path) -> dict[str, Any]:
+    """The voice file of run folder `run`; a PushError that names the finished runs beside it
+    when `run` does not exist or did not finish."""
+    beside = finished_runs(run.parent)
+    listed = f"finished runs in {run.parent}: {', '.join(beside)}" if beside else f"{run.parent} holds no finished run"
+    if not run.is_dir():
+        raise PushError(f"run folder {run} does not exist; {listed}")
+    try:
+        return read_voice_file(RunPaths(run).adapter)
+    except FileNotFoundError:
+        raise PushError(f"{run} is not a finished LoRA run (it has no adapter/{VOICE_FILE}); {listed}") from None
+
+
+def hub_token(token: str | None) -> str:
+    """The token to upload with: `token`, else the stored login or HF_TOKEN."""
+    from huggingface_hub import get_token
 
     token = token or get_token()
     if not token:
         raise PushError("no Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token")
+    return token
+
+
+def _upload(plan: list[Upload], repo: str, private: bool, token: str) -> None:
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
     api = HfApi(token=token)
     try:
         api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
@@ -125,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="run folder (runs/<name>) of a finished LoRA run")
     parser.add_argument("--repo", required=True, help="Hub repo id to create or update, e.g. me/my-voice-lora")
     parser.add_argument("--public", action="store_true", help="create the repo public (default private)")
-    parser.add_argument("--dry-run", action="store_true", help="list the upload (card included), upload nothing")
+    parser.add_argument("--dry-run", action="store_true", help="list the upload and print the model card, upload nothing")
     parser.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--consent", help="consent statement of the speakers (default: the one given when training)")
     args = parser.parse_args(argv)
@@ -136,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     listing = [upload.listing() for upload in plan]
     verb = "would upload" if args.dry_run else "uploaded"
     print(json.dumps({"repo": args.repo, "dry_run": args.dry_run, verb: listing}, indent=1))
+    if args.dry_run:
+        card = next(u.source for u in plan if u.path_in_repo == CARD_FILE)
+        print(f"\n--- {CARD_FILE}, the model card this push would upload ---\n{card.decode()}--- end of {CARD_FILE} ---")
     return 0
 
 

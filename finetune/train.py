@@ -38,11 +38,10 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -52,23 +51,28 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
-from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from dia2.console import is_main_process, setup_logging, sigterm_stops_like_ctrl_c, stop_code, stop_line
 from dia2.data.corpus import CorpusMeta
 from dia2.data.teacher import Batch
 from dia2.errors import Dia2Error, report
+from dia2.output_paths import check_writable
+from dia2.progress import progress_bar
 from finetune.card import model_card
 from finetune.checkpoint import (
     Progress,
     check_resumable,
     checkpoint_name,
     complete_checkpoints,
+    config_changes,
     load_checkpoint,
+    read_state,
     resume_checkpoint,
     save_checkpoint,
     trainable_state,
 )
-from finetune.config import ConfigError, LossSection, OptimSection, OutputSection, TrainConfig
+from finetune.config import ConfigError, EvalSection, LossSection, OptimSection, OutputSection, TrainConfig
 from finetune.config_file import config_to_dict, help_text, load_config, save_config
 from finetune.data import (
     BatchStream,
@@ -105,6 +109,7 @@ from finetune.outputs import (
     save_full_model,
 )
 from finetune.push import CARD_FILE, push_run
+from finetune.schedule import Decay, continued_decay, lr_factor
 from finetune.tracking import Tracker, accelerate_kwargs
 
 logger = logging.getLogger("finetune.train")
@@ -127,9 +132,11 @@ def train(cfg: TrainConfig) -> RunPaths:
     check_sharding(accelerator, cfg.quant, cfg.eval.scripts)
     rank, device, is_main = accelerator.process_index, accelerator.device, accelerator.is_main_process
     resume_from = resume_checkpoint(cfg.output.resume, paths.root)
-    if resume_from is not None and paths.config.is_file():
-        check_resumable(yaml.safe_load(paths.config.read_text()), config_to_dict(cfg))
+    saved = yaml.safe_load(paths.config.read_text()) if resume_from is not None and paths.config.is_file() else None
+    if saved is not None:
+        check_resumable(saved, config_to_dict(cfg))
     check_inputs(cfg)
+    decay = Decay.fresh(cfg.optim) if resume_from is None else resumed_decay(resume_from, saved, cfg.optim, is_main)
 
     # Model, data, optimizer. The same seed on every process gives every process the same LoRA init.
     set_seed(cfg.seed)
@@ -147,6 +154,8 @@ def train(cfg: TrainConfig) -> RunPaths:
         paths.root.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
             paths.metrics.unlink(missing_ok=True)  # left by a fresh run that died before its first checkpoint
+        elif saved is not None:
+            record_resume(paths, saved, cfg, read_state(resume_from)["step"])
         save_config(run_config(cfg), paths.config)
     model = make_trainable(tts.model, cfg.lora, base.name)
     tts.model.set_gradient_checkpointing(cfg.optim.gradient_checkpointing)
@@ -154,7 +163,7 @@ def train(cfg: TrainConfig) -> RunPaths:
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     # Not passed to prepare(): Accelerate would step it once per process per step.
-    scheduler = LambdaLR(optimizer, partial(lr_factor, optim=o))
+    scheduler = LambdaLR(optimizer, partial(lr_factor, optim=o, decay=decay))
     model, optimizer = accelerator.prepare(model, optimizer)
     # FSDP replaces every parameter with its shard: clip what the optimizer now holds.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -178,10 +187,15 @@ def train(cfg: TrainConfig) -> RunPaths:
 
     def evaluate(at: int) -> None:
         phase.write("evaluating", at)
+        # The bar stands still meanwhile (minutes on a large model): say why, then what it found.
+        logger.info("step %d: evaluating: %s", at, evaluation_work(corpus, cfg.eval.scripts if is_main else ()))
+        started = time.perf_counter()
         held = held_out_loss(unwrapped, corpus, tts, cfg, accelerator)
         if held is not None:
             log.write({"step": at, "split": "eval", **held})
             tracker.log(held, at, "eval")
+            logger.info("step %d: held-out loss %.3f (action %.3f, codebook 0 %.3f, depformer %.3f)", at, held["loss"],
+                        held["loss_action"], held["loss_cb0"], held["loss_depformer"])
         scores = dict(held or {})
         if is_main and cfg.eval.scripts:
             folder = paths.samples / checkpoint_name(at)
@@ -195,11 +209,17 @@ def train(cfg: TrainConfig) -> RunPaths:
             if is_main:
                 keep_best(unwrapped, paths.root / "best", at, cfg.eval.metric, scores, weights)
         accelerator.wait_for_everyone()
+        logger.info("step %d: evaluated in %.0f s", at, time.perf_counter() - started)
+
+    def evaluation_due(at: int) -> bool:
+        return at == o.steps or bool(cfg.eval.every and at % cfg.eval.every == 0)
 
     if step == 0 and cfg.eval.at_start:
         evaluate(0)
+    elif step > 0 and evaluation_due(step) and not evaluated(paths, corpus, cfg.eval, step):
+        evaluate(step)  # the evaluation a stop interrupted (its checkpoint is written first)
     started, first_step = time.perf_counter(), step
-    progress = tqdm(total=o.steps, initial=step, desc="training", unit="step", disable=not is_main)
+    progress = progress_bar(o.steps, "training", "step", initial=step, disable=not is_main)
     while step < o.steps:
         step += 1
         step_started = time.perf_counter()
@@ -236,13 +256,13 @@ def train(cfg: TrainConfig) -> RunPaths:
         progress.set_postfix(loss=f"{record['loss']:.3f}")
         seconds_per_step = (time.perf_counter() - started) / (step - first_step)
         phase.write("training", step, seconds_per_step * (o.steps - step))
-        last = step == o.steps
-        if last or (cfg.eval.every and step % cfg.eval.every == 0):
-            evaluate(step)
-        if last or (cfg.output.save_every and step % cfg.output.save_every == 0):
-            at = Progress(step, stream.position, seconds_before + time.perf_counter() - started)
+        # The checkpoint first: a run stopped during the evaluation keeps this step.
+        if step == o.steps or (cfg.output.save_every and step % cfg.output.save_every == 0):
+            at = Progress(step, stream.position, seconds_before + time.perf_counter() - started, dataclasses.asdict(decay))
             phase.write("saving", step)
             save_checkpoint(paths.checkpoints, at, model, optimizer, scheduler, accelerator, cfg.output.keep_last)
+        if evaluation_due(step):
+            evaluate(step)
     progress.close()
     phase.write("saving", step)
     finish(cfg, paths, base, corpus, model, step, accelerator, seconds_before + time.perf_counter() - started)
@@ -266,6 +286,7 @@ def run_config(cfg: TrainConfig) -> TrainConfig:
 
 def check_inputs(cfg: TrainConfig) -> None:
     """Refuse what can be refused before anything loads (loading the 2B base takes minutes)."""
+    check_writable(Path(cfg.output.dir) / cfg.output.name, "the run folder (output.dir/output.name)", folder=True)
     corpus = Path(cfg.data.corpus)
     if not corpus.exists():
         raise ConfigError(
@@ -276,24 +297,57 @@ def check_inputs(cfg: TrainConfig) -> None:
     resolve_source(cfg.model.base)  # a base that is neither a folder, a Hub repo id nor tiny
 
 
+def evaluation_work(corpus: TrainingData, scripts: Sequence[str]) -> str:
+    """What an evaluation does, for the line that announces it."""
+    work = [f"held-out loss on {len(corpus.validation.examples)} utterances"] if corpus.validation.examples else []
+    if scripts:
+        work.append(f"{len(scripts)} sample script{'s' if len(scripts) > 1 else ''}")
+    return ", ".join(work) or "nothing to evaluate (no validation split, no sample scripts)"
+
+
+def resumed_decay(folder: Path, saved: dict[str, Any] | None, optim: OptimSection, is_main: bool) -> Decay:
+    """The learning-rate decay a run resumed from checkpoint `folder` continues with (extended
+    when optim.steps changed, with a warning: finetune.schedule); `saved`: the run's config.yaml."""
+    state = read_state(folder)
+    steps_before = saved["optim"]["steps"] if saved else optim.steps
+    recorded = Decay.from_record(state.get("lr_decay"), optim, steps_before)
+    decay = continued_decay(recorded, state["step"], optim)
+    if decay != recorded and is_main:
+        change = "raised" if optim.steps > recorded.steps else "lowered"
+        logger.warning(
+            "optim.steps %s from %d to %d on resume: the learning-rate schedule continues from step %d at %.3g "
+            "(where the run left it) to %.3g (optim.lr x optim.min_lr_ratio) at step %d; the steps already trained "
+            "keep their rates (the change is recorded in %s)", change, recorded.steps, optim.steps, state["step"],
+            optim.lr * lr_factor(state["step"], optim, decay), optim.lr * optim.min_lr_ratio, optim.steps,
+            RunPaths.RESUMES,
+        )
+    return decay
+
+
+def record_resume(paths: RunPaths, saved: dict[str, Any], cfg: TrainConfig, step: int) -> None:
+    """Append to resumes.jsonl what a resume at `step` changed in the run's config (config.yaml
+    then holds the new values): the record of what ran. Where the run lives and what this
+    invocation does (output.dir, output.name, --resume, --export-merged, push) are not changes."""
+    ignored = {"output.dir", "output.name", *(f"output.{k}" for k in INVOCATION_KEYS)}
+    changed = {k: [old, new] for k, (old, new) in config_changes(saved, config_to_dict(cfg)).items() if k not in ignored}
+    if changed:
+        with paths.resumes.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "changed": changed}) + "\n")
+
+
+def evaluated(paths: RunPaths, corpus: TrainingData, section: EvalSection, step: int) -> bool:
+    """Whether the evaluation of `step` left its record (held-out loss, or samples); True when an
+    evaluation records nothing (no validation split, no sample scripts)."""
+    if not corpus.validation.examples and not section.scripts:
+        return True
+    records = read_metrics(paths.metrics) if paths.metrics.is_file() else []
+    return any(r["step"] == step and r["split"] == "eval" for r in records) or (paths.samples / checkpoint_name(step)).is_dir()
+
+
 def mixed_precision(optim: OptimSection) -> str:
     if optim.mixed_precision == "auto":
         return "bf16" if torch.cuda.is_available() else "no"
     return optim.mixed_precision
-
-
-def lr_factor(step: int, optim: OptimSection) -> float:
-    """Multiplier of optim.lr for optimizer step step+1: linear warm-up, then the decay schedule
-    down to min_lr_ratio at the last step."""
-    if step < optim.warmup_steps:
-        return (step + 1) / optim.warmup_steps
-    if optim.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step + 1 - optim.warmup_steps) / max(1, optim.steps - optim.warmup_steps))
-    low = optim.min_lr_ratio
-    if optim.schedule == "linear":
-        return 1.0 - (1.0 - low) * progress
-    return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def accumulate_gradients(
@@ -422,6 +476,7 @@ def voice_summary(
             "final_train": trains[-1] if trains else None,
             "eval_start": evals[0] if evals and evals[0]["step"] == 0 else None,
             "eval_final": evals[-1] if evals else None,
+            "resumes": read_metrics(paths.resumes) if paths.resumes.is_file() else [],
         },
         "samples": samples,
         "license": cfg.output.license,
@@ -440,7 +495,12 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     parser.add_argument("--export-merged", action="store_true", help="same as output.export_merged=true")
     parser.add_argument("--push-to-hub", metavar="REPO", help="same as output.push_to_hub=REPO")
     parser.add_argument("--hub-dry-run", action="store_true", help="same as output.hub_dry_run=true")
-    # Intermixed: key=value overrides may come before or after the flags.
+    # Intermixed: key=value overrides may come before or after the flags. A key=value right after a
+    # bare --resume is an override, not the checkpoint to resume from.
+    argv = [*argv] if argv is not None else sys.argv[1:]
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--resume" and re.fullmatch(r"[\w.]+=.*", argv[i + 1]):
+            argv[i] = "--resume=auto"
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
     if args.resume:
@@ -452,25 +512,6 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     if args.hub_dry_run:
         overrides.append("output.hub_dry_run=true")
     return load_config(args.config, overrides)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so both stop a run the same way."""
-
-
-@contextlib.contextmanager
-def sigterm_stops_like_ctrl_c() -> Iterator[None]:
-    def stop(signum: int, frame: Any) -> None:
-        raise Terminated
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Python delivers signals to the main thread only; its handler stays in charge
-        return
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def resume_hint(cfg: TrainConfig, argv: list[str]) -> str:
@@ -490,27 +531,33 @@ def resume_hint(cfg: TrainConfig, argv: list[str]) -> str:
     # accelerate launch sets this in its processes; its own flags are not visible from here.
     launcher = "accelerate launch" if "ACCELERATE_DYNAMO_BACKEND" in os.environ else sys.executable
     same_flags = " (with the same accelerate launch flags)" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-    command = shlex.join([*launcher.split(), "finetune/train.py", *args, "--resume"])
+    command = shlex.join([*launcher.split(), script_path(), *args, "--resume"])
     return f"the last checkpoint is {done[-1]}; continue with{same_flags}: {command}"
 
 
+def script_path() -> str:
+    """This script as the user's shell reaches it from where they are: relative to the current
+    folder when it lies below it (finetune/train.py from the checkout), else absolute."""
+    path = Path(__file__).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("finetune").setLevel(logging.INFO)
+    setup_logging(logging.WARNING, {"finetune": logging.INFO})
     argv = sys.argv[1:] if argv is None else argv
     cfg = None
     try:
-        with sigterm_stops_like_ctrl_c():
+        # Log lines print above the progress bar on a terminal, not into it.
+        with sigterm_stops_like_ctrl_c(), logging_redirect_tqdm():
             cfg = parse_args(argv)
             train(cfg)
     except Dia2Error as exc:
         return report("train", exc)
-    except KeyboardInterrupt as exc:
-        terminated = isinstance(exc, Terminated)
-        if int(os.environ.get("RANK", "0")) == 0:  # one message for all processes
+    except KeyboardInterrupt as stop:
+        if is_main_process():  # one message for all processes
             hint = resume_hint(cfg, argv) if cfg is not None else "nothing was trained"
-            print(f"\ntrain: stopped by {'SIGTERM' if terminated else 'Ctrl-C'}: {hint}", file=sys.stderr)
-        return 128 + int(signal.SIGTERM if terminated else signal.SIGINT)
+            print("\n" + stop_line("train", stop, hint), file=sys.stderr)
+        return stop_code(stop)
     return 0
 
 

@@ -101,3 +101,31 @@ def recordings(tmp_path_factory) -> dict:
 
     folder = tmp_path_factory.mktemp("recordings")
     return {**make_all(folder), "folder": folder}
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_bundle_dir, tmp_path_factory) -> Path:
+    """A DIA2_CACHE in which `tiny` (`--tiny`) is the session's tiny bundle, without rebuilding it."""
+    from dia2.tiny import BUNDLE_VERSION
+
+    cache = tmp_path_factory.mktemp("dia2-cache")
+    (cache / f"tiny-v{BUNDLE_VERSION}-seed0").symlink_to(tiny_bundle_dir, target_is_directory=True)
+    return cache
+
+
+CHILD_SITE = Path(__file__).resolve().parent / "child"
+HEAVY_MODULES = ("transformers", "peft", "bitsandbytes", "accelerate", "datasets", "faster_whisper", "ctranslate2",
+                 "gradio", "resemblyzer", "fastapi", "uvicorn", "huggingface_hub", "kernels")
+"""What loading a model (or its recogniser, or the page) imports; a command refuses a bad input before any of it."""
+
+
+def child_env(network_log: Path | None = None, block: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
+    """The environment of a test's child process (tests/child/sitecustomize.py): with
+    `network_log`, every connection beyond this machine is refused and recorded there, and
+    HF_HUB_OFFLINE is unset, as on a user's machine; `block` lists modules that cannot be imported."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE" or network_log is None}
+    env["PYTHONPATH"] = os.pathsep.join([str(CHILD_SITE), str(REPO_ROOT)])
+    if network_log is not None:
+        env["DIA2_TEST_NETWORK_LOG"] = str(network_log)
+    env["DIA2_TEST_BLOCK_IMPORTS"] = ",".join(block)
+    return {**env, **extra}

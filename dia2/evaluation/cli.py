@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL, WhisperTranscriber
+from dia2.cli import FLAG_ALIASES
 from dia2.device import AUTO, resolve_device
 from dia2.errors import Dia2Error, report
 from dia2.evaluation.inputs import (
@@ -34,14 +35,16 @@ from dia2.evaluation.inputs import (
     check_output,
     read_prompts,
     read_references,
+    where_found,
 )
 from dia2.evaluation.report import HTML_NAME, JSON_NAME, staged, write_report
-from dia2.evaluation.run import EvalSetup, Evaluation, configurations, total_clips
 from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
 from dia2.evaluation.speaker import DEFAULT_SPEAKER_ENCODER, load_speaker_encoder
 from dia2.generation.loop import GenerationConfig
+from dia2.model.adapter_files import check_adapter_path
 from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
 from dia2.options import FlagParser, OptionError, add_flags, build, flag_values
+from dia2.progress import progress_bar
 from dia2.text.script import ScriptError
 
 PROG = "dia2-eval"
@@ -54,7 +57,8 @@ class EvalOptions:
     """A dia2-eval run (the output folder is the positional argument)."""
 
     references: Path
-    """Folder of recordings of the target voice (wav/flac/ogg/mp3; NAME.txt beside NAME.wav is its transcript)."""
+    """Folder of recordings of the target voice, searched recursively as dia2-prep reads its input (the same
+    formats; NAME.txt beside NAME.wav is its transcript)."""
     model: str = DEFAULT_MODEL
     """Hub repo id or local folder of the base model, or tiny (the embedded demo model)."""
     adapter: tuple[str, ...] = ()
@@ -98,7 +102,7 @@ class EvalOptions:
 def build_parser() -> argparse.ArgumentParser:
     parser = FlagParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", type=Path, help="Folder to write eval.json, report.html and clips/ to (new or empty).")
-    add_flags(parser, EvalOptions)
+    add_flags(parser, EvalOptions, spelling={"cfg_scale": "--cfg"}, aliases=FLAG_ALIASES)
     return parser
 
 
@@ -110,21 +114,24 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> tu
 
 def evaluate(output: Path, o: EvalOptions) -> Path:
     """The whole command: check inputs, load, speak, score, write; returns the report folder."""
-    from tqdm import tqdm
-
-    from dia2.generation.runtime import Dia2
-    from dia2.generation.voice import Voice
-
-    # Cheap checks first: loading a 2B model takes minutes.
+    # Cheap checks first, before the model stack is imported: loading a 2B model takes minutes.
     check_output(output)
     prompts = read_prompts(o.prompts)
     references = read_references(o.references, READ_RATE)
+    found = where_found(references, o.references)
+    print(f"references: {found}", file=sys.stderr)
     if o.prefix is not None and not o.prefix.is_file():
         raise EvalInputError(f"--prefix {o.prefix}: file not found")
     if o.voice is not None and not (o.voice / "voice.json").is_file():
         raise EvalInputError(f"--voice {o.voice}: not a stored voice folder (no voice.json); make one with dia2-infer --save-voice")
+    for adapter in o.adapter:
+        check_adapter_path(adapter, "--adapter")
     if not o.allow_other_base:
         check_adapter_bases(list(o.adapter), o.model)
+    from dia2.evaluation.run import EvalSetup, Evaluation, configurations, total_clips
+    from dia2.generation.runtime import Dia2
+    from dia2.generation.voice import Voice
+
     device = str(resolve_device(o.device))
     speaker = load_speaker_encoder(o.speaker_encoder, device)
     if o.model == TINY_MODEL:
@@ -145,13 +152,13 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
     setup = EvalSetup(tuple(prompts), o.seeds, generation, o.toplines)
     adapters = dict(zip(adapter_labels(list(o.adapter)), o.adapter))
     total = total_clips(setup, len(configurations(adapters, voice is not None)), len(references))
-    with staged(output) as work, tqdm(total=total, desc="evaluating", unit="clip", disable=None) as bar:
+    with staged(output) as work, progress_bar(total, "evaluating", "clip") as bar:
         evaluation = Evaluation(tts, setup, scorer, work, voice, progress=lambda label: (bar.set_postfix_str(label), bar.update()))
         data = evaluation.run(adapters, references)
         data["settings"] = {
             "model": o.model, "adapters": list(o.adapter), "prompts": str(o.prompts or "shipped default"),
             "prompt_count": len(prompts), "seeds": list(o.seeds), "max_frames": o.max_frames, "cfg_scale": o.cfg_scale,
-            "references": str(o.references), "reference_count": len(references),
+            "references": str(o.references), "reference_count": len(references), "references_found": found,
             "voice_prefix": str(o.voice or o.prefix or "none"), "asr_model": o.asr_model,
             "speaker_encoder": o.speaker_encoder, "device": device,
         }

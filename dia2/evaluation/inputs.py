@@ -13,26 +13,29 @@ import os
 import re
 from dataclasses import dataclass
 from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dia2.audio.io import AudioFileError, read_audio
+from dia2.audio.recordings import AUDIO_EXTENSIONS, TranscriptError, find_recordings, read_transcript
 from dia2.errors import Dia2Error
-from dia2.model.adapters import (
+from dia2.model.adapter_files import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     AdapterError,
-    check_adapter_fits,
-    read_adapter_config,
+    read_adapter_json,
     resolve_adapter,
 )
 from dia2.model.assets import TINY_MODEL
-from dia2.model.network import Dia2Model
-from dia2.text.script import SPEAKER_TAGS
+from dia2.output_paths import check_writable
+from dia2.text.script import SPEAKER_TAGS, ScriptError, check_script
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
-"""Files of a reference folder read as recordings; a same-named .txt beside one is its transcript."""
+if TYPE_CHECKING:
+    from dia2.model.network import Dia2Model
+
 DEFAULT_PROMPTS = "default.txt"
 VOICE_FILE = "dia2_voice.json"
 """The voice file a training run writes beside its adapter (finetune.outputs.VOICE_FILE; dia2 imports no finetune)."""
@@ -71,11 +74,20 @@ def read_prompts(path: str | os.PathLike | None = None) -> list[str]:
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise EvalInputError(f"prompt file {where} holds no prompts: write one prompt a line")
-    return [p if p.startswith(SPEAKER_TAGS) else f"[S1] {p}" for p in prompts]
+    prompts = [p if p.startswith(SPEAKER_TAGS) else f"[S1] {p}" for p in prompts]
+    for i, prompt in enumerate(prompts, 1):
+        try:
+            check_script(prompt)  # a typo is refused before the model loads
+        except ScriptError as exc:
+            raise EvalInputError(f"prompt {i} ({prompt!r}) in {where} cannot be spoken: {exc}") from exc
+    return prompts
 
 
 def read_references(folder: str | os.PathLike, sample_rate: int) -> list[Reference]:
-    """Every recording in `folder` (not its subfolders) at `sample_rate`, sorted by name.
+    """Every recording under `folder`, found as data prep finds recordings (recursively, the same
+    formats, NAME.txt beside a recording is its transcript: `dia2.audio.recordings`), at
+    `sample_rate`, sorted by path. A reference is named by its path relative to the folder,
+    without the extension.
 
     Refused: a missing folder, one without recordings, two recordings of one name (a.wav and
     a.flac would share clips/references/a.wav and a.txt), and any recording or transcript that
@@ -84,25 +96,28 @@ def read_references(folder: str | os.PathLike, sample_rate: int) -> list[Referen
     folder = Path(folder)
     if not folder.is_dir():
         raise EvalInputError(f"reference folder {folder} not found: pass a folder of recordings of the target voice")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-    if not files:
+    found = find_recordings(folder).recordings
+    if not found:
+        shown = ", ".join(sorted(AUDIO_EXTENSIONS)[:8])
         raise EvalInputError(
-            f"reference folder {folder} holds no recordings ({', '.join(AUDIO_EXTENSIONS)}): add a few clips of the target voice"
+            f"reference folder {folder} holds no recordings ({shown} ..., in it or its subfolders): "
+            "add a few clips of the target voice"
         )
-    _check_unique_names(folder, files)
+    _check_unique_names(folder, [r.path for r in found])
     references, unreadable = [], []
-    for path in files:
+    for recording in found:
         try:
-            wave = read_audio(path, sample_rate)
+            wave = read_audio(recording.path, sample_rate)
         except AudioFileError as exc:
-            unreadable.append(f"{path.name} ({exc})")
+            unreadable.append(f"{recording.name} ({exc})")
             continue
         try:
-            text = _read_transcript(path.with_suffix(".txt"))
-        except EvalInputError as exc:
+            text = read_transcript(recording.transcript) if recording.transcript else None
+        except TranscriptError as exc:
             unreadable.append(str(exc))
             continue
-        references.append(Reference(path.stem, path, wave, sample_rate, text))
+        name = recording.name[: -len(recording.path.suffix)] if recording.path.suffix else recording.name
+        references.append(Reference(name, recording.path, wave, sample_rate, text))
     if unreadable:
         raise EvalInputError(
             f"reference folder {folder}: {len(unreadable)} file(s) cannot be read: {'; '.join(unreadable)}. "
@@ -111,11 +126,21 @@ def read_references(folder: str | os.PathLike, sample_rate: int) -> list[Referen
     return references
 
 
+def where_found(references: Sequence[Reference], folder: Path) -> str:
+    """How many references were found where, e.g. '3 recordings in refs: 1 at its top, 2 in day 1/'."""
+    counts: dict[str, int] = {}
+    for ref in references:
+        where = ref.path.parent.relative_to(folder).as_posix()
+        counts[where] = counts.get(where, 0) + 1
+    parts = [f"{counts[w]} at its top" if w == "." else f"{counts[w]} in {w}/" for w in sorted(counts, key=lambda w: (w != ".", w))]
+    return f"{len(references)} recordings in {folder}: {', '.join(parts)}"
+
+
 def _check_unique_names(folder: Path, files: list[Path]) -> None:
-    """Refuse two recordings of one name: their clips and their transcript would be one file."""
-    by_stem: dict[str, list[str]] = {}
+    """Refuse two recordings of one name in one folder: their clips and their transcript would be one file."""
+    by_stem: dict[Path, list[str]] = {}
     for path in files:
-        by_stem.setdefault(path.stem, []).append(path.name)
+        by_stem.setdefault(path.with_suffix(""), []).append(path.name)
     clashes = [names for names in by_stem.values() if len(names) > 1]
     if clashes:
         listed = "; ".join(" and ".join(names) for names in clashes)
@@ -125,18 +150,10 @@ def _check_unique_names(folder: Path, files: list[Path]) -> None:
         )
 
 
-def _read_transcript(path: Path) -> str | None:
-    """The transcript beside a recording (None when there is none, or it is blank)."""
-    if not path.is_file():
-        return None
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalInputError(f"{path.name} (its transcript; not readable as UTF-8 text: {exc})") from exc
-
-
 def check_adapters(model: Dia2Model, adapters: list[str]) -> None:
     """Refuse, before any generation, an adapter that is missing or was trained for another base."""
+    from dia2.model.adapters import check_adapter_fits, read_adapter_config
+
     for adapter in adapters:
         try:
             folder = resolve_adapter(adapter)
@@ -152,7 +169,7 @@ def check_adapter_bases(adapters: list[str], model: str) -> None:
     for adapter in adapters:
         try:
             folder = resolve_adapter(adapter)
-            recorded = read_adapter_config(folder, adapter).base_model_name_or_path
+            recorded = read_adapter_json(folder, adapter).get("base_model_name_or_path")
         except AdapterError as exc:
             raise EvalInputError(f"--adapter {adapter}: {exc}") from exc
         for base, where in ((recorded, CONFIG_NAME), (_voice_file_base(folder), VOICE_FILE)):
@@ -195,6 +212,8 @@ def adapter_labels(adapters: list[str]) -> list[str]:
 
 
 def check_output(folder: Path) -> None:
-    """Refuse an output folder that already holds files: a report is never written over another."""
+    """Refuse an output folder that already holds files (a report is never written over another)
+    or cannot be written."""
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise EvalInputError(f"output {folder} already exists and is not empty: choose a new folder or remove it")
+    check_writable(folder, "output", folder=True)

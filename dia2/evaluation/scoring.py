@@ -44,10 +44,9 @@ from dia2.evaluation.text import (
     spoken_text,
     word_error_rate,
 )
+from dia2.text.script import EXPECTED_WORDS_PER_SECOND
 from dia2.text.words import SpokenWord
 
-EXPECTED_WORDS_PER_SECOND = 2.5
-"""Speaking rate a clip's expected duration assumes: 150 words a minute, conversational English."""
 SILENCE_WINDOW_S = 0.02
 """Window over which loudness is measured to find where speech starts and ends."""
 SILENCE_BELOW_PEAK_DB = 40.0

@@ -8,12 +8,19 @@ its cache serves them when offline (HF_HUB_OFFLINE=1).
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
+import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dia2.errors import Dia2Error
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_ENV = "DIA2_ASSET_MANIFEST"
 DEFAULT_MANIFEST = "dia2_assets.json"
@@ -23,6 +30,26 @@ TINY_MODEL = "tiny"
 """The model source naming the embedded tiny demo model (`dia2.tiny`), wherever a model is
 named: `Dia2.from_repo("tiny")`, `dia2-infer --hf tiny`, `dia2-prep --model tiny`, the trainer's
 `model.base=tiny`. A local folder called tiny is passed as `./tiny`."""
+
+
+# One part of a Hub repo id (the Hub's rules): ASCII letters, digits, '_', '-' and '.', beginning
+# and ending with a letter, digit or '_', with no '--' or '..'.
+_HUB_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_HUB_NAME_LENGTH = 96
+
+
+def hub_repo_id_problem(repo: str) -> str | None:
+    """What makes `repo` an invalid Hub repo id (owner/name, the Hub's character rules), or None."""
+    parts = repo.split("/")
+    if len(parts) != 2:
+        return "a Hub repo id is owner/name, e.g. me/my-voice-lora"
+    for part in parts:
+        if not _HUB_PART.fullmatch(part) or "--" in part or ".." in part:
+            return (f"'{part}' breaks the Hub's rules for names: ASCII letters, digits, '_', '-' and '.', beginning and "
+                    "ending with a letter or digit, no '--' or '..'")
+    if len(parts[1]) > _HUB_NAME_LENGTH or parts[1].endswith(".git"):
+        return f"the name may have at most {_HUB_NAME_LENGTH} characters and may not end in .git"
+    return None
 
 
 class AssetError(Dia2Error, FileNotFoundError):
@@ -135,10 +162,35 @@ class ModelSource:
         return AssetManifest.parse(raw, str(path))
 
 
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached from here, or None. Checked once per process, by
+    one connection (not with HF_HUB_OFFLINE set, nor through a proxy, which is the way out then).
+
+    Unreachable, the process works from the local cache from then on, in every library (the
+    tokenizer's and the codec's loads too), as with HF_HUB_OFFLINE=1: the Hub client would
+    otherwise retry each file five times with a warning each, for about a minute, before failing.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=constants.HF_HUB_ETAG_TIMEOUT).close()
+    except OSError as exc:
+        constants.HF_HUB_OFFLINE = True
+        reason = f"{url.hostname}: {exc.strerror or exc}"
+        logger.info("the Hugging Face Hub cannot be reached (%s): using the local cache", reason)
+        return reason
+    return None
+
+
 def _hub_file(repo_id: str, name: str, revision: str | None, cache_dir: str | None, required: bool) -> Path | None:
     from huggingface_hub import errors as hub_errors
     from huggingface_hub import hf_hub_download
 
+    unreachable = hub_unreachable()
     try:
         return Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir))
     except hub_errors.LocalEntryNotFoundError as exc:
@@ -146,12 +198,14 @@ def _hub_file(repo_id: str, name: str, revision: str | None, cache_dir: str | No
             # Offline with no cached copy: an optional file (the manifest) is simply absent.
             return None
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        hint = (
-            "HF_HUB_OFFLINE is set and the file is not in the local cache: unset it to download, or run "
-            f"`hf download {repo_id}` on a machine with network access and copy the cache"
-            if offline
-            else "the Hub could not be reached and the file is not cached: check the network, or pass a local folder"
-        )
+        if unreachable:
+            hint = (f"the Hub cannot be reached ({unreachable}) and the file is not in the local cache: check the "
+                    "network, or pass a local folder")
+        elif offline:
+            hint = ("HF_HUB_OFFLINE is set and the file is not in the local cache: unset it to download, or run "
+                    f"`hf download {repo_id}` on a machine with network access and copy the cache")
+        else:
+            hint = "the Hub could not be reached and the file is not cached: check the network, or pass a local folder"
         raise HubUnreachable(f"cannot get '{name}' of {repo_id}: {hint}") from exc
     except (hub_errors.RemoteEntryNotFoundError, hub_errors.EntryNotFoundError) as exc:
         if not required:

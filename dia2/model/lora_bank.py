@@ -30,9 +30,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
-from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
-from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
@@ -48,6 +45,12 @@ from dia2.model.adapters import (
     warn_if_other_base,
 )
 from dia2.model.network import Dia2Model
+from dia2.model.peft_api import (
+    BaseTunerLayer,
+    LoraConfig,
+    check_target_module_exists,
+    get_pattern_key,
+)
 
 _MERGE_INSTEAD = (
     "the engine serves plain LoRA on linear layers; merge this adapter into the base with `load_adapter` instead"

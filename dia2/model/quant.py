@@ -16,7 +16,7 @@ stays in the model's dtype:
   their error lands directly on the logits the sampler draws from, with no later layer or norm
   to absorb it, which is why LLM quantization keeps `lm_head` in full precision too. They cost
   67M parameters on Dia2-1B (6%) and 69M on Dia2-2B (4%).
-That is the same set of layers `dia2.model.adapters.DEFAULT_TARGET_MODULES` adapts, so QLoRA trains
+That is the same set of layers `dia2.model.adapter_files.DEFAULT_TARGET_MODULES` adapts, so QLoRA trains
 exactly the quantized layers.
 
 Dtypes: every linear receives the compute dtype (RMSNorm returns its weight dtype) and the
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -183,13 +184,48 @@ def _silence_fp16_cast_notice() -> None:
 
 
 def _import_bitsandbytes() -> ModuleType:
+    """bitsandbytes, imported without the network request its import makes on CPUs with
+    AVX512-BF16 (it asks the Hub about an optional kernel, kernels-community/quantization-
+    bitsandbytes: `kernels` is hidden meanwhile), its warning about that kernel replaced by one
+    line that says what it means; then PEFT is told it is there (`dia2.model.peft_api`)."""
+    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is not None:
+        return sys.modules["bitsandbytes"]
+    note = _HubKernelNotice()
+    ops_logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    ops_logger.addFilter(note)
+    kernels = sys.modules.get("kernels")
+    sys.modules["kernels"] = None  # type: ignore[assignment]  # `from kernels import ...` -> ImportError
     try:
         import bitsandbytes
     except ImportError as exc:
         raise ImportError(
             "8-bit/4-bit mode needs bitsandbytes: `pip install 'bitsandbytes>=0.45'` (it runs on CPU and CUDA)"
         ) from exc
+    finally:
+        if kernels is None:
+            del sys.modules["kernels"]
+        else:
+            sys.modules["kernels"] = kernels
+        ops_logger.removeFilter(note)
+    if note.seen:
+        logger.info("bitsandbytes runs 4-bit layers on this CPU with its built-in kernels; its optional faster kernel "
+                    "is hosted on the Hugging Face Hub and is not fetched (no network request is made)")
+    peft_api = sys.modules.get("dia2.model.peft_api")
+    if peft_api is not None:
+        peft_api.bitsandbytes_imported()
     return bitsandbytes
+
+
+class _HubKernelNotice(logging.Filter):
+    """Drops bitsandbytes' warning that its Hub-hosted CPU kernel did not load, and notes it."""
+
+    seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Failed to load CPU gemm_4bit_forward"):
+            self.seen = True
+            return False
+        return True
 
 
 def _linear8bit(bnb: ModuleType, linear: nn.Linear, threshold: float) -> nn.Linear:

@@ -14,6 +14,7 @@ import numpy as np
 
 from dia2.audio.io import resample
 from dia2.errors import Dia2Error
+from dia2.model.assets import hub_repo_id_problem
 
 MIN_SECONDS, MAX_SECONDS = 1.0, 30.0
 """Length bounds of each speaker's recording (data prep's utterance bounds)."""
@@ -24,7 +25,6 @@ CLIP_LEVEL = 0.99
 MAX_CLIPPED = 0.001
 """Most samples (fraction) at full scale before a recording counts as clipped (data prep's --max-clipped)."""
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", re.ASCII)
-_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+", re.ASCII)
 # Container formats (PyAV's first name for them) whose usual extension differs from the name.
 _SUFFIX_OF_FORMAT = {"mov": "m4a", "matroska": "webm", "mp3": "mp3", "ogg": "ogg", "wav": "wav", "flac": "flac"}
 
@@ -165,14 +165,14 @@ def check_adapter(adapter: str, local: bool = True) -> str:
     text = str(adapter).strip()
     path = Path(text).expanduser()
     if local and text and path.exists():
-        from dia2.model.adapters import AdapterError, resolve_adapter
+        from dia2.model.adapter_files import AdapterError, resolve_adapter
 
         try:
             resolve_adapter(path)  # a local folder: checks its two files, no download
         except AdapterError as exc:
             raise VoiceError(str(exc), param="adapter") from exc
         return str(path.resolve())
-    if not _REPO_ID.fullmatch(text):
+    if hub_repo_id_problem(text) is not None:
         raise VoiceError(
             f"adapter {adapter!r} is neither an existing folder nor a Hub repo id like 'user/my-voice-lora': check the path",
             param="adapter",

@@ -28,9 +28,9 @@ from pathlib import Path
 # Before gradio is imported anywhere: it reads this once.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from dia2.api_server import MODEL_SPELLING, join_repeated
+from dia2.api_server import MODEL_SPELLING, check_adapter_items, join_repeated
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
-from dia2.cli import PUBLISHED_SPELLING, ModelOptions
+from dia2.cli import FLAG_ALIASES, PUBLISHED_SPELLING, ModelOptions, check_model_options
 from dia2.errors import Dia2Error, report
 from dia2.generation.loop import GenerationConfig
 from dia2.options import (
@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     docs = field_docs(StudioOptions)
     spellings = {"model": MODEL_SPELLING, "generation": PUBLISHED_SPELLING, "studio": None}
     for name, section in sections(StudioOptions).items():
-        add_flags(p.add_argument_group(name, docs[name]), section, dest=f"{name}.", spelling=spellings[name])
+        add_flags(p.add_argument_group(name, docs[name]), section, dest=f"{name}.", spelling=spellings[name],
+                  aliases=FLAG_ALIASES)
     return p
 
 
@@ -101,11 +102,11 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> StudioOpt
     options = build(StudioOptions, raw)
     if options.model.tiny and ("hf" in raw.get("model", {}) or options.model.config or options.model.weights):
         raise OptionError("--tiny is --hf tiny, the embedded demo model; it cannot be combined with --hf/--config/--weights")
-    for item in options.studio.adapter:
-        name, _, value = item.partition("=")
-        if not name or not value:
-            raise OptionError(f"--adapter {item!r}: write NAME=PATH, e.g. --adapter my-voice=studio/runs/me/adapter")
+    check_model_options(options.model, MODEL_SPELLING)
+    check_adapter_items(options.studio.adapter)
     s = options.studio
+    if "presets" in raw.get("studio", {}) and not s.presets.is_dir():  # without a checkout's, Adapt says how to train
+        raise OptionError(f"--presets {s.presets}: not a folder; give a folder of training presets (YAML), like configs/train/")
     if not 0 < s.port < 65536:
         raise OptionError(f"--port {s.port}: use 1-65535")
     if s.slots < 1:

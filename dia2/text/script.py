@@ -26,6 +26,9 @@ from dia2.model.config import DataConfig
 
 SPEAKER_TAGS = ("[S1]", "[S2]")
 
+EXPECTED_WORDS_PER_SECOND = 2.5
+"""The speaking rate an expected duration assumes: 150 words a minute, conversational English."""
+
 MAX_BREAK_SECONDS = 60.0
 """Longest break accepted: half of the 2-minute context; anything longer is surely a typo."""
 
@@ -183,13 +186,7 @@ class ScriptParser:
             raise RuntimeError("ScriptParser.finish() called twice")
         entries = self._entries(self._buffer)
         self._buffer, self._finished = "", True
-        if self._pending_speaker is not None:
-            raise ScriptError(
-                f"the script ends with the speaker tag {self._pending_speaker} and no word after it; "
-                "remove the tag or add the words it introduces"
-            )
-        if not self._seen_word:
-            raise ScriptError("the script has no words to speak (it is empty or holds only tags)")
+        _check_ending(self._pending_speaker, self._seen_word)
         return entries
 
     def _entries(self, text: str) -> list[Entry]:
@@ -227,6 +224,42 @@ class ScriptParser:
                 tokens.insert(0, self.ids.spk1)
         # One forced pad frame per token: the word's tokens are emitted on those frames.
         return Entry(tuple(tokens), word, padding=len(tokens))
+
+
+def _check_ending(pending_speaker: str | None, seen_word: bool) -> None:
+    """The whole-script checks: no speaker tag without words after it, and something to say."""
+    if pending_speaker is not None:
+        raise ScriptError(
+            f"the script ends with the speaker tag {pending_speaker} and no word after it; "
+            "remove the tag or add the words it introduces"
+        )
+    if not seen_word:
+        raise ScriptError("the script has no words to speak (it is empty or holds only tags)")
+
+
+def check_script(script: str, max_break_seconds: float = MAX_BREAK_SECONDS) -> None:
+    """Refuse, without a tokenizer (before a model loads), a script that parsing would refuse for
+    its text: an unknown or glued tag, a malformed break, a tag with no word after it, no words.
+    (A word that encodes to no tokens is found only by parsing.)"""
+    pending, seen_word = None, False
+    for kind, value in lex(script, max_break_seconds):
+        if kind == "speaker":
+            pending = value
+        elif kind == "word":
+            pending, seen_word = None, True
+    _check_ending(pending, seen_word)
+
+
+def expected_seconds(script: str) -> float:
+    """How long `script` is expected to take to speak: its words at EXPECTED_WORDS_PER_SECOND, plus
+    its breaks (an estimate, e.g. for a progress bar's time left; raises ScriptError as `lex` does)."""
+    words = breaks = 0.0
+    for kind, value in lex(script):
+        if kind == "word":
+            words += 1
+        elif kind == "break":
+            breaks += value
+    return words / EXPECTED_WORDS_PER_SECOND + breaks
 
 
 def lex(text: str, max_break_seconds: float = MAX_BREAK_SECONDS) -> Iterator[tuple[str, Any]]:

@@ -455,7 +455,7 @@ def test_the_module_entry_point_serves(tmp_path, tiny_bundle_dir):
 def test_bad_server_flags_are_refused():
     parser = build_parser()
     for argv, message in [
-        (["--tiny", "--adapter", "nameonly"], "NAME=VALUE"),
+        (["--tiny", "--adapter", "nameonly"], "NAME=PATH"),
         (["--tiny", "--port", "70000"], "--port 70000"),
         (["--tiny", "--slots", "0"], "--slots"),
         (["--tiny", "--cors-origin", "chat.example.com"], "--cors-origin chat.example.com: give an origin"),

@@ -61,6 +61,12 @@ def test_the_entry_point_writes_a_playable_file(tmp_path, cache):
     proc = run_cli("--tiny", "--text", "[S1] Hello there. [S2] Hi!", "--seed", "0", "--timestamps", stamps, out, cache=cache)
     assert proc.returncode == 0, proc.stderr
     assert "untrained" in proc.stderr and f"wrote {out}" in proc.stdout
+    # Written to a pipe, progress comes as plain lines; its total is the frames this short
+    # script is expected to take (about 2 s of speech), not the 1501-frame maximum.
+    bar = [line for line in proc.stderr.splitlines() if line.startswith("generating:")]
+    assert bar and "\r" not in proc.stderr and bar[-1].endswith("done")
+    total = int(bar[0].split("/")[1].split()[0])
+    assert 10 < total < 100
     data, rate = sf.read(str(out))
     assert rate == 24000 and data.ndim == 1 and len(data) > 24000 // 2
     assert [w["word"] for w in json.loads(stamps.read_text())] == ["Hello", "there.", "Hi!"]
@@ -110,6 +116,8 @@ def test_hf_tiny_is_the_embedded_model_that_tiny_is_short_for(tmp_path, cli):
      "--prefix-transcript is what --prefix-speaker-1/2 say"),
     (["--tiny", "--text", "hi", "--prefix-speaker-1", "tests/fixtures/audio/voice_b.flac", "--prefix-transcript", "  ",
       "out.wav"], "--prefix-transcript is empty"),
+    # Like a missing recording, a missing adapter folder is refused with the flags, before anything loads.
+    (["--tiny", "--text", "hi", "--adapter", "no/such/adapter", "out.wav"], "--adapter no/such/adapter: adapter"),
 ])
 def test_cli_rejects_bad_flags(cli, args, message):
     proc = cli(*args)
@@ -120,7 +128,6 @@ def test_cli_rejects_bad_flags(cli, args, message):
     (["--tiny", "--text", "[S3] hello", "out.wav"], "[S3]"),
     (["--tiny", "--text", "   ", "out.wav"], "empty"),
     (["--hf", "nobody/NoSuchDia2", "--text", "hi", "out.wav"], "HF_HUB_OFFLINE is set"),
-    (["--tiny", "--text", "hi", "--adapter", "no/such/adapter", "out.wav"], "adapter"),
 ])
 def test_cli_reports_bad_input_without_a_traceback(cli, args, message):
     proc = cli(*args)
@@ -152,3 +159,15 @@ def test_a_prefix_transcript_is_aligned_to_the_heard_words_and_saved(tmp_path, c
     assert words[k].start == heard[k].start and words[k + 1].end == heard[k].end and words[k].end < heard[k].end
     kept = [(w.start, w.end) for w in words[:k] + words[k + 2:]]
     assert kept == [(w.start, w.end) for w in heard[:k] + heard[k + 1:]], "the other words keep their heard times"
+
+
+def test_verbose_says_what_the_command_is_doing(tmp_path, cli, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    proc = cli("--tiny", "--text", "[S1] Hello there.", "--seed", "0", "--verbose", tmp_path / "out.wav")
+    assert proc.returncode == 0, proc.stderr
+    said = [r.getMessage() for r in caplog.records if r.name == "dia2.cli"]
+    assert any(m.startswith("loading the model tiny") for m in said)
+    assert any(m.startswith("loaded in") for m in said)
+    assert any(m.startswith("generating about") and "frames" in m for m in said)

@@ -91,6 +91,11 @@ def test_full_command_writes_every_section_and_playable_clips(tmp_path, inputs, 
     out = tmp_path / "report"
     assert run(inputs, out, "--adapter", str(adapter), "--prefix", str(PREP / "alice" / "greeting.flac")) == 0, capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "voice"]  # no staging folder left behind
+    err = capsys.readouterr().err
+    assert f"references: 2 recordings in {inputs['refs']}: 2 at its top" in err
+    # Not a terminal: progress comes as lines (the first before any clip, the last when all 12 are done).
+    lines = [line for line in err.splitlines() if line.startswith("evaluating:")]
+    assert lines[0].startswith("evaluating: 0/12 clips") and lines[-1].startswith("evaluating: 12/12 clips")
     data = json.loads((out / "eval.json").read_text())
     names = [c["name"] for c in data["configurations"]]
     assert names == ["base", "base+prefix", "voice", "voice+prefix"]
@@ -107,6 +112,7 @@ def test_full_command_writes_every_section_and_playable_clips(tmp_path, inputs, 
     assert len(data["toplines"]["resynthesis"]["clips"]) == 2
     assert [(e["configuration"], e["passed"]) for e in data["adapter_effect"]] == [("voice", True), ("voice+prefix", True)]
     assert set(data["timing"]) == {"generation_s", "asr_s", "speaker_s", "behaviour_s"}
+    assert data["settings"]["references_found"] == f"2 recordings in {inputs['refs']}: 2 at its top"
 
     page = Links()
     page.feed((out / "report.html").read_text())

@@ -353,7 +353,7 @@ def test_push_dry_run_lists_the_upload_with_a_card_for_the_repo(finished, capsys
     from finetune.push import push_run
 
     assert push_main([str(finished.root), "--repo", "me/my-voice", "--dry-run"]) == 0
-    listing = json.loads(capsys.readouterr().out)
+    listing = json.JSONDecoder().raw_decode(capsys.readouterr().out)[0]  # the card's text follows
     assert listing["dry_run"] is True
     assert [f["path_in_repo"] for f in listing["would upload"]] == [
         "README.md", "adapter_config.json", "adapter_model.safetensors", "dia2_voice.json", "samples/sample_0.wav", "loss.png"]

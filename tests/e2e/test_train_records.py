@@ -18,7 +18,7 @@ import finetune.train
 from dia2.generation.loop import GenerationConfig
 from dia2.generation.runtime import Dia2
 from dia2.tiny import BUNDLE_VERSION
-from finetune.outputs import RunPaths
+from finetune.outputs import RunPaths, read_metrics
 from finetune.push import push_run
 from finetune.train import main
 from tests.e2e.test_train import PRESET, QUIET, corpus, train  # noqa: F401  (corpus is a fixture)
@@ -87,7 +87,7 @@ def test_a_dry_run_or_failed_push_changes_nothing_in_the_run(tiny_run, monkeypat
     before = snapshot(tiny_run.root)
     assert push_main([str(tiny_run.root), "--repo", "someone/else", "--consent", "B", "--dry-run"]) == 0
     assert snapshot(tiny_run.root) == before
-    listing = json.loads(capsys.readouterr().out)["would upload"]
+    listing = json.JSONDecoder().raw_decode(capsys.readouterr().out)[0]["would upload"]
     assert {f["path_in_repo"]: f["file"] for f in listing}["README.md"] == "(generated for this push)"
     # The upload carries the card and consent of this push; the run keeps those of its training.
     plan = {u.path_in_repo: u.source for u in push_run(tiny_run.root, "someone/else", dry_run=True, consent="B")}
@@ -179,3 +179,108 @@ def test_an_interrupted_run_names_its_checkpoint_and_the_resume_command(
     monkeypatch.undo()
     assert main(command[command.index("finetune/train.py") + 1:]) == 0
     assert json.loads((tmp_path / "run" / "adapter" / "dia2_voice.json").read_text())["training"]["steps"] == 4
+
+
+def test_a_dry_run_shows_the_cards_text(tiny_run, capsys):
+    from finetune.push import main as push_main
+
+    assert push_main([str(tiny_run.root), "--repo", "someone/else", "--consent", "B agreed.", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    listing, end = json.JSONDecoder().raw_decode(out)
+    assert listing["dry_run"] is True
+    card = out[end:]
+    assert "# else" in card and "## Consent" in card and "B agreed." in card and "library_name: peft" in card
+
+
+# --- issue 27, item 7: runs that are stopped and resumed -------------------------------------------
+
+
+def test_the_resume_command_works_from_where_the_user_is(embedded_tiny, corpus, tmp_path, monkeypatch, capsys):  # noqa: F811
+    real_save = finetune.train.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune.train, "save_checkpoint", save_then_stop)
+    monkeypatch.chdir(tmp_path)  # not the checkout
+    argv = ["--config", PRESET, f"model.base={embedded_tiny}", f"data.corpus={corpus}", "output.dir=runs",
+            "output.name=run", *QUIET, "optim.steps=2", "output.save_every=1"]
+    assert main(argv) == 130
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("train: stopped by"))
+    command = shlex.split(line.split("continue with: ", 1)[1])
+    script = next(i for i, arg in enumerate(command) if arg.endswith("train.py"))
+    assert (Path.cwd() / command[script]).resolve() == Path(finetune.train.__file__).resolve()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert main(command[script + 1:]) == 0
+
+
+def test_resume_takes_overrides_after_it():
+    cfg = finetune.train.parse_args(["--config", PRESET, "data.corpus=c", "--resume", "optim.steps=25", "eval.every=5"])
+    assert (cfg.output.resume, cfg.optim.steps, cfg.eval.every) == ("auto", 25, 5)
+    cfg = finetune.train.parse_args(["--config", PRESET, "data.corpus=c", "--resume", "runs/x/checkpoints/step_000002"])
+    assert cfg.output.resume == "runs/x/checkpoints/step_000002"
+
+
+def test_more_steps_on_resume_extend_the_schedule_and_keep_the_record(tiny_run, embedded_tiny, corpus, tmp_path, caplog):  # noqa: F811
+    import shutil
+
+    shutil.copytree(tiny_run.root, tmp_path / "run")
+    rc, paths = train(tmp_path, embedded_tiny, corpus, *QUIET, "optim.steps=6", "output.save_every=2",
+                      "output.consent=A agreed.", "--resume")
+    assert rc == 0
+    assert "optim.steps raised from 4 to 6" in caplog.text and "learning-rate schedule" in caplog.text
+    lrs = {r["step"]: r["lr"] for r in read_metrics(paths.metrics) if r["split"] == "train"}
+    low = 3e-3 * 0.1  # the preset's lr x min_lr_ratio, reached at the first part's last step
+    # No jump back up: the schedule continues from where step 4 left it (its end) to the new end.
+    assert lrs[4] == pytest.approx(low) and lrs[5] == pytest.approx(low) and lrs[6] == pytest.approx(low)
+    training = json.loads((paths.adapter / "dia2_voice.json").read_text())["training"]
+    assert training["resumes"] == [{"step": 4, "changed": {"optim.steps": [4, 6]}}]
+    assert yaml.safe_load((paths.root / "config.yaml").read_text())["optim"]["steps"] == 6
+
+
+def test_a_stop_mid_schedule_resumes_without_a_jump(embedded_tiny, corpus, tmp_path, monkeypatch):  # noqa: F811
+    real_save = finetune.train.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune.train, "save_checkpoint", save_then_die)
+    assert train(tmp_path, embedded_tiny, corpus, *QUIET, "optim.steps=8", "output.save_every=4")[0] == 130
+    monkeypatch.undo()
+    rc, paths = train(tmp_path, embedded_tiny, corpus, *QUIET, "optim.steps=12", "output.save_every=4", "--resume")
+    assert rc == 0
+    lrs = [r["lr"] for r in read_metrics(paths.metrics) if r["split"] == "train"]
+    assert len(lrs) == 12 and all(b <= a + 1e-12 for a, b in zip(lrs[2:], lrs[3:]))  # decays from the warm-up on
+    assert lrs[-1] == pytest.approx(3e-3 * 0.1) and lrs[4] < lrs[3]
+
+
+def test_a_checkpoint_due_at_an_evaluation_is_written_before_it(embedded_tiny, corpus, tmp_path, monkeypatch):  # noqa: F811
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune.train, "held_out_loss", killed)
+    rc, paths = train(tmp_path, embedded_tiny, corpus, "eval.scripts=[]", "eval.at_start=false", "eval.every=2",
+                      "optim.steps=4", "output.save_every=2")
+    assert rc == 130 and [p.name for p in paths.checkpoints.iterdir()] == ["step_000002"]
+    monkeypatch.undo()
+    rc, paths = train(tmp_path, embedded_tiny, corpus, "eval.scripts=[]", "eval.at_start=false", "eval.every=2",
+                      "optim.steps=4", "output.save_every=2", "--resume")
+    assert rc == 0
+    # The evaluation the stop interrupted runs when the run continues.
+    assert [r["step"] for r in read_metrics(paths.metrics) if r["split"] == "eval"] == [2, 4]
+
+
+def test_evaluations_are_announced_and_held_out_loss_is_printed(embedded_tiny, corpus, tmp_path, caplog):  # noqa: F811
+    import logging
+
+    caplog.set_level(logging.INFO, logger="finetune")
+    rc, paths = train(tmp_path, embedded_tiny, corpus, "eval.at_start=false", "eval.every=2", "optim.steps=2",
+                      "output.save_every=0")
+    assert rc == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "finetune.train"]
+    held = next(r for r in read_metrics(paths.metrics) if r["split"] == "eval")
+    assert "step 2: evaluating: held-out loss on 3 utterances, 1 sample script" in said
+    assert any(m.startswith(f"step 2: held-out loss {held['loss']:.3f}") for m in said)

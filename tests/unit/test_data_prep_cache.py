@@ -111,9 +111,9 @@ def test_the_split_is_by_recording_seeded_and_never_empties_train():
     assert list(assign_splits(names, 0.99, 0).values()).count("train") == 1
 
 
-def dialogue_row(duration=4.0):
+def dialogue_row(duration=4.0, start=0.0):
     words = [{"text": "hi", "start": 0.0, "end": 1.0, "speaker": 1}, {"text": "yes", "start": 1.5, "end": 4.5, "speaker": 2}]
-    return {"duration": duration, "words": words}
+    return {"duration": duration, "words": words, "source_start": start, "source_end": start + duration}
 
 
 def test_the_report_counts_every_skip_and_shares_dialogue_time_by_speaker(tmp_path):
@@ -132,6 +132,18 @@ def test_the_report_counts_every_skip_and_shares_dialogue_time_by_speaker(tmp_pa
         assert needle in text
     json_path, text_path = write_report(report, tmp_path)
     assert json.loads(json_path.read_text()) == report and text_path.read_text() == text
+
+
+def test_kept_hours_count_the_recordings_audio_once(tmp_path):
+    """A row's grid is padded with silence past its audio, and neighbouring utterances may share
+    the audio between them: kept time is the recording's audio the rows cover, never more than was read."""
+    first = {**dialogue_row(), "duration": 6.0, "source_start": 0.2, "source_end": 5.5}  # 0.7 s of padding
+    second = {**dialogue_row(), "duration": 4.64, "source_start": 5.0, "source_end": 9.0}  # shares 5.0-5.5
+    report = build_report([FileResult("talk.wav", 9.5, None, [first, second], [])], [], ("ann", "bob"), {"talk.wav": "train"})
+    hours = report["hours"]
+    assert hours["kept"] == pytest.approx(8.8 / 3600, abs=1e-6) and hours["kept"] <= hours["input"]
+    assert sum(hours["per_speaker"].values()) == pytest.approx(hours["kept"], abs=1e-6)
+    assert report["recordings"][0]["kept_seconds"] == pytest.approx(8.8)
 
 
 def test_the_corpus_folder_and_the_hub_upload(tmp_path, monkeypatch):
@@ -158,3 +170,12 @@ def test_the_corpus_folder_and_the_hub_upload(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.DatasetDict, "push_to_hub", offline)
     with pytest.raises(PushError, match=f"the corpus is saved in {tmp_path}.*me/voice failed.*ConnectionError.*run the same command again"):
         push_corpus(tmp_path, "me/voice", False, [])
+
+
+def test_the_studio_shows_kept_and_read_time_from_the_report(tmp_path):
+    from dia2.studio.adapt import QC_JSON, qc_summary
+
+    first = {**dialogue_row(), "duration": 6.0, "source_start": 0.2, "source_end": 5.5}
+    write_report(build_report([FileResult("talk.wav", 9.5, None, [first], [])], [], ("ann", "bob"), {"talk.wav": "train"}), tmp_path)
+    assert QC_JSON == "qc_report.json"
+    assert "kept 1 utterance(s), 5.3 s of the 9.5 s read, from 1 of 1 recording(s)" in qc_summary(tmp_path)

@@ -38,9 +38,23 @@ def train(out: Path, bundle: Path, corpus: Path, *overrides: str) -> tuple[int, 
     return main([*args, "optim.steps=2", "eval.every=1", "output.save_every=0", *overrides]), RunPaths(out / "run")
 
 
-def _lora(tiny_config) -> torch.nn.Module:
+def _lora(tiny_config, trained: bool = True) -> torch.nn.Module:
+    """A LoRA model: as PEFT makes it (lora_B zero: it changes nothing), or as if trained."""
     torch.manual_seed(0)
-    return get_peft_model(Dia2Model.from_config(tiny_config), LoraConfig(r=2, lora_alpha=4, target_modules=DEFAULT_TARGET_MODULES))
+    model = get_peft_model(Dia2Model.from_config(tiny_config), LoraConfig(r=2, lora_alpha=4, target_modules=DEFAULT_TARGET_MODULES))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name and trained:
+                param.normal_(0.0, 0.1)
+    return model
+
+
+def test_keep_best_never_keeps_an_adapter_that_changes_nothing(tiny_config, tmp_path):
+    best = tmp_path / "best"
+    assert not keep_best(_lora(tiny_config, trained=False), best, 0, "loss", {"loss": 5.0})
+    assert not best.exists()
+    assert keep_best(_lora(tiny_config), best, 1, "loss", {"loss": 6.0})  # worse, but it is an adapter
+    assert json.loads((best / "best.json").read_text())["step"] == 1
 
 
 def test_keep_best_replaces_best_only_on_improvement(tiny_config, tmp_path):
@@ -93,7 +107,8 @@ def test_training_scores_samples_and_keeps_the_best_adapter(tiny_bundle_dir, tin
         assert scores["clips"][0]["file"] == "sample_0.wav" and scores["clips"][0]["wer"] is None
         similarity[step] = scores["aggregate"]["similarity"]
     best = json.loads((paths.root / "best" / "best.json").read_text())
-    top = max(similarity, key=lambda s: (similarity[s], -s))  # the first of equals: only improvements replace
+    # The first of equals (only improvements replace); never the untrained step 0, which changes nothing.
+    top = max((1, 2), key=lambda s: (similarity[s], -s))
     assert best["step"] == top and best["value"] == similarity[top] and best["metric"] == "similarity"
     held = {r["step"]: r["loss"] for r in read_metrics(paths.metrics) if r["split"] == "eval"}
     assert best["scores"]["loss"] == held[top]

@@ -96,3 +96,16 @@ def test_every_field_is_documented_once_and_listed_in_help():
             key = f"{name}.{f.name}" if name else f.name
             assert f"  {key} (" in text
     assert "Peak learning rate (AdamW)." in text and "one of none|4bit|8bit" in text
+
+
+def test_the_tiny_cpu_preset_keeps_every_utterance_data_prep_makes_by_default(tiny_config):
+    """The longest row prep keeps at its defaults (up to --max-seconds of speech, as many frames as
+    the context budget leaves) trains on a grid of that many frames + the largest delay."""
+    from data_prep.config import SegmentOptions, check_context_budget
+    from dia2.data.teacher import tail_frames
+
+    data = tiny_config.data
+    longest_row = check_context_budget(SegmentOptions(), tiny_config.runtime.max_context_steps, max(data.delays),
+                                       tail_frames(data))
+    cfg = load_config(REPO_ROOT / "configs" / "train" / "tiny-cpu.yaml", ["data.corpus=c"])
+    assert cfg.data.max_frames_per_batch >= longest_row + max(data.delays)

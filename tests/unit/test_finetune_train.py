@@ -179,7 +179,7 @@ def test_the_learning_rate_warms_up_then_decays_to_its_floor(schedule):
     import math
 
     from finetune.config import OptimSection
-    from finetune.train import lr_factor
+    from finetune.schedule import lr_factor
 
     optim = OptimSection(steps=12, warmup_steps=3, schedule=schedule, min_lr_ratio=0.1)
     factors = [lr_factor(step, optim) for step in range(optim.steps)]  # of optimizer steps 1..12

@@ -191,3 +191,15 @@ def test_save_voice_without_prefix_recordings_is_refused_before_loading(capsys, 
         infer_main(["--tiny", "--text", "[S1] Hi.", "--save-voice", str(tmp_path / "v"), str(tmp_path / "o.wav")])
     assert exit_.value.code == 2 and "--save-voice" in capsys.readouterr().err
     assert not (tmp_path / "v").exists()
+
+
+def test_cfg_is_one_spelling_everywhere_and_cfg_scale_its_alias():
+    from dia2.evaluation.cli import build_parser as eval_parser
+    from dia2.evaluation.cli import parse_options as eval_options
+
+    for flag in ("--cfg", "--cfg-scale"):
+        assert infer(flag, "2.5").generation.cfg_scale == 2.5
+        _, options = eval_options(eval_parser(), ["--references", "refs", flag, "2.5", "out"])
+        assert options.cfg_scale == 2.5
+    for parser in (build_parser(), eval_parser()):
+        assert "--cfg CFG_SCALE, --cfg-scale CFG_SCALE" in " ".join(parser.format_help().split())

@@ -1,0 +1,67 @@
+"""What every entry point does with the console, the same way: logging, and stops.
+
+- Under a launcher (accelerate launch, torchrun: RANK set) only the main process logs below
+  ERROR, so N processes do not print every line N times; errors come from every process.
+- Ctrl-C and SIGTERM stop a command the same way (`sigterm_stops_like_ctrl_c` turns SIGTERM
+  into `Terminated`, a KeyboardInterrupt); the entry point reports the stop in one line
+  (`stop_line`) and exits with the shell's code for the signal (`stop_code`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def is_main_process() -> bool:
+    """Whether this is the main process of a launch (or there is no launcher)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def setup_logging(level: int, loggers: Mapping[str, int] | None = None) -> None:
+    """Log at `level` to stderr (`loggers`: levels of particular loggers, e.g. {"finetune": INFO});
+    on a launch's other processes, errors only, and no Python warnings (the main one shows them)."""
+    if not is_main_process():
+        logging.basicConfig(level=logging.ERROR, format=f"[rank {os.environ['RANK']}] {LOG_FORMAT}")
+        warnings.filterwarnings("ignore")
+        return
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    for name, named_level in (loggers or {}).items():
+        logging.getLogger(name).setLevel(named_level)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so both stop a command the same way."""
+
+
+@contextlib.contextmanager
+def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python delivers signals to the main thread only; its handler stays in charge
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_line(prog: str, stop: KeyboardInterrupt, what_now: str) -> str:
+    """The one line that reports a stop: `prog: stopped by Ctrl-C: what_now`."""
+    return f"{prog}: stopped by {'SIGTERM' if isinstance(stop, Terminated) else 'Ctrl-C'}: {what_now}"
+
+
+def stop_code(stop: KeyboardInterrupt) -> int:
+    """The exit code of a command stopped by `stop`, as a shell reports a signal: 128 + its number."""
+    return 128 + int(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
