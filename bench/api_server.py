@@ -64,7 +64,7 @@ from engine import build_tts
 from machine import describe
 
 from dia2.audio.encode import AudioEncoder
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.generation.runtime import Dia2
 from dia2.serving.api import ApiSettings, create_app
 from dia2.serving.engine import Engine, EngineConfig, Request

@@ -34,7 +34,7 @@ from dia2.audio.codec import MimiCodec
 from dia2.audio.io import read_audio
 from dia2.evaluation.run import resynthesize
 from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 
 RATE = 24000
 FIXTURES = _BENCH.parent / "tests" / "fixtures"

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
 from dia2.generation.graphs import kernel_wrapper  # noqa: E402
-from dia2.generation.loop import FrameKernels, FrameLoop, GenerationConfig  # noqa: E402
+from dia2.generation.config import GenerationConfig
+from dia2.generation.loop import FrameKernels, FrameLoop  # noqa: E402
 from dia2.model.config import load_config  # noqa: E402
 from dia2.model.network import Dia2Model  # noqa: E402
 from dia2.model.quant import MODES, int8_outlier_threshold  # noqa: E402

@@ -322,7 +322,8 @@ def probe_syncs(args: argparse.Namespace) -> dict:
     import torch
 
     from dia2.generation.graphs import CudaGraphKernels
-    from dia2.generation.loop import FrameKernels, FrameLoop, GenerationConfig
+    from dia2.generation.config import GenerationConfig
+    from dia2.generation.loop import FrameKernels, FrameLoop
 
     model, machine, entries = _probe_setup(args)
     cuda = model.device.type == "cuda"

@@ -26,7 +26,7 @@ _HOMES = {
     "Dia2Config": "dia2.model.config",
     "Dia2Model": "dia2.model.network",
     "Dia2Output": "dia2.model.network",
-    "GenerationConfig": "dia2.generation.loop",
+    "GenerationConfig": "dia2.generation.config",
     "GenerationResult": "dia2.generation.runtime",
     "SamplingConfig": "dia2.generation.sampling",
     "ScriptError": "dia2.text.script",
@@ -40,7 +40,7 @@ _HOMES = {
 __all__ = sorted(["Dia2Error", *_HOMES])
 
 if TYPE_CHECKING:
-    from dia2.generation.loop import GenerationConfig
+    from dia2.generation.config import GenerationConfig
     from dia2.generation.runtime import AudioChunk, Dia2, GenerationResult
     from dia2.generation.sampling import SamplingConfig
     from dia2.generation.voice import Voice

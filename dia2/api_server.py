@@ -28,7 +28,7 @@ from pathlib import Path
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.cli import FLAG_ALIASES, PUBLISHED_SPELLING, ModelOptions, check_model_options
 from dia2.errors import Dia2Error, report
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.model.adapter_files import AdapterError, check_adapter_path
 from dia2.model.assets import HUB_TIMEOUT_S, TINY_MODEL
 from dia2.options import (

@@ -30,7 +30,7 @@ from dia2.console import setup_logging
 from dia2.data.grid import FRAME_RATE
 from dia2.device import AUTO
 from dia2.errors import Dia2Error, report
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.model.adapter_files import AdapterError, check_adapter_path
 from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL, AssetError, ModelSource
 from dia2.options import (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.generation.runtime import Dia2
 from dia2.tiny import tiny_bundle
 

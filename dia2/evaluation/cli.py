@@ -40,7 +40,7 @@ from dia2.evaluation.inputs import (
 from dia2.evaluation.report import HTML_NAME, JSON_NAME, staged, write_report
 from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
 from dia2.evaluation.speaker import DEFAULT_SPEAKER_ENCODER, load_speaker_encoder
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.model.adapter_files import check_adapter_path
 from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
 from dia2.options import FlagParser, OptionError, add_flags, build, flag_values

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from dia2.data.grid import FRAME_RATE
-from dia2.generation.loop import FrameUpdate, GenerationConfig, UtterancePlan
+from dia2.generation.config import GenerationConfig
+from dia2.generation.loop import FrameUpdate, UtterancePlan
 from dia2.generation.voice import Voice
 from dia2.text.parts import split_script
 from dia2.text.script import Entry

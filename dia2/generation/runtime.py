@@ -30,12 +30,12 @@ from dia2.audio.asr import Transcriber, WhisperTranscriber
 from dia2.data.grid import FRAME_RATE
 from dia2.device import resolve_device
 from dia2.generation.graphs import lru_get
+from dia2.generation.config import GenerationConfig
 from dia2.generation.loop import (
     EntryFeed,
     FrameKernels,
     FrameLoop,
     FrameUpdate,
-    GenerationConfig,
     Prefix,
     UtterancePlan,
     loop_capacity,

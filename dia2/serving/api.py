@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from dia2.audio.encode import AudioEncoder
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.serving.engine import Engine
 from dia2.serving.openai_errors import ApiError, add_error_handlers
 from dia2.serving.operations import Metrics, add_operations, allowed_methods

@@ -43,7 +43,8 @@ import torch
 from torch import Tensor
 
 from dia2.generation.long_form import LongForm, tail_frames
-from dia2.generation.loop import FrameUpdate, GenerationConfig, Rows, Utterance
+from dia2.generation.config import GenerationConfig
+from dia2.generation.loop import FrameUpdate, Rows, Utterance
 from dia2.generation.runtime import Dia2, seed_of
 from dia2.generation.sampling import KEEP_ALL, RowSampling, sample_action
 from dia2.model.network import Dia2Model

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.serving.voice_upload import VoiceError
 
 MAX_SEED = 2**63

@@ -32,7 +32,7 @@ from dia2.api_server import MODEL_SPELLING, check_adapter_items, join_repeated
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.cli import FLAG_ALIASES, PUBLISHED_SPELLING, ModelOptions, check_model_options
 from dia2.errors import Dia2Error, report
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.options import (
     FlagParser,
     OptionError,

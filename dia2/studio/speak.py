@@ -25,7 +25,7 @@ import gradio as gr
 import numpy as np
 
 from dia2.data.grid import FRAME_RATE
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.generation.voice import PrefixError, Voice
 from dia2.studio.runtime import (
     Studio,

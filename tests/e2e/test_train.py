@@ -142,7 +142,7 @@ def test_reloaded_adapter_gives_the_trained_logits(finished, tiny_bundle_dir):
 
 
 def test_runtime_speaks_with_the_adapter_and_the_merged_model(finished, tiny_bundle_dir):
-    from dia2.generation.loop import GenerationConfig
+    from dia2.generation.config import GenerationConfig
 
     config = GenerationConfig(seed=0, max_frames=20)
     with_adapter = Dia2.from_repo(tiny_bundle_dir, device="cpu", adapter=finished.adapter).generate("[S1] Hello.", config)

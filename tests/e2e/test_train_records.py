@@ -15,7 +15,7 @@ import torch
 import yaml
 
 import finetune.train
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.generation.runtime import Dia2
 from dia2.tiny import BUNDLE_VERSION
 from finetune.outputs import RunPaths, read_metrics

@@ -25,7 +25,7 @@ import torch
 
 from dia2.data.corpus import row_codes, row_words
 from dia2.data.teacher import TrainingExample, build_example, tail_frames
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.generation.voice import Voice, voice_prefix
 from dia2.text.align import NEW_WORD_STEP_OFFSET
 from dia2.text.script import TextTokenIds, parse_script

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.text.align import (
     NEW_WORD_STEP_OFFSET,
     AlignedBreak,

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.model.config import parse_config
 from dia2.model.layers import _masked_attention
 from dia2.model.network import DecodeCapacityError, Dia2Model

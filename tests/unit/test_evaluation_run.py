@@ -28,7 +28,7 @@ from dia2.evaluation.run import (
     configurations,
 )
 from dia2.evaluation.scoring import ClipScores
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.text.words import SpokenWord
 from tests.e2e.test_eval_cli import save_adapter
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.generation.sampling import SamplingConfig
 from dia2.text.script import ScriptError
 

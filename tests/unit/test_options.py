@@ -9,7 +9,7 @@ import pytest
 
 from data_prep.cli import main as prep_main
 from dia2.cli import PUBLISHED_SPELLING, InferOptions, build_parser, parse_options
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.generation.sampling import SamplingConfig
 from dia2.options import (
     SENTENCES,

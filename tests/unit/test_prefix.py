@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dia2.data.grid import FRAME_RATE, delay_codes
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.generation.runtime import Dia2
 from dia2.generation.sampling import SamplingConfig
 from dia2.generation.voice import PrefixError, Voice, voice_prefix

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.generation.runtime import Dia2
 from dia2.generation.sampling import SamplingConfig
 from dia2.text.tokenizer import TokenizerError, load_tokenizer, tokenizer_source

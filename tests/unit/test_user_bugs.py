@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dia2.generation.loop import GenerationConfig
+from dia2.generation.config import GenerationConfig
 from dia2.text.words import SpokenWord
 from tests.unit.test_prefix import ScriptedTranscriber, _speech
 
