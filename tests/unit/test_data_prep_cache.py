@@ -178,4 +178,4 @@ def test_the_studio_shows_kept_and_read_time_from_the_report(tmp_path):
     first = {**dialogue_row(), "duration": 6.0, "source_start": 0.2, "source_end": 5.5}
     write_report(build_report([FileResult("talk.wav", 9.5, None, [first], [])], [], ("ann", "bob"), {"talk.wav": "train"}), tmp_path)
     assert QC_JSON == "qc_report.json"
-    assert "kept 1 utterance(s), 5.3 s of the 9.5 s read, from 1 of 1 recording(s)" in qc_summary(tmp_path)
+    assert "1 utterance(s), 5.3 s kept of 9.5 s read, from 1 of 1 recording(s)" in qc_summary(tmp_path)
