@@ -165,6 +165,9 @@ class EvalSection:
     asr_model: str | None = None
     """faster-whisper model name or local folder that scores the sample scripts' WER/CER at each
     evaluation. None: no WER/CER."""
+    language: str | None = None
+    """Language the sample scripts speak (a Whisper code: de, es ...): eval.asr_model is told it and
+    WER/CER normalise for it (numbers spelled out). None: detected, compared as written."""
     metric: Literal["loss", "wer", "cer", "similarity"] = "loss"
     """What keep_best ranks evaluations by: held-out loss, or the samples' mean WER or CER (lower is
     better), or their mean speaker similarity (higher is better)."""

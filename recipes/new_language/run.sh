@@ -49,7 +49,7 @@ $PY -m data_prep "$RECORDINGS" "$OUT/corpora/$NAME" --asr-model "$ASR" --languag
 $PY -m finetune.language_report "$OUT/corpora/$NAME"
 
 # 3. Train: LoRA on attention and MLP + the language's embedding rows + the output heads.
-train_adapter "$PRESET" "$NAME" "${TRAIN[@]}"
+train_adapter "$PRESET" "$NAME" eval.language="$LANG_CODE" "${TRAIN[@]}"
 
 # 4. Speak a script in the language with the adapter (a full fine-tune: --hf runs/NAME/model).
 BASE=$(trained_base "$NAME")
