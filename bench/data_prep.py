@@ -105,7 +105,7 @@ SENTENCES = {
         "Nous allons au marché demain pour acheter des fruits et des légumes.", "Merci de votre écoute et bonne soirée.",
     ],
 }
-VOICES = {"en": ("en-us", "en-us+f3"), "de": ("de", "de+f2"), "es": ("es", "es+f2"), "fr": ("fr", "fr+f2")}
+VOICES = {"en": ("en-us", "en-us+f3"), "de": ("de", "de+f2"), "es": ("es", "es+f2"), "fr": ("fr", "fr+m3")}  # fr+f2 sends Whisper base into "non, non, ..." loops
 
 
 def speak(text: str, voice: str) -> np.ndarray:
