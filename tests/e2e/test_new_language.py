@@ -116,6 +116,7 @@ def test_the_preset_trains_embedding_rows_and_heads_and_records_the_language(tra
     assert indices and not {ids.bos, ids.new_word, ids.pad, ids.zero} & set(indices)
     voice = json.loads((adapter / "dia2_voice.json").read_text())
     assert voice["language"] == "de" and voice["training"]["lora"]["train_embeddings"]
+    assert "language: [de]" in (adapter / "README.md").read_text()  # the model card's metadata
     base = tiny_tts.model
     merged = load_adapter(copy.deepcopy(base), adapter, merge=True)
     trained_rows = torch.zeros(base.config.data.text_vocab_size, dtype=torch.bool)
