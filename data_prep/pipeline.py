@@ -47,7 +47,7 @@ from data_prep.results import FAILED, FileResult, Skip
 from data_prep.sources import SourceFile, Sources, collect_sources
 from data_prep.timing import StageTimer
 from data_prep.transcribe import SegmentTranscriber, asr_transcriber
-from data_prep.writer import assign_splits, push_corpus, write_corpus
+from data_prep.writer import assign_splits, check_validation_folders, push_corpus, write_corpus
 from dia2.audio.asr import AsrError
 from dia2.data.corpus import META_FILE, CorpusMeta
 from dia2.data.grid import FRAME_RATE
@@ -57,6 +57,7 @@ from dia2.errors import Dia2Error
 from dia2.model.assets import TINY_MODEL, ModelSource
 from dia2.model.config import DataConfig, load_config
 from dia2.output_paths import check_writable
+from dia2.text.coverage import coverage_report, words_of_rows
 from dia2.text.script import TextTokenIds
 from dia2.text.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_source
 
@@ -162,6 +163,7 @@ def run_prep(config: PrepConfig, model: PrepModel | None = None, transcriber: Se
     out = config.output
     check_output(out, config.out.overwrite)
     sources = collect_sources(config.input, config.speaker, exclude=out)
+    check_validation_folders([f.name for f in sources.files], config.out.validation_folders)
     if launched_world_size() > 1:
         from data_prep.shards import run_sharded  # it builds on this module
 
@@ -240,7 +242,9 @@ def _prepare(preparer: RecordingPreparer, source: SourceFile, cache: FileCache, 
 def write_outputs(config: PrepConfig, work: PrepWork, sources: Sources, results: list[FileResult], extra: dict[str, Any]) -> PrepOutcome:
     """Split, corpus, meta and QC report (`extra`: figures for the report) from every recording's result, in sorted order."""
     out, model, timer = config.output, work.model, work.timer
-    splits = assign_splits([r.source for r in results if r.kept], config.out.validation_fraction, config.out.seed)
+    splits = assign_splits(
+        [r.source for r in results if r.kept], config.out.validation_fraction, config.out.seed, config.out.validation_folders
+    )
     extra = {**extra, "stage_seconds": timer.totals(), "output": str(out)}
     if not splits:
         write_report(build_report(results, sources.ignored, sources.speaker_names, splits, extra), out)
@@ -251,6 +255,8 @@ def write_outputs(config: PrepConfig, work: PrepWork, sources: Sources, results:
     if "validation" not in counts and config.out.validation_fraction > 0:  # not when none was asked for
         logger.warning("the validation split is empty (%d recording(s) kept): the corpus has only a train split", len(splits))
     extra["stage_seconds"] = timer.totals()
+    kept_words = words_of_rows([row for r in results for row in r.rows])
+    extra["tokenizer_coverage"] = coverage_report(model.tokenizer, kept_words, config.asr.language).as_dict()
     report = build_report(results, sources.ignored, sources.speaker_names, splits, extra)
     write_report(report, out)
     if config.out.push_to_hub:
@@ -277,6 +283,7 @@ def _meta(config: PrepConfig, model: PrepModel, speaker_names: tuple[str, ...], 
             "max_context_steps": model.max_context_steps,
             "prefix_seconds": config.segment.prefix_seconds,
             "codec_dtype": config.model.codec_dtype,
+            "language": config.asr.language,
         },
     )
 

@@ -3,7 +3,9 @@
 Written beside the corpus as `qc_report.json` (every figure and every skip) and
 `qc_report.txt` (the same, for reading). Kept time is the recordings' audio the utterances
 cover (each moment once, the grids' silent padding left out); a dialogue utterance's time is
-shared among its speakers in proportion to their words' durations.
+shared among its speakers in proportion to their words' durations. The tokenizer-coverage section (tokens per
+word, byte fallback, the words split worst, frames per token against English) is
+`dia2.text.coverage`'s, measured on the kept words.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from data_prep.results import NOT_AUDIO, REASONS, FileResult, Skip
+from dia2.text.coverage import coverage_text
 
 JSON_FILE = "qc_report.json"
 TEXT_FILE = "qc_report.txt"
@@ -126,6 +129,8 @@ def summary_text(report: dict[str, Any]) -> str:
             f"(after {s['setup_seconds']:.1f} s loading models)"
             for s in report["shards"]
         ]
+    if "tokenizer_coverage" in report:
+        lines += [""] + coverage_text(report["tokenizer_coverage"])
     if "stage_seconds" in report:
         lines += ["", "time per stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["stage_seconds"].items())]
     return "\n".join(lines) + "\n"

@@ -3,7 +3,8 @@
 Per recording:
 1. probe the header (unreadable and empty files stop here);
 2. transcribe each speaker's stream chunk by chunk (a dialogue file: each channel, its speaker's
-   words; otherwise the downmix), and merge the words by time;
+   words; otherwise the downmix), merge the words by time, and normalise them for --language
+   (numbers spelled out, stray punctuation attached: `dia2.text.normalize`);
 3. cut the words into utterances at pauses (`segment.py`), drop the ones that are too short or
    long, low in ASR confidence, or (with reference text) disagree with it;
 4. align each utterance's words to frames with the shared rule (`dia2.text.utterance`: the
@@ -52,6 +53,7 @@ from data_prep.timing import StageTimer
 from data_prep.transcribe import SegmentTranscriber, transcribe_stream
 from dia2.audio.io import AudioFileError
 from dia2.data.corpus import make_row
+from dia2.text.normalize import normalize_transcript
 from dia2.text.script import TextTokenIds, Tokenizer
 from dia2.text.utterance import align_utterance
 from dia2.text.words import SpokenWord
@@ -156,6 +158,8 @@ class RecordingPreparer:
             _skip_file(result, SILENT, f"peak level {level:.1f} dBFS is below --silence-db {flt.silence_db}")
             return []
         words = sorted((w for h in heard for w in h.words), key=lambda w: (w.start, w.end, w.speaker))
+        # Numbers spelled out and stray punctuation attached, per --language (dia2.text.normalize).
+        words = normalize_transcript(words, self.config.asr.language)
         if not words:
             _skip_file(result, NO_SPEECH, "the recogniser found no words")
         return words
@@ -168,7 +172,7 @@ class RecordingPreparer:
             groups = split_utterances(words, self.config.segment)
             wers = None
             if source.text is not None:
-                check = check_reference([[w.text for w in g] for g in groups], source.text)
+                check = check_reference([[w.text for w in g] for g in groups], source.text, self.config.asr.language)
                 result.wer = check.file_wer
                 wers = check.utterance_wer
         for i, group in enumerate(groups):

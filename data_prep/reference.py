@@ -13,18 +13,10 @@ charged to the utterance before the gap.
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
-_PUNCT = re.compile(r"[^\w\s']")
-
-
-def normalize(text: str) -> list[str]:
-    """Lower-case words without punctuation (apostrophes inside words kept)."""
-    text = text.replace("\u2019", "'").replace("-", " ")
-    words = _PUNCT.sub(" ", text.lower()).split()
-    return [w.strip("'") for w in words if w.strip("'")]
+from dia2.text.normalize import comparable_words
 
 
 @dataclass(frozen=True)
@@ -35,15 +27,16 @@ class ReferenceCheck:
     utterance_wer: tuple[float, ...]
 
 
-def check_reference(utterances: Sequence[Sequence[str]], reference: str) -> ReferenceCheck:
-    """utterances: the transcript's words, utterance by utterance, in order; reference: the text."""
+def check_reference(utterances: Sequence[Sequence[str]], reference: str, language: str | None = None) -> ReferenceCheck:
+    """utterances: the transcript's words, utterance by utterance, in order; reference: the text.
+    Both are compared as `comparable_words` of `language` (numbers spelled out in it)."""
     hyp, owner = [], []  # normalised transcript tokens and the utterance each belongs to
     for u, words in enumerate(utterances):
         for word in words:
-            for token in normalize(word):
+            for token in comparable_words(word, language):
                 hyp.append(token)
                 owner.append(u)
-    ref = normalize(reference)
+    ref = comparable_words(reference, language)
     errors = [0.0] * len(utterances)
     counts = [0.0] * len(utterances)
     ops = difflib.SequenceMatcher(a=ref, b=hyp, autojunk=False).get_opcodes()

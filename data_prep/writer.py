@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from data_prep.config import PrepConfigError
 from data_prep.results import FileResult
 from dia2.data.corpus import SPLITS, corpus_features
 from dia2.errors import Dia2Error
@@ -31,13 +32,19 @@ class PushError(Dia2Error, RuntimeError):
     """The Hub upload failed; the corpus on disk is complete and the message says how to retry."""
 
 
-def assign_splits(names: Sequence[str], validation_fraction: float, seed: int) -> dict[str, str]:
+def assign_splits(
+    names: Sequence[str], validation_fraction: float, seed: int, validation_folders: Sequence[str] = ()
+) -> dict[str, str]:
     """Recording name -> "train" or "validation".
 
+    With `validation_folders`, the recordings under those sub-folders of the input are the
+    validation split (a split by speaker when each speaker has a folder). Otherwise
     round(fraction * n) recordings (at least one when there are two or more and the fraction is
     positive, and never all) go to validation, chosen by a seeded shuffle of the sorted names, so
     the split does not depend on the order recordings were prepared in.
     """
+    if validation_folders:
+        return _split_by_folder(names, validation_folders)
     ordered = sorted(names)
     count = 0
     if validation_fraction > 0 and len(ordered) >= 2:
@@ -46,6 +53,25 @@ def assign_splits(names: Sequence[str], validation_fraction: float, seed: int) -
     random.Random(seed).shuffle(shuffled)
     held_out = set(shuffled[:count])
     return {name: "validation" if name in held_out else "train" for name in ordered}
+
+
+def check_validation_folders(names: Sequence[str], folders: Sequence[str], what: str = "recording") -> None:
+    """Refuse --validation-folders naming a folder that holds none of `names` (recording names)."""
+    unused = [f for f in folders if not any(n.startswith(f.strip("/") + "/") for n in names)]
+    if unused:
+        raise PrepConfigError(
+            f"--validation-folders {','.join(unused)}: no {what} lies in that folder of the input; give "
+            "sub-folders of the input that hold recordings (e.g. one folder per speaker)"
+        )
+
+
+def _split_by_folder(names: Sequence[str], folders: Sequence[str]) -> dict[str, str]:
+    prefixes = tuple(f.strip("/") + "/" for f in folders)
+    splits = {name: "validation" if name.startswith(prefixes) else "train" for name in sorted(names)}
+    check_validation_folders(names, folders, "kept recording")
+    if "train" not in splits.values():
+        raise PrepConfigError("--validation-folders holds every kept recording: leave some folders for training")
+    return splits
 
 
 def write_corpus(folder: Path, results: Sequence[FileResult], splits: dict[str, str], num_codebooks: int) -> dict[str, int]:

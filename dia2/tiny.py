@@ -26,7 +26,7 @@ import torch
 from transformers import MimiConfig, MimiModel
 
 from dia2.audio.codec_stream import decoder_parts
-from dia2.model.assets import DEFAULT_MANIFEST
+from dia2.model.assets import DEFAULT_MANIFEST, default_cache
 from dia2.model.checkpoint import save_model
 from dia2.model.config import parse_config
 from dia2.model.network import Dia2Model
@@ -56,10 +56,6 @@ TINY_GEOMETRY = {
 }
 """The tiny geometry, embedded so the installed package needs no repo checkout
 (configs/models/tiny.json holds the same; a test keeps them equal)."""
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("DIA2_CACHE") or Path.home() / ".cache" / "dia2")
 
 
 def build_tiny_bundle(folder: str | os.PathLike, seed: int = 0) -> Path:

@@ -26,6 +26,8 @@ def model_card(voice: dict[str, Any], repo: str | None = None) -> str:
     front = ["---"]
     if is_hub_id(base):
         front.append(f"base_model: {base}")
+    if voice.get("language"):  # dia2-prep --language: the Hub lists the adapter under it
+        front.append(f"language: [{voice['language']}]")
     front += [
         "library_name: peft",
         f"license: {voice['license']}",

@@ -51,9 +51,19 @@ class LoraSection:
     """Layers that get adapters: a regex matched against full module names, or a list of name
     suffixes. Default: attention and MLP of both stacks plus the depformer's per-group
     projections (dia2.model.adapter_files.DEFAULT_TARGET_MODULES)."""
+    train_embeddings: bool = False
+    """Also train the text-embedding rows of every token the corpus's training split uses (PEFT
+    trainable_token_indices on transformer.text_embed.embedding); rows of other tokens stay the
+    base's. What a new language needs: Dia2 rarely saw its words' tokens. The adapter stores only
+    those rows."""
+    modules_to_save: tuple[str, ...] = ()
+    """Modules trained whole and saved in the adapter (PEFT modules_to_save), comma-separated, e.g.
+    transformer.action_head,transformer.cb0_head: the decoder's output heads (when the next word
+    starts; the semantic codebook). Dia2 has no text output head: text comes from the script."""
     full_finetune: bool = False
     """Train every weight instead of LoRA adapters; the run then writes a full model folder
-    (`model/`) instead of `adapter/`, and rank/alpha/dropout/target_modules are unused."""
+    (`model/`) instead of `adapter/`, and rank/alpha/dropout/target_modules/train_embeddings/
+    modules_to_save are unused (every embedding row and head trains)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,9 @@ class EvalSection:
     asr_model: str | None = None
     """faster-whisper model name or local folder that scores the sample scripts' WER/CER at each
     evaluation. None: no WER/CER."""
+    language: str | None = None
+    """Language the sample scripts speak (a Whisper code: de, es ...): eval.asr_model is told it and
+    WER/CER normalise for it (numbers spelled out). None: detected, compared as written."""
     metric: Literal["loss", "wer", "cer", "similarity"] = "loss"
     """What keep_best ranks evaluations by: held-out loss, or the samples' mean WER or CER (lower is
     better), or their mean speaker similarity (higher is better)."""

@@ -79,6 +79,15 @@ class TrainingData:
         }
 
 
+def text_token_ids(examples: Iterable[TrainingExample], ids: TextTokenIds) -> list[int]:
+    """The text tokens the examples' two text streams use, without the control ids (bos, new_word,
+    pad, zero: the same in every language, and what the unconditional branch reads)."""
+    used: set[int] = set()
+    for example in examples:
+        used.update(example.tokens[:2].unique().tolist())
+    return sorted(used - {ids.bos, ids.new_word, ids.pad, ids.zero})
+
+
 def load_training_data(
     folder: str | Path,
     tokenizer: Tokenizer,

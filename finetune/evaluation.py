@@ -102,7 +102,8 @@ def speak_and_score(tts: Dia2, section: EvalSection, folder: Path) -> tuple[list
     spoken = speak_samples(tts, section.scripts, section.seed, section.max_sample_seconds, folder)
     if section.asr_model is None and section.references is None:
         return [path for path, _ in spoken], {}
-    scorer = sample_scorer(section.references, section.asr_model, tts.codec.sample_rate, tts.model.device.type)
+    scorer = sample_scorer(section.references, section.asr_model, tts.codec.sample_rate, tts.model.device.type,
+                           section.language)
     clips = [
         Clip("samples", i, script, section.seed, path.name, scorer.score(
             result.waveform, result.sample_rate, script, timestamps=result.timestamps, hit_frame_limit=result.truncated))
@@ -115,13 +116,16 @@ def speak_and_score(tts: Dia2, section: EvalSection, folder: Path) -> tuple[list
 
 
 @functools.cache
-def sample_scorer(references: str | None, asr_model: str | None, sample_rate: int, device: str) -> ClipScorer:
+def sample_scorer(
+    references: str | None, asr_model: str | None, sample_rate: int, device: str, language: str | None = None
+) -> ClipScorer:
     """The scorer of a run's samples, built once per run (by `check_evaluation`, at start-up) and
     kept, so the recogniser and the speaker encoder load once. A bad folder or model raises its
     own Dia2Error."""
     waves = [r.waveform for r in read_references(references, sample_rate)] if references else None
-    asr = ClipTranscriber(asr_model, device=device, model_option="eval.asr_model") if asr_model else None
-    return ClipScorer(waves, reference_rate=sample_rate, asr=asr, device=device)
+    asr = ClipTranscriber(asr_model, device=device, model_option="eval.asr_model", language=language,
+                          language_option="eval.language") if asr_model else None
+    return ClipScorer(waves, reference_rate=sample_rate, asr=asr, device=device, language=language)
 
 
 LOWER_IS_BETTER = {"loss": True, "wer": True, "cer": True, "similarity": False}
@@ -213,7 +217,8 @@ def check_evaluation(section: EvalSection, corpus: TrainingData, tts: Dia2, acce
         try:
             if section.scripts and (section.asr_model or section.references):
                 # Reads the references and loads the recogniser once, for every evaluation.
-                scorer = sample_scorer(section.references, section.asr_model, tts.codec.sample_rate, tts.model.device.type)
+                scorer = sample_scorer(section.references, section.asr_model, tts.codec.sample_rate, tts.model.device.type,
+                                       section.language)
                 if isinstance(scorer.transcriber, ClipTranscriber):
                     scorer.transcriber.load()  # otherwise loaded at the first sample it scores
             elif section.references:

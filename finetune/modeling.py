@@ -24,7 +24,7 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from torch import nn
 
 from dia2.generation.runtime import Dia2
-from dia2.model.adapters import lora_model
+from dia2.model.adapters import OUTPUT_HEADS, lora_model
 from dia2.model.assets import ModelSource
 from dia2.model.network import Dia2Model
 from finetune.config import ConfigError, LoraSection, ModelSection, QuantSection
@@ -70,17 +70,35 @@ def load_base(model: ModelSection, quant: QuantSection, full_finetune: bool, dev
     return Base(tts, source.location, name)
 
 
-def make_trainable(model: Dia2Model, lora: LoraSection, base_name: str) -> nn.Module:
+def make_trainable(
+    model: Dia2Model, lora: LoraSection, base_name: str, token_indices: list[int] | None = None
+) -> nn.Module:
     """The module the optimizer trains: `model` wrapped (in place) with fresh LoRA layers, a
-    PeftModel recording `base_name`; or, for full fine-tuning, `model` with every weight trainable."""
+    PeftModel recording `base_name`; or, for full fine-tuning, `model` with every weight trainable.
+    token_indices: the text-embedding rows that train with lora.train_embeddings (the corpus's tokens)."""
     if lora.full_finetune:
         model.requires_grad_(True)
         return model
     targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    check_modules_to_save(model, lora.modules_to_save)
     try:
-        return lora_model(model, lora.rank, lora.alpha, targets, lora.dropout, base_model_name_or_path=base_name)
+        return lora_model(
+            model, lora.rank, lora.alpha, targets, lora.dropout, base_model_name_or_path=base_name,
+            token_indices=token_indices if lora.train_embeddings else None, modules_to_save=list(lora.modules_to_save),
+        )
     except ValueError as exc:  # PEFT's "Target modules ... not found in the base model"
         raise ConfigError(f"lora.target_modules={lora.target_modules!r} selects no layer of this model: {exc}") from exc
+
+
+def check_modules_to_save(model: Dia2Model, names: tuple[str, ...]) -> None:
+    """Refuse a lora.modules_to_save entry that names no module (PEFT matches names or suffixes)."""
+    modules = [name for name, _ in model.named_modules()]
+    for entry in names:
+        if not any(m == entry or m.endswith("." + entry) for m in modules):
+            raise ConfigError(
+                f"lora.modules_to_save names '{entry}', which is no module of this model: use full module names such "
+                f"as {', '.join(OUTPUT_HEADS)}"
+            )
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

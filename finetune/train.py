@@ -79,6 +79,7 @@ from finetune.data import (
     TrainingData,
     load_training_data,
     make_batch,
+    text_token_ids,
     uncond_mask,
 )
 from finetune.evaluation import (
@@ -157,7 +158,7 @@ def train(cfg: TrainConfig) -> RunPaths:
         elif saved is not None:
             record_resume(paths, saved, cfg, read_state(resume_from)["step"])
         save_config(run_config(cfg), paths.config)
-    model = make_trainable(tts.model, cfg.lora, base.name)
+    model = make_trainable(tts.model, cfg.lora, base.name, text_token_ids(corpus.train.examples, tts.ids))
     tts.model.set_gradient_checkpointing(cfg.optim.gradient_checkpointing)
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
@@ -460,6 +461,7 @@ def voice_summary(
     lora = cfg.lora
     return {
         "base_model": base.name,
+        "language": corpus.meta.extra.get("language"),  # dia2-prep --language; None: not given
         "speakers": corpus.speakers,
         "corpus": {**corpus.summary(), "meta": dataclasses.asdict(corpus.meta)},
         "training": {
@@ -471,7 +473,8 @@ def voice_summary(
             "full_finetune": lora.full_finetune,
             "quantization": cfg.quant.mode,
             "lora": {"rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout,
-                     "target_modules": lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)},
+                     "target_modules": lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
+                     "train_embeddings": lora.train_embeddings, "modules_to_save": list(lora.modules_to_save)},
             "parameters": parameter_counts(model),
             "final_train": trains[-1] if trains else None,
             "eval_start": evals[0] if evals and evals[0]["step"] == 0 else None,

@@ -22,7 +22,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 
-from data_prep.reference import check_reference, normalize
+from data_prep.reference import check_reference
+from dia2.text.normalize import comparable_words as normalize
 
 MAX_WER = 0.6
 """Word error rate against the known texts, pooled over the recordings of one test.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from dia2.audio.io import resample
+from dia2.audio.whisper_offline import MULTILINGUAL_BASE, OfflineModelError, resolve_whisper_model
 from dia2.device import AUTO, default_device, resolve_device
 from dia2.errors import Dia2Error
 from dia2.text.words import SpokenWord
@@ -50,9 +51,11 @@ class Transcriber(Protocol):
 class WhisperTranscriber:
     """faster-whisper with word timestamps; batched (`BatchedInferencePipeline`) when asked.
 
-    model: a size name ("small.en") or a local CTranslate2 folder. device: cpu, cuda, cuda:1 or
+    model: a size name ("small.en"), a local CTranslate2 folder, or a packaged offline model
+    (`base-offline`: the multilingual base, `dia2.audio.whisper_offline`). device: cpu, cuda, cuda:1 or
     auto (cuda when available). compute_type: int8, float16 ... or auto (float16 on CUDA, int8 on
-    CPU). language: a code such as en (None: detected). batch_size: Whisper windows decoded
+    CPU). language: a Whisper language code such as en or de (None: detected); an English-only
+    model refuses any other. batch_size: Whisper windows decoded
     together (1: unbatched; 0: 16 on CUDA, unbatched on CPU, where batching does not pay).
     cpu_threads: CTranslate2's threads (0: its default). model_option: how the user sets `model`,
     named in the error when it cannot be loaded (`--asr-model` in data prep).
@@ -69,8 +72,10 @@ class WhisperTranscriber:
         cpu_threads: int = 0,
         model_option: str = VOICE_MODEL_OPTION,
         device_option: str = "--device",
+        language_option: str = "--language",
     ) -> None:
         self.model_name = str(model)
+        check_language(language, language_option)
         resolved = resolve_device(device, device_option)
         if resolved.type not in ("cpu", "cuda"):
             # CTranslate2, faster-whisper's engine, runs on the CPU and CUDA only.
@@ -81,7 +86,7 @@ class WhisperTranscriber:
         self.language, self.beam_size, self.cpu_threads = language, beam_size, cpu_threads
         batch = batch_size or (_CUDA_BATCH if on_gpu else 1)
         self.batch_size = batch if batch > 1 else 0  # 0: the plain (unbatched) model
-        self.model_option = model_option
+        self.model_option, self.language_option = model_option, language_option
         self._model = None
         self._pipeline = None
 
@@ -100,8 +105,12 @@ class WhisperTranscriber:
 
             device, _, index = self.device.partition(":")
             try:
-                self._model = WhisperModel(
-                    self.model_name, device=device, device_index=int(index or 0),
+                location = resolve_whisper_model(self.model_name)
+            except OfflineModelError as exc:
+                raise AsrError(f"{self.model_option} {self.model_name}: {exc}") from exc
+            try:
+                model = WhisperModel(
+                    location, device=device, device_index=int(index or 0),
                     compute_type=self.compute_type, cpu_threads=self.cpu_threads,
                 )
             except Exception as exc:  # faster-whisper raises many kinds; one clear message for all
@@ -110,6 +119,14 @@ class WhisperTranscriber:
                     f"{self.model_option} with a local CTranslate2 model folder, or a model name that is cached "
                     "or downloadable"
                 ) from exc
+            if self.language not in (None, "en") and not model.model.is_multilingual:
+                # faster-whisper would log a warning and transcribe as English: wrong words, silently.
+                raise AsrError(
+                    f"{self.model_option} {self.model_name} is an English-only Whisper model and cannot transcribe "
+                    f"{self.language_option} {self.language}: pass a multilingual model ({MULTILINGUAL_BASE}, the "
+                    "packaged base; small, large-v3 ...)"
+                )
+            self._model = model
             if self.batch_size:
                 self._pipeline = BatchedInferencePipeline(self._model)
         return self._pipeline or self._model
@@ -137,6 +154,25 @@ class WhisperTranscriber:
     def transcribe(self, waveform: np.ndarray, sample_rate: int) -> list[SpokenWord]:
         """Mono waveform [S] -> its words, seconds from its start (the `Transcriber` protocol)."""
         return [w for segment in self.transcribe_segments(waveform, sample_rate) for w in segment]
+
+
+def whisper_languages() -> tuple[str, ...]:
+    """The language codes Whisper knows (faster-whisper's list)."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return tuple(_LANGUAGE_CODES)
+
+
+def check_language(language: str | None, option: str = "--language") -> None:
+    """Refuse a language code Whisper does not know (None: detect), naming `option`."""
+    if language is None:
+        return
+    known = whisper_languages()
+    if language not in known:
+        raise AsrError(
+            f"{option} {language!r} is not a Whisper language code: use a code such as en, de, es, fr "
+            f"(all {len(known)}: {', '.join(known)})"
+        )
 
 
 def _model_id(model: str) -> str:

@@ -3,6 +3,8 @@
     dia2-eval --model nari-labs/Dia2-2B --adapter runs/my-voice/adapter \\
               --references my-voice/clips --voice my-voice/stored eval/my-voice
     dia2-eval --model tiny --references refs/ --asr-model tiny.en --seeds 0 out/   # embedded demo model
+    dia2-eval --model nari-labs/Dia2-2B --adapter runs/de/adapter --references de-clips/ \
+              --language de --asr-model base-offline eval/de                     # another language
 
 Speaks every prompt (--prompts, or the shipped set) with every seed and configuration (base,
 base+prefix, each adapter, adapter+prefix), scores every clip (WER/CER, speaker similarity to
@@ -23,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from dia2.audio.asr import DEFAULT_WHISPER_MODEL, WhisperTranscriber
+from dia2.audio.asr import DEFAULT_WHISPER_MODEL, AsrError, WhisperTranscriber, check_language
 from dia2.cli import FLAG_ALIASES
 from dia2.device import AUTO, resolve_device
 from dia2.errors import Dia2Error, report
@@ -68,7 +70,12 @@ class EvalOptions:
     prefix: Path | None = None
     """A recording of the target voice used as the voice prefix (transcribed with --asr-model)."""
     prompts: Path | None = None
-    """Prompt file, one prompt a line (default: the shipped set, dia2/evaluation/prompts/default.txt)."""
+    """Prompt file, one prompt a line (default: the shipped set of --language, dia2/evaluation/prompts/<lang>.txt:
+    de, es, fr; default.txt in English)."""
+    language: str | None = None
+    """Language the clips speak, a Whisper code (de, es, fr ...; default: detected): Whisper is told it, WER/CER
+    normalise for it (numbers spelled out) and it picks the shipped prompts. Needs a multilingual --asr-model
+    (e.g. base-offline) for any language but en."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """Seeds each prompt is spoken with (the spread across them measures stability)."""
     max_frames: int = 375
@@ -95,6 +102,10 @@ class EvalOptions:
                               "the same clip every time, so a repeat adds nothing to the spread across seeds)")
         if self.voice is not None and self.prefix is not None:
             raise OptionError("give either --voice or --prefix, not both")
+        try:
+            check_language(self.language)
+        except AsrError as exc:
+            raise OptionError(str(exc)) from exc
         if self.prefix is not None and self.asr_model == "none":
             raise OptionError("--prefix is transcribed with --asr-model: give a model, or a stored --voice instead")
 
@@ -116,7 +127,7 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
     """The whole command: check inputs, load, speak, score, write; returns the report folder."""
     # Cheap checks first, before the model stack is imported: loading a 2B model takes minutes.
     check_output(output)
-    prompts = read_prompts(o.prompts)
+    prompts = read_prompts(o.prompts, o.language)
     references = read_references(o.references, READ_RATE)
     found = where_found(references, o.references)
     print(f"references: {found}", file=sys.stderr)
@@ -138,15 +149,19 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
         print("using the embedded tiny demo model: random, untrained weights (noise, not speech)", file=sys.stderr)
     tts = Dia2.from_repo(o.model, device=device)
     check_adapters(tts.model, list(o.adapter))
-    asr = None if o.asr_model == "none" else ClipTranscriber(o.asr_model, device=device, model_option="--asr-model")
+    asr = None if o.asr_model == "none" else ClipTranscriber(
+        o.asr_model, device=device, model_option="--asr-model", language=o.language
+    )
     if asr is not None:
         asr.load()  # an unloadable model is refused now, not after the first clip
     scorer = ClipScorer([r.waveform for r in references], reference_rate=READ_RATE, asr=asr,
-                        speaker=speaker, device=device)
+                        speaker=speaker, device=device, language=o.language)
     voice = Voice.load(o.voice) if o.voice else None
     if o.prefix is not None:
         # The prefix needs word timings, which the scoring transcriber skips.
-        voice = tts.make_voice(o.prefix, transcriber=WhisperTranscriber(o.asr_model, device=device, model_option="--asr-model"))
+        voice = tts.make_voice(o.prefix, transcriber=WhisperTranscriber(
+            o.asr_model, device=device, model_option="--asr-model", language=o.language
+        ))
     generation = dataclasses.replace(GenerationConfig(), max_frames=o.max_frames, cfg_scale=o.cfg_scale)
     check_prompts(tts, prompts, generation, voice)
     setup = EvalSetup(tuple(prompts), o.seeds, generation, o.toplines)
@@ -160,7 +175,7 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
             "prompt_count": len(prompts), "seeds": list(o.seeds), "max_frames": o.max_frames, "cfg_scale": o.cfg_scale,
             "references": str(o.references), "reference_count": len(references), "references_found": found,
             "voice_prefix": str(o.voice or o.prefix or "none"), "asr_model": o.asr_model,
-            "speaker_encoder": o.speaker_encoder, "device": device,
+            "speaker_encoder": o.speaker_encoder, "device": device, "language": o.language,
         }
         write_report(data, work)
     return output

@@ -56,12 +56,25 @@ class Reference:
     text: str | None
 
 
-def read_prompts(path: str | os.PathLike | None = None) -> list[str]:
+def shipped_prompt_languages() -> tuple[str, ...]:
+    """Languages with a shipped prompt set (dia2/evaluation/prompts/<lang>.txt; English is default.txt)."""
+    folder = resources.files("dia2.evaluation").joinpath("prompts")
+    return ("en", *sorted(p.name.removesuffix(".txt") for p in folder.iterdir() if p.name.endswith(".txt") and p.name != DEFAULT_PROMPTS))
+
+
+def read_prompts(path: str | os.PathLike | None = None, language: str | None = None) -> list[str]:
     """Prompts, one a line (blank lines and # comments skipped); a line without a speaker tag is
-    spoken by [S1]. None: the shipped set, dia2/evaluation/prompts/default.txt."""
+    spoken by [S1]. None: the shipped set of `language` (dia2/evaluation/prompts/<lang>.txt;
+    default.txt for English or no language)."""
     if path is None:
-        text = resources.files("dia2.evaluation").joinpath("prompts", DEFAULT_PROMPTS).read_text(encoding="utf-8")
-        where = f"the shipped prompt set ({DEFAULT_PROMPTS})"
+        name = DEFAULT_PROMPTS if language in (None, "en") else f"{language}.txt"
+        if language not in (None, *shipped_prompt_languages()):
+            raise EvalInputError(
+                f"no shipped prompts in --language {language} (shipped: {', '.join(shipped_prompt_languages())}): write "
+                "one prompt a line in that language and pass the file with --prompts"
+            )
+        text = resources.files("dia2.evaluation").joinpath("prompts", name).read_text(encoding="utf-8")
+        where = f"the shipped prompt set ({name})"
     else:
         path = Path(path)
         if not path.is_file():

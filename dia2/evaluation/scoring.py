@@ -119,6 +119,8 @@ class ClipScorer:
     references: mono float32 waveforms [S] of the target voice at `reference_rate` (None or
     empty: no similarity). asr: a faster-whisper model name or folder, or a `Transcriber`
     (None: no WER/CER). speaker: "resemblyzer", a `SpeakerEncoder`, or None (no similarity).
+    language: what the clips speak (a Whisper code; None: detected): the recogniser is told it and
+    WER/CER normalise for it (numbers spelled out in it, `dia2.evaluation.text`).
     The references are embedded here, so the encoder loads once, before the first clip.
     """
 
@@ -130,10 +132,12 @@ class ClipScorer:
         asr: str | Transcriber | None = DEFAULT_WHISPER_MODEL,
         speaker: str | SpeakerEncoder | None = DEFAULT_SPEAKER_ENCODER,
         device: str = "cpu",
+        language: str | None = None,
     ) -> None:
         if isinstance(asr, str):
-            asr = ClipTranscriber(asr, device=device, model_option=ASR_OPTION)
+            asr = ClipTranscriber(asr, device=device, model_option=ASR_OPTION, language=language)
         self.transcriber: Transcriber | None = asr
+        self.language = language
         references = list(references) if references is not None else []
         encoder = speaker_encoder(speaker, device)  # an unknown name is refused even without references
         self.encoder = encoder if references else None
@@ -168,7 +172,7 @@ class ClipScorer:
         if self.transcriber is not None:
             heard = self.transcriber.transcribe(waveform, sample_rate) if duration >= MIN_ASR_SECONDS else []
             transcript = " ".join(w.text for w in heard)
-            wer, cer = word_error_rate(said, transcript), char_error_rate(said, transcript)
+            wer, cer = word_error_rate(said, transcript, self.language), char_error_rate(said, transcript, self.language)
         self.seconds["asr"] += time.perf_counter() - started
         started = time.perf_counter()
         similarity = self.similarity(waveform, sample_rate, leave_out)

@@ -1,9 +1,11 @@
 """What a clip should say against what the recogniser heard: normalised words, WER and CER.
 
 Both sides are normalised the same way before any comparison: a Dia2 script loses its speaker
-tags (`[S1]`), non-verbal cues (`(laughs)`) and break tags, then both are lower-cased, the
-typographic apostrophe becomes `'`, hyphens split words and other punctuation goes. Numbers are
-not spelled out: prompts meant for scoring write them as words (the shipped set does).
+tags (`[S1]`), non-verbal cues (`(laughs)`) and break tags, then both become
+`dia2.text.normalize.comparable_words`: case-folded, the typographic apostrophe `'`, hyphens
+split, other punctuation gone. Given a language, numbers are spelled out in it on both sides
+("25" matches "fünfundzwanzig") and elision apostrophes split words in French, Italian and
+Catalan; without one, numbers are compared as written (the shipped prompts write them as words).
 
 The error rates are Levenshtein distances (substitutions, insertions and deletions cost 1)
 divided by the reference length: WER over words, CER over the characters of the normalised
@@ -13,11 +15,11 @@ words joined by single spaces.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Sequence
 
+from dia2.text.normalize import comparable_words
+
 _SCRIPT_MARKUP = re.compile(r"\[[^\[\]]*\]|\([^()]*\)|<[^<>]*>")
-_PUNCT = re.compile(r"[^\w\s']")
 
 
 def spoken_text(script: str) -> str:
@@ -25,11 +27,9 @@ def spoken_text(script: str) -> str:
     return " ".join(_SCRIPT_MARKUP.sub(" ", script).split())
 
 
-def normalize_words(text: str) -> list[str]:
-    """Lower-case words without punctuation (apostrophes inside words kept, hyphens split)."""
-    text = unicodedata.normalize("NFKC", text).replace("\u2019", "'").replace("-", " ")
-    words = _PUNCT.sub(" ", text.lower()).split()
-    return [w.strip("'") for w in words if w.strip("'")]
+def normalize_words(text: str, language: str | None = None) -> list[str]:
+    """Case-folded words without punctuation (hyphens split), numbers spelled out in `language`."""
+    return comparable_words(text, language)
 
 
 def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
@@ -50,12 +50,12 @@ def _rate(reference: Sequence, hypothesis: Sequence) -> float:
     return edit_distance(reference, hypothesis) / len(reference)
 
 
-def word_error_rate(reference: str, heard: str) -> float:
+def word_error_rate(reference: str, heard: str, language: str | None = None) -> float:
     """Word edits per reference word of two plain texts (a script: `spoken_text` first), both
-    normalised; may exceed 1 when words are added."""
-    return _rate(normalize_words(reference), normalize_words(heard))
+    normalised for `language`; may exceed 1 when words are added."""
+    return _rate(normalize_words(reference, language), normalize_words(heard, language))
 
 
-def char_error_rate(reference: str, heard: str) -> float:
+def char_error_rate(reference: str, heard: str, language: str | None = None) -> float:
     """Character edits per reference character of the normalised texts (words joined by one space)."""
-    return _rate(" ".join(normalize_words(reference)), " ".join(normalize_words(heard)))
+    return _rate(" ".join(normalize_words(reference, language)), " ".join(normalize_words(heard, language)))

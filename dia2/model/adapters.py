@@ -50,6 +50,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+TEXT_EMBEDDING = "transformer.text_embed.embedding"
+"""The text embedding table [V, r]: a new-language adapter trains the rows of its language's
+tokens (PEFT `trainable_token_indices`), the rest stay the base's."""
+OUTPUT_HEADS = ("transformer.action_head", "transformer.cb0_head")
+"""The decoder's output heads (when the next word starts; the semantic codebook). Dia2 has no
+text output head: the text comes from the script. A new-language adapter trains them whole
+(PEFT `modules_to_save`)."""
+TOKEN_DELTA = "token_adapter.trainable_tokens_delta"
+"""PEFT's saved name, under the embedding's module name, of the trained rows [N, r]."""
+
 _SAVED_PREFIX = "base_model.model."
 # PEFT's per-module LoRA tensors: <module>.<kind>. Anything else (modules_to_save copies) is a
 # full tensor named like a model parameter.
@@ -66,14 +76,22 @@ def lora_model(
     target_modules: str | list[str] = DEFAULT_TARGET_MODULES,
     dropout: float = 0.0,
     base_model_name_or_path: str | None = None,
+    token_indices: list[int] | None = None,
+    modules_to_save: list[str] | None = None,
 ) -> PeftModel:
     """Wrap `model` (in place) with fresh trainable LoRA layers; save with `save_pretrained`.
 
     `base_model_name_or_path` (e.g. "nari-labs/Dia2-2B") is recorded in adapter_config.json so
     that a load onto the wrong base names the right one; without it PEFT records the model's
-    `name_or_path` attribute, if any.
+    `name_or_path` attribute, if any. token_indices: text-embedding rows that train too (PEFT
+    `trainable_token_indices` on TEXT_EMBEDDING); modules_to_save: modules trained whole (e.g.
+    OUTPUT_HEADS). Both are what a new language needs beyond a voice's LoRA.
     """
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=dropout, bias="none")
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=dropout, bias="none",
+        trainable_token_indices={TEXT_EMBEDDING: sorted(token_indices)} if token_indices else None,
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
+    )
     peft_model = get_peft_model(model, config)
     if base_model_name_or_path is not None:
         # get_peft_model overwrites this field from `model.name_or_path`, so set it afterwards.
@@ -262,7 +280,8 @@ def check_adapter_fits(model: nn.Module, weights: Path, config: LoraConfig, labe
 
     Checks that every adapted module exists, that lora_A is [r, in] and lora_B [out, r] for it
     (Embedding: [r, vocab] and [dim, r]), that full tensors (modules_to_save) match their
-    parameter, and that every module the config targets here has weights in the file.
+    parameter, that trained embedding rows (trainable_token_indices) fit the table, and that every
+    module the config targets here has weights in the file.
     """
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
@@ -270,8 +289,18 @@ def check_adapter_fits(model: nn.Module, weights: Path, config: LoraConfig, labe
     adapted: set[str] = set()
     for key, shape in _tensor_shapes(weights, label).items():
         match = _LORA_KEY.fullmatch(key)
+        if key.endswith("." + TOKEN_DELTA):
+            _check_token_rows(modules, key.removesuffix("." + TOKEN_DELTA), shape, config, fail)
+            continue
         if match is None:
-            if key in params and tuple(params[key].shape) != shape:
+            if key not in params:
+                fail(f"it holds the full tensor {key}, which names no parameter of this model")
+            if not _saved_whole(config, key.rpartition(".")[0]):
+                raise AdapterError(
+                    f"adapter '{label}' holds the full tensor {key}, but its {CONFIG_NAME} does not list that module in "
+                    "modules_to_save (PEFT would ignore it): re-save the adapter with PEFT's save_pretrained"
+                )
+            if tuple(params[key].shape) != shape:
                 fail(f"its tensor {key} is {_show(shape)} but this model's is {_show(params[key].shape)}")
             continue
         name, kind = match["module"], match["kind"]
@@ -287,6 +316,34 @@ def check_adapter_fits(model: nn.Module, weights: Path, config: LoraConfig, labe
         if isinstance(module, (nn.Linear, nn.Embedding)) and check_target_module_exists(config, name):
             if name not in adapted:
                 fail(f"its target_modules select '{name}' in this model but it holds no weights for it")
+
+
+def _saved_whole(config: LoraConfig, module: str) -> bool:
+    """Whether `module` is one of the config's modules_to_save (PEFT matches a name or its suffix)."""
+    return any(module == m or module.endswith("." + m) for m in config.modules_to_save or ())
+
+
+def token_indices(config: LoraConfig, module: str) -> list[int]:
+    """The embedding rows an adapter trained for `module` (none: an empty list)."""
+    indices = config.trainable_token_indices or {}
+    if isinstance(indices, list):  # PEFT's shorthand: the input embedding
+        return list(indices) if module == TEXT_EMBEDDING else []
+    return list(indices.get(module, []))
+
+
+def _check_token_rows(
+    modules: dict[str, nn.Module], name: str, shape: tuple[int, ...], config: LoraConfig, fail: Callable[[str], NoReturn]
+) -> None:
+    """Trained embedding rows [N, dim] must fit module `name`, an Embedding, at indices below its vocab."""
+    module = modules.get(name)
+    if not isinstance(module, nn.Embedding):
+        fail(f"it trains token rows of '{name}', which is not an embedding of this model")
+    rows = token_indices(config, name)
+    if shape != (len(rows), module.embedding_dim):
+        fail(f"its trained rows of '{name}' are {_show(shape)} for {len(rows)} token indices, but this model needs "
+             f"[{len(rows)}, {module.embedding_dim}]")
+    if rows and not 0 <= min(rows) <= max(rows) < module.num_embeddings:
+        fail(f"it trains rows up to token {max(rows)} of '{name}', whose vocabulary has {module.num_embeddings}")
 
 
 def _expected_lora_shape(module: nn.Module, kind: str) -> tuple[int | None, ...] | None:

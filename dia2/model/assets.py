@@ -88,6 +88,12 @@ class AssetManifest:
         return cls(**values)
 
 
+def default_cache() -> Path:
+    """Where dia2 keeps what it builds once (the tiny demo bundle, the assembled offline Whisper):
+    $DIA2_CACHE, else ~/.cache/dia2."""
+    return Path(os.environ.get("DIA2_CACHE") or Path.home() / ".cache" / "dia2")
+
+
 def manifest_name() -> str:
     return os.environ.get(MANIFEST_ENV) or DEFAULT_MANIFEST
 

@@ -7,10 +7,15 @@ stacked table per adapted linear layer, and a forward hook adds, for each batch 
 of that row's adapter (`index_select` of its A/B, two `bmm`s), so one model step serves every
 voice in the batch. The base weights and the model's parameter names never change.
 
-Shapes are fixed (adapters of rank r < max_rank are zero-padded, which is exact) and the hook
-reads nothing back to the host, so a step that runs under `routed` can be captured in a CUDA
-graph; `version` changes when hooks are added or removed, which is when such a graph must be
-recaptured.
+An adapter may also replace weights outright, as a new-language adapter does (trained rows of the
+text embedding, PEFT `trainable_token_indices`; whole output heads, `modules_to_save`): those are
+served per row too (`dia2.model.row_weights`), so rows of such an adapter read its embedding rows
+and heads while the other rows of the batch read the base's.
+
+Shapes are fixed (adapters of rank r < max_rank are zero-padded, which is exact) and the hooks
+read nothing back to the host, so a step that runs under `routed` can be captured in a CUDA
+graph; `version` changes when hooks are added or removed or the embedding-row table is
+re-allocated, which is when such a graph must be recaptured.
 
 Memory: sum over adapted linears of (max_adapters + 1) * max_rank * (in + out) elements in the
 compute dtype. Dia2-2B with the default targets, 8 adapters of rank up to 64, bf16: ~1.3 GiB.
@@ -37,11 +42,13 @@ from torch.utils.hooks import RemovableHandle
 from dia2.model.adapters import (
     _LORA_KEY,
     _SAVED_PREFIX,
+    TOKEN_DELTA,
     WEIGHTS_NAME,
     AdapterError,
     check_adapter_fits,
     read_adapter_config,
     resolve_adapter,
+    token_indices,
     warn_if_other_base,
 )
 from dia2.model.network import Dia2Model
@@ -51,9 +58,11 @@ from dia2.model.peft_api import (
     check_target_module_exists,
     get_pattern_key,
 )
+from dia2.model.row_weights import EmbeddingRows, LinearWeights
 
 _MERGE_INSTEAD = (
-    "the engine serves plain LoRA on linear layers; merge this adapter into the base with `load_adapter` instead"
+    "the engine serves LoRA on linear layers, trained embedding rows and whole bias-free linear layers; merge "
+    "this adapter into the base with `load_adapter` instead"
 )
 
 
@@ -81,6 +90,16 @@ class _Weights:
     scale: float
 
 
+@dataclass
+class _Adapter:
+    """Everything one adapter brings, by module name: LoRA pairs, replaced embedding rows
+    (token indices [N], rows [N, dim]) and replaced whole linear weights [out, in]."""
+
+    lora: dict[str, _Weights] = field(default_factory=dict)
+    rows: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    linears: dict[str, Tensor] = field(default_factory=dict)
+
+
 class LoraBank:
     """PEFT LoRA adapters held side by side on one Dia2Model, applied per batch row, never merged."""
 
@@ -91,6 +110,8 @@ class LoraBank:
         self.version = 0
         self._slots: dict[str, int] = {}
         self._tables: dict[str, _Table] = {}
+        self._embedding_rows: dict[str, EmbeddingRows] = {}
+        self._linear_weights: dict[str, LinearWeights] = {}
         self._rows: Tensor | None = None
         # Rows of x per batch row: 1, except in the full-sequence depformer, which sees the
         # decoder's B * (T - 1) frames flattened row-major.
@@ -155,6 +176,16 @@ class LoraBank:
                 table.handle.remove()
                 del self._tables[module_name]
                 self.version += 1
+        for replaced in (self._embedding_rows, self._linear_weights):
+            for module_name, weights in list(replaced.items()):
+                if slot not in weights.users:
+                    continue
+                weights.drop(slot)
+                self.version += isinstance(weights, EmbeddingRows)  # its table was re-allocated
+                if not weights.users:
+                    weights.handle.remove()
+                    del replaced[module_name]
+                    self.version += 1
         del self._slots[name]
 
     @contextmanager
@@ -191,6 +222,16 @@ class LoraBank:
     def _leave_depformer(self, module: nn.Module, args: tuple, output: Tensor) -> None:
         self._repeat = 1
 
+    def _rows_hook(self, name: str, module: nn.Embedding, args: tuple, output: Tensor) -> Tensor | None:
+        if self._rows is None:
+            return None
+        return self._embedding_rows[name].apply(self._rows, args[0], output)
+
+    def _linear_hook(self, name: str, module: nn.Linear, args: tuple, output: Tensor) -> Tensor | None:
+        if self._rows is None:
+            return None
+        return self._linear_weights[name].apply(self._rows, args[0], output)
+
     def _hook(self, name: str, module: nn.Linear, args: tuple, output: Tensor) -> Tensor | None:
         """Add each row's LoRA delta: result + (x_b A_a^T) B_a^T * scale_a, a = rows[b]."""
         rows = self._rows
@@ -209,20 +250,44 @@ class LoraBank:
         delta = lora * table.scale.index_select(0, rows)[:, None, None]
         return output + delta.reshape(output.shape).to(output.dtype)
 
-    def _read(self, weights: Path, config: LoraConfig, label: str) -> dict[str, _Weights]:
-        """Module name -> its LoRA tensors and scale, refusing anything but plain LoRA on linears."""
+    def _read(self, weights: Path, config: LoraConfig, label: str) -> _Adapter:
+        """The adapter's LoRA pairs (with scales), replaced embedding rows and replaced linear
+        weights, refusing what the per-row hooks cannot serve."""
         tensors: dict[str, dict[str, Tensor]] = {}
+        adapter = _Adapter()
+        modules = dict(self.model.named_modules())
         with safe_open(str(weights), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-                match = _LORA_KEY.fullmatch(key.removeprefix(_SAVED_PREFIX))
-                if match is None:
-                    raise AdapterError(
-                        f"adapter '{label}' holds full tensor '{key}' (modules_to_save): {_MERGE_INSTEAD}"
-                    )
-                if match["kind"] not in ("lora_A.weight", "lora_B.weight"):
+                name = key.removeprefix(_SAVED_PREFIX)
+                match = _LORA_KEY.fullmatch(name)
+                if name.endswith("." + TOKEN_DELTA):
+                    module = name.removesuffix("." + TOKEN_DELTA)
+                    adapter.rows[module] = (torch.tensor(token_indices(config, module)), f.get_tensor(key))
+                elif match is None:
+                    self._read_full(adapter, modules, name, f.get_tensor(key), label)
+                elif match["kind"] not in ("lora_A.weight", "lora_B.weight"):
                     raise AdapterError(f"adapter '{label}' holds '{key}' (not plain LoRA): {_MERGE_INSTEAD}")
-                tensors.setdefault(match["module"], {})[match["kind"]] = f.get_tensor(key)
-        return {name: self._module_weights(name, pair, config, label) for name, pair in tensors.items()}
+                else:
+                    tensors.setdefault(match["module"], {})[match["kind"]] = f.get_tensor(key)
+        adapter.lora = {name: self._module_weights(name, pair, config, label) for name, pair in tensors.items()}
+        return adapter
+
+    @staticmethod
+    def _read_full(adapter: _Adapter, modules: dict[str, nn.Module], name: str, tensor: Tensor, label: str) -> None:
+        """A modules_to_save weight: a whole embedding becomes rows for every token, a bias-free
+        linear a replaced weight; anything else (a norm, a bias) cannot be served per row."""
+        module_name, _, param = name.rpartition(".")
+        module = modules.get(module_name)
+        if param == "weight" and isinstance(module, nn.Embedding):
+            adapter.rows[module_name] = (torch.arange(module.num_embeddings), tensor)
+        elif param == "weight" and type(module) is nn.Linear and module.bias is None:
+            adapter.linears[module_name] = tensor
+        else:
+            kind = type(module).__name__ if module is not None else "no module"
+            raise AdapterError(
+                f"adapter '{label}' replaces '{name}' ({kind}) whole (modules_to_save); the engine serves whole "
+                f"embeddings and bias-free linear layers per row only: {_MERGE_INSTEAD}"
+            )
 
     def _module_weights(self, name: str, pair: dict[str, Tensor], config: LoraConfig, label: str) -> _Weights:
         if len(pair) != 2:
@@ -243,16 +308,29 @@ class LoraBank:
         scale = alpha / math.sqrt(rank) if config.use_rslora else alpha / rank
         return _Weights(a, b, scale)
 
-    def _install(self, name: str, slot: int, weights: dict[str, _Weights]) -> None:
+    def _install(self, name: str, slot: int, adapter: _Adapter) -> None:
         modules = dict(self.model.named_modules())
+        slots, dtype = self.max_adapters + 1, self.model.compute_dtype
         with torch.no_grad():
-            for module_name, w in weights.items():
+            for module_name, w in adapter.lora.items():
                 table = self._tables.get(module_name) or self._hook_module(module_name, modules[module_name])
                 rank = w.a.shape[0]
                 table.a[slot, :rank] = w.a.to(table.a)
                 table.b[slot, :, :rank] = w.b.to(table.b)
                 table.scale[slot] = w.scale
                 table.users.add(slot)
+            for module_name, (indices, rows) in adapter.rows.items():
+                if module_name not in self._embedding_rows:
+                    hook = partial(self._rows_hook, module_name)
+                    self._embedding_rows[module_name] = EmbeddingRows(modules[module_name], slots, dtype, hook)
+                self._embedding_rows[module_name].put(slot, indices, rows)
+                self.version += 1  # a new hook, or a re-allocated table
+            for module_name, weight in adapter.linears.items():
+                if module_name not in self._linear_weights:
+                    hook = partial(self._linear_hook, module_name)
+                    self._linear_weights[module_name] = LinearWeights(modules[module_name], slots, dtype, hook)
+                    self.version += 1
+                self._linear_weights[module_name].put(slot, weight)
         self._slots[name] = slot
 
     def _hook_module(self, name: str, module: nn.Linear) -> _Table:
@@ -277,10 +355,6 @@ def _check_plain_lora(config: LoraConfig, label: str) -> None:
     if config.bias != "none" or lora_bias:
         raise AdapterError(
             f"adapter '{label}' trains a LoRA bias (bias={config.bias!r}, lora_bias={lora_bias}): {_MERGE_INSTEAD}"
-        )
-    if config.modules_to_save:
-        raise AdapterError(
-            f"adapter '{label}' saves full modules (modules_to_save={config.modules_to_save}): {_MERGE_INSTEAD}"
         )
     if getattr(config, "target_parameters", None):
         raise AdapterError(f"adapter '{label}' targets parameters ({config.target_parameters}): {_MERGE_INSTEAD}")

@@ -3,7 +3,8 @@
 import pytest
 
 from data_prep.config import SegmentOptions
-from data_prep.reference import check_reference, normalize
+from data_prep.reference import check_reference
+from dia2.text.normalize import comparable_words as normalize
 from data_prep.segment import span_seconds, split_utterances
 from dia2.text.words import SpokenWord
 

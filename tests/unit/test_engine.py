@@ -404,3 +404,30 @@ def test_cuda_graph_engine_gives_the_eager_tokens(tiny_bundle_dir):
         results[graphed] = [h.result().audio_tokens for h in handles]
     for eager, graphed in zip(results[False], results[True]):
         assert torch.equal(eager, graphed)
+
+
+def test_a_language_adapter_serves_per_row_in_graph_mode(own_tts, adapter_dirs, cpu_graphs, tmp_path):
+    """An adapter with trained embedding rows and whole heads (a new language) beside a LoRA voice
+    and the base, in one batch of captured steps: each row as it speaks alone; loading and
+    unloading it (which re-allocates the bank's row table) recaptures the graphs."""
+    from tests.unit.test_lora_bank import _save_language_adapter
+
+    ids = sorted({t for case in CASES for t in own_tts.tokenizer.encode(case[0], add_special_tokens=False)})
+    language = _save_language_adapter(tmp_path / "de", seed=9, indices=ids[::2])
+    dirs = {**adapter_dirs, "de": language}
+    plan = [("de", CASES[0]), (None, CASES[2]), ("a", CASES[3]), ("de", CASES[4])]
+    expected = [_solo_with_adapter(own_tts, dirs[name] if name else None, case) for name, case in plan]
+    assert not torch.equal(expected[0], _solo(own_tts, *CASES[0])), "the language adapter should change the tokens"
+    engine = Engine(own_tts, EngineConfig(slots=3, cuda_graph=True))
+    engine.load_adapter("a", dirs["a"])
+    engine.load_adapter("de", language)
+    handles = [engine.submit(_request(*case, adapter=name)) for name, case in plan]
+    _run(engine)
+    for (name, case), handle, want in zip(plan, handles, expected):
+        got = handle.result().audio_tokens
+        assert got.shape == want.shape and torch.equal(got, want), (name, case[0])
+    captured = len(cpu_graphs)
+    engine.unload_adapter("de")
+    handle = engine.submit(_request(*CASES[3], adapter="a"))
+    _run(engine)
+    assert torch.equal(handle.result().audio_tokens, expected[2]) and len(cpu_graphs) == captured + 2

@@ -29,7 +29,26 @@ def test_every_preset_loads(preset, base, quant, checkpointing):
 
 
 def test_every_preset_is_covered():
-    assert {p.stem for p in PRESETS.glob("*.yaml")} == {"tiny-cpu", "dia2-1b-lora", "dia2-2b-lora", "dia2-2b-qlora"}
+    assert {p.stem for p in PRESETS.glob("*.yaml")} == {
+        "tiny-cpu", "dia2-1b-lora", "dia2-2b-lora", "dia2-2b-qlora",
+        "tiny-new-language", "dia2-2b-new-language-lora", "dia2-2b-new-language-full",
+    }
+
+
+@pytest.mark.parametrize(
+    "preset, base, full",
+    [("tiny-new-language", "tiny", False), ("dia2-2b-new-language-lora", "nari-labs/Dia2-2B", False),
+     ("dia2-2b-new-language-full", "nari-labs/Dia2-2B", True)],
+)
+def test_new_language_presets_load(preset, base, full):
+    """The new-language recipe's presets: LoRA ones train embeddings and heads too, the full one everything."""
+    cfg = load_config(PRESETS / f"{preset}.yaml", ["data.corpus=corpora/de"])
+    assert cfg.model.base == base and cfg.lora.full_finetune == full and cfg.output.name == preset
+    if not full:
+        assert cfg.lora.train_embeddings and cfg.lora.modules_to_save == ("transformer.action_head", "transformer.cb0_head")
+        assert cfg.lora.rank >= 16
+    else:
+        assert cfg.eval.scripts == () and cfg.model.dtype == "float32"
 
 
 def test_overrides_are_typed_by_their_field():

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from dia2.model.adapters import (
+    OUTPUT_HEADS,
+    TEXT_EMBEDDING,
     AdapterError,
     load_adapter,
     lora_model,
@@ -193,18 +195,18 @@ REFUSALS = {
     ),
     "dora": (lambda ad, tmp: ("x", _save_adapter(tmp / "d", 6, r=2, use_dora=True)), r"DoRA .*merge this adapter"),
     "bias": (lambda ad, tmp: ("x", _save_adapter(tmp / "lb", 6, r=2, lora_bias=True)), r"LoRA bias"),
-    "modules_to_save": (
-        lambda ad, tmp: ("x", _save_adapter(tmp / "m", 6, r=2, modules_to_save=["cb0_head"])),
-        r"modules_to_save.*merge this adapter into the base with `load_adapter`",
+    "whole_norm": (
+        lambda ad, tmp: ("x", _save_adapter(tmp / "m", 6, r=2, modules_to_save=["transformer.norm"])),
+        r"replaces 'transformer\.norm\.weight' \(RMSNorm\) whole .*merge this adapter into the base with `load_adapter`",
     ),
     "full_tensor": (
         lambda ad, tmp: ("x", _edited(_save_adapter(tmp / "m", 6, r=2, modules_to_save=["cb0_head"]), tmp,
                                       modules_to_save=None)),
-        r"full tensor .*cb0_head",
+        r"full tensor .*cb0_head.* does not list that module in modules_to_save",
     ),
     "embedding": (
         lambda ad, tmp: ("x", _save_adapter(tmp / "e", 6, r=2, target_modules=r"transformer\.audio_embeds\.\d+")),
-        r"targets 'transformer\.audio_embeds\.0', a Embedding: the engine serves plain LoRA on linear layers",
+        r"targets 'transformer\.audio_embeds\.0', a Embedding: the engine serves LoRA on linear layers",
     ),
 }
 
@@ -234,3 +236,78 @@ def test_model_with_peft_layers_is_refused(base, adapters):
     with pytest.raises(AdapterError, match=re.escape("already carries PEFT LoRA layers")):
         bank.load("a", adapters["a"])
     assert bank.names == () and bank.version == 0
+
+
+# --- new-language adapters: trained text-embedding rows and whole output heads, per row ---------
+
+
+def _save_language_adapter(folder: Path, seed: int, indices: list[int]) -> Path:
+    """LoRA + trained text-embedding rows (`indices`) + whole output heads, all moved off the base."""
+    torch.manual_seed(seed)
+    model = lora_model(Dia2Model.from_config(_config()), 4, 8, token_indices=indices, modules_to_save=list(OUTPUT_HEADS))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "trainable_tokens_delta" in name or "modules_to_save" in name:
+                param.add_(torch.randn_like(param) * 0.5)
+    model.save_pretrained(str(folder), save_embedding_layers=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def language(tokens, tmp_path_factory) -> Path:
+    """Trained rows for every other text id the test grid uses: some tokens replaced, some not."""
+    used = sorted(set(tokens[:, :2].flatten().tolist()))
+    return _save_language_adapter(tmp_path_factory.mktemp("language") / "de", 7, used[::2])
+
+
+def test_language_adapter_rows_match_it_alone(base, tokens, adapters, language):
+    bank = LoraBank(copy.deepcopy(base), max_adapters=3, max_rank=8)
+    bank.load("a", adapters["a"])
+    bank.load("de", language)
+    assert _hooked(bank.model) >= {TEXT_EMBEDDING, *OUTPUT_HEADS}
+    folders = {None: None, "a": adapters["a"], "de": language}
+    for run, names in ((_logits, [None, "de", "a", "de"]), (_decode, ["de", "a", None, "de"])):
+        with bank.routed(_rows(bank, names)):
+            served = run(bank.model, tokens)
+        _check_rows(run, served, base, tokens, [folders[n] for n in names])
+    version = bank.version
+    bank.unload("de")
+    assert bank.version > version and not _hooked(bank.model) & {TEXT_EMBEDDING, *OUTPUT_HEADS}
+    with bank.routed(_rows(bank, ["a", None, "a", None])):
+        served = _logits(bank.model, tokens)
+    _check_rows(_logits, served, base, tokens, [adapters["a"], None, adapters["a"], None])
+
+
+def test_language_adapter_tokens_it_did_not_train_keep_the_base_rows(base, tokens, language):
+    bank = LoraBank(copy.deepcopy(base))
+    bank.load("de", language)
+    embedding = bank.model.transformer.text_embed.embedding
+    ids = torch.arange(embedding.num_embeddings)[None].expand(2, -1)
+    with bank.routed(_rows(bank, [None, "de"])), torch.no_grad():
+        rows = embedding(ids)
+    trained = torch.tensor(json.loads((language / "adapter_config.json").read_text())["trainable_token_indices"][TEXT_EMBEDDING])
+    kept = torch.ones(embedding.num_embeddings, dtype=torch.bool)
+    kept[trained] = False
+    assert torch.equal(rows[0], embedding.weight)
+    assert torch.equal(rows[1, kept], embedding.weight[kept])
+    assert (rows[1, trained] - embedding.weight[trained]).abs().min() > 0
+
+
+def test_language_adapter_merged_equals_unmerged_and_switches_off(base, tokens, language):
+    """dia2-infer's path (merged) and the live handle agree; disabled, the handle is the base."""
+    merged = load_adapter(copy.deepcopy(base), language, merge=True)
+    handle = load_adapter(copy.deepcopy(base), language, merge=False)
+    live, folded, reference = _logits(handle.model, tokens), _logits(merged, tokens), _logits(base, tokens)
+    for key in reference:  # folded weights round differently: 1e-6 of logits that reach ~20
+        torch.testing.assert_close(folded[key], live[key], atol=ATOL, rtol=1e-5, msg=key)
+        assert (folded[key] - reference[key]).abs().max() > 1e-3, key
+    with handle.disabled():
+        off = _logits(handle.model, tokens)
+    assert all(torch.allclose(off[k], reference[k], atol=ATOL, rtol=0) for k in reference)
+    trained = json.loads((language / "adapter_config.json").read_text())["trainable_token_indices"][TEXT_EMBEDDING]
+    kept = torch.ones(base.config.data.text_vocab_size, dtype=torch.bool)
+    kept[trained] = False
+    weight, base_weight = merged.transformer.text_embed.embedding.weight, base.transformer.text_embed.embedding.weight
+    assert torch.equal(weight[kept], base_weight[kept]) and not torch.equal(weight[~kept], base_weight[~kept])
+    for head in ("action_head", "cb0_head"):
+        assert not torch.equal(getattr(merged.transformer, head).weight, getattr(base.transformer, head).weight)
