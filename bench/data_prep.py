@@ -61,7 +61,7 @@ from machine import describe  # noqa: E402
 from data_prep.cli import keep_freed_memory  # noqa: E402
 from data_prep.config import (  # noqa: E402
     AsrOptions,
-    ModelOptions,
+    CorpusModelOptions,
     OutputOptions,
     PrepConfig,
     RunOptions,
@@ -198,7 +198,7 @@ def gpt2_standin():
 def prep_config(args, input_folder: Path, output: Path, whisper: WhisperTranscriber) -> PrepConfig:
     return PrepConfig(
         input_folder, output,
-        model=ModelOptions(device=args.device, codec_dtype=args.codec_dtype),
+        model=CorpusModelOptions(device=args.device, codec_dtype=args.codec_dtype),
         asr=AsrOptions(asr_model=whisper.model_name, beam_size=args.beam_size, asr_device=args.asr_device,
                        language=args.language),
         out=OutputOptions(), run=RunOptions(threads=args.threads, progress=False),
@@ -263,7 +263,7 @@ def main() -> None:
     p.add_argument("--layout", choices=["long", "clips", "both"], default="both")
     p.add_argument("--minutes", type=float, default=4.0, help="minutes of audio per layout")
     p.add_argument("--beam-size", type=int, default=AsrOptions.beam_size)
-    p.add_argument("--codec-dtype", choices=["float32", "bfloat16"], default=ModelOptions.codec_dtype)
+    p.add_argument("--codec-dtype", choices=["float32", "bfloat16"], default=CorpusModelOptions.codec_dtype)
     p.add_argument("--device", default="cpu", help="Mimi device")
     p.add_argument("--asr-device", default="cpu", help="Whisper device")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")

@@ -4,7 +4,7 @@
     dia2-prep podcast/ corpus/ --stereo --speakers alice,bob      # one speaker per channel
     dia2-prep recordings/ corpus/ --speaker-map speakers.json     # a speaker per file (or per channel)
     dia2-prep manifest.csv corpus/ --asr-model large-v3 --device cuda --asr-device cuda
-    dia2-prep recordings/ corpus/ --model tiny --asr-model ./tiny.en   # embedded demo model (or --tiny)
+    dia2-prep recordings/ corpus/ --model tiny --asr-model ./tiny.en   # embedded demo model (or --tiny; --hf is --model)
     dia2-prep de/ corpus/ --asr-model base-offline --language de --validation-folders anna   # another language
     accelerate launch --multi_gpu --num_processes 8 -m data_prep recordings/ corpus/   # a shard per GPU
     torchrun --nproc_per_node 8 -m data_prep recordings/ corpus/                       # the same
@@ -30,8 +30,10 @@ import sys
 from pathlib import Path
 
 from data_prep.config import PrepConfig, PrepConfigError
-from dia2.console import is_main_process, setup_logging, sigterm_stops_like_ctrl_c, stop_code, stop_line
-from dia2.errors import Dia2Error
+from dia2.errors import Dia2Error, PushError
+from dia2.launch.command import run_main
+from dia2.launch.flags import FLAG_ALIASES
+from dia2.launch.model import check_tiny
 from dia2.options import FlagParser, add_flags, build, flag_values, sections
 
 
@@ -46,13 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, help="corpus folder to write, or to continue writing")
     for name, section in sections(PrepConfig).items():
         title, _, about = (section.__doc__ or section.__name__).strip().partition(":")
-        add_flags(p.add_argument_group(title, about.strip() or None), section, dest=f"{name}.")
+        add_flags(p.add_argument_group(title, about.strip() or None), section, dest=f"{name}.", aliases=FLAG_ALIASES)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> PrepConfig:
     """The frozen run config from parsed arguments (not yet validated); PrepConfigError names a bad flag."""
-    return build(PrepConfig, flag_values(args), error=PrepConfigError)
+    raw = flag_values(args)
+    check_tiny(raw.get("model", {}))
+    return build(PrepConfig, raw, error=PrepConfigError)
 
 
 def keep_freed_memory() -> None:
@@ -76,19 +80,12 @@ def keep_freed_memory() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        config = config_from_args(parser.parse_args(argv)).validate()
-    except PrepConfigError as exc:
-        parser.error(str(exc))
-    setup_logging(logging.INFO if config.run.verbose else logging.WARNING)
-    try:
-        with sigterm_stops_like_ctrl_c():
-            return _prepare(config)
-    except KeyboardInterrupt as stop:
-        if is_main_process():  # one message for all processes
-            print(stop_line("dia2-prep", stop, "every recording prepared so far is kept in the cache; run the same "
-                            "command again to continue"), file=sys.stderr)
-        return stop_code(stop)
+    return run_main(
+        "dia2-prep", lambda: config_from_args(parser.parse_args(argv)).validate(), _prepare, parser=parser,
+        log_level=lambda config: logging.INFO if config.run.verbose else logging.WARNING,
+        stopped=lambda config: "every recording prepared so far is kept in the cache; run the same command again "
+                               "to continue",
+    )
 
 
 def _prepare(config: PrepConfig) -> int:
@@ -103,7 +100,6 @@ def _prepare(config: PrepConfig) -> int:
     )
     from data_prep.pipeline import NothingKeptError, run_prep
     from data_prep.qc import TEXT_FILE
-    from data_prep.writer import PushError
 
     keep_freed_memory()
     if config.run.threads or launched_world_size() > 1:  # processes of one node share its cores

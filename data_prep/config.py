@@ -18,7 +18,8 @@ from typing import Literal
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.data.grid import FRAME_RATE
-from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL, hub_repo_id_problem
+from dia2.launch.model import model_source
+from dia2.model.assets import DEFAULT_MODEL, hub_repo_id_problem
 from dia2.options import OptionError, sections
 
 
@@ -27,7 +28,7 @@ class PrepConfigError(OptionError):
 
 
 @dataclass(frozen=True)
-class ModelOptions:
+class CorpusModelOptions:
     """Model: the tokenizer, delays, context length and Mimi codec the corpus is built for."""
 
     model: str = DEFAULT_MODEL
@@ -47,6 +48,11 @@ class ModelOptions:
     encode_batch_size: int = 0
     """Utterances of one recording per Mimi encode call (0: 16 on CUDA, 1 on CPU, where batching
     does not pay and costs memory)."""
+
+    @property
+    def source(self) -> str:
+        """The model source to load: --model, or tiny for --tiny."""
+        return model_source(self.model, self.tiny)
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,7 @@ class PrepConfig:
 
     input: Path
     output: Path
-    model: ModelOptions = field(default_factory=ModelOptions)
+    model: CorpusModelOptions = field(default_factory=CorpusModelOptions)
     asr: AsrOptions = field(default_factory=AsrOptions)
     segment: SegmentOptions = field(default_factory=SegmentOptions)
     filters: FilterOptions = field(default_factory=FilterOptions)
@@ -206,8 +212,6 @@ class PrepConfig:
             raise PrepConfigError(f"--push-to-hub {self.out.push_to_hub}: {problem}")
         if self.run.threads < 0:
             raise PrepConfigError(f"--threads must be >= 0 (0 = all cores), got {self.run.threads}")
-        if self.model.tiny and self.model.model not in (DEFAULT_MODEL, TINY_MODEL):
-            raise PrepConfigError(f"--tiny is --model {TINY_MODEL}; it cannot be combined with --model {self.model.model}")
         self._validate_speakers()
         return self
 

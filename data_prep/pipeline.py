@@ -31,7 +31,7 @@ from data_prep.cache import (
     options_digest,
 )
 from data_prep.config import (
-    ModelOptions,
+    CorpusModelOptions,
     PrepConfig,
     PrepConfigError,
     check_context_budget,
@@ -54,7 +54,7 @@ from dia2.data.grid import FRAME_RATE
 from dia2.data.teacher import tail_frames
 from dia2.device import resolve_device
 from dia2.errors import Dia2Error
-from dia2.model.assets import TINY_MODEL, ModelSource
+from dia2.model.assets import ModelSource
 from dia2.model.config import DataConfig, load_config
 from dia2.output_paths import check_writable
 from dia2.text.coverage import coverage_report, words_of_rows
@@ -89,12 +89,12 @@ class PrepOutcome:
     report: dict[str, Any]
 
 
-def load_prep_model(options: ModelOptions) -> PrepModel:
+def load_prep_model(options: CorpusModelOptions) -> PrepModel:
     """Tokenizer, config and Mimi of a Dia2 model repo or folder (`--tiny`: the embedded demo)."""
     from dia2.generation.runtime import load_codec
 
     device = resolve_device(options.device, "--device")
-    source = ModelSource.resolve(TINY_MODEL if options.tiny else options.model)
+    source = ModelSource.resolve(options.source)
     manifest = source.manifest()
     config = load_config(source.file(manifest.config))
     tok_source = options.tokenizer or tokenizer_source(source, manifest.tokenizer, config.assets.tokenizer)

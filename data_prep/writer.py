@@ -20,16 +20,12 @@ from typing import Iterable, Sequence
 from data_prep.config import PrepConfigError
 from data_prep.results import FileResult
 from dia2.data.corpus import SPLITS, corpus_features
-from dia2.errors import Dia2Error
+from dia2.errors import PushError
 
 logger = logging.getLogger(__name__)
 
 TMP_DIR = ".dia2-prep-tmp"
 _DATASET_FILES = ("dataset_dict.json", *SPLITS)
-
-
-class PushError(Dia2Error, RuntimeError):
-    """The Hub upload failed; the corpus on disk is complete and the message says how to retry."""
 
 
 def assign_splits(

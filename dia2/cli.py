@@ -1,13 +1,13 @@
 """`python -m dia2.cli` / `dia2-infer`: speak a script to an audio file.
 
-    dia2-infer --hf nari-labs/Dia2-2B --input script.txt --cfg 6 --seed 0 out.wav
-    dia2-infer --hf tiny --text "[S1] Hello. [S2] Hi!" out.wav     # embedded demo model (or --tiny)
+    dia2-infer --model nari-labs/Dia2-2B --input script.txt --cfg 6 --seed 0 out.wav
+    dia2-infer --model tiny --text "[S1] Hello. [S2] Hi!" out.wav     # embedded demo model (or --tiny)
 
-Flags follow the published CLI (--hf, --config, --weights, --input, --device, --dtype, --topk,
+Flags follow the published CLI (--config, --weights, --input, --device, --dtype, --topk,
 --temperature, --cfg, --tokenizer, --mimi, --prefix-speaker-1/2, --include-prefix, --verbose,
---cuda-graph, --torch-compile) plus --low-vram, --seed, --adapter and a few more. Each flag is a
-documented field below or of `GenerationConfig` / `SamplingConfig`: its help and default come
-from there (`dia2.options`).
+--cuda-graph, --torch-compile; its --hf is --model here, as on every command, and still works)
+plus --low-vram, --seed, --adapter and a few more. Each flag is a documented field below or of
+`GenerationConfig` / `SamplingConfig`: its help and default come from there (`dia2.options`).
 """
 
 from __future__ import annotations
@@ -17,22 +17,22 @@ import json
 import logging
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.audio.encode import EXTENSIONS
-from dia2.console import setup_logging
+from dia2.console import say
 from dia2.data.grid import FRAME_RATE
 from dia2.device import AUTO
-from dia2.errors import Dia2Error, report
+from dia2.errors import Dia2Error
 from dia2.generation.config import GenerationConfig
-from dia2.model.adapter_files import AdapterError, check_adapter_path
-from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL, AssetError, ModelSource
+from dia2.launch.command import run_main
+from dia2.launch.flags import FLAG_ALIASES, PUBLISHED_SPELLING
+from dia2.launch.model import ModelOptions, check_model_options, check_tiny, load_tts
 from dia2.options import (
     FlagParser,
     OptionError,
@@ -50,54 +50,6 @@ if TYPE_CHECKING:
     from dia2.generation.runtime import GenerationResult
 
 logger = logging.getLogger("dia2.cli")
-
-PUBLISHED_SPELLING = {
-    "cfg_scale": "--cfg",
-    "audio.temperature": "--temperature",
-    "audio.top_k": "--topk",
-    "text.top_k": "--text-topk",
-}
-"""GenerationConfig keys whose flags keep the published CLI's names; the others are the field names."""
-FLAG_ALIASES = {"--cfg": ("--cfg-scale",)}
-"""Other spellings a flag answers to (every entry point spells the CFG scale --cfg; --cfg-scale too)."""
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """Which Dia2 to load, and how."""
-
-    hf: str = DEFAULT_MODEL
-    """Hub repo id or local folder of the model, or tiny (the embedded demo model: random, untrained
-    weights, no download)."""
-    tiny: bool = False
-    """Shorthand for --hf tiny."""
-    config: Path | None = None
-    """config.json to use instead of the repo's."""
-    weights: Path | None = None
-    """model.safetensors to use instead of the repo's."""
-    tokenizer: str | None = None
-    """Tokenizer folder or repo id (default: the model repo's)."""
-    mimi: str | None = None
-    """Mimi codec folder or repo id (default: the one the model names)."""
-    adapter: str | None = None
-    """PEFT LoRA adapter folder or Hub repo id (a trained voice)."""
-    unmerged_adapter: bool = False
-    """Keep the adapter unmerged (switchable, slower)."""
-    low_vram: Literal["8bit", "4bit"] | None = None
-    """Quantize the linear layers with bitsandbytes."""
-    device: str = AUTO
-    """cuda, cuda:1, cpu ... (auto: cuda when available, else cpu)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights dtype (auto: bfloat16 on CUDA, else float32)."""
-
-    @property
-    def source(self) -> str:
-        """The model source to load: --hf, or tiny for --tiny."""
-        return TINY_MODEL if self.tiny else self.hf
-
-    @property
-    def torch_dtype(self) -> torch.dtype | None:
-        return None if self.dtype == "auto" else getattr(torch, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -131,7 +83,7 @@ class VoiceOptions:
 
 
 @dataclass(frozen=True)
-class RunOptions:
+class InferRunOptions:
     """Kernels, word timestamps and logging."""
 
     cuda_graph: bool = False
@@ -152,14 +104,14 @@ class InferOptions:
     output: Path
     """Audio file to write."""
     model: ModelOptions = field(default_factory=ModelOptions)
-    """Which model (`--hf`, `--adapter`, ...)."""
+    """Which model (`--model`, `--adapter`, ...)."""
     script: ScriptOptions = field(default_factory=ScriptOptions)
     """The script, from exactly one of `--input` or `--text`."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     """Sampling and limits (`--cfg`, `--temperature`, `--seed`, ...)."""
     voice: VoiceOptions = field(default_factory=VoiceOptions)
     """The voice prefix (`--prefix-speaker-1`, `--voice`, ...)."""
-    run: RunOptions = field(default_factory=RunOptions)
+    run: InferRunOptions = field(default_factory=InferRunOptions)
     """Kernels and outputs (`--cuda-graph`, `--timestamps`, ...)."""
 
 
@@ -178,9 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> InferOptions:
     """Parsed, typed and checked options; OptionError names the flag and the fix."""
     raw = flag_values(parser.parse_args(argv))
+    check_tiny(raw.get("model", {}))
     options = build(InferOptions, raw)
-    if options.model.tiny and ("hf" in raw.get("model", {}) or options.model.config or options.model.weights):
-        raise OptionError("--tiny is --hf tiny, the embedded demo model; it cannot be combined with --hf/--config/--weights")
     _check_files(options)
     _check_runtime(options)
     return options
@@ -210,22 +161,6 @@ def _check_files(o: InferOptions) -> None:
         raise OptionError("--prefix-transcript is empty: type the words the prefix recordings say, or leave it out")
     if voice.save_voice and not voice.prefix_speaker_1:
         raise OptionError("--save-voice stores the voice made from --prefix-speaker-1/2: give those recordings too")
-
-
-def check_model_options(m: ModelOptions, spelling: dict[str, str] | None = None) -> None:
-    """Refuse, before anything loads, model options naming what is not there: a --config or
-    --weights file, a model folder, a local adapter folder (`spelling`: field -> flag where an
-    entry point spells one differently, e.g. the server's --merge-adapter)."""
-    for flag, path in (("--config", m.config), ("--weights", m.weights)):
-        if path is not None and not path.is_file():
-            raise OptionError(f"{flag} {path}: file not found")
-    try:
-        if m.source != TINY_MODEL:
-            ModelSource.resolve(m.source)  # a local folder or a Hub repo id; nothing is fetched
-        if m.adapter is not None:
-            check_adapter_path(m.adapter, (spelling or {}).get("adapter", "--adapter"))
-    except (AssetError, AdapterError) as exc:
-        raise OptionError(str(exc)) from None
 
 
 def _check_outputs(o: InferOptions) -> None:
@@ -260,20 +195,9 @@ def _speak(o: InferOptions, script: str) -> GenerationResult:
     """Load the model (and the voice) and speak `script`."""
     from dia2.audio.asr import WhisperTranscriber
     from dia2.generation.graphs import kernel_wrapper
-    from dia2.generation.runtime import Dia2
     from dia2.generation.voice import Voice, with_transcript
 
-    m = o.model
-    if m.source == TINY_MODEL:
-        print("using the embedded tiny demo model: random, untrained weights (noise, not speech)", file=sys.stderr)
-    logger.info("loading the model %s%s", m.source, f" with the adapter {m.adapter}" if m.adapter else "")
-    started = time.perf_counter()
-    tts = Dia2.from_repo(
-        m.source, device=m.device, dtype=m.torch_dtype, config_path=m.config, weights_path=m.weights,
-        tokenizer=m.tokenizer, mimi=m.mimi, low_vram=m.low_vram, adapter=m.adapter, merge_adapter=not m.unmerged_adapter,
-        kernel_wrapper=kernel_wrapper(o.run.cuda_graph, o.run.torch_compile),
-    )
-    logger.info("loaded in %.1f s on %s", time.perf_counter() - started, tts.model.device)
+    tts = load_tts(o.model, "using", tell=say, kernel_wrapper=kernel_wrapper(o.run.cuda_graph, o.run.torch_compile))
     voice = Voice.load(o.voice.voice) if o.voice.voice else None
     if o.voice.prefix_speaker_1:
         logger.info("transcribing the voice prefix with Whisper %s", o.voice.whisper_model)
@@ -294,20 +218,12 @@ def _speak(o: InferOptions, script: str) -> GenerationResult:
         return tts.generate(script, o.generation, voice=voice, progress=progress)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        options = parse_options(parser, argv)
-    except OptionError as exc:
-        parser.error(str(exc))
-    setup_logging(logging.INFO if options.run.verbose else logging.WARNING)
-    try:
-        _check_outputs(options)
-        script = _read_script(options.script)
-        check_script(script)  # a typo is refused before the model loads
-        result = _speak(options, script)
-    except (Dia2Error, ValueError, OSError) as exc:
-        return report("dia2-infer", exc)
+def speak(options: InferOptions) -> int:
+    """The whole command once the options are checked: refuse what can be refused, speak, write."""
+    _check_outputs(options)
+    script = _read_script(options.script)
+    check_script(script)  # a typo is refused before the model loads
+    result = _speak(options, script)
     path = result.save(options.output)
     if options.run.timestamps:
         stamps = [{"word": w, "start": t} for w, t in result.timestamps]
@@ -316,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     note = " (truncated at the frame limit)" if result.truncated else ""
     print(f"wrote {path}: {result.duration:.2f} s, {len(result.timestamps)} words{note}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    return run_main("dia2-infer", lambda: parse_options(parser, argv), speak, parser=parser,
+                    log_level=lambda o: logging.INFO if o.run.verbose else logging.WARNING,
+                    errors=(Dia2Error, ValueError, OSError))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,11 @@ def setup_logging(level: int, loggers: Mapping[str, int] | None = None) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT)
     for name, named_level in (loggers or {}).items():
         logging.getLogger(name).setLevel(named_level)
+
+
+def say(line: str) -> None:
+    """Tell the user `line` on stderr as it is, not as a log record (no WARNING in front of a note)."""
+    print(line, file=sys.stderr)
 
 
 class Terminated(KeyboardInterrupt):

@@ -15,6 +15,11 @@ class Dia2Error(Exception):
     """An error a user can fix; its message names the input and the fix."""
 
 
+class PushError(Dia2Error, RuntimeError):
+    """A Hub upload (a corpus, a trained voice) that cannot go ahead or failed; the message says
+    what is kept and what to do."""
+
+
 def report(prog: str, exc: BaseException) -> int:
     """Print `prog: error: message` on stderr (one line per message line) and return exit code 1."""
     print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -27,12 +27,13 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import re
 import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, Field, fields, is_dataclass
-from functools import cache, partial
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -250,7 +251,15 @@ def build(
     except OptionError:
         raise
     except (TypeError, ValueError) as exc:  # a value check in the dataclass (__post_init__)
-        raise error(str(exc)) from None
+        raise error(_naming_flags(str(exc), raw)) from None
+
+
+def _naming_flags(message: str, raw: Mapping[str, Any]) -> str:
+    """A dataclass check's `message` led by the flags, as typed, of the fields it names
+    (`--slots 0: EngineConfig.slots must be >= 1, got 0`); key=value items are named already."""
+    typed = [f"{value.given_as} {value}" for name, value in raw.items()
+             if getattr(value, "given_as", None) and re.search(rf"\b{re.escape(str(name))}\b", message)]
+    return f"{', '.join(typed)}: {message}" if typed else message
 
 
 def parse_overrides(items: Sequence[str], raw: dict[str, Any] | None = None, error: type[OptionError] = OptionError) -> dict[str, Any]:
@@ -334,7 +343,6 @@ def add_flags(
 
 
 def _add_flag(parser: Any, flags: tuple[str, ...], dest: str, hint: Any, default: Any, doc: str) -> None:
-    flag = flags[0]
     doc = doc.replace("%", "%%")  # argparse formats help with %
     if hint is bool:
         if default:
@@ -349,8 +357,15 @@ def _add_flag(parser: Any, flags: tuple[str, ...], dest: str, hint: Any, default
     literal = next((a for a in (typing.get_args(hint) if _is_union(hint) else (hint,)) if typing.get_origin(a) is Literal), None)
     choices = [str(c) for c in typing.get_args(literal)] if literal is not None else None
     metavar = None if choices else dest.rpartition(".")[2].upper()
-    parser.add_argument(*flags, dest=dest, type=partial(CliValue, given_as=flag), choices=choices, metavar=metavar,
+    parser.add_argument(*flags, dest=dest, action=_Typed, choices=choices, metavar=metavar,
                         default=argparse.SUPPRESS, help=shown, required=default is MISSING)
+
+
+class _Typed(argparse.Action):
+    """Keeps a flag's text as a `CliValue` given as the spelling typed (an alias too: errors name it)."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, CliValue(values, given_as=option_string))
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:

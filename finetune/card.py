@@ -45,7 +45,7 @@ def model_card(voice: dict[str, Any], repo: str | None = None) -> str:
         "## Use",
         "",
         "```bash",
-        f'dia2-infer --hf {base} --adapter {repo_ref} --text "[S1] Hello there." out.wav',
+        f'dia2-infer --model {base} --adapter {repo_ref} --text "[S1] Hello there." out.wav',
         "```",
         "",
         "```python",

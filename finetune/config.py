@@ -17,7 +17,7 @@ from dia2.model.assets import hub_repo_id_problem
 from dia2.options import SENTENCES, OptionError, sections
 
 
-class ConfigError(OptionError):
+class TrainConfigError(OptionError):
     """A training config that cannot be used; the message names the key and the fix."""
 
 
@@ -27,7 +27,8 @@ class ModelSection:
 
     base: str = "tiny"
     """Hub repo id (nari-labs/Dia2-2B), local model folder, or `tiny` (the embedded demo model:
-    random weights, for tests and dry runs)."""
+    random weights, for tests and dry runs); on the command line also `--model` (every command's
+    spelling of the model source)."""
     base_name: str | None = None
     """Recorded as the adapter's base_model_name_or_path and on the model card; default: `base`
     (a local folder as its absolute path)."""
@@ -185,9 +186,9 @@ class EvalSection:
                  "similarity": ("references", self.references)}
         if self.keep_best and self.metric in needs and needs[self.metric][1] is None:
             key = needs[self.metric][0]
-            raise ConfigError(f"eval.keep_best by eval.metric={self.metric} needs eval.{key}: set it, or rank by another metric")
+            raise TrainConfigError(f"eval.keep_best by eval.metric={self.metric} needs eval.{key}: set it, or rank by another metric")
         if self.keep_best and self.metric != "loss" and not self.scripts:
-            raise ConfigError(f"eval.keep_best by eval.metric={self.metric} scores eval.scripts, which is empty: add a script")
+            raise TrainConfigError(f"eval.keep_best by eval.metric={self.metric} scores eval.scripts, which is empty: add a script")
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,7 @@ def check_config(cfg: TrainConfig) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ConfigError(message)
+            raise TrainConfigError(message)
     repo = cfg.output.push_to_hub
     if repo is not None and (problem := hub_repo_id_problem(repo)) is not None:
-        raise ConfigError(f"output.push_to_hub={repo} (--push-to-hub): {problem}")
+        raise TrainConfigError(f"output.push_to_hub={repo} (--push-to-hub): {problem}")

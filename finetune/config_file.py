@@ -22,7 +22,7 @@ import yaml
 from dia2.options import build, parse_overrides
 from dia2.options import help_text as options_help
 from dia2.options import to_dict as config_to_dict
-from finetune.config import ConfigError, TrainConfig, check_config
+from finetune.config import TrainConfig, TrainConfigError, check_config
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -31,14 +31,14 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} not found; presets live in configs/train/")
+            raise TrainConfigError(f"config file {path} not found; presets live in configs/train/")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+            raise TrainConfigError(f"{path} is not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (model:, lora:, ...)")
-    cfg = build(TrainConfig, parse_overrides(overrides, raw, error=ConfigError), error=ConfigError)
+            raise TrainConfigError(f"{path} must hold a mapping of sections (model:, lora:, ...)")
+    cfg = build(TrainConfig, parse_overrides(overrides, raw, error=TrainConfigError), error=TrainConfigError)
     if cfg.output.name is None:
         cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, name=Path(path).stem if path else "run"))
     check_config(cfg)

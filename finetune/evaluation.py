@@ -37,7 +37,7 @@ from dia2.generation.config import GenerationConfig
 from dia2.generation.runtime import Dia2, GenerationResult
 from dia2.model.peft_api import PeftModel
 from dia2.text.script import ScriptError
-from finetune.config import ConfigError, EvalSection, TrainConfig
+from finetune.config import EvalSection, TrainConfig, TrainConfigError
 from finetune.data import TrainingData, eval_batches, make_batch
 from finetune.losses import metrics, training_loss
 from finetune.modeling import is_sharded
@@ -89,7 +89,7 @@ def speak_samples(
             try:
                 result = tts.generate(script, config)
             except ScriptError as exc:  # checked before any frame is generated
-                raise ConfigError(f"eval.scripts[{i}] does not fit eval.max_sample_seconds={max_seconds}: {exc}") from exc
+                raise TrainConfigError(f"eval.scripts[{i}] does not fit eval.max_sample_seconds={max_seconds}: {exc}") from exc
             spoken.append((result.save(folder / f"sample_{i}.wav"), result))
     model.train(was_training)
     return spoken
@@ -141,7 +141,7 @@ def keep_best(
     logs a warning; never for an adapter that changes nothing). Written beside and renamed into place.
     `weights`: the LoRA tensors gathered whole from FSDP shards (default: the model's own)."""
     if not isinstance(model, PeftModel):
-        raise ConfigError("eval.keep_best keeps a LoRA adapter; a full fine-tune (lora.full_finetune=true) has none: set eval.keep_best=false")
+        raise TrainConfigError("eval.keep_best keeps a LoRA adapter; a full fine-tune (lora.full_finetune=true) has none: set eval.keep_best=false")
     if changes_nothing(model, weights):
         # E.g. the untrained adapter of step 0: PEFT starts every lora_B at zero.
         logger.info("step %d: the adapter changes nothing yet (every LoRA update is zero): best/ is left as it is", step)
@@ -206,9 +206,9 @@ def check_evaluation(section: EvalSection, corpus: TrainingData, tts: Dia2, acce
         try:
             tts.parse(script)
         except ScriptError as exc:
-            raise ConfigError(f"eval.scripts[{i}] cannot be spoken: {exc}") from exc
+            raise TrainConfigError(f"eval.scripts[{i}] cannot be spoken: {exc}") from exc
     if section.keep_best and section.metric == "loss" and not corpus.validation.examples:
-        raise ConfigError(
+        raise TrainConfigError(
             "eval.keep_best by eval.metric=loss needs a validation split, and data.corpus has none: rank by "
             "eval.metric=wer, cer or similarity, make the corpus again with a validation split, or set eval.keep_best=false"
         )
@@ -228,4 +228,4 @@ def check_evaluation(section: EvalSection, corpus: TrainingData, tts: Dia2, acce
     if accelerator.num_processes > 1:
         [problem] = broadcast_object_list([problem])
     if problem is not None:
-        raise ConfigError(problem)
+        raise TrainConfigError(problem)

@@ -27,7 +27,7 @@ from dia2.generation.runtime import Dia2
 from dia2.model.adapters import OUTPUT_HEADS, lora_model
 from dia2.model.assets import ModelSource
 from dia2.model.network import Dia2Model
-from finetune.config import ConfigError, LoraSection, ModelSection, QuantSection
+from finetune.config import LoraSection, ModelSection, QuantSection, TrainConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def make_trainable(
             token_indices=token_indices if lora.train_embeddings else None, modules_to_save=list(lora.modules_to_save),
         )
     except ValueError as exc:  # PEFT's "Target modules ... not found in the base model"
-        raise ConfigError(f"lora.target_modules={lora.target_modules!r} selects no layer of this model: {exc}") from exc
+        raise TrainConfigError(f"lora.target_modules={lora.target_modules!r} selects no layer of this model: {exc}") from exc
 
 
 def check_modules_to_save(model: Dia2Model, names: tuple[str, ...]) -> None:
@@ -140,18 +140,18 @@ def check_sharding(accelerator: Any, quant: QuantSection, sample_scripts: tuple[
     if not accelerator.is_fsdp2:
         # FSDP1 flattens each unit's weights into one tensor: PEFT's mix of frozen and trainable
         # weights then needs use_orig_params, and the per-parameter state dicts below assume FSDP2.
-        raise ConfigError(
+        raise TrainConfigError(
             "the Accelerate config asks for FSDP1, which the trainer does not support: set fsdp_version: 2 "
             "(configs/accelerate/fsdp-full.yaml, fsdp-lora.yaml)"
         )
     if quant.mode != "none":
-        raise ConfigError(
+        raise TrainConfigError(
             f"quant.mode={quant.mode} cannot be sharded with FSDP (bitsandbytes weights are not sharded tensors): "
             "launch QLoRA with configs/accelerate/multi-gpu-ddp.yaml, or set quant.mode=none"
         )
     if sample_scripts:
         # Samples are spoken by the main process alone, but a sharded forward needs every process.
-        raise ConfigError(
+        raise TrainConfigError(
             "eval.scripts are spoken by one process, which sharded (FSDP) weights do not allow: set eval.scripts=[] "
             "(speak them afterwards: dia2-infer --adapter runs/NAME/adapter), or train with configs/accelerate/multi-gpu-ddp.yaml"
         )

@@ -23,16 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dia2.errors import Dia2Error, report
+from dia2.errors import PushError
+from dia2.launch.command import run_main
 from dia2.model.assets import hub_repo_id_problem
 from finetune.card import model_card
 from finetune.run_folder import VOICE_FILE, RunPaths, finished_runs, read_voice_file, voice_file_text
 
 CARD_FILE = "README.md"
-
-
-class PushError(Dia2Error, RuntimeError):
-    """An upload that cannot go ahead; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -152,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list the upload and print the model card, upload nothing")
     parser.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the stored login)")
     parser.add_argument("--consent", help="consent statement of the speakers (default: the one given when training)")
-    args = parser.parse_args(argv)
-    try:
-        plan = push_run(args.run, args.repo, not args.public, args.dry_run, args.token, args.consent)
-    except Dia2Error as exc:
-        return report("push", exc)
+    return run_main("push", lambda: parser.parse_args(argv), push, parser=parser)
+
+
+def push(args: argparse.Namespace) -> int:
+    """The command: push (or list) the upload, and print what was (or would be) uploaded."""
+    plan = push_run(args.run, args.repo, not args.public, args.dry_run, args.token, args.consent)
     listing = [upload.listing() for upload in plan]
     verb = "would upload" if args.dry_run else "uploaded"
     print(json.dumps({"repo": args.repo, "dry_run": args.dry_run, verb: listing}, indent=1))

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import soundfile as sf
 import torch
 
-from finetune.config import ConfigError
+from finetune.config import TrainConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def accelerate_kwargs(tracker: str, run_dir: Path) -> dict[str, Any]:
     if tracker == "none":
         return {}
     if importlib.util.find_spec(tracker) is None:  # the package is named as the tracker
-        raise ConfigError(f"output.tracker={tracker} needs the {tracker} package: pip install {tracker}")
+        raise TrainConfigError(f"output.tracker={tracker} needs the {tracker} package: pip install {tracker}")
     return {"log_with": tracker, "project_dir": str(run_dir / tracker)}
 
 

@@ -1,6 +1,7 @@
 """Adapt Dia2 to a voice with LoRA (or QLoRA, or full fine-tuning).
 
     python finetune/train.py --config configs/train/tiny-cpu.yaml data.corpus=corpora/me
+    python finetune/train.py --config configs/train/dia2-1b-lora.yaml --model ./my-dia2 data.corpus=corpora/me
     python finetune/train.py --config configs/train/dia2-2b-lora.yaml \\
         data.corpus=corpora/me output.name=me --export-merged --push-to-hub me/my-voice-lora
     python finetune/train.py --config ... --resume          # continue runs/<name> from its newest checkpoint
@@ -53,10 +54,11 @@ from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from dia2.console import is_main_process, setup_logging, sigterm_stops_like_ctrl_c, stop_code, stop_line
 from dia2.data.corpus import CorpusMeta
 from dia2.data.teacher import Batch
-from dia2.errors import Dia2Error, report
+from dia2.errors import Dia2Error
+from dia2.launch.command import run_main
+from dia2.launch.flags import FLAG_ALIASES, MODEL_FLAG
 from dia2.output_paths import check_writable
 from dia2.progress import progress_bar
 from finetune.card import model_card
@@ -72,7 +74,7 @@ from finetune.checkpoint import (
     save_checkpoint,
     trainable_state,
 )
-from finetune.config import ConfigError, EvalSection, LossSection, OptimSection, OutputSection, TrainConfig
+from finetune.config import EvalSection, LossSection, OptimSection, OutputSection, TrainConfig, TrainConfigError
 from finetune.config_file import config_to_dict, help_text, load_config, save_config
 from finetune.data import (
     BatchStream,
@@ -290,7 +292,7 @@ def check_inputs(cfg: TrainConfig) -> None:
     check_writable(Path(cfg.output.dir) / cfg.output.name, "the run folder (output.dir/output.name)", folder=True)
     corpus = Path(cfg.data.corpus)
     if not corpus.exists():
-        raise ConfigError(
+        raise TrainConfigError(
             f"data.corpus={cfg.data.corpus} does not exist: pass the folder dia2-prep wrote "
             f"(dia2-prep RECORDINGS {cfg.data.corpus})"
         )
@@ -494,6 +496,8 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     )
     parser.add_argument("--config", type=Path, help="YAML preset, e.g. configs/train/dia2-2b-lora.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
+    parser.add_argument(MODEL_FLAG, *FLAG_ALIASES[MODEL_FLAG], dest="model", metavar="MODEL",
+                        help="same as model.base=MODEL: the base model to adapt (Hub repo id, local folder, or tiny)")
     parser.add_argument("--resume", nargs="?", const="auto", help="same as output.resume (bare: auto, the newest checkpoint)")
     parser.add_argument("--export-merged", action="store_true", help="same as output.export_merged=true")
     parser.add_argument("--push-to-hub", metavar="REPO", help="same as output.push_to_hub=REPO")
@@ -506,6 +510,8 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
             argv[i] = "--resume=auto"
     args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model.base={args.model}")
     if args.resume:
         overrides.append(f"output.resume={args.resume}")
     if args.export_merged:
@@ -546,22 +552,19 @@ def script_path() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging(logging.WARNING, {"finetune": logging.INFO})
     argv = sys.argv[1:] if argv is None else argv
-    cfg = None
-    try:
-        # Log lines print above the progress bar on a terminal, not into it.
-        with sigterm_stops_like_ctrl_c(), logging_redirect_tqdm():
-            cfg = parse_args(argv)
+
+    def run(cfg: TrainConfig) -> int:
+        with logging_redirect_tqdm():  # log lines print above the progress bar on a terminal, not into it
             train(cfg)
-    except Dia2Error as exc:
-        return report("train", exc)
-    except KeyboardInterrupt as stop:
-        if is_main_process():  # one message for all processes
-            hint = resume_hint(cfg, argv) if cfg is not None else "nothing was trained"
-            print("\n" + stop_line("train", stop, hint), file=sys.stderr)
-        return stop_code(stop)
-    return 0
+        return 0
+
+    def stopped(cfg: TrainConfig | None) -> str:
+        return resume_hint(cfg, argv) if cfg is not None else "nothing was trained"
+
+    # Config errors are reported in one line (exit 1), as every error of a run is.
+    return run_main("train", lambda: parse_args(argv), run, log_level=logging.WARNING,
+                    loggers={"finetune": logging.INFO}, stopped=stopped)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ train_adapter() {
     "${launch[@]}" finetune/train.py --config "$preset" data.corpus="$OUT/corpora/$name" output.dir="$OUT/runs" output.name="$name" "$@"
 }
 
-# trained_base NAME: the model.base of runs/NAME (what dia2-infer --hf takes).
+# trained_base NAME: the model.base of runs/NAME (what dia2-infer --model takes).
 trained_base() {
     $PY -c "import yaml, sys; print(yaml.safe_load(open(sys.argv[1]))['model']['base'])" "$OUT/runs/$1/config.yaml"
 }

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL, AsrError, WhisperTranscriber, check_language
-from dia2.cli import FLAG_ALIASES
+from dia2.console import say
 from dia2.device import AUTO, resolve_device
-from dia2.errors import Dia2Error, report
 from dia2.evaluation.inputs import (
     EvalInputError,
     adapter_labels,
@@ -43,8 +41,11 @@ from dia2.evaluation.report import HTML_NAME, JSON_NAME, staged, write_report
 from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
 from dia2.evaluation.speaker import DEFAULT_SPEAKER_ENCODER, load_speaker_encoder
 from dia2.generation.config import GenerationConfig
+from dia2.launch.command import run_main
+from dia2.launch.flags import FLAG_ALIASES
+from dia2.launch.model import ModelOptions, load_tts
 from dia2.model.adapter_files import check_adapter_path
-from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL
+from dia2.model.assets import DEFAULT_MODEL
 from dia2.options import FlagParser, OptionError, add_flags, build, flag_values
 from dia2.progress import progress_bar
 from dia2.text.script import ScriptError
@@ -140,14 +141,11 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
     if not o.allow_other_base:
         check_adapter_bases(list(o.adapter), o.model)
     from dia2.evaluation.run import EvalSetup, Evaluation, configurations, total_clips
-    from dia2.generation.runtime import Dia2
     from dia2.generation.voice import Voice
 
     device = str(resolve_device(o.device))
     speaker = load_speaker_encoder(o.speaker_encoder, device)
-    if o.model == TINY_MODEL:
-        print("using the embedded tiny demo model: random, untrained weights (noise, not speech)", file=sys.stderr)
-    tts = Dia2.from_repo(o.model, device=device)
+    tts = load_tts(ModelOptions(model=o.model, device=device), "using", tell=say)
     check_adapters(tts.model, list(o.adapter))
     asr = None if o.asr_model == "none" else ClipTranscriber(
         o.asr_model, device=device, model_option="--asr-model", language=o.language
@@ -192,17 +190,13 @@ def check_prompts(tts, prompts: list[str], generation: GenerationConfig, voice) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        output, options = parse_options(parser, argv)
-    except OptionError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        folder = evaluate(output, options)
-    except Dia2Error as exc:
-        return report(PROG, exc)
-    print(f"wrote {folder / JSON_NAME} and {folder / HTML_NAME}")
-    return 0
+
+    def run(parsed: tuple[Path, EvalOptions]) -> int:
+        folder = evaluate(*parsed)
+        print(f"wrote {folder / JSON_NAME} and {folder / HTML_NAME}")
+        return 0
+
+    return run_main(PROG, lambda: parse_options(parser, argv), run, parser=parser)
 
 
 if __name__ == "__main__":

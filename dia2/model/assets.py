@@ -28,7 +28,7 @@ DEFAULT_MODEL = "nari-labs/Dia2-2B"
 """The model every entry point loads when none is named."""
 TINY_MODEL = "tiny"
 """The model source naming the embedded tiny demo model (`dia2.tiny`), wherever a model is
-named: `Dia2.from_repo("tiny")`, `dia2-infer --hf tiny`, `dia2-prep --model tiny`, the trainer's
+named: `Dia2.from_repo("tiny")`, `--model tiny` on every command (`dia2.launch`), the trainer's
 `model.base=tiny`. A local folder called tiny is passed as `./tiny`."""
 
 

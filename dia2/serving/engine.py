@@ -36,7 +36,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -48,6 +47,7 @@ from dia2.generation.loop import FrameUpdate, Rows, Utterance
 from dia2.generation.runtime import Dia2, seed_of
 from dia2.generation.sampling import KEEP_ALL, RowSampling, sample_action
 from dia2.model.network import Dia2Model
+from dia2.serving.config import EngineConfig
 from dia2.serving.batch import BatchKernels, FrameInputs, GraphedBatchKernels
 from dia2.serving.requests import (
     Cancelled,
@@ -65,32 +65,6 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "EngineConfig", "EngineError", "EngineFull", "Handle", "Request"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How an engine is sized. Caches are allocated once, at construction."""
-
-    slots: int = 4
-    """Utterances generated at once. Each holds up to two cache rows (two with CFG)."""
-    max_queued: int = 64
-    """Requests that may wait for a slot; beyond this `submit` refuses with EngineFull."""
-    max_prefix_frames: int = 250
-    """Longest voice prefix a slot holds, in frames (250 = 20 s), on top of the model's context."""
-    max_adapters: int = 8
-    """LoRA adapters loaded at once."""
-    max_adapter_rank: int = 64
-    """Highest LoRA rank a loaded adapter may have (the bank's storage is sized for it)."""
-    cuda_graph: bool = False
-    """Replay each frame's work from two CUDA graphs over every slot (CUDA only; slots not in
-    use are computed and ignored). Off: eager, over the rows in use only."""
-
-    def __post_init__(self) -> None:
-        for name in ("slots", "max_adapters", "max_adapter_rank"):
-            if getattr(self, name) < 1:
-                raise EngineError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_queued < 0 or self.max_prefix_frames < 0:
-            raise EngineError("EngineConfig.max_queued and max_prefix_frames must be >= 0")
 
 
 class _Job:

@@ -113,8 +113,8 @@ def check_trainable(studio: Studio) -> None:
         raise StudioError(
             f"Adapt is off: the studio was started with {', '.join(given)}, which the trainer cannot take (it loads "
             f"{m.source} as its model names it), so it would train for another model than the one speaking here. "
-            f"Start the studio with --hf {m.source} alone to adapt it, or save the model you speak with as a "
-            "model folder and give that folder to --hf")
+            f"Start the studio with --model {m.source} alone to adapt it, or save the model you speak with as a "
+            "model folder and give that folder to --model")
 
 
 def adapt_note(studio: Studio) -> str:

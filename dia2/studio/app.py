@@ -1,6 +1,6 @@
 """`python gradio_app.py` / `dia2-studio`: the Dia2 studio in the browser.
 
-    python gradio_app.py --hf nari-labs/Dia2-2B --voices voices/      # open http://127.0.0.1:7860
+    python gradio_app.py --model nari-labs/Dia2-2B --voices voices/   # open http://127.0.0.1:7860
     python gradio_app.py --tiny                                        # the embedded demo model (noise)
 
 Tabs: Speak (a script, a voice per speaker, an adapter; the audio plays while it is generated,
@@ -9,9 +9,10 @@ corrected transcript aligned to the heard words; list, play, delete), Adapt (dat
 training in the background, with a phase line, QC summary and a live loss plot), Compare (one
 script and seed, several configurations side by side, scored by dia2.evaluation when installed).
 
-Model flags are dia2-infer's (`--hf`, `--config`, `--weights`, `--tokenizer`, `--mimi`,
-`--device`, `--dtype`, `--low-vram`, `--tiny`; `--merge-adapter` folds one adapter into the
-base); generation flags (`--cfg`, `--temperature`, `--max-frames`...) set the page's defaults.
+Model flags are dia2-infer's (`--model` or `--hf`, `--config`, `--weights`, `--tokenizer`,
+`--mimi`, `--device`, `--dtype`, `--low-vram`, `--tiny`; `--merge-adapter` folds one adapter into
+the base); generation flags (`--cfg`, `--temperature`, `--max-frames`...) set the page's
+defaults; the engine's (`--slots`, `--max-queued`, `--cuda-graph`, ...) are the speech server's.
 `--voices` is the speech server's voices folder: voices and trained adapters made here are the
 server's too. Nothing reaches the network (Gradio's analytics are off) unless `--share` is given.
 """
@@ -28,11 +29,19 @@ from pathlib import Path
 # Before gradio is imported anywhere: it reads this once.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from dia2.api_server import MODEL_SPELLING, check_adapter_items, join_repeated
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
-from dia2.cli import FLAG_ALIASES, PUBLISHED_SPELLING, ModelOptions, check_model_options
-from dia2.errors import Dia2Error, report
+from dia2.errors import Dia2Error
 from dia2.generation.config import GenerationConfig
+from dia2.launch.command import run_main
+from dia2.launch.flags import (
+    FLAG_ALIASES,
+    PUBLISHED_SPELLING,
+    SERVED_MODEL_SPELLING,
+    adapter_items,
+    check_port,
+    join_repeated,
+)
+from dia2.launch.model import ModelOptions, check_served_model, check_tiny
 from dia2.options import (
     FlagParser,
     OptionError,
@@ -42,6 +51,7 @@ from dia2.options import (
     flag_values,
     sections,
 )
+from dia2.serving.config import EngineConfig
 from dia2.studio.runtime import ScorerFactory, Studio
 
 logger = logging.getLogger("dia2.studio")
@@ -64,8 +74,6 @@ class StudioSection:
     """Folder of training presets (YAML) the Adapt tab offers."""
     whisper_model: str = DEFAULT_WHISPER_MODEL
     """faster-whisper model (size name or local folder) that transcribes voices and data-prep recordings."""
-    slots: int = 4
-    """Utterances generated at once (the engine's batch): Compare's configurations, several pages."""
     host: str = "127.0.0.1"
     """Address to listen on (0.0.0.0: every interface)."""
     port: int = 7860
@@ -79,9 +87,11 @@ class StudioOptions:
     """The studio: the model, the page's generation defaults, and where it works."""
 
     model: ModelOptions = field(default_factory=ModelOptions)
-    """Which model (`--hf`, `--tiny`, `--low-vram`, ...)."""
+    """Which model (`--model`, `--tiny`, `--low-vram`, ...)."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     """Generation defaults of the page (`--cfg`, `--temperature`, `--max-frames`, ...)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """The engine: utterances generated at once (Compare's configurations, several pages) and waiting (`--slots`, ...)."""
     studio: StudioSection = field(default_factory=StudioSection)
     """Folders and listening (`--voices`, `--work`, `--port`, ...)."""
 
@@ -89,9 +99,9 @@ class StudioOptions:
 def build_parser() -> argparse.ArgumentParser:
     p = FlagParser(prog="dia2-studio", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     docs = field_docs(StudioOptions)
-    spellings = {"model": MODEL_SPELLING, "generation": PUBLISHED_SPELLING, "studio": None}
+    spellings = {"model": SERVED_MODEL_SPELLING, "generation": PUBLISHED_SPELLING}
     for name, section in sections(StudioOptions).items():
-        add_flags(p.add_argument_group(name, docs[name]), section, dest=f"{name}.", spelling=spellings[name],
+        add_flags(p.add_argument_group(name, docs[name]), section, dest=f"{name}.", spelling=spellings.get(name),
                   aliases=FLAG_ALIASES)
     return p
 
@@ -99,18 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> StudioOptions:
     """Typed, checked options; repeated --adapter flags add up."""
     raw = flag_values(parser.parse_args(join_repeated(argv, ("--adapter",))))
+    check_tiny(raw.get("model", {}))
     options = build(StudioOptions, raw)
-    if options.model.tiny and ("hf" in raw.get("model", {}) or options.model.config or options.model.weights):
-        raise OptionError("--tiny is --hf tiny, the embedded demo model; it cannot be combined with --hf/--config/--weights")
-    check_model_options(options.model, MODEL_SPELLING)
-    check_adapter_items(options.studio.adapter)
+    check_served_model(options.model, SERVED_MODEL_SPELLING)
     s = options.studio
+    adapter_items(s.adapter)
     if "presets" in raw.get("studio", {}) and not s.presets.is_dir():  # without a checkout's, Adapt says how to train
         raise OptionError(f"--presets {s.presets}: not a folder; give a folder of training presets (YAML), like configs/train/")
-    if not 0 < s.port < 65536:
-        raise OptionError(f"--port {s.port}: use 1-65535")
-    if s.slots < 1:
-        raise OptionError(f"--slots {s.slots}: use 1 or more")
+    check_port(s.port)
     if s.voices.exists() and not s.voices.is_dir():
         raise OptionError(f"--voices {s.voices} is a file: give the voices folder (it is created if missing)")
     return options
@@ -160,32 +166,29 @@ def build_app(options: StudioOptions, *, scorer: ScorerFactory | None = None, st
 
 
 RANDOM_MODEL_BANNER = ("This studio runs the embedded tiny demo model, with random weights: its audio is noise. "
-                       "Load a real model with --hf, e.g. python gradio_app.py --hf nari-labs/Dia2-2B")
+                       "Load a real model with --model, e.g. python gradio_app.py --model nari-labs/Dia2-2B")
 
 
 def launch(demo, options: StudioOptions, **kwargs):
     """Serve the page (returns at once with prevent_thread_lock=True: (app, local url, share url))."""
     s = options.studio
     css = CSS.read_text() if CSS.is_file() else None
-    return demo.queue(default_concurrency_limit=s.slots).launch(
+    return demo.queue(default_concurrency_limit=options.engine.slots).launch(
         server_name=s.host, server_port=s.port, share=s.share, css=css, quiet=True,
         allowed_paths=[str(Path(s.work).resolve()), str(Path(s.voices).resolve())], footer_links=["api"], **kwargs,
     )
 
 
+def serve(options: StudioOptions) -> int:
+    """Load the model, build the page and serve it."""
+    launch(build_app(options), options)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
-        options = parse_options(parser, sys.argv[1:] if argv is None else argv)
-    except OptionError as exc:
-        parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        demo = build_app(options)
-    except (Dia2Error, OSError) as exc:
-        return report("dia2-studio", exc)
-    launch(demo, options)
-    return 0
+    return run_main("dia2-studio", lambda: parse_options(parser, sys.argv[1:] if argv is None else argv), serve,
+                    parser=parser, log_level=logging.INFO, errors=(Dia2Error, OSError))
 
 
 if __name__ == "__main__":

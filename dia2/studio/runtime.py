@@ -42,17 +42,18 @@ class Studio:
     `jobs` (JobStore), and the folders of its work."""
 
     def __init__(self, options: Any) -> None:
-        from dia2.api_server import load_tts, offer_adapters, voice_maker
-        from dia2.serving.engine import Engine, EngineConfig
+        from dia2.launch.model import load_tts, offer_adapters
+        from dia2.serving.engine import Engine
         from dia2.serving.voice_adapters import VoiceAdapters, load_stored_adapters
+        from dia2.serving.voice_maker import VoiceMaker
         from dia2.serving.voices import VoiceStore
 
         self.options = options
         m, s = options.model, options.studio
         self.tts = load_tts(m, "the studio runs")
         self.sample_rate = self.tts.codec.sample_rate
-        self.engine = Engine(self.tts, EngineConfig(slots=s.slots))
-        self._make_voice = voice_maker(self.tts, s.whisper_model)
+        self.engine = Engine(self.tts, options.engine)
+        self._make_voice = VoiceMaker(self.tts, s.whisper_model)
         self._voice_lock = threading.Lock()  # one transcription at a time: one Whisper, one codec
         self._heard: tuple[bytes, Voice] | None = None  # the last recording's voice, before any transcript
         self.voices = VoiceStore(s.voices, self.make_voice, sample_rate=self.sample_rate)

@@ -57,4 +57,4 @@ train_adapter "$PRESET" "$NAME" "${TRAIN[@]}"
 
 # 3. Speak a dialogue with the adapter.
 BASE=$(trained_base "$NAME")
-$PY -m dia2.cli --hf "$BASE" --adapter "$OUT/runs/$NAME/adapter" --text "$SCRIPT" --seed 0 "$OUT/runs/$NAME/dialogue.wav"
+$PY -m dia2.cli --model "$BASE" --adapter "$OUT/runs/$NAME/adapter" --text "$SCRIPT" --seed 0 "$OUT/runs/$NAME/dialogue.wav"

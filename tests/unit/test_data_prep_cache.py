@@ -11,8 +11,8 @@ import pytest
 from data_prep.cache import FileCache, entry_key, file_fingerprint, options_digest
 from data_prep.config import (
     AsrOptions,
+    CorpusModelOptions,
     FilterOptions,
-    ModelOptions,
     OutputOptions,
     PrepConfig,
     RunOptions,
@@ -54,7 +54,7 @@ def test_options_that_change_rows_change_the_digest_and_output_options_do_not(tm
         replace(config, segment=SegmentOptions(max_seconds=20.0)),
         replace(config, filters=FilterOptions(min_confidence=0.1)),
         replace(config, asr=AsrOptions(chunk_seconds=120.0)),
-        replace(config, model=ModelOptions(codec_dtype="bfloat16")),
+        replace(config, model=CorpusModelOptions(codec_dtype="bfloat16")),
     ]
     assert all(digest(c) != base for c in changes_rows)
     for other in ({"codec_fingerprint": "mimi-b"}, {"tokenizer_fingerprint": "tok-b"}, {"asr_identity": "large"}, {"speaker_names": ("b",)}):
@@ -62,7 +62,7 @@ def test_options_that_change_rows_change_the_digest_and_output_options_do_not(tm
     output_only = [
         replace(config, out=OutputOptions(validation_fraction=0.5, seed=3, overwrite=True, push_to_hub="me/x")),
         replace(config, run=RunOptions(threads=1, progress=False, verbose=True)),
-        replace(config, model=ModelOptions(device="cuda", encode_batch_size=2, tiny=True, model="elsewhere")),
+        replace(config, model=CorpusModelOptions(device="cuda", encode_batch_size=2, tiny=True, model="elsewhere")),
         replace(config, output=Path("/elsewhere")),
     ]
     assert all(digest(c) == base for c in output_only)

@@ -16,7 +16,7 @@ from dia2.evaluation.scoring import ClipScorer
 from dia2.model.adapters import DEFAULT_TARGET_MODULES, load_adapter
 from dia2.model.network import Dia2Model
 from finetune.checkpoint import checkpoint_name
-from finetune.config import ConfigError, EvalSection
+from finetune.config import EvalSection, TrainConfigError
 from finetune.evaluation import keep_best
 from finetune.outputs import RunPaths, read_metrics
 from finetune.train import main
@@ -71,7 +71,7 @@ def test_keep_best_replaces_best_only_on_improvement(tiny_config, tmp_path):
     assert keep_best(model, best, 0, "wer", {"wer": 0.9}) and record()["step"] == 0
     # No value to rank (no validation split, no speech in the samples): not better, best/ stays.
     assert not keep_best(model, best, 5, "wer", {"wer": None, "loss": 0.1}) and record()["step"] == 0
-    with pytest.raises(ConfigError, match="full fine-tune"):
+    with pytest.raises(TrainConfigError, match="full fine-tune"):
         keep_best(Dia2Model.from_config(tiny_config), best, 6, "wer", {"wer": 0.1})
 
 
@@ -90,7 +90,7 @@ def test_similarity_ranks_higher_as_better(tiny_config, tmp_path):
 def test_bad_eval_settings_are_refused(overrides, message):
     from finetune.config_file import load_config
 
-    with pytest.raises(ConfigError, match=message.replace("|", r"\|")):
+    with pytest.raises(TrainConfigError, match=message.replace("|", r"\|")):
         load_config(Path(PRESET), ["data.corpus=x", *overrides])
     assert EvalSection(keep_best=True).metric == "loss"
 

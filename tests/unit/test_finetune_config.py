@@ -5,7 +5,7 @@ from dataclasses import fields
 import pytest
 
 from dia2.options import field_docs
-from finetune.config import SECTIONS, ConfigError, TrainConfig
+from finetune.config import SECTIONS, TrainConfig, TrainConfigError
 from finetune.config_file import help_text, load_config, save_config
 from tests.conftest import REPO_ROOT
 
@@ -83,18 +83,18 @@ def test_overrides_are_typed_by_their_field():
 )
 def test_bad_keys_and_values_name_the_key(override, message):
     items = ["data.corpus=c", *override.split(" ")]
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(TrainConfigError, match=message):
         load_config(PRESETS / "tiny-cpu.yaml", items)
 
 
 def test_yaml_typos_are_errors_too(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("optim:\n  learning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match="unknown config key 'optim.learning_rate'"):
+    with pytest.raises(TrainConfigError, match="unknown config key 'optim.learning_rate'"):
         load_config(path, ["data.corpus=c"])
-    with pytest.raises(ConfigError, match="data.corpus is required"):
+    with pytest.raises(TrainConfigError, match="data.corpus is required"):
         load_config(PRESETS / "tiny-cpu.yaml")
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(TrainConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
 
 

@@ -8,9 +8,10 @@ from typing import Literal
 import pytest
 
 from data_prep.cli import main as prep_main
-from dia2.cli import PUBLISHED_SPELLING, InferOptions, build_parser, parse_options
+from dia2.cli import InferOptions, build_parser, parse_options
 from dia2.generation.config import GenerationConfig
 from dia2.generation.sampling import SamplingConfig
+from dia2.launch.flags import PUBLISHED_SPELLING
 from dia2.options import (
     SENTENCES,
     CliValue,

@@ -60,7 +60,7 @@ def embedded_tiny(tiny_bundle_dir, tmp_path, monkeypatch):
 
 
 def test_tiny_is_a_model_source_for_the_python_api_and_data_prep(embedded_tiny):
-    from data_prep.config import ModelOptions
+    from data_prep.config import CorpusModelOptions
     from data_prep.pipeline import load_prep_model
     from dia2.generation.runtime import Dia2
     from dia2.model.assets import ModelSource
@@ -72,7 +72,7 @@ def test_tiny_is_a_model_source_for_the_python_api_and_data_prep(embedded_tiny):
     config = GenerationConfig(seed=0, max_frames=40)
     by_path = Dia2.from_repo(embedded_tiny, device="cpu")
     assert torch.equal(tts.generate("[S1] Hi.", config).audio_tokens, by_path.generate("[S1] Hi.", config).audio_tokens)
-    prep = load_prep_model(ModelOptions(model="tiny", device="cpu"))
+    prep = load_prep_model(CorpusModelOptions(model="tiny", device="cpu"))
     # The corpus meta names the codec and tokenizer, not the cache folder they sit in.
     assert (prep.codec_source, prep.tokenizer_source) == ("tiny/mimi", "tiny")
 
