@@ -16,8 +16,10 @@ every node mounts at the same path (so must the input); this is checked before w
 The corpus is a `datasets` folder (train / validation) with corpus_meta.json and a QC report
 (qc_report.json, qc_report.txt) beside it. Run the same command again to continue an interrupted
 run (under a launcher too, with any number of processes): recordings already prepared are
-reused; Ctrl-C or SIGTERM stops it with one line. Every option's default and meaning below comes
-from data_prep/config.py.
+reused; Ctrl-C or SIGTERM stops it with one line. With --check it only checks the command line
+and its inputs, writing nothing, and prints the files the run will write (the corpus, its QC
+report, progress.json: the run's progress record) as JSON. Every option's default and meaning
+below comes from data_prep/config.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,16 @@ import sys
 from pathlib import Path
 
 from data_prep.config import PrepConfig, PrepConfigError
-from dia2.console import is_main_process, setup_logging, sigterm_stops_like_ctrl_c, stop_code, stop_line
+from dia2.console import (
+    CHECK_FLAG,
+    CHECK_HELP,
+    check_only,
+    is_main_process,
+    setup_logging,
+    sigterm_stops_like_ctrl_c,
+    stop_code,
+    stop_line,
+)
 from dia2.errors import Dia2Error
 from dia2.options import FlagParser, add_flags, build, flag_values, sections
 
@@ -43,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
              "manifest (.csv / .jsonl: path, speaker, speaker_2, text)",
     )
     p.add_argument("output", type=Path, help="corpus folder to write, or to continue writing")
+    p.add_argument(CHECK_FLAG, action="store_true", help=CHECK_HELP)
     for name, section in sections(PrepConfig).items():
         title, _, about = (section.__doc__ or section.__name__).strip().partition(":")
         add_flags(p.add_argument_group(title, about.strip() or None), section, dest=f"{name}.")
@@ -50,8 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> PrepConfig:
-    """The frozen run config from parsed arguments (not yet validated); PrepConfigError names a bad flag."""
-    return build(PrepConfig, flag_values(args), error=PrepConfigError)
+    """The frozen run config from parsed arguments (not yet validated); PrepConfigError names a bad flag.
+    --check says what this invocation does, not what the run is: it is not part of the config."""
+    raw = flag_values(args)
+    raw.pop("check", None)
+    return build(PrepConfig, raw, error=PrepConfigError)
 
 
 def keep_freed_memory() -> None:
@@ -75,10 +90,15 @@ def keep_freed_memory() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        config = config_from_args(parser.parse_args(argv)).validate()
+        config = config_from_args(args).validate()
     except PrepConfigError as exc:
         parser.error(str(exc))
+    if args.check:
+        from data_prep.pipeline import check_run
+
+        return check_only("dia2-prep", lambda: check_run(config))
     setup_logging(logging.INFO if config.run.verbose else logging.WARNING)
     try:
         with sigterm_stops_like_ctrl_c():
@@ -100,8 +120,9 @@ def _prepare(config: PrepConfig) -> int:
         launched_world_size,
         release_group,
     )
-    from data_prep.pipeline import NothingKeptError, run_prep
+    from data_prep.pipeline import run_prep
     from data_prep.qc import TEXT_FILE
+    from data_prep.work import NothingKeptError
     from data_prep.writer import PushError
 
     keep_freed_memory()
