@@ -67,7 +67,8 @@ from data_prep.config import (  # noqa: E402
     RunOptions,
 )
 from data_prep.distributed import ProcessGroup, cpu_share, launched_world_size  # noqa: E402
-from data_prep.pipeline import PrepModel, run_prep  # noqa: E402
+from data_prep.pipeline import run_prep  # noqa: E402
+from data_prep.work import PrepModel  # noqa: E402
 from data_prep.transcribe import asr_transcriber  # noqa: E402
 from dia2.audio.asr import WhisperTranscriber  # noqa: E402
 from dia2.audio.codec import MimiCodec  # noqa: E402

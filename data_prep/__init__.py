@@ -5,8 +5,11 @@
 Stages (one module each): `sources` (folders, manifests, speakers) -> `audio` (chunked reading)
 -> `transcribe` (faster-whisper) -> `segment` (utterances at pauses) -> `recording` (filters,
 shared alignment, Mimi encoding) -> `cache` (per-file results, resumable) -> `writer` (the
-`datasets` corpus of `dia2.data.corpus`) and `qc` (the report). `pipeline.run_prep` runs them;
-`config` holds every option. Imports `dia2` only.
+`datasets` corpus of `dia2.data.corpus`) and `qc` (the report). `pipeline.run_prep` runs them
+(`pipeline.check_run`: the check-only run, `--check`): `work` holds the steps of one process
+(load the models, prepare through the cache, write), which `shards` runs per process under a
+launcher (`distributed`: how the processes share out and report). `config` holds every option,
+`cli` the command. Imports `dia2` only.
 
 Stages for real recordings (issue 21), not yet run by the pipeline: `loudness` (BS.1770 level and
 true-peak limiting), `vad` (silero-vad speech regions, cut boundaries), `quality` (the DNSMOS

@@ -17,8 +17,10 @@ every node mounts at the same path (so must the input); this is checked before w
 The corpus is a `datasets` folder (train / validation) with corpus_meta.json and a QC report
 (qc_report.json, qc_report.txt) beside it. Run the same command again to continue an interrupted
 run (under a launcher too, with any number of processes): recordings already prepared are
-reused; Ctrl-C or SIGTERM stops it with one line. Every option's default and meaning below comes
-from data_prep/config.py.
+reused; Ctrl-C or SIGTERM stops it with one line. With --check it only checks the command line
+and its inputs, writing nothing, and prints the files the run will write (the corpus, its QC
+report, progress.json: the run's progress record) as JSON. Every option's default and meaning
+below comes from data_prep/config.py.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import sys
 from pathlib import Path
 
 from data_prep.config import PrepConfig, PrepConfigError
+from dia2.console import CHECK_FLAG, CHECK_HELP, check_only
 from dia2.errors import Dia2Error, PushError
 from dia2.launch.command import run_main
 from dia2.launch.flags import FLAG_ALIASES
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
              "manifest (.csv / .jsonl: path, speaker, speaker_2, text)",
     )
     p.add_argument("output", type=Path, help="corpus folder to write, or to continue writing")
+    p.add_argument(CHECK_FLAG, action="store_true", help=CHECK_HELP)
     for name, section in sections(PrepConfig).items():
         title, _, about = (section.__doc__ or section.__name__).strip().partition(":")
         add_flags(p.add_argument_group(title, about.strip() or None), section, dest=f"{name}.", aliases=FLAG_ALIASES)
@@ -53,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> PrepConfig:
-    """The frozen run config from parsed arguments (not yet validated); PrepConfigError names a bad flag."""
+    """The frozen run config from parsed arguments (not yet validated); PrepConfigError names a bad flag.
+    --check says what this invocation does, not what the run is: it is not part of the config."""
     raw = flag_values(args)
+    raw.pop("check", None)
     check_tiny(raw.get("model", {}))
     return build(PrepConfig, raw, error=PrepConfigError)
 
@@ -80,8 +86,17 @@ def keep_freed_memory() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check:
+        from data_prep.pipeline import check_run
+
+        try:
+            config = config_from_args(args).validate()
+        except PrepConfigError as exc:
+            parser.error(str(exc))
+        return check_only("dia2-prep", lambda: check_run(config))
     return run_main(
-        "dia2-prep", lambda: config_from_args(parser.parse_args(argv)).validate(), _prepare, parser=parser,
+        "dia2-prep", lambda: config_from_args(args).validate(), _prepare, parser=parser,
         log_level=lambda config: logging.INFO if config.run.verbose else logging.WARNING,
         stopped=lambda config: "every recording prepared so far is kept in the cache; run the same command again "
                                "to continue",
@@ -98,8 +113,9 @@ def _prepare(config: PrepConfig) -> int:
         launched_world_size,
         release_group,
     )
-    from data_prep.pipeline import NothingKeptError, run_prep
+    from data_prep.pipeline import run_prep
     from data_prep.qc import TEXT_FILE
+    from data_prep.work import NothingKeptError
 
     keep_freed_memory()
     if config.run.threads or launched_world_size() > 1:  # processes of one node share its cores

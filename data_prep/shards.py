@@ -1,8 +1,10 @@
 """The run of one process among several: its shard into the shared cache, then (the main process) the corpus.
 
-`run_prep` hands over here under a launcher (WORLD_SIZE > 1); data_prep/distributed.py says how
-the processes share the work and report to each other. The main process assembles the results in
-sorted order from the cache, as a single process does, so the corpus is the same row for row.
+`data_prep.pipeline.run_prep` hands over here under a launcher (WORLD_SIZE > 1);
+data_prep/distributed.py says how the processes share the work and report to each other. Each
+process runs the steps a single process runs (`data_prep.work`) on its shard; the main process
+then assembles the results in sorted order from the cache, as a single process does, so the
+corpus is the same row for row.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from data_prep.distributed import (
     assign_shards,
     cpu_share,
 )
-from data_prep.pipeline import (
+from data_prep.work import (
     PrepModel,
     PrepOutcome,
     PrepWork,

@@ -5,21 +5,34 @@
 - Ctrl-C and SIGTERM stop a command the same way (`sigterm_stops_like_ctrl_c` turns SIGTERM
   into `Terminated`, a KeyboardInterrupt); the entry point reports the stop in one line
   (`stop_line`) and exits with the shell's code for the signal (`stop_code`).
+- A check-only run (`--check`, `check_only`): the command refuses what a real run would refuse
+  before it loads anything, writes nothing, and prints one JSON line naming the files the run
+  will write (exit 0), or its one-line error (exit 2). A program that drives the command (the
+  studio) runs the same command line with `--check` first and keeps what it prints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from dia2.errors import Dia2Error
+
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+CHECK_FLAG = "--check"
+CHECK_HELP = ("check the command line and every input as a run would, then stop, writing nothing: print one JSON "
+              "line naming the files the run will write ({\"writes\": {role: path}, ...}) and exit 0, or the error "
+              "and exit 2")
+REFUSED = 2
+"""The exit code of a check-only run that refuses its command line (argparse's too)."""
 
 
 def is_main_process() -> bool:
@@ -71,3 +84,16 @@ def stop_line(prog: str, stop: KeyboardInterrupt, what_now: str) -> str:
 def stop_code(stop: KeyboardInterrupt) -> int:
     """The exit code of a command stopped by `stop`, as a shell reports a signal: 128 + its number."""
     return 128 + int(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+
+
+def check_only(prog: str, check: Callable[[], Mapping[str, Any]]) -> int:
+    """A check-only run: `check()` raises a Dia2Error for a refusal, else returns what the run
+    will do ({"writes": {role: path}, facts...}), printed as one JSON line on stdout. Returns
+    the exit code (0, or REFUSED with `prog: error: message` on stderr)."""
+    try:
+        result = check()
+    except Dia2Error as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return REFUSED
+    print(json.dumps(result, default=str), flush=True)
+    return 0

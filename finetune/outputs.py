@@ -5,7 +5,7 @@
 | config.yaml | the resolved config (as of the last invocation) |
 | resumes.jsonl | what each resume changed in it (e.g. more optim.steps), at which step |
 | metrics.jsonl | one JSON object per training step and per evaluation |
-| progress.json | what the run does now (ProgressFile), for a page that watches it |
+| progress.json | what the run does now (`dia2.progress.ProgressFile`: phase, step of steps, time left), for a page that watches it |
 | checkpoints/step_N/ | resumable checkpoints, the last output.keep_last (finetune.checkpoint) |
 | samples/step_N/sample_i.wav | sample scripts spoken at each evaluation |
 | adapter/ | PEFT save_pretrained output + dia2_voice.json + README.md (the model card) |
@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,24 +54,6 @@ class MetricsLog:
         if self.enabled and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if r["step"] <= last_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-
-
-class ProgressFile:
-    """progress.json, rewritten whole at each change by the main process: {"phase": "training" |
-    "evaluating" | "saving" | "done", "step": the last step taken, "steps": optim.steps, "eta_s":
-    seconds left at the pace so far (training only, else null), "time": when written}. The
-    studio's phase line reads it; metrics.jsonl holds the figures."""
-
-    def __init__(self, path: Path, enabled: bool, steps: int) -> None:
-        self.path, self.enabled, self.steps = path, enabled, steps
-
-    def write(self, phase: str, step: int, eta_s: float | None = None) -> None:
-        if not self.enabled:
-            return
-        record = {"phase": phase, "step": step, "steps": self.steps, "eta_s": eta_s, "time": time.time()}
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        temporary.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        os.replace(temporary, self.path)  # a reader sees the last record whole, never half of one
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dia2.progress import PROGRESS_FILE
+
 VOICE_FILE = "dia2_voice.json"
 VOICE_FORMAT = "dia2-voice/1"
 
@@ -39,7 +41,7 @@ class RunPaths:
 
     @property
     def progress(self) -> Path:
-        return self.root / "progress.json"
+        return self.root / PROGRESS_FILE
 
     @property
     def checkpoints(self) -> Path:

@@ -5,6 +5,7 @@
     python finetune/train.py --config configs/train/dia2-2b-lora.yaml \\
         data.corpus=corpora/me output.name=me --export-merged --push-to-hub me/my-voice-lora
     python finetune/train.py --config ... --resume          # continue runs/<name> from its newest checkpoint
+    python finetune/train.py --config ... --check           # check only: the files the run will write, as JSON
 
 Several processes (DDP; over gloo on CPU): accelerate launch --quiet --multi_gpu --num_processes 2
 --num_machines 1 --mixed_precision no --dynamo_backend no finetune/train.py ... (these flags keep
@@ -54,13 +55,14 @@ from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from dia2.console import CHECK_FLAG, CHECK_HELP, check_only
 from dia2.data.corpus import CorpusMeta
 from dia2.data.teacher import Batch
 from dia2.errors import Dia2Error
 from dia2.launch.command import run_main
 from dia2.launch.flags import FLAG_ALIASES, MODEL_FLAG
 from dia2.output_paths import check_writable
-from dia2.progress import progress_bar
+from dia2.progress import Phase, ProgressFile, progress_bar
 from finetune.card import model_card
 from finetune.checkpoint import (
     Progress,
@@ -103,7 +105,6 @@ from finetune.modeling import (
 )
 from finetune.outputs import (
     MetricsLog,
-    ProgressFile,
     RunPaths,
     export_merged,
     loss_curve,
@@ -134,11 +135,7 @@ def train(cfg: TrainConfig) -> RunPaths:
     select_fsdp_on_cpu(accelerator)
     check_sharding(accelerator, cfg.quant, cfg.eval.scripts)
     rank, device, is_main = accelerator.process_index, accelerator.device, accelerator.is_main_process
-    resume_from = resume_checkpoint(cfg.output.resume, paths.root)
-    saved = yaml.safe_load(paths.config.read_text()) if resume_from is not None and paths.config.is_file() else None
-    if saved is not None:
-        check_resumable(saved, config_to_dict(cfg))
-    check_inputs(cfg)
+    resume_from, saved = check_start(cfg, paths)
     decay = Decay.fresh(cfg.optim) if resume_from is None else resumed_decay(resume_from, saved, cfg.optim, is_main)
 
     # Model, data, optimizer. The same seed on every process gives every process the same LoRA init.
@@ -176,7 +173,7 @@ def train(cfg: TrainConfig) -> RunPaths:
         rank, accelerator.num_processes,
     )
     log = MetricsLog(paths.metrics, is_main)
-    phase = ProgressFile(paths.progress, is_main, cfg.optim.steps)
+    phase = ProgressFile(paths.progress, "step", enabled=is_main)
     step, seconds_before = 0, 0.0
     if resume_from is not None:
         resumed = load_checkpoint(resume_from, model, optimizer, scheduler, accelerator, cfg.seed)
@@ -189,7 +186,7 @@ def train(cfg: TrainConfig) -> RunPaths:
     logger.info("training %d of %d parameters on %d process(es)", counts["trainable"], counts["total"], accelerator.num_processes)
 
     def evaluate(at: int) -> None:
-        phase.write("evaluating", at)
+        phase.write(Phase.EVALUATING, at, o.steps)
         # The bar stands still meanwhile (minutes on a large model): say why, then what it found.
         logger.info("step %d: evaluating: %s", at, evaluation_work(corpus, cfg.eval.scripts if is_main else ()))
         started = time.perf_counter()
@@ -258,18 +255,18 @@ def train(cfg: TrainConfig) -> RunPaths:
         progress.update()
         progress.set_postfix(loss=f"{record['loss']:.3f}")
         seconds_per_step = (time.perf_counter() - started) / (step - first_step)
-        phase.write("training", step, seconds_per_step * (o.steps - step))
+        phase.write(Phase.TRAINING, step, o.steps, seconds_per_step * (o.steps - step))
         # The checkpoint first: a run stopped during the evaluation keeps this step.
         if step == o.steps or (cfg.output.save_every and step % cfg.output.save_every == 0):
             at = Progress(step, stream.position, seconds_before + time.perf_counter() - started, dataclasses.asdict(decay))
-            phase.write("saving", step)
+            phase.write(Phase.SAVING, step, o.steps)
             save_checkpoint(paths.checkpoints, at, model, optimizer, scheduler, accelerator, cfg.output.keep_last)
         if evaluation_due(step):
             evaluate(step)
     progress.close()
-    phase.write("saving", step)
+    phase.write(Phase.SAVING, step, o.steps)
     finish(cfg, paths, base, corpus, model, step, accelerator, seconds_before + time.perf_counter() - started)
-    phase.write("done", step)
+    phase.write(Phase.DONE, step, o.steps)
     tracker.close()
     return paths
 
@@ -285,6 +282,32 @@ def run_config(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(
         cfg, output=dataclasses.replace(cfg.output, **{k: getattr(defaults, k) for k in INVOCATION_KEYS})
     )
+
+
+def check_start(cfg: TrainConfig, paths: RunPaths) -> tuple[Path | None, dict[str, Any] | None]:
+    """Every refusal before anything loads: the inputs, and a resume (the checkpoint to resume
+    from and the run's saved config.yaml, checked against `cfg`; None, None for a fresh run)."""
+    resume_from = resume_checkpoint(cfg.output.resume, paths.root)
+    saved = yaml.safe_load(paths.config.read_text()) if resume_from is not None and paths.config.is_file() else None
+    if saved is not None:
+        check_resumable(saved, config_to_dict(cfg))
+    check_inputs(cfg)
+    return resume_from, saved
+
+
+def check_run(cfg: TrainConfig) -> dict[str, Any]:
+    """The check-only run (--check): the refusals `train` makes before it loads the base
+    (`check_start`), nothing written. Returns the files the run will write, by role, and its
+    optim.steps."""
+    paths = RunPaths(Path(cfg.output.dir) / cfg.output.name)
+    check_start(cfg, paths)
+    writes = {"run": paths.root, "config": paths.config, "progress": paths.progress, "metrics": paths.metrics,
+              "checkpoints": paths.checkpoints}
+    if cfg.lora.full_finetune:
+        writes["model"] = paths.model
+    else:
+        writes["adapter"] = paths.adapter
+    return {"writes": {role: str(path.absolute()) for role, path in writes.items()}, "steps": cfg.optim.steps}
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -490,6 +513,12 @@ def voice_summary(
 
 
 def parse_args(argv: list[str] | None) -> TrainConfig:
+    """The checked config a command line gives."""
+    return config_from_flags(parse_flags(argv))
+
+
+def parse_flags(argv: list[str] | None) -> argparse.Namespace:
+    """The command line parsed (argparse exits with its message on a bad flag)."""
     parser = argparse.ArgumentParser(
         prog="finetune/train.py", description=__doc__, epilog="config keys:\n\n" + help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -502,13 +531,18 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     parser.add_argument("--export-merged", action="store_true", help="same as output.export_merged=true")
     parser.add_argument("--push-to-hub", metavar="REPO", help="same as output.push_to_hub=REPO")
     parser.add_argument("--hub-dry-run", action="store_true", help="same as output.hub_dry_run=true")
+    parser.add_argument(CHECK_FLAG, action="store_true", help=CHECK_HELP)
     # Intermixed: key=value overrides may come before or after the flags. A key=value right after a
     # bare --resume is an override, not the checkpoint to resume from.
     argv = [*argv] if argv is not None else sys.argv[1:]
     for i, arg in enumerate(argv[:-1]):
         if arg == "--resume" and re.fullmatch(r"[\w.]+=.*", argv[i + 1]):
             argv[i] = "--resume=auto"
-    args = parser.parse_intermixed_args(argv)
+    return parser.parse_intermixed_args(argv)
+
+
+def config_from_flags(args: argparse.Namespace) -> TrainConfig:
+    """The checked config the parsed command line gives (the flags are output.* overrides)."""
     overrides = list(args.overrides)
     if args.model:
         overrides.append(f"model.base={args.model}")
@@ -553,6 +587,9 @@ def script_path() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    args = parse_flags(argv)
+    if args.check:
+        return check_only("train", lambda: check_run(config_from_flags(args)))
 
     def run(cfg: TrainConfig) -> int:
         with logging_redirect_tqdm():  # log lines print above the progress bar on a terminal, not into it
@@ -563,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         return resume_hint(cfg, argv) if cfg is not None else "nothing was trained"
 
     # Config errors are reported in one line (exit 1), as every error of a run is.
-    return run_main("train", lambda: parse_args(argv), run, log_level=logging.WARNING,
+    return run_main("train", lambda: config_from_flags(args), run, log_level=logging.WARNING,
                     loggers={"finetune": logging.INFO}, stopped=stopped)
 
 

@@ -67,9 +67,10 @@ __all__ = ["Engine", "EngineConfig", "EngineError", "EngineFull", "Handle", "Req
 logger = logging.getLogger(__name__)
 
 
-class _Job:
-    """A request in the engine: its handle, seed, adapter and, once admitted, its utterance,
-    cache rows and the model outputs its next step samples from."""
+class _Task:
+    """A request in the engine (a task: "job" names the studio's background commands): its
+    handle, seed, adapter and, once admitted, its utterance, cache rows and the model outputs its
+    next step samples from."""
 
     def __init__(self, handle: Handle, seed: int) -> None:
         self.handle, self.seed_value = handle, seed
@@ -160,9 +161,9 @@ class Engine:
         self._text = torch.zeros(max_rows, 2, dtype=torch.long, device=device)
         self._columns = torch.zeros(max_rows, cfg.data.channels, 1, dtype=torch.long, device=device)
         self._filler = _Filler(self.model) if config.cuda_graph else None
-        self._owners: list[_Job] = []  # cache row -> its job; rows 0..len-1 are in use
-        self._jobs: list[_Job] = []  # jobs holding a slot
-        self._queue: deque[_Job] = deque()
+        self._owners: list[_Task] = []  # cache row -> its task; rows 0..len-1 are in use
+        self._tasks: list[_Task] = []  # tasks holding a slot
+        self._queue: deque[_Task] = deque()
         self._numbers = itertools.count(1)
         self._lock = threading.Condition()  # guards the queue and wakes the engine thread
         self._step_lock = threading.Lock()  # one frame at a time; adapters change between frames
@@ -182,7 +183,7 @@ class Engine:
         self._adapter_index(request.adapter)  # an unknown name is refused now; resolved again at admission
         with self._lock:
             # Queued requests first fill the free slots; those beyond wait for one.
-            waiting = len(self._jobs) + len(self._queue) - self.config.slots
+            waiting = len(self._tasks) + len(self._queue) - self.config.slots
             if not wait and waiting >= 0:
                 raise EngineFull(
                     f"all {self.config.slots} slots are busy: retry later, submit with wait=True to queue, "
@@ -193,22 +194,22 @@ class Engine:
                     f"all {self.config.slots} slots are busy and {waiting} requests are queued "
                     f"(EngineConfig.max_queued = {self.config.max_queued}): retry later"
                 )
-            job = _Job(Handle(self, request, next(self._numbers)), seed_of(request.config))
-            self._queue.append(job)
+            task = _Task(Handle(self, request, next(self._numbers)), seed_of(request.config))
+            self._queue.append(task)
             self._lock.notify_all()
-        return job.handle
+        return task.handle
 
     @property
     def busy_slots(self) -> int:
         """Slots holding a request (being prefilled or generating)."""
-        return len(self._jobs)
+        return len(self._tasks)
 
     @property
     def queued(self) -> int:
         """Requests waiting for a slot: those beyond the free slots, so never more than
         `max_queued` (a request that a free slot takes at the next frame is not waiting)."""
         with self._lock:
-            return max(0, len(self._jobs) + len(self._queue) - self.config.slots)
+            return max(0, len(self._tasks) + len(self._queue) - self.config.slots)
 
     # --- adapters ------------------------------------------------------------------------------
 
@@ -227,7 +228,7 @@ class Engine:
         with self._step_lock:
             self._adapter_index(name)
             with self._lock:
-                users = [j for j in [*self._jobs, *self._queue] if j.request.adapter == name]
+                users = [j for j in [*self._tasks, *self._queue] if j.request.adapter == name]
             if users:
                 raise EngineError(
                     f"adapter '{name}' is in use by {len(users)} request(s): wait for them or cancel them, then unload"
@@ -289,12 +290,12 @@ class Engine:
         """A cancelled request that is still queued leaves the queue now (its place is free for the
         next `submit`); one in a slot leaves at the next frame boundary."""
         with self._lock:
-            job = next((j for j in self._queue if j.handle is handle), None)
-            if job is not None:
-                self._queue.remove(job)
+            task = next((j for j in self._queue if j.handle is handle), None)
+            if task is not None:
+                self._queue.remove(task)
             self._lock.notify_all()
-        if job is not None:
-            job.emit(Cancelled())
+        if task is not None:
+            task.emit(Cancelled())
 
     def _run(self) -> None:
         while True:
@@ -308,11 +309,11 @@ class Engine:
             except Exception as exc:  # the thread must outlive a bad frame: its requests fail, the queue goes on
                 logger.exception("an engine frame failed")
                 with self._step_lock:
-                    for job in list(self._jobs):
-                        self._finish(job, exc)
+                    for task in list(self._tasks):
+                        self._finish(task, exc)
 
     def _has_work(self) -> bool:
-        return bool(self._queue) or any(not j.waiting or j.handle.cancelled for j in self._jobs)
+        return bool(self._queue) or any(not j.waiting or j.handle.cancelled for j in self._tasks)
 
     # --- one frame -----------------------------------------------------------------------------
 
@@ -326,51 +327,51 @@ class Engine:
             advancing = self._advance()
             if advancing:
                 self._failing(self._audio, advancing)
-            continuing = [j for j in advancing if j in self._jobs and j.prefilled]
+            continuing = [j for j in advancing if j in self._tasks and j.prefilled]
             if continuing:
                 self._failing(self._head, continuing)
             with self._lock:
-                return bool(self._jobs or self._queue)
+                return bool(self._tasks or self._queue)
 
-    def _failing(self, work: Callable[[list[_Job]], None], jobs: list[_Job]) -> None:
-        """Run batched work; if it raises, every job in the batch fails (the queue goes on)."""
+    def _failing(self, work: Callable[[list[_Task]], None], tasks: list[_Task]) -> None:
+        """Run batched work; if it raises, every task in the batch fails (the queue goes on)."""
         try:
-            work(jobs)
+            work(tasks)
         except Exception as exc:  # a batched model call failed: its rows cannot be told apart
-            logger.exception("a batched step failed for %d request(s)", len(jobs))
-            for job in self._batch_jobs():
-                self._finish(job, exc)
+            logger.exception("a batched step failed for %d request(s)", len(tasks))
+            for task in self._batch_tasks():
+                self._finish(task, exc)
 
     def _drop_cancelled(self) -> None:
         with self._lock:
-            for job in [j for j in self._queue if j.handle.cancelled]:
-                self._queue.remove(job)
-                job.emit(Cancelled())
-        for job in [j for j in self._jobs if j.handle.cancelled]:
-            self._finish(job, Cancelled())
+            for task in [j for j in self._queue if j.handle.cancelled]:
+                self._queue.remove(task)
+                task.emit(Cancelled())
+        for task in [j for j in self._tasks if j.handle.cancelled]:
+            self._finish(task, Cancelled())
 
     def _admit(self) -> None:
         """Queued requests take free slots: parsed and planned (a bad script or voice fails here)."""
-        while len(self._jobs) < self.config.slots:
+        while len(self._tasks) < self.config.slots:
             with self._lock:
                 if not self._queue:
                     return
-                job = self._queue.popleft()
-                self._jobs.append(job)  # under the lock: `queued` never sees it in neither
-            job.handle.admitted = time.perf_counter()
+                task = self._queue.popleft()
+                self._tasks.append(task)  # under the lock: `queued` never sees it in neither
+            task.handle.admitted = time.perf_counter()
             try:
-                job.adapter = self._adapter_index(job.request.adapter)  # under the frame lock: it cannot change
-                job.utterance = self._utterance(job)
+                task.adapter = self._adapter_index(task.request.adapter)  # under the frame lock: it cannot change
+                task.utterance = self._utterance(task)
             except Exception as exc:
-                self._finish(job, exc)
+                self._finish(task, exc)
 
-    def _utterance(self, job: _Job) -> Utterance:
-        """The job's next utterance: its script's next part, or its streamed script."""
-        tts, request = self.tts, job.request
+    def _utterance(self, task: _Task) -> Utterance:
+        """The task's next utterance: its script's next part, or its streamed script."""
+        tts, request = self.tts, task.request
         if isinstance(request.script, str):
-            if job.speech is None:
-                job.speech = LongForm(tts, request.script, request.config, request.voice)
-            plan = job.speech.next_plan()
+            if task.speech is None:
+                task.speech = LongForm(tts, request.script, request.config, request.voice)
+            plan = task.speech.next_plan()
             assert plan is not None, "a finished script has no next part"
         else:
             feed = StreamedText(request.script, ScriptParser(tts.tokenizer, tts.ids), self._wake)
@@ -385,103 +386,103 @@ class Engine:
 
     def _prefill_ready(self) -> None:
         """Prefill, alone, each admitted request whose text is ready, into fresh cache rows."""
-        for job in [j for j in self._jobs if not j.prefilled]:
+        for task in [j for j in self._tasks if not j.prefilled]:
             try:
-                if job.utterance is None or not job.utterance.prepare():
+                if task.utterance is None or not task.utterance.prepare():
                     continue
-                self._prefill(job)
+                self._prefill(task)
             except Exception as exc:
-                self._finish(job, exc)
+                self._finish(task, exc)
 
-    def _prefill(self, job: _Job) -> None:
-        utterance = job.utterance
+    def _prefill(self, task: _Task) -> None:
+        utterance = task.utterance
         assert utterance is not None
         start, n = len(self._owners), utterance.branches
-        job.rows = list(range(start, start + n))
-        self._owners += [job] * n
+        task.rows = list(range(start, start + n))
+        self._owners += [task] * n
         rows = self.state.rows(start, start + n, filled=0)
         rows.position.zero_()
-        with self.kernels.routed(torch.full((n,), job.adapter, device=self.model.device)):
+        with self.kernels.routed(torch.full((n,), task.adapter, device=self.model.device)):
             out = self.model.prefill(utterance.prefill_columns(), rows)
-        job.sampling(self.model, self._width)
+        task.sampling(self.model, self._width)
         alone = Rows.of([n], self.model.device)
-        job.action = sample_action(out.action_logits[:, -1], alone.cond, alone.uncond, job.text_params, job.seed, self._steps([job]))
+        task.action = sample_action(out.action_logits[:, -1], alone.cond, alone.uncond, task.text_params, task.seed, self._steps([task]))
         self._hidden[start : start + n] = out.hidden[:, -1]
         self._cb0[start : start + n] = out.cb0_logits[:, -1]
-        job.prefilled = True
-        job.emit(utterance.first_update())
+        task.prefilled = True
+        task.emit(utterance.first_update())
 
-    def _batch_jobs(self) -> list[_Job]:
-        """The jobs holding cache rows, in the order of their first row."""
+    def _batch_tasks(self) -> list[_Task]:
+        """The tasks holding cache rows, in the order of their first row."""
         return sorted({id(j): j for j in self._owners}.values(), key=lambda j: j.rows[0])
 
-    def _advance(self) -> list[_Job]:
+    def _advance(self) -> list[_Task]:
         """Step the state machine of every utterance that can; those waiting for text sit out.
         The actions come to the host together: one device sync for the frame."""
-        jobs = self._batch_jobs()
-        actions = torch.cat([j.action for j in jobs]).tolist() if jobs else []
+        tasks = self._batch_tasks()
+        actions = torch.cat([j.action for j in tasks]).tolist() if tasks else []
         advancing = []
-        for job, action in zip(jobs, actions):
+        for task, action in zip(tasks, actions):
             try:
-                if not job.utterance.ready():
+                if not task.utterance.ready():
                     continue
-                self._text[job.rows] = job.utterance.advance(action)
-                advancing.append(job)
+                self._text[task.rows] = task.utterance.advance(action)
+                advancing.append(task)
             except Exception as exc:
-                self._finish(job, exc)
+                self._finish(task, exc)
         return advancing
 
-    def _audio(self, advancing: list[_Job]) -> None:
-        """Codebook 0 and every depformer stage of every job's next column, one batched pass;
-        the codes of jobs waiting for text are dropped."""
-        jobs, R = self._batch_jobs(), self._batch_rows()
-        inputs = self._inputs(jobs, R)
+    def _audio(self, advancing: list[_Task]) -> None:
+        """Codebook 0 and every depformer stage of every task's next column, one batched pass;
+        the codes of tasks waiting for text are dropped."""
+        tasks, R = self._batch_tasks(), self._batch_rows()
+        inputs = self._inputs(tasks, R)
         state = self.state.rows(0, R, filled=0)
         codes = self.kernels.audio(self._hidden[:R], self._cb0[:R], self._text[:R], state, inputs)
         stepping = set(map(id, advancing))
-        for job, c in zip(jobs, codes):
-            if id(job) not in stepping:
+        for task, c in zip(tasks, codes):
+            if id(task) not in stepping:
                 continue
-            update = job.utterance.write(c)
-            job.emit(update)
+            update = task.utterance.write(c)
+            task.emit(update)
             if update.done:
-                self._next_part(job)
+                self._next_part(task)
 
-    def _next_part(self, job: _Job) -> None:
-        """A finished utterance: the job's script goes on with its next part (prefilled into
-        fresh rows at the next frame), or the job leaves its slot."""
-        if job.speech is None or job.speech.last_part:
-            self._finish(job, None)
+    def _next_part(self, task: _Task) -> None:
+        """A finished utterance: the task's script goes on with its next part (prefilled into
+        fresh rows at the next frame), or the task leaves its slot."""
+        if task.speech is None or task.speech.last_part:
+            self._finish(task, None)
             return
-        self._release_rows(job)
-        job.prefilled = False
+        self._release_rows(task)
+        task.prefilled = False
         try:
-            job.utterance = self._utterance(job)
+            task.utterance = self._utterance(task)
         except Exception as exc:
-            self._finish(job, exc)
+            self._finish(task, exc)
 
-    def _head(self, continuing: list[_Job]) -> None:
-        """The decoder on each continuing job's new column, one step over all cache rows.
+    def _head(self, continuing: list[_Task]) -> None:
+        """The decoder on each continuing task's new column, one step over all cache rows.
 
-        Rows of jobs waiting for text run too (the batch is one slice of the caches): they write
+        Rows of tasks waiting for text run too (the batch is one slice of the caches): they write
         at their next column, which their own next step overwrites, and their outputs are dropped.
         """
-        jobs, R = self._batch_jobs(), self._batch_rows()
+        tasks, R = self._batch_tasks(), self._batch_rows()
         stepping = set(map(id, continuing))
         positions = [0] * R
-        for job in jobs:
-            column = job.utterance.next_column()
-            for branch, row in enumerate(job.rows):
+        for task in tasks:
+            column = task.utterance.next_column()
+            for branch, row in enumerate(task.rows):
                 self._columns[row] = column[branch]
-                positions[row] = job.utterance.column + (0 if id(job) in stepping else 1)
+                positions[row] = task.utterance.column + (0 if id(task) in stepping else 1)
         state = self.state.rows(0, R, filled=max(positions))
         state.position.copy_(torch.tensor(positions))
-        action, hidden, cb0 = self.kernels.head(self._columns[:R], state, self._inputs(jobs, R))
-        for i, job in enumerate(jobs):
-            if id(job) in stepping:
-                job.action = action[i : i + 1].clone()  # a graph overwrites its outputs at the next replay
-                self._hidden[job.rows] = hidden[job.rows]
-                self._cb0[job.rows] = cb0[job.rows]
+        action, hidden, cb0 = self.kernels.head(self._columns[:R], state, self._inputs(tasks, R))
+        for i, task in enumerate(tasks):
+            if id(task) in stepping:
+                task.action = action[i : i + 1].clone()  # a graph overwrites its outputs at the next replay
+                self._hidden[task.rows] = hidden[task.rows]
+                self._cb0[task.rows] = cb0[task.rows]
 
     def _batch_rows(self) -> int:
         """Rows one batched call runs: those in use (eager), or all (graphs: one fixed shape)."""
@@ -492,43 +493,43 @@ class Engine:
         """Top-k width of the sampling settings: fixed under graphs (the vocabulary)."""
         return KEEP_ALL if self.config.cuda_graph else None
 
-    def _inputs(self, jobs: list[_Job], rows: int) -> FrameInputs:
-        """The frame's inputs for `jobs` over `rows` rows; under graphs padded to every slot
+    def _inputs(self, tasks: list[_Task], rows: int) -> FrameInputs:
+        """The frame's inputs for `tasks` over `rows` rows; under graphs padded to every slot
         (slots not in use read row 0 and draw nothing anyone keeps)."""
         device = self.model.device
-        pad = self.config.slots - len(jobs) if self.config.cuda_graph else 0
-        index = {id(j): i for i, j in enumerate(jobs)}
+        pad = self.config.slots - len(tasks) if self.config.cuda_graph else 0
+        index = {id(j): i for i, j in enumerate(tasks)}
         owner = [index[id(self._owners[r])] if r < len(self._owners) else 0 for r in range(rows)]
         adapters = [self._owners[r].adapter if r < len(self._owners) else 0 for r in range(rows)]
         as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=device)
-        settings = [*jobs, *[self._filler] * pad]
+        settings = [*tasks, *[self._filler] * pad]
         return FrameInputs(
-            Rows(as_tensor([j.rows[0] for j in jobs] + [0] * pad), as_tensor([j.rows[-1] for j in jobs] + [0] * pad), as_tensor(owner)),
+            Rows(as_tensor([j.rows[0] for j in tasks] + [0] * pad), as_tensor([j.rows[-1] for j in tasks] + [0] * pad), as_tensor(owner)),
             as_tensor(adapters),
             torch.cat([j.seed for j in settings]),
-            as_tensor([j.utterance.draw_step for j in jobs] + [0] * pad),
+            as_tensor([j.utterance.draw_step for j in tasks] + [0] * pad),
             RowSampling.cat([j.text_params for j in settings]),
             RowSampling.cat([j.audio_params for j in settings]),
         )
 
-    def _steps(self, jobs: list[_Job]) -> Tensor:
-        """The frame each job draws for next: [J] long on the model's device."""
-        return torch.tensor([j.utterance.draw_step for j in jobs], device=self.model.device)
+    def _steps(self, tasks: list[_Task]) -> Tensor:
+        """The frame each task draws for next: [J] long on the model's device."""
+        return torch.tensor([j.utterance.draw_step for j in tasks], device=self.model.device)
 
-    def _finish(self, job: _Job, error: BaseException | None) -> None:
-        """Take a job out of its slot, free its cache rows, and end its handle with `error`."""
-        if job in self._jobs:
-            self._jobs.remove(job)
-        self._release_rows(job)
+    def _finish(self, task: _Task, error: BaseException | None) -> None:
+        """Take a task out of its slot, free its cache rows, and end its handle with `error`."""
+        if task in self._tasks:
+            self._tasks.remove(task)
+        self._release_rows(task)
         if error is not None:
             if not isinstance(error, Cancelled):
-                logger.info("request %d failed: %s", job.handle.number, error)
-            job.emit(error)
+                logger.info("request %d failed: %s", task.handle.number, error)
+            task.emit(error)
 
-    def _release_rows(self, job: _Job) -> None:
-        """Free a job's cache rows, moving the last rows in use into the holes (rows stay dense)."""
-        holes = sorted(job.rows)
-        job.rows = []
+    def _release_rows(self, task: _Task) -> None:
+        """Free a task's cache rows, moving the last rows in use into the holes (rows stay dense)."""
+        holes = sorted(task.rows)
+        task.rows = []
         if not holes:
             return
         keep = len(self._owners) - len(holes)

@@ -4,7 +4,12 @@ adapter becomes a voice (in Speak, and in the server's voices folder). The page 
 
 Both steps run as background jobs (`dia2.studio.jobs`): `python -m data_prep` and
 `python -m finetune.train`, the commands a user would type, so the page stays responsive and a
-reload, or a studio restart, shows them.
+reload, or a studio restart, shows them. The studio is their client: it imports neither. Each
+command line is first run as a check-only run (`--check`): a bad option or input is refused in
+the command's own words before a job starts, and the check names the files the run will write
+(its progress record, QC report, metrics, adapter), which the job's details keep and the page
+reads. A file renamed by its owner is followed; a role the studio needs and the check does not
+name is refused at the start, never a silently empty page.
 
 Work folder layout: corpora/<name>/recordings (uploads of the last prep that succeeded; a new
 prep's uploads wait in corpora/<name>/.recordings-* until it does), corpora/<name>/corpus (data
@@ -24,14 +29,16 @@ from typing import Any
 
 import yaml
 
-from dia2.errors import Dia2Error
+from dia2.data.corpus import META_FILE
 from dia2.model.assets import TINY_MODEL
 from dia2.serving.voices import check_name
-from dia2.studio.jobs import Job
+from dia2.studio.jobs import CheckRefused, Job, check_command
 from dia2.studio.runtime import Studio, StudioError
 
-QC_TEXT, QC_JSON, CORPUS_META = "qc_report.txt", "qc_report.json", "corpus_meta.json"
-METRICS, PROGRESS, ADAPTER = "metrics.jsonl", "progress.json", "adapter"
+PREP_READS = ("progress", "qc_report", "qc_text")
+"""What the studio reads of a data-prep run (roles of the files its check names)."""
+TRAIN_READS = ("progress", "metrics")
+"""What the studio reads of a training run; its "adapter" too, when the run trains one."""
 _CHILD_ENV = {"PYTHONUNBUFFERED": "1"}  # progress reaches the log as it happens
 UNTRAINABLE = (("config", "--config"), ("weights", "--weights"), ("tokenizer", "--tokenizer"), ("mimi", "--mimi"),
                ("adapter", "--merge-adapter"))
@@ -50,12 +57,12 @@ def recordings_folder(studio: Studio, name: str) -> Path:
 def corpora(studio: Studio) -> list[str]:
     """Names of the prepared corpora (data prep finished writing them)."""
     root = studio.work / "corpora"
-    return sorted(p.parent.parent.name for p in root.glob(f"*/corpus/{CORPUS_META}"))
+    return sorted(p.parent.parent.name for p in root.glob(f"*/corpus/{META_FILE}"))
 
 
 def newest_corpus(studio: Studio) -> str | None:
     """The corpus prepared last (None before any)."""
-    metas = list((studio.work / "corpora").glob(f"*/corpus/{CORPUS_META}"))
+    metas = list((studio.work / "corpora").glob(f"*/corpus/{META_FILE}"))
     return max(metas, key=lambda p: p.stat().st_mtime).parent.parent.name if metas else None
 
 
@@ -151,26 +158,32 @@ def start_prep(studio: Studio, name: str, files: list[str] | None, folder: str |
         raise StudioError(f"two uploads are named {', '.join(clashes)}: rename one (each recording keeps its file "
                           "name in the corpus)")
     output = corpus_folder(studio, name)
-    with studio.jobs.exclusive():  # the check and the start are one step: two clicks cannot share the output
+
+    def refuse_busy() -> None:
         _refuse_running(studio, "prep", output, f"corpus '{name}' is being prepared already")
         training = studio.jobs.running("train", corpus=name)
         if training:
             raise StudioError(f"corpus '{name}' is being trained on (job {training.id}): wait for that job, or "
                               "cancel it, before preparing the corpus again")
-        staged = None if folder else _stage_uploads(output.parent, files)
+
+    refuse_busy()  # at once, before the uploads are copied and checked
+    staged = None if folder else _stage_uploads(output.parent, files)
+    try:
         source = Path(folder).expanduser() if folder else staged
         m, s = studio.options.model, studio.options.studio
         argv = [sys.executable, "-m", "data_prep", source, output, "--model", m.source, "--asr-model",
                 s.whisper_model, "--device", m.device]
-        details = {"name": name, "output": str(output), "input": str(source)}
+        details = {"name": name, "output": str(output), "input": str(source),
+                   "writes": _checked(argv, "data prep", PREP_READS)["writes"]}
         if staged is not None:
             details.update(staged=str(staged), recordings=str(recordings_folder(studio, name)))
-        try:
+        with studio.jobs.exclusive():  # the refusal and the start are one step: two clicks cannot share the output
+            refuse_busy()
             return studio.jobs.start("prep", f"prepare '{name}'", argv, env=_CHILD_ENV, details=details)
-        except BaseException:
-            if staged is not None:
-                shutil.rmtree(staged, ignore_errors=True)
-            raise
+    except BaseException:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
 
 
 def _refuse_running(studio: Studio, kind: str, output: Path, what: str) -> None:
@@ -230,15 +243,20 @@ def start_train(studio: Studio, corpus: str | None, preset: str | None, steps: f
         if float(steps) != int(steps) or int(steps) < 1:
             raise StudioError(f"steps {steps!r}: give a whole number of optimizer steps, at least 1")
         items.append(f"optim.steps={int(steps)}")
-    total = _checked_config(preset_path, items).optim.steps
     argv = [sys.executable, "-m", "finetune.train", "--config", preset_path, *items]
-    with studio.jobs.exclusive():  # the checks and the start are one step: two clicks cannot share a run folder
+
+    def refuse_busy() -> None:
         _refuse_running(studio, "train", run, f"adapter '{name}' is being trained already")
         _refuse_running(studio, "prep", corpus_folder(studio, corpus), f"corpus '{corpus}' is being prepared again")
         if run.exists():
             raise StudioError(f"a run named '{name}' exists ({run}): give the adapter another name")
-        return studio.jobs.start("train", f"train '{name}' on '{corpus}'", argv, env=_CHILD_ENV,
-                                 details={"name": name, "output": str(run), "steps": total, "corpus": corpus})
+
+    refuse_busy()  # at once, before the trainer's check
+    plan = _checked(argv, "training options", TRAIN_READS)
+    details = {"name": name, "output": str(run), "steps": plan["steps"], "corpus": corpus, "writes": plan["writes"]}
+    with studio.jobs.exclusive():  # the refusal and the start are one step: two clicks cannot share a run folder
+        refuse_busy()
+        return studio.jobs.start("train", f"train '{name}' on '{corpus}'", argv, env=_CHILD_ENV, details=details)
 
 
 def _extra_options(extra: str | None) -> list[str]:
@@ -257,16 +275,19 @@ def _extra_options(extra: str | None) -> list[str]:
     return items
 
 
-def _checked_config(preset: Path, items: list[str]) -> Any:
-    """The trainer's config as it will run (finetune.config_file.load_config): a bad key or value is
-    refused here, with the trainer's message naming it, before a job starts."""
-    # The studio drives the trainer, as its entry point; the trainer's own checks are the ones that count.
-    from finetune.config_file import load_config
-
+def _checked(argv: list[Any], what: str, reads: tuple[str, ...]) -> dict[str, Any]:
+    """The check-only run of `argv` (what the run will write, and its facts). Its refusal, in the
+    command's own words, becomes the page's message after `what` (the part of the page it is about)."""
     try:
-        return load_config(preset, items)
-    except Dia2Error as exc:
-        raise StudioError(f"training options: {exc}") from None
+        plan = check_command(argv, env=_CHILD_ENV)
+    except CheckRefused as exc:
+        raise StudioError(f"{what}: {exc}") from None
+    missing = [role for role in reads if role not in plan["writes"]]
+    if missing:
+        raise StudioError(f"{what}: the check of {argv[2]} names no {', '.join(missing)} file (it names "
+                          f"{', '.join(plan['writes'])}): the studio and {argv[2]} come from different versions of "
+                          "the toolkit; install one version of it")
+    return plan
 
 
 def job_ended(studio: Studio, job: Job) -> str:
@@ -276,14 +297,23 @@ def job_ended(studio: Studio, job: Job) -> str:
         _settle_uploads(job)
     if job.status != "done":
         return job.note or _failure(job)
-    output = Path(job.details["output"])
     if job.kind == "prep":
-        return qc_summary(output)
-    adapter = output / ADAPTER
+        report = written(job, "qc_report")
+        return qc_summary(report) if report else "prepared (a job of an earlier studio: no QC figures)"
+    adapter = written(job, "adapter")
+    if adapter is None:
+        return "the run trained no adapter (a full fine-tune): nothing was added to the voices"
     if not (adapter / "adapter_config.json").is_file():
-        return f"the run wrote no adapter in {adapter} (a full fine-tune writes model/): nothing was added to the voices"
+        return f"the run wrote no adapter in {adapter}: nothing was added to the voices"
     studio.add_adapter_voice(job.details["name"], adapter)
     return f"adapter voice '{job.details['name']}' added: choose it in Speak; the speech server serves it too"
+
+
+def written(job: Job, role: str) -> Path | None:
+    """Where the job's command writes its `role` file, as its check named it (None: not named,
+    or a job of a studio before checks named files)."""
+    path = job.details.get("writes", {}).get(role)
+    return Path(path) if path else None
 
 
 def _failure(job: Job) -> str:
@@ -294,18 +324,12 @@ def _failure(job: Job) -> str:
     return (errors or lines or [f"exit code {job.returncode}"])[-1]
 
 
-def qc_report(corpus: Path) -> dict[str, Any] | None:
+def qc_summary(path: Path) -> str:
+    """One line of data prep's QC report (qc_report.json at `path`), its figures as the report gives them."""
     try:
-        return json.loads((corpus / QC_JSON).read_text())
+        report = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-
-
-def qc_summary(corpus: Path) -> str:
-    """One line of data prep's QC report, its figures as the report gives them."""
-    report = qc_report(corpus)
-    if report is None:
-        return f"no QC report in {corpus}"
+        return f"no QC report at {path}"
     u, files, hours = report["utterances"], report["files"], report["hours"]
     skipped = ", ".join(f"{k} {v}" for k, v in report.get("skipped_by_reason", {}).items()) or "nothing"
     return (f"{u['kept']} utterance(s), {hours['kept'] * 3600:.1f} s kept of {hours['input'] * 3600:.1f} s read, "

@@ -1,52 +1,50 @@
 """The Adapt tab in the page: the prep and train forms, and the chosen job as it runs: a phase line
 that never goes silent, the QC figures, the loss plot and the latest lines of the log.
 
-The studio reads a job's progress from what its command writes: data prep's progress bar (in the
-job's log) and QC report; the trainer's progress.json (its phase, step and ETA) and metrics.jsonl.
-The page polls once a second only while a job runs or waits for the studio to act on its end.
+The studio reads a job's progress from the files its command writes, where the command's check
+named them (the job's details, "writes"): the progress record both commands keep
+(`dia2.progress`: the phase, done of total, the time left), data prep's QC report, the trainer's
+metrics.jsonl. The page polls once a second only while a job runs or waits for the studio to act
+on its end.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+from dia2.progress import Phase, ProgressRecord, read_progress
 from dia2.studio.adapt import (
-    METRICS,
-    PROGRESS,
-    QC_TEXT,
     adapt_note,
     corpora,
     fitting_preset,
     newest_corpus,
     preset_settings,
     presets,
-    qc_report,
     start_prep,
     start_train,
+    written,
 )
 from dia2.studio.jobs import Job
 from dia2.studio.runtime import Studio, job_label, shows_errors
 
-_PREP_BAR = re.compile(r"recordings:\s*\d+%.*?(\d+)/(\d+)")
 LOG_LINES = 12
 """Lines of a job's log the page shows: the newest, as many as the box holds."""
 
 
-def prep_progress(job: Job) -> tuple[int, int]:
-    """(recordings prepared, recordings found) from data prep's progress bar; (0, 0) before it."""
-    found = _PREP_BAR.findall(job.log_tail(4000))
-    return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+def progress(job: Job) -> ProgressRecord | None:
+    """The job's progress record (None before its command writes one: it is still loading)."""
+    path = written(job, "progress")
+    return read_progress(path, since=job.started) if path else None
 
 
 def train_losses(job: Job) -> list[dict[str, Any]]:
     """The trainer's train records so far (metrics.jsonl), one per step."""
-    path = Path(job.details["output"]) / METRICS
+    path = written(job, "metrics")
     records = []
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text().splitlines() if path else []
     except OSError:
         return []
     for line in lines:
@@ -59,14 +57,6 @@ def train_losses(job: Job) -> list[dict[str, Any]]:
     return records
 
 
-def train_progress(job: Job) -> dict[str, Any]:
-    """The trainer's progress.json ({} before it writes one: it is still loading)."""
-    try:
-        return json.loads((Path(job.details["output"]) / PROGRESS).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _left(seconds: float | None) -> str:
     if seconds is None:
         return ""
@@ -75,21 +65,13 @@ def _left(seconds: float | None) -> str:
 
 def phase_line(job: Job) -> str:
     """What the job does now, or how it ended, in one line."""
+    record = progress(job)
     if job.kind == "prep":
-        done, total = prep_progress(job)
         if job.status == "running":
-            if not total:
-                return "phase: loading the models (speech recognition, Mimi)"
-            if done < total:
-                return f"phase: preparing recording {done + 1} of {total}"
-            return "phase: writing the corpus and its QC report"
-        if not total:
-            report = qc_report(Path(job.details["output"])) or {}
-            done = total = report.get("files", {}).get("found", 0)
-        where = f", {done} of {total} recordings" if total else ""
+            return _preparing_phase(record)
+        where = f", {record.done} of {record.total} recordings" if record else ""
     else:
-        record = train_progress(job)
-        step, steps = record.get("step", 0), record.get("steps", job.details.get("steps", 0))
+        step, steps = (record.done, record.total) if record else (0, job.details.get("steps", 0))
         if job.status == "running":
             return _training_phase(record, step, steps)
         where = f", {step} of {steps} steps"
@@ -98,15 +80,23 @@ def phase_line(job: Job) -> str:
     return f"phase: {job.status}{where}"
 
 
-def _training_phase(record: dict[str, Any], step: int, steps: int) -> str:
-    phase = record.get("phase")
-    if phase == "training":
-        return f"phase: step {step} of {steps}{_left(record.get('eta_s'))}"
-    if phase == "evaluating":
+def _preparing_phase(record: ProgressRecord | None) -> str:
+    if record is None:
+        return "phase: loading the models (speech recognition, Mimi)"
+    if record.phase == Phase.PREPARING and record.done < record.total:
+        return f"phase: preparing recording {record.done + 1} of {record.total}"
+    return "phase: writing the corpus and its QC report"
+
+
+def _training_phase(record: ProgressRecord | None, step: int, steps: int) -> str:
+    phase = record.phase if record else None
+    if phase == Phase.TRAINING:
+        return f"phase: step {step} of {steps}{_left(record.eta_s)}"
+    if phase == Phase.EVALUATING:
         return f"phase: evaluating at step {step} of {steps}"
-    if phase == "saving":
+    if phase == Phase.SAVING:
         return f"phase: saving {'the adapter' if step == steps else 'a checkpoint'} at step {step} of {steps}"
-    if phase == "done":
+    if phase == Phase.DONE:
         return f"phase: finishing, {step} of {steps} steps"
     return "phase: loading the base model and the corpus"
 
@@ -126,9 +116,9 @@ def job_view(studio: Studio, job_id: str | None) -> tuple[str, Any, Any, str, st
     if job.handled:
         lines.append(f"result: {job.note}")
     qc = ""
-    if job.kind == "prep":
+    if job.kind == "prep" and (qc_text := written(job, "qc_text")) is not None:
         try:
-            qc = (Path(job.details["output"]) / QC_TEXT).read_text()
+            qc = qc_text.read_text()
         except OSError:
             qc = ""
     losses = train_losses(job) if job.kind == "train" else []

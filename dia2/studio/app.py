@@ -127,6 +127,7 @@ def build_app(options: StudioOptions, *, scorer: ScorerFactory | None = None, st
     reference waveforms (default: dia2.evaluation's ClipScorer, when installed)."""
     import gradio as gr
 
+    from dia2.studio.adapt import job_ended
     from dia2.studio.adapt_view import build_adapt_tab
     from dia2.studio.compare import build_compare_tab, default_scorer
     from dia2.studio.speak import (
@@ -137,7 +138,7 @@ def build_app(options: StudioOptions, *, scorer: ScorerFactory | None = None, st
     )
     from dia2.studio.voices_tab import build_voices_tab
 
-    studio = studio or Studio(options)
+    studio = studio or Studio(options, job_ended)
     scorer = scorer or default_scorer(options.studio.whisper_model)
     prefixes = lambda: [NO_VOICE, *studio.prefix_voices()]
     with gr.Blocks(title="Dia2 studio", analytics_enabled=False) as demo:

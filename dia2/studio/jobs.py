@@ -13,6 +13,11 @@ the studio itself: a page reload, or a studio started again on the same work fol
 spelling of its path), finds every job with its progress and result. Cancelling sends SIGTERM,
 which the runner passes on (the trainer stops like Ctrl-C and keeps its last checkpoint; data
 prep keeps what it cached). A folder whose job.json cannot be read is listed as damaged.
+
+Before a job starts, `check_command` runs its command line as a check-only run (`--check`,
+`dia2.console.check_only`): the command refuses a bad input in its own words, before a job
+exists, and names the files the run will write (its progress record among them), which the
+studio keeps in the job's details and reads while it runs.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -32,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dia2.console import CHECK_FLAG, REFUSED
 from dia2.errors import Dia2Error
 from dia2.studio.runner import CANCEL, EXIT, LOG, SPEC
 
@@ -48,10 +56,17 @@ STARTING_GRACE_S = 60.0
 """A job with no runner pid yet is starting (its runner is being spawned) for this long; after it,
 the studio that started it stopped before it could record one, and the job counts as failed."""
 Status = Literal["running", "done", "failed", "cancelled", "damaged"]
+CHECK_TIMEOUT_S = 120.0
+"""How long a check-only run may take (it imports the command's modules and looks at its inputs)."""
+_ERROR_LINE = re.compile(r"^\S+: error: (.*)$")
 
 
 class JobError(Dia2Error, ValueError):
     """A job that does not exist or cannot be cancelled; the message says which and why."""
+
+
+class CheckRefused(JobError):
+    """A command's check-only run refused its command line; the message is the command's own."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +216,31 @@ class JobStore:
                     logger.exception("acting on the end of job %s failed", job.id)
                     note = f"{type(exc).__name__}: {exc}"
             _write_json(job.folder / HANDLED, {"note": note, "at": time.time()})
+
+
+def check_command(argv: list[Any], *, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `argv` as a check-only run (`argv --check`) and return what it prints: {"writes":
+    {role: path}, facts...}. CheckRefused with the command's one-line error when it refuses its
+    command line; JobError when it fails in another way (the check could not run)."""
+    command = [*map(str, argv), CHECK_FLAG]
+    try:
+        done = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise JobError(f"checking {shlex.join(command)} took over {CHECK_TIMEOUT_S:.0f} s: is the machine busy? "
+                       "Try again") from None
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [m.group(1) for m in map(_ERROR_LINE.match, lines) if m]
+    if done.returncode == REFUSED and errors:
+        raise CheckRefused(errors[-1])
+    try:
+        result = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+    except (IndexError, ValueError):
+        result = None
+    if not isinstance(result, dict) or not isinstance(result.get("writes"), dict):
+        said = (errors or lines or [done.stdout.strip() or "nothing"])[-1]
+        raise JobError(f"checking {shlex.join(command)} failed (exit code {done.returncode}): {said}")
+    return result
 
 
 def _read_job(folder: Path) -> Job:

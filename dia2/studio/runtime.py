@@ -39,9 +39,10 @@ class StudioError(Dia2Error, ValueError):
 
 class Studio:
     """The loaded studio: `tts`, `engine`, `voices` (VoiceStore), `adapters` (VoiceAdapters),
-    `jobs` (JobStore), and the folders of its work."""
+    `jobs` (JobStore), and the folders of its work. `on_job_end(studio, job) -> note`: what the
+    studio does when a background job ends (the Adapt tab's `dia2.studio.adapt.job_ended`)."""
 
-    def __init__(self, options: Any) -> None:
+    def __init__(self, options: Any, on_job_end: Callable[[Studio, Job], str]) -> None:
         from dia2.launch.model import load_tts, offer_adapters
         from dia2.serving.engine import Engine
         from dia2.serving.voice_adapters import VoiceAdapters, load_stored_adapters
@@ -66,9 +67,7 @@ class Studio:
         self.work = Path(s.work).resolve()  # jobs record absolute paths: a restart may spell --work otherwise
         for sub in ("corpora", "runs", "outputs"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
-        from dia2.studio.adapt import job_ended
-
-        self.jobs = JobStore(self.work / "jobs", functools.partial(job_ended, self))
+        self.jobs = JobStore(self.work / "jobs", functools.partial(on_job_end, self))
 
     def make_voice(self, speaker_1: np.ndarray, speaker_2: np.ndarray | None = None,
                    transcript: str | None = None) -> Voice:

@@ -15,7 +15,7 @@ def tiny_en() -> str:
 @pytest.fixture(scope="module")
 def prep_model(tiny_bundle_dir):
     from data_prep.config import CorpusModelOptions
-    from data_prep.pipeline import load_prep_model
+    from data_prep.work import load_prep_model
 
     return load_prep_model(CorpusModelOptions(model=str(tiny_bundle_dir)))
 

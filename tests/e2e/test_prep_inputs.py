@@ -18,7 +18,7 @@ from data_prep.config import (
     PrepConfig,
     RunOptions,
 )
-from data_prep.pipeline import NothingKeptError, run_prep
+from data_prep.pipeline import run_prep
 from data_prep.results import (
     CLIPPED,
     EMPTY,
@@ -28,6 +28,7 @@ from data_prep.results import (
     UNREADABLE,
 )
 from data_prep.transcribe import asr_transcriber
+from data_prep.work import NothingKeptError
 from tests.asr_checks import MAX_WER, assert_heard, assert_starts_near
 from tests.conftest import REPO_ROOT
 

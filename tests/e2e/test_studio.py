@@ -432,6 +432,36 @@ def test_a_restart_with_another_spelling_of_the_work_folder_finds_running_jobs(t
     assert store.get(stale.name).status == "failed"
 
 
+def test_a_commands_check_is_its_verdict_and_a_role_it_does_not_name_is_refused(tmp_path):
+    """The studio takes a command's check-only run as it comes: what it prints, its refusal in
+    its own words, a failure to check as such; and a file the page reads that the check does not
+    name refuses the start (the studio and the command are from different versions)."""
+    import sys
+
+    from dia2.studio.adapt import PREP_READS, _checked
+    from dia2.studio.jobs import CheckRefused, JobError, check_command
+
+    def command(code: str) -> list[str]:
+        return [sys.executable, "-c", code]  # the check appends --check, which `python -c` ignores
+
+    writes = {role: str(tmp_path / role) for role in ("corpus", *PREP_READS)}
+    assert check_command(command(f"import sys, json; assert sys.argv[-1] == '--check'; print(json.dumps({{'writes': {writes!r}}}))")) \
+        == {"writes": writes}
+    refusal = command("import sys; print('usage: x', file=sys.stderr); print('x: error: --min-seconds 5.0 is too much', "
+                      "file=sys.stderr); sys.exit(2)")
+    with pytest.raises(CheckRefused, match=r"^--min-seconds 5.0 is too much$"):
+        check_command(refusal)
+    assert "data prep: --min-seconds 5.0 is too much" == message_of(lambda: _checked(refusal, "data prep", PREP_READS))
+    with pytest.raises(JobError, match="failed \\(exit code 1\\): ZeroDivisionError: division by zero"):
+        check_command(command("1 / 0"))
+    with pytest.raises(JobError, match="failed \\(exit code 0\\): not json"):
+        check_command(command("print('not json')"))
+    renamed = {("record" if role == "progress" else role): path for role, path in writes.items()}
+    text = message_of(lambda: _checked(command(f"import json; print(json.dumps({{'writes': {renamed!r}}}))"), "data prep",
+                                       PREP_READS))
+    assert "names no progress file" in text and "different versions" in text
+
+
 def test_a_damaged_job_is_listed_as_damaged_and_hides_nothing(tmp_path, caplog):
     import json
 
@@ -471,16 +501,26 @@ def sleeping_jobs(folder: Path):
     return SleepingJobs(folder)
 
 
+@pytest.fixture
+def embedded_tiny(tiny_cache, monkeypatch) -> None:
+    """`tiny` is the session's tiny bundle, for the commands' checks too (they run as children)."""
+    monkeypatch.setenv("DIA2_CACHE", str(tiny_cache))
+
+
 def adapt_studio(tmp_path: Path, presets: Path = REPO_ROOT / "configs" / "train", **model):
-    """What the Adapt functions use of a studio (folders, options, jobs, voices), without a model."""
+    """What the Adapt functions use of a studio (folders, options, jobs, voices), without a model;
+    corpus c has the meta the trainer's check reads (its rows are never trained on)."""
     from types import SimpleNamespace
 
+    from dia2.data.corpus import CorpusMeta
     from dia2.launch.model import ModelOptions
     from dia2.studio.app import StudioOptions, StudioSection
 
     work = tmp_path / "work"
     (work / "corpora" / "c" / "corpus").mkdir(parents=True)
-    (work / "corpora" / "c" / "corpus" / "corpus_meta.json").write_text("{}")
+    CorpusMeta(codec="tiny/mimi", codec_fingerprint="-", num_codebooks=8, tokenizer="tiny", tokenizer_fingerprint="-",
+               frame_rate=12.5, sample_rate=24000, delay_pattern=(0,), asr_model="-", tool_version="-",
+               ).save(work / "corpora" / "c" / "corpus")
     options = StudioOptions(model=ModelOptions(model="tiny", device="cpu", **model),
                             studio=StudioSection(work=work, presets=presets))
     return SimpleNamespace(work=work, options=options, jobs=sleeping_jobs(work / "jobs"),
@@ -509,7 +549,7 @@ def race(call, times: int = 2) -> tuple[list, list[str]]:
     return returned, errors
 
 
-def test_two_clicks_start_one_job_per_output_folder(tmp_path):
+def test_two_clicks_start_one_job_per_output_folder(tmp_path, embedded_tiny):
     from dia2.studio.adapt import start_prep, start_train
 
     studio = adapt_studio(tmp_path)
@@ -522,6 +562,7 @@ def test_two_clicks_start_one_job_per_output_folder(tmp_path):
         assert "corpus 'c' is being trained on" in text, "data prep would rewrite the corpus under the trainer"
         recordings = tmp_path / "recordings"
         recordings.mkdir()
+        shutil.copyfile(FIXTURES / "voice_a.flac", recordings / "take.flac")  # what data prep's check looks for
         jobs, errors = race(lambda: start_prep(studio, "d", None, str(recordings)))
         assert len(jobs) == 1 and len(errors) == 1 and "corpus 'd' is being prepared already" in errors[0]
     finally:
@@ -538,15 +579,14 @@ def message_of(call) -> str:
     return str(info.value)
 
 
-def test_adapt_refuses_bad_options_and_other_bases_before_starting(tmp_path):
+def test_adapt_refuses_bad_options_and_other_bases_before_starting(tmp_path, embedded_tiny):
     from dia2.studio.adapt import start_prep, start_train
 
     studio = adapt_studio(tmp_path)
     train = lambda extra, steps=3: start_train(studio, "c", "tiny-cpu.yaml", steps, "me", extra)
+    # The trainer's own check refuses (each refusal of it: test_check_runs.py), in its own words.
     text = message_of(lambda: train("optim.steps=abc", steps=None))
-    assert "optim.steps" in text and "ValueError" not in text
-    assert "optim.lr" in message_of(lambda: train("optim.lr=fast"))
-    assert "optim.stepz" in message_of(lambda: train("optim.stepz=3"))  # an unknown key, with the valid ones
+    assert text.startswith("training options: ") and "optim.steps" in text and "ValueError" not in text
     assert "the studio sets" in message_of(lambda: train("output.name=other"))
     assert studio.jobs.list() == [], "nothing started"
     other = adapt_studio(tmp_path / "other", config=Path("my-config.json"), tokenizer="my-tokenizer")
@@ -557,7 +597,7 @@ def test_adapt_refuses_bad_options_and_other_bases_before_starting(tmp_path):
     assert "--presets FOLDER" in message_of(lambda: start_train(installed, "c", None, 3, "me", ""))
 
 
-def test_each_successful_prep_replaces_the_corpus_recordings(tmp_path):
+def test_each_successful_prep_replaces_the_corpus_recordings(tmp_path, embedded_tiny):
     from functools import partial
 
     from dia2.studio.adapt import job_ended, recordings_folder, start_prep

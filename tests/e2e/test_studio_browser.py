@@ -407,8 +407,10 @@ report = {"files": {"found": 3, "kept": 3, "skipped": 0, "without_utterances": 0
 
 def test_a_job_that_ends_shows_its_status_corpus_figures_and_latest_log_lines(live, page):
     corpus = live.work / "corpora" / "fake-prep" / "corpus"
+    writes = {"progress": str(corpus / "progress.json"), "qc_report": str(corpus / "qc_report.json"),
+              "qc_text": str(corpus / "qc_report.txt")}  # what data prep's check names
     job = live.studio.jobs.start("prep", "prepare 'fake-prep'", [sys.executable, "-c", FAKE_PREP, str(corpus)],
-                                 details={"name": "fake-prep", "output": str(corpus)})
+                                 details={"name": "fake-prep", "output": str(corpus), "writes": writes})
     reload(page)  # the page finds the running job
     open_tab(page, "Adapt")
     wait(page, lambda d: "(running)" in (value_of(d, "adapt-job") or ""), 30, what="job-running")

@@ -17,6 +17,7 @@ import finetune.train
 from dia2.generation.runtime import Dia2
 from dia2.model.adapters import AdaptedModel, load_adapter, lora_model
 from dia2.model.network import Dia2Model
+from dia2.progress import read_progress
 from finetune.outputs import RunPaths, read_metrics
 from finetune.train import main
 from tests.conftest import REPO_ROOT, random_tokens
@@ -69,8 +70,8 @@ def test_a_run_writes_exactly_its_files(finished, tiny_bundle_dir):
     merged = {f"merged/{f}" for f in files_under(tiny_bundle_dir) - {"README.md"}}
     assert files_under(finished.root) == ({"config.yaml", "metrics.jsonl", "progress.json", "loss.png"}
                                           | checkpoint | samples | adapter | merged)
-    progress = json.loads(finished.progress.read_text())
-    assert (progress["phase"], progress["step"], progress["steps"]) == ("done", 4, 4), "the studio's phase line reads it"
+    progress = read_progress(finished.progress)
+    assert (progress.phase, progress.done, progress.total, progress.unit) == ("done", 4, 4, "step"), "the studio reads it"
     records = read_metrics(finished.metrics)
     assert [(r["step"], r["split"]) for r in records] == [
         (0, "eval"), (1, "train"), (2, "train"), (2, "eval"), (3, "train"), (4, "train"), (4, "eval")]

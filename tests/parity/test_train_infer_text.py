@@ -170,7 +170,8 @@ def prepared(tmp_path_factory, tiny_bundle_dir):
         SegmentOptions,
         SpeakerOptions,
     )
-    from data_prep.pipeline import load_prep_model, run_prep
+    from data_prep.pipeline import run_prep
+    from data_prep.work import load_prep_model
     from data_prep.transcribe import asr_transcriber
 
     model = load_prep_model(CorpusModelOptions(model=str(tiny_bundle_dir)))

@@ -173,9 +173,9 @@ def test_the_corpus_folder_and_the_hub_upload(tmp_path, monkeypatch):
 
 
 def test_the_studio_shows_kept_and_read_time_from_the_report(tmp_path):
-    from dia2.studio.adapt import QC_JSON, qc_summary
+    from dia2.studio.adapt import qc_summary
 
     first = {**dialogue_row(), "duration": 6.0, "source_start": 0.2, "source_end": 5.5}
-    write_report(build_report([FileResult("talk.wav", 9.5, None, [first], [])], [], ("ann", "bob"), {"talk.wav": "train"}), tmp_path)
-    assert QC_JSON == "qc_report.json"
-    assert "1 utterance(s), 5.3 s kept of 9.5 s read, from 1 of 1 recording(s)" in qc_summary(tmp_path)
+    report = build_report([FileResult("talk.wav", 9.5, None, [first], [])], [], ("ann", "bob"), {"talk.wav": "train"})
+    json_path, _ = write_report(report, tmp_path)  # where the studio finds it: e2e/test_check_runs.py
+    assert "1 utterance(s), 5.3 s kept of 9.5 s read, from 1 of 1 recording(s)" in qc_summary(json_path)

@@ -15,7 +15,8 @@ from data_prep.config import (
     SpeakerOptions,
     check_context_budget,
 )
-from data_prep.pipeline import check_output, recorded_identity
+from data_prep.pipeline import check_output
+from data_prep.work import recorded_identity
 from data_prep.sources import collect_sources
 from dia2.options import field_docs
 

@@ -61,7 +61,7 @@ def embedded_tiny(tiny_bundle_dir, tmp_path, monkeypatch):
 
 def test_tiny_is_a_model_source_for_the_python_api_and_data_prep(embedded_tiny):
     from data_prep.config import CorpusModelOptions
-    from data_prep.pipeline import load_prep_model
+    from data_prep.work import load_prep_model
     from dia2.generation.runtime import Dia2
     from dia2.model.assets import ModelSource
 
@@ -112,12 +112,13 @@ def test_a_missing_device_is_refused_before_anything_loads(device, message, monk
 
 def test_data_prep_refuses_a_missing_asr_device_before_loading_the_model(tmp_path, monkeypatch):
     import data_prep.pipeline
+    import data_prep.work
     import dia2.device
     from data_prep.config import AsrOptions, PrepConfig
     from dia2.device import DeviceError
 
     monkeypatch.setattr(dia2.device.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(data_prep.pipeline, "load_prep_model", lambda options: pytest.fail("model loaded"))
+    monkeypatch.setattr(data_prep.work, "load_prep_model", lambda options: pytest.fail("model loaded"))
     audio = tmp_path / "in"
     audio.mkdir()
     (audio / "a.wav").write_bytes(b"")
