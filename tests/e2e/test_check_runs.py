@@ -17,7 +17,7 @@ import pytest
 
 import finetune.train
 from data_prep.cli import main as prep_main
-from data_prep.config import AsrOptions, ModelOptions, PrepConfig, RunOptions
+from data_prep.config import AsrOptions, CorpusModelOptions, PrepConfig, RunOptions
 from data_prep.pipeline import check_run, run_prep
 from data_prep.qc import JSON_FILE, TEXT_FILE
 from dia2.data.corpus import META_FILE, CorpusMeta
@@ -150,7 +150,7 @@ def prepared(tiny_bundle_dir, prep_model, whisper, tiny_en, tmp_path_factory) ->
     root = tmp_path_factory.mktemp("prep")
     (root / "recordings").mkdir()
     shutil.copyfile(VOICE, root / "recordings" / "take.flac")
-    config = PrepConfig(root / "recordings", root / "corpus", model=ModelOptions(model=str(tiny_bundle_dir)),
+    config = PrepConfig(root / "recordings", root / "corpus", model=CorpusModelOptions(model=str(tiny_bundle_dir)),
                         asr=AsrOptions(asr_model=tiny_en), run=RunOptions(threads=1, progress=False))
     plan, started = check_run(config), time.time()
     run_prep(config, prep_model, whisper)
