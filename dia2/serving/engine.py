@@ -24,8 +24,12 @@ those `Dia2.generate`/`stream` give for it alone with the same seed, whatever sh
 and whenever it joined, up to the float rounding of a batched matmul (a token could flip only
 where two choices tie to ~1e-6).
 
-Cache rows are kept dense: rows 0..R-1 are in use, and a leaving request's rows are filled by
-moving the last rows into them, so every batched step is one slice of the caches (no gather).
+Cache rows are kept dense by the row table (`dia2.serving.rows`): rows 0..R-1 are in use, so
+every batched step is one slice of the caches (no gather), each row at its own position.
+
+The engine and a client meet at a `Channel` (`dia2.serving.requests`): the engine delivers a
+request's updates into it and reads its cancel; the client's `Handle` reads the channel and asks
+the engine only what `requests.Driver` names (step, withdraw, running, codec).
 """
 
 from __future__ import annotations
@@ -42,24 +46,28 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from dia2.generation.long_form import LongForm, tail_frames
 from dia2.generation.config import GenerationConfig
-from dia2.generation.loop import FrameUpdate, Rows, Utterance
+from dia2.generation.graphs import GraphedBatchKernels
+from dia2.generation.kernels import BatchKernels, FrameInputs, Rows
+from dia2.generation.long_form import LongForm, tail_frames
+from dia2.generation.loop import FrameUpdate, Utterance
 from dia2.generation.runtime import Dia2, seed_of
 from dia2.generation.sampling import KEEP_ALL, RowSampling, sample_action
 from dia2.model.network import Dia2Model
-from dia2.serving.batch import BatchKernels, FrameInputs, GraphedBatchKernels
 from dia2.serving.requests import (
     Cancelled,
+    Channel,
     EngineError,
     EngineFull,
     Handle,
     Request,
     StreamedText,
 )
+from dia2.serving.rows import RowTable
 from dia2.text.script import ScriptParser
 
 if TYPE_CHECKING:
+    from dia2.audio.codec import MimiCodec
     from dia2.model.lora_bank import LoraBank
 
 __all__ = ["Engine", "EngineConfig", "EngineError", "EngineFull", "Handle", "Request"]
@@ -94,20 +102,19 @@ class EngineConfig:
 
 
 class _Job:
-    """A request in the engine: its handle, seed, adapter and, once admitted, its utterance,
-    cache rows and the model outputs its next step samples from."""
+    """A request in the engine: its channel, seed, adapter and, once admitted, its utterance and
+    the action its next step takes (its cache rows are the row table's)."""
 
-    def __init__(self, handle: Handle, seed: int) -> None:
-        self.handle, self.seed_value = handle, seed
+    def __init__(self, channel: Channel, seed: int) -> None:
+        self.channel, self.seed_value = channel, seed
         self.adapter = 0  # its adapter's index in the bank, resolved when it takes a slot
         self.seed: Tensor | None = None  # [1] on the device, with the sampling settings (first prefill)
         self.text_params: RowSampling | None = None
         self.audio_params: RowSampling | None = None
-        self.request = handle.request
+        self.request = channel.request
         self.utterance: Utterance | None = None
         self.speech: LongForm | None = None  # a whole script, spoken part after part
         self.prefilled = False
-        self.rows: list[int] = []
         self.action: Tensor | None = None  # [1]: the next column's action, drawn, not yet taken
 
     @property
@@ -130,7 +137,7 @@ class _Job:
     def emit(self, item: FrameUpdate | BaseException) -> None:
         if isinstance(item, FrameUpdate) and self.speech is not None:
             item = self.speech.record(item)
-        self.handle._deliver(item)
+        self.channel.deliver(item)
 
 
 def sampling_tensors(
@@ -174,19 +181,9 @@ class Engine:
                 f"{2 * tail_frames(context)} frames of each part into the next: raise it to at least that"
             )
         self.length = context + config.max_prefix_frames
-        max_rows = 2 * config.slots
-        self.state = self.model.new_state(max_rows, self.length)
-        self.state.position = torch.zeros(max_rows, dtype=torch.long, device=self.model.device)
+        self.table: RowTable[_Job] = RowTable(self.model, 2 * config.slots, self.length)  # up to two rows a slot
         self.kernels = GraphedBatchKernels(self.model) if config.cuda_graph else BatchKernels(self.model)
-        # Per row, what its next audio step reads: the decoder's hidden and cb0 logits of its last
-        # column (from its prefill or the last batched step), and its next column's text.
-        cfg, device = self.model.config, self.model.device
-        self._hidden = torch.zeros(max_rows, cfg.model.decoder.n_embd, dtype=self.model.compute_dtype, device=device)
-        self._cb0 = torch.zeros(max_rows, cfg.data.audio_vocab_size, device=device)
-        self._text = torch.zeros(max_rows, 2, dtype=torch.long, device=device)
-        self._columns = torch.zeros(max_rows, cfg.data.channels, 1, dtype=torch.long, device=device)
         self._filler = _Filler(self.model) if config.cuda_graph else None
-        self._owners: list[_Job] = []  # cache row -> its job; rows 0..len-1 are in use
         self._jobs: list[_Job] = []  # jobs holding a slot
         self._queue: deque[_Job] = deque()
         self._numbers = itertools.count(1)
@@ -219,10 +216,10 @@ class Engine:
                     f"all {self.config.slots} slots are busy and {waiting} requests are queued "
                     f"(EngineConfig.max_queued = {self.config.max_queued}): retry later"
                 )
-            job = _Job(Handle(self, request, next(self._numbers)), seed_of(request.config))
+            job = _Job(Channel(request, next(self._numbers)), seed_of(request.config))
             self._queue.append(job)
             self._lock.notify_all()
-        return job.handle
+        return Handle(job.channel, self)
 
     @property
     def busy_slots(self) -> int:
@@ -311,11 +308,15 @@ class Engine:
         with self._lock:
             self._lock.notify_all()
 
-    def _withdraw(self, handle: Handle) -> None:
-        """A cancelled request that is still queued leaves the queue now (its place is free for the
-        next `submit`); one in a slot leaves at the next frame boundary."""
+    @property
+    def codec(self) -> MimiCodec:
+        return self.tts.codec
+
+    def withdraw(self, channel: Channel) -> None:
+        """A cancelled request (`Handle.cancel`) that is still queued leaves the queue now (its
+        place is free for the next `submit`); one in a slot leaves at the next frame boundary."""
         with self._lock:
-            job = next((j for j in self._queue if j.handle is handle), None)
+            job = next((j for j in self._queue if j.channel is channel), None)
             if job is not None:
                 self._queue.remove(job)
             self._lock.notify_all()
@@ -338,7 +339,7 @@ class Engine:
                         self._finish(job, exc)
 
     def _has_work(self) -> bool:
-        return bool(self._queue) or any(not j.waiting or j.handle.cancelled for j in self._jobs)
+        return bool(self._queue) or any(not j.waiting or j.channel.cancelled for j in self._jobs)
 
     # --- one frame -----------------------------------------------------------------------------
 
@@ -369,10 +370,10 @@ class Engine:
 
     def _drop_cancelled(self) -> None:
         with self._lock:
-            for job in [j for j in self._queue if j.handle.cancelled]:
+            for job in [j for j in self._queue if j.channel.cancelled]:
                 self._queue.remove(job)
                 job.emit(Cancelled())
-        for job in [j for j in self._jobs if j.handle.cancelled]:
+        for job in [j for j in self._jobs if j.channel.cancelled]:
             self._finish(job, Cancelled())
 
     def _admit(self) -> None:
@@ -383,7 +384,7 @@ class Engine:
                     return
                 job = self._queue.popleft()
                 self._jobs.append(job)  # under the lock: `queued` never sees it in neither
-            job.handle.admitted = time.perf_counter()
+            job.channel.admitted = time.perf_counter()
             try:
                 job.adapter = self._adapter_index(job.request.adapter)  # under the frame lock: it cannot change
                 job.utterance = self._utterance(job)
@@ -401,7 +402,7 @@ class Engine:
         else:
             feed = StreamedText(request.script, ScriptParser(tts.tokenizer, tts.ids), self._wake)
             plan = tts.plan([], request.config, request.voice, feed)
-        utterance = Utterance(self.model, *plan)
+        utterance = Utterance(self.model, plan)
         if utterance.capacity > self.length:
             raise EngineError(
                 f"the request needs {utterance.capacity} frames but a slot holds {self.length}: shorten the voice "
@@ -422,36 +423,28 @@ class Engine:
     def _prefill(self, job: _Job) -> None:
         utterance = job.utterance
         assert utterance is not None
-        start, n = len(self._owners), utterance.branches
-        job.rows = list(range(start, start + n))
-        self._owners += [job] * n
-        rows = self.state.rows(start, start + n, filled=0)
-        rows.position.zero_()
+        n, columns = utterance.branches, utterance.prefill_columns()
+        rows = self.table.claim(job, n)
         with self.kernels.routed(torch.full((n,), job.adapter, device=self.model.device)):
-            out = self.model.prefill(utterance.prefill_columns(), rows)
+            out = self.model.prefill(columns, rows)
         job.sampling(self.model, self._width)
         alone = Rows.of([n], self.model.device)
         job.action = sample_action(out.action_logits[:, -1], alone.cond, alone.uncond, job.text_params, job.seed, self._steps([job]))
-        self._hidden[start : start + n] = out.hidden[:, -1]
-        self._cb0[start : start + n] = out.cb0_logits[:, -1]
+        self.table.keep(job, out.hidden[:, -1], out.cb0_logits[:, -1], columns.shape[-1])
         job.prefilled = True
         job.emit(utterance.first_update())
-
-    def _batch_jobs(self) -> list[_Job]:
-        """The jobs holding cache rows, in the order of their first row."""
-        return sorted({id(j): j for j in self._owners}.values(), key=lambda j: j.rows[0])
 
     def _advance(self) -> list[_Job]:
         """Step the state machine of every utterance that can; those waiting for text sit out.
         The actions come to the host together: one device sync for the frame."""
-        jobs = self._batch_jobs()
+        jobs = self.table.owners()
         actions = torch.cat([j.action for j in jobs]).tolist() if jobs else []
         advancing = []
         for job, action in zip(jobs, actions):
             try:
                 if not job.utterance.ready():
                     continue
-                self._text[job.rows] = job.utterance.advance(action)
+                self.table.set_text(job, job.utterance.advance(action))
                 advancing.append(job)
             except Exception as exc:
                 self._finish(job, exc)
@@ -460,10 +453,9 @@ class Engine:
     def _audio(self, advancing: list[_Job]) -> None:
         """Codebook 0 and every depformer stage of every job's next column, one batched pass;
         the codes of jobs waiting for text are dropped."""
-        jobs, R = self._batch_jobs(), self._batch_rows()
-        inputs = self._inputs(jobs, R)
-        state = self.state.rows(0, R, filled=0)
-        codes = self.kernels.audio(self._hidden[:R], self._cb0[:R], self._text[:R], state, inputs)
+        table, R = self.table, self._batch_rows()
+        jobs = table.owners()
+        codes = self.kernels.audio(table.hidden[:R], table.cb0[:R], table.text[:R], table.batch(R), self._inputs(jobs, R))
         stepping = set(map(id, advancing))
         for job, c in zip(jobs, codes):
             if id(job) not in stepping:
@@ -479,7 +471,7 @@ class Engine:
         if job.speech is None or job.speech.last_part:
             self._finish(job, None)
             return
-        self._release_rows(job)
+        self.table.release(job)
         job.prefilled = False
         try:
             job.utterance = self._utterance(job)
@@ -492,26 +484,20 @@ class Engine:
         Rows of jobs waiting for text run too (the batch is one slice of the caches): they write
         at their next column, which their own next step overwrites, and their outputs are dropped.
         """
-        jobs, R = self._batch_jobs(), self._batch_rows()
-        stepping = set(map(id, continuing))
-        positions = [0] * R
+        table, R = self.table, self._batch_rows()
+        jobs, stepping = table.owners(), set(map(id, continuing))
         for job in jobs:
-            column = job.utterance.next_column()
-            for branch, row in enumerate(job.rows):
-                self._columns[row] = column[branch]
-                positions[row] = job.utterance.column + (0 if id(job) in stepping else 1)
-        state = self.state.rows(0, R, filled=max(positions))
-        state.position.copy_(torch.tensor(positions))
-        action, hidden, cb0 = self.kernels.head(self._columns[:R], state, self._inputs(jobs, R))
+            table.set_column(job, job.utterance.next_column())
+        action, hidden, cb0 = self.kernels.head(table.columns[:R], table.at_positions(R), self._inputs(jobs, R))
         for i, job in enumerate(jobs):
             if id(job) in stepping:
                 job.action = action[i : i + 1].clone()  # a graph overwrites its outputs at the next replay
-                self._hidden[job.rows] = hidden[job.rows]
-                self._cb0[job.rows] = cb0[job.rows]
+                rows = table.rows(job)
+                table.keep(job, hidden[rows], cb0[rows], 1)
 
     def _batch_rows(self) -> int:
         """Rows one batched call runs: those in use (eager), or all (graphs: one fixed shape)."""
-        return self.state.position.shape[0] if self.config.cuda_graph else len(self._owners)
+        return self.table.size if self.config.cuda_graph else len(self.table)
 
     @property
     def _width(self) -> int | None:
@@ -524,12 +510,14 @@ class Engine:
         device = self.model.device
         pad = self.config.slots - len(jobs) if self.config.cuda_graph else 0
         index = {id(j): i for i, j in enumerate(jobs)}
-        owner = [index[id(self._owners[r])] if r < len(self._owners) else 0 for r in range(rows)]
-        adapters = [self._owners[r].adapter if r < len(self._owners) else 0 for r in range(rows)]
+        owners = self.table.owner_of_rows(rows)
+        owner = [index[id(o)] if o is not None else 0 for o in owners]
+        adapters = [o.adapter if o is not None else 0 for o in owners]
         as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=device)
         settings = [*jobs, *[self._filler] * pad]
+        first, last = [self.table.rows(j)[0] for j in jobs], [self.table.rows(j)[-1] for j in jobs]
         return FrameInputs(
-            Rows(as_tensor([j.rows[0] for j in jobs] + [0] * pad), as_tensor([j.rows[-1] for j in jobs] + [0] * pad), as_tensor(owner)),
+            Rows(as_tensor(first + [0] * pad), as_tensor(last + [0] * pad), as_tensor(owner)),
             as_tensor(adapters),
             torch.cat([j.seed for j in settings]),
             as_tensor([j.utterance.draw_step for j in jobs] + [0] * pad),
@@ -545,28 +533,8 @@ class Engine:
         """Take a job out of its slot, free its cache rows, and end its handle with `error`."""
         if job in self._jobs:
             self._jobs.remove(job)
-        self._release_rows(job)
+        self.table.release(job)
         if error is not None:
             if not isinstance(error, Cancelled):
-                logger.info("request %d failed: %s", job.handle.number, error)
+                logger.info("request %d failed: %s", job.channel.number, error)
             job.emit(error)
-
-    def _release_rows(self, job: _Job) -> None:
-        """Free a job's cache rows, moving the last rows in use into the holes (rows stay dense)."""
-        holes = sorted(job.rows)
-        job.rows = []
-        if not holes:
-            return
-        keep = len(self._owners) - len(holes)
-        movers = [r for r in range(keep, len(self._owners)) if r not in holes]
-        for src, dst in zip(movers, [h for h in holes if h < keep]):
-            owner = self._owners[src]
-            used = owner.utterance.column + 2  # columns written, plus a waiting row's overwritable one
-            for cache in self.state.decoder:
-                cache.k[dst, :, :used] = cache.k[src, :, :used]
-                cache.v[dst, :, :used] = cache.v[src, :, :used]
-            for buffer in (self._hidden, self._cb0, self._text):
-                buffer[dst] = buffer[src]
-            owner.rows[owner.rows.index(src)] = dst
-            self._owners[dst] = owner
-        del self._owners[keep:]

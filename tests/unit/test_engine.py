@@ -356,12 +356,12 @@ def test_adapters_load_and_unload_while_the_engine_runs(own_tts, adapter_dirs, t
 def cpu_graphs(monkeypatch):
     """GraphedBatchKernels on the CPU: the eager capture stand-in of test_graphs (a function
     bound to static input and output buffers, replayed by copying inputs in), no device refusal."""
-    from dia2.serving import batch
+    from dia2.generation import graphs
     from tests.unit.test_graphs import _EagerCapture
 
     _EagerCapture.captured = []
-    monkeypatch.setattr(batch, "Captured", _EagerCapture)
-    monkeypatch.setattr(batch, "check_capturable", lambda model: None)
+    monkeypatch.setattr(graphs, "Captured", _EagerCapture)
+    monkeypatch.setattr(graphs, "check_capturable", lambda model: None)
     return _EagerCapture.captured
 
 
