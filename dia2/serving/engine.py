@@ -24,8 +24,9 @@ those `Dia2.generate`/`stream` give for it alone with the same seed, whatever sh
 and whenever it joined, up to the float rounding of a batched matmul (a token could flip only
 where two choices tie to ~1e-6).
 
-Cache rows are kept dense by the row table (`dia2.serving.rows`): rows 0..R-1 are in use, so
-every batched step is one slice of the caches (no gather), each row at its own position.
+The engine schedules; the model work of a frame is its executor's (`dia2.serving.executor`),
+which keeps the cache rows dense (`dia2.serving.rows`: rows 0..R-1 in use, so every batched step
+is one slice of the caches, each row at its own position).
 
 The engine and a client meet at a `Channel` (`dia2.serving.requests`): the engine delivers a
 request's updates into it and reads its cancel; the client's `Handle` reads the channel and asks
@@ -44,16 +45,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
 
-from dia2.generation.config import GenerationConfig
-from dia2.generation.graphs import GraphedBatchKernels
-from dia2.generation.kernels import BatchKernels, FrameInputs, Rows
 from dia2.generation.long_form import LongForm, tail_frames
-from dia2.generation.loop import FrameUpdate, Utterance
+from dia2.generation.loop import Utterance
 from dia2.generation.runtime import Dia2, seed_of
-from dia2.generation.sampling import KEEP_ALL, RowSampling, sample_action
-from dia2.model.network import Dia2Model
+from dia2.serving.executor import FrameExecutor, Job
 from dia2.serving.requests import (
     Cancelled,
     Channel,
@@ -63,7 +59,6 @@ from dia2.serving.requests import (
     Request,
     StreamedText,
 )
-from dia2.serving.rows import RowTable
 from dia2.text.script import ScriptParser
 
 if TYPE_CHECKING:
@@ -101,63 +96,6 @@ class EngineConfig:
             raise EngineError("EngineConfig.max_queued and max_prefix_frames must be >= 0")
 
 
-class _Job:
-    """A request in the engine: its channel, seed, adapter and, once admitted, its utterance and
-    the action its next step takes (its cache rows are the row table's)."""
-
-    def __init__(self, channel: Channel, seed: int) -> None:
-        self.channel, self.seed_value = channel, seed
-        self.adapter = 0  # its adapter's index in the bank, resolved when it takes a slot
-        self.seed: Tensor | None = None  # [1] on the device, with the sampling settings (first prefill)
-        self.text_params: RowSampling | None = None
-        self.audio_params: RowSampling | None = None
-        self.request = channel.request
-        self.utterance: Utterance | None = None
-        self.speech: LongForm | None = None  # a whole script, spoken part after part
-        self.prefilled = False
-        self.action: Tensor | None = None  # [1]: the next column's action, drawn, not yet taken
-
-    @property
-    def waiting(self) -> bool:
-        """Whether it cannot go on until more of its streamed script arrives."""
-        feed = self.utterance.feed if self.utterance is not None else None
-        return isinstance(feed, StreamedText) and feed.waiting
-
-    @property
-    def config(self) -> GenerationConfig:
-        assert self.utterance is not None
-        return self.utterance.config
-
-    def sampling(self, model: Dia2Model, width: int | None) -> None:
-        """Its sampling settings and seed as tensors (once, at its first prefill)."""
-        if self.seed is not None:
-            return
-        self.text_params, self.audio_params, self.seed = sampling_tensors(self.config, self.seed_value, model, width)
-
-    def emit(self, item: FrameUpdate | BaseException) -> None:
-        if isinstance(item, FrameUpdate) and self.speech is not None:
-            item = self.speech.record(item)
-        self.channel.deliver(item)
-
-
-def sampling_tensors(
-    config: GenerationConfig, seed: int, model: Dia2Model, width: int | None
-) -> tuple[RowSampling, RowSampling, Tensor]:
-    """One utterance's action and audio sampling settings and its seed [1], on the model's device."""
-    c, device = config, model.device
-    text_vocab, audio_vocab = model.config.data.action_vocab_size, model.config.depformer_logit_size
-    text = RowSampling.of([(c.text, c.cfg_scale, c.cfg_filter_k)], text_vocab, device, width)
-    audio = RowSampling.of([(c.audio, c.cfg_scale, c.cfg_filter_k)], audio_vocab, device, width)
-    return text, audio, torch.tensor([seed], dtype=torch.long, device=device)
-
-
-class _Filler:
-    """What an unused slot passes to a graph replay: any valid settings (its draws are dropped)."""
-
-    def __init__(self, model: Dia2Model) -> None:
-        self.text_params, self.audio_params, self.seed = sampling_tensors(GenerationConfig(), 0, model, KEEP_ALL)
-
-
 class Engine:
     """A fixed number of slots generating at once on one `Dia2` runtime's model.
 
@@ -173,7 +111,6 @@ class Engine:
     def __init__(self, tts: Dia2, config: EngineConfig | None = None) -> None:
         self.tts, self.model = tts, tts.model
         self.config = config = config or EngineConfig()
-        self.num_codebooks = self.model.config.num_codebooks
         context = self.model.config.runtime.max_context_steps
         if config.max_prefix_frames < 2 * tail_frames(context):
             raise EngineError(
@@ -181,11 +118,9 @@ class Engine:
                 f"{2 * tail_frames(context)} frames of each part into the next: raise it to at least that"
             )
         self.length = context + config.max_prefix_frames
-        self.table: RowTable[_Job] = RowTable(self.model, 2 * config.slots, self.length)  # up to two rows a slot
-        self.kernels = GraphedBatchKernels(self.model) if config.cuda_graph else BatchKernels(self.model)
-        self._filler = _Filler(self.model) if config.cuda_graph else None
-        self._jobs: list[_Job] = []  # jobs holding a slot
-        self._queue: deque[_Job] = deque()
+        self.executor = FrameExecutor(self.model, config.slots, self.length, config.cuda_graph)
+        self._jobs: list[Job] = []  # jobs holding a slot
+        self._queue: deque[Job] = deque()
         self._numbers = itertools.count(1)
         self._lock = threading.Condition()  # guards the queue and wakes the engine thread
         self._step_lock = threading.Lock()  # one frame at a time; adapters change between frames
@@ -216,7 +151,7 @@ class Engine:
                     f"all {self.config.slots} slots are busy and {waiting} requests are queued "
                     f"(EngineConfig.max_queued = {self.config.max_queued}): retry later"
                 )
-            job = _Job(Channel(request, next(self._numbers)), seed_of(request.config))
+            job = Job(Channel(request, next(self._numbers)), seed_of(request.config))
             self._queue.append(job)
             self._lock.notify_all()
         return Handle(job.channel, self)
@@ -242,7 +177,7 @@ class Engine:
 
         with self._step_lock:
             if self.bank is None:
-                self.kernels.bank = LoraBank(self.model, self.config.max_adapters, self.config.max_adapter_rank)
+                self.executor.kernels.bank = LoraBank(self.model, self.config.max_adapters, self.config.max_adapter_rank)
             self.bank.load(name, adapter, revision)
 
     def unload_adapter(self, name: str) -> None:
@@ -260,7 +195,7 @@ class Engine:
 
     @property
     def bank(self) -> LoraBank | None:
-        return self.kernels.bank
+        return self.executor.kernels.bank
 
     @property
     def adapters(self) -> tuple[str, ...]:
@@ -355,17 +290,17 @@ class Engine:
                 self._failing(self._audio, advancing)
             continuing = [j for j in advancing if j in self._jobs and j.prefilled]
             if continuing:
-                self._failing(self._head, continuing)
+                self._failing(self.executor.head, continuing)
             with self._lock:
                 return bool(self._jobs or self._queue)
 
-    def _failing(self, work: Callable[[list[_Job]], None], jobs: list[_Job]) -> None:
+    def _failing(self, work: Callable[[list[Job]], None], jobs: list[Job]) -> None:
         """Run batched work; if it raises, every job in the batch fails (the queue goes on)."""
         try:
             work(jobs)
         except Exception as exc:  # a batched model call failed: its rows cannot be told apart
             logger.exception("a batched step failed for %d request(s)", len(jobs))
-            for job in self._batch_jobs():
+            for job in self.executor.jobs():
                 self._finish(job, exc)
 
     def _drop_cancelled(self) -> None:
@@ -391,7 +326,7 @@ class Engine:
             except Exception as exc:
                 self._finish(job, exc)
 
-    def _utterance(self, job: _Job) -> Utterance:
+    def _utterance(self, job: Job) -> Utterance:
         """The job's next utterance: its script's next part, or its streamed script."""
         tts, request = self.tts, job.request
         if isinstance(request.script, str):
@@ -416,124 +351,58 @@ class Engine:
             try:
                 if job.utterance is None or not job.utterance.prepare():
                     continue
-                self._prefill(job)
+                self.executor.prefill(job)
+                job.prefilled = True
+                job.emit(job.utterance.first_update())
             except Exception as exc:
                 self._finish(job, exc)
 
-    def _prefill(self, job: _Job) -> None:
-        utterance = job.utterance
-        assert utterance is not None
-        n, columns = utterance.branches, utterance.prefill_columns()
-        rows = self.table.claim(job, n)
-        with self.kernels.routed(torch.full((n,), job.adapter, device=self.model.device)):
-            out = self.model.prefill(columns, rows)
-        job.sampling(self.model, self._width)
-        alone = Rows.of([n], self.model.device)
-        job.action = sample_action(out.action_logits[:, -1], alone.cond, alone.uncond, job.text_params, job.seed, self._steps([job]))
-        self.table.keep(job, out.hidden[:, -1], out.cb0_logits[:, -1], columns.shape[-1])
-        job.prefilled = True
-        job.emit(utterance.first_update())
-
-    def _advance(self) -> list[_Job]:
+    def _advance(self) -> list[Job]:
         """Step the state machine of every utterance that can; those waiting for text sit out.
         The actions come to the host together: one device sync for the frame."""
-        jobs = self.table.owners()
+        jobs = self.executor.jobs()
         actions = torch.cat([j.action for j in jobs]).tolist() if jobs else []
         advancing = []
         for job, action in zip(jobs, actions):
             try:
                 if not job.utterance.ready():
                     continue
-                self.table.set_text(job, job.utterance.advance(action))
+                self.executor.table.set_text(job, job.utterance.advance(action))
                 advancing.append(job)
             except Exception as exc:
                 self._finish(job, exc)
         return advancing
 
-    def _audio(self, advancing: list[_Job]) -> None:
-        """Codebook 0 and every depformer stage of every job's next column, one batched pass;
-        the codes of jobs waiting for text are dropped."""
-        table, R = self.table, self._batch_rows()
-        jobs = table.owners()
-        codes = self.kernels.audio(table.hidden[:R], table.cb0[:R], table.text[:R], table.batch(R), self._inputs(jobs, R))
+    def _audio(self, advancing: list[Job]) -> None:
+        """Every job's next column's codes, one batched pass; those of the advancing jobs are
+        written and delivered (the codes of jobs waiting for text are dropped)."""
         stepping = set(map(id, advancing))
-        for job, c in zip(jobs, codes):
+        for job, codes in self.executor.audio():
             if id(job) not in stepping:
                 continue
-            update = job.utterance.write(c)
+            update = job.utterance.write(codes)
             job.emit(update)
             if update.done:
                 self._next_part(job)
 
-    def _next_part(self, job: _Job) -> None:
+    def _next_part(self, job: Job) -> None:
         """A finished utterance: the job's script goes on with its next part (prefilled into
         fresh rows at the next frame), or the job leaves its slot."""
         if job.speech is None or job.speech.last_part:
             self._finish(job, None)
             return
-        self.table.release(job)
+        self.executor.table.release(job)
         job.prefilled = False
         try:
             job.utterance = self._utterance(job)
         except Exception as exc:
             self._finish(job, exc)
 
-    def _head(self, continuing: list[_Job]) -> None:
-        """The decoder on each continuing job's new column, one step over all cache rows.
-
-        Rows of jobs waiting for text run too (the batch is one slice of the caches): they write
-        at their next column, which their own next step overwrites, and their outputs are dropped.
-        """
-        table, R = self.table, self._batch_rows()
-        jobs, stepping = table.owners(), set(map(id, continuing))
-        for job in jobs:
-            table.set_column(job, job.utterance.next_column())
-        action, hidden, cb0 = self.kernels.head(table.columns[:R], table.at_positions(R), self._inputs(jobs, R))
-        for i, job in enumerate(jobs):
-            if id(job) in stepping:
-                job.action = action[i : i + 1].clone()  # a graph overwrites its outputs at the next replay
-                rows = table.rows(job)
-                table.keep(job, hidden[rows], cb0[rows], 1)
-
-    def _batch_rows(self) -> int:
-        """Rows one batched call runs: those in use (eager), or all (graphs: one fixed shape)."""
-        return self.table.size if self.config.cuda_graph else len(self.table)
-
-    @property
-    def _width(self) -> int | None:
-        """Top-k width of the sampling settings: fixed under graphs (the vocabulary)."""
-        return KEEP_ALL if self.config.cuda_graph else None
-
-    def _inputs(self, jobs: list[_Job], rows: int) -> FrameInputs:
-        """The frame's inputs for `jobs` over `rows` rows; under graphs padded to every slot
-        (slots not in use read row 0 and draw nothing anyone keeps)."""
-        device = self.model.device
-        pad = self.config.slots - len(jobs) if self.config.cuda_graph else 0
-        index = {id(j): i for i, j in enumerate(jobs)}
-        owners = self.table.owner_of_rows(rows)
-        owner = [index[id(o)] if o is not None else 0 for o in owners]
-        adapters = [o.adapter if o is not None else 0 for o in owners]
-        as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=device)
-        settings = [*jobs, *[self._filler] * pad]
-        first, last = [self.table.rows(j)[0] for j in jobs], [self.table.rows(j)[-1] for j in jobs]
-        return FrameInputs(
-            Rows(as_tensor(first + [0] * pad), as_tensor(last + [0] * pad), as_tensor(owner)),
-            as_tensor(adapters),
-            torch.cat([j.seed for j in settings]),
-            as_tensor([j.utterance.draw_step for j in jobs] + [0] * pad),
-            RowSampling.cat([j.text_params for j in settings]),
-            RowSampling.cat([j.audio_params for j in settings]),
-        )
-
-    def _steps(self, jobs: list[_Job]) -> Tensor:
-        """The frame each job draws for next: [J] long on the model's device."""
-        return torch.tensor([j.utterance.draw_step for j in jobs], device=self.model.device)
-
-    def _finish(self, job: _Job, error: BaseException | None) -> None:
+    def _finish(self, job: Job, error: BaseException | None) -> None:
         """Take a job out of its slot, free its cache rows, and end its handle with `error`."""
         if job in self._jobs:
             self._jobs.remove(job)
-        self.table.release(job)
+        self.executor.table.release(job)
         if error is not None:
             if not isinstance(error, Cancelled):
                 logger.info("request %d failed: %s", job.channel.number, error)

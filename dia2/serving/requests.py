@@ -1,6 +1,9 @@
 """What a client of the serving engine holds: a `Request` to submit and the `Handle` it gets
 back (stream its audio, take the whole result, cancel it), plus the engine's errors.
 
+A handle and the engine share one `Channel` per request (its updates come out, a cancel goes in),
+and a handle asks the engine only what `Driver` names: this module imports no engine.
+
 A streamed script (an iterable of text pieces) is pumped by its own thread into a buffer that
 the engine reads without ever waiting (`StreamedText`), so a slow text source holds up only its
 own request.
