@@ -33,7 +33,8 @@ from machine import describe  # noqa: E402
 
 from dia2.generation.graphs import kernel_wrapper  # noqa: E402
 from dia2.generation.config import GenerationConfig
-from dia2.generation.loop import FrameKernels, FrameLoop  # noqa: E402
+from dia2.generation.kernels import FrameKernels  # noqa: E402
+from dia2.generation.loop import FrameLoop, UtterancePlan  # noqa: E402
 from dia2.model.config import load_config  # noqa: E402
 from dia2.model.network import Dia2Model  # noqa: E402
 from dia2.model.quant import MODES, int8_outlier_threshold  # noqa: E402
@@ -72,7 +73,7 @@ def full_loop(model: Dia2Model, machine: StateMachine, entries, config: Generati
     """One call on the kept kernels: frames/s, and seconds to the first completed audio frame."""
     sync(model.device)
     start = time.perf_counter()
-    loop = FrameLoop(model, machine, machine.new_state(entries), config, kernels=kernels, seed=0)
+    loop = FrameLoop(model, UtterancePlan(machine, machine.new_state(entries), config), kernels=kernels, seed=0)
     n, first_frame_s, first_codes = 0, None, None
     for update in loop:
         n += 1

@@ -323,7 +323,8 @@ def probe_syncs(args: argparse.Namespace) -> dict:
 
     from dia2.generation.graphs import CudaGraphKernels
     from dia2.generation.config import GenerationConfig
-    from dia2.generation.loop import FrameKernels, FrameLoop
+    from dia2.generation.kernels import FrameKernels
+    from dia2.generation.loop import FrameLoop, UtterancePlan
 
     model, machine, entries = _probe_setup(args)
     cuda = model.device.type == "cuda"
@@ -334,7 +335,7 @@ def probe_syncs(args: argparse.Namespace) -> dict:
         if mode == "cuda_graph":
             kernels = CudaGraphKernels(kernels)
         with torch.inference_mode():
-            frames = iter(FrameLoop(model, machine, machine.new_state(entries), config, kernels=kernels, seed=0))
+            frames = iter(FrameLoop(model, UtterancePlan(machine, machine.new_state(entries), config), kernels=kernels, seed=0))
             for _ in range(6):  # prefill, and the graphs' capture, before counting
                 next(frames)
             with warnings.catch_warnings(record=True) as caught:

@@ -1,10 +1,11 @@
-"""CUDA graphs and torch.compile for the generation loop, wrapped from outside the model.
+"""CUDA graphs and torch.compile for the frame kernels, wrapped from outside the model.
 
-`FrameKernels` (dia2.generation.loop) exposes a frame's tensor work as two pure functions:
-`head` (decoder step + action sampling) and `audio` (cb0 + every depformer stage, with their
-sampling). Here each is captured whole into one CUDA graph, so a frame costs two graph launches
-and one small host sync (the sampled action, which the state machine needs) instead of
-hundreds of kernel launches. Nothing in the model is patched.
+The frame kernels (`dia2.generation.kernels`: `FrameKernels` for one utterance, `BatchKernels`
+for a serving batch) expose a frame's tensor work as two pure functions: `head` (decoder step +
+action sampling) and `audio` (cb0 + every depformer stage, with their sampling). Here each is
+captured whole into one CUDA graph, so a frame costs two graph launches and one small host sync
+(the sampled action, which the state machine needs) instead of hundreds of kernel launches.
+Nothing in the model is patched.
 
 A graph is bound to what it was captured with: its input/output buffers and the decode state.
 Random draws need no RNG state (they are keyed by the seed and step input tensors,
@@ -13,6 +14,11 @@ decode state and the two graphs captured on it, and hands that state out again, 
 place, for the next utterance of that shape: a kernels object that is kept (as `Dia2` keeps it)
 captures once per shape, not once per utterance. Warm-up, capture and replay run on the model's
 device (its streams and graph memory pool), so `cuda:1` works like `cuda:0`.
+
+`GraphedBatchKernels` captures the serving engine's two functions at the engine's full size:
+every cache row and every slot, those not in use computed and ignored (the "masked" slots), so a
+frame costs two graph launches however many requests share it. A graph is bound to the engine's
+buffers and caches, which never move; it is captured again when the adapters' hooks change.
 
 8-bit layers with LLM.int8()'s outlier threshold cannot be captured (their outlier search syncs
 with the host): `check_capturable` refuses them; `quantize(..., int8_threshold=0.0)` builds
@@ -31,7 +37,7 @@ import torch
 from torch import Tensor
 
 from dia2.errors import Dia2Error
-from dia2.generation.loop import FrameKernels
+from dia2.generation.kernels import BatchKernels, FrameInputs, FrameKernels
 from dia2.model.network import DecoderOutput, DecodeState, Dia2Model
 from dia2.model.quant import int8_outlier_threshold
 
@@ -213,3 +219,39 @@ def kernel_wrapper(cuda_graph: bool = False, compile: bool = False) -> Callable[
         return kernels
 
     return wrap
+
+
+class GraphedBatchKernels(BatchKernels):
+    """BatchKernels replayed from CUDA graphs, at one fixed size (all rows, all slots).
+
+    The engine must call with the same state storage every time (its caches never move) and
+    with inputs of the fixed size; graphs are captured on first use and again after the
+    adapter bank's hooks change (`LoraBank.version`).
+    """
+
+    def __init__(self, model: Dia2Model) -> None:
+        check_capturable(model)
+        super().__init__(model)
+        self._head: Captured | None = None
+        self._audio: Captured | None = None
+        self._version: int | None = None
+
+    def _current(self) -> None:
+        version = self.bank.version if self.bank is not None else 0
+        if version != self._version:
+            self._head = self._audio = None
+            self._version = version
+
+    def head(self, columns: Tensor, state: DecodeState, inputs: FrameInputs) -> tuple[Tensor, Tensor, Tensor]:
+        self._current()
+        if self._head is None:
+            fn = lambda col, *t: BatchKernels.head(self, col, state, inputs.like(t))
+            self._head = Captured(fn, (columns, *inputs.tensors()), state_restorer(state), self.model.device)
+        return self._head(columns, *inputs.tensors())
+
+    def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState, inputs: FrameInputs) -> Tensor:
+        self._current()
+        if self._audio is None:
+            fn = lambda h, c, x, *t: BatchKernels.audio(self, h, c, x, state, inputs.like(t))
+            self._audio = Captured(fn, (hidden, cb0_logits, text, *inputs.tensors()), state_restorer(state), self.model.device)
+        return self._audio(hidden, cb0_logits, text, *inputs.tensors())

@@ -1,12 +1,9 @@
 """The generation loop (spec section 6): frames of audio codes from entries, one column a step.
 
-Split by concern:
-- `GenerationConfig` (`dia2.generation.config`) holds every generation default, once;
-- `FrameKernels` is the tensor work of one frame as two pure functions of explicit inputs
-  (decoder step + action sampling; cb0 + every depformer stage) - the units that CUDA graphs or
-  torch.compile wrap from outside (`dia2.generation.graphs`);
-- `FrameLoop` is the host side: the state machine, the token buffers, the stop rule, and what a
-  streaming caller sees (`FrameUpdate`s as frames complete).
+This module is the host side: `Utterance` holds the state machine, the token buffers, the stop
+rule and what a streaming caller sees (`FrameUpdate`s as frames complete), from an
+`UtterancePlan`; `FrameLoop` drives one utterance alone. The tensor work of a frame is
+`dia2.generation.kernels` (solo and batched), its defaults `dia2.generation.config`.
 
 Column bookkeeping: the decoder output at column t predicts column t+1. A run prefills columns
 0..P-1 in one call (P = prefix frames, or 1 for the lone bos column), then loops: sample the
@@ -17,8 +14,8 @@ run twice (a published quirk re-ran the last prefix column).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -32,8 +29,8 @@ from dia2.data.grid import (
     undelay_codes,
 )
 from dia2.generation.config import GenerationConfig
-from dia2.generation.sampling import RowSampling, counters, draw, sample_action
-from dia2.model.network import DecoderOutput, DecodeState, Dia2Model
+from dia2.generation.kernels import FrameKernels
+from dia2.model.network import Dia2Model
 from dia2.text.align import NEW_WORD_STEP_OFFSET
 from dia2.text.state_machine import (
     MachineState,
@@ -42,93 +39,6 @@ from dia2.text.state_machine import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Rows:
-    """Which batch rows make which of J utterances: `cond` [J] the row of each utterance's
-    conditional branch, `uncond` [J] its unconditional row (its conditional one without CFG),
-    `owner` [R] the utterance of each row. Long tensors on the model's device."""
-
-    cond: Tensor
-    uncond: Tensor
-    owner: Tensor
-
-    @classmethod
-    def of(cls, branches: Sequence[int], device: torch.device | str) -> Rows:
-        """Utterances in row order, each with 1 or 2 rows (conditional first)."""
-        cond, uncond, owner, row = [], [], [], 0
-        for j, n in enumerate(branches):
-            cond.append(row)
-            uncond.append(row + n - 1)
-            owner += [j] * n
-            row += n
-        as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=device)
-        return cls(as_tensor(cond), as_tensor(uncond), as_tensor(owner))
-
-
-def sample_audio(
-    model: Dia2Model,
-    hidden: Tensor,
-    cb0_logits: Tensor,
-    text: Tensor,
-    state: DecodeState,
-    rows: Rows,
-    params: RowSampling,
-    seed: Tensor,
-    step: Tensor,
-    banned_cb0: Tensor,
-) -> Tensor:
-    """Codebooks 0..K-1 of the next column of J utterances, from the rows' decoder hidden [R, D]
-    and cb0 logits [R, V] of the current column and the rows' text [R, 2] of the next one.
-    seed/step [J] key the draws. Returns codes [J, K] long."""
-    codes = [draw(cb0_logits[rows.cond], cb0_logits[rows.uncond], params, seed, counters(step, 1), banned_cb0)]
-    for stage in range(model.config.num_depformer_stages):
-        logits = model.depformer_step(stage, hidden, codes[-1][rows.owner], state, text=text)
-        codes.append(draw(logits[rows.cond], logits[rows.uncond], params, seed, counters(step, 2 + stage)))
-    return torch.stack(codes, dim=1)
-
-
-class FrameKernels:
-    """The tensor work of one frame of one utterance; pure functions of their tensor inputs.
-
-    `head` runs the decoder on column t and samples the action of column t+1; `audio` samples
-    codebook 0 and then every depformer stage of column t+1. Between the two, the host runs the
-    state machine (it needs the action) and writes the text of column t+1. `seed` and `step`
-    ([1] long: the utterance's seed and the frame being drawn) key the draws, so the kernels hold
-    no random state and one kernels object serves any number of utterances of its config.
-    """
-
-    def __init__(self, model: Dia2Model, config: GenerationConfig) -> None:
-        self.model = model
-        self.config = config
-        data = model.config.data
-        device = model.device
-        self.banned_cb0 = torch.tensor([data.audio_bos_token_id, data.audio_pad_token_id], device=device)
-        self.rows = Rows.of([config.branches], device)
-        self.text = RowSampling.of([(config.text, config.cfg_scale, config.cfg_filter_k)], data.action_vocab_size, device)
-        vocab = model.config.depformer_logit_size
-        self.audio_params = RowSampling.of([(config.audio, config.cfg_scale, config.cfg_filter_k)], vocab, device)
-
-    def new_state(self, branches: int, capacity: int) -> DecodeState:
-        """Decode state for one utterance (a graph wrapper hands out its captured one)."""
-        return self.model.new_state(branches, capacity)
-
-    def action(self, out: DecoderOutput, seed: Tensor, step: Tensor) -> Tensor:
-        """Action of the next column from the last column of a decoder output; [1] long."""
-        r = self.rows
-        return sample_action(out.action_logits[:, -1], r.cond, r.uncond, self.text, seed, step)
-
-    def head(self, column: Tensor, state: DecodeState, seed: Tensor, step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """column [branches, C, 1] -> (action [1], hidden [branches, D], cb0_logits [branches, V])."""
-        out = self.model.step(column, state)
-        return self.action(out, seed, step), out.hidden[:, -1], out.cb0_logits[:, -1]
-
-    def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState, seed: Tensor, step: Tensor) -> Tensor:
-        """Codebooks 0..K-1 of the next column: hidden/cb0_logits of the current column,
-        text [branches, 2] of the next column. Returns codes [K] long."""
-        codes = sample_audio(self.model, hidden, cb0_logits, text, state, self.rows, self.audio_params, seed, step, self.banned_cb0)
-        return codes[0]
 
 
 @dataclass(frozen=True)
@@ -166,14 +76,16 @@ class FrameUpdate:
 
 
 class UtterancePlan(NamedTuple):
-    """What an `Utterance` starts from (`Dia2.plan` builds it, checked). `draw_base` counts the
-    frames of earlier parts of the same script, so a part never reuses their random draws."""
+    """What an `Utterance` starts from (`Dia2.plan` builds it, checked): its state machine and
+    state (the entries to speak), its settings, the voice prefix, and the feed of a streamed
+    script (None: the entries are the whole script). `draw_base` counts the frames of earlier
+    parts of the same script, so a part never reuses their random draws."""
 
     machine: StateMachine
     machine_state: MachineState
     config: GenerationConfig
-    prefix: Prefix | None
-    feed: EntryFeed | None
+    prefix: Prefix | None = None
+    feed: EntryFeed | None = None
     draw_base: int = 0
 
 
@@ -196,19 +108,11 @@ class Utterance:
               until update.done;  then action, hidden, cb0 = head(next_column())
     """
 
-    def __init__(
-        self,
-        model: Dia2Model,
-        machine: StateMachine,
-        machine_state: MachineState,
-        config: GenerationConfig,
-        prefix: Prefix | None = None,
-        feed: EntryFeed | None = None,
-        draw_base: int = 0,
-    ) -> None:
-        self.machine, self.mstate, self.config = machine, machine_state, config
-        self.feed = feed
-        self.draw_base = draw_base
+    def __init__(self, model: Dia2Model, plan: UtterancePlan) -> None:
+        machine, config, prefix = plan.machine, plan.config, plan.prefix
+        self.machine, self.mstate, self.config = machine, plan.machine_state, config
+        self.feed = plan.feed
+        self.draw_base = plan.draw_base
         data = model.config.data
         self.delays = list(data.delays)
         self.max_delay = max(self.delays)
@@ -370,20 +274,8 @@ class FrameLoop(Utterance):
     the same tokens however the utterance is run (alone, or in a serving batch).
     """
 
-    def __init__(
-        self,
-        model: Dia2Model,
-        machine: StateMachine,
-        machine_state: MachineState,
-        config: GenerationConfig,
-        prefix: Prefix | None = None,
-        feed: EntryFeed | None = None,
-        draw_base: int = 0,
-        *,
-        kernels: FrameKernels,
-        seed: int,
-    ) -> None:
-        super().__init__(model, machine, machine_state, config, prefix, feed, draw_base)
+    def __init__(self, model: Dia2Model, plan: UtterancePlan, *, kernels: FrameKernels, seed: int) -> None:
+        super().__init__(model, plan)
         self.model = model
         self.kernels = kernels
         self.state = kernels.new_state(self.branches, self.capacity)

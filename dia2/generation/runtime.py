@@ -31,9 +31,9 @@ from dia2.data.grid import FRAME_RATE
 from dia2.device import resolve_device
 from dia2.generation.graphs import lru_get
 from dia2.generation.config import GenerationConfig
+from dia2.generation.kernels import FrameKernels
 from dia2.generation.loop import (
     EntryFeed,
-    FrameKernels,
     FrameLoop,
     FrameUpdate,
     Prefix,
@@ -184,7 +184,7 @@ class Dia2:
 
     def _loop(self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: EntryFeed | None) -> FrameLoop:
         plan = self.plan(entries, config, voice, feed)
-        return FrameLoop(self.model, *plan, kernels=self._kernels(plan.config), seed=seed_of(config))
+        return FrameLoop(self.model, plan, kernels=self._kernels(plan.config), seed=seed_of(config))
 
     def plan(
         self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: EntryFeed | None
@@ -245,9 +245,7 @@ class Dia2:
             truncated = truncated or update.truncated
             if progress is not None:
                 progress(update.step + 1, limit)
-        codes = torch.cat(frames, dim=1)
-        waveform = self._decode(codes)
-        return GenerationResult(codes.cpu(), waveform, self.codec.sample_rate, words, truncated)
+        return generation_result(torch.cat(frames, dim=1), self.codec, words, truncated)
 
     def _updates(self, script: str, config: GenerationConfig, voice: Voice | None) -> Iterator[tuple[FrameUpdate, int]]:
         """Frame updates of a whole script, part after part, with the frame limit so far.
@@ -260,15 +258,10 @@ class Dia2:
         before = 0  # frame steps run by earlier parts
         for plan in iter(speech.next_plan, None):
             kernels = kernels or self._kernels(plan.config)
-            loop = FrameLoop(self.model, *plan, kernels=kernels, seed=seed)
+            loop = FrameLoop(self.model, plan, kernels=kernels, seed=seed)
             for update in loop:
                 yield dataclasses.replace(speech.record(update), step=before + update.step), before + loop.capacity
             before += loop.last_column + 1
-
-    def _decode(self, codes: torch.Tensor) -> np.ndarray:
-        if codes.shape[-1] == 0:
-            return np.zeros(0, dtype=np.float32)
-        return self.codec.decode(codes.unsqueeze(0))[0].float().clamp(-1, 1).cpu().numpy()
 
     @torch.inference_mode()
     def stream(
@@ -300,6 +293,16 @@ def seed_of(config: GenerationConfig) -> int:
     """The seed of a call: the config's, or one drawn from torch's default generator (so
     `torch.manual_seed` makes unseeded calls repeatable too)."""
     return config.seed if config.seed is not None else int(torch.randint(2**62, ()).item())
+
+
+def generation_result(
+    codes: torch.Tensor, codec: MimiCodec, words: list[tuple[str, float]], truncated: bool
+) -> GenerationResult:
+    """A whole utterance's result from its codes [K, F] (any device), decoded in one call."""
+    waveform = np.zeros(0, dtype=np.float32)
+    if codes.shape[-1]:
+        waveform = codec.decode(codes.unsqueeze(0))[0].float().clamp(-1, 1).cpu().numpy()
+    return GenerationResult(codes.cpu(), waveform, codec.sample_rate, words, truncated)
 
 
 def decode_updates(updates: Iterable[FrameUpdate], codec: MimiCodec) -> Iterator[AudioChunk]:

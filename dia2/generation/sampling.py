@@ -18,6 +18,7 @@ and counters as ordinary input tensors.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,8 +46,27 @@ KEEP_ALL = 1 << 30
 """A top_k / filter_k that keeps every token."""
 
 
+class TensorFields:
+    """A frozen dataclass whose tensor fields also travel flat, in field order (a CUDA graph
+    binds its inputs as a flat tuple of tensors); other fields stay as they are."""
+
+    def tensor_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), Tensor))
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The tensor fields' values, in field order."""
+        return tuple(getattr(self, name) for name in self.tensor_names())
+
+    def like(self, tensors: Sequence[Tensor]):
+        """This object with its tensors replaced (in `tensors()` order), other fields kept."""
+        names = self.tensor_names()
+        if len(tensors) != len(names):
+            raise ValueError(f"{type(self).__name__} has {len(names)} tensors ({', '.join(names)}), got {len(tensors)}")
+        return dataclasses.replace(self, **dict(zip(names, tensors)))
+
+
 @dataclass(frozen=True)
-class RowSampling:
+class RowSampling(TensorFields):
     """Sampling settings of R rows as tensors [R] on one device.
 
     `width` is how many top entries per row are looked at to find each row's k-th (the largest
@@ -81,15 +101,8 @@ class RowSampling:
     @classmethod
     def cat(cls, parts: Sequence[RowSampling]) -> RowSampling:
         """The rows of several, in order."""
-        fields = ("temperature", "top_k", "cfg_scale", "filter_k")
-        tensors = [torch.cat([getattr(p, name) for p in parts]) for name in fields]
-        return cls(*tensors, max(p.width for p in parts))
-
-    def copy_(self, other: RowSampling) -> None:
-        """Overwrite in place (a captured graph keeps reading these tensors)."""
-        assert other.width <= self.width, (other.width, self.width)
-        for name in ("temperature", "top_k", "cfg_scale", "filter_k"):
-            getattr(self, name).copy_(getattr(other, name))
+        tensors = {name: torch.cat([getattr(p, name) for p in parts]) for name in parts[0].tensor_names()}
+        return cls(**tensors, width=max(p.width for p in parts))
 
 
 def draw(

@@ -24,8 +24,13 @@ those `Dia2.generate`/`stream` give for it alone with the same seed, whatever sh
 and whenever it joined, up to the float rounding of a batched matmul (a token could flip only
 where two choices tie to ~1e-6).
 
-Cache rows are kept dense: rows 0..R-1 are in use, and a leaving request's rows are filled by
-moving the last rows into them, so every batched step is one slice of the caches (no gather).
+The engine schedules; the model work of a frame is its executor's (`dia2.serving.executor`),
+which keeps the cache rows dense (`dia2.serving.rows`: rows 0..R-1 in use, so every batched step
+is one slice of the caches, each row at its own position).
+
+The engine and a client meet at a `Channel` (`dia2.serving.requests`): the engine delivers a
+request's updates into it and reads its cancel; the client's `Handle` reads the channel and asks
+the engine only what `requests.Driver` names (step, withdraw, running, codec).
 """
 
 from __future__ import annotations
@@ -39,18 +44,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
 
 from dia2.generation.long_form import LongForm, tail_frames
-from dia2.generation.config import GenerationConfig
-from dia2.generation.loop import FrameUpdate, Rows, Utterance
+from dia2.generation.loop import Utterance
 from dia2.generation.runtime import Dia2, seed_of
-from dia2.generation.sampling import KEEP_ALL, RowSampling, sample_action
-from dia2.model.network import Dia2Model
 from dia2.serving.config import EngineConfig
-from dia2.serving.batch import BatchKernels, FrameInputs, GraphedBatchKernels
+from dia2.serving.executor import FrameExecutor, Task
 from dia2.serving.requests import (
     Cancelled,
+    Channel,
     EngineError,
     EngineFull,
     Handle,
@@ -60,70 +62,12 @@ from dia2.serving.requests import (
 from dia2.text.script import ScriptParser
 
 if TYPE_CHECKING:
+    from dia2.audio.codec import MimiCodec
     from dia2.model.lora_bank import LoraBank
 
 __all__ = ["Engine", "EngineConfig", "EngineError", "EngineFull", "Handle", "Request"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Task:
-    """A request in the engine (a task: "job" names the studio's background commands): its
-    handle, seed, adapter and, once admitted, its utterance, cache rows and the model outputs its
-    next step samples from."""
-
-    def __init__(self, handle: Handle, seed: int) -> None:
-        self.handle, self.seed_value = handle, seed
-        self.adapter = 0  # its adapter's index in the bank, resolved when it takes a slot
-        self.seed: Tensor | None = None  # [1] on the device, with the sampling settings (first prefill)
-        self.text_params: RowSampling | None = None
-        self.audio_params: RowSampling | None = None
-        self.request = handle.request
-        self.utterance: Utterance | None = None
-        self.speech: LongForm | None = None  # a whole script, spoken part after part
-        self.prefilled = False
-        self.rows: list[int] = []
-        self.action: Tensor | None = None  # [1]: the next column's action, drawn, not yet taken
-
-    @property
-    def waiting(self) -> bool:
-        """Whether it cannot go on until more of its streamed script arrives."""
-        feed = self.utterance.feed if self.utterance is not None else None
-        return isinstance(feed, StreamedText) and feed.waiting
-
-    @property
-    def config(self) -> GenerationConfig:
-        assert self.utterance is not None
-        return self.utterance.config
-
-    def sampling(self, model: Dia2Model, width: int | None) -> None:
-        """Its sampling settings and seed as tensors (once, at its first prefill)."""
-        if self.seed is not None:
-            return
-        self.text_params, self.audio_params, self.seed = sampling_tensors(self.config, self.seed_value, model, width)
-
-    def emit(self, item: FrameUpdate | BaseException) -> None:
-        if isinstance(item, FrameUpdate) and self.speech is not None:
-            item = self.speech.record(item)
-        self.handle._deliver(item)
-
-
-def sampling_tensors(
-    config: GenerationConfig, seed: int, model: Dia2Model, width: int | None
-) -> tuple[RowSampling, RowSampling, Tensor]:
-    """One utterance's action and audio sampling settings and its seed [1], on the model's device."""
-    c, device = config, model.device
-    text_vocab, audio_vocab = model.config.data.action_vocab_size, model.config.depformer_logit_size
-    text = RowSampling.of([(c.text, c.cfg_scale, c.cfg_filter_k)], text_vocab, device, width)
-    audio = RowSampling.of([(c.audio, c.cfg_scale, c.cfg_filter_k)], audio_vocab, device, width)
-    return text, audio, torch.tensor([seed], dtype=torch.long, device=device)
-
-
-class _Filler:
-    """What an unused slot passes to a graph replay: any valid settings (its draws are dropped)."""
-
-    def __init__(self, model: Dia2Model) -> None:
-        self.text_params, self.audio_params, self.seed = sampling_tensors(GenerationConfig(), 0, model, KEEP_ALL)
 
 
 class Engine:
@@ -141,7 +85,6 @@ class Engine:
     def __init__(self, tts: Dia2, config: EngineConfig | None = None) -> None:
         self.tts, self.model = tts, tts.model
         self.config = config = config or EngineConfig()
-        self.num_codebooks = self.model.config.num_codebooks
         context = self.model.config.runtime.max_context_steps
         if config.max_prefix_frames < 2 * tail_frames(context):
             raise EngineError(
@@ -149,21 +92,9 @@ class Engine:
                 f"{2 * tail_frames(context)} frames of each part into the next: raise it to at least that"
             )
         self.length = context + config.max_prefix_frames
-        max_rows = 2 * config.slots
-        self.state = self.model.new_state(max_rows, self.length)
-        self.state.position = torch.zeros(max_rows, dtype=torch.long, device=self.model.device)
-        self.kernels = GraphedBatchKernels(self.model) if config.cuda_graph else BatchKernels(self.model)
-        # Per row, what its next audio step reads: the decoder's hidden and cb0 logits of its last
-        # column (from its prefill or the last batched step), and its next column's text.
-        cfg, device = self.model.config, self.model.device
-        self._hidden = torch.zeros(max_rows, cfg.model.decoder.n_embd, dtype=self.model.compute_dtype, device=device)
-        self._cb0 = torch.zeros(max_rows, cfg.data.audio_vocab_size, device=device)
-        self._text = torch.zeros(max_rows, 2, dtype=torch.long, device=device)
-        self._columns = torch.zeros(max_rows, cfg.data.channels, 1, dtype=torch.long, device=device)
-        self._filler = _Filler(self.model) if config.cuda_graph else None
-        self._owners: list[_Task] = []  # cache row -> its task; rows 0..len-1 are in use
-        self._tasks: list[_Task] = []  # tasks holding a slot
-        self._queue: deque[_Task] = deque()
+        self.executor = FrameExecutor(self.model, config.slots, self.length, config.cuda_graph)
+        self._tasks: list[Task] = []  # tasks holding a slot
+        self._queue: deque[Task] = deque()
         self._numbers = itertools.count(1)
         self._lock = threading.Condition()  # guards the queue and wakes the engine thread
         self._step_lock = threading.Lock()  # one frame at a time; adapters change between frames
@@ -194,10 +125,10 @@ class Engine:
                     f"all {self.config.slots} slots are busy and {waiting} requests are queued "
                     f"(EngineConfig.max_queued = {self.config.max_queued}): retry later"
                 )
-            task = _Task(Handle(self, request, next(self._numbers)), seed_of(request.config))
+            task = Task(Channel(request, next(self._numbers)), seed_of(request.config))
             self._queue.append(task)
             self._lock.notify_all()
-        return task.handle
+        return Handle(task.channel, self)
 
     @property
     def busy_slots(self) -> int:
@@ -220,7 +151,7 @@ class Engine:
 
         with self._step_lock:
             if self.bank is None:
-                self.kernels.bank = LoraBank(self.model, self.config.max_adapters, self.config.max_adapter_rank)
+                self.executor.kernels.bank = LoraBank(self.model, self.config.max_adapters, self.config.max_adapter_rank)
             self.bank.load(name, adapter, revision)
 
     def unload_adapter(self, name: str) -> None:
@@ -238,7 +169,7 @@ class Engine:
 
     @property
     def bank(self) -> LoraBank | None:
-        return self.kernels.bank
+        return self.executor.kernels.bank
 
     @property
     def adapters(self) -> tuple[str, ...]:
@@ -286,11 +217,15 @@ class Engine:
         with self._lock:
             self._lock.notify_all()
 
-    def _withdraw(self, handle: Handle) -> None:
-        """A cancelled request that is still queued leaves the queue now (its place is free for the
-        next `submit`); one in a slot leaves at the next frame boundary."""
+    @property
+    def codec(self) -> MimiCodec:
+        return self.tts.codec
+
+    def withdraw(self, channel: Channel) -> None:
+        """A cancelled request (`Handle.cancel`) that is still queued leaves the queue now (its
+        place is free for the next `submit`); one in a slot leaves at the next frame boundary."""
         with self._lock:
-            task = next((j for j in self._queue if j.handle is handle), None)
+            task = next((j for j in self._queue if j.channel is channel), None)
             if task is not None:
                 self._queue.remove(task)
             self._lock.notify_all()
@@ -313,7 +248,7 @@ class Engine:
                         self._finish(task, exc)
 
     def _has_work(self) -> bool:
-        return bool(self._queue) or any(not j.waiting or j.handle.cancelled for j in self._tasks)
+        return bool(self._queue) or any(not j.waiting or j.channel.cancelled for j in self._tasks)
 
     # --- one frame -----------------------------------------------------------------------------
 
@@ -329,25 +264,25 @@ class Engine:
                 self._failing(self._audio, advancing)
             continuing = [j for j in advancing if j in self._tasks and j.prefilled]
             if continuing:
-                self._failing(self._head, continuing)
+                self._failing(self.executor.head, continuing)
             with self._lock:
                 return bool(self._tasks or self._queue)
 
-    def _failing(self, work: Callable[[list[_Task]], None], tasks: list[_Task]) -> None:
+    def _failing(self, work: Callable[[list[Task]], None], tasks: list[Task]) -> None:
         """Run batched work; if it raises, every task in the batch fails (the queue goes on)."""
         try:
             work(tasks)
         except Exception as exc:  # a batched model call failed: its rows cannot be told apart
             logger.exception("a batched step failed for %d request(s)", len(tasks))
-            for task in self._batch_tasks():
+            for task in self.executor.tasks():
                 self._finish(task, exc)
 
     def _drop_cancelled(self) -> None:
         with self._lock:
-            for task in [j for j in self._queue if j.handle.cancelled]:
+            for task in [j for j in self._queue if j.channel.cancelled]:
                 self._queue.remove(task)
                 task.emit(Cancelled())
-        for task in [j for j in self._tasks if j.handle.cancelled]:
+        for task in [j for j in self._tasks if j.channel.cancelled]:
             self._finish(task, Cancelled())
 
     def _admit(self) -> None:
@@ -358,14 +293,14 @@ class Engine:
                     return
                 task = self._queue.popleft()
                 self._tasks.append(task)  # under the lock: `queued` never sees it in neither
-            task.handle.admitted = time.perf_counter()
+            task.channel.admitted = time.perf_counter()
             try:
                 task.adapter = self._adapter_index(task.request.adapter)  # under the frame lock: it cannot change
                 task.utterance = self._utterance(task)
             except Exception as exc:
                 self._finish(task, exc)
 
-    def _utterance(self, task: _Task) -> Utterance:
+    def _utterance(self, task: Task) -> Utterance:
         """The task's next utterance: its script's next part, or its streamed script."""
         tts, request = self.tts, task.request
         if isinstance(request.script, str):
@@ -376,7 +311,7 @@ class Engine:
         else:
             feed = StreamedText(request.script, ScriptParser(tts.tokenizer, tts.ids), self._wake)
             plan = tts.plan([], request.config, request.voice, feed)
-        utterance = Utterance(self.model, *plan)
+        utterance = Utterance(self.model, plan)
         if utterance.capacity > self.length:
             raise EngineError(
                 f"the request needs {utterance.capacity} frames but a slot holds {self.length}: shorten the voice "
@@ -390,158 +325,59 @@ class Engine:
             try:
                 if task.utterance is None or not task.utterance.prepare():
                     continue
-                self._prefill(task)
+                self.executor.prefill(task)
+                task.prefilled = True
+                task.emit(task.utterance.first_update())
             except Exception as exc:
                 self._finish(task, exc)
 
-    def _prefill(self, task: _Task) -> None:
-        utterance = task.utterance
-        assert utterance is not None
-        start, n = len(self._owners), utterance.branches
-        task.rows = list(range(start, start + n))
-        self._owners += [task] * n
-        rows = self.state.rows(start, start + n, filled=0)
-        rows.position.zero_()
-        with self.kernels.routed(torch.full((n,), task.adapter, device=self.model.device)):
-            out = self.model.prefill(utterance.prefill_columns(), rows)
-        task.sampling(self.model, self._width)
-        alone = Rows.of([n], self.model.device)
-        task.action = sample_action(out.action_logits[:, -1], alone.cond, alone.uncond, task.text_params, task.seed, self._steps([task]))
-        self._hidden[start : start + n] = out.hidden[:, -1]
-        self._cb0[start : start + n] = out.cb0_logits[:, -1]
-        task.prefilled = True
-        task.emit(utterance.first_update())
-
-    def _batch_tasks(self) -> list[_Task]:
-        """The tasks holding cache rows, in the order of their first row."""
-        return sorted({id(j): j for j in self._owners}.values(), key=lambda j: j.rows[0])
-
-    def _advance(self) -> list[_Task]:
+    def _advance(self) -> list[Task]:
         """Step the state machine of every utterance that can; those waiting for text sit out.
         The actions come to the host together: one device sync for the frame."""
-        tasks = self._batch_tasks()
+        tasks = self.executor.tasks()
         actions = torch.cat([j.action for j in tasks]).tolist() if tasks else []
         advancing = []
         for task, action in zip(tasks, actions):
             try:
                 if not task.utterance.ready():
                     continue
-                self._text[task.rows] = task.utterance.advance(action)
+                self.executor.table.set_text(task, task.utterance.advance(action))
                 advancing.append(task)
             except Exception as exc:
                 self._finish(task, exc)
         return advancing
 
-    def _audio(self, advancing: list[_Task]) -> None:
-        """Codebook 0 and every depformer stage of every task's next column, one batched pass;
-        the codes of tasks waiting for text are dropped."""
-        tasks, R = self._batch_tasks(), self._batch_rows()
-        inputs = self._inputs(tasks, R)
-        state = self.state.rows(0, R, filled=0)
-        codes = self.kernels.audio(self._hidden[:R], self._cb0[:R], self._text[:R], state, inputs)
+    def _audio(self, advancing: list[Task]) -> None:
+        """Every task's next column's codes, one batched pass; those of the advancing tasks are
+        written and delivered (the codes of tasks waiting for text are dropped)."""
         stepping = set(map(id, advancing))
-        for task, c in zip(tasks, codes):
+        for task, codes in self.executor.audio():
             if id(task) not in stepping:
                 continue
-            update = task.utterance.write(c)
+            update = task.utterance.write(codes)
             task.emit(update)
             if update.done:
                 self._next_part(task)
 
-    def _next_part(self, task: _Task) -> None:
+    def _next_part(self, task: Task) -> None:
         """A finished utterance: the task's script goes on with its next part (prefilled into
         fresh rows at the next frame), or the task leaves its slot."""
         if task.speech is None or task.speech.last_part:
             self._finish(task, None)
             return
-        self._release_rows(task)
+        self.executor.table.release(task)
         task.prefilled = False
         try:
             task.utterance = self._utterance(task)
         except Exception as exc:
             self._finish(task, exc)
 
-    def _head(self, continuing: list[_Task]) -> None:
-        """The decoder on each continuing task's new column, one step over all cache rows.
-
-        Rows of tasks waiting for text run too (the batch is one slice of the caches): they write
-        at their next column, which their own next step overwrites, and their outputs are dropped.
-        """
-        tasks, R = self._batch_tasks(), self._batch_rows()
-        stepping = set(map(id, continuing))
-        positions = [0] * R
-        for task in tasks:
-            column = task.utterance.next_column()
-            for branch, row in enumerate(task.rows):
-                self._columns[row] = column[branch]
-                positions[row] = task.utterance.column + (0 if id(task) in stepping else 1)
-        state = self.state.rows(0, R, filled=max(positions))
-        state.position.copy_(torch.tensor(positions))
-        action, hidden, cb0 = self.kernels.head(self._columns[:R], state, self._inputs(tasks, R))
-        for i, task in enumerate(tasks):
-            if id(task) in stepping:
-                task.action = action[i : i + 1].clone()  # a graph overwrites its outputs at the next replay
-                self._hidden[task.rows] = hidden[task.rows]
-                self._cb0[task.rows] = cb0[task.rows]
-
-    def _batch_rows(self) -> int:
-        """Rows one batched call runs: those in use (eager), or all (graphs: one fixed shape)."""
-        return self.state.position.shape[0] if self.config.cuda_graph else len(self._owners)
-
-    @property
-    def _width(self) -> int | None:
-        """Top-k width of the sampling settings: fixed under graphs (the vocabulary)."""
-        return KEEP_ALL if self.config.cuda_graph else None
-
-    def _inputs(self, tasks: list[_Task], rows: int) -> FrameInputs:
-        """The frame's inputs for `tasks` over `rows` rows; under graphs padded to every slot
-        (slots not in use read row 0 and draw nothing anyone keeps)."""
-        device = self.model.device
-        pad = self.config.slots - len(tasks) if self.config.cuda_graph else 0
-        index = {id(j): i for i, j in enumerate(tasks)}
-        owner = [index[id(self._owners[r])] if r < len(self._owners) else 0 for r in range(rows)]
-        adapters = [self._owners[r].adapter if r < len(self._owners) else 0 for r in range(rows)]
-        as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=device)
-        settings = [*tasks, *[self._filler] * pad]
-        return FrameInputs(
-            Rows(as_tensor([j.rows[0] for j in tasks] + [0] * pad), as_tensor([j.rows[-1] for j in tasks] + [0] * pad), as_tensor(owner)),
-            as_tensor(adapters),
-            torch.cat([j.seed for j in settings]),
-            as_tensor([j.utterance.draw_step for j in tasks] + [0] * pad),
-            RowSampling.cat([j.text_params for j in settings]),
-            RowSampling.cat([j.audio_params for j in settings]),
-        )
-
-    def _steps(self, tasks: list[_Task]) -> Tensor:
-        """The frame each task draws for next: [J] long on the model's device."""
-        return torch.tensor([j.utterance.draw_step for j in tasks], device=self.model.device)
-
-    def _finish(self, task: _Task, error: BaseException | None) -> None:
+    def _finish(self, task: Task, error: BaseException | None) -> None:
         """Take a task out of its slot, free its cache rows, and end its handle with `error`."""
         if task in self._tasks:
             self._tasks.remove(task)
-        self._release_rows(task)
+        self.executor.table.release(task)
         if error is not None:
             if not isinstance(error, Cancelled):
-                logger.info("request %d failed: %s", task.handle.number, error)
+                logger.info("request %d failed: %s", task.channel.number, error)
             task.emit(error)
-
-    def _release_rows(self, task: _Task) -> None:
-        """Free a task's cache rows, moving the last rows in use into the holes (rows stay dense)."""
-        holes = sorted(task.rows)
-        task.rows = []
-        if not holes:
-            return
-        keep = len(self._owners) - len(holes)
-        movers = [r for r in range(keep, len(self._owners)) if r not in holes]
-        for src, dst in zip(movers, [h for h in holes if h < keep]):
-            owner = self._owners[src]
-            used = owner.utterance.column + 2  # columns written, plus a waiting row's overwritable one
-            for cache in self.state.decoder:
-                cache.k[dst, :, :used] = cache.k[src, :, :used]
-                cache.v[dst, :, :used] = cache.v[src, :, :used]
-            for buffer in (self._hidden, self._cb0, self._text):
-                buffer[dst] = buffer[src]
-            owner.rows[owner.rows.index(src)] = dst
-            self._owners[dst] = owner
-        del self._owners[keep:]

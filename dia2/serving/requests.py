@@ -1,6 +1,9 @@
 """What a client of the serving engine holds: a `Request` to submit and the `Handle` it gets
 back (stream its audio, take the whole result, cancel it), plus the engine's errors.
 
+A handle and the engine share one `Channel` per request (its updates come out, a cancel goes in),
+and a handle asks the engine only what `Driver` names: this module imports no engine.
+
 A streamed script (an iterable of text pieces) is pumped by its own thread into a buffer that
 the engine reads without ever waiting (`StreamedText`), so a slow text source holds up only its
 own request.
@@ -18,21 +21,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from dia2.errors import Dia2Error
 from dia2.generation.config import GenerationConfig
 from dia2.generation.loop import FrameUpdate, needs_entries
-from dia2.generation.runtime import AudioChunk, GenerationResult, decode_updates
+from dia2.generation.runtime import AudioChunk, GenerationResult, decode_updates, generation_result
 from dia2.generation.voice import Voice
 from dia2.text.script import ScriptParser
 from dia2.text.state_machine import MachineState
 
 if TYPE_CHECKING:
-    from dia2.serving.engine import Engine
+    from dia2.audio.codec import MimiCodec
 
 
 class EngineError(Dia2Error, RuntimeError):
@@ -59,6 +63,85 @@ class Cancelled(Exception):
     """Internal: the request was cancelled; its handle ends quietly."""
 
 
+Item = FrameUpdate | BaseException
+"""What crosses from the engine to a handle: an update, or the error or cancellation that ends it."""
+
+
+class Channel:
+    """One request between the engine and its `Handle`, the one object both sides hold (the
+    engine holds no handle, a handle holds no engine): the request goes in with its number, and
+    later a cancel; its updates and its end come out.
+
+    The engine side `deliver`s and reads `cancelled`; the client side `cancel`s and takes what
+    was delivered, waiting in a thread (`wait`) or woken on an event loop (`alarm`).
+    """
+
+    def __init__(self, request: Request, number: int) -> None:
+        self.request, self.number = request, number
+        self.submitted = time.perf_counter()
+        self.admitted: float | None = None  # perf_counter() when it took a slot
+        self.finished = threading.Event()  # set with the last delivery
+        self._items: queue.Queue[Item] = queue.Queue()
+        self._cancel = threading.Event()
+        self._wakers: list[Callable[[], None]] = []  # async readers' alarms, rung at each delivery
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def deliver(self, item: Item) -> None:
+        """The engine's side: hand over an update, or the error or cancellation that ends it."""
+        self._items.put(item)
+        if isinstance(item, BaseException) or item.done:
+            self.finished.set()
+        for wake in list(self._wakers):
+            wake()
+
+    def take(self) -> Item | None:
+        """The next item delivered, or None when none is waiting."""
+        try:
+            return self._items.get_nowait()
+        except queue.Empty:
+            return None
+
+    def wait(self, timeout: float | None) -> Item | None:
+        """The next item, waiting for it in this thread up to `timeout` s (None: no limit)."""
+        try:
+            return self._items.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    @contextmanager
+    def alarm(self, wake: Callable[[], None]) -> Iterator[None]:
+        """`wake` is called (from the engine thread) at each delivery while this is entered."""
+        self._wakers.append(wake)
+        try:
+            yield
+        finally:
+            self._wakers.remove(wake)
+
+
+class Driver(Protocol):
+    """What a handle asks of the engine that runs its request (`dia2.serving.engine.Engine`)."""
+
+    @property
+    def running(self) -> bool:
+        """Whether frames run in the engine's own thread (else reading a handle drives them)."""
+
+    @property
+    def codec(self) -> MimiCodec:
+        """The codec that decodes the request's codes."""
+
+    def step(self) -> bool:
+        """Run one frame; whether any request is left."""
+
+    def withdraw(self, channel: Channel) -> None:
+        """Take a cancelled request out: from the queue at once, from a slot at the next frame."""
+
+
 class Handle:
     """A submitted request. Iterate it for `AudioChunk`s (or `updates()` for the codes), call
     `result()` for the whole utterance, `cancel()` to stop it.
@@ -67,41 +150,49 @@ class Handle:
     drives the engine one frame at a time (so a script can use an engine without a thread).
     """
 
-    def __init__(self, engine: Engine, request: Request, number: int) -> None:
-        self.engine, self.request, self.number = engine, request, number
-        self._updates: queue.Queue[FrameUpdate | BaseException] = queue.Queue()
-        self._cancel = threading.Event()
-        self._wakers: list[Callable[[], None]] = []  # async readers' alarms, rung by the engine thread
-        self.finished = threading.Event()
-        self.submitted = time.perf_counter()
-        self.admitted: float | None = None  # perf_counter() when it took a slot
+    def __init__(self, channel: Channel, driver: Driver) -> None:
+        self.channel, self._driver = channel, driver
 
     def __repr__(self) -> str:
         return f"Handle(#{self.number})"
 
     @property
+    def request(self) -> Request:
+        return self.channel.request
+
+    @property
+    def number(self) -> int:
+        return self.channel.number
+
+    @property
+    def finished(self) -> threading.Event:
+        """Set once the request is done, has failed or was cancelled."""
+        return self.channel.finished
+
+    @property
+    def submitted(self) -> float:
+        return self.channel.submitted
+
+    @property
+    def admitted(self) -> float | None:
+        """perf_counter() when it took a slot (None while queued)."""
+        return self.channel.admitted
+
+    @property
     def cancelled(self) -> bool:
-        return self._cancel.is_set()
+        return self.channel.cancelled
 
     def cancel(self) -> None:
         """Stop this request: a queued one leaves the queue now, one in a slot frees it at the
         next frame boundary."""
-        self._cancel.set()
-        self.engine._withdraw(self)
-
-    def _deliver(self, item: FrameUpdate | BaseException) -> None:
-        """The engine's side: hand over an update, or the error or cancellation that ends it."""
-        self._updates.put(item)
-        if isinstance(item, BaseException) or item.done:
-            self.finished.set()
-        for wake in list(self._wakers):
-            wake()
+        self.channel.cancel()
+        self._driver.withdraw(self.channel)
 
     async def batches(self) -> AsyncIterator[list[FrameUpdate]]:
         """The updates from an asyncio event loop, in batches of those that arrived together.
         Waiting holds no thread: the engine thread wakes the loop. Raises the request's error
         (after the updates before it); ends when it is done or cancelled. Needs a started engine."""
-        if not self.engine.running:
+        if not self._driver.running:
             raise EngineError("reading a handle from an event loop needs a running engine: call Engine.start() first")
         loop, arrived = asyncio.get_running_loop(), asyncio.Event()
 
@@ -111,16 +202,11 @@ class Handle:
             except RuntimeError:  # the loop is closed: nobody reads any more
                 pass
 
-        self._wakers.append(wake)
-        try:
+        with self.channel.alarm(wake):
             while True:
                 arrived.clear()  # before looking: an update delivered after the look rings again
                 batch: list[FrameUpdate] = []
-                while True:
-                    try:
-                        item = self._updates.get_nowait()
-                    except queue.Empty:
-                        break
+                while (item := self.channel.take()) is not None:
                     if isinstance(item, BaseException):
                         if batch:
                             yield batch
@@ -135,8 +221,6 @@ class Handle:
                     yield batch
                 else:
                     await arrived.wait()
-        finally:
-            self._wakers.remove(wake)
 
     def updates(self, timeout: float | None = None) -> Iterator[FrameUpdate]:
         """Frame updates (codes [K, n] on the model's device, words, done) as they come.
@@ -155,33 +239,28 @@ class Handle:
         """The updates that have arrived, without waiting or driving the engine. Raises the
         request's error if it failed."""
         items = []
-        while True:
-            try:
-                item = self._updates.get_nowait()
-            except queue.Empty:
-                return items
+        while (item := self.channel.take()) is not None:
             if isinstance(item, Cancelled):
                 return items
             if isinstance(item, BaseException):
                 raise item
             items.append(item)
+        return items
 
-    def _next(self, timeout: float | None) -> FrameUpdate | BaseException:
-        while True:
-            try:
-                return self._updates.get_nowait()
-            except queue.Empty:
-                pass
-            if self.engine.running:
-                try:
-                    return self._updates.get(timeout=timeout)
-                except queue.Empty:
-                    raise EngineError(f"request {self.number} gave no audio for {timeout} s") from None
-            if not self.engine.step() and self._updates.empty():
-                raise EngineError(f"request {self.number} is not in the engine (was it submitted to another?)")
+    def _next(self, timeout: float | None) -> Item:
+        while (item := self.channel.take()) is None:
+            if self._driver.running:
+                if (item := self.channel.wait(timeout)) is None:
+                    raise EngineError(f"request {self.number} gave no audio for {timeout} s")
+                return item
+            if not self._driver.step():
+                if (item := self.channel.take()) is None:
+                    raise EngineError(f"request {self.number} is not in the engine (was it submitted to another?)")
+                return item
+        return item
 
     def __iter__(self) -> Iterator[AudioChunk]:
-        return decode_updates(self.updates(), self.engine.tts.codec)
+        return decode_updates(self.updates(), self._driver.codec)
 
     def result(self, timeout: float | None = None) -> GenerationResult:
         """The whole utterance, as `Dia2.generate` returns it."""
@@ -190,9 +269,9 @@ class Handle:
             frames.append(update.frames)
             words += update.words
             truncated = truncated or update.truncated
-        codes = torch.cat(frames, dim=1) if frames else torch.zeros(self.engine.num_codebooks, 0, dtype=torch.long)
-        tts = self.engine.tts
-        return GenerationResult(codes.cpu(), tts._decode(codes), tts.codec.sample_rate, words, truncated)
+        codec = self._driver.codec
+        codes = torch.cat(frames, dim=1) if frames else torch.zeros(codec.num_codebooks, 0, dtype=torch.long)
+        return generation_result(codes, codec, words, truncated)
 
 
 class StreamedText:

@@ -195,6 +195,27 @@ def test_a_failing_request_fails_alone(tiny_tts):
         bad_stream.result()
 
 
+def test_a_failing_batched_step_fails_its_batch_and_the_queue_goes_on(tiny_tts, monkeypatch):
+    expected = _solo(tiny_tts, *CASES[0])
+    engine = Engine(tiny_tts, EngineConfig(slots=2))
+    batch = [engine.submit(Request(f"[S{i}] In the batch.", GenerationConfig(seed=i))) for i in (1, 2)]
+    queued = engine.submit(_request(*CASES[0]))
+    real, failed = tiny_tts.model.depformer_step, []
+
+    def depformer_step(*args, **kwargs):  # the first batched audio pass fails, as a device error would
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("the device fell over")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_tts.model, "depformer_step", depformer_step)
+    _run(engine)
+    for handle in batch:
+        with pytest.raises(RuntimeError, match="the device fell over"):
+            handle.result()
+    assert torch.equal(queued.result().audio_tokens, expected)
+
+
 def test_a_voice_longer_than_a_slot_is_refused(tiny_tts):
     with pytest.raises(EngineError, match="max_prefix_frames is 8, .* raise it to at least"):
         Engine(tiny_tts, EngineConfig(slots=1, max_prefix_frames=8))
@@ -245,6 +266,20 @@ def test_streamed_text_that_pauses_holds_its_row_while_others_go_on(tiny_tts):
     gate.set()
     _run(engine)
     assert torch.equal(slow.result().audio_tokens, expected)
+
+
+def test_a_handle_meets_the_engine_at_its_channel_and_imports_no_engine():
+    """requests.py (what a client holds) asks the engine only what `Driver` names: it imports no
+    engine module, at the top, for type checking, or inside a function (no hidden cycle)."""
+    import ast
+    from pathlib import Path
+
+    import dia2.serving.requests as requests
+
+    tree = ast.parse(Path(requests.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "dia2.serving.engine" not in imported
 
 
 def test_per_row_positions_equal_separate_rows(tiny_tts):
@@ -358,12 +393,12 @@ def test_adapters_load_and_unload_while_the_engine_runs(own_tts, adapter_dirs, t
 def cpu_graphs(monkeypatch):
     """GraphedBatchKernels on the CPU: the eager capture stand-in of test_graphs (a function
     bound to static input and output buffers, replayed by copying inputs in), no device refusal."""
-    from dia2.serving import batch
+    from dia2.generation import graphs
     from tests.unit.test_graphs import _EagerCapture
 
     _EagerCapture.captured = []
-    monkeypatch.setattr(batch, "Captured", _EagerCapture)
-    monkeypatch.setattr(batch, "check_capturable", lambda model: None)
+    monkeypatch.setattr(graphs, "Captured", _EagerCapture)
+    monkeypatch.setattr(graphs, "check_capturable", lambda model: None)
     return _EagerCapture.captured
 
 

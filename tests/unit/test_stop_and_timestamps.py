@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dia2.generation.config import GenerationConfig
-from dia2.generation.loop import FrameKernels
+from dia2.generation.kernels import FrameKernels
 from dia2.generation.runtime import Dia2
 from dia2.generation.voice import Voice, voice_prefix
 from dia2.text.align import prefix_alignment

@@ -1,0 +1,159 @@
+"""The engine's executor: the model work of a frame, over the row table.
+
+The engine is split as vLLM splits its scheduler and executor: `dia2.serving.engine` schedules
+(the queue, admission, adapters, each utterance's state machine, what a failure ends) and hands
+the executor the tasks to run; the executor owns the cache rows (`dia2.serving.rows`) and the frame
+kernels, and runs the model. A `Task` is what crosses between them: one request, with its
+utterance, its sampling settings and seed as tensors, and the action its next step takes.
+
+A frame's model work, in order:
+- `prefill`: a task alone into fresh rows (its prefix, or the lone bos column); draws its first action;
+- `audio`: codebook 0 and then every depformer stage of every task's next column, one batched pass;
+- `head`: the decoder on the stepping tasks' new columns, one batched step over all rows, each row
+  at its own position; draws their next actions.
+Eager, a batched call runs the rows in use; under CUDA graphs it runs every row and every slot
+(one fixed shape), those not in use computed and ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dia2.generation.config import GenerationConfig
+from dia2.generation.graphs import GraphedBatchKernels
+from dia2.generation.kernels import BatchKernels, FrameInputs, Rows
+from dia2.generation.long_form import LongForm
+from dia2.generation.loop import FrameUpdate, Utterance
+from dia2.generation.sampling import KEEP_ALL, RowSampling, sample_action
+from dia2.model.network import Dia2Model
+from dia2.serving.requests import Channel, StreamedText
+from dia2.serving.rows import RowTable
+
+
+class Task:
+    """A request in the engine: its channel, seed, adapter and, once admitted, its utterance and
+    the action its next step takes (its cache rows are the row table's)."""
+
+    def __init__(self, channel: Channel, seed: int) -> None:
+        self.channel, self.seed_value = channel, seed
+        self.request = channel.request
+        self.adapter = 0  # its adapter's index in the bank, resolved when it takes a slot
+        self.seed: Tensor | None = None  # [1] on the device, with the sampling settings (first prefill)
+        self.text_params: RowSampling | None = None
+        self.audio_params: RowSampling | None = None
+        self.utterance: Utterance | None = None
+        self.speech: LongForm | None = None  # a whole script, spoken part after part
+        self.prefilled = False
+        self.action: Tensor | None = None  # [1]: the next column's action, drawn, not yet taken
+
+    @property
+    def waiting(self) -> bool:
+        """Whether it cannot go on until more of its streamed script arrives."""
+        feed = self.utterance.feed if self.utterance is not None else None
+        return isinstance(feed, StreamedText) and feed.waiting
+
+    def emit(self, item: FrameUpdate | BaseException) -> None:
+        """Deliver an update (of the whole script, for one spoken in parts) or the end."""
+        if isinstance(item, FrameUpdate) and self.speech is not None:
+            item = self.speech.record(item)
+        self.channel.deliver(item)
+
+
+def sampling_tensors(
+    config: GenerationConfig, seed: int, model: Dia2Model, width: int | None
+) -> tuple[RowSampling, RowSampling, Tensor]:
+    """One utterance's action and audio sampling settings and its seed [1], on the model's device."""
+    c, device = config, model.device
+    text_vocab, audio_vocab = model.config.data.action_vocab_size, model.config.depformer_logit_size
+    text = RowSampling.of([(c.text, c.cfg_scale, c.cfg_filter_k)], text_vocab, device, width)
+    audio = RowSampling.of([(c.audio, c.cfg_scale, c.cfg_filter_k)], audio_vocab, device, width)
+    return text, audio, torch.tensor([seed], dtype=torch.long, device=device)
+
+
+class _Filler:
+    """What an unused slot passes to a graph replay: any valid settings (its draws are dropped)."""
+
+    def __init__(self, model: Dia2Model) -> None:
+        self.text_params, self.audio_params, self.seed = sampling_tensors(GenerationConfig(), 0, model, KEEP_ALL)
+
+
+class FrameExecutor:
+    """`slots` tasks' cache rows (up to two each: CFG) of `length` columns, and the frame kernels."""
+
+    def __init__(self, model: Dia2Model, slots: int, length: int, cuda_graph: bool) -> None:
+        self.model, self.slots, self.cuda_graph = model, slots, cuda_graph
+        self.table: RowTable[Task] = RowTable(model, 2 * slots, length)
+        self.kernels = GraphedBatchKernels(model) if cuda_graph else BatchKernels(model)
+        self._filler = _Filler(model) if cuda_graph else None
+        # Top-k width of the sampling settings: fixed under graphs (the vocabulary).
+        self._width = KEEP_ALL if cuda_graph else None
+
+    def tasks(self) -> list[Task]:
+        """The tasks holding cache rows, in the order of their first row."""
+        return self.table.owners()
+
+    def prefill(self, task: Task) -> None:
+        """Prefill the task's utterance alone into fresh rows and draw its first action."""
+        utterance = task.utterance
+        assert utterance is not None
+        n, columns = utterance.branches, utterance.prefill_columns()
+        rows = self.table.claim(task, n)
+        with self.kernels.routed(torch.full((n,), task.adapter, device=self.model.device)):
+            out = self.model.prefill(columns, rows)
+        if task.seed is None:  # its sampling settings, once: a script's later parts keep them
+            task.text_params, task.audio_params, task.seed = sampling_tensors(utterance.config, task.seed_value, self.model, self._width)
+        alone = Rows.of([n], self.model.device)
+        steps = torch.tensor([utterance.draw_step], device=self.model.device)
+        task.action = sample_action(out.action_logits[:, -1], alone.cond, alone.uncond, task.text_params, task.seed, steps)
+        self.table.keep(task, out.hidden[:, -1], out.cb0_logits[:, -1], columns.shape[-1])
+
+    def audio(self) -> list[tuple[Task, Tensor]]:
+        """Codebook 0 and every depformer stage of every task's next column, one batched pass:
+        (task, codes [K]) in row order. The codes of a task that did not advance are junk."""
+        table, R, tasks = self.table, self._batch_rows(), self.tasks()
+        codes = self.kernels.audio(table.hidden[:R], table.cb0[:R], table.text[:R], table.batch(R), self._inputs(tasks, R))
+        return list(zip(tasks, codes))
+
+    def head(self, stepping: list[Task]) -> None:
+        """The decoder on each stepping task's new column, one step over all cache rows; their
+        next actions are drawn.
+
+        Rows of tasks not stepping (waiting for text) run too (the batch is one slice of the
+        caches): they write at their next column, which their own next step overwrites, and
+        their outputs are dropped.
+        """
+        table, R, tasks = self.table, self._batch_rows(), self.tasks()
+        for task in tasks:
+            table.set_column(task, task.utterance.next_column())
+        action, hidden, cb0 = self.kernels.head(table.columns[:R], table.at_positions(R), self._inputs(tasks, R))
+        keeping = set(map(id, stepping))
+        for i, task in enumerate(tasks):
+            if id(task) in keeping:
+                task.action = action[i : i + 1].clone()  # a graph overwrites its outputs at the next replay
+                rows = table.rows(task)
+                table.keep(task, hidden[rows], cb0[rows], 1)
+
+    def _batch_rows(self) -> int:
+        """Rows one batched call runs: those in use (eager), or all (graphs: one fixed shape)."""
+        return self.table.size if self.cuda_graph else len(self.table)
+
+    def _inputs(self, tasks: list[Task], rows: int) -> FrameInputs:
+        """The frame's inputs for `tasks` over `rows` rows; under graphs padded to every slot
+        (slots not in use read row 0 and draw nothing anyone keeps)."""
+        pad = self.slots - len(tasks) if self.cuda_graph else 0
+        index = {id(j): i for i, j in enumerate(tasks)}
+        owners = self.table.owner_of_rows(rows)
+        owner = [index[id(o)] if o is not None else 0 for o in owners]
+        adapters = [o.adapter if o is not None else 0 for o in owners]
+        as_tensor = lambda v: torch.tensor(v, dtype=torch.long, device=self.model.device)
+        settings = [*tasks, *[self._filler] * pad]
+        first, last = [self.table.rows(j)[0] for j in tasks], [self.table.rows(j)[-1] for j in tasks]
+        return FrameInputs(
+            Rows(as_tensor(first + [0] * pad), as_tensor(last + [0] * pad), as_tensor(owner)),
+            as_tensor(adapters),
+            torch.cat([j.seed for j in settings]),
+            as_tensor([j.utterance.draw_step for j in tasks] + [0] * pad),
+            RowSampling.cat([j.text_params for j in settings]),
+            RowSampling.cat([j.audio_params for j in settings]),
+        )
