@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
-from dia2.data.grid import FRAME_RATE
 from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL, hub_repo_id_problem
+from dia2.model.config import FRAME_RATE
 from dia2.options import OptionError, sections
 
 

@@ -50,15 +50,15 @@ from data_prep.transcribe import SegmentTranscriber, asr_transcriber
 from data_prep.writer import assign_splits, push_corpus, write_corpus
 from dia2.audio.asr import AsrError
 from dia2.data.corpus import META_FILE, CorpusMeta
-from dia2.data.grid import FRAME_RATE
 from dia2.data.teacher import tail_frames
 from dia2.device import resolve_device
 from dia2.errors import Dia2Error
 from dia2.model.assets import TINY_MODEL, ModelSource
-from dia2.model.config import DataConfig, load_config
+from dia2.model.config import FRAME_RATE, DataConfig, load_config
 from dia2.output_paths import check_writable
 from dia2.text.script import TextTokenIds
 from dia2.text.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_source
+from dia2.tiny import model_source
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def load_prep_model(options: ModelOptions) -> PrepModel:
     from dia2.generation.runtime import load_codec
 
     device = resolve_device(options.device, "--device")
-    source = ModelSource.resolve(TINY_MODEL if options.tiny else options.model)
+    source = model_source(TINY_MODEL if options.tiny else options.model)
     manifest = source.manifest()
     config = load_config(source.file(manifest.config))
     tok_source = options.tokenizer or tokenizer_source(source, manifest.tokenizer, config.assets.tokenizer)

@@ -32,7 +32,7 @@ _HOMES = {
     "ScriptError": "dia2.text.script",
     "Voice": "dia2.generation.voice",
     "load_config": "dia2.model.config",
-    "load_model": "dia2.model.checkpoint",
+    "load_model": "dia2.model.network",
     "parse_config": "dia2.model.config",
     "save_model": "dia2.model.checkpoint",
 }
@@ -45,9 +45,9 @@ if TYPE_CHECKING:
     from dia2.generation.sampling import SamplingConfig
     from dia2.generation.voice import Voice
     from dia2.model.assets import AssetError
-    from dia2.model.checkpoint import CheckpointError, load_model, save_model
+    from dia2.model.checkpoint import CheckpointError, save_model
     from dia2.model.config import ConfigError, Dia2Config, load_config, parse_config
-    from dia2.model.network import DecoderOutput, DecodeState, Dia2Model, Dia2Output
+    from dia2.model.network import DecoderOutput, DecodeState, Dia2Model, Dia2Output, load_model
     from dia2.text.script import ScriptError
 
 

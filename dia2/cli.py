@@ -27,12 +27,12 @@ import torch
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.audio.encode import EXTENSIONS
 from dia2.console import setup_logging
-from dia2.data.grid import FRAME_RATE
 from dia2.device import AUTO
 from dia2.errors import Dia2Error, report
 from dia2.generation.config import GenerationConfig
 from dia2.model.adapter_files import AdapterError, check_adapter_path
 from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL, AssetError, ModelSource
+from dia2.model.config import FRAME_RATE
 from dia2.options import (
     FlagParser,
     OptionError,

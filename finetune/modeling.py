@@ -27,6 +27,7 @@ from dia2.generation.runtime import Dia2
 from dia2.model.adapters import lora_model
 from dia2.model.assets import ModelSource
 from dia2.model.network import Dia2Model
+from dia2.tiny import model_source
 from finetune.config import ConfigError, LoraSection, ModelSection, QuantSection
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Base:
 def resolve_source(base: str) -> ModelSource:
     """Where `model.base` lives: a local folder (absolute) or a Hub repo id; `tiny` builds or
     reuses the cached demo bundle. Its `name` is what the run's records call the base."""
-    source = ModelSource.resolve(base)
+    source = model_source(base)
     if source.is_local:
         return dataclasses.replace(source, location=str(Path(source.location).resolve()))
     return source

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from dia2.data.grid import (
-    FRAME_RATE,
     cell_frames,
     delay_codes,
     drop_text,
@@ -33,6 +32,7 @@ from dia2.data.grid import (
 )
 from dia2.generation.config import GenerationConfig
 from dia2.generation.sampling import RowSampling, counters, draw, sample_action
+from dia2.model.config import FRAME_RATE
 from dia2.model.network import DecoderOutput, DecodeState, Dia2Model
 from dia2.text.align import NEW_WORD_STEP_OFFSET
 from dia2.text.state_machine import (

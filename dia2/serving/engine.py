@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from dia2.generation.long_form import LongForm, tail_frames
+from dia2.generation.long_form import LongForm, carry_frames
 from dia2.generation.config import GenerationConfig
 from dia2.generation.loop import FrameUpdate, Rows, Utterance
 from dia2.generation.runtime import Dia2, seed_of
@@ -168,10 +168,10 @@ class Engine:
         self.config = config = config or EngineConfig()
         self.num_codebooks = self.model.config.num_codebooks
         context = self.model.config.runtime.max_context_steps
-        if config.max_prefix_frames < 2 * tail_frames(context):
+        if config.max_prefix_frames < 2 * carry_frames(context):
             raise EngineError(
                 f"EngineConfig.max_prefix_frames is {config.max_prefix_frames}, but long scripts carry up to "
-                f"{2 * tail_frames(context)} frames of each part into the next: raise it to at least that"
+                f"{2 * carry_frames(context)} frames of each part into the next: raise it to at least that"
             )
         self.length = context + config.max_prefix_frames
         max_rows = 2 * config.slots
