@@ -5,7 +5,7 @@
     run_prep(PrepConfig(input=Path("recordings"), output=Path("corpus")))
 
 The model side (tokenizer, delays, context length, Mimi) comes from a Dia2 model repo or folder
-as the runtime reads it (manifest, config assets, overrides), without its weights. Recordings are
+as `Dia2.from_repo` reads it (manifest, config assets, overrides), without its weights. Recordings are
 prepared in sorted order, each result cached as soon as it is done; the corpus is assembled from
 the cache in that same order, so a run killed at any point and started again writes the same
 corpus as one that was never interrupted.
@@ -90,7 +90,7 @@ class PrepOutcome:
 
 def load_prep_model(options: ModelOptions) -> PrepModel:
     """Tokenizer, config and Mimi of a Dia2 model repo or folder (`--tiny`: the embedded demo)."""
-    from dia2.generation.runtime import load_codec
+    from dia2.generation.tts import load_codec
 
     device = resolve_device(options.device, "--device")
     source = model_source(TINY_MODEL if options.tiny else options.model)

@@ -17,17 +17,17 @@ from dia2.errors import Dia2Error
 
 _HOMES = {
     "AssetError": "dia2.model.assets",
-    "AudioChunk": "dia2.generation.runtime",
+    "AudioChunk": "dia2.generation.tts",
     "CheckpointError": "dia2.model.checkpoint",
     "ConfigError": "dia2.model.config",
     "DecodeState": "dia2.model.network",
     "DecoderOutput": "dia2.model.network",
-    "Dia2": "dia2.generation.runtime",
+    "Dia2": "dia2.generation.tts",
     "Dia2Config": "dia2.model.config",
     "Dia2Model": "dia2.model.network",
     "Dia2Output": "dia2.model.network",
     "GenerationConfig": "dia2.generation.config",
-    "GenerationResult": "dia2.generation.runtime",
+    "GenerationResult": "dia2.generation.tts",
     "SamplingConfig": "dia2.generation.sampling",
     "ScriptError": "dia2.text.script",
     "Voice": "dia2.generation.voice",
@@ -41,8 +41,8 @@ __all__ = sorted(["Dia2Error", *_HOMES])
 
 if TYPE_CHECKING:
     from dia2.generation.config import GenerationConfig
-    from dia2.generation.runtime import AudioChunk, Dia2, GenerationResult
     from dia2.generation.sampling import SamplingConfig
+    from dia2.generation.tts import AudioChunk, Dia2, GenerationResult
     from dia2.generation.voice import Voice
     from dia2.model.assets import AssetError
     from dia2.model.checkpoint import CheckpointError, save_model

@@ -221,7 +221,7 @@ def build_app(options: ServerOptions):
 
 def load_tts(m: ModelOptions, purpose: str):
     """The Dia2 runtime the model options name (a --adapter given with the model is merged in)."""
-    from dia2.generation.runtime import Dia2
+    from dia2.generation.tts import Dia2
 
     if m.source == TINY_MODEL:
         logger.warning("%s the embedded tiny demo model: random, untrained weights (noise, not speech)", purpose)

@@ -47,7 +47,7 @@ from dia2.progress import progress_bar
 from dia2.text.script import check_script, expected_seconds
 
 if TYPE_CHECKING:
-    from dia2.generation.runtime import GenerationResult
+    from dia2.generation.tts import GenerationResult
 
 logger = logging.getLogger("dia2.cli")
 
@@ -260,7 +260,7 @@ def _speak(o: InferOptions, script: str) -> GenerationResult:
     """Load the model (and the voice) and speak `script`."""
     from dia2.audio.asr import WhisperTranscriber
     from dia2.generation.graphs import kernel_wrapper
-    from dia2.generation.runtime import Dia2
+    from dia2.generation.tts import Dia2
     from dia2.generation.voice import Voice, with_transcript
 
     m = o.model

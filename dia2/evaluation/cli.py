@@ -130,7 +130,7 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
     if not o.allow_other_base:
         check_adapter_bases(list(o.adapter), o.model)
     from dia2.evaluation.run import EvalSetup, Evaluation, configurations, total_clips
-    from dia2.generation.runtime import Dia2
+    from dia2.generation.tts import Dia2
     from dia2.generation.voice import Voice
 
     device = str(resolve_device(o.device))

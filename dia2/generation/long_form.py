@@ -6,7 +6,7 @@ turn or sentence boundaries (`dia2.text.parts.split_script`), and every part aft
 conditioned on the end of the previous part's audio, as a voice prefix whose words are the ones
 the previous part spoke there (known exactly: no recogniser runs). The tail starts at a word's
 first frame, so no word is cut in two. The parts' frames follow each other with no gap; decoded
-by one streaming decoder they are one seamless waveform (`dia2.generation.runtime.decode_updates`).
+by one streaming decoder they are one seamless waveform (`dia2.generation.tts.decode_updates`).
 
 `Dia2.generate` and the serving engine both speak a script through `LongForm`, which plans each
 part (`next_plan`) and turns each part's frame updates into updates of the whole (`record`): word
@@ -61,8 +61,8 @@ def part_words(config: GenerationConfig, context: int, prefix_frames: int) -> in
 
 
 class Planner(Protocol):
-    """What `LongForm` asks of the `Dia2` (`dia2.generation.runtime`) that speaks the parts:
-    named here, not imported, because the runtime builds on this module."""
+    """What `LongForm` asks of the `Dia2` (`dia2.generation.tts`) that speaks the parts:
+    named here, not imported, because `dia2.generation.tts` builds on this module."""
 
     model: Dia2Model
     codec: MimiCodec

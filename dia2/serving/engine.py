@@ -45,7 +45,7 @@ from torch import Tensor
 from dia2.generation.long_form import LongForm, carry_frames
 from dia2.generation.config import GenerationConfig
 from dia2.generation.loop import FrameUpdate, Rows, Utterance
-from dia2.generation.runtime import Dia2, seed_of
+from dia2.generation.tts import Dia2, seed_of
 from dia2.generation.sampling import KEEP_ALL, RowSampling, sample_action
 from dia2.model.network import Dia2Model
 from dia2.serving.batch import BatchKernels, FrameInputs, GraphedBatchKernels
@@ -152,14 +152,14 @@ class _Filler:
 
 
 class Engine:
-    """A fixed number of slots generating at once on one `Dia2` runtime's model.
+    """A fixed number of slots generating at once on one `Dia2`'s model.
 
         engine = Engine(Dia2.from_repo("nari-labs/Dia2-2B"), EngineConfig(slots=16)).start()
         handle = engine.submit(Request("[S1] Hello there.", GenerationConfig(seed=1)))
         for chunk in handle: ...
 
     Without `start()` the engine runs in the thread that reads a handle (or calls `step()`).
-    The engine owns its model while it runs: do not call the runtime's own generate/stream on
+    The engine owns its model while it runs: do not call that `Dia2`'s own generate/stream on
     the same model meanwhile.
     """
 

@@ -27,8 +27,8 @@ import yaml
 from dia2.errors import Dia2Error
 from dia2.model.assets import TINY_MODEL
 from dia2.serving.voices import check_name
+from dia2.studio.backend import Studio, StudioError
 from dia2.studio.jobs import Job
-from dia2.studio.runtime import Studio, StudioError
 
 QC_TEXT, QC_JSON, CORPUS_META = "qc_report.txt", "qc_report.json", "corpus_meta.json"
 METRICS, PROGRESS, ADAPTER = "metrics.jsonl", "progress.json", "adapter"

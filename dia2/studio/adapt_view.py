@@ -27,8 +27,8 @@ from dia2.studio.adapt import (
     start_prep,
     start_train,
 )
+from dia2.studio.backend import Studio, job_label, shows_errors
 from dia2.studio.jobs import Job
-from dia2.studio.runtime import Studio, job_label, shows_errors
 
 _PREP_BAR = re.compile(r"recordings:\s*\d+%.*?(\d+)/(\d+)")
 LOG_LINES = 12

@@ -42,7 +42,7 @@ from dia2.options import (
     flag_values,
     sections,
 )
-from dia2.studio.runtime import ScorerFactory, Studio
+from dia2.studio.backend import ScorerFactory, Studio
 
 logger = logging.getLogger("dia2.studio")
 

@@ -27,7 +27,7 @@ import numpy as np
 from dia2.generation.config import GenerationConfig
 from dia2.generation.voice import PrefixError, Voice
 from dia2.model.config import FRAME_RATE
-from dia2.studio.runtime import (
+from dia2.studio.backend import (
     Studio,
     StudioError,
     read_recording,

@@ -170,7 +170,7 @@ def test_repeated_seeds_are_refused(tmp_path, inputs, capsys):
 
 
 def test_a_missing_speaker_encoder_is_refused_before_the_model_loads(tmp_path, inputs, capsys, monkeypatch):
-    from dia2.generation.runtime import Dia2
+    from dia2.generation.tts import Dia2
 
     loads = []
     monkeypatch.setattr(Dia2, "from_repo", lambda *args, **kwargs: loads.append(args))

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import finetune.checkpoint
 import finetune.train
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
 from dia2.model.adapters import AdaptedModel, load_adapter, lora_model
 from dia2.model.network import Dia2Model
 from finetune.outputs import RunPaths, read_metrics

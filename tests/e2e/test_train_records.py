@@ -16,7 +16,7 @@ import yaml
 
 import finetune.train
 from dia2.generation.config import GenerationConfig
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
 from dia2.tiny import BUNDLE_VERSION
 from finetune.outputs import RunPaths, read_metrics
 from finetune.push import push_run

@@ -17,7 +17,7 @@ def test_a_missing_device_is_refused_before_anything_loads(device, message, monk
     import dia2.device
     from dia2.device import DeviceError, resolve_device
     from dia2.errors import Dia2Error
-    from dia2.generation.runtime import Dia2
+    from dia2.generation.tts import Dia2
 
     monkeypatch.setattr(dia2.device.torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError, match=message) as caught:

@@ -282,7 +282,7 @@ def adapter_dirs(tmp_path_factory):
 
 @pytest.fixture
 def own_tts(tiny_tts):
-    """A runtime with its own copy of the tiny model (the engine hooks adapters onto it)."""
+    """A `Dia2` with its own copy of the tiny model (the engine hooks adapters onto it)."""
     import copy
 
     from dia2 import Dia2

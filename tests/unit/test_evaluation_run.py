@@ -151,7 +151,7 @@ def test_an_adapter_recorded_for_another_base_is_refused_with_the_way_round(tmp_
 
 
 class HearsItsPrompt:
-    """A transcriber that hears, for each clip the runtime spoke, that clip's prompt less its last
+    """A transcriber that hears, for each clip the model spoke, that clip's prompt less its last
     word: scored against its own prompt a clip's WER is exactly 1 / (the prompt's words)."""
 
     def __init__(self, tts, monkeypatch) -> None:

@@ -196,7 +196,7 @@ def test_max_frames_past_the_context_is_capped_and_the_hints_fit_the_limit(tiny_
     from dia2.text.script import ScriptError
 
     context = tiny_tts.model.config.runtime.max_context_steps
-    with caplog.at_level("WARNING", logger="dia2.generation.runtime"):
+    with caplog.at_level("WARNING", logger="dia2.generation.tts"):
         loop = tiny_tts._loop(tiny_tts.parse("[S1] Hi."), GenerationConfig(max_frames=context + 2500), None, None)
     assert loop.capacity == 1 + context and f"past the model's context of {context} frames" in caplog.text
     with pytest.raises(ScriptError, match=f"or raise max_frames \\(--max-frames, up to the model's context of {context}\\)"):

@@ -16,7 +16,7 @@ from dia2.generation import graphs
 from dia2.generation.graphs import CudaGraphKernels, GraphError, kernel_wrapper
 from dia2.generation.config import GenerationConfig
 from dia2.generation.loop import FrameKernels
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
 from tests.helpers.kernels import EagerCapture
 
 SCRIPT = "[S1] Hello there. [S2] Hi!"

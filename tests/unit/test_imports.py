@@ -60,12 +60,12 @@ EXPECTED = {
     ("dia2.evaluation.cli", "dia2.cli"): "issue 25 item 1: dia2-eval borrows dia2-infer's flags",
     ("dia2.studio.app", "dia2.api_server"): "issue 25 item 1: the studio borrows the server's options",
     ("dia2.studio.app", "dia2.cli"): "issue 25 item 1: the studio borrows dia2-infer's flags",
-    ("dia2.studio.runtime", "dia2.api_server"): "issue 25 item 1: the studio loads its model with the server's loader",
+    ("dia2.studio.backend", "dia2.api_server"): "issue 25 item 1: the studio loads its model with the server's loader",
     # Issue 25, item 3 (the studio as a client of the trainer and data prep).
     ("dia2.studio.adapt", "finetune.config_file"): "issue 25 item 3: the studio reads the trainer's presets itself",
     # Issue 25, item 6: circles being removed on other branches (the hidden side of each).
     ("dia2.serving.requests", "dia2.serving.engine"): "issue 25 items 4, 6: Handle calls into Engine (engine <-> requests)",
-    ("dia2.studio.runtime", "dia2.studio.adapt"): "issue 25 item 6: studio runtime <-> adapt",
+    ("dia2.studio.backend", "dia2.studio.adapt"): "issue 25 item 6: studio runtime (now backend) <-> adapt",
     ("data_prep.pipeline", "data_prep.shards"): "issue 25 item 6: data_prep pipeline <-> shards",
 }
 """(importer, imported) pairs allowed for now, with the reason; every check skips them."""

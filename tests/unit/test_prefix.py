@@ -9,8 +9,8 @@ import torch
 
 from dia2.data.grid import delay_codes
 from dia2.generation.config import GenerationConfig
-from dia2.generation.runtime import Dia2
 from dia2.generation.sampling import SamplingConfig
+from dia2.generation.tts import Dia2
 from dia2.generation.voice import PrefixError, Voice, voice_prefix
 from dia2.model.config import FRAME_RATE
 from dia2.text.align import NEW_WORD_STEP_OFFSET

@@ -15,7 +15,7 @@ import torch
 
 from dia2.generation.config import GenerationConfig
 from dia2.generation.loop import FrameKernels
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
 from dia2.generation.voice import Voice, voice_prefix
 from dia2.text.align import prefix_alignment
 from dia2.text.state_machine import last_column
@@ -31,8 +31,8 @@ SCRIPT = "[S1] Hello there, how are you? [S2] I am doing well. <break time=\"0.4
 SHORT_SCRIPT = "[S1] Hello there, how are you?"
 
 
-def forced_runtime(tiny_tts: Dia2, policy: str) -> tuple[Dia2, list[ForcedActions]]:
-    """A runtime over the tiny model whose actions follow `policy`, and its kernels once built."""
+def forced_tts(tiny_tts: Dia2, policy: str) -> tuple[Dia2, list[ForcedActions]]:
+    """A `Dia2` over the tiny model whose actions follow `policy`, and its kernels once built."""
     built: list[ForcedActions] = []
 
     def wrap(kernels: FrameKernels) -> FrameKernels:
@@ -49,7 +49,7 @@ def max_delay(tts: Dia2) -> int:
 
 @pytest.mark.parametrize("policy,script", [(ALWAYS, SCRIPT), (NEVER, SHORT_SCRIPT)])
 def test_last_column_and_audio_length_follow_the_stop_rule_exactly(tiny_tts, policy, script):
-    tts, kernels = forced_runtime(tiny_tts, policy)
+    tts, kernels = forced_tts(tiny_tts, policy)
     _, end_step = expected_steps(tts.parse(script), policy, initial_padding=2)
     last = end_step + max_delay(tts) + SPEC_MAX_PADDING
     result = tts.generate(script, GenerationConfig(seed=0))
@@ -62,7 +62,7 @@ def test_last_column_and_audio_length_follow_the_stop_rule_exactly(tiny_tts, pol
 
 
 def test_streaming_stops_at_the_same_column(tiny_tts):
-    tts, kernels = forced_runtime(tiny_tts, ALWAYS)
+    tts, kernels = forced_tts(tiny_tts, ALWAYS)
     _, end_step = expected_steps(tts.parse(SCRIPT), ALWAYS, initial_padding=2)
     last = end_step + max_delay(tts) + SPEC_MAX_PADDING
     chunks = list(tts.stream(SCRIPT, GenerationConfig(seed=0)))
@@ -73,7 +73,7 @@ def test_streaming_stops_at_the_same_column(tiny_tts):
 
 @pytest.mark.parametrize("policy,script,initial_padding", [(ALWAYS, SCRIPT, 2), (ALWAYS, SCRIPT, 4), (NEVER, SHORT_SCRIPT, 3)])
 def test_word_times_are_the_alignment_start_frames(tiny_tts, policy, script, initial_padding):
-    tts, _ = forced_runtime(tiny_tts, policy)
+    tts, _ = forced_tts(tiny_tts, policy)
     entries = tts.parse(script)
     steps, _ = expected_steps(entries, policy, initial_padding)
     result = tts.generate(script, GenerationConfig(seed=0, initial_padding=initial_padding))
@@ -87,7 +87,7 @@ def test_word_times_map_back_to_their_steps_through_the_alignment_rule(tiny_tts)
     """Aligning the reported times (with the words' token counts) by the prefix rule, as a long
     script's next part does with them, gives back the steps the words were started at:
     timestamps and alignment are one rule, read in two directions."""
-    tts, _ = forced_runtime(tiny_tts, ALWAYS)
+    tts, _ = forced_tts(tiny_tts, ALWAYS)
     entries = [e for e in tts.parse(SHORT_SCRIPT) if e.tokens]
     steps, _ = expected_steps(entries, ALWAYS, initial_padding=3)  # frame 1: the rule's earliest
     result = tts.generate(SHORT_SCRIPT, GenerationConfig(seed=0, initial_padding=3))
@@ -119,7 +119,7 @@ def test_prefix_words_round_trip_through_the_alignment(tiny_tts):
     word_steps = [f - 1 + SPEC_STEP_OFFSET for f in starts]
     assert set(word_steps) <= set(prefix.new_word_steps)
 
-    tts, _ = forced_runtime(tiny_tts, ALWAYS)
+    tts, _ = forced_tts(tiny_tts, ALWAYS)
     kept = tts.generate("[S1] How are you?", GenerationConfig(seed=0, include_prefix=True), voice=voice)
     cropped = tts.generate("[S1] How are you?", GenerationConfig(seed=0), voice=voice)
     assert kept.timestamps[:3] == [(w.text, f / 12.5) for w, f in zip(voice.words, starts)]

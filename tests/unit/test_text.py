@@ -27,7 +27,7 @@ class FakeTokenizer:
     " hi" -> [250], "you" -> [300, 301], "there" -> [500, 501, 502], " there" -> [550, 551, 552].
     """
 
-    bos_token_id = 0  # the published tokenizer reports 0, which the runtime treats as "no bos"
+    bos_token_id = 0  # the published tokenizer reports 0, which `Dia2` treats as "no bos"
     unk_token_id = 0
 
     def __init__(self, speaker_tags: bool = True) -> None:

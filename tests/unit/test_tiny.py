@@ -19,7 +19,7 @@ def embedded_tiny(tiny_bundle_dir, tiny_cache, monkeypatch):
 def test_tiny_is_a_model_source_for_the_python_api_and_data_prep(embedded_tiny):
     from data_prep.config import ModelOptions
     from data_prep.pipeline import load_prep_model
-    from dia2.generation.runtime import Dia2
+    from dia2.generation.tts import Dia2
 
     source = model_source("tiny")
     assert source.is_local and source.name == "tiny" and Path(source.location).resolve() == embedded_tiny.resolve()

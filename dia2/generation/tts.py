@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 KernelWrapper = Callable[[FrameKernels], FrameKernels]
 
-# Wrapped kernels a runtime keeps, one per sampling setup: each may hold captured graphs and
+# Wrapped kernels a `Dia2` keeps, one per sampling setup: each may hold captured graphs and
 # full-capacity decode states, so only the setups in recent use stay.
 KEPT_KERNELS = 2
 

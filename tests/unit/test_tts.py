@@ -1,11 +1,12 @@
-"""The runtime's loading options on the tiny bundle: adapters, low-VRAM, tokenizer sources."""
+"""dia2.generation.tts: `Dia2.from_repo`'s loading options on the tiny bundle: adapters, low-VRAM,
+tokenizer and codec sources, a model folder given by its files."""
 
 import pytest
 import torch
 
 from dia2.generation.config import GenerationConfig
-from dia2.generation.runtime import Dia2
 from dia2.generation.sampling import SamplingConfig
+from dia2.generation.tts import Dia2
 from dia2.text.tokenizer import TokenizerError, load_tokenizer, tokenizer_source
 from tests.helpers.adapters import save_random_adapter
 
@@ -71,7 +72,7 @@ def test_tokenizer_load_errors(tmp_path, monkeypatch):
 
 
 def test_tiny_tokenizer_has_dia2_control_tokens(tiny_tts):
-    assert tiny_tts.ids.bos == 1  # the tokenizer reports bos 0; the runtime uses 1, as published
+    assert tiny_tts.ids.bos == 1  # the tokenizer reports bos 0; `Dia2` uses 1, as published
     assert tiny_tts.ids.spk1 != tiny_tts.ids.spk2
     assert tiny_tts.tokenizer.encode("[S1] hi", add_special_tokens=False)[0] == tiny_tts.ids.spk1
 
