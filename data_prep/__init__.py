@@ -6,7 +6,10 @@ Stages (one module each): `sources` (folders, manifests, speakers) -> `audio` (c
 -> `transcribe` (faster-whisper) -> `segment` (utterances at pauses) -> `recording` (filters,
 shared alignment, Mimi encoding) -> `cache` (per-file results, resumable) -> `writer` (the
 `datasets` corpus of `dia2.data.corpus`) and `qc` (the report). `pipeline.run_prep` runs them;
-`config` holds every option. Imports `dia2` only.
+`config` holds every option, `cli` is the command; `results` (what one recording yields, and what
+was left out), `reference` (reference text against the transcript) and `timing` (wall time per
+stage) serve them. Several processes: `distributed` (Accelerate / torch.distributed, the shared
+filesystem check) and `shards` (one process's share, then the corpus). Imports `dia2` only.
 
 Stages for real recordings (issue 21), not yet run by the pipeline: `loudness` (BS.1770 level and
 true-peak limiting), `vad` (silero-vad speech regions, cut boundaries), `quality` (the DNSMOS

@@ -6,6 +6,26 @@
 
 The names below are imported on first use (PEP 562), so `import dia2.errors` or an entry point's
 option parsing does not load torch and the model stack: a command refuses a bad input at once.
+
+Layout, in the direction of the data flow. A module imports only its own sub-package and what is
+listed above it (audio and data, serving and evaluation do not import each other); nothing here
+imports `data_prep`, `finetune` or a command (tests/unit/test_imports.py checks it):
+
+    errors.py     the one error base every command reports
+    console.py, device.py, options.py, output_paths.py, processes.py, progress.py
+                  what every command shares: logging, the device check, option dataclasses ->
+                  flags and --help, output checks, pid checks, progress lines
+    model/        config.json, the network, weight files and assets, LoRA adapters, quantization
+    text/         scripts, tokenizer, the text state machine, timed words, word-to-frame alignment
+    audio/        the Mimi codec, audio files and encodings, speech recognition, speech quality
+    data/         the token grid shared by training and decoding, the corpus schema
+    tiny.py       the embedded tiny model (built in-process) and `tiny` as a model name
+    generation/   sampling, the frame loop, voices, long scripts, CUDA graphs, the `Dia2` API (tts.py)
+    serving/      the batched engine, stored voices, the OpenAI-compatible speech API
+    evaluation/   scores of voices: intelligibility, speaker similarity, behaviour; reports
+    studio/       the Gradio studio: its tabs, the backend they share, background jobs
+    cli.py (dia2-infer), api_server.py (the speech server), evaluation/cli.py (dia2-eval),
+    studio/app.py (dia2-studio, gradio_app.py), demo.py: the commands, on top of all the rest
 """
 
 from __future__ import annotations
