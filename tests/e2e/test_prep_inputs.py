@@ -104,7 +104,7 @@ def test_reference_text_flags_a_transcript_that_disagrees(tmp_path, prep_model, 
         'alice/greeting.flac,alice,"Hello there, how are you doing today?"\n'
         "bob/time.flac,bob,The cat sat quietly on a warm mat near the door.\n"
     )
-    # The transcript of a correct recording stays under MAX_WER on any CPU (tests/asr_checks.py);
+    # The transcript of a correct recording stays under MAX_WER on any CPU (tests/helpers/asr_checks.py);
     # the default --max-wer 0.25 would drop alice's on a CPU that mishears two of its seven words.
     outcome = run_prep(replace(config(manifest, out, overwrite=True), filters=FilterOptions(max_wer=MAX_WER)), prep_model, whisper)
     assert (out / "keep.txt").read_text() == "the user's"  # --overwrite writes beside it, deletes nothing

