@@ -58,7 +58,6 @@ from dia2.model.config import FRAME_RATE, DataConfig, load_config
 from dia2.output_paths import check_writable
 from dia2.text.script import TextTokenIds
 from dia2.text.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_source
-from dia2.tiny import model_source
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,9 @@ class PrepOutcome:
 
 def load_prep_model(options: ModelOptions) -> PrepModel:
     """Tokenizer, config and Mimi of a Dia2 model repo or folder (`--tiny`: the embedded demo)."""
+    # Imported here, with the model stack they bring (transformers): a run refuses a bad input first.
     from dia2.generation.tts import load_codec
+    from dia2.tiny import model_source
 
     device = resolve_device(options.device, "--device")
     source = model_source(TINY_MODEL if options.tiny else options.model)
