@@ -65,7 +65,7 @@ from machine import describe
 
 from dia2.audio.encode import AudioEncoder
 from dia2.generation.config import GenerationConfig
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
 from dia2.serving.api import ApiSettings, create_app
 from dia2.serving.engine import Engine, EngineConfig, Request
 from dia2.serving.voices import VoiceError, VoiceStore

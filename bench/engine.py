@@ -39,7 +39,7 @@ from machine import describe
 
 from dia2.audio.codec import MimiCodec
 from dia2.generation.config import GenerationConfig
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
 from dia2.model.config import load_config, parse_config
 from dia2.model.network import Dia2Model
 from dia2.serving.engine import Engine, EngineConfig, Handle, Request

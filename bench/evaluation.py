@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         "behaviour": best_time(each(lambda c: behaviour.score(c, RATE, text, timestamps=[("The", 0.1)])), args.repeats),
         "resynthesis": best_time(each(lambda c: resynthesize(codec, c)), args.repeats),
     }
-    from dia2.generation.runtime import Dia2
+    from dia2.generation.tts import Dia2
 
     tts = Dia2.from_repo("tiny", device="cpu")
     started = time.perf_counter()

@@ -37,9 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, matmul_peak_flops  # noqa: E402
 
-from dia2.data.grid import FRAME_RATE  # noqa: E402
 from dia2.data.teacher import Batch  # noqa: E402
-from dia2.model.config import Dia2Config, load_config  # noqa: E402
+from dia2.model.config import FRAME_RATE, Dia2Config, load_config  # noqa: E402
 from dia2.model.network import Dia2Model  # noqa: E402
 from finetune.config import LoraSection, LossSection  # noqa: E402
 from finetune.losses import training_loss  # noqa: E402

@@ -8,8 +8,10 @@ shared alignment, Mimi encoding) -> `cache` (per-file results, resumable) -> `wr
 `datasets` corpus of `dia2.data.corpus`) and `qc` (the report). `pipeline.run_prep` runs them
 (`pipeline.check_run`: the check-only run, `--check`): `work` holds the steps of one process
 (load the models, prepare through the cache, write), which `shards` runs per process under a
-launcher (`distributed`: how the processes share out and report). `config` holds every option,
-`cli` the command. Imports `dia2` only.
+launcher (`distributed`: how the processes share out and report, the shared filesystem check).
+`config` holds every option, `cli` is the command; `results` (what one recording yields, and what
+was left out), `reference` (reference text against the transcript) and `timing` (wall time per
+stage) serve them. Imports `dia2` only.
 
 Stages for real recordings (issue 21), not yet run by the pipeline: `loudness` (BS.1770 level and
 true-peak limiting), `vad` (silero-vad speech regions, cut boundaries), `quality` (the DNSMOS

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dia2.audio.io import AudioFileError, resample
+from dia2.audio.io import CLIP_LEVEL, AudioFileError, resample
 
 logger = logging.getLogger(__name__)
 
-CLIP_LEVEL = 0.99
-"""A sample at or above this magnitude counts as clipped (8-bit audio tops out at 127/128)."""
 _BLOCK_SECONDS = 1.0  # a decode error loses at most this much good audio before it
 _MARGIN_SECONDS = 0.05  # extra audio read on each side of a span for the resampler
 

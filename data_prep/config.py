@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
-from dia2.data.grid import FRAME_RATE
-from dia2.launch.model import model_source
+from dia2.launch.model import model_name
 from dia2.model.assets import DEFAULT_MODEL, hub_repo_id_problem
+from dia2.model.config import FRAME_RATE
 from dia2.options import OptionError, sections
 
 
@@ -52,7 +52,7 @@ class CorpusModelOptions:
     @property
     def source(self) -> str:
         """The model source to load: --model, or tiny for --tiny."""
-        return model_source(self.model, self.tiny)
+        return model_name(self.model, self.tiny)
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,11 @@ from data_prep.writer import assign_splits, push_corpus, write_corpus
 from dia2.audio.asr import AsrError
 from dia2.console import is_main_process
 from dia2.data.corpus import META_FILE, CorpusMeta
-from dia2.data.grid import FRAME_RATE
 from dia2.data.teacher import tail_frames
 from dia2.device import resolve_device
 from dia2.errors import Dia2Error
 from dia2.model.assets import ModelSource
-from dia2.model.config import DataConfig, load_config
+from dia2.model.config import FRAME_RATE, DataConfig, load_config
 from dia2.progress import PROGRESS_FILE, Phase, ProgressFile
 from dia2.text.coverage import coverage_report, words_of_rows
 from dia2.text.script import TextTokenIds
@@ -89,7 +88,8 @@ class PrepOutcome:
 
 def load_prep_model(options: CorpusModelOptions) -> PrepModel:
     """Tokenizer, config and Mimi of a Dia2 model repo or folder (`--tiny`: the embedded demo)."""
-    from dia2.generation.runtime import load_codec
+    # Imported here, with the model stack it brings (transformers): a run refuses a bad input first.
+    from dia2.generation.tts import load_codec
 
     device = resolve_device(options.device, "--device")
     source = model_source(options)
@@ -109,7 +109,9 @@ def load_prep_model(options: CorpusModelOptions) -> PrepModel:
 
 def model_source(options: CorpusModelOptions) -> ModelSource:
     """The Dia2 model repo or folder the corpus is built for (`--tiny`: the embedded demo model)."""
-    return ModelSource.resolve(options.source)
+    from dia2.tiny import model_source as named_source  # builds the tiny bundle: only when it is asked for
+
+    return named_source(options.source)
 
 
 def recorded_name(location: str, source: ModelSource | None = None) -> str:

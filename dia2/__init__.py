@@ -6,6 +6,26 @@
 
 The names below are imported on first use (PEP 562), so `import dia2.errors` or an entry point's
 option parsing does not load torch and the model stack: a command refuses a bad input at once.
+
+Layout, in the direction of the data flow. A module imports only its own sub-package and what is
+listed above it (audio and data, serving and evaluation do not import each other); nothing here
+imports `data_prep`, `finetune` or a command (tests/unit/test_imports.py checks it):
+
+    errors.py     the one error base every command reports
+    console.py, device.py, options.py, output_paths.py, processes.py, progress.py
+                  what every command shares: logging, the device check, option dataclasses ->
+                  flags and --help, output checks, pid checks, progress lines
+    model/        config.json, the network, weight files and assets, LoRA adapters, quantization
+    text/         scripts, tokenizer, the text state machine, timed words, word-to-frame alignment
+    audio/        the Mimi codec, audio files and encodings, speech recognition, speech quality
+    data/         the token grid shared by training and decoding, the corpus schema
+    tiny.py       the embedded tiny model (built in-process) and `tiny` as a model name
+    generation/   sampling, the frame loop, voices, long scripts, CUDA graphs, the `Dia2` API (tts.py)
+    serving/      the batched engine, stored voices, the OpenAI-compatible speech API
+    evaluation/   scores of voices: intelligibility, speaker similarity, behaviour; reports
+    studio/       the Gradio studio: its tabs, the backend they share, background jobs
+    cli.py (dia2-infer), api_server.py (the speech server), evaluation/cli.py (dia2-eval),
+    studio/app.py (dia2-studio, gradio_app.py), demo.py: the commands, on top of all the rest
 """
 
 from __future__ import annotations
@@ -17,22 +37,22 @@ from dia2.errors import Dia2Error
 
 _HOMES = {
     "AssetError": "dia2.model.assets",
-    "AudioChunk": "dia2.generation.runtime",
+    "AudioChunk": "dia2.generation.tts",
     "CheckpointError": "dia2.model.checkpoint",
     "ConfigError": "dia2.model.config",
     "DecodeState": "dia2.model.network",
     "DecoderOutput": "dia2.model.network",
-    "Dia2": "dia2.generation.runtime",
+    "Dia2": "dia2.generation.tts",
     "Dia2Config": "dia2.model.config",
     "Dia2Model": "dia2.model.network",
     "Dia2Output": "dia2.model.network",
     "GenerationConfig": "dia2.generation.config",
-    "GenerationResult": "dia2.generation.runtime",
+    "GenerationResult": "dia2.generation.tts",
     "SamplingConfig": "dia2.generation.sampling",
     "ScriptError": "dia2.text.script",
     "Voice": "dia2.generation.voice",
     "load_config": "dia2.model.config",
-    "load_model": "dia2.model.checkpoint",
+    "load_model": "dia2.model.network",
     "parse_config": "dia2.model.config",
     "save_model": "dia2.model.checkpoint",
 }
@@ -41,13 +61,13 @@ __all__ = sorted(["Dia2Error", *_HOMES])
 
 if TYPE_CHECKING:
     from dia2.generation.config import GenerationConfig
-    from dia2.generation.runtime import AudioChunk, Dia2, GenerationResult
     from dia2.generation.sampling import SamplingConfig
+    from dia2.generation.tts import AudioChunk, Dia2, GenerationResult
     from dia2.generation.voice import Voice
     from dia2.model.assets import AssetError
-    from dia2.model.checkpoint import CheckpointError, load_model, save_model
+    from dia2.model.checkpoint import CheckpointError, save_model
     from dia2.model.config import ConfigError, Dia2Config, load_config, parse_config
-    from dia2.model.network import DecoderOutput, DecodeState, Dia2Model, Dia2Output
+    from dia2.model.network import DecoderOutput, DecodeState, Dia2Model, Dia2Output, load_model
     from dia2.text.script import ScriptError
 
 

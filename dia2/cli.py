@@ -26,13 +26,13 @@ import torch
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.audio.encode import EXTENSIONS
 from dia2.console import say
-from dia2.data.grid import FRAME_RATE
 from dia2.device import AUTO
 from dia2.errors import Dia2Error
 from dia2.generation.config import GenerationConfig
 from dia2.launch.command import run_main
 from dia2.launch.flags import FLAG_ALIASES, PUBLISHED_SPELLING
 from dia2.launch.model import ModelOptions, check_model_options, check_tiny, load_tts
+from dia2.model.config import FRAME_RATE
 from dia2.options import (
     FlagParser,
     OptionError,
@@ -47,7 +47,7 @@ from dia2.progress import progress_bar
 from dia2.text.script import check_script, expected_seconds
 
 if TYPE_CHECKING:
-    from dia2.generation.runtime import GenerationResult
+    from dia2.generation.tts import GenerationResult
 
 logger = logging.getLogger("dia2.cli")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dia2.generation.config import GenerationConfig
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
 from dia2.tiny import tiny_bundle
 
 SCRIPT = '[S1] Hello there, how are you today? [S2] I am doing well. <break time="0.3s"/> [S1] Good to hear.'

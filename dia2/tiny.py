@@ -7,7 +7,8 @@ end to end on a fresh machine, and so that tests exercise the real loading paths
 
 The bundle is cached (built once, written atomically) under `$DIA2_CACHE` or
 `~/.cache/dia2`, and is laid out exactly as a published repo plus a `dia2_assets.json` manifest
-naming its Mimi folder.
+naming its Mimi folder. `model_source` resolves a model name with `tiny` among them: every
+command that loads a model by name goes through it.
 
 Every seeded stand-in lives here, for the bundle, tests and benchmarks: `build_tiny_tokenizer`,
 `build_tiny_mimi` (the real frame geometry, tiny widths) and `build_random_mimi` (any geometry,
@@ -26,7 +27,7 @@ import torch
 from transformers import MimiConfig, MimiModel
 
 from dia2.audio.codec_stream import decoder_parts
-from dia2.model.assets import DEFAULT_MANIFEST, default_cache
+from dia2.model.assets import DEFAULT_MANIFEST, TINY_MODEL, ModelSource, default_cache
 from dia2.model.checkpoint import save_model
 from dia2.model.config import parse_config
 from dia2.model.network import Dia2Model
@@ -96,6 +97,16 @@ def tiny_bundle(cache: str | os.PathLike | None = None, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def model_source(
+    repo_or_dir: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None
+) -> ModelSource:
+    """Where the named model lives: `tiny` is the cached tiny bundle (built on first use), named
+    `tiny` in records; anything else is `ModelSource.resolve`'s (a local folder or a Hub repo id)."""
+    if str(repo_or_dir) == TINY_MODEL:
+        return ModelSource(str(tiny_bundle()), True, name=TINY_MODEL)
+    return ModelSource.resolve(repo_or_dir, revision, cache_dir)
 
 
 # --- the tiny tokenizer ----------------------------------------------------------------------

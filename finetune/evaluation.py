@@ -28,13 +28,13 @@ import torch
 from accelerate.utils import broadcast_object_list
 from torch import nn
 
-from dia2.data.grid import FRAME_RATE
 from dia2.errors import Dia2Error
 from dia2.evaluation.inputs import read_references
 from dia2.evaluation.run import Clip, aggregate
 from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
 from dia2.generation.config import GenerationConfig
-from dia2.generation.runtime import Dia2, GenerationResult
+from dia2.generation.tts import Dia2, GenerationResult
+from dia2.model.config import FRAME_RATE
 from dia2.model.peft_api import PeftModel
 from dia2.text.script import ScriptError
 from finetune.config import EvalSection, TrainConfig, TrainConfigError

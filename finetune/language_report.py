@@ -20,9 +20,9 @@ from pathlib import Path
 
 from dia2.data.corpus import SPLITS, CorpusError, CorpusMeta
 from dia2.errors import Dia2Error, report
-from dia2.model.assets import ModelSource
 from dia2.text.coverage import coverage_report, coverage_text, words_of_rows
 from dia2.text.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_source
+from dia2.tiny import model_source
 
 PROG = "python -m finetune.language_report"
 
@@ -56,7 +56,7 @@ def load_measuring_tokenizer(name: str):
     if path.is_dir() and (path / "vocab.json").is_file():
         return load_tokenizer(path)
     try:
-        source = ModelSource.resolve(name)
+        source = model_source(name)
         return load_tokenizer(tokenizer_source(source, source.manifest().tokenizer, None))
     except Dia2Error as exc:
         raise CorpusError(f"cannot load the tokenizer '{name}' ({exc}): pass --tokenizer with the model or tokenizer folder") from exc

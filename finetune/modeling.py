@@ -1,8 +1,8 @@
-"""The model under training: the base (loaded as the runtime loads it) plus what trains.
+"""The model under training: the base (loaded as `Dia2.from_repo` loads it) plus what trains.
 
-The base comes through `dia2.generation.runtime.Dia2.from_repo`, the very path `dia2-infer` uses, so the
+The base comes through `dia2.generation.tts.Dia2.from_repo`, the very path `dia2-infer` uses, so the
 tokenizer and codec the trainer builds grids with (and checks the corpus against) are the ones
-inference will use. LoRA layers are injected into that same `Dia2Model` in place, so the runtime
+inference will use. LoRA layers are injected into that same `Dia2Model` in place, so the `Dia2`
 object speaks evaluation samples with the current adapter and no copy of the model.
 
 Sharding (FSDP2) comes from the Accelerate launch config (configs/accelerate/fsdp-*.yaml) and is
@@ -23,10 +23,11 @@ from accelerate import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from torch import nn
 
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
 from dia2.model.adapters import OUTPUT_HEADS, lora_model
 from dia2.model.assets import ModelSource
 from dia2.model.network import Dia2Model
+from dia2.tiny import model_source
 from finetune.config import LoraSection, ModelSection, QuantSection, TrainConfigError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Base:
-    """The loaded base: the runtime (model, tokenizer, codec), where it came from, and the name
+    """The loaded base: the `Dia2` (model, tokenizer, codec), where it came from, and the name
     an adapter records for it."""
 
     tts: Dia2
@@ -45,7 +46,7 @@ class Base:
 def resolve_source(base: str) -> ModelSource:
     """Where `model.base` lives: a local folder (absolute) or a Hub repo id; `tiny` builds or
     reuses the cached demo bundle. Its `name` is what the run's records call the base."""
-    source = ModelSource.resolve(base)
+    source = model_source(base)
     if source.is_local:
         return dataclasses.replace(source, location=str(Path(source.location).resolve()))
     return source
@@ -95,7 +96,7 @@ def check_modules_to_save(model: Dia2Model, names: tuple[str, ...]) -> None:
     modules = [name for name, _ in model.named_modules()]
     for entry in names:
         if not any(m == entry or m.endswith("." + entry) for m in modules):
-            raise ConfigError(
+            raise TrainConfigError(
                 f"lora.modules_to_save names '{entry}', which is no module of this model: use full module names such "
                 f"as {', '.join(OUTPUT_HEADS)}"
             )

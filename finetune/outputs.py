@@ -28,9 +28,10 @@ from torch import nn
 
 from dia2.model.adapters import load_adapter
 from dia2.model.assets import DEFAULT_MANIFEST
-from dia2.model.checkpoint import load_model, resolve_files, save_model
+from dia2.model.checkpoint import resolve_files, save_model
 from dia2.model.config import Dia2Config
 from dia2.model.network import Dia2Model
+from dia2.tiny import model_source
 from finetune.run_folder import VOICE_FILE, RunPaths, write_voice_file
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def export_merged(source: str, adapter: Path, folder: Path) -> Path:
     A fresh load (rather than merging the trained model in place) works for QLoRA too, whose base
     in memory is quantized, and goes through `dia2.model.adapters.load_adapter`, the inference path.
     """
-    merged = load_adapter(load_model(source, dtype=torch.float32, device="cpu"), adapter, merge=True)
+    merged = load_adapter(Dia2Model.from_pretrained(source, dtype=torch.float32, device="cpu"), adapter, merge=True)
     save_model(merged, folder)
     copy_model_assets(source, folder)
     logger.info("wrote merged model %s", folder)
@@ -115,7 +116,7 @@ def copy_model_assets(source: str, folder: Path) -> None:
             else:
                 shutil.copy2(item, folder / item.name)
         return
-    files = resolve_files(source)
+    files = resolve_files(model_source(source))
     manifest = {"tokenizer": files.tokenizer or source}
     if files.mimi:
         manifest["mimi"] = files.mimi

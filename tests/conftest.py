@@ -68,7 +68,7 @@ def tiny_bundle_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_tts(tiny_bundle_dir):
-    from dia2.generation.runtime import Dia2
+    from dia2.generation.tts import Dia2
 
     return Dia2.from_repo(tiny_bundle_dir, device="cpu")
 

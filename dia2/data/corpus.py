@@ -29,8 +29,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from dia2.data.grid import FRAME_RATE
 from dia2.errors import Dia2Error
+from dia2.model.config import FRAME_RATE
 from dia2.text.words import SpokenWord
 
 SCHEMA_VERSION = 2

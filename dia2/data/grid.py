@@ -18,9 +18,6 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-FRAME_RATE = 12.5
-"""Mimi frames per second, which is also grid columns per second (24 kHz / 1920 samples)."""
-
 TEXT_CHANNELS = 2
 """Channels before the first codebook in a full grid: main text, second text."""
 

@@ -46,12 +46,13 @@ from dia2.launch.flags import FLAG_ALIASES
 from dia2.launch.model import ModelOptions, load_tts
 from dia2.model.adapter_files import check_adapter_path
 from dia2.model.assets import DEFAULT_MODEL
+from dia2.model.config import SAMPLE_RATE
 from dia2.options import FlagParser, OptionError, add_flags, build, flag_values
 from dia2.progress import progress_bar
 from dia2.text.script import ScriptError
 
 PROG = "dia2-eval"
-READ_RATE = 24000
+READ_RATE = SAMPLE_RATE
 """Rate the references are read at (Mimi's); the scorer and the codec resample from it if needed."""
 
 

@@ -31,7 +31,7 @@ from dia2.errors import Dia2Error
 from dia2.evaluation.inputs import Reference
 from dia2.evaluation.scoring import ClipScorer, ClipScores
 from dia2.generation.config import GenerationConfig
-from dia2.generation.runtime import Dia2, GenerationResult
+from dia2.generation.tts import Dia2, GenerationResult
 from dia2.generation.voice import Voice
 from dia2.model.adapters import load_adapter
 

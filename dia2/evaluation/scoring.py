@@ -44,6 +44,7 @@ from dia2.evaluation.text import (
     spoken_text,
     word_error_rate,
 )
+from dia2.model.config import SAMPLE_RATE
 from dia2.text.script import EXPECTED_WORDS_PER_SECOND
 from dia2.text.words import SpokenWord
 
@@ -128,7 +129,7 @@ class ClipScorer:
         self,
         references: Sequence[np.ndarray] | None = None,
         *,
-        reference_rate: int = 24000,
+        reference_rate: int = SAMPLE_RATE,
         asr: str | Transcriber | None = DEFAULT_WHISPER_MODEL,
         speaker: str | SpeakerEncoder | None = DEFAULT_SPEAKER_ENCODER,
         device: str = "cpu",

@@ -1,9 +1,13 @@
-"""Generation: from a script (and a voice) to Mimi codes, one frame at a time.
+"""Generation: from a script (and a voice) to Mimi codes, one frame at a time, on one model.
+Imports the layers below it (model, text, audio, data, tiny), never serving or above.
 
-In the order a frame is made: `config` (`GenerationConfig`, every default once) -> `sampling`
-(per-row settings, CFG, counter-keyed draws) -> `kernels` (a frame's tensor work: `FrameKernels`
-for one utterance, `BatchKernels` for a serving batch) -> `graphs` (CUDA graphs and
-torch.compile around the kernels, from outside) -> `loop` (the host side: `UtterancePlan`,
-`Utterance`, `FrameLoop`) -> `long_form` (scripts longer than one generation, in parts) ->
-`runtime` (the `Dia2` Python API). `voice` makes voice prefixes.
+    config.py         `GenerationConfig`: every generation default, defined once
+    sampling.py       sampling and classifier-free guidance, per-row settings, counter-keyed draws
+    kernels.py        a frame's tensor work: `FrameKernels` for one utterance, `BatchKernels` for a
+                      serving batch, side by side
+    graphs.py         CUDA graphs and torch.compile, wrapped around the kernels from outside
+    loop.py           the host side (spec section 6): `UtterancePlan`, `Utterance`, `FrameLoop`
+    voice.py          voice prefixes: recorded speech that conditions what follows
+    long_form.py      scripts longer than one generation, spoken in parts that carry the voice
+    tts.py            the Python API: `Dia2.from_repo`, `generate`, `stream`, `make_voice`
 """

@@ -6,7 +6,7 @@ turn or sentence boundaries (`dia2.text.parts.split_script`), and every part aft
 conditioned on the end of the previous part's audio, as a voice prefix whose words are the ones
 the previous part spoke there (known exactly: no recogniser runs). The tail starts at a word's
 first frame, so no word is cut in two. The parts' frames follow each other with no gap; decoded
-by one streaming decoder they are one seamless waveform (`dia2.generation.runtime.decode_updates`).
+by one streaming decoder they are one seamless waveform (`dia2.generation.tts.decode_updates`).
 
 `Dia2.generate` and the serving engine both speak a script through `LongForm`, which plans each
 part (`next_plan`) and turns each part's frame updates into updates of the whole (`record`): word
@@ -19,32 +19,33 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from dia2.data.grid import FRAME_RATE
+from dia2.audio.codec import MimiCodec
 from dia2.generation.config import GenerationConfig
 from dia2.generation.loop import FrameUpdate, UtterancePlan
 from dia2.generation.voice import Voice
+from dia2.model.config import FRAME_RATE
+from dia2.model.network import Dia2Model
 from dia2.text.parts import split_script
-from dia2.text.script import Entry
+from dia2.text.script import Entry, TextTokenIds
 from dia2.text.words import SpokenWord
-
-if TYPE_CHECKING:
-    from dia2.generation.runtime import Dia2
 
 logger = logging.getLogger(__name__)
 
 FRAMES_PER_WORD = 6
 """Pace assumed when sizing parts: 6 frames (0.48 s) a word is slow speech, so a part fits."""
-TAIL_FRAMES = 63
-"""Frames (about 5 s) of the previous part's end that condition the next part (at most a
-quarter of the context, for models with a short one)."""
+CARRY_FRAMES = 63
+"""Frames (about 5 s) of the previous part's end carried into the next part as its voice (at
+most a quarter of the context, for models with a short one)."""
 
 
-def tail_frames(context: int) -> int:
-    return max(1, min(TAIL_FRAMES, context // 4))
+def carry_frames(context: int) -> int:
+    """Frames of a part's end that condition the next part, for a model of `context` frames.
+    (Not `dia2.data.teacher.tail_frames`, the audio a training row keeps after its speech.)"""
+    return max(1, min(CARRY_FRAMES, context // 4))
 
 
 def part_words(config: GenerationConfig, context: int, prefix_frames: int) -> int | None:
@@ -59,14 +60,29 @@ def part_words(config: GenerationConfig, context: int, prefix_frames: int) -> in
     return max(1, (context - prefix_frames) // FRAMES_PER_WORD)
 
 
+class Planner(Protocol):
+    """What `LongForm` asks of the `Dia2` (`dia2.generation.tts`) that speaks the parts:
+    named here, not imported, because `dia2.generation.tts` builds on this module."""
+
+    model: Dia2Model
+    codec: MimiCodec
+    ids: TextTokenIds
+
+    def parse(self, script: str) -> list[Entry]: ...
+
+    def plan(
+        self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: None
+    ) -> UtterancePlan: ...
+
+
 class LongForm:
     """A whole script spoken in one or more parts (one part when it fits)."""
 
-    def __init__(self, tts: Dia2, script: str, config: GenerationConfig, voice: Voice | None) -> None:
+    def __init__(self, tts: Planner, script: str, config: GenerationConfig, voice: Voice | None) -> None:
         self.tts, self.config, self.voice = tts, config, voice
         context = tts.model.config.runtime.max_context_steps
-        self.tail_frames = tail_frames(context)
-        prefix_frames = max(voice.codes.shape[-1] if voice is not None else 0, self.tail_frames)
+        self.carry_frames = carry_frames(context)
+        prefix_frames = max(voice.codes.shape[-1] if voice is not None else 0, self.carry_frames)
         words = part_words(config, context, prefix_frames)
         self.parts = [script] if words is None else split_script(script, words)
         if len(self.parts) > 1:
@@ -90,7 +106,7 @@ class LongForm:
             return None
         voice, config = self.voice, self.config
         if self.index >= 0:
-            voice = self._tail_voice()
+            voice = self._carried_voice()
             config = dataclasses.replace(config, include_prefix=False)
             self._offset += sum(c.shape[-1] for c in self._codes) / FRAME_RATE
             self._columns += self._last_step + 2  # the last update's step is its column - 1
@@ -108,19 +124,19 @@ class LongForm:
         done = update.done and self.last_part
         return dataclasses.replace(update, words=words, done=done, truncated=update.truncated)
 
-    def _tail_voice(self) -> Voice | None:
+    def _carried_voice(self) -> Voice | None:
         """The end of the part just spoken as a voice: from the first word starting in its last
-        `tail_frames` frames (or its last word, if that starts within twice as many) to its end,
-        with those words and their speakers. At most `2 * tail_frames` frames."""
+        `carry_frames` frames (or its last word, if that starts within twice as many) to its end,
+        with those words and their speakers. At most `2 * carry_frames` frames."""
         codes = torch.cat(self._codes, dim=1) if self._codes else None
         if codes is None or not self._words:
             logger.warning("part %d spoke no words: the next part starts without its voice", self.index + 1)
             return None
         frames = codes.shape[-1]
         starts = [round(seconds * FRAME_RATE) for _, seconds in self._words]
-        first = next((i for i, s in enumerate(starts) if s >= frames - self.tail_frames), len(starts) - 1)
+        first = next((i for i, s in enumerate(starts) if s >= frames - self.carry_frames), len(starts) - 1)
         origin = starts[first]
-        if origin < frames - 2 * self.tail_frames:
+        if origin < frames - 2 * self.carry_frames:
             logger.warning("part %d ends in a long silence: the next part starts without its voice", self.index + 1)
             return None
         speakers = _speakers(self._entries, self.tts.ids.spk1, self.tts.ids.spk2)

@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from dia2.data.grid import (
-    FRAME_RATE,
     cell_frames,
     delay_codes,
     drop_text,
@@ -30,6 +29,7 @@ from dia2.data.grid import (
 )
 from dia2.generation.config import GenerationConfig
 from dia2.generation.kernels import FrameKernels
+from dia2.model.config import FRAME_RATE
 from dia2.model.network import Dia2Model
 from dia2.text.align import NEW_WORD_STEP_OFFSET
 from dia2.text.state_machine import (

@@ -26,7 +26,7 @@ from dia2.options import OptionError
 if TYPE_CHECKING:
     import torch
 
-    from dia2.generation.runtime import Dia2, KernelWrapper
+    from dia2.generation.tts import Dia2, KernelWrapper
     from dia2.serving.voices import VoiceStore
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ TINY_NOTE = "the embedded tiny demo model: random, untrained weights (noise, not
 """What a command says when it speaks with the tiny model."""
 
 
-def model_source(model: str, tiny: bool) -> str:
+def model_name(model: str, tiny: bool) -> str:
     """The source a command loads: `model`, or tiny for --tiny."""
     return TINY_MODEL if tiny else model
 
@@ -71,7 +71,7 @@ class ModelOptions:
     @property
     def source(self) -> str:
         """The model source to load: --model, or tiny for --tiny."""
-        return model_source(self.model, self.tiny)
+        return model_name(self.model, self.tiny)
 
     @property
     def torch_dtype(self) -> torch.dtype | None:
@@ -121,7 +121,7 @@ def load_tts(m: ModelOptions, purpose: str, *, tell: Callable[[str], None] = log
              kernel_wrapper: KernelWrapper | None = None) -> Dia2:
     """The Dia2 runtime the model options name (with their adapter merged unless --unmerged-adapter).
     With the tiny model, `tell` says so first: "`purpose` the embedded tiny demo model ..."."""
-    from dia2.generation.runtime import Dia2
+    from dia2.generation.tts import Dia2
 
     if m.source == TINY_MODEL:
         tell(f"{purpose} {TINY_NOTE}")

@@ -29,7 +29,8 @@ DEFAULT_MODEL = "nari-labs/Dia2-2B"
 TINY_MODEL = "tiny"
 """The model source naming the embedded tiny demo model (`dia2.tiny`), wherever a model is
 named: `Dia2.from_repo("tiny")`, `--model tiny` on every command (`dia2.launch`), the trainer's
-`model.base=tiny`. A local folder called tiny is passed as `./tiny`."""
+`model.base=tiny`. A local folder called tiny is passed as `./tiny`. `dia2.tiny.model_source`
+resolves it (it builds the bundle, with this module's helpers); `ModelSource.resolve` does not."""
 
 
 # One part of a Hub repo id (the Hub's rules): ASCII letters, digits, '_', '-' and '.', beginning
@@ -118,12 +119,14 @@ class ModelSource:
 
     @classmethod
     def resolve(cls, repo_or_dir: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None) -> "ModelSource":
+        """A local folder or a Hub repo id (checked for form only; nothing is fetched). The name
+        `tiny` is resolved one layer up, by `dia2.tiny.model_source`, which builds that model."""
         text = str(repo_or_dir)
         if text == TINY_MODEL:
-            # Imported here: dia2.tiny builds its bundle with this module's helpers.
-            from dia2.tiny import tiny_bundle
-
-            return cls(str(tiny_bundle()), True, name=TINY_MODEL)
+            raise AssetError(
+                f"'{TINY_MODEL}' names the embedded demo model, which dia2.tiny builds: load it with "
+                f"Dia2.from_repo('{TINY_MODEL}'), or find its folder with dia2.tiny.model_source('{TINY_MODEL}')"
+            )
         path = Path(repo_or_dir).expanduser()
         if path.is_dir():
             return cls(str(path), True)

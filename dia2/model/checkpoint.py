@@ -1,5 +1,6 @@
-"""Loading and saving Dia2 weights (`model.safetensors`, spec sections 1 and 3).
+"""Dia2 weight files (`model.safetensors`, spec sections 1 and 3): finding, reading and writing them.
 
+`Dia2Model.from_pretrained` (`dia2.model.network`) builds a model and loads it through this module.
 Weights are streamed: the model is built on the meta device, storage is allocated once on the
 target device, and each tensor is read from the (memory-mapped) file, cast and copied in place.
 Peak memory is the model plus one tensor, never two full copies. Every check runs against the
@@ -20,8 +21,7 @@ from safetensors.torch import save_file
 
 from dia2.errors import Dia2Error
 from dia2.model.assets import AssetError, ModelSource, manifest_name
-from dia2.model.config import Dia2Config, load_config
-from dia2.model.network import Dia2Model
+from dia2.model.config import Dia2Config
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +45,7 @@ class ModelFiles:
 
 
 def resolve_files(
-    repo_or_dir: str | os.PathLike,
-    revision: str | None = None,
-    cache_dir: str | None = None,
+    source: ModelSource,
     config_path: str | os.PathLike | None = None,
     weights_path: str | os.PathLike | None = None,
 ) -> ModelFiles:
@@ -56,14 +54,12 @@ def resolve_files(
     Explicit `config_path` / `weights_path` (local files) take precedence over the repo's. A
     config inside a complete model folder (a merged export: manifest or tokenizer beside it)
     makes that folder the model: its weights (unless `weights_path` is given), tokenizer and Mimi
-    are used in place of `repo_or_dir`'s.
+    are used in place of `source`'s.
     """
     explicit_config = _explicit(config_path, "config")
     if explicit_config is not None and _holds_assets(explicit_config.parent):
-        logger.info("%s sits in a complete model folder: loading that folder, not %s", explicit_config, repo_or_dir)
+        logger.info("%s sits in a complete model folder: loading that folder, not %s", explicit_config, source.location)
         source = ModelSource.resolve(explicit_config.parent)
-    else:
-        source = ModelSource.resolve(repo_or_dir, revision, cache_dir)
     manifest = source.manifest()
     config = explicit_config or source.file(manifest.config)
     weights = _explicit(weights_path, "weights") or source.file(manifest.weights)
@@ -84,32 +80,7 @@ def _explicit(path: str | os.PathLike | None, what: str) -> Path | None:
     return path
 
 
-def load_model(
-    repo_or_dir: str | os.PathLike,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    revision: str | None = None,
-    cache_dir: str | None = None,
-    config_path: str | os.PathLike | None = None,
-    weights_path: str | os.PathLike | None = None,
-) -> Dia2Model:
-    """Build the model of `config.json` and stream `model.safetensors` into it."""
-    files = resolve_files(repo_or_dir, revision, cache_dir, config_path, weights_path)
-    return model_from_files(files, dtype, device)
-
-
-def model_from_files(files: ModelFiles, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Dia2Model:
-    """Build the model of resolved files and stream its weights in (eval mode)."""
-    cfg = load_config(files.config)
-    model = Dia2Model.from_config(cfg, dtype=dtype, device="meta")
-    load_weights(model, files.weights, device=device)
-    # PEFT records this as an adapter's base_model_name_or_path: a name, never a local path.
-    model.name_or_path = files.source.name
-    model.eval()
-    return model
-
-
-def load_weights(model: Dia2Model, path: str | os.PathLike, device: torch.device | str | None = None) -> None:
+def load_weights(model: torch.nn.Module, path: str | os.PathLike, device: torch.device | str | None = None) -> None:
     """Stream a safetensors file into `model` (strict: same keys, same shapes).
 
     A model on the meta device gets its storage allocated on `device` first; a materialised
@@ -166,8 +137,8 @@ def _names(keys: list[str]) -> str:
     return shown + (f", ... and {len(keys) - _SHOW} more" if len(keys) > _SHOW else "")
 
 
-def save_model(model: Dia2Model, folder: str | os.PathLike, dtype: torch.dtype | None = torch.float32) -> Path:
-    """Write `config.json` + `model.safetensors` (float32 by default, like the published files).
+def save_model(model: torch.nn.Module, folder: str | os.PathLike, dtype: torch.dtype | None = torch.float32) -> Path:
+    """Write a `Dia2Model`'s `config.json` + `model.safetensors` (float32 by default, like the published files).
 
     The weights are written to a temporary name and renamed, so an interrupted save never
     leaves a truncated `model.safetensors` behind.

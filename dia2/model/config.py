@@ -19,6 +19,12 @@ DEFAULT_MIMI_REPO = "kyutai/mimi"
 """The codec of every published Dia2 checkpoint: `assets.mimi` when the config names none."""
 
 
+SAMPLE_RATE = 24000
+"""Audio samples per second of Dia2's codec, Mimi: every waveform the model hears or speaks."""
+FRAME_RATE = 12.5
+"""Mimi frames per second, which is also grid columns per second (24 kHz / 1920 samples)."""
+
+
 class ConfigError(Dia2Error, ValueError):
     """A Dia2 config that cannot be used; the message names the offending key."""
 

@@ -7,13 +7,13 @@ One definition, three paths through the same layers (spec sections 3-4):
 - `step(tokens[B, C, 1], state)` + `depformer_step(stage, ...)`: one frame, one stage.
 
 Parameter names are the checkpoint keys of the published files (spec section 3). This module
-does no IO; loading lives in `dia2.model.checkpoint`.
+reads no file itself: `from_pretrained` finds and streams the weights with `dia2.model.checkpoint`.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +21,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from dia2.errors import Dia2Error
-from dia2.model.config import Dia2Config
+from dia2.model.assets import ModelSource
+from dia2.model.checkpoint import ModelFiles, load_weights, resolve_files
+from dia2.model.config import Dia2Config, load_config
 from dia2.model.layers import MLP, Attention, GroupIndex, KVCache, RMSNorm, Rotary
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 class TextEmbedding(nn.Module):
@@ -328,17 +327,30 @@ class Dia2Model(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        repo_or_dir: "str | Path",
+        repo_or_dir: str | os.PathLike,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
-        **kwargs,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        config_path: str | os.PathLike | None = None,
+        weights_path: str | os.PathLike | None = None,
     ) -> "Dia2Model":
-        """Load a published checkpoint from a local folder or a Hub repo id; see dia2.model.checkpoint."""
-        from dia2.model.checkpoint import (
-            load_model,  # IO stays out of this module at import time
-        )
+        """Load a published checkpoint from a local folder or a Hub repo id: the model of its
+        `config.json`, with `model.safetensors` streamed in (see `dia2.model.checkpoint`)."""
+        files = resolve_files(ModelSource.resolve(repo_or_dir, revision, cache_dir), config_path, weights_path)
+        return cls.from_files(files, dtype, device)
 
-        return load_model(repo_or_dir, dtype=dtype, device=device, **kwargs)
+    @classmethod
+    def from_files(
+        cls, files: ModelFiles, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ) -> "Dia2Model":
+        """Build the model of resolved files and stream its weights in (eval mode)."""
+        model = cls.from_config(load_config(files.config), dtype=dtype, device="meta")
+        load_weights(model, files.weights, device=device)
+        # PEFT records this as an adapter's base_model_name_or_path: a name, never a local path.
+        model.name_or_path = files.source.name
+        model.eval()
+        return model
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -411,3 +423,7 @@ class Dia2Model(nn.Module):
         """Depformer stage `stage` for one frame: hidden [B, D] (the decoder's, last column),
         token [B] (codebook `stage` of the frame) -> logits [B, V_cut] for codebook stage+1."""
         return self.depformer.step(stage, hidden, token, state.depformer, text)
+
+
+load_model = Dia2Model.from_pretrained
+"""`dia2.load_model(repo_or_dir, dtype, device, ...)`: `Dia2Model.from_pretrained` as a function."""

@@ -1,11 +1,19 @@
-"""Serving: many utterances at once on one model, for the server and the studio.
+"""Serving: many utterances at once on one model (`Engine`), for the server and the studio.
+Imports generation and the layers below it, never evaluation or the studio.
 
-The engine, as vLLM splits one: `requests` (what a client holds: `Request`, `Handle`, and the
-`Channel` it shares with the engine) -> `engine` (`Engine`, the scheduler: queue, admission,
-adapters, each utterance's state machine) -> `executor` (`FrameExecutor`, a frame's model work)
-over `rows` (`RowTable`, the dense cache rows and their positions).
-
-The OpenAI-compatible server over it: `api` (routes), `speech` (a request read from the event
-loop), `openai_errors`, `operations` (metrics, CORS, health); its stored voices: `voices`,
-`voice_folder`, `voice_upload`, `voice_maker`, `voice_defaults`, `voice_adapters`.
+    config.py         `EngineConfig`: how an engine is sized (a section of the server's and the
+                      studio's options)
+    requests.py       what a client holds: `Request`, `Handle`, and the `Channel` it shares with
+                      the engine
+    engine.py         `Engine`, the scheduler (as vLLM splits one): queue, admission, adapters,
+                      each utterance's state machine
+    executor.py, rows.py
+                      `FrameExecutor`, a frame's model work, over `RowTable`, the dense cache rows
+                      and their positions
+    voices.py, voice_folder.py, voice_upload.py, voice_defaults.py, voice_maker.py, voice_adapters.py
+                      stored voices: the folder replicas share, upload checks, per-voice settings,
+                      making a voice from recordings, adapter voices
+    api.py, speech.py, openai_errors.py, operations.py
+                      the OpenAI-compatible HTTP API (FastAPI): routes, speech streams, errors,
+                      metrics and CORS
 """

@@ -27,7 +27,6 @@ not (`dia2.serving.speech`).
 from __future__ import annotations
 
 import hmac
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -43,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dia2.audio.encode import AudioEncoder
 from dia2.generation.config import GenerationConfig
+from dia2.model.assets import hub_repo_id_problem
 from dia2.serving.engine import Engine
 from dia2.serving.openai_errors import ApiError, add_error_handlers
 from dia2.serving.operations import Metrics, add_operations, allowed_methods
@@ -275,7 +275,7 @@ def _add_voice(voices: VoiceStore, adapters: VoiceAdapters, name: str, first: by
     voices.check_free(name, replace)  # a reserved or taken name is said first
     if first is None and adapter is None:
         raise ApiError(400, "a voice needs a recording ('file') or an adapter ('adapter'), or both", param="file")
-    if adapter is not None and not _HUB_ID.fullmatch(adapter):
+    if adapter is not None and hub_repo_id_problem(adapter) is not None:
         # A client must not make the server read its disk: local adapters are the operator's (--adapter).
         raise ApiError(400, f"adapter '{adapter}': give a Hub repo id like 'user/my-voice-lora' (local adapter "
                        "folders are served with the server's --adapter NAME=PATH flag)", param="adapter")
@@ -292,9 +292,6 @@ def _add_voice(voices: VoiceStore, adapters: VoiceAdapters, name: str, first: by
         raise
     adapters.bind(name, key, stored.revision)
     return stored
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _prepare(engine: Engine, voices: VoiceStore, settings: ApiSettings,

@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dia2.generation.long_form import LongForm, tail_frames
+from dia2.generation.long_form import LongForm, carry_frames
 from dia2.generation.loop import Utterance
-from dia2.generation.runtime import Dia2, seed_of
+from dia2.generation.tts import Dia2, seed_of
 from dia2.serving.config import EngineConfig
 from dia2.serving.executor import FrameExecutor, Task
 from dia2.serving.requests import (
@@ -71,14 +71,14 @@ logger = logging.getLogger(__name__)
 
 
 class Engine:
-    """A fixed number of slots generating at once on one `Dia2` runtime's model.
+    """A fixed number of slots generating at once on one `Dia2`'s model.
 
         engine = Engine(Dia2.from_repo("nari-labs/Dia2-2B"), EngineConfig(slots=16)).start()
         handle = engine.submit(Request("[S1] Hello there.", GenerationConfig(seed=1)))
         for chunk in handle: ...
 
     Without `start()` the engine runs in the thread that reads a handle (or calls `step()`).
-    The engine owns its model while it runs: do not call the runtime's own generate/stream on
+    The engine owns its model while it runs: do not call that `Dia2`'s own generate/stream on
     the same model meanwhile.
     """
 
@@ -86,10 +86,10 @@ class Engine:
         self.tts, self.model = tts, tts.model
         self.config = config = config or EngineConfig()
         context = self.model.config.runtime.max_context_steps
-        if config.max_prefix_frames < 2 * tail_frames(context):
+        if config.max_prefix_frames < 2 * carry_frames(context):
             raise EngineError(
                 f"EngineConfig.max_prefix_frames is {config.max_prefix_frames}, but long scripts carry up to "
-                f"{2 * tail_frames(context)} frames of each part into the next: raise it to at least that"
+                f"{2 * carry_frames(context)} frames of each part into the next: raise it to at least that"
             )
         self.length = context + config.max_prefix_frames
         self.executor = FrameExecutor(self.model, config.slots, self.length, config.cuda_graph)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.types import Receive, Scope, Send
 
 from dia2.audio.encode import FORMATS, AudioEncoder
-from dia2.generation.runtime import AudioChunk, UpdateDecoder
+from dia2.generation.tts import AudioChunk, UpdateDecoder
 from dia2.serving.operations import Metrics
 from dia2.serving.requests import Handle
 from dia2.serving.voice_defaults import MAX_SEED, VoiceDefaults

@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dia2.processes import process_alive
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
@@ -92,16 +94,6 @@ def is_network_filesystem(path: Path) -> bool:
         if inside and len(mount) >= len(best):
             best, kind = mount, line.split(" - ", 1)[1].split()[0]
     return kind in NETWORK_FILESYSTEMS
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
 
 
 class VoiceFolder:
@@ -246,4 +238,4 @@ class VoiceFolder:
             return True  # its owner just renamed or removed it
         if age > STALE_SECONDS:
             return False
-        return host != _HOST or _process_alive(int(pid))
+        return host != _HOST or process_alive(int(pid))

@@ -32,7 +32,7 @@ class WhisperUnavailable(VoiceError):
 
 class VoiceMaker:
     """make_voice(speaker_1, speaker_2=None, transcript=None) -> Voice for `VoiceStore`, over a
-    `Dia2` runtime (its codec encodes the prefix) and a faster-whisper model (name or folder)."""
+    `Dia2` (its codec encodes the prefix) and a faster-whisper model (name or folder)."""
 
     def __init__(self, tts, whisper_model: str) -> None:
         self.tts, self.whisper_model = tts, whisper_model

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dia2.audio.io import resample
+from dia2.audio.io import CLIP_LEVEL, resample
 from dia2.errors import Dia2Error
 from dia2.model.assets import hub_repo_id_problem
 
@@ -20,8 +20,6 @@ MIN_SECONDS, MAX_SECONDS = 1.0, 30.0
 """Length bounds of each speaker's recording (data prep's utterance bounds)."""
 SILENCE_DB = -50.0
 """A recording whose peak stays below this level (dBFS) is silent (data prep's --silence-db)."""
-CLIP_LEVEL = 0.99
-"""A sample at or above this magnitude counts as clipped (8-bit audio tops out at 127/128)."""
 MAX_CLIPPED = 0.001
 """Most samples (fraction) at full scale before a recording counts as clipped (data prep's --max-clipped)."""
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", re.ASCII)

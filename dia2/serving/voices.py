@@ -47,6 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dia2.generation.voice import PrefixError, Voice
+from dia2.model.config import SAMPLE_RATE
 from dia2.serving.voice_defaults import VoiceDefaults
 from dia2.serving.voice_folder import Stamp, VoiceFolder
 from dia2.serving.voice_upload import (  # noqa: F401 - the errors and checks are this module's API too
@@ -121,7 +122,7 @@ class VoiceStore:
         folder: str | os.PathLike,
         make_voice: Callable[..., Voice],
         *,
-        sample_rate: int = 24000,
+        sample_rate: int = SAMPLE_RATE,
         max_upload_bytes: int = 20 * 2**20,
         aliases: dict[str, str] | None = None,
     ) -> None:

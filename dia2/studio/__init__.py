@@ -3,9 +3,13 @@
 `python gradio_app.py` or `dia2-studio` (`dia2.studio.app.main`); `build_app(options)` gives the
 page as a `gr.Blocks`. Nothing is imported here: the job runner starts without loading torch.
 
-Modules: `app` (options, the page, launch) builds on `runtime` (the `Studio` every tab shares:
-model, engine, voices, jobs; page-facing errors), with one module per tab: `speak`, `voices_tab`,
-`adapt` (data prep and training jobs, run as the commands `dia2-prep` and `finetune/train.py`
-after their `--check`) with `adapt_view` (its page), and `compare`. `jobs` keeps background jobs
-on disk; `runner` (standard library only) runs each one.
+    app.py            the command and the page
+    backend.py        what every tab shares: the model on a serving engine, voices, jobs, errors
+    speak.py, voices_tab.py, adapt_view.py, compare.py
+                      the Speak, Voices, Adapt and Compare tabs
+    adapt.py          the Adapt tab's jobs: data prep, then training, run as the commands
+                      `dia2-prep` and `finetune/train.py` after their `--check`
+    jobs.py, runner.py
+                      background jobs whose state lives on disk, and the process (standard
+                      library only) that runs one
 """

@@ -32,8 +32,8 @@ import yaml
 from dia2.data.corpus import META_FILE
 from dia2.model.assets import TINY_MODEL
 from dia2.serving.voices import check_name
+from dia2.studio.backend import Studio, StudioError
 from dia2.studio.jobs import CheckRefused, Job, check_command
-from dia2.studio.runtime import Studio, StudioError
 
 PREP_READS = ("progress", "qc_report", "qc_text")
 """What the studio reads of a data-prep run (roles of the files its check names)."""

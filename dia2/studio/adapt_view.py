@@ -26,8 +26,8 @@ from dia2.studio.adapt import (
     start_train,
     written,
 )
+from dia2.studio.backend import Studio, job_label, shows_errors
 from dia2.studio.jobs import Job
-from dia2.studio.runtime import Studio, job_label, shows_errors
 
 LOG_LINES = 12
 """Lines of a job's log the page shows: the newest, as many as the box holds."""

@@ -52,7 +52,7 @@ from dia2.options import (
     sections,
 )
 from dia2.serving.config import EngineConfig
-from dia2.studio.runtime import ScorerFactory, Studio
+from dia2.studio.backend import ScorerFactory, Studio
 
 logger = logging.getLogger("dia2.studio")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from dia2.studio.runtime import (
+from dia2.studio.backend import (
     ScorerFactory,
     Studio,
     StudioError,

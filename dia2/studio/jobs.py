@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from dia2.console import CHECK_FLAG, REFUSED
 from dia2.errors import Dia2Error
+from dia2.processes import process_alive
 from dia2.studio.runner import CANCEL, EXIT, LOG, SPEC
 
 try:
@@ -277,12 +278,8 @@ def _runs(pid: int, job_id: str) -> bool:
     """Whether `pid` is alive and is this job's runner (a reused pid would name another command).
     Matched on the job id, the last part of the runner's folder argument, not on the folder's
     spelling: a studio started again with another spelling of --work still finds its runners."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
         if not command:

@@ -24,10 +24,10 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from dia2.data.grid import FRAME_RATE
 from dia2.generation.config import GenerationConfig
 from dia2.generation.voice import PrefixError, Voice
-from dia2.studio.runtime import (
+from dia2.model.config import FRAME_RATE
+from dia2.studio.backend import (
     Studio,
     StudioError,
     read_recording,
@@ -52,7 +52,7 @@ def join_voices(first: Voice, second: Voice) -> Voice:
     words moved after `first`'s audio and spoken by speaker 2."""
     if first.codes.shape[0] != second.codes.shape[0] or first.codec_fingerprint != second.codec_fingerprint:
         raise PrefixError("the two speakers' voices were made with different Mimi codecs: make them again with this model")
-    offset = first.codes.shape[-1] / 12.5  # Mimi frames are 80 ms; build_voice keeps each speaker on whole frames
+    offset = first.codes.shape[-1] / FRAME_RATE  # Mimi frames are 80 ms; build_voice keeps each speaker on whole frames
     words = tuple(dataclasses.replace(w, start=w.start + offset, end=w.end + offset, speaker=2) for w in second.words)
     codes = np.concatenate([first.codes.numpy(), second.codes.numpy()], axis=-1)
     import torch

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from dia2.studio.runtime import Studio, StudioError, read_recording, shows_errors
+from dia2.studio.backend import Studio, StudioError, read_recording, shows_errors
 from dia2.text.transcript import TranscriptAlignment, align_transcript
 from dia2.text.words import SpokenWord
 

@@ -63,7 +63,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from dia2.data.grid import FRAME_RATE
+from dia2.model.config import FRAME_RATE
 from dia2.text.state_machine import PUBLISHED_MAX_PADDING
 from dia2.text.words import SpokenWord
 

@@ -20,9 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Protocol
 
-from dia2.data.grid import FRAME_RATE
 from dia2.errors import Dia2Error
-from dia2.model.config import DataConfig
+from dia2.model.config import FRAME_RATE, DataConfig
 
 SPEAKER_TAGS = ("[S1]", "[S2]")
 

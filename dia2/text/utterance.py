@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from dia2.data.grid import FRAME_RATE
+from dia2.model.config import FRAME_RATE
 from dia2.text.align import Alignment, prefix_alignment, training_alignment
 from dia2.text.script import (
     SPEAKER_TAGS,

@@ -9,8 +9,19 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.test_api_queue import ENDLESS, close, open_request, speech_body, wait_for
-from tests.e2e.test_api_server import KEY, SHORT, LiveServer, _auth, _error, _options
+from tests.helpers.servers import (
+    ENDLESS,
+    KEY,
+    SHORT,
+    LiveServer,
+    api_error,
+    auth_header,
+    close,
+    open_request,
+    server_options,
+    speech_body,
+    wait_for,
+)
 
 openai = pytest.importorskip("openai")
 
@@ -19,7 +30,7 @@ openai = pytest.importorskip("openai")
 def live(tmp_path_factory, tiny_bundle_dir):
     from dia2.api_server import build_app
 
-    server = LiveServer(build_app(_options(tmp_path_factory.mktemp("voices"), "--api-key", KEY, "--max-queued", "2")))
+    server = LiveServer(build_app(server_options(tmp_path_factory.mktemp("voices"), "--api-key", KEY, "--max-queued", "2")))
     yield server
     server.stop()
 
@@ -51,12 +62,12 @@ def test_an_unknown_voice_is_a_bad_request_naming_the_voices(live):
 
 def test_bad_json_and_a_wrongly_typed_voice_are_named_plainly(live):
     broken = httpx.post(f"{live.url}/v1/audio/speech", content=b'{"model": "tts-1", "input": "hi", voice}',
-                        headers={**_auth(), "Content-Type": "application/json"}, timeout=30)
-    error = _error(broken, 400)
+                        headers={**auth_header(), "Content-Type": "application/json"}, timeout=30)
+    error = api_error(broken, 400)
     assert error["param"] is None and "not valid JSON" in error["message"] and not re.match(r"\d+:", error["message"])
     for voice in (5, {"name": "alloy"}, ["alloy"]):
         body = {"model": "tts-1", "input": SHORT, "voice": voice}
-        error = _error(httpx.post(f"{live.url}/v1/audio/speech", json=body, headers=_auth(), timeout=30), 400)
+        error = api_error(httpx.post(f"{live.url}/v1/audio/speech", json=body, headers=auth_header(), timeout=30), 400)
         assert error["param"] == "voice" and "voice name" in error["message"], error
 
 
@@ -66,8 +77,8 @@ def test_the_bearer_scheme_is_case_insensitive(live):
         response = httpx.post(f"{live.url}/v1/audio/speech", json=body, headers={"Authorization": f"{scheme} {KEY}"},
                               timeout=120)
         assert response.status_code == 200, response.text
-    _error(httpx.post(f"{live.url}/v1/audio/speech", json=body, headers={"Authorization": f"Basic {KEY}"}, timeout=30),
-           401)
+    api_error(httpx.post(f"{live.url}/v1/audio/speech", json=body, headers={"Authorization": f"Basic {KEY}"}, timeout=30),
+              401)
 
 
 def test_head_options_and_405_with_allow(live):
@@ -75,7 +86,7 @@ def test_head_options_and_405_with_allow(live):
     assert head.status_code == 200 and head.content == b""
     assert httpx.head(f"{live.url}/v1/models", timeout=30).status_code == 200
     for method in ("GET", "HEAD", "PUT"):
-        refused = httpx.request(method, f"{live.url}/v1/audio/speech", headers=_auth(), timeout=30)
+        refused = httpx.request(method, f"{live.url}/v1/audio/speech", headers=auth_header(), timeout=30)
         assert refused.status_code == 405 and refused.headers["allow"] == "OPTIONS, POST", (method, refused.headers)
         if method != "HEAD":
             assert refused.json()["error"]["type"] == "invalid_request_error"
@@ -91,8 +102,8 @@ def test_head_options_and_405_with_allow(live):
 def test_cors_for_the_origins_given(tmp_path, tiny_bundle_dir):
     from dia2.api_server import build_app
 
-    server = LiveServer(build_app(_options(tmp_path / "voices", "--cors-origin", "https://chat.example.com",
-                                           "--cors-origin", "http://localhost:3000")))
+    server = LiveServer(build_app(server_options(tmp_path / "voices", "--cors-origin", "https://chat.example.com",
+                                                 "--cors-origin", "http://localhost:3000")))
     try:
         preflight = httpx.options(f"{server.url}/v1/audio/speech", timeout=30, headers={
             "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
@@ -124,7 +135,7 @@ def test_metrics_count_refusals_cancellations_failures_and_queue_waits(live, mon
     socks = [open_request(port, "/v1/audio/speech", speech_body(ENDLESS, seed=i), KEY) for i in range(4)]
     try:
         assert wait_for(url, busy=2, queued=2)["queued"] == 2
-        refused = httpx.post(f"{url}/v1/audio/speech", json=speech_body(SHORT), headers=_auth(), timeout=30)
+        refused = httpx.post(f"{url}/v1/audio/speech", json=speech_body(SHORT), headers=auth_header(), timeout=30)
         assert refused.status_code == 429 and refused.headers["retry-after"]
     finally:
         for sock in socks:
@@ -138,8 +149,8 @@ def test_metrics_count_refusals_cancellations_failures_and_queue_waits(live, mon
         raise RuntimeError("a planted failure")
 
     monkeypatch.setattr(engine, "_utterance", broken)
-    failed = httpx.post(f"{url}/v1/audio/speech", json=speech_body(SHORT), headers=_auth(), timeout=60)
-    assert _error(failed, 500)["type"] == "server_error"
+    failed = httpx.post(f"{url}/v1/audio/speech", json=speech_body(SHORT), headers=auth_header(), timeout=60)
+    assert api_error(failed, 500)["type"] == "server_error"
     monkeypatch.undo()
     deadline = time.time() + 10
     while metric(url, 'dia2_requests_total{outcome="cancelled"}') < before["cancelled"] + 4 and time.time() < deadline:

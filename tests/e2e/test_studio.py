@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,67 +23,15 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
+from tests.conftest import REPO_ROOT
+from tests.helpers.studio import FIXTURES, LiveStudio, live_studio, split_longest_word, studio_scorer
+
 SHORT = "[S1] Hello there. [S2] Hi!"
 LONG = " ".join(f"[S{1 + i % 2}] This is sentence number {i} of a script too long to wait for." for i in range(12))
 """About 130 words: some 12 s of generation for the tiny model on this machine's CPU."""
 SHORT_SECONDS = 3.2  # the studio's --max-frames 40
 NONE, RECORDING = "(none)", "(the recording below)"
 QUIET_TRAINING = "eval.scripts=[] eval.at_start=false output.save_every=0"
-
-
-@dataclass
-class LiveStudio:
-    url: str
-    demo: object
-    voices: Path
-    work: Path
-
-    @property
-    def studio(self):
-        return self.demo.studio
-
-    def client(self) -> Client:
-        return Client(self.url, verbose=False)
-
-
-_LIVE: dict[str, LiveStudio] = {}
-
-
-def live_studio(request, tmp_path_factory, bundle: Path, whisper: str) -> LiveStudio:
-    """The one studio of this test session, started on first use and closed at the session's end."""
-    if "studio" in _LIVE:
-        return _LIVE["studio"]
-    from dia2.studio.app import build_app, build_parser, launch, parse_options
-
-    root = tmp_path_factory.mktemp("studio")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = ["--hf", str(bundle), "--device", "cpu", "--voices", str(root / "voices"), "--work", str(root / "work"),
-            "--whisper-model", whisper, "--max-frames", "40", "--slots", "4", "--port", str(port)]
-    options = parse_options(build_parser(), argv)
-    demo = build_app(options, scorer=_scorer(whisper))
-    launch(demo, options, prevent_thread_lock=True)
-    _LIVE["studio"] = LiveStudio(f"http://127.0.0.1:{port}/", demo, root / "voices", root / "work")
-
-    def close() -> None:
-        demo.close()
-        demo.studio.engine.stop()
-
-    request.config.add_cleanup(close)
-    return _LIVE["studio"]
-
-
-def _scorer(whisper: str):
-    """The evaluation's clip scorer with the shipped tiny.en Whisper and no speaker encoder (None
-    while dia2.evaluation does not exist: Compare then shows outputs without scores)."""
-    try:
-        from dia2.evaluation import ClipScorer
-    except ImportError:
-        return None
-    return lambda references: ClipScorer(list(references) or None, asr=whisper, speaker=None)
 
 
 @pytest.fixture(scope="module")
@@ -231,15 +177,6 @@ def test_an_openai_voice_name_is_not_offered_or_called_an_adapter(client):
 
 
 # --- Voices ------------------------------------------------------------------------------------
-
-
-def split_longest_word(words: list[str]) -> tuple[int, list[str]]:
-    """(index of the longest heard word, the words with it typed as two), e.g. today -> to day?"""
-    from dia2.text.transcript import comparable
-
-    k = max(range(len(words)), key=lambda i: len(comparable(words[i])))
-    assert len(comparable(words[k])) >= 4, words
-    return k, [*words[:k], words[k][:2], words[k][2:], *words[k + 1:]]
 
 
 def test_a_corrected_transcript_is_aligned_to_the_heard_words(client, live):
@@ -684,7 +621,7 @@ def test_compare_speaks_every_configuration_with_one_seed(adapted, client):
     assert scores["headers"] == ["score", *configurations]
     rows = {r[0]: r[1:] for r in scores["data"]}
     assert all(v > 0 for v in rows["length (s)"])
-    if _scorer("unused") is not None:
+    if studio_scorer("unused") is not None:
         assert all(v is not None for v in rows["word error rate (lower is better)"]), "a WER for each configuration"
     else:
         assert "scores need dia2.evaluation" in status

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_studio import FIXTURES, REPO_ROOT, live_studio, split_longest_word
+from tests.conftest import REPO_ROOT
+from tests.helpers.studio import FIXTURES, live_studio, split_longest_word
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):

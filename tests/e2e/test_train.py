@@ -14,29 +14,14 @@ from safetensors.torch import load_file
 
 import finetune.checkpoint
 import finetune.train
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
 from dia2.model.adapters import AdaptedModel, load_adapter, lora_model
 from dia2.model.network import Dia2Model
 from dia2.progress import read_progress
 from finetune.outputs import RunPaths, read_metrics
-from finetune.train import main
-from tests.conftest import REPO_ROOT, random_tokens
-from tests.unit.test_finetune_data import synthetic_rows, write_corpus
-
-PRESET = str(REPO_ROOT / "configs" / "train" / "tiny-cpu.yaml")
-# No samples and no evaluation unless a test asks: the tests below are about training.
-QUIET = ["eval.scripts=[]", "eval.every=0", "eval.at_start=false"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tiny_tts, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus") / "voice1"
-    return write_corpus(folder, tiny_tts, synthetic_rows(tiny_tts, 1, 12, seed=0), synthetic_rows(tiny_tts, 1, 3, seed=99))
-
-
-def train(out: Path, bundle: Path, corpus: Path, *overrides: str, name: str = "run") -> tuple[int, RunPaths]:
-    args = ["--config", PRESET, f"model.base={bundle}", f"data.corpus={corpus}", f"output.dir={out}", f"output.name={name}"]
-    return main([*args, *overrides]), RunPaths(out / name)
+from tests.conftest import random_tokens
+from tests.helpers.corpora import synthetic_rows, write_corpus
+from tests.helpers.training import QUIET, train
 
 
 def train_losses(paths: RunPaths) -> list[dict]:

@@ -15,8 +15,8 @@ import soundfile as sf
 
 from finetune.outputs import RunPaths, read_metrics
 from tests.conftest import REPO_ROOT
-from tests.e2e.test_train import PRESET, train
-from tests.unit.test_finetune_data import synthetic_rows, write_corpus
+from tests.helpers.corpora import synthetic_rows, write_corpus
+from tests.helpers.training import PRESET, train
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 

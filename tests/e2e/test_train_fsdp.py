@@ -22,8 +22,8 @@ from dia2.model.network import Dia2Model
 from finetune.data import BatchStream, DataPosition, eval_batches, load_training_data
 from finetune.outputs import RunPaths, read_metrics
 from tests.conftest import REPO_ROOT, random_tokens
-from tests.e2e.test_train import PRESET, train
-from tests.unit.test_finetune_data import synthetic_rows, write_corpus
+from tests.helpers.corpora import synthetic_rows, write_corpus
+from tests.helpers.training import PRESET, train
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 CONFIGS = REPO_ROOT / "configs" / "accelerate"

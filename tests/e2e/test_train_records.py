@@ -16,12 +16,12 @@ import yaml
 
 import finetune.train
 from dia2.generation.config import GenerationConfig
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
 from dia2.tiny import BUNDLE_VERSION
 from finetune.outputs import RunPaths, read_metrics
 from finetune.push import push_run
 from finetune.train import main
-from tests.e2e.test_train import PRESET, QUIET, corpus, train  # noqa: F401  (corpus is a fixture)
+from tests.helpers.training import PRESET, QUIET, train
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -40,7 +40,7 @@ def embedded_tiny(tiny_bundle_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(embedded_tiny, corpus, tmp_path_factory) -> RunPaths:  # noqa: F811
+def tiny_run(embedded_tiny, corpus, tmp_path_factory) -> RunPaths:
     """A finished 4-step LoRA run on `model.base=tiny`, with a consent statement."""
     out = tmp_path_factory.mktemp("runs")
     rc, paths = train(out, embedded_tiny, corpus, *QUIET, "optim.steps=4", "output.save_every=2",
@@ -103,7 +103,7 @@ def test_a_dry_run_or_failed_push_changes_nothing_in_the_run(tiny_run, monkeypat
 # --- bug 5: resuming keeps the records of the whole run ------------------------------------------
 
 
-def test_resume_and_export_keep_the_runs_seconds_and_config(tiny_run, embedded_tiny, corpus, tmp_path):  # noqa: F811
+def test_resume_and_export_keep_the_runs_seconds_and_config(tiny_run, embedded_tiny, corpus, tmp_path):
     import shutil
 
     run = tmp_path / "run"
@@ -147,7 +147,7 @@ def test_a_missing_corpus_is_refused_before_the_base_loads_and_leaves_nothing(tm
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_failed_load_leaves_no_run_folder(corpus, tmp_path, capsys):  # noqa: F811
+def test_a_failed_load_leaves_no_run_folder(corpus, tmp_path, capsys):
     rc = main(["--config", PRESET, f"model.base={tmp_path / 'no-model'}", f"data.corpus={corpus}",
                f"output.dir={tmp_path / 'runs'}", "output.name=x"])
     assert rc == 1 and "no-model" in capsys.readouterr().err
@@ -156,7 +156,7 @@ def test_a_failed_load_leaves_no_run_folder(corpus, tmp_path, capsys):  # noqa: 
 
 @pytest.mark.parametrize(("how", "code", "said"), [("ctrl-c", 130, "Ctrl-C"), ("sigterm", 143, "SIGTERM")])
 def test_an_interrupted_run_names_its_checkpoint_and_the_resume_command(
-    how, code, said, embedded_tiny, corpus, tmp_path, monkeypatch, capsys  # noqa: F811
+    how, code, said, embedded_tiny, corpus, tmp_path, monkeypatch, capsys
 ):
     real_save = finetune.train.save_checkpoint
 
@@ -195,7 +195,7 @@ def test_a_dry_run_shows_the_cards_text(tiny_run, capsys):
 # --- issue 27, item 7: runs that are stopped and resumed -------------------------------------------
 
 
-def test_the_resume_command_works_from_where_the_user_is(embedded_tiny, corpus, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_the_resume_command_works_from_where_the_user_is(embedded_tiny, corpus, tmp_path, monkeypatch, capsys):
     real_save = finetune.train.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
@@ -223,7 +223,7 @@ def test_resume_takes_overrides_after_it():
     assert cfg.output.resume == "runs/x/checkpoints/step_000002"
 
 
-def test_more_steps_on_resume_extend_the_schedule_and_keep_the_record(tiny_run, embedded_tiny, corpus, tmp_path, caplog):  # noqa: F811
+def test_more_steps_on_resume_extend_the_schedule_and_keep_the_record(tiny_run, embedded_tiny, corpus, tmp_path, caplog):
     import shutil
 
     shutil.copytree(tiny_run.root, tmp_path / "run")
@@ -240,7 +240,7 @@ def test_more_steps_on_resume_extend_the_schedule_and_keep_the_record(tiny_run, 
     assert yaml.safe_load((paths.root / "config.yaml").read_text())["optim"]["steps"] == 6
 
 
-def test_a_stop_mid_schedule_resumes_without_a_jump(embedded_tiny, corpus, tmp_path, monkeypatch):  # noqa: F811
+def test_a_stop_mid_schedule_resumes_without_a_jump(embedded_tiny, corpus, tmp_path, monkeypatch):
     real_save = finetune.train.save_checkpoint
 
     def save_then_die(*args, **kwargs):
@@ -257,7 +257,7 @@ def test_a_stop_mid_schedule_resumes_without_a_jump(embedded_tiny, corpus, tmp_p
     assert lrs[-1] == pytest.approx(3e-3 * 0.1) and lrs[4] < lrs[3]
 
 
-def test_a_checkpoint_due_at_an_evaluation_is_written_before_it(embedded_tiny, corpus, tmp_path, monkeypatch):  # noqa: F811
+def test_a_checkpoint_due_at_an_evaluation_is_written_before_it(embedded_tiny, corpus, tmp_path, monkeypatch):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -273,7 +273,7 @@ def test_a_checkpoint_due_at_an_evaluation_is_written_before_it(embedded_tiny, c
     assert [r["step"] for r in read_metrics(paths.metrics) if r["split"] == "eval"] == [2, 4]
 
 
-def test_evaluations_are_announced_and_held_out_loss_is_printed(embedded_tiny, corpus, tmp_path, caplog):  # noqa: F811
+def test_evaluations_are_announced_and_held_out_loss_is_printed(embedded_tiny, corpus, tmp_path, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="finetune")

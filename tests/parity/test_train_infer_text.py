@@ -33,8 +33,8 @@ from dia2.text.state_machine import StateMachine, drive_forced, forced_text_stre
 from dia2.text.utterance import AlignedUtterance, align_prefix, align_utterance, script_text
 from dia2.text.words import SpokenWord
 from tests.conftest import REPO_ROOT
-from tests.unit.test_finetune_data import synthetic_rows
-from tests.unit.test_teacher import LetterTokenizer, _data
+from tests.helpers.corpora import synthetic_rows
+from tests.helpers.letters import LetterTokenizer, letter_data
 
 FRAME = 1 / 12.5
 HALF_FRAME = FRAME / 2 + 1e-9  # a rounded frame lies within half a frame of the time (float slack)
@@ -109,7 +109,7 @@ def _ids(data, tok) -> TextTokenIds:
 @pytest.mark.parametrize("k", [0, 2])
 @pytest.mark.parametrize("name", sorted(HAND_BUILT))
 def test_hand_built_rows(name, k):
-    data = _data(second_stream_ahead=k)
+    data = letter_data(second_stream_ahead=k)
     tok = LetterTokenizer()
     ids = _ids(data, tok)
     words = HAND_BUILT[name]
@@ -127,7 +127,7 @@ def test_the_prefix_rule_would_break_the_invariant():
     """The check can fail, and training rows must not use the prefix rule: its entries (the first
     word at frame >= 1 without a break, a pause as the word's padding) put words where the
     unforced machine cannot, so its forced text is not what unforced decoding gives."""
-    data, tok = _data(), LetterTokenizer()
+    data, tok = letter_data(), LetterTokenizer()
     ids = _ids(data, tok)
     prefix = align_prefix(HAND_BUILT["long pauses"], tok, ids)
     steps = prefix.alignment.new_word_steps

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from dia2.model.adapters import (
@@ -17,43 +16,18 @@ from dia2.model.adapters import (
     AdapterError,
     load_adapter,
 )
-from dia2.model.config import parse_config
 from dia2.model.network import Dia2Model
-from tests.conftest import random_tokens, tiny_raw_config
+from tests.conftest import random_tokens
+from tests.helpers.adapters import save_random_adapter, tiny_model_config
 
 ATOL = 1e-5
 FRAMES = 8
 
 
-def _config(n_embd: int | None = None, n_layer: int | None = None):
-    raw = tiny_raw_config()
-    if n_embd is not None:
-        raw["model"]["decoder"]["n_embd"] = n_embd
-    if n_layer is not None:
-        raw["model"]["decoder"]["n_layer"] = n_layer
-    return parse_config(raw)
-
-
-def _save_random_adapter(cfg, folder: Path, seed: int = 1, base_name: str | None = None, **lora) -> Path:
-    """A random PEFT LoRA folder with non-zero lora_B (PEFT starts B at zero, which would change
-    nothing): rank 4, alpha 8 on the default targets unless `lora` (LoraConfig fields) says otherwise."""
-    torch.manual_seed(seed)
-    config = LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": DEFAULT_TARGET_MODULES, **lora})
-    peft_model = get_peft_model(Dia2Model.from_config(cfg), config)
-    if base_name is not None:
-        peft_model.peft_config["default"].base_model_name_or_path = base_name
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name or "lora_embedding_A" in name:
-                param.normal_(0.0, 0.2)
-    peft_model.save_pretrained(str(folder))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def base():
     torch.manual_seed(0)
-    return Dia2Model.from_config(_config()).eval()
+    return Dia2Model.from_config(tiny_model_config()).eval()
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +37,7 @@ def tokens(base):
 
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory) -> Path:
-    return _save_random_adapter(_config(), tmp_path_factory.mktemp("adapter") / "voice")
+    return save_random_adapter(tmp_path_factory.mktemp("adapter") / "voice")
 
 
 def _logits(model, tokens) -> dict[str, torch.Tensor]:
@@ -166,7 +140,7 @@ def test_step_decoding_through_handle_equals_forward(base, tokens, adapter_dir):
     ids=["n_embd", "more_layers"],
 )
 def test_adapter_for_another_base_is_refused_untouched(base, tokens, tmp_path, geometry, expected):
-    folder = _save_random_adapter(_config(**geometry), tmp_path / "other", base_name="nari-labs/Dia2-2B")
+    folder = save_random_adapter(tmp_path / "other", tiny_model_config(**geometry), base_name="nari-labs/Dia2-2B")
     model = copy.deepcopy(base)
     with pytest.raises(AdapterError) as info:
         load_adapter(model, folder)
@@ -178,7 +152,7 @@ def test_adapter_for_another_base_is_refused_untouched(base, tokens, tmp_path, g
 
 
 def test_adapter_with_fewer_layers_is_refused(tmp_path, adapter_dir):
-    deeper = Dia2Model.from_config(_config(n_layer=3))
+    deeper = Dia2Model.from_config(tiny_model_config(n_layer=3))
     with pytest.raises(AdapterError, match=r"select 'transformer\.layers\.2\.attn\.q_proj' .* holds no weights"):
         load_adapter(deeper, adapter_dir)
 
@@ -239,3 +213,41 @@ def test_adapter_on_a_4bit_base(base, tokens, adapter_dir):
     _assert_differ(adapted, reference)
     with handle.disabled():
         _assert_same(_logits(handle, tokens), reference, atol=1e-6)
+
+
+# --- what a wrong folder holds, and an adapter on another base (issue 15) ---------------------
+
+
+@pytest.fixture
+def saved_adapter(tmp_path):
+    cfg = tiny_model_config()
+    return cfg, save_random_adapter(tmp_path / "run" / "adapter", cfg, base_name="nari-labs/Dia2-2B")
+
+
+def test_a_run_folder_or_a_bin_adapter_is_refused_naming_what_to_pass(saved_adapter, tmp_path):
+    from dia2.model.adapters import AdapterError, resolve_adapter
+
+    _, adapter = saved_adapter
+    with pytest.raises(AdapterError, match=re.escape(f"pass its adapter folder, '{tmp_path / 'run' / 'adapter'}'")):
+        resolve_adapter(tmp_path / "run")
+    (adapter / "adapter_model.safetensors").rename(adapter / "adapter_model.bin")
+    with pytest.raises(AdapterError, match="holds adapter_model.bin .*not adapter_model.safetensors"):
+        resolve_adapter(adapter)
+
+
+def test_an_adapter_applied_to_another_base_warns(saved_adapter, caplog):
+    from dia2.model.adapters import load_adapter
+    from dia2.model.network import Dia2Model
+
+    cfg, adapter = saved_adapter
+    model = Dia2Model.from_config(cfg)
+    model.name_or_path = "merged"
+    with caplog.at_level("WARNING", logger="dia2.model.adapters"):
+        load_adapter(model, adapter)
+    assert "trained on base 'nari-labs/Dia2-2B' but is applied to 'merged'" in caplog.text
+    caplog.clear()
+    same = Dia2Model.from_config(cfg)
+    same.name_or_path = "nari-labs/Dia2-2B"
+    with caplog.at_level("WARNING", logger="dia2.model.adapters"):
+        load_adapter(same, adapter)
+    assert "applied to" not in caplog.text

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dia2 import AssetError, CheckpointError, Dia2Model, save_model
+from dia2.model.assets import ModelSource
 from dia2.model.checkpoint import load_weights
 from dia2.model.config import parse_config
 from tests.conftest import tiny_raw_config
@@ -232,3 +233,18 @@ def test_load_streams_one_tensor_at_a_time(saved, monkeypatch):
     Dia2Model.from_pretrained(folder)
     assert reads[0] == len(model.state_dict())
     assert peak[0] == 1
+
+
+def test_a_model_that_is_no_source_names_the_tiny_spelling(tmp_path):
+    with pytest.raises(AssetError, match="neither an existing folder nor a Hub repo id .*'tiny'"):
+        ModelSource.resolve(str(tmp_path / "nope"))
+
+
+def test_saved_weights_get_the_mode_of_any_new_file(tiny_tts, tmp_path):
+    import os
+
+    folder = save_model(tiny_tts.model, tmp_path / "m")
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == (folder / "config.json").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask

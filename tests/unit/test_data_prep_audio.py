@@ -6,12 +6,7 @@ import soundfile as sf
 
 from data_prep.audio import Recording, mix
 from data_prep.transcribe import transcribe_stream
-from dia2.text.words import SpokenWord
-
-
-def sine(seconds, rate, freq=440.0, level=0.5):
-    t = np.arange(int(seconds * rate)) / rate
-    return (level * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+from tests.helpers.speech import ToneTranscriber, sine
 
 
 @pytest.mark.parametrize(
@@ -73,35 +68,6 @@ def test_dialogue_channels_are_summed_other_channels_averaged():
     np.testing.assert_allclose(mix(both, dialogue=True), [0.5, 0.4, 0.4])
     np.testing.assert_allclose(mix(both, dialogue=False), [0.25, 0.2, 0.2])
     np.testing.assert_allclose(mix(np.stack([left + 0.9, right]), dialogue=True), np.array([1.4, 1.3, 1.3]) / 1.4)  # never clips
-
-
-class ToneTranscriber:
-    """Hears each tone burst as a word named after its frequency; a pause > 0.8 s ends a segment.
-
-    Partial bursts at the window's edges are heard too, so a chunk cut through a word yields a
-    wrong word at its end, as Whisper would.
-    """
-
-    identity = "tones"
-
-    def __init__(self):
-        self.calls = 0
-
-    def transcribe_segments(self, waveform, sample_rate):
-        self.calls += 1
-        hop = sample_rate // 100
-        loud = np.abs(waveform[: len(waveform) // hop * hop]).reshape(-1, hop).max(axis=1) > 0.05
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], loud.astype(int), [0]])))
-        segments, last_end = [], None
-        for start, stop in zip(edges[::2], edges[1::2]):
-            burst = waveform[start * hop : stop * hop]
-            spectrum = np.abs(np.fft.rfft(burst, n=sample_rate))  # 1 Hz bins
-            word = SpokenWord(f"{int(np.argmax(spectrum))}", start / 100, stop / 100, probability=0.9)
-            if last_end is None or word.start - last_end > 0.8:
-                segments.append([])
-            segments[-1].append(word)
-            last_end = word.end
-        return segments
 
 
 def test_chunked_transcription_hears_every_word_once_at_its_time(tmp_path):

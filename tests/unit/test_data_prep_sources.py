@@ -184,3 +184,14 @@ def test_the_recorded_asr_identity_names_a_local_model_without_its_path(tmp_path
     recorded = recorded_identity(identity, given)
     assert str(tmp_path) not in recorded and recorded.startswith("faster-whisper:tiny.en@")
     assert recorded_identity("faster-whisper:small.en;compute=int8", "small.en") == "faster-whisper:small.en;compute=int8"
+
+
+def test_data_prep_accepts_a_single_audio_file(tmp_path):
+    from data_prep.config import SpeakerOptions
+
+    (tmp_path / "other.wav").write_bytes(b"")
+    one = tmp_path / "me.flac"
+    one.write_bytes(b"")
+    sources = collect_sources(one, SpeakerOptions(speakers=("me",)))
+    assert [(f.path, f.name) for f in sources.files] == [(one, "me.flac")]
+    assert sources.speaker_names == ("me",)

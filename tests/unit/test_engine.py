@@ -16,6 +16,8 @@ from dia2.model.adapters import AdapterError
 from dia2.serving.engine import Engine, EngineConfig, EngineError, EngineFull, Request
 from dia2.text.script import ScriptError
 from dia2.text.words import SpokenWord
+from tests.helpers.adapters import save_language_adapter, save_random_adapter, tiny_model_config
+from tests.helpers.kernels import EagerCapture
 
 GREEDY = SamplingConfig(0.0, 1)
 
@@ -308,18 +310,16 @@ def test_per_row_positions_equal_separate_rows(tiny_tts):
 
 @pytest.fixture(scope="module")
 def adapter_dirs(tmp_path_factory):
-    from tests.unit.test_lora_bank import _save_adapter
-
     root = tmp_path_factory.mktemp("engine_adapters")
     return {
-        "a": _save_adapter(root / "a", seed=1, r=4, lora_alpha=8),
-        "b": _save_adapter(root / "b", seed=2, r=8, lora_alpha=16),
+        "a": save_random_adapter(root / "a", seed=1, r=4, lora_alpha=8),
+        "b": save_random_adapter(root / "b", seed=2, r=8, lora_alpha=16),
     }
 
 
 @pytest.fixture
 def own_tts(tiny_tts):
-    """A runtime with its own copy of the tiny model (the engine hooks adapters onto it)."""
+    """A `Dia2` with its own copy of the tiny model (the engine hooks adapters onto it)."""
     import copy
 
     from dia2 import Dia2
@@ -358,8 +358,6 @@ def test_rows_with_different_adapters_equal_each_adapter_alone(own_tts, adapter_
 
 
 def test_adapters_load_and_unload_while_the_engine_runs(own_tts, adapter_dirs, tmp_path):
-    from tests.unit.test_lora_bank import _config, _save_adapter
-
     engine = Engine(own_tts, EngineConfig(slots=2)).start()
     try:
         engine.load_adapter("a", adapter_dirs["a"])
@@ -381,7 +379,7 @@ def test_adapters_load_and_unload_while_the_engine_runs(own_tts, adapter_dirs, t
         assert engine.adapters == ("b",)
         with pytest.raises(AdapterError, match="no adapter named 'a' is loaded"):
             engine.submit(Request("[S1] Hi.", GenerationConfig(seed=1), adapter="a"))
-        other_base = _save_adapter(tmp_path / "wide", seed=3, cfg=_config(n_embd=96), r=4, lora_alpha=8)
+        other_base = save_random_adapter(tmp_path / "wide", seed=3, cfg=tiny_model_config(n_embd=96), r=4, lora_alpha=8)
         with pytest.raises(AdapterError, match="trained for another base"):
             engine.load_adapter("wide", other_base)
         assert engine.adapters == ("b",)
@@ -394,12 +392,11 @@ def cpu_graphs(monkeypatch):
     """GraphedBatchKernels on the CPU: the eager capture stand-in of test_graphs (a function
     bound to static input and output buffers, replayed by copying inputs in), no device refusal."""
     from dia2.generation import graphs
-    from tests.unit.test_graphs import _EagerCapture
 
-    _EagerCapture.captured = []
-    monkeypatch.setattr(graphs, "Captured", _EagerCapture)
+    EagerCapture.captured = []
+    monkeypatch.setattr(graphs, "Captured", EagerCapture)
     monkeypatch.setattr(graphs, "check_capturable", lambda model: None)
-    return _EagerCapture.captured
+    return EagerCapture.captured
 
 
 def test_graph_mode_runs_every_slot_at_one_shape_with_the_eager_tokens(own_tts, adapter_dirs, cpu_graphs):
@@ -447,10 +444,8 @@ def test_a_language_adapter_serves_per_row_in_graph_mode(own_tts, adapter_dirs, 
     """An adapter with trained embedding rows and whole heads (a new language) beside a LoRA voice
     and the base, in one batch of captured steps: each row as it speaks alone; loading and
     unloading it (which re-allocates the bank's row table) recaptures the graphs."""
-    from tests.unit.test_lora_bank import _save_language_adapter
-
     ids = sorted({t for case in CASES for t in own_tts.tokenizer.encode(case[0], add_special_tokens=False)})
-    language = _save_language_adapter(tmp_path / "de", seed=9, indices=ids[::2])
+    language = save_language_adapter(tmp_path / "de", seed=9, indices=ids[::2])
     dirs = {**adapter_dirs, "de": language}
     plan = [("de", CASES[0]), (None, CASES[2]), ("a", CASES[3]), ("de", CASES[4])]
     expected = [_solo_with_adapter(own_tts, dirs[name] if name else None, case) for name, case in plan]

@@ -30,7 +30,7 @@ from dia2.evaluation.run import (
 from dia2.evaluation.scoring import ClipScores
 from dia2.generation.config import GenerationConfig
 from dia2.text.words import SpokenWord
-from tests.e2e.test_eval_cli import save_adapter
+from tests.helpers.adapters import save_random_adapter
 
 SHORT = GenerationConfig(max_frames=20, seed=0)
 
@@ -61,7 +61,7 @@ def test_configurations_and_labels():
 
 
 def test_an_adapter_is_applied_inside_the_block_and_removed_exactly_after(tiny_tts, tmp_path):
-    adapter = save_adapter(tmp_path / "voice")
+    adapter = save_random_adapter(tmp_path / "voice", seed=3)
     before = tiny_tts.generate("[S1] Hello there.", SHORT).audio_tokens
     with adapter_applied(tiny_tts, str(adapter)):
         inside = tiny_tts.generate("[S1] Hello there.", SHORT).audio_tokens
@@ -74,7 +74,7 @@ def test_the_adapter_effect_is_counted_over_every_clip(tiny_tts, tmp_path):
 
     setup = EvalSetup(("[S1] Hello there.",), seeds=(0, 1), generation=SHORT, toplines=False)
     evaluation = Evaluation(tiny_tts, setup, ClipScorer(asr=None, speaker=None), tmp_path)
-    data = evaluation.run({"voice": str(save_adapter(tmp_path / "voice"))}, references=[])
+    data = evaluation.run({"voice": str(save_random_adapter(tmp_path / "voice", seed=3))}, references=[])
     assert data["adapter_effect"] == [{
         "configuration": "voice", "adapter": str(tmp_path / "voice"), "compared_with": "base",
         "clips": 2, "identical_clips": 0, "passed": True,
@@ -151,7 +151,7 @@ def test_an_adapter_recorded_for_another_base_is_refused_with_the_way_round(tmp_
 
 
 class HearsItsPrompt:
-    """A transcriber that hears, for each clip the runtime spoke, that clip's prompt less its last
+    """A transcriber that hears, for each clip the model spoke, that clip's prompt less its last
     word: scored against its own prompt a clip's WER is exactly 1 / (the prompt's words)."""
 
     def __init__(self, tts, monkeypatch) -> None:

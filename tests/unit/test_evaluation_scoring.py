@@ -2,7 +2,7 @@
 synthetic signals whose answers are known.
 
 ASR bounds are loose on purpose: the int8 tiny.en hears a few words differently on each CPU
-(tests/asr_checks.py). espeak-ng voices sound alike, so similarity is compared on averages.
+(tests/helpers/asr_checks.py). espeak-ng voices sound alike, so similarity is compared on averages.
 """
 
 import json

@@ -21,7 +21,7 @@ from finetune.evaluation import keep_best
 from finetune.outputs import RunPaths, read_metrics
 from finetune.train import main
 from tests.conftest import REPO_ROOT
-from tests.unit.test_finetune_data import synthetic_rows, write_corpus
+from tests.helpers.corpora import synthetic_rows, write_corpus
 
 PRESET = str(REPO_ROOT / "configs" / "train" / "tiny-cpu.yaml")
 ALICE = REPO_ROOT / "tests" / "fixtures" / "prep" / "alice"

@@ -128,3 +128,21 @@ def test_the_tiny_cpu_preset_keeps_every_utterance_data_prep_makes_by_default(ti
                                        tail_frames(data))
     cfg = load_config(REPO_ROOT / "configs" / "train" / "tiny-cpu.yaml", ["data.corpus=c"])
     assert cfg.data.max_frames_per_batch >= longest_row + max(data.delays)
+
+
+def test_the_tiny_cpu_sample_scripts_fit_at_the_slowest_pace(tiny_tts):
+    import math
+
+    from dia2.generation.config import GenerationConfig
+    from dia2.model.config import FRAME_RATE
+
+    cfg = load_config(REPO_ROOT / "configs" / "train" / "tiny-cpu.yaml", ["data.corpus=unused"])
+    limit = math.ceil(cfg.eval.max_sample_seconds * FRAME_RATE)
+    machine = tiny_tts._loop(tiny_tts.parse("[S1] Hi."), GenerationConfig(), None, None).machine
+    tail = max(tiny_tts.model.config.data.delays) + machine.max_padding
+    for script in cfg.eval.scripts:
+        # Each word: its forced pad frames, at most max_padding frames before the next word is forced.
+        slowest = machine.initial_padding + sum(max(len(e.tokens), machine.max_padding) + 1 for e in tiny_tts.parse(script))
+        assert slowest + tail + 1 <= limit, (script, slowest + tail + 1, limit)
+        for seed in range(3):
+            assert not tiny_tts.generate(script, GenerationConfig(seed=seed, max_frames=limit)).truncated

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dia2.data.grid import FRAME_RATE
 from dia2.data.teacher import TrainingExample, build_example, collate, tail_frames
+from dia2.model.config import FRAME_RATE
 from dia2.text.utterance import align_utterance
 from finetune.config import LossSection, LoraSection
 from finetune.modeling import make_trainable
@@ -37,7 +37,7 @@ another order (measured below 1e-6; dropping the 1/k of accumulation is off by a
 
 def shared_words_examples(tts, count: int, words: int = 3) -> list[TrainingExample]:
     """`count` utterances of the same timed words, each with its own random codes."""
-    from tests.unit.test_finetune_data import synthetic_words, voice_codes
+    from tests.helpers.corpora import synthetic_words, voice_codes
 
     spoken = synthetic_words(words, seed=5)
     data = tts.model.config.data

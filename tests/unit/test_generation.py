@@ -7,6 +7,7 @@ import torch
 from dia2.generation.config import GenerationConfig
 from dia2.generation.sampling import SamplingConfig
 from dia2.text.script import ScriptError
+from tests.helpers.speech import one_speaker_voice, two_speaker_voice
 
 SCRIPT = "[S1] Hello there, how are you? [S2] I am doing well. <break time=\"0.4s\"/> [S1] Good."
 
@@ -153,3 +154,52 @@ def test_bad_scripts(tiny_tts, script, message):
 def test_bad_generation_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GenerationConfig(**kwargs)
+
+
+# --- streamed text (issue 15) ----------------------------------------------------------------------
+
+VOICED_SCRIPT = "[S1] Now with a voice. [S2] And me."
+
+
+def _streamed(tts, pieces, config, voice):
+    chunks = list(tts.stream(iter(pieces), config, voice=voice))
+    codes = torch.cat([c.codes for c in chunks], dim=1)
+    words = [w for c in chunks for w in c.words]
+    return codes, words
+
+
+@pytest.mark.parametrize("make_voice", [one_speaker_voice, two_speaker_voice], ids=["one-speaker", "two-speakers"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0], ids=["no-cfg", "cfg"])
+def test_streamed_text_with_a_voice_gives_the_audio_of_generate(tiny_tts, make_voice, cfg_scale):
+    voice = make_voice(tiny_tts)
+    config = GenerationConfig(seed=0, cfg_scale=cfg_scale)
+    whole = tiny_tts.generate(VOICED_SCRIPT, config, voice=voice)
+    for pieces in ([VOICED_SCRIPT], ["[S1] Now with", " a voice. [S2]", " And me."]):
+        codes, words = _streamed(tiny_tts, pieces, config, voice)
+        assert torch.equal(codes, whole.audio_tokens), pieces
+        assert words == whole.timestamps
+
+
+def test_streamed_pieces_are_joined_without_spaces_and_a_bad_start_fails_before_any_audio(tiny_tts):
+    from dia2.text.script import ScriptError
+
+    config = GenerationConfig(seed=0, max_frames=60)
+    joined = tiny_tts.generate("[S1] Hi there. [S2] Hello.", config)
+    codes, _ = _streamed(tiny_tts, ["[S1] Hi", " there. ", "[S2] Hel", "lo."], config, None)
+    assert torch.equal(codes, joined.audio_tokens)
+    chunks = tiny_tts.stream(iter(["[S1] Hi there.", "[S2] Hello."]), config)
+    with pytest.raises(ScriptError, match=r"put a space before \[S2\] \(streamed pieces are joined as given"):
+        next(chunks)
+
+
+def test_max_frames_past_the_context_is_capped_and_the_hints_fit_the_limit(tiny_tts, caplog):
+    from dia2.text.script import ScriptError
+
+    context = tiny_tts.model.config.runtime.max_context_steps
+    with caplog.at_level("WARNING", logger="dia2.generation.tts"):
+        loop = tiny_tts._loop(tiny_tts.parse("[S1] Hi."), GenerationConfig(max_frames=context + 2500), None, None)
+    assert loop.capacity == 1 + context and f"past the model's context of {context} frames" in caplog.text
+    with pytest.raises(ScriptError, match=f"or raise max_frames \\(--max-frames, up to the model's context of {context}\\)"):
+        tiny_tts.generate("[S1] " + "word " * 20, GenerationConfig(max_frames=20))
+    with pytest.raises(ScriptError, match="split it into shorter scripts$"):
+        tiny_tts.generate("[S1] " + "word " * 1000, GenerationConfig(max_frames=context + 2500))

@@ -8,7 +8,6 @@ recorders that check each one names the model's device.
 
 import copy
 from contextlib import contextmanager
-from typing import ClassVar
 
 import pytest
 import torch
@@ -17,7 +16,8 @@ from dia2.generation import graphs
 from dia2.generation.graphs import CudaGraphKernels, GraphError, kernel_wrapper
 from dia2.generation.config import GenerationConfig
 from dia2.generation.kernels import FrameKernels
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
+from tests.helpers.kernels import EagerCapture
 
 SCRIPT = "[S1] Hello there. [S2] Hi!"
 
@@ -54,39 +54,13 @@ def test_cli_refuses_8bit_with_cuda_graphs_before_loading():
     assert options.model.low_vram == "4bit" and options.run.cuda_graph
 
 
-class _EagerCapture:
-    """CPU stand-in for graphs.Captured with a graph's binding: the function is kept with its
-    static inputs (and, through its closure, the decode state it was captured on); a replay
-    copies the new inputs into the static buffers and writes the results into the static
-    outputs of the first run, as a graph replay does."""
-
-    captured: ClassVar[list["_EagerCapture"]] = []
-
-    def __init__(self, fn, inputs, restore, device) -> None:
-        self.fn, self.static_inputs = fn, tuple(x.clone() for x in inputs)
-        self.static_outputs = fn(*self.static_inputs)
-        restore()  # the capture run must leave no trace, as warm-up and capture leave none
-        _EagerCapture.captured.append(self)
-
-    def __call__(self, *inputs):
-        for static, value in zip(self.static_inputs, inputs):
-            static.copy_(value)
-        for static, value in zip(_as_tuple(self.static_outputs), _as_tuple(self.fn(*self.static_inputs))):
-            static.copy_(value)
-        return self.static_outputs
-
-
-def _as_tuple(x):
-    return x if isinstance(x, tuple) else (x,)
-
-
 @pytest.fixture
 def cpu_graphs(monkeypatch):
     """CudaGraphKernels on the CPU: the eager capture stand-in, and no device refusal."""
-    _EagerCapture.captured = []
-    monkeypatch.setattr(graphs, "Captured", _EagerCapture)
+    EagerCapture.captured = []
+    monkeypatch.setattr(graphs, "Captured", EagerCapture)
     monkeypatch.setattr(graphs, "check_capturable", lambda model: None)
-    return _EagerCapture.captured
+    return EagerCapture.captured
 
 
 def test_kept_kernels_capture_once_per_shape_for_any_seed(cpu_graphs, tiny_tts, tiny_bundle_dir):

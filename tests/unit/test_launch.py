@@ -340,7 +340,7 @@ def test_the_launch_layer_imports_no_model_stack():
     with it. The main wrapper and the flags need not even torch (finetune.push runs without it)."""
     code = ("import sys, json; import dia2.launch.model, dia2.serving.config; "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy} "
-            "or m in ('dia2.generation.runtime', 'dia2.serving.engine', 'dia2.model.network'))))")
+            "or m in ('dia2.generation.tts', 'dia2.serving.engine', 'dia2.model.network'))))")
     proc = subprocess.run([sys.executable, "-c", code.format(heavy=set(HEAVY_MODULES))], capture_output=True,
                           text=True, cwd=REPO_ROOT, timeout=120, env=child_env())
     assert proc.returncode == 0, proc.stderr

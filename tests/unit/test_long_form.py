@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dia2 import Dia2, GenerationConfig
-from dia2.data.grid import FRAME_RATE
+from dia2.model.config import FRAME_RATE
 from dia2.serving.engine import Engine, EngineConfig, Request
 from dia2.text.script import ScriptError
 
@@ -165,7 +165,7 @@ def test_the_engine_speaks_a_long_script_as_alone_with_fresh_draws_per_part(shor
     assert torch.equal(got.audio_tokens, alone.audio_tokens)
     assert got.timestamps == alone.timestamps
     assert other.result().audio_tokens.shape[1] > 0
-    # The engine keys each part's draws itself (by the frame counted across parts), not the runtime.
+    # The engine keys each part's draws itself (by the frame counted across parts), not `Dia2`.
     assert_fresh_draws_across_parts(draws, 6, [_prefix_frames(voice) for voice, plan in plans if plan.config.seed == 6])
 
 

@@ -15,33 +15,20 @@ from dia2.model.adapters import (
     load_adapter,
     lora_model,
 )
-from dia2.model.config import parse_config
 from dia2.model.lora_bank import LoraBank
 from dia2.model.network import Dia2Model
-from tests.conftest import random_tokens, tiny_raw_config
-from tests.unit.test_adapters import _save_random_adapter
+from tests.conftest import random_tokens
+from tests.helpers.adapters import save_language_adapter, save_random_adapter, tiny_model_config
 
 ATOL = 1e-5
 FRAMES = 6
 PREFILL = 3
 
 
-def _config(n_embd: int | None = None):
-    raw = tiny_raw_config()
-    if n_embd is not None:
-        raw["model"]["decoder"]["n_embd"] = n_embd
-    return parse_config(raw)
-
-
-def _save_adapter(folder: Path, seed: int, cfg=None, **lora) -> Path:
-    """A random PEFT LoRA folder for the tiny geometry (or `cfg`); `lora`: LoraConfig fields."""
-    return _save_random_adapter(cfg or _config(), folder, seed, **lora)
-
-
 @pytest.fixture(scope="module")
 def base():
     torch.manual_seed(0)
-    return Dia2Model.from_config(_config()).eval()
+    return Dia2Model.from_config(tiny_model_config()).eval()
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +42,11 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
     c: rank 3 (below a's, so a slot reused after a must have been cleared), rsLoRA scaling."""
     root = tmp_path_factory.mktemp("adapters")
     return {
-        "a": _save_adapter(root / "a", seed=1, r=4, lora_alpha=8),
-        "b": _save_adapter(
+        "a": save_random_adapter(root / "a", seed=1, r=4, lora_alpha=8),
+        "b": save_random_adapter(
             root / "b", seed=2, r=8, lora_alpha=16, rank_pattern={r"mlp\.wo": 2}, alpha_pattern={r"attn\.k_proj": 3}
         ),
-        "c": _save_adapter(root / "c", seed=4, r=3, lora_alpha=4, use_rslora=True),
+        "c": save_random_adapter(root / "c", seed=4, r=3, lora_alpha=4, use_rslora=True),
     }
 
 
@@ -165,7 +152,7 @@ def test_unload_frees_the_slot_and_the_hooks(bank, base, tokens, adapters):
 
 def test_hooks_follow_the_targets(base, tmp_path):
     bank = LoraBank(copy.deepcopy(base))
-    bank.load("wo", _save_adapter(tmp_path / "wo", seed=5, r=2, lora_alpha=2, target_modules=r".*mlp\.wo"))
+    bank.load("wo", save_random_adapter(tmp_path / "wo", seed=5, r=2, lora_alpha=2, target_modules=r".*mlp\.wo"))
     assert _hooked(bank.model) == {f"{s}.layers.{i}.mlp.wo" for s in ("transformer", "depformer") for i in (0, 1)}
     assert bank.version == 4
 
@@ -188,24 +175,24 @@ def _edited(folder: Path, tmp_path: Path, **changes) -> Path:
 REFUSALS = {
     "same_name": (lambda ad, tmp: ("a", ad["c"]), r"as 'a': an adapter of that name is already loaded; unload it first"),
     "full": (lambda ad, tmp: ("x", ad["c"]), r"bank is full \(3 = max_adapters.* larger max_adapters"),
-    "rank": (lambda ad, tmp: ("x", _save_adapter(tmp / "r", 6, r=16)), r"rank 16 .*max_rank = 8.*max_rank=16"),
+    "rank": (lambda ad, tmp: ("x", save_random_adapter(tmp / "r", seed=6, r=16)), r"rank 16 .*max_rank = 8.*max_rank=16"),
     "geometry": (
-        lambda ad, tmp: ("x", _save_adapter(tmp / "g", 6, _config(n_embd=96), r=2)),
+        lambda ad, tmp: ("x", save_random_adapter(tmp / "g", tiny_model_config(n_embd=96), seed=6, r=2)),
         r"trained for another base model",
     ),
-    "dora": (lambda ad, tmp: ("x", _save_adapter(tmp / "d", 6, r=2, use_dora=True)), r"DoRA .*merge this adapter"),
-    "bias": (lambda ad, tmp: ("x", _save_adapter(tmp / "lb", 6, r=2, lora_bias=True)), r"LoRA bias"),
+    "dora": (lambda ad, tmp: ("x", save_random_adapter(tmp / "d", seed=6, r=2, use_dora=True)), r"DoRA .*merge this adapter"),
+    "bias": (lambda ad, tmp: ("x", save_random_adapter(tmp / "lb", seed=6, r=2, lora_bias=True)), r"LoRA bias"),
     "whole_norm": (
-        lambda ad, tmp: ("x", _save_adapter(tmp / "m", 6, r=2, modules_to_save=["transformer.norm"])),
+        lambda ad, tmp: ("x", save_random_adapter(tmp / "m", seed=6, r=2, modules_to_save=["transformer.norm"])),
         r"replaces 'transformer\.norm\.weight' \(RMSNorm\) whole .*merge this adapter into the base with `load_adapter`",
     ),
     "full_tensor": (
-        lambda ad, tmp: ("x", _edited(_save_adapter(tmp / "m", 6, r=2, modules_to_save=["cb0_head"]), tmp,
+        lambda ad, tmp: ("x", _edited(save_random_adapter(tmp / "m", seed=6, r=2, modules_to_save=["cb0_head"]), tmp,
                                       modules_to_save=None)),
         r"full tensor .*cb0_head.* does not list that module in modules_to_save",
     ),
     "embedding": (
-        lambda ad, tmp: ("x", _save_adapter(tmp / "e", 6, r=2, target_modules=r"transformer\.audio_embeds\.\d+")),
+        lambda ad, tmp: ("x", save_random_adapter(tmp / "e", seed=6, r=2, target_modules=r"transformer\.audio_embeds\.\d+")),
         r"targets 'transformer\.audio_embeds\.0', a Embedding: the engine serves LoRA on linear layers",
     ),
 }
@@ -241,23 +228,11 @@ def test_model_with_peft_layers_is_refused(base, adapters):
 # --- new-language adapters: trained text-embedding rows and whole output heads, per row ---------
 
 
-def _save_language_adapter(folder: Path, seed: int, indices: list[int]) -> Path:
-    """LoRA + trained text-embedding rows (`indices`) + whole output heads, all moved off the base."""
-    torch.manual_seed(seed)
-    model = lora_model(Dia2Model.from_config(_config()), 4, 8, token_indices=indices, modules_to_save=list(OUTPUT_HEADS))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name or "trainable_tokens_delta" in name or "modules_to_save" in name:
-                param.add_(torch.randn_like(param) * 0.5)
-    model.save_pretrained(str(folder), save_embedding_layers=False)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def language(tokens, tmp_path_factory) -> Path:
     """Trained rows for every other text id the test grid uses: some tokens replaced, some not."""
     used = sorted(set(tokens[:, :2].flatten().tolist()))
-    return _save_language_adapter(tmp_path_factory.mktemp("language") / "de", 7, used[::2])
+    return save_language_adapter(tmp_path_factory.mktemp("language") / "de", 7, used[::2])
 
 
 def test_language_adapter_rows_match_it_alone(base, tokens, adapters, language):

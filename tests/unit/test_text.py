@@ -1,6 +1,7 @@
 """Script parsing and text control ids (spec section 5)."""
 
 import random
+import re
 
 import pytest
 
@@ -26,7 +27,7 @@ class FakeTokenizer:
     " hi" -> [250], "you" -> [300, 301], "there" -> [500, 501, 502], " there" -> [550, 551, 552].
     """
 
-    bos_token_id = 0  # the published tokenizer reports 0, which the runtime treats as "no bos"
+    bos_token_id = 0  # the published tokenizer reports 0, which `Dia2` treats as "no bos"
     unk_token_id = 0
 
     def __init__(self, speaker_tags: bool = True) -> None:
@@ -241,3 +242,31 @@ def test_entry_is_frozen_and_normalises_tokens():
         entry.padding = 3  # type: ignore[misc]
     with pytest.raises(ValueError):
         Entry((), "", -1)
+
+
+# --- messages about glued speaker tags (issue 15) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "fix"),
+    [("[S1] Hello there.[S2] Hi.", "put a space before [S2]"), ("[S1]Hello there.", "put a space after [S1]"),
+     ("[S1] Hi.[S2]there", "put a space before and after [S2]")],
+)
+def test_a_glued_speaker_tag_says_on_which_side_the_space_is_missing(tiny_tts, script, fix):
+    from dia2.text.script import ScriptError
+
+    with pytest.raises(ScriptError, match=re.escape(fix)):
+        tiny_tts.parse(script)
+
+
+def test_the_streamed_joining_hint_is_given_only_for_glued_text(tiny_tts):
+    from dia2.text.script import ScriptError, parse_stream
+
+    def first_error(pieces: list[str]) -> str:
+        with pytest.raises(ScriptError) as error:
+            list(parse_stream(iter(pieces), tiny_tts.tokenizer, tiny_tts.ids))
+        return str(error.value)
+
+    assert "joined as given" in first_error(["[S1] Hi there.", "[S2] Hello."])
+    unknown_tag = first_error(["[S1] Hi there. ", "[S3] Hello."])
+    assert "[S3]" in unknown_tag and "joined as given" not in unknown_tag

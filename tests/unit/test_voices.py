@@ -29,15 +29,10 @@ from dia2.serving.voices import (
 )
 from dia2.text.words import SpokenWord
 from tests.conftest import REPO_ROOT
+from tests.helpers.voice_folder import LOAD_VOICE_FOLDER
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
 RATE = 24000
-# Writer processes load the folder module alone (it needs only the standard library), not dia2 and torch.
-LOAD_VOICE_FOLDER = (
-    "import importlib.util\n"
-    f"spec = importlib.util.spec_from_file_location('voice_folder', {str(REPO_ROOT / 'dia2/serving/voice_folder.py')!r})\n"
-    "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); VoiceFolder = module.VoiceFolder\n"
-)
 
 
 class FakeMakeVoice:

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from dia2.audio.asr import Transcriber, WhisperTranscriber
-from dia2.data.grid import FRAME_RATE
 from dia2.device import resolve_device
 from dia2.generation.graphs import lru_get
 from dia2.generation.config import GenerationConfig
@@ -43,7 +42,8 @@ from dia2.generation.loop import (
 from dia2.generation.long_form import LongForm
 from dia2.generation.voice import PrefixError, Voice, build_voice, voice_prefix
 from dia2.model.assets import DEFAULT_MODEL
-from dia2.model.checkpoint import model_from_files, resolve_files
+from dia2.model.checkpoint import resolve_files
+from dia2.model.config import FRAME_RATE
 from dia2.model.network import Dia2Model
 from dia2.model.quant import QuantError
 from dia2.text.script import (
@@ -55,6 +55,7 @@ from dia2.text.script import (
 )
 from dia2.text.state_machine import StateMachine
 from dia2.text.tokenizer import load_tokenizer, tokenizer_source
+from dia2.tiny import model_source
 
 if TYPE_CHECKING:
     from dia2.audio.codec import MimiCodec
@@ -63,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 KernelWrapper = Callable[[FrameKernels], FrameKernels]
 
-# Wrapped kernels a runtime keeps, one per sampling setup: each may hold captured graphs and
+# Wrapped kernels a `Dia2` keeps, one per sampling setup: each may hold captured graphs and
 # full-capacity decode states, so only the setups in recent use stay.
 KEPT_KERNELS = 2
 
@@ -150,9 +151,9 @@ class Dia2:
         dtype = dtype or default_dtype(device)
         if low_vram and adapter is not None and not merge_adapter:
             raise QuantError("low_vram needs the adapter merged into the base first: drop the unmerged-adapter option (--unmerged-adapter)")
-        files = resolve_files(repo_or_dir, revision, None, config_path, weights_path)
+        files = resolve_files(model_source(repo_or_dir, revision), config_path, weights_path)
         # A quantized model is loaded on the CPU, then quantized layer by layer onto the device.
-        model = model_from_files(files, dtype=dtype, device="cpu" if low_vram else device)
+        model = Dia2Model.from_files(files, dtype=dtype, device="cpu" if low_vram else device)
         if adapter is not None:
             from dia2.model.adapters import load_adapter
 

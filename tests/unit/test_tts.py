@@ -1,13 +1,14 @@
-"""The runtime's loading options on the tiny bundle: adapters, low-VRAM, tokenizer sources."""
+"""dia2.generation.tts: `Dia2.from_repo`'s loading options on the tiny bundle: adapters, low-VRAM,
+tokenizer and codec sources, a model folder given by its files."""
 
 import pytest
 import torch
 
 from dia2.generation.config import GenerationConfig
-from dia2.generation.runtime import Dia2
 from dia2.generation.sampling import SamplingConfig
+from dia2.generation.tts import Dia2
 from dia2.text.tokenizer import TokenizerError, load_tokenizer, tokenizer_source
-from tests.unit.test_adapters import _save_random_adapter
+from tests.helpers.adapters import save_random_adapter
 
 GREEDY = GenerationConfig(seed=0, text=SamplingConfig(0.0, 1), audio=SamplingConfig(0.0, 1))
 SCRIPT = "[S1] Hello there, how are you?"
@@ -16,7 +17,7 @@ SCRIPT = "[S1] Hello there, how are you?"
 @pytest.fixture(scope="module")
 def voice_adapter(tiny_bundle_dir, tmp_path_factory):
     base = Dia2.from_repo(tiny_bundle_dir, device="cpu")
-    return _save_random_adapter(base.model.config, tmp_path_factory.mktemp("voice") / "adapter", seed=5)
+    return save_random_adapter(tmp_path_factory.mktemp("voice") / "adapter", base.model.config, seed=5)
 
 
 def test_adapter_changes_the_voice_and_merged_equals_unmerged(tiny_tts, tiny_bundle_dir, voice_adapter):
@@ -71,7 +72,7 @@ def test_tokenizer_load_errors(tmp_path, monkeypatch):
 
 
 def test_tiny_tokenizer_has_dia2_control_tokens(tiny_tts):
-    assert tiny_tts.ids.bos == 1  # the tokenizer reports bos 0; the runtime uses 1, as published
+    assert tiny_tts.ids.bos == 1  # the tokenizer reports bos 0; `Dia2` uses 1, as published
     assert tiny_tts.ids.spk1 != tiny_tts.ids.spk2
     assert tiny_tts.tokenizer.encode("[S1] hi", add_special_tokens=False)[0] == tiny_tts.ids.spk1
 
@@ -95,3 +96,21 @@ def test_tiny_geometry_matches_the_shipped_config():
 def test_low_vram_with_an_unmerged_adapter_is_refused(tiny_bundle_dir, voice_adapter):
     with pytest.raises(ValueError, match="needs the adapter merged"):
         Dia2.from_repo(tiny_bundle_dir, device="cpu", low_vram="4bit", adapter=voice_adapter, merge_adapter=False)
+
+
+def test_a_model_folder_given_by_config_and_weights_brings_its_tokenizer_and_mimi(tiny_tts, tiny_bundle_dir, tmp_path):
+    import shutil
+
+    merged = tmp_path / "merged"
+    shutil.copytree(tiny_bundle_dir, merged)
+    # The default repo (nari-labs/Dia2-2B) is not reachable here: only the folder's assets can load.
+    tts = Dia2.from_repo(config_path=merged / "config.json", weights_path=merged / "model.safetensors", device="cpu")
+    assert tts.codec.fingerprint == tiny_tts.codec.fingerprint
+    assert tts.tokenizer.encode("[S1] hello there") == tiny_tts.tokenizer.encode("[S1] hello there")
+
+
+def test_a_codec_that_cannot_load_names_the_mimi_flag(tiny_bundle_dir, tmp_path):
+    from dia2.audio.codec import CodecError
+
+    with pytest.raises(CodecError, match=r"given with --mimi; pass --mimi \(Python: mimi=\)"):
+        Dia2.from_repo(tiny_bundle_dir, device="cpu", mimi=str(tmp_path / "no-mimi"))
