@@ -73,7 +73,10 @@ class LineProgress:
 
     def write(self, text: str) -> None:
         with self._lock:
-            print(text, file=self.file, flush=True)
+            try:
+                print(text, file=self.file, flush=True)
+            except ValueError:  # the file was closed under a bar nobody closed: the heartbeat stops
+                self._done.set()
 
     def status(self) -> str:
         """The progress line: done/total (percent), elapsed, time left at the rate so far, postfix."""

@@ -219,51 +219,50 @@ def train(cfg: TrainConfig) -> RunPaths:
     elif step > 0 and evaluation_due(step) and not evaluated(paths, corpus, cfg.eval, step):
         evaluate(step)  # the evaluation a stop interrupted (its checkpoint is written first)
     started, first_step = time.perf_counter(), step
-    progress = progress_bar(o.steps, "training", "step", initial=step, disable=not is_main)
-    while step < o.steps:
-        step += 1
-        step_started = time.perf_counter()
-        model.train()
+    with progress_bar(o.steps, "training", "step", initial=step, disable=not is_main) as progress:
+        while step < o.steps:
+            step += 1
+            step_started = time.perf_counter()
+            model.train()
 
-        def micro_batches() -> Iterator[Batch]:
-            for _ in range(o.grad_accumulation):
-                position, indices = next(stream)
-                drop = uncond_mask(cfg.seed, position, 0, len(indices), cfg.data.uncond_prob)
-                yield make_batch(corpus.train.examples, indices, data, tts.ids, drop).to(device)
+            def micro_batches() -> Iterator[Batch]:
+                for _ in range(o.grad_accumulation):
+                    position, indices = next(stream)
+                    drop = uncond_mask(cfg.seed, position, 0, len(indices), cfg.data.uncond_prob)
+                    yield make_batch(corpus.train.examples, indices, data, tts.ids, drop).to(device)
 
-        with out_of_memory_hint(cfg):
-            sums, frames = accumulate_gradients(
-                model, micro_batches(), o.grad_accumulation, cfg.loss, data.action_pad_token_id, accelerator,
-                check_loss=lambda loss: stop_if_not_finite(loss, "the loss", step, paths, accelerator),
-            )
-        grad_norm = accelerator.clip_grad_norm_(params, o.grad_clip or math.inf)
-        if isinstance(grad_norm, DTensor):  # FSDP: the norm over every shard, the same on every process
-            grad_norm = grad_norm.full_tensor()
-        stop_if_not_finite(grad_norm, "the gradient norm", step, paths, accelerator)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            with out_of_memory_hint(cfg):
+                sums, frames = accumulate_gradients(
+                    model, micro_batches(), o.grad_accumulation, cfg.loss, data.action_pad_token_id, accelerator,
+                    check_loss=lambda loss: stop_if_not_finite(loss, "the loss", step, paths, accelerator),
+                )
+            grad_norm = accelerator.clip_grad_norm_(params, o.grad_clip or math.inf)
+            if isinstance(grad_norm, DTensor):  # FSDP: the norm over every shard, the same on every process
+                grad_norm = grad_norm.full_tensor()
+            stop_if_not_finite(grad_norm, "the gradient norm", step, paths, accelerator)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        sums, frames = accelerator.reduce(sums, "sum"), accelerator.reduce(frames, "sum")
-        record = {
-            "step": step, "split": "train", **metrics(sums, cfg.loss), "lr": lr, "grad_norm": float(grad_norm),
-            "frames": int(frames), "frames_per_s": float(frames) / (time.perf_counter() - step_started),
-        }
-        log.write(record)
-        tracker.log(record, step, "train")
-        progress.update()
-        progress.set_postfix(loss=f"{record['loss']:.3f}")
-        seconds_per_step = (time.perf_counter() - started) / (step - first_step)
-        phase.write(Phase.TRAINING, step, o.steps, seconds_per_step * (o.steps - step))
-        # The checkpoint first: a run stopped during the evaluation keeps this step.
-        if step == o.steps or (cfg.output.save_every and step % cfg.output.save_every == 0):
-            at = Progress(step, stream.position, seconds_before + time.perf_counter() - started, dataclasses.asdict(decay))
-            phase.write(Phase.SAVING, step, o.steps)
-            save_checkpoint(paths.checkpoints, at, model, optimizer, scheduler, accelerator, cfg.output.keep_last)
-        if evaluation_due(step):
-            evaluate(step)
-    progress.close()
+            sums, frames = accelerator.reduce(sums, "sum"), accelerator.reduce(frames, "sum")
+            record = {
+                "step": step, "split": "train", **metrics(sums, cfg.loss), "lr": lr, "grad_norm": float(grad_norm),
+                "frames": int(frames), "frames_per_s": float(frames) / (time.perf_counter() - step_started),
+            }
+            log.write(record)
+            tracker.log(record, step, "train")
+            progress.update()
+            progress.set_postfix(loss=f"{record['loss']:.3f}")
+            seconds_per_step = (time.perf_counter() - started) / (step - first_step)
+            phase.write(Phase.TRAINING, step, o.steps, seconds_per_step * (o.steps - step))
+            # The checkpoint first: a run stopped during the evaluation keeps this step.
+            if step == o.steps or (cfg.output.save_every and step % cfg.output.save_every == 0):
+                at = Progress(step, stream.position, seconds_before + time.perf_counter() - started, dataclasses.asdict(decay))
+                phase.write(Phase.SAVING, step, o.steps)
+                save_checkpoint(paths.checkpoints, at, model, optimizer, scheduler, accelerator, cfg.output.keep_last)
+            if evaluation_due(step):
+                evaluate(step)
     phase.write(Phase.SAVING, step, o.steps)
     finish(cfg, paths, base, corpus, model, step, accelerator, seconds_before + time.perf_counter() - started)
     phase.write(Phase.DONE, step, o.steps)

@@ -10,6 +10,7 @@ when 8- or 4-bit weights are asked for, and calls `bitsandbytes_imported`.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 _hide = "bitsandbytes" not in sys.modules
@@ -29,9 +30,17 @@ finally:
 
 
 def bitsandbytes_imported() -> None:
-    """Let PEFT see bitsandbytes (imported by `dia2.model.quant`): its 8/4-bit LoRA layers need it."""
+    """Let PEFT see bitsandbytes (imported by `dia2.model.quant`): its 8/4-bit LoRA layers need it.
+
+    A PEFT module that defines those layers only when bitsandbytes is there (`peft.tuners.lora.bnb`
+    and its kin) and was imported while it looked absent is imported again."""
+    seen_absent = not (is_bnb_available() and is_bnb_4bit_available())
     is_bnb_available.cache_clear()
     is_bnb_4bit_available.cache_clear()
+    if seen_absent:
+        stale = [name for name in sys.modules if name.startswith("peft.tuners.") and name.endswith(".bnb")]
+        for name in stale:
+            importlib.reload(sys.modules[name])
 
 
 __all__ = ["BaseTunerLayer", "LoraConfig", "PeftModel", "bitsandbytes_imported", "check_target_module_exists",

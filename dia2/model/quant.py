@@ -188,15 +188,24 @@ def _import_bitsandbytes() -> ModuleType:
     AVX512-BF16 (it asks the Hub about an optional kernel, kernels-community/quantization-
     bitsandbytes: `kernels` is hidden meanwhile), its warning about that kernel replaced by one
     line that says what it means; then PEFT is told it is there (`dia2.model.peft_api`)."""
-    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is not None:
-        return sys.modules["bitsandbytes"]
+    if sys.modules.get("bitsandbytes") is None:
+        _import_bitsandbytes_quietly()
+    # Also when bitsandbytes came in some other way (a user's own `import bitsandbytes` after dia2):
+    # PEFT cached "absent" while dia2.model.peft_api hid it, and would wrap 8/4-bit layers as floats.
+    peft_api = sys.modules.get("dia2.model.peft_api")
+    if peft_api is not None:
+        peft_api.bitsandbytes_imported()
+    return sys.modules["bitsandbytes"]
+
+
+def _import_bitsandbytes_quietly() -> None:
     note = _HubKernelNotice()
     ops_logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
     ops_logger.addFilter(note)
     kernels = sys.modules.get("kernels")
     sys.modules["kernels"] = None  # type: ignore[assignment]  # `from kernels import ...` -> ImportError
     try:
-        import bitsandbytes
+        import bitsandbytes  # noqa: F401
     except ImportError as exc:
         raise ImportError(
             "8-bit/4-bit mode needs bitsandbytes: `pip install 'bitsandbytes>=0.45'` (it runs on CPU and CUDA)"
@@ -210,10 +219,6 @@ def _import_bitsandbytes() -> ModuleType:
     if note.seen:
         logger.info("bitsandbytes runs 4-bit layers on this CPU with its built-in kernels; its optional faster kernel "
                     "is hosted on the Hugging Face Hub and is not fetched (no network request is made)")
-    peft_api = sys.modules.get("dia2.model.peft_api")
-    if peft_api is not None:
-        peft_api.bitsandbytes_imported()
-    return bitsandbytes
 
 
 class _HubKernelNotice(logging.Filter):

@@ -196,3 +196,36 @@ def test_int8_threshold_zero_builds_capturable_layers(base, tokens):
         quantize(copy.deepcopy(base), "8bit", int8_threshold=-1.0)
     with pytest.raises(ValueError, match="int8_threshold applies to mode '8bit' only"):
         quantize(copy.deepcopy(base), "4bit", int8_threshold=0.0)
+
+
+QLORA_AFTER_A_USERS_IMPORT = """
+import copy, torch
+from dia2.model.adapters import lora_model        # PEFT imported: bitsandbytes hidden, cached absent
+import bitsandbytes                               # the user's own import, after dia2's
+from peft.tuners.lora import bnb as lora_bnb      # imported while PEFT still thinks it absent
+assert not hasattr(lora_bnb, "Linear4bit")
+from dia2.model.network import Dia2Model
+from dia2.model.config import parse_config
+from dia2.model.quant import quantize
+from tests.conftest import tiny_raw_config
+raw = tiny_raw_config(); raw["model"]["depformer"].update(n_embd=64, gqa_head_dim=32)
+torch.manual_seed(0)
+model = lora_model(quantize(Dia2Model.from_config(parse_config(raw)), "{mode}"), rank=2, alpha=4)
+from peft.tuners.lora.bnb import Linear4bit, Linear8bitLt
+layer = model.get_base_model().transformer.layers[0].attn.q_proj
+print(type(layer).__name__)
+"""
+
+
+@pytest.mark.parametrize("mode", ["8bit", "4bit"])
+def test_qlora_wraps_quantized_layers_when_bitsandbytes_came_from_elsewhere(mode):
+    """The order of a test session (and of a user's script): PEFT imported through dia2 (bitsandbytes
+    hidden), bitsandbytes then imported by someone else: QLoRA still gets PEFT's 8/4-bit layers."""
+    import subprocess
+
+    from tests.conftest import REPO_ROOT, child_env
+
+    proc = subprocess.run([sys.executable, "-c", QLORA_AFTER_A_USERS_IMPORT.format(mode=mode)], cwd=REPO_ROOT,
+                          env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == {"8bit": "Linear8bitLt", "4bit": "Linear4bit"}[mode]
