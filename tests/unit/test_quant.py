@@ -1,6 +1,7 @@
 """dia2.model.quant: bitsandbytes 8-bit / 4-bit linears in a Dia2Model, on CPU; QLoRA on top."""
 
 import copy
+import importlib
 import re
 import sys
 
@@ -198,34 +199,25 @@ def test_int8_threshold_zero_builds_capturable_layers(base, tokens):
         quantize(copy.deepcopy(base), "4bit", int8_threshold=0.0)
 
 
-QLORA_AFTER_A_USERS_IMPORT = """
-import copy, torch
-from dia2.model.adapters import lora_model        # PEFT imported: bitsandbytes hidden, cached absent
-import bitsandbytes                               # the user's own import, after dia2's
-from peft.tuners.lora import bnb as lora_bnb      # imported while PEFT still thinks it absent
-assert not hasattr(lora_bnb, "Linear4bit")
-from dia2.model.network import Dia2Model
-from dia2.model.config import parse_config
-from dia2.model.quant import quantize
-from tests.conftest import tiny_raw_config
-raw = tiny_raw_config(); raw["model"]["depformer"].update(n_embd=64, gqa_head_dim=32)
-torch.manual_seed(0)
-model = lora_model(quantize(Dia2Model.from_config(parse_config(raw)), "{mode}"), rank=2, alpha=4)
-from peft.tuners.lora.bnb import Linear4bit, Linear8bitLt
-layer = model.get_base_model().transformer.layers[0].attn.q_proj
-print(type(layer).__name__)
-"""
-
 
 @pytest.mark.parametrize("mode", ["8bit", "4bit"])
-def test_qlora_wraps_quantized_layers_when_bitsandbytes_came_from_elsewhere(mode):
-    """The order of a test session (and of a user's script): PEFT imported through dia2 (bitsandbytes
-    hidden), bitsandbytes then imported by someone else: QLoRA still gets PEFT's 8/4-bit layers."""
-    import subprocess
+def test_qlora_wraps_quantized_layers_when_bitsandbytes_came_from_elsewhere(base, mode, monkeypatch):
+    """The order of a test session (and of a user's script): PEFT imported through dia2 while
+    bitsandbytes was hidden (PEFT cached "absent"), bitsandbytes then imported by someone else, and
+    PEFT's bnb module imported meanwhile without its 8/4-bit layers: QLoRA still gets them."""
+    from peft.import_utils import is_bnb_4bit_available, is_bnb_available
 
-    from tests.conftest import REPO_ROOT, child_env
+    with pytest.MonkeyPatch.context() as hidden:
+        hidden.setitem(sys.modules, "bitsandbytes", None)
+        is_bnb_available.cache_clear()
+        is_bnb_4bit_available.cache_clear()
+        assert not is_bnb_available() and not is_bnb_4bit_available()
+    assert sys.modules["bitsandbytes"] is bnb
+    monkeypatch.setitem(sys.modules, "peft.tuners.lora.bnb", None)  # put back (or removed) after the test
+    del sys.modules["peft.tuners.lora.bnb"]
+    stale = importlib.import_module("peft.tuners.lora.bnb")
+    assert not hasattr(stale, "Linear4bit")
+    layer = lora_model(quantize(copy.deepcopy(base), mode), rank=2, alpha=4).get_base_model().transformer.layers[0].attn.q_proj
+    from peft.tuners.lora.bnb import Linear4bit, Linear8bitLt
 
-    proc = subprocess.run([sys.executable, "-c", QLORA_AFTER_A_USERS_IMPORT.format(mode=mode)], cwd=REPO_ROOT,
-                          env=child_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-1] == {"8bit": "Linear8bitLt", "4bit": "Linear4bit"}[mode]
+    assert isinstance(layer, Linear8bitLt if mode == "8bit" else Linear4bit)
