@@ -5,7 +5,7 @@ demo weights - loads it through the same path as a published checkpoint, speaks 
 script to a wav file with word timestamps, streams the same script, and checks that streaming
 gave exactly the same audio codes.
 
-    python -m dia2.demo [--out outputs/demo] [--seed 0]
+    python -m dia2.demo [--out outputs/demo] [--seed 0] [--text "[S1] ... [S2] ..."]
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="folder for the demo's files")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--text", default=SCRIPT, help="the script to speak, with [S1]/[S2] tags (default: %(default)s)")
     args = parser.parse_args(argv)
+    if not args.text.strip():
+        parser.error("--text is empty: give a script such as '[S1] Hello. [S2] Hi.'")
 
     bundle = tiny_bundle()
     print(f"tiny demo bundle (random, untrained weights: noise, not speech): {bundle}")
@@ -37,17 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     config = GenerationConfig(seed=args.seed)
 
     start = time.perf_counter()
-    result = tts.generate(SCRIPT, config)
+    result = tts.generate(args.text, config)
     seconds = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     wav = result.save(args.out / "speech.wav")
     (args.out / "timestamps.json").write_text(json.dumps(result.timestamps, indent=1) + "\n")
 
-    chunks = list(tts.stream(SCRIPT, config))
+    chunks = list(tts.stream(args.text, config))
     streamed = torch.cat([c.codes for c in chunks], dim=1)
     same = torch.equal(streamed, result.audio_tokens)
     summary = {
-        "script": SCRIPT,
+        "script": args.text,
         "wav": str(wav),
         "audio_seconds": round(result.duration, 2),
         "frames": result.audio_tokens.shape[1],
