@@ -1,2 +1,2 @@
-"""Generation: sampling and CFG, the frame loop, voice prefixes, CUDA graphs, and the
+"""Generation: sampling and CFG, the frame loop, voices and their prefixes, CUDA graphs, and the
 `Dia2` Python API."""
