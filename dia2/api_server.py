@@ -207,8 +207,8 @@ def build_app(options: ServerOptions):
     engine = Engine(tts, EngineConfig(slots=s.slots, max_queued=s.max_queued, cuda_graph=s.cuda_graph,
                                       max_adapters=s.max_adapters, max_adapter_rank=s.max_adapter_rank))
     aliases = dict(item.split("=", 1) for item in s.voice_alias)
-    make_voice = voice_maker(tts, s.whisper_model)  # Whisper loads in the background: checked at start
-    voices = VoiceStore(s.voices_dir, make_voice, sample_rate=tts.codec.sample_rate,
+    make_prefix = prefix_maker(tts, s.whisper_model)  # Whisper loads in the background: checked at start
+    voices = VoiceStore(s.voices_dir, make_prefix, sample_rate=tts.codec.sample_rate,
                         max_upload_bytes=int(s.max_upload_mb * 2**20), aliases=aliases)
     offer_adapters(voices, s.adapter)
     adapters = VoiceAdapters(engine, hub_timeout_s=s.hub_timeout)
@@ -216,7 +216,7 @@ def build_app(options: ServerOptions):
     engine.start()
     settings = ApiSettings(model_name=Path(m.source).name if m.source != TINY_MODEL else "dia2-tiny", api_key=s.api_key,
                            generation=options.generation, max_input_chars=s.max_input_chars, cors_origins=s.cors_origin)
-    return create_app(engine, voices, settings, adapters, whisper=make_voice.status)
+    return create_app(engine, voices, settings, adapters, whisper=make_prefix.status)
 
 
 def load_tts(m: ModelOptions, purpose: str):
@@ -235,18 +235,18 @@ def offer_adapters(voices, items: Sequence[str]) -> None:
     """Store each `--adapter NAME=PATH` as an adapter voice (replacing an older one of that name)."""
     for item in items:
         name, path = item.split("=", 1)
-        if name in voices.names() and voices.get(name).voice is not None:
+        if name in voices.names() and voices.get(name).prefix is not None:
             raise OptionError(f"--adapter {item}: the voices folder has a recorded voice named '{name}': "
                               "offer the adapter under another name")
         voices.add_adapter(name, path, replace=True)
 
 
-def voice_maker(tts, whisper_model: str):
-    """make_voice for a voice store over `tts` (the server's and the studio's): Whisper loaded in
-    the background from now, a given transcript used without it (`dia2.serving.voice_maker`)."""
-    from dia2.serving.voice_maker import VoiceMaker
+def prefix_maker(tts, whisper_model: str):
+    """make_prefix for a voice store over `tts` (the server's and the studio's): Whisper loaded in
+    the background from now, a given transcript used without it (`dia2.serving.prefix_maker`)."""
+    from dia2.serving.prefix_maker import PrefixMaker
 
-    return VoiceMaker(tts, whisper_model)
+    return PrefixMaker(tts, whisper_model)
 
 
 def main(argv: list[str] | None = None) -> int:

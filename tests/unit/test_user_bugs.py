@@ -16,7 +16,7 @@ SCRIPT = "[S1] Now with a voice. [S2] And me."
 
 def _one_speaker(tts):
     t = ScriptedTranscriber([SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)])
-    return tts.make_voice(_speech(1.2), transcriber=t)
+    return tts.make_prefix(_speech(1.2), transcriber=t)
 
 
 def _two_speakers(tts):
@@ -24,11 +24,11 @@ def _two_speakers(tts):
         [SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)],
         [SpokenWord("how", 0.20, 0.40), SpokenWord("are", 0.50, 0.70)],
     )
-    return tts.make_voice(_speech(1.5), _speech(1.0, seed=1), transcriber=t)
+    return tts.make_prefix(_speech(1.5), _speech(1.0, seed=1), transcriber=t)
 
 
 def _streamed(tts, pieces, config, voice):
-    chunks = list(tts.stream(iter(pieces), config, voice=voice))
+    chunks = list(tts.stream(iter(pieces), config, prefix=voice))
     codes = torch.cat([c.codes for c in chunks], dim=1)
     words = [w for c in chunks for w in c.words]
     return codes, words
@@ -39,7 +39,7 @@ def _streamed(tts, pieces, config, voice):
 def test_streamed_text_with_a_voice_gives_the_audio_of_generate(tiny_tts, make_voice, cfg_scale):
     voice = make_voice(tiny_tts)
     config = GenerationConfig(seed=0, cfg_scale=cfg_scale)
-    whole = tiny_tts.generate(SCRIPT, config, voice=voice)
+    whole = tiny_tts.generate(SCRIPT, config, prefix=voice)
     for pieces in ([SCRIPT], ["[S1] Now with", " a voice. [S2]", " And me."]):
         codes, words = _streamed(tiny_tts, pieces, config, voice)
         assert torch.equal(codes, whole.audio_tokens), pieces
@@ -206,17 +206,18 @@ def test_an_adapter_applied_to_another_base_warns(saved_adapter, caplog):
 
 
 def test_a_voice_made_with_another_codec_is_refused(tiny_tts, tmp_path):
-    from dia2.generation.voice import PrefixError, Voice
+    from dia2.generation.prefix import PrefixError, VoicePrefix
+    from dia2.generation.voice import Voice, read_voice, write_voice
 
     voice = _one_speaker(tiny_tts)
     assert voice.codec_fingerprint == tiny_tts.codec.fingerprint
-    stored = Voice.load(voice.save(tmp_path / "v"))
+    stored = read_voice(write_voice(Voice(prefix=voice), tmp_path / "v")).prefix
     assert torch.equal(stored.codes, voice.codes) and stored.codec_fingerprint == tiny_tts.codec.fingerprint
-    other = Voice(stored.codes, stored.words, "another-mimi")
+    other = VoicePrefix(stored.codes, stored.words, "another-mimi")
     with pytest.raises(PrefixError, match="made with another Mimi codec .*--mimi"):
-        tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0), voice=other)
+        tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0), prefix=other)
     # A voice stored before fingerprints were recorded is still accepted.
-    tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0, max_frames=40), voice=Voice(stored.codes, stored.words))
+    tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0, max_frames=40), prefix=VoicePrefix(stored.codes, stored.words))
 
 
 # --- max_frames is capped at the model's context --------------------------------------------------
