@@ -139,7 +139,7 @@ def load_tts(m: ModelOptions, purpose: str, *, tell: Callable[[str], None] = log
 def offer_adapters(voices: VoiceStore, items: Sequence[str]) -> None:
     """Store each `--adapter NAME=PATH` as an adapter voice (replacing an older one of that name)."""
     for name, path in adapter_items(items):
-        if name in voices.names() and voices.get(name).voice is not None:
+        if name in voices.names() and voices.get(name).prefix is not None:
             raise OptionError(f"--adapter {name}={path}: the voices folder has a recorded voice named '{name}': "
                               "offer the adapter under another name")
         voices.add_adapter(name, path, replace=True)

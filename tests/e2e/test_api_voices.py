@@ -56,7 +56,7 @@ def test_without_whisper_uploads_that_need_it_get_503_and_a_transcript_is_enough
     assert created.status_code == 201, created.text
     assert created.json()["transcript"] == TRANSCRIPT_A
     # The typed words, timed from the speech in the recording (3.44 s long): in order, inside it.
-    words = json.loads((folder / "typed" / "voice.json").read_text())["words"]
+    words = json.loads((folder / "typed" / "voice.json").read_text())["prefix"]["words"]
     assert [w["text"] for w in words] == TRANSCRIPT_A.split()
     starts = [w["start"] for w in words]
     assert starts == sorted(starts) and words[-1]["end"] <= 3.5 and words[-1]["start"] > 2.0
@@ -96,6 +96,25 @@ def test_a_file_dropped_into_the_folder_becomes_a_voice_while_serving(live, fold
         time.sleep(0.2)
     assert not (folder / "late.flac").exists() and (folder / "late" / "transcript.txt").read_text() == TRANSCRIPT_A
     assert len(speak(live.url, "late", seed=1)) > 0
+
+
+def test_a_trained_runs_adapter_folder_moved_into_the_folder_is_served_as_a_voice(live, folder, tmp_path):
+    """A finished run's adapter folder is a voice (issue 25): moved into the voices folder while the
+    server runs, it is served with its adapter and its default seed."""
+    from dia2.generation.voice import Voice, VoiceDefaults, write_voice
+    from dia2.model.config import parse_config
+    from dia2.tiny import TINY_GEOMETRY
+    from tests.unit.test_adapters import _save_random_adapter
+
+    adapter = _save_random_adapter(parse_config(TINY_GEOMETRY), tmp_path / "runs" / "me" / "adapter")
+    write_voice(Voice(adapter=str(adapter), defaults=VoiceDefaults(seed=5), run={"base_model": "tiny"}), adapter)
+    adapter.rename(folder / "trained")  # on one filesystem a move is one rename: never seen half copied
+    assert "trained" in {v["id"] for v in httpx.get(f"{live.url}/v1/audio/voices", timeout=30).json()["voices"]}
+    listed = {v["id"]: v for v in httpx.get(f"{live.url}/v1/voices", timeout=30).json()["voices"]}
+    assert (listed["trained"]["adapter"], listed["trained"]["prefix"], listed["trained"]["defaults"]["seed"]) == (True, False, 5)
+    trained = speak(live.url, "trained")
+    assert trained == speak(live.url, "trained", seed=5), "the voice's seed is its default"
+    assert trained != speak(live.url, "alloy", seed=5), "the adapter is applied (alloy: the base, no prefix)"
 
 
 def test_an_openai_voice_name_is_reserved_from_the_first_answer(live):

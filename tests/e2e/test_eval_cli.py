@@ -179,3 +179,25 @@ def test_a_missing_speaker_encoder_is_refused_before_the_model_loads(tmp_path, i
     err = capsys.readouterr().err
     assert "resemblyzer speaker encoder is not installed" in err and "--speaker-encoder none" in err, err
     assert loads == [] and not (tmp_path / "report").exists()
+
+
+def test_a_voice_folder_brings_its_adapter_and_its_cfg(tmp_path, inputs, capsys):
+    """--voice of a trained run's adapter folder (issue 25): its adapter is evaluated as one more
+    configuration, its default CFG is the generations' (the seeds stay --seeds)."""
+    from dia2.generation.voice import Voice, VoiceDefaults, write_voice
+
+    adapter = save_adapter(tmp_path / "runs" / "me" / "adapter")
+    write_voice(Voice(adapter=str(adapter), defaults=VoiceDefaults(seed=9, cfg=3.0), run={"base_model": "tiny"}), adapter)
+    out = tmp_path / "report"
+    code = run(inputs, out, "--voice", str(adapter), "--seeds", "0", "--asr-model", "none", "--speaker-encoder", "none",
+               "--no-toplines")
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((out / "eval.json").read_text())
+    assert [c["name"] for c in data["configurations"]] == ["base", "adapter"]
+    assert [c["seed"] for c in data["clips"]] == [0, 0] and data["adapter_effect"][0]["passed"]
+    settings = data["settings"]
+    assert (settings["adapters"], settings["cfg_scale"], settings["voice_prefix"]) == ([str(adapter.resolve())], 3.0, "none")
+    # --cfg given wins over the voice's.
+    assert run(inputs, tmp_path / "cfg", "--voice", str(adapter), "--cfg", "1.5", "--seeds", "0", "--asr-model", "none",
+               "--speaker-encoder", "none", "--no-toplines") == 0
+    assert json.loads((tmp_path / "cfg" / "eval.json").read_text())["settings"]["cfg_scale"] == 1.5

@@ -206,8 +206,8 @@ def test_a_corrected_transcript_is_aligned_to_the_heard_words(client, live):
     status, saved_table = client.predict("bea", upload, " ".join(typed), False, api_name="/save_voice")
     assert status.startswith(f"voice 'bea' saved: {' '.join(typed)}") and saved_table["data"] == rows
     stored = VoiceStore(live.voices, lambda *a, **k: None).get("bea")
-    assert [w.text for w in stored.voice.words] == typed
-    assert stored.voice.words[k + 1].end == pytest.approx(end, abs=0.01)
+    assert [w.text for w in stored.prefix.words] == typed
+    assert stored.prefix.words[k + 1].end == pytest.approx(end, abs=0.01)
     assert client.predict("bea", api_name="/delete_voice") == "voice 'bea' deleted"
 
 
@@ -221,7 +221,7 @@ def test_make_a_voice_use_play_and_delete_it(client, live, base):
     assert saved.startswith("voice 'bea' saved: Howdy")
     # The server's store on the same folder has it, with the corrected words.
     stored = VoiceStore(live.voices, lambda *a, **k: None).get("bea")
-    assert stored.voice is not None and stored.voice.words[0].text == "Howdy" and stored.transcript == corrected
+    assert stored.prefix is not None and stored.prefix.words[0].text == "Howdy" and stored.transcript == corrected
     table, *_ = client.predict(api_name="/list_voices")
     assert ["bea", "recording", 1, corrected] in table["data"]
     played, status = client.predict("bea", api_name="/play_voice")
