@@ -186,7 +186,7 @@ def test_a_voice_folder_brings_its_adapter_and_its_cfg(tmp_path, inputs, capsys)
     configuration, its default CFG is the generations' (the seeds stay --seeds)."""
     from dia2.generation.voice import Voice, VoiceDefaults, write_voice
 
-    adapter = save_adapter(tmp_path / "runs" / "me" / "adapter")
+    adapter = save_random_adapter(tmp_path / "runs" / "me" / "adapter", seed=3)
     write_voice(Voice(adapter=str(adapter), defaults=VoiceDefaults(seed=9, cfg=3.0), run={"base_model": "tiny"}), adapter)
     out = tmp_path / "report"
     code = run(inputs, out, "--voice", str(adapter), "--seeds", "0", "--asr-model", "none", "--speaker-encoder", "none",
