@@ -35,18 +35,10 @@ from dia2.console import say
 from dia2.device import AUTO
 from dia2.errors import Dia2Error
 from dia2.generation.config import GenerationConfig
-from dia2.generation.voice import (
-    Voice,
-    VoiceDefaults,
-    VoiceError,
-    created_now,
-    read_voice,
-    write_voice,
-)
+from dia2.generation.voice import Voice, VoiceDefaults, created_now, read_voice, write_voice
 from dia2.launch.command import run_main
 from dia2.launch.flags import FLAG_ALIASES, PUBLISHED_SPELLING
-from dia2.launch.model import ModelOptions, check_model_options, check_tiny, load_tts
-from dia2.model.adapter_files import AdapterError, check_adapter_path
+from dia2.launch.model import ModelOptions, check_model_options, check_tiny, load_tts, read_voice_flag
 from dia2.model.config import FRAME_RATE
 from dia2.options import (
     FlagParser,
@@ -90,9 +82,9 @@ class VoiceOptions:
     word is timed from the heard words it matches or replaces (a split word shares its span);
     --verbose logs the aligned words."""
     voice: Path | None = None
-    """A voice folder (from --save-voice, a speech server's voices folder, or a trained run's adapter folder):
-    its prefix (no transcription), its adapter and its default seed, --cfg, --temperature and --topk (a flag
-    given wins)."""
+    """A voice folder (from --save-voice, a voice in a speech server's or the studio's voices folder, or a trained
+    run's adapter folder): its prefix (no transcription), its adapter and its default seed, --cfg, --temperature and
+    --topk (a flag given wins)."""
     save_voice: Path | None = None
     """Store the voice this run speaks with in this folder for reuse: the prefix, the adapter, and as its defaults
     the seed and sampling flags that differ from the defaults."""
@@ -153,22 +145,11 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> In
     _check_files(options)
     _check_runtime(options)
     if options.voice.voice is not None:
-        voice = read_voice_option(options.voice.voice, "--voice", adapter_flag=options.model.adapter)
+        voice = read_voice_flag(options.voice.voice, adapter_given=options.model.adapter is not None)
         # The voice's defaults stand in for the dataclass defaults; the flags given still win.
         generation = build(GenerationConfig, raw.get("generation", {}), base=voice.defaults.over(GenerationConfig()))
         options = dataclasses.replace(options, generation=generation)
     return options
-
-
-def read_voice_option(folder: Path, flag: str, adapter_flag: str | None = None) -> Voice:
-    """The voice folder a flag names, checked (its adapter too, unless `adapter_flag` replaces it)."""
-    try:
-        voice = read_voice(folder)
-        if voice.adapter is not None and adapter_flag is None:
-            check_adapter_path(voice.adapter, f"{flag} {folder}: its adapter")
-    except (VoiceError, AdapterError) as exc:
-        raise OptionError(f"{flag}: {exc}" if isinstance(exc, VoiceError) else str(exc)) from None
-    return voice
 
 
 def _check_files(o: InferOptions) -> None:

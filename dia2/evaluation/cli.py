@@ -3,7 +3,7 @@
     dia2-eval --model nari-labs/Dia2-2B --adapter runs/my-voice/adapter \\
               --references my-voice/clips --voice my-voice/stored eval/my-voice
     dia2-eval --model tiny --references refs/ --asr-model tiny.en --seeds 0 out/   # embedded demo model
-    dia2-eval --model nari-labs/Dia2-2B --adapter runs/de/adapter --references de-clips/ \
+    dia2-eval --model nari-labs/Dia2-2B --adapter runs/de/adapter --references de-clips/ \\
               --language de --asr-model base-offline eval/de                     # another language
 
 Speaks every prompt (--prompts, or the shipped set) with every seed and configuration (base,
@@ -46,10 +46,10 @@ from dia2.evaluation.report import HTML_NAME, JSON_NAME, staged, write_report
 from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
 from dia2.evaluation.speaker import DEFAULT_SPEAKER_ENCODER, load_speaker_encoder
 from dia2.generation.config import GenerationConfig
-from dia2.generation.voice import Voice, VoiceError, read_voice
+from dia2.generation.voice import Voice
 from dia2.launch.command import run_main
 from dia2.launch.flags import FLAG_ALIASES
-from dia2.launch.model import ModelOptions, load_tts
+from dia2.launch.model import ModelOptions, load_tts, read_voice_flag
 from dia2.model.adapter_files import check_adapter_path
 from dia2.model.assets import DEFAULT_MODEL
 from dia2.model.config import SAMPLE_RATE
@@ -143,7 +143,7 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
     print(f"references: {found}", file=sys.stderr)
     if o.prefix is not None and not o.prefix.is_file():
         raise EvalInputError(f"--prefix {o.prefix}: file not found")
-    voice = read_eval_voice(o.voice) if o.voice is not None else Voice()
+    voice = read_voice_flag(o.voice) if o.voice is not None else Voice()
     for adapter in o.adapter:
         check_adapter_path(adapter, "--adapter")
     adapter_list = with_voice_adapter(list(o.adapter), voice)
@@ -189,17 +189,6 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
         }
         write_report(data, work)
     return output
-
-
-def read_eval_voice(folder: Path) -> Voice:
-    """The --voice folder's voice; EvalInputError naming it when it is not one."""
-    try:
-        voice = read_voice(folder)
-    except VoiceError as exc:
-        raise EvalInputError(f"--voice: {exc}") from None
-    if voice.adapter is not None:
-        check_adapter_path(voice.adapter, f"--voice {folder}: its adapter")
-    return voice
 
 
 def with_voice_adapter(adapters: list[str], voice: Voice) -> list[str]:

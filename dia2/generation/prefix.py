@@ -53,14 +53,21 @@ class VoicePrefix:
     codec_fingerprint: str | None = None
     speaker_2_frame: int | None = None
 
-    def check_codec(self, fingerprint: str) -> None:
-        """Refuse to prefix a model whose codec is not the one that made this prefix."""
+    def check_codec(self, fingerprint: str, codebooks: int, codebook_size: int) -> None:
+        """Refuse to prefix a model whose codec is not the one that made this prefix: another
+        fingerprint, another number of codebooks K, or codes outside 0 .. codebook_size - 1."""
+        if self.codes.shape[0] != codebooks:
+            raise PrefixError(f"the voice has {self.codes.shape[0]} codebooks but the model uses {codebooks}: "
+                              "it was made with another codec")
         if self.codec_fingerprint is not None and self.codec_fingerprint != fingerprint:
             raise PrefixError(
                 f"the voice was made with another Mimi codec (fingerprint {self.codec_fingerprint}, this model's is "
                 f"{fingerprint}): make it again with this model (--prefix-speaker-1 ... --save-voice), or load the "
                 "model with the codec the voice was made with (--mimi)"
             )
+        if self.codes.numel() and not 0 <= int(self.codes.min()) <= int(self.codes.max()) < codebook_size:
+            raise PrefixError(f"the voice's prefix holds codes outside this codec's codes 0 to {codebook_size - 1} "
+                              "(its codes.npy was changed, or made by another codec): make the voice again")
 
     def check_speaker_2_frame(self, where: str) -> None:
         """Refuse a speaker_2_frame that is not a frame inside the codes."""

@@ -200,12 +200,7 @@ class Dia2:
         machine = StateMachine.from_config(self.model.config.data, self.ids, initial_padding=config.initial_padding)
         forced: Prefix | None = None
         if prefix is not None:
-            if prefix.codes.shape[0] != self.model.config.num_codebooks:
-                raise PrefixError(
-                    f"the voice has {prefix.codes.shape[0]} codebooks but the model uses "
-                    f"{self.model.config.num_codebooks}: it was made with another codec"
-                )
-            prefix.check_codec(self.codec.fingerprint)
+            prefix.check_codec(self.codec.fingerprint, self.model.config.num_codebooks, self.codec.codebook_size)
             prefix_entries, forced = prefix_plan(prefix, self.tokenizer, self.ids)
             entries = prefix_entries + entries
         if feed is None:

@@ -70,6 +70,8 @@ if TYPE_CHECKING:
 
 FORMAT = "dia2-voice/2"
 """The format tag of voice.json."""
+RECORD_KEYS = ("format", "prefix", "transcript", "adapter", "defaults", "created", "run")
+"""The keys of voice.json in this format (`voice_record` writes each)."""
 VOICE_FILE = "voice.json"
 CODES_FILE = "codes.npy"
 THIS_FOLDER = "."
@@ -292,16 +294,26 @@ def voice_file(folder: str | os.PathLike) -> Path | None:
 
 
 def _from_record(record: dict[str, Any], folder: Path, where: str) -> Voice:
+    unknown = sorted(set(record) - set(RECORD_KEYS))
+    if unknown:
+        # A misspelt key would silently drop what it holds (an adapter, the defaults).
+        raise VoiceError(f"{where}: unknown key {', '.join(map(repr, unknown))}; voice.json holds "
+                         f"{', '.join(RECORD_KEYS)}: correct it or remove it")
     prefix = record.get("prefix")
     if prefix is not None and not isinstance(prefix, dict):
-        raise VoiceError(f"{where}: 'prefix' must be null or an object, got {prefix!r}")
+        raise VoiceError(f"{where}: 'prefix' must be null or an object, got {prefix!r}: make the voice again")
     run = record.get("run")
     if run is not None and not isinstance(run, dict):
-        raise VoiceError(f"{where}: 'run' must be null or an object, got {run!r}")
+        raise VoiceError(f"{where}: 'run' must be null or an object, got {run!r}: correct it or remove it")
+    defaults = record.get("defaults") or {}
+    misspelt = sorted(set(defaults) - set(VoiceDefaults.fields())) if isinstance(defaults, Mapping) else []
+    if misspelt:
+        raise VoiceError(f"{where}: defaults: {', '.join(map(repr, misspelt))} is not a voice setting; a voice keeps "
+                         f"{', '.join(VoiceDefaults.fields())}: correct it or remove it", param=misspelt[0])
     return Voice(
         prefix=_read_prefix(prefix, folder, where) if prefix is not None else None,
         adapter=_adapter_path(record.get("adapter"), folder, where),
-        defaults=_defaults(record.get("defaults") or {}, where),
+        defaults=_defaults(defaults, where),
         transcript=_optional_text(record, "transcript", where),
         created=_optional_text(record, "created", where),
         run=run,
@@ -350,14 +362,9 @@ def _read_prefix(record: dict[str, Any], folder: Path, where: str) -> VoicePrefi
 
     from dia2.generation.prefix import PrefixError, VoicePrefix
 
-    try:
-        codes = torch.from_numpy(np.load(folder / CODES_FILE).astype(np.int64))
-        words = tuple(SpokenWord(**w) for w in record["words"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise VoiceError(f"{folder} is not a stored voice ({CODES_FILE} + the words in {where}): {exc}") from exc
-    if codes.dim() != 2 or not words:
-        raise VoiceError(f"{folder}: a voice prefix needs codes [K, P] and at least one word")
-    prefix = VoicePrefix(codes, words, record.get("codec_fingerprint"), record.get("speaker_2_frame"))
+    words = _read_words(record.get("words"), where)
+    prefix = VoicePrefix(torch.from_numpy(_read_codes(folder / CODES_FILE)), words,
+                         record.get("codec_fingerprint"), record.get("speaker_2_frame"))
     try:
         prefix.check_speaker_2_frame(where)
     except PrefixError as exc:
@@ -365,19 +372,78 @@ def _read_prefix(record: dict[str, Any], folder: Path, where: str) -> VoicePrefi
     return prefix
 
 
+def _read_codes(path: Path) -> np.ndarray:
+    """A prefix's codes [K, P] as int64, from codes.npy; VoiceError naming the file otherwise."""
+    again = "make the voice again (dia2-infer --prefix-speaker-1 ... --save-voice, or a server upload)"
+    if not path.is_file():
+        raise VoiceError(f"{path} is missing: a voice with a prefix keeps its codes there, beside {VOICE_FILE}; "
+                         f"copy the whole voice folder, or {again}")
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise VoiceError(f"{path} cannot be read as the prefix's codes ({exc}): {again}") from exc
+    if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer) or codes.shape[1] == 0:
+        raise VoiceError(f"{path} holds {codes.dtype} of shape {tuple(codes.shape)}; a prefix's codes are whole "
+                         f"numbers [codebooks, frames]: {again}")
+    if codes.size and codes.min() < 0:
+        raise VoiceError(f"{path} holds negative codes; Mimi codes are 0 or more: {again}")
+    return codes.astype(np.int64)
+
+
+_WORD_FIELDS = tuple(f.name for f in dataclasses.fields(SpokenWord))
+
+
+def _read_words(raw: Any, where: str) -> tuple[SpokenWord, ...]:
+    """The prefix's timed words, each checked; VoiceError naming the word and the file otherwise."""
+    again = "make the voice again"
+    if not isinstance(raw, list) or not raw:
+        raise VoiceError(f"{where}: the prefix has no words (its 'words' is {raw!r}); a prefix needs the timed "
+                         f"words its recording says: {again}")
+    words = []
+    for i, item in enumerate(raw, 1):
+        problem = _word_problem(item)
+        if problem:
+            raise VoiceError(f"{where}: prefix word {i} ({item!r}) {problem}; each word is an object of "
+                             f"{', '.join(_WORD_FIELDS)}: {again}")
+        words.append(SpokenWord(**item))
+    return tuple(words)
+
+
+def _word_problem(item: Any) -> str | None:
+    """What is wrong with one stored word, or None."""
+    if not isinstance(item, dict):
+        return "is not an object"
+    missing = [k for k in ("text", "start", "end") if k not in item]
+    unknown = sorted(set(item) - set(_WORD_FIELDS))
+    if missing or unknown:
+        return f"lacks {', '.join(missing)}" if missing else f"has unknown keys {', '.join(unknown)}"
+    if not isinstance(item["text"], str) or not item["text"].strip():
+        return "has no text"
+    for key in ("start", "end", "probability"):
+        value = item.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"has '{key}' {value!r}, not a number"
+    if item["start"] < 0 or item["end"] < item["start"]:
+        return "ends before it starts" if item["end"] < item["start"] else "starts before the recording"
+    if item.get("speaker", 1) not in (1, 2) or isinstance(item.get("speaker"), bool):
+        return f"is spoken by speaker {item.get('speaker')!r}; a prefix has speakers 1 and 2"
+    return None
+
+
 def _defaults(record: Mapping[str, Any], where: str) -> VoiceDefaults:
     if not isinstance(record, Mapping):
-        raise VoiceError(f"{where}: 'defaults' must be an object of {', '.join(VoiceDefaults.fields())}")
+        raise VoiceError(f"{where}: 'defaults' must be an object of {', '.join(VoiceDefaults.fields())}: "
+                         "correct it or remove it")
     try:
         return VoiceDefaults.from_dict(record)
     except VoiceError as exc:
-        raise VoiceError(f"{where}: {exc}", param=exc.param) from None
+        raise VoiceError(f"{where}: {exc}: correct it or remove it", param=exc.param) from None
 
 
 def _optional_text(record: Mapping[str, Any], key: str, where: str) -> str | None:
     value = record.get(key)
     if value is not None and not isinstance(value, str):
-        raise VoiceError(f"{where}: '{key}' must be text or null, got {value!r}")
+        raise VoiceError(f"{where}: '{key}' must be text or null, got {value!r}: correct it or remove it")
     return value
 
 
@@ -388,7 +454,8 @@ def _adapter_path(reference: Any, folder: Path, where: str) -> str | None:
     if reference is None:
         return None
     if not isinstance(reference, str) or not reference.strip():
-        raise VoiceError(f"{where}: 'adapter' must be null, '.', a folder or a Hub repo id, got {reference!r}")
+        raise VoiceError(f"{where}: 'adapter' must be null, '.', a folder or a Hub repo id, got {reference!r}: "
+                         "correct it")
     if reference == THIS_FOLDER or reference.startswith(("./", "../")):
         return str((folder / reference).resolve())
     return reference

@@ -1,6 +1,6 @@
 """The model a command speaks with: its options (`ModelOptions`: the source and how to load it),
-their checks before anything loads, loading the runtime, and the adapters a server or studio
-offers as voices.
+their checks before anything loads, loading the runtime, the voice folder a --voice names, and
+the adapters a server or studio offers as voices.
 
 The model source is one value on every command: `--model` (alias `--hf`, the published CLI's
 spelling; the trainer's model.base), a Hub repo id, a local folder, or `tiny`, the embedded demo
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from dia2.device import AUTO
+from dia2.generation.voice import Voice, VoiceError, read_voice
 from dia2.launch.flags import MODEL_FLAG, adapter_items
 from dia2.model.adapter_files import AdapterError, check_adapter_path
 from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL, AssetError, ModelSource
@@ -106,6 +107,21 @@ def check_model_options(m: ModelOptions, spelling: Mapping[str, str] | None = No
             check_adapter_path(m.adapter, (spelling or {}).get("adapter", "--adapter"))
     except (AssetError, AdapterError) as exc:
         raise OptionError(str(exc)) from None
+
+
+def read_voice_flag(folder: Path, flag: str = "--voice", *, adapter_given: bool = False) -> Voice:
+    """The voice folder a flag names (`dia2.generation.voice`), read before any model loads, its
+    local adapter checked too unless `adapter_given` (--adapter replaces it): OptionError naming
+    the flag, the file at fault and the fix."""
+    try:
+        voice = read_voice(folder)
+        if voice.adapter is not None and not adapter_given:
+            check_adapter_path(voice.adapter, f"{flag} {folder}: its adapter")
+    except VoiceError as exc:
+        raise OptionError(f"{flag}: {exc}") from None
+    except AdapterError as exc:
+        raise OptionError(str(exc)) from None
+    return voice
 
 
 def check_served_model(m: ModelOptions, spelling: Mapping[str, str]) -> None:

@@ -133,41 +133,109 @@ def test_a_runs_adapter_folder_from_before_reads_as_an_adapter_voice_with_its_re
     assert plain == Voice(adapter=str((tmp_path / "plain").resolve()))
 
 
-@pytest.mark.parametrize("layout,message", [
-    ("empty", r"is not a stored voice folder \(no voice.json\): make one with dia2-infer"),
-    ("run folder", "it is a training run folder: pass its adapter folder"),
-    ("full model", r"holds a whole model \(model.safetensors"),
-    ("newer format", "format 'dia2-voice/9' is not one this dia2-toolkit reads"),
-    ("bad defaults", r"voice.json: cfg -1 must be above 0"),
-    ("bad adapter", "'adapter' must be null, '.', a folder or a Hub repo id"),
-    ("missing codes", "is not a stored voice \\(codes.npy"),
-    ("not json", "cannot be read as JSON"),
-    ("a file", "is a file: give a voice folder"),
-])
-def test_what_is_not_a_voice_is_refused_naming_the_folder_and_the_fix(tmp_path, layout, message):
-    folder = tmp_path / "v"
-    folder.mkdir()
-    good = {"format": "dia2-voice/2", "prefix": None, "transcript": None, "adapter": None,
-            "defaults": {}, "created": None, "run": None}
+GOOD_RECORD = {"format": "dia2-voice/2", "prefix": None, "transcript": None, "adapter": None,
+               "defaults": {}, "created": None, "run": None}
+
+
+def _with_prefix(folder, **prefix) -> None:
+    """A voice.json whose prefix has WORDS[0] (or what `prefix` says) and a codes.npy of 8 x 30 codes."""
+    np.save(folder / "codes.npy", np.zeros((8, 30), np.int16))
+    record = {"codec_fingerprint": None, "speaker_2_frame": None, "words": [dataclasses.asdict(WORDS[0])], **prefix}
+    (folder / "voice.json").write_text(json.dumps({**GOOD_RECORD, "prefix": record}))
+
+
+def _damage(folder, layout: str) -> None:
+    """Make `folder` (an empty folder) into the broken voice folder `layout` names."""
+    word = dataclasses.asdict(WORDS[0])
     if layout == "run folder":
         peft_files(folder / "adapter")
     elif layout == "full model":
         (folder / "config.json").write_text("{}")
         (folder / "model.safetensors").write_bytes(b"")
-        (folder / "voice.json").write_text(json.dumps({**good, "run": RUN}))
+        (folder / "voice.json").write_text(json.dumps({**GOOD_RECORD, "run": RUN}))
     elif layout == "newer format":
-        (folder / "voice.json").write_text(json.dumps({**good, "format": "dia2-voice/9"}))
+        (folder / "voice.json").write_text(json.dumps({**GOOD_RECORD, "format": "dia2-voice/9"}))
     elif layout == "bad defaults":
-        (folder / "voice.json").write_text(json.dumps({**good, "defaults": {"cfg": -1}}))
+        (folder / "voice.json").write_text(json.dumps({**GOOD_RECORD, "defaults": {"cfg": -1}}))
+    elif layout == "misspelt default":
+        (folder / "voice.json").write_text(json.dumps({**GOOD_RECORD, "defaults": {"temprature": 0.5}}))
+    elif layout == "misspelt key":
+        (folder / "voice.json").write_text(json.dumps({**GOOD_RECORD, "adaptor": "someone/voice-lora"}))
     elif layout == "bad adapter":
-        (folder / "voice.json").write_text(json.dumps({**good, "adapter": 3}))
+        (folder / "voice.json").write_text(json.dumps({**GOOD_RECORD, "adapter": 3}))
+    elif layout == "prefix not an object":
+        (folder / "voice.json").write_text(json.dumps({**GOOD_RECORD, "prefix": ["hello"]}))
     elif layout == "missing codes":
-        (folder / "voice.json").write_text(json.dumps({**good, "prefix": {"words": [dataclasses.asdict(WORDS[0])]}}))
+        _with_prefix(folder)
+        (folder / "codes.npy").unlink()
+    elif layout == "codes not numpy":
+        _with_prefix(folder)
+        (folder / "codes.npy").write_bytes(b"not a numpy file")
+    elif layout == "codes of floats":
+        _with_prefix(folder)
+        np.save(folder / "codes.npy", np.full((8, 30), 0.5))
+    elif layout == "codes of one row":
+        _with_prefix(folder)
+        np.save(folder / "codes.npy", np.zeros(30, np.int16))
+    elif layout == "negative codes":
+        _with_prefix(folder)
+        np.save(folder / "codes.npy", np.full((8, 30), -3, np.int16))
+    elif layout == "no words":
+        _with_prefix(folder, words=[])
+    elif layout == "word without times":
+        _with_prefix(folder, words=[{"text": "hello", "speaker": 1}])
+    elif layout == "word timed in text":
+        _with_prefix(folder, words=[{**word, "start": "soon"}])
+    elif layout == "word ending first":
+        _with_prefix(folder, words=[{**word, "start": 0.6, "end": 0.3}])
+    elif layout == "third speaker":
+        _with_prefix(folder, words=[{**word, "speaker": 3}])
+    elif layout == "bad speaker 2 frame":
+        _with_prefix(folder, speaker_2_frame=99)
     elif layout == "not json":
         (folder / "voice.json").write_text("{not json")
     elif layout == "a file":
         folder.rmdir()
         folder.write_text("")
+
+
+@pytest.mark.parametrize("layout,file,message,fix", [
+    ("empty", "", r"is not a stored voice folder \(no voice.json\)", "make one with dia2-infer"),
+    ("run folder", "", "it is a training run folder", "pass its adapter folder"),
+    ("full model", "", r"holds a whole model \(model.safetensors", "load it as the model"),
+    ("newer format", "voice.json", "format 'dia2-voice/9' is not one this dia2-toolkit reads", "upgrade dia2-toolkit"),
+    ("bad defaults", "voice.json", "cfg -1 must be above 0", "correct it or remove it"),
+    ("misspelt default", "voice.json", "'temprature' is not a voice setting", "seed, cfg, temperature, top_k"),
+    ("misspelt key", "voice.json", "unknown key 'adaptor'", "correct it or remove it"),
+    ("bad adapter", "voice.json", "'adapter' must be null, '.', a folder or a Hub repo id", "correct it"),
+    ("prefix not an object", "voice.json", "'prefix' must be null or an object", "make the voice again"),
+    ("missing codes", "codes.npy", "is missing", "copy the whole voice folder"),
+    ("codes not numpy", "codes.npy", "cannot be read as the prefix's codes", "make the voice again"),
+    ("codes of floats", "codes.npy", "float64", "make the voice again"),
+    ("codes of one row", "codes.npy", r"shape \(30,\)", "make the voice again"),
+    ("negative codes", "codes.npy", "negative", "make the voice again"),
+    ("no words", "voice.json", "no words", "make the voice again"),
+    ("word without times", "voice.json", "prefix word 1", "make the voice again"),
+    ("word timed in text", "voice.json", "prefix word 1 .* 'start'", "make the voice again"),
+    ("word ending first", "voice.json", "prefix word 1 .* ends before it starts", "make the voice again"),
+    ("third speaker", "voice.json", "prefix word 1 .* speaker 3", "make the voice again"),
+    ("bad speaker 2 frame", "voice.json", "speaker_2_frame must be null or a frame inside the codes", "make the voice again"),
+    ("not json", "voice.json", "cannot be read as JSON", "make the voice again"),
+    ("a file", "", "is a file", "give a voice folder"),
+])
+def test_what_is_not_a_voice_is_refused_naming_the_file_and_the_fix(tmp_path, layout, file, message, fix):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    _damage(folder, layout)
     with pytest.raises(VoiceError, match=message) as caught:
         read_voice(folder)
-    assert str(folder) in str(caught.value)
+    assert str(folder / file if file else folder) in str(caught.value) and fix in str(caught.value), str(caught.value)
+
+
+def test_prefix_codes_outside_the_codecs_range_are_refused_before_generating(tiny_tts):
+    from dia2.generation.prefix import PrefixError
+
+    codes = torch.full((tiny_tts.model.config.num_codebooks, 30), tiny_tts.codec.codebook_size)
+    prefix = VoicePrefix(codes, (WORDS[0],), tiny_tts.codec.fingerprint)
+    with pytest.raises(PrefixError, match=f"codes 0 to {tiny_tts.codec.codebook_size - 1}.*make the voice again"):
+        tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0, max_frames=40), prefix=prefix)
