@@ -186,11 +186,9 @@ def trained_voice(tmp_path_factory):
     """A run's adapter folder, which is a voice: a random LoRA for the embedded tiny model, and
     voice.json naming the folder itself as the adapter, with a default seed and CFG."""
     from dia2.generation.voice import Voice, VoiceDefaults, write_voice
-    from dia2.model.config import parse_config
-    from dia2.tiny import TINY_GEOMETRY
-    from tests.unit.test_adapters import _save_random_adapter
+    from tests.helpers.adapters import save_random_adapter
 
-    adapter = _save_random_adapter(parse_config(TINY_GEOMETRY), tmp_path_factory.mktemp("runs") / "me" / "adapter")
+    adapter = save_random_adapter(tmp_path_factory.mktemp("runs") / "me" / "adapter")
     write_voice(Voice(adapter=str(adapter), defaults=VoiceDefaults(seed=3, cfg=3.0), run={"base_model": "tiny"}), adapter)
     return adapter
 
@@ -236,3 +234,25 @@ def test_a_runs_adapter_folder_from_before_the_one_format_speaks_as_a_voice(tmp_
     old_run_adapter(old, {"base_model": "tiny"})
     assert (_spoken(cli, tmp_path / "old.wav", "--voice", old, "--seed", "3")
             == _spoken(cli, tmp_path / "adapter.wav", "--adapter", old, "--seed", "3"))
+
+
+def test_a_voice_saved_with_a_prefix_speaks_again_from_its_folder_in_either_layout(tmp_path, cli, tiny_en):
+    """--save-voice keeps the prefix (its words as typed), the transcript, the seed and the CFG; --voice
+    alone then speaks exactly as that run did, without Whisper. The same prefix in the layout
+    --save-voice wrote before the one format (no settings kept then) speaks so with the flags."""
+    from dia2.generation.voice import read_voice
+    from tests.helpers.old_voice_layouts import old_save_voice
+
+    typed = "The quick brown fox jumps over the lazy dog."  # what voice_a.flac says (espeak-ng)
+    made = _spoken(cli, tmp_path / "made.wav", "--prefix-speaker-1", REPO_ROOT / "tests/fixtures/audio/voice_a.flac",
+                   "--prefix-transcript", typed, "--whisper-model", tiny_en, "--seed", "11", "--cfg", "2.5",
+                   "--save-voice", tmp_path / "me")
+    record = json.loads((tmp_path / "me" / "voice.json").read_text())
+    assert (record["format"], record["adapter"], record["transcript"]) == ("dia2-voice/2", None, typed)
+    assert record["defaults"] == {"seed": 11, "cfg": 2.5, "temperature": None, "top_k": None}
+    assert [w["text"] for w in record["prefix"]["words"]] == typed.split()
+    again = _spoken(cli, tmp_path / "again.wav", "--voice", tmp_path / "me", "--whisper-model", tmp_path / "no-whisper")
+    assert again == made
+    assert _spoken(cli, tmp_path / "seed-12.wav", "--voice", tmp_path / "me", "--seed", "12") != made
+    old = old_save_voice(read_voice(tmp_path / "me").prefix, tmp_path / "old")
+    assert _spoken(cli, tmp_path / "old.wav", "--voice", old, "--seed", "11", "--cfg", "2.5") == made

@@ -238,6 +238,22 @@ def test_make_a_voice_use_play_and_delete_it(client, live, base):
     assert not (live.voices / "bea").exists()
 
 
+def test_a_voice_dia2_infer_saves_into_the_voices_folder_is_listed_and_spoken(client, live, base, tiny_bundle_dir,
+                                                                              tiny_en, tmp_path):
+    """One voice format (issue 25): `dia2-infer --save-voice` into the studio's voices folder gives a
+    voice the studio lists as a recording, with its transcript, and speaks with."""
+    from dia2.cli import main as infer
+
+    typed = "The quick brown fox jumps over the lazy dog."  # what voice_a.flac says (espeak-ng)
+    assert infer(["--model", str(tiny_bundle_dir), "--text", SHORT, "--max-frames", "40", "--prefix-speaker-1",
+                  str(FIXTURES / "voice_a.flac"), "--prefix-transcript", typed, "--whisper-model", tiny_en,
+                  "--save-voice", str(live.voices / "from-cli"), str(tmp_path / "take.wav")]) == 0
+    table, *_ = client.predict(api_name="/list_voices")
+    assert ["from-cli", "recording", 1, typed] in table["data"]
+    assert not np.array_equal(read_wav(speak(client, voice_1="from-cli").result()[2]), base)
+    assert client.predict("from-cli", api_name="/delete_voice") == "voice 'from-cli' deleted"
+
+
 def test_bad_voice_uploads_come_back_as_messages(client, tmp_path):
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(48000, np.float32), 24000)

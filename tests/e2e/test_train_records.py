@@ -71,6 +71,24 @@ def test_the_cards_usage_lines_work_for_an_adapter_of_the_tiny_model(tiny_run, t
     assert torch.equal(tts.generate("[S1] Hello there.", config).audio_tokens, by_path.audio_tokens)
 
 
+def test_a_finished_runs_adapter_folder_is_a_voice_dia2_infer_speaks_with(tiny_run, tmp_path):
+    """A trained run yields a voice (issue 25): `dia2-infer --voice runs/NAME/adapter` applies the
+    run's adapter, as --adapter does, and its voice.json holds the run's record."""
+    from dia2.cli import main as infer_main
+    from dia2.generation.voice import read_voice
+
+    voice = read_voice(tiny_run.adapter)
+    assert voice.adapter == str(tiny_run.adapter.resolve()) and voice.prefix is None
+    assert voice.run["base_model"] == "tiny" and voice.run["consent"] == "A agreed."
+    takes = {}
+    for name, flags in (("voice", ["--voice", tiny_run.adapter]), ("adapter", ["--adapter", tiny_run.adapter]), ("base", [])):
+        out = tmp_path / f"{name}.wav"
+        assert infer_main(["--model", "tiny", "--text", "[S1] Hello there.", "--seed", "0", "--max-frames", "20",
+                           *map(str, flags), str(out)]) == 0
+        takes[name] = out.read_bytes()
+    assert takes["voice"] == takes["adapter"] != takes["base"]
+
+
 def test_records_name_the_base_and_hold_no_path_of_this_machine(tiny_run, tiny_bundle_dir):
     for name in ("README.md", "voice.json", "adapter_config.json"):
         text = (tiny_run.adapter / name).read_text()
