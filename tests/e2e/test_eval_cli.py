@@ -201,3 +201,19 @@ def test_a_voice_folder_brings_its_adapter_and_its_cfg(tmp_path, inputs, capsys)
     assert run(inputs, tmp_path / "cfg", "--voice", str(adapter), "--cfg", "1.5", "--seeds", "0", "--asr-model", "none",
                "--speaker-encoder", "none", "--no-toplines") == 0
     assert json.loads((tmp_path / "cfg" / "eval.json").read_text())["settings"]["cfg_scale"] == 1.5
+
+
+def test_a_voice_folder_with_a_prefix_and_an_adapter_gives_every_configuration(tmp_path, inputs, capsys, tiny_tts):
+    """--voice of a stored voice with both parts (issue 25): its prefix makes the +prefix
+    configurations and its adapter is evaluated, as --prefix and --adapter would."""
+    from dia2.generation.voice import Voice, write_voice
+    from tests.helpers.speech import one_speaker_prefix
+
+    adapter = save_random_adapter(tmp_path / "lora", seed=3)
+    folder = write_voice(Voice(prefix=one_speaker_prefix(tiny_tts), adapter=str(adapter)), tmp_path / "voices" / "me")
+    out = tmp_path / "report"
+    assert run(inputs, out, "--voice", str(folder), "--seeds", "0", "--asr-model", "none", "--speaker-encoder", "none",
+               "--no-toplines") == 0, capsys.readouterr().err
+    data = json.loads((out / "eval.json").read_text())
+    assert [c["name"] for c in data["configurations"]] == ["base", "base+prefix", "lora", "lora+prefix"]
+    assert (data["settings"]["voice_prefix"], data["settings"]["adapters"]) == (str(folder), [str(adapter.resolve())])
