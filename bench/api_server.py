@@ -118,7 +118,7 @@ class LiveServer:
 
 
 def refuse_uploads(*args, **kwargs):
-    """The voice store's make_voice: this benchmark serves the builtin voices only."""
+    """The voice store's make_prefix: this benchmark serves the builtin voices only."""
     raise VoiceError("the benchmark server takes no voice uploads: use a builtin voice such as 'alloy'")
 
 

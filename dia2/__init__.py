@@ -51,10 +51,13 @@ _HOMES = {
     "SamplingConfig": "dia2.generation.sampling",
     "ScriptError": "dia2.text.script",
     "Voice": "dia2.generation.voice",
+    "VoicePrefix": "dia2.generation.prefix",
     "load_config": "dia2.model.config",
     "load_model": "dia2.model.network",
     "parse_config": "dia2.model.config",
+    "read_voice": "dia2.generation.voice",
     "save_model": "dia2.model.checkpoint",
+    "write_voice": "dia2.generation.voice",
 }
 
 __all__ = sorted(["Dia2Error", *_HOMES])
@@ -62,8 +65,9 @@ __all__ = sorted(["Dia2Error", *_HOMES])
 if TYPE_CHECKING:
     from dia2.generation.config import GenerationConfig
     from dia2.generation.sampling import SamplingConfig
+    from dia2.generation.prefix import VoicePrefix
     from dia2.generation.tts import AudioChunk, Dia2, GenerationResult
-    from dia2.generation.voice import Voice
+    from dia2.generation.voice import Voice, read_voice, write_voice
     from dia2.model.assets import AssetError
     from dia2.model.checkpoint import CheckpointError, save_model
     from dia2.model.config import ConfigError, Dia2Config, load_config, parse_config

@@ -162,15 +162,15 @@ def build_app(options: ServerOptions):
         load_stored_adapters,
     )
     from dia2.serving.engine import Engine
-    from dia2.serving.voice_maker import VoiceMaker
+    from dia2.serving.prefix_maker import PrefixMaker
     from dia2.serving.voices import VoiceStore
 
     m, s = options.model, options.serve
     tts = load_tts(m, "serving")
     engine = Engine(tts, options.engine)
     aliases = voice_aliases(s.voice_alias)
-    make_voice = VoiceMaker(tts, s.whisper_model)  # Whisper loads in the background: checked at start
-    voices = VoiceStore(s.voices_dir, make_voice, sample_rate=tts.codec.sample_rate,
+    make_prefix = PrefixMaker(tts, s.whisper_model)  # Whisper loads in the background: checked at start
+    voices = VoiceStore(s.voices_dir, make_prefix, sample_rate=tts.codec.sample_rate,
                         max_upload_bytes=int(s.max_upload_mb * 2**20), aliases=aliases)
     offer_adapters(voices, s.adapter)
     adapters = VoiceAdapters(engine, hub_timeout_s=s.hub_timeout)
@@ -178,7 +178,7 @@ def build_app(options: ServerOptions):
     engine.start()
     settings = ApiSettings(model_name=Path(m.source).name if m.source != TINY_MODEL else "dia2-tiny", api_key=s.api_key,
                            generation=options.generation, max_input_chars=s.max_input_chars, cors_origins=s.cors_origin)
-    return create_app(engine, voices, settings, adapters, whisper=make_voice.status)
+    return create_app(engine, voices, settings, adapters, whisper=make_prefix.status)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,11 +8,17 @@ Flags follow the published CLI (--config, --weights, --input, --device, --dtype,
 --cuda-graph, --torch-compile; its --hf is --model here, as on every command, and still works)
 plus --low-vram, --seed, --adapter and a few more. Each flag is a documented field below or of
 `GenerationConfig` / `SamplingConfig`: its help and default come from there (`dia2.options`).
+
+--voice FOLDER takes any voice folder (`dia2.generation.voice`): a prefix, an adapter, or both,
+e.g. a trained run's `runs/NAME/adapter`; its default seed, --cfg, --temperature and --topk apply
+where no flag is given (a flag wins over the voice, the voice over the defaults, as in the speech
+server). --save-voice writes the voice a run speaks with in the same format.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -29,9 +35,10 @@ from dia2.console import say
 from dia2.device import AUTO
 from dia2.errors import Dia2Error
 from dia2.generation.config import GenerationConfig
+from dia2.generation.voice import Voice, VoiceDefaults, created_now, read_voice, write_voice
 from dia2.launch.command import run_main
 from dia2.launch.flags import FLAG_ALIASES, PUBLISHED_SPELLING
-from dia2.launch.model import ModelOptions, check_model_options, check_tiny, load_tts
+from dia2.launch.model import ModelOptions, check_model_options, check_tiny, load_tts, read_voice_flag
 from dia2.model.config import FRAME_RATE
 from dia2.options import (
     FlagParser,
@@ -64,7 +71,7 @@ class ScriptOptions:
 
 @dataclass(frozen=True)
 class VoiceOptions:
-    """Recordings whose voices the script continues."""
+    """The voice: a stored voice folder, or recordings whose voices the script continues."""
 
     prefix_speaker_1: Path | None = None
     """Recording of speaker 1's voice."""
@@ -75,9 +82,12 @@ class VoiceOptions:
     word is timed from the heard words it matches or replaces (a split word shares its span);
     --verbose logs the aligned words."""
     voice: Path | None = None
-    """A stored voice folder (from --save-voice): no transcription."""
+    """A voice folder (from --save-voice, a voice in a speech server's or the studio's voices folder, or a trained
+    run's adapter folder): its prefix (no transcription), its adapter and its default seed, --cfg, --temperature and
+    --topk (a flag given wins)."""
     save_voice: Path | None = None
-    """Store the prefix voice in this folder for reuse."""
+    """Store the voice this run speaks with in this folder for reuse: the prefix, the adapter, and as its defaults
+    the seed and sampling flags that differ from the defaults."""
     whisper_model: str = DEFAULT_WHISPER_MODEL
     """faster-whisper model name or local folder that transcribes the prefix recordings."""
 
@@ -110,7 +120,7 @@ class InferOptions:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     """Sampling and limits (`--cfg`, `--temperature`, `--seed`, ...)."""
     voice: VoiceOptions = field(default_factory=VoiceOptions)
-    """The voice prefix (`--prefix-speaker-1`, `--voice`, ...)."""
+    """The voice (`--voice`, `--prefix-speaker-1`, `--save-voice`, ...)."""
     run: InferRunOptions = field(default_factory=InferRunOptions)
     """Kernels and outputs (`--cuda-graph`, `--timestamps`, ...)."""
 
@@ -134,6 +144,11 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> In
     options = build(InferOptions, raw)
     _check_files(options)
     _check_runtime(options)
+    if options.voice.voice is not None:
+        voice = read_voice_flag(options.voice.voice, adapter_given=options.model.adapter is not None)
+        # The voice's defaults stand in for the dataclass defaults; the flags given still win.
+        generation = build(GenerationConfig, raw.get("generation", {}), base=voice.defaults.over(GenerationConfig()))
+        options = dataclasses.replace(options, generation=generation)
     return options
 
 
@@ -153,14 +168,13 @@ def _check_files(o: InferOptions) -> None:
         raise OptionError("--prefix-speaker-2 needs --prefix-speaker-1 (speaker 1's words come first)")
     if voice.voice and (voice.prefix_speaker_1 or voice.prefix_speaker_2):
         raise OptionError("give either --voice or --prefix-speaker-1/2, not both")
-    if voice.voice and not (voice.voice / "voice.json").is_file():
-        raise OptionError(f"--voice {voice.voice}: not a stored voice folder (no voice.json)")
     if voice.prefix_transcript is not None and not voice.prefix_speaker_1:
         raise OptionError("--prefix-transcript is what --prefix-speaker-1/2 say: give those recordings too")
     if voice.prefix_transcript is not None and not voice.prefix_transcript.strip():
         raise OptionError("--prefix-transcript is empty: type the words the prefix recordings say, or leave it out")
-    if voice.save_voice and not voice.prefix_speaker_1:
-        raise OptionError("--save-voice stores the voice made from --prefix-speaker-1/2: give those recordings too")
+    if voice.save_voice and not (voice.prefix_speaker_1 or voice.voice or o.model.adapter):
+        raise OptionError("--save-voice stores the voice this run speaks with: give --prefix-speaker-1/2 recordings, "
+                          "an --adapter or a --voice too")
 
 
 def _check_outputs(o: InferOptions) -> None:
@@ -195,18 +209,27 @@ def _speak(o: InferOptions, script: str) -> GenerationResult:
     """Load the model (and the voice) and speak `script`."""
     from dia2.audio.asr import WhisperTranscriber
     from dia2.generation.graphs import kernel_wrapper
-    from dia2.generation.voice import Voice, with_transcript
+    from dia2.generation.prefix import with_transcript
 
-    tts = load_tts(o.model, "using", tell=say, kernel_wrapper=kernel_wrapper(o.run.cuda_graph, o.run.torch_compile))
-    voice = Voice.load(o.voice.voice) if o.voice.voice else None
+    voice = read_voice(o.voice.voice) if o.voice.voice else Voice()
+    adapter = o.model.adapter or voice.adapter  # --adapter wins over the voice's
+    if o.model.adapter and voice.adapter and Path(voice.adapter).resolve() != Path(o.model.adapter).expanduser().resolve():
+        logger.warning("--adapter %s is used in place of the voice's adapter %s", o.model.adapter, voice.adapter)
+    tts = load_tts(dataclasses.replace(o.model, adapter=adapter), "using", tell=say,
+                   kernel_wrapper=kernel_wrapper(o.run.cuda_graph, o.run.torch_compile))
+    prefix = voice.prefix
     if o.voice.prefix_speaker_1:
         logger.info("transcribing the voice prefix with Whisper %s", o.voice.whisper_model)
         transcriber = WhisperTranscriber(o.voice.whisper_model, device="cuda" if tts.model.device.type == "cuda" else "cpu")
-        voice = tts.make_voice(o.voice.prefix_speaker_1, o.voice.prefix_speaker_2, transcriber)
+        prefix = tts.make_prefix(o.voice.prefix_speaker_1, o.voice.prefix_speaker_2, transcriber)
         if o.voice.prefix_transcript:
-            voice = with_transcript(voice, o.voice.prefix_transcript)
-        if o.voice.save_voice:
-            voice.save(o.voice.save_voice)
+            prefix = with_transcript(prefix, o.voice.prefix_transcript)
+        voice = Voice(prefix=prefix, transcript=o.voice.prefix_transcript)
+    if o.voice.save_voice:
+        # The run record of a trained voice stays with it: it describes the adapter kept.
+        saved = dataclasses.replace(voice, adapter=adapter, defaults=VoiceDefaults.of(o.generation, GenerationConfig()),
+                                    created=created_now())
+        write_voice(saved, o.voice.save_voice)
     # The bar's total (and time left) is the frames this script is expected to take, not the limit.
     expected = math.ceil(expected_seconds(script) * FRAME_RATE) + max(tts.model.config.data.delays)
     logger.info("generating about %d frames (%.1f s of speech expected)", expected, expected / FRAME_RATE)
@@ -215,7 +238,7 @@ def _speak(o: InferOptions, script: str) -> GenerationResult:
             bar.total = min(limit, max(expected, frame))
             bar.update(frame - bar.n)
 
-        return tts.generate(script, o.generation, voice=voice, progress=progress)
+        return tts.generate(script, o.generation, prefix=prefix, progress=progress)
 
 
 def speak(options: InferOptions) -> int:

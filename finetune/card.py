@@ -1,4 +1,5 @@
-"""The model card (README.md) of a voice adapter, written from its dia2_voice.json.
+"""The model card (README.md) of a voice adapter, written from the record of the run that trained
+it (the "run" of the adapter folder's voice.json: `dia2.generation.voice`).
 
 It states what a user of the adapter needs: the base model, how to load it, who speaks, the LoRA
 configuration, the data (hours, speakers), held-out figures before and after training, the
@@ -19,7 +20,7 @@ def is_hub_id(name: str) -> bool:
 
 
 def model_card(voice: dict[str, Any], repo: str | None = None) -> str:
-    """README.md text for the adapter described by `voice` (dia2_voice.json content)."""
+    """README.md text for the adapter described by `voice` (the run's record)."""
     base = voice["base_model"]
     training, corpus = voice["training"], voice["corpus"]
     repo_ref = repo or "path/to/adapter"
@@ -54,7 +55,9 @@ def model_card(voice: dict[str, Any], repo: str | None = None) -> str:
         'tts.generate("[S1] Hello there.", GenerationConfig(seed=0)).save("out.wav")',
         "```",
         "",
-        "It is a plain PEFT folder: `PeftModel.from_pretrained(Dia2Model.from_pretrained(base), adapter)` loads it too.",
+        "It is a plain PEFT folder: `PeftModel.from_pretrained(Dia2Model.from_pretrained(base), adapter)` loads it too. "
+        "With its voice.json it is also a Dia2 voice folder: `dia2-infer --voice FOLDER` and the speech server's "
+        "voices folder take a local copy.",
         "",
         *_speakers(voice["speakers"]),
         *_lora(training),

@@ -8,8 +8,8 @@
 | progress.json | what the run does now (`dia2.progress.ProgressFile`: phase, step of steps, time left), for a page that watches it |
 | checkpoints/step_N/ | resumable checkpoints, the last output.keep_last (finetune.checkpoint) |
 | samples/step_N/sample_i.wav | sample scripts spoken at each evaluation |
-| adapter/ | PEFT save_pretrained output + dia2_voice.json + README.md (the model card) |
-| model/ | instead of adapter/ for full fine-tuning: a complete model folder |
+| adapter/ | a voice folder: PEFT save_pretrained output + voice.json (adapter ".", the run's record) + README.md (the model card) |
+| model/ | instead of adapter/ for full fine-tuning: a complete model folder, with the run's voice.json |
 | merged/ | with --export-merged: base + adapter as full weights, a complete model folder |
 | loss.png | the loss curves |
 """
@@ -31,12 +31,13 @@ from dia2.model.assets import DEFAULT_MANIFEST
 from dia2.model.checkpoint import resolve_files, save_model
 from dia2.model.config import Dia2Config
 from dia2.model.network import Dia2Model
+from dia2.generation.voice import LEGACY_RUN_FILE, VOICE_FILE
 from dia2.tiny import model_source
-from finetune.run_folder import VOICE_FILE, RunPaths, write_voice_file
+from finetune.run_folder import RunPaths, write_run_voice
 
 logger = logging.getLogger(__name__)
 
-_MODEL_FILES = ("config.json", "model.safetensors", "README.md", VOICE_FILE)
+_MODEL_FILES = ("config.json", "model.safetensors", "README.md", VOICE_FILE, LEGACY_RUN_FILE)
 
 
 class MetricsLog:
@@ -62,27 +63,28 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def save_adapter(
-    peft_model: nn.Module, folder: Path, voice: dict[str, Any], weights: dict[str, torch.Tensor] | None = None
+    peft_model: nn.Module, folder: Path, run: dict[str, Any], weights: dict[str, torch.Tensor] | None = None
 ) -> Path:
-    """PEFT's own adapter folder, plus the voice file. `weights`: the trained LoRA tensors by
+    """PEFT's own adapter folder, made a voice by its voice file (adapter ".", `run` its record). `weights`: the trained LoRA tensors by
     parameter name, whole (gathered from FSDP shards); default: the model's own.
     save_embedding_layers=False: PEFT would otherwise look the base config up (online) to decide
     whether embeddings were resized."""
     peft_model.save_pretrained(str(folder), state_dict=weights, save_embedding_layers=False)
-    write_voice_file(folder, voice)
+    write_run_voice(folder, run)
     return folder
 
 
 def save_full_model(
-    config: Dia2Config, weights: dict[str, torch.Tensor], source: str, folder: Path, voice: dict[str, Any]
+    config: Dia2Config, weights: dict[str, torch.Tensor], source: str, folder: Path, run: dict[str, Any]
 ) -> Path:
     """A complete model folder (weights in the published layout, tokenizer, codec) for full
-    fine-tuning. `weights`: every weight by name, whole (gathered from FSDP shards if need be)."""
+    fine-tuning, with the run's voice file (`run` its record). `weights`: every weight by name,
+    whole (gathered from FSDP shards if need be)."""
     model = Dia2Model.from_config(config, device="meta")
     model.load_state_dict(weights, assign=True)  # strict: a missing weight is a bug, not a default
     save_model(model, folder)
     copy_model_assets(source, folder)
-    write_voice_file(folder, voice)
+    write_run_voice(folder, run)
     return folder
 
 

@@ -2,21 +2,24 @@
 
     python -m finetune.push runs/my-voice --repo me/my-voice-lora [--public] [--dry-run]
 
-Uploads the run's adapter/ folder (PEFT files, dia2_voice.json, README.md model card), the
-samples of its last evaluation (as samples/sample_i.wav) and loss.png, in one commit. The token
+Uploads the run's adapter/ folder, a voice folder (PEFT files, voice.json, README.md model card:
+`dia2.generation.voice`), the samples of its last evaluation (as samples/sample_i.wav) and
+loss.png, in one commit. The token
 comes from the usual Hugging Face sources (HF_TOKEN, `hf auth login`) or --token. --dry-run
 lists the upload and prints the model card without contacting the Hub. A voice is only published
 with a consent statement (output.consent when training, or --consent here). The repo id, the run
 folder, the consent and the token are checked before anything else, without loading torch.
 
 The run folder is the record of the training and is never changed: the model card (titled for
-the target repo) and dia2_voice.json (with a --consent given here) are generated in memory for
-the upload, so a dry run, a failed push or a push to another repo leave the run as it was.
+the target repo) and voice.json (with a --consent given here) are generated in memory for the
+upload, so a dry run, a failed push or a push to another repo leave the run as it was. A run
+from before the one voice format (dia2_voice.json) uploads its voice in the one format.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -24,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from dia2.errors import PushError
+from dia2.generation.voice import LEGACY_RUN_FILE, VOICE_FILE, Voice, VoiceError, voice_record
 from dia2.launch.command import run_main
 from dia2.model.assets import hub_repo_id_problem
 from finetune.card import model_card
-from finetune.run_folder import VOICE_FILE, RunPaths, finished_runs, read_voice_file, voice_file_text
+from finetune.run_folder import RunPaths, finished_runs, read_run_voice
 
 CARD_FILE = "README.md"
 
@@ -48,16 +52,18 @@ class Upload:
         return {"file": local, "path_in_repo": self.path_in_repo, "bytes": self.size}
 
 
-def upload_plan(run: Path, voice: dict[str, Any], card: str) -> list[Upload]:
+def upload_plan(run: Path, voice: Voice, card: str) -> list[Upload]:
     """Everything a push uploads, in upload order: the adapter files with `voice` and `card` as
-    its dia2_voice.json and README.md, the last samples, and loss.png."""
+    its voice.json and README.md, the last samples, and loss.png."""
     paths = RunPaths(run)
     if not (paths.adapter / "adapter_config.json").is_file():
         raise PushError(f"{run} has no adapter/ folder with adapter_config.json: pass the folder of a finished LoRA run")
-    generated = {VOICE_FILE: voice_file_text(voice).encode(), CARD_FILE: card.encode()}
-    names = sorted({f.name for f in paths.adapter.iterdir() if f.is_file()} | set(generated))
-    plan = [Upload(name, generated.get(name, paths.adapter / name)) for name in names]
-    plan += [Upload(f"samples/{Path(s['file']).name}", run / s["file"]) for s in voice.get("samples", [])]
+    record = json.dumps(voice_record(voice, paths.adapter), indent=1) + "\n"
+    generated = {VOICE_FILE: record.encode(), CARD_FILE: card.encode()}
+    # An older run's record file is uploaded as voice.json, in the one format.
+    files = {f.name for f in paths.adapter.iterdir() if f.is_file() and f.name != LEGACY_RUN_FILE}
+    plan = [Upload(name, generated.get(name, paths.adapter / name)) for name in sorted(files | set(generated))]
+    plan += [Upload(f"samples/{Path(s['file']).name}", run / s["file"]) for s in voice.run.get("samples", [])]
     if paths.loss_png.is_file():
         plan.append(Upload(paths.loss_png.name, paths.loss_png))
     return plan
@@ -78,18 +84,18 @@ def push_run(
     problem = hub_repo_id_problem(repo)
     if problem is not None:
         raise PushError(f"--repo {repo}: {problem}")
-    voice = read_run_voice(run)
-    voice.pop("format", None)
+    voice = read_finished_run(run)
+    record = dict(voice.run)
     if consent:
-        voice["consent"] = consent
-    if not voice.get("consent"):
+        record["consent"] = consent
+    if not record.get("consent"):
         raise PushError(
             "no consent statement: a voice is published only with one. Set output.consent when training or pass "
             "--consent 'The speakers agreed to ...'"
         )
     if not dry_run:
         token = hub_token(token)
-    plan = upload_plan(run, voice, model_card(voice, repo))
+    plan = upload_plan(run, dataclasses.replace(voice, run=record), model_card(record, repo))
     missing = [str(u.source) for u in plan if isinstance(u.source, Path) and not u.source.is_file()]
     if missing:
         raise PushError(f"files to upload are missing: {', '.join(missing)}")
@@ -99,17 +105,19 @@ def push_run(
     return plan
 
 
-def read_run_voice(run: Path) -> dict[str, Any]:
-    """The voice file of run folder `run`; a PushError that names the finished runs beside it
-    when `run` does not exist or did not finish."""
+def read_finished_run(run: Path) -> Voice:
+    """The voice run folder `run` yielded (its adapter folder); a PushError that names the finished
+    runs beside it when `run` does not exist or did not finish."""
     beside = finished_runs(run.parent)
     listed = f"finished runs in {run.parent}: {', '.join(beside)}" if beside else f"{run.parent} holds no finished run"
     if not run.is_dir():
         raise PushError(f"run folder {run} does not exist; {listed}")
     try:
-        return read_voice_file(RunPaths(run).adapter)
+        return read_run_voice(RunPaths(run).adapter)
     except FileNotFoundError:
         raise PushError(f"{run} is not a finished LoRA run (it has no adapter/{VOICE_FILE}); {listed}") from None
+    except VoiceError as exc:
+        raise PushError(f"{run}: its adapter's voice cannot be read: {exc}") from None
 
 
 def hub_token(token: str | None) -> str:

@@ -1,21 +1,23 @@
-"""A run folder's layout and its voice file, read without torch: `finetune.push` and the trainer's
-refusals use this before anything heavy is imported. What each file holds: `finetune.outputs`.
+"""A run folder's layout and the voice it yields, read without torch: `finetune.push` and the
+trainer's refusals use this before anything heavy is imported. What each file holds:
+`finetune.outputs`.
 
-`dia2_voice.json` (not `voice.json`, which names a stored voice prefix in dia2) describes the
-voice: who speaks as [S1]/[S2], the corpus and its meta, and a training summary.
+A finished LoRA run's adapter/ folder is a voice (`dia2.generation.voice`, the one folder format):
+PEFT's own files plus a voice.json whose adapter is the folder itself and whose "run" is the
+run's record: who speaks as [S1]/[S2], the corpus and its meta, a training summary, the samples,
+license and consent. A full fine-tune's model/ folder keeps the same voice.json beside the model
+(no adapter: the folder is loaded as the model). Runs from before the one format hold the record
+in dia2_voice.json instead; they still read.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dia2.generation.voice import Voice, created_now, read_voice, voice_file, write_voice
 from dia2.progress import PROGRESS_FILE
-
-VOICE_FILE = "dia2_voice.json"
-VOICE_FORMAT = "dia2-voice/1"
 
 
 @dataclass(frozen=True)
@@ -70,29 +72,34 @@ class RunPaths:
     @property
     def weights(self) -> Path:
         """The folder holding the trained voice: adapter/ (LoRA) or model/ (full fine-tuning)."""
-        return self.model if (self.model / VOICE_FILE).is_file() else self.adapter
+        return self.model if voice_file(self.model) is not None else self.adapter
 
 
-def voice_file_text(voice: dict[str, Any]) -> str:
-    """The text of dia2_voice.json for `voice` (its content without the format tag)."""
-    return json.dumps({"format": VOICE_FORMAT, **voice}, indent=2) + "\n"
+def run_voice(folder: Path, run: dict[str, Any]) -> Voice:
+    """The voice a run yields in `folder`: its adapter, when the folder holds one (PEFT's files),
+    and the run's record."""
+    adapter = str(folder) if (folder / "adapter_config.json").is_file() else None
+    return Voice(adapter=adapter, created=created_now(), run=run)
 
 
-def write_voice_file(folder: Path, voice: dict[str, Any]) -> Path:
-    path = folder / VOICE_FILE
-    path.write_text(voice_file_text(voice), encoding="utf-8")
-    return path
+def write_run_voice(folder: Path, run: dict[str, Any]) -> Path:
+    """Write the voice file of the trained folder `folder` (adapter/ or model/), for `run`'s record."""
+    return write_voice(run_voice(folder, run), folder)
 
 
-def read_voice_file(folder: Path) -> dict[str, Any]:
-    path = folder / VOICE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {VOICE_FILE}: pass the adapter folder of a finished run")
-    return json.loads(path.read_text(encoding="utf-8"))
+def read_run_voice(folder: Path) -> Voice:
+    """The voice a finished run's adapter folder holds (in any layout); FileNotFoundError when it
+    holds none or no run record."""
+    if voice_file(folder) is None:
+        raise FileNotFoundError(f"{folder} has no voice file: pass the adapter folder of a finished run")
+    voice = read_voice(folder)
+    if voice.run is None:
+        raise FileNotFoundError(f"{folder}'s voice has no run record: pass the adapter folder of a finished run")
+    return voice
 
 
 def finished_runs(folder: Path) -> list[str]:
     """Names of the finished runs (a trained voice with its voice file) in `folder`, sorted."""
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and (RunPaths(p).weights / VOICE_FILE).is_file())
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and voice_file(RunPaths(p).weights) is not None)

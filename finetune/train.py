@@ -442,12 +442,12 @@ def finish(
     in_sync = None if is_sharded(accelerator) else replicas_in_sync(unwrapped, accelerator)
     weights = trainable_state(model, every_weight=cfg.lora.full_finetune)  # whole, on the main process
     if accelerator.is_main_process:
-        voice = voice_summary(cfg, paths, base, corpus, unwrapped, step, accelerator.num_processes, in_sync, seconds)
+        run = run_record(cfg, paths, base, corpus, unwrapped, step, accelerator.num_processes, in_sync, seconds)
         if cfg.lora.full_finetune:
-            save_full_model(unwrapped.config, weights, base.source, paths.model, voice)
+            save_full_model(unwrapped.config, weights, base.source, paths.model, run)
         else:
-            save_adapter(unwrapped, paths.adapter, voice, weights)
-            (paths.adapter / CARD_FILE).write_text(model_card(voice, cfg.output.push_to_hub), encoding="utf-8")
+            save_adapter(unwrapped, paths.adapter, run, weights)
+            (paths.adapter / CARD_FILE).write_text(model_card(run, cfg.output.push_to_hub), encoding="utf-8")
         loss_curve(paths.metrics, paths.loss_png)
         if cfg.output.export_merged and not cfg.lora.full_finetune:  # full fine-tuning wrote model/ already
             export_merged(base.source, paths.adapter, paths.merged)
@@ -468,11 +468,12 @@ def replicas_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
     return bool((gathered == gathered[0]).all())
 
 
-def voice_summary(
+def run_record(
     cfg: TrainConfig, paths: RunPaths, base: Base, corpus: TrainingData, model: torch.nn.Module, step: int,
     processes: int, in_sync: bool | None, seconds: float,
 ) -> dict[str, Any]:
-    """The content of dia2_voice.json: speakers, corpus, training summary, samples, license, consent."""
+    """The run's record, which the trained voice carries (its voice.json's "run"): speakers,
+    corpus, training summary, samples, license, consent."""
     records = read_metrics(paths.metrics)
     evals = [r for r in records if r["split"] == "eval"]
     trains = [r for r in records if r["split"] == "train"]

@@ -1,6 +1,6 @@
 """Speech -> timed words: the one faster-whisper wrapper, shared by voice prefixes and data prep.
 
-A voice prefix (`dia2.generation.voice`) asks for one clip's words (`transcribe`); data prep asks
+A voice prefix (`dia2.generation.prefix`) asks for one clip's words (`transcribe`); data prep asks
 for Whisper's segments (`transcribe_segments`) so it can stitch a long recording's chunks (its
 own `data_prep.transcribe`). Both get `SpokenWord`s with Whisper's word probabilities.
 

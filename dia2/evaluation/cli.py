@@ -3,7 +3,7 @@
     dia2-eval --model nari-labs/Dia2-2B --adapter runs/my-voice/adapter \\
               --references my-voice/clips --voice my-voice/stored eval/my-voice
     dia2-eval --model tiny --references refs/ --asr-model tiny.en --seeds 0 out/   # embedded demo model
-    dia2-eval --model nari-labs/Dia2-2B --adapter runs/de/adapter --references de-clips/ \
+    dia2-eval --model nari-labs/Dia2-2B --adapter runs/de/adapter --references de-clips/ \\
               --language de --asr-model base-offline eval/de                     # another language
 
 Speaks every prompt (--prompts, or the shipped set) with every seed and configuration (base,
@@ -14,6 +14,11 @@ OUTPUT/clips/. Every input is checked before anything is generated; the output f
 only when the evaluation is complete. Exit status 1 with one message on any error, including an
 adapter that changes nothing, and one whose recorded base is not --model (--allow-other-base
 evaluates it anyway).
+
+--voice takes any voice folder (`dia2.generation.voice`): its prefix gives the +prefix
+configurations, its adapter is evaluated as one more adapter (unless --adapter names it already),
+and its default --cfg, temperature and top-k are the generations' (--cfg given wins). Its seed is
+not used: an evaluation speaks every clip with each of --seeds, to measure the spread across them.
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ from dia2.evaluation.report import HTML_NAME, JSON_NAME, staged, write_report
 from dia2.evaluation.scoring import ClipScorer, ClipTranscriber
 from dia2.evaluation.speaker import DEFAULT_SPEAKER_ENCODER, load_speaker_encoder
 from dia2.generation.config import GenerationConfig
+from dia2.generation.voice import Voice
 from dia2.launch.command import run_main
 from dia2.launch.flags import FLAG_ALIASES
-from dia2.launch.model import ModelOptions, load_tts
+from dia2.launch.model import ModelOptions, load_tts, read_voice_flag
 from dia2.model.adapter_files import check_adapter_path
 from dia2.model.assets import DEFAULT_MODEL
 from dia2.model.config import SAMPLE_RATE
@@ -68,7 +74,8 @@ class EvalOptions:
     adapter: tuple[str, ...] = ()
     """PEFT LoRA adapter folders or Hub repo ids to evaluate, comma-separated."""
     voice: Path | None = None
-    """A stored voice folder (dia2-infer --save-voice) used as the voice prefix."""
+    """A voice folder (dia2-infer --save-voice, a speech server's voice, a trained run's adapter folder): its prefix
+    is the voice prefix, its adapter is evaluated too, its default cfg, temperature and top-k are used."""
     prefix: Path | None = None
     """A recording of the target voice used as the voice prefix (transcribed with --asr-model)."""
     prompts: Path | None = None
@@ -82,8 +89,9 @@ class EvalOptions:
     """Seeds each prompt is spoken with (the spread across them measures stability)."""
     max_frames: int = 375
     """Most frames generated per clip (12.5 a second); a clip that reaches it counts as a frame-limit hit."""
-    cfg_scale: float = GenerationConfig.cfg_scale
-    """Classifier-free guidance scale of the generations."""
+    cfg_scale: float | None = None
+    """Classifier-free guidance scale of the generations (default: the --voice's, else GenerationConfig's
+    cfg_scale)."""
     asr_model: str = DEFAULT_WHISPER_MODEL
     """faster-whisper model name or local CTranslate2 folder for WER/CER (none: no WER/CER)."""
     speaker_encoder: str = DEFAULT_SPEAKER_ENCODER
@@ -135,19 +143,18 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
     print(f"references: {found}", file=sys.stderr)
     if o.prefix is not None and not o.prefix.is_file():
         raise EvalInputError(f"--prefix {o.prefix}: file not found")
-    if o.voice is not None and not (o.voice / "voice.json").is_file():
-        raise EvalInputError(f"--voice {o.voice}: not a stored voice folder (no voice.json); make one with dia2-infer --save-voice")
+    voice = read_voice_flag(o.voice) if o.voice is not None else Voice()
     for adapter in o.adapter:
         check_adapter_path(adapter, "--adapter")
+    adapter_list = with_voice_adapter(list(o.adapter), voice)
     if not o.allow_other_base:
-        check_adapter_bases(list(o.adapter), o.model)
+        check_adapter_bases(adapter_list, o.model)
     from dia2.evaluation.run import EvalSetup, Evaluation, configurations, total_clips
-    from dia2.generation.voice import Voice
 
     device = str(resolve_device(o.device))
     speaker = load_speaker_encoder(o.speaker_encoder, device)
     tts = load_tts(ModelOptions(model=o.model, device=device), "using", tell=say)
-    check_adapters(tts.model, list(o.adapter))
+    check_adapters(tts.model, adapter_list)
     asr = None if o.asr_model == "none" else ClipTranscriber(
         o.asr_model, device=device, model_option="--asr-model", language=o.language
     )
@@ -155,36 +162,48 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
         asr.load()  # an unloadable model is refused now, not after the first clip
     scorer = ClipScorer([r.waveform for r in references], reference_rate=READ_RATE, asr=asr,
                         speaker=speaker, device=device, language=o.language)
-    voice = Voice.load(o.voice) if o.voice else None
+    prefix = voice.prefix
     if o.prefix is not None:
         # The prefix needs word timings, which the scoring transcriber skips.
-        voice = tts.make_voice(o.prefix, transcriber=WhisperTranscriber(
+        prefix = tts.make_prefix(o.prefix, transcriber=WhisperTranscriber(
             o.asr_model, device=device, model_option="--asr-model", language=o.language
         ))
-    generation = dataclasses.replace(GenerationConfig(), max_frames=o.max_frames, cfg_scale=o.cfg_scale)
-    check_prompts(tts, prompts, generation, voice)
+    generation = voice.defaults.over(GenerationConfig())  # the seed is each clip's, from --seeds
+    cfg_scale = generation.cfg_scale if o.cfg_scale is None else o.cfg_scale
+    generation = dataclasses.replace(generation, max_frames=o.max_frames, cfg_scale=cfg_scale)
+    check_prompts(tts, prompts, generation, prefix)
     setup = EvalSetup(tuple(prompts), o.seeds, generation, o.toplines)
-    adapters = dict(zip(adapter_labels(list(o.adapter)), o.adapter))
-    total = total_clips(setup, len(configurations(adapters, voice is not None)), len(references))
+    adapters = dict(zip(adapter_labels(adapter_list), adapter_list))
+    total = total_clips(setup, len(configurations(adapters, prefix is not None)), len(references))
     with staged(output) as work, progress_bar(total, "evaluating", "clip") as bar:
-        evaluation = Evaluation(tts, setup, scorer, work, voice, progress=lambda label: (bar.set_postfix_str(label), bar.update()))
+        evaluation = Evaluation(tts, setup, scorer, work, prefix, progress=lambda label: (bar.set_postfix_str(label), bar.update()))
         data = evaluation.run(adapters, references)
         data["settings"] = {
-            "model": o.model, "adapters": list(o.adapter), "prompts": str(o.prompts or "shipped default"),
-            "prompt_count": len(prompts), "seeds": list(o.seeds), "max_frames": o.max_frames, "cfg_scale": o.cfg_scale,
+            "model": o.model, "adapters": adapter_list, "prompts": str(o.prompts or "shipped default"),
+            "prompt_count": len(prompts), "seeds": list(o.seeds), "max_frames": o.max_frames,
+            "cfg_scale": generation.cfg_scale,
             "references": str(o.references), "reference_count": len(references), "references_found": found,
-            "voice_prefix": str(o.voice or o.prefix or "none"), "asr_model": o.asr_model,
+            "voice_prefix": str(o.prefix or (o.voice if voice.prefix is not None else None) or "none"),
+            "asr_model": o.asr_model,
             "speaker_encoder": o.speaker_encoder, "device": device, "language": o.language,
         }
         write_report(data, work)
     return output
 
 
-def check_prompts(tts, prompts: list[str], generation: GenerationConfig, voice) -> None:
+def with_voice_adapter(adapters: list[str], voice: Voice) -> list[str]:
+    """The adapters to evaluate: --adapter's, then the voice's unless one of them is that folder."""
+    if voice.adapter is None:
+        return adapters
+    given = {str(Path(a).expanduser().resolve()) if Path(a).expanduser().exists() else a for a in adapters}
+    return adapters if voice.adapter in given else [*adapters, voice.adapter]
+
+
+def check_prompts(tts, prompts: list[str], generation: GenerationConfig, prefix) -> None:
     """Refuse a prompt the model cannot speak within the frame limit, naming its line."""
     for i, prompt in enumerate(prompts, 1):
         try:
-            tts.plan(tts.parse(prompt), generation, voice, None)
+            tts.plan(tts.parse(prompt), generation, prefix, None)
         except ScriptError as exc:
             raise EvalInputError(f"prompt {i} ({prompt!r}) cannot be spoken: {exc}") from exc
 

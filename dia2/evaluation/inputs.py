@@ -8,7 +8,6 @@ has loaded a recogniser or spoken a word, and leaves no output folder.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 from dia2.audio.io import AudioFileError, read_audio
 from dia2.audio.recordings import AUDIO_EXTENSIONS, TranscriptError, find_recordings, read_transcript
 from dia2.errors import Dia2Error
+from dia2.generation.voice import VoiceError, read_voice, voice_file
 from dia2.model.adapter_files import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from dia2.model.network import Dia2Model
 
 DEFAULT_PROMPTS = "default.txt"
-VOICE_FILE = "dia2_voice.json"
-"""The voice file a training run writes beside its adapter (finetune.outputs.VOICE_FILE; dia2 imports no finetune)."""
 
 
 class EvalInputError(Dia2Error, ValueError):
@@ -177,15 +175,16 @@ def check_adapters(model: Dia2Model, adapters: list[str]) -> None:
 
 def check_adapter_bases(adapters: list[str], model: str) -> None:
     """Refuse an adapter whose recorded base (adapter_config.json's base_model_name_or_path, or
-    dia2_voice.json's base_model) names another model than `model` (--model): one trained on
-    another base of the same shape loads, but its scores would say nothing about either."""
+    the base_model of the run that trained it, in the adapter folder's voice file) names another
+    model than `model` (--model): one trained on another base of the same shape loads, but its
+    scores would say nothing about either."""
     for adapter in adapters:
         try:
             folder = resolve_adapter(adapter)
             recorded = read_adapter_json(folder, adapter).get("base_model_name_or_path")
         except AdapterError as exc:
             raise EvalInputError(f"--adapter {adapter}: {exc}") from exc
-        for base, where in ((recorded, CONFIG_NAME), (_voice_file_base(folder), VOICE_FILE)):
+        for base, where in ((recorded, CONFIG_NAME), *_run_base(folder)):
             if base and not _names_model(base, model):
                 raise EvalInputError(
                     f"--adapter {adapter} was trained on base '{base}' (its {where} says so), not on --model {model}: "
@@ -193,14 +192,15 @@ def check_adapter_bases(adapters: list[str], model: str) -> None:
                 )
 
 
-def _voice_file_base(folder: Path) -> str | None:
-    """The base a training run recorded in the adapter's dia2_voice.json (None without one)."""
+def _run_base(folder: Path) -> list[tuple[str, str]]:
+    """The base the training run recorded in the adapter folder's voice (`dia2.generation.voice`),
+    with the file that says so; none without a run record."""
     try:
-        voice = json.loads((folder / VOICE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # optional, descriptive metadata: adapter_config.json is what loading checks
-    base = voice.get("base_model") if isinstance(voice, dict) else None
-    return base if isinstance(base, str) else None
+        run = read_voice(folder).run or {}
+    except VoiceError:
+        return []  # optional, descriptive metadata: adapter_config.json is what loading checks
+    base = run.get("base_model")
+    return [(base, voice_file(folder).name)] if isinstance(base, str) else []
 
 
 def _names_model(base: str, model: str) -> bool:

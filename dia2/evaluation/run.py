@@ -31,8 +31,8 @@ from dia2.errors import Dia2Error
 from dia2.evaluation.inputs import Reference
 from dia2.evaluation.scoring import ClipScorer, ClipScores
 from dia2.generation.config import GenerationConfig
+from dia2.generation.prefix import VoicePrefix
 from dia2.generation.tts import Dia2, GenerationResult
-from dia2.generation.voice import Voice
 from dia2.model.adapters import load_adapter
 
 if TYPE_CHECKING:
@@ -117,17 +117,17 @@ class Evaluation:
 
     def __init__(
         self, tts: Dia2, setup: EvalSetup, scorer: ClipScorer, folder: Path,
-        voice: Voice | None = None, progress: Progress | None = None,
+        prefix: VoicePrefix | None = None, progress: Progress | None = None,
     ) -> None:
         self.tts, self.setup, self.scorer, self.folder = tts, setup, scorer, folder
-        self.voice, self.progress = voice, progress
+        self.prefix, self.progress = prefix, progress
         self._spoken: dict[tuple[str, int, int], GenerationResult] = {}
         self._codes: dict[tuple[str, int, int], torch.Tensor] = {}
         self.generation_s = 0.0
 
     def run(self, adapters: dict[str, str], references: Sequence[Reference]) -> dict[str, Any]:
         """Every configuration x prompt x seed, then the toplines; returns the report's data."""
-        configs = configurations(adapters, self.voice is not None)
+        configs = configurations(adapters, self.prefix is not None)
         self.check_adapter_effect([c for c in configs if c.adapter and not c.prefix])
         clips: list[Clip] = []
         for config in configs:
@@ -174,8 +174,8 @@ class Evaluation:
         if key not in self._spoken:
             started = time.perf_counter()
             gen = dataclasses.replace(self.setup.generation, seed=seed)
-            voice = self.voice if config.prefix else None
-            self._spoken[key] = self.tts.generate(self.setup.prompts[p], gen, voice=voice)
+            prefix = self.prefix if config.prefix else None
+            self._spoken[key] = self.tts.generate(self.setup.prompts[p], gen, prefix=prefix)
             self.generation_s += time.perf_counter() - started
         return self._spoken[key]
 

@@ -7,7 +7,9 @@ Imports the layers below it (model, text, audio, data, tiny), never serving or a
                       serving batch, side by side
     graphs.py         CUDA graphs and torch.compile, wrapped around the kernels from outside
     loop.py           the host side (spec section 6): `UtterancePlan`, `Utterance`, `FrameLoop`
-    voice.py          voice prefixes: recorded speech that conditions what follows
-    long_form.py      scripts longer than one generation, spoken in parts that carry the voice
-    tts.py            the Python API: `Dia2.from_repo`, `generate`, `stream`, `make_voice`
+    prefix.py         voice prefixes (`VoicePrefix`): recorded speech that conditions what follows
+    voice.py          the product's unit, `Voice` (a prefix and/or an adapter, default settings),
+                      in one folder format: `read_voice`, `write_voice`
+    long_form.py      scripts longer than one generation, spoken in parts that carry the prefix
+    tts.py            the Python API: `Dia2.from_repo`, `generate`, `stream`, `make_prefix`
 """

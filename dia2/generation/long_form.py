@@ -26,7 +26,7 @@ import torch
 from dia2.audio.codec import MimiCodec
 from dia2.generation.config import GenerationConfig
 from dia2.generation.loop import FrameUpdate, UtterancePlan
-from dia2.generation.voice import Voice
+from dia2.generation.prefix import VoicePrefix
 from dia2.model.config import FRAME_RATE
 from dia2.model.network import Dia2Model
 from dia2.text.parts import split_script
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 FRAMES_PER_WORD = 6
 """Pace assumed when sizing parts: 6 frames (0.48 s) a word is slow speech, so a part fits."""
 CARRY_FRAMES = 63
-"""Frames (about 5 s) of the previous part's end carried into the next part as its voice (at
+"""Frames (about 5 s) of the previous part's end carried into the next part as its prefix (at
 most a quarter of the context, for models with a short one)."""
 
 
@@ -51,7 +51,7 @@ def carry_frames(context: int) -> int:
 def part_words(config: GenerationConfig, context: int, prefix_frames: int) -> int | None:
     """Most words in one part: config.part_words if set; None (one part) under a frame limit
     the caller chose (max_frames caps the whole utterance); else what fits the context after the
-    prefix (the voice, or the previous part's tail) at FRAMES_PER_WORD, so no part runs past the
+    prefix (the voice's, or the previous part's tail) at FRAMES_PER_WORD, so no part runs past the
     positions the model was trained on."""
     if config.part_words is not None:
         return config.part_words
@@ -71,18 +71,18 @@ class Planner(Protocol):
     def parse(self, script: str) -> list[Entry]: ...
 
     def plan(
-        self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: None
+        self, entries: list[Entry], config: GenerationConfig, prefix: VoicePrefix | None, feed: None
     ) -> UtterancePlan: ...
 
 
 class LongForm:
     """A whole script spoken in one or more parts (one part when it fits)."""
 
-    def __init__(self, tts: Planner, script: str, config: GenerationConfig, voice: Voice | None) -> None:
-        self.tts, self.config, self.voice = tts, config, voice
+    def __init__(self, tts: Planner, script: str, config: GenerationConfig, prefix: VoicePrefix | None) -> None:
+        self.tts, self.config, self.prefix = tts, config, prefix
         context = tts.model.config.runtime.max_context_steps
         self.carry_frames = carry_frames(context)
-        prefix_frames = max(voice.codes.shape[-1] if voice is not None else 0, self.carry_frames)
+        prefix_frames = max(prefix.codes.shape[-1] if prefix is not None else 0, self.carry_frames)
         words = part_words(config, context, prefix_frames)
         self.parts = [script] if words is None else split_script(script, words)
         if len(self.parts) > 1:
@@ -100,20 +100,20 @@ class LongForm:
         return self.index == len(self.parts) - 1
 
     def next_plan(self) -> UtterancePlan | None:
-        """The plan of the next part (None after the last): the user's voice for the first part,
+        """The plan of the next part (None after the last): the user's prefix for the first part,
         the previous part's tail after that."""
         if self.last_part:
             return None
-        voice, config = self.voice, self.config
+        prefix, config = self.prefix, self.config
         if self.index >= 0:
-            voice = self._carried_voice()
+            prefix = self._carried_prefix()
             config = dataclasses.replace(config, include_prefix=False)
             self._offset += sum(c.shape[-1] for c in self._codes) / FRAME_RATE
             self._columns += self._last_step + 2  # the last update's step is its column - 1
         self.index += 1
         self._entries = self.tts.parse(self.parts[self.index])
         self._codes, self._words = [], []
-        return self.tts.plan(list(self._entries), config, voice, None)._replace(draw_base=self._columns)
+        return self.tts.plan(list(self._entries), config, prefix, None)._replace(draw_base=self._columns)
 
     def record(self, update: FrameUpdate) -> FrameUpdate:
         """One update of the current part -> the same update of the whole script."""
@@ -124,8 +124,8 @@ class LongForm:
         done = update.done and self.last_part
         return dataclasses.replace(update, words=words, done=done, truncated=update.truncated)
 
-    def _carried_voice(self) -> Voice | None:
-        """The end of the part just spoken as a voice: from the first word starting in its last
+    def _carried_prefix(self) -> VoicePrefix | None:
+        """The end of the part just spoken as a voice prefix: from the first word starting in its last
         `carry_frames` frames (or its last word, if that starts within twice as many) to its end,
         with those words and their speakers. At most `2 * carry_frames` frames."""
         codes = torch.cat(self._codes, dim=1) if self._codes else None
@@ -140,16 +140,16 @@ class LongForm:
             logger.warning("part %d ends in a long silence: the next part starts without its voice", self.index + 1)
             return None
         speakers = _speakers(self._entries, self.tts.ids.spk1, self.tts.ids.spk2)
-        lead = len(self._words) - len(speakers)  # the user's voice words, kept with include_prefix
+        lead = len(self._words) - len(speakers)  # the user's prefix words, kept with include_prefix
         if lead > 0:
-            heard = [w.speaker for w in self.voice.words] if self.voice is not None else []
+            heard = [w.speaker for w in self.prefix.words] if self.prefix is not None else []
             speakers = (heard + [1] * lead)[:lead] + speakers
         ends = [*starts[first + 1 :], frames]
         words = tuple(
             SpokenWord(text, (s - origin) / FRAME_RATE, (e - origin) / FRAME_RATE, speaker)
             for (text, _), s, e, speaker in zip(self._words[first:], starts[first:], ends, speakers[first:])
         )
-        return Voice(codes[:, origin:].cpu(), words, self.tts.codec.fingerprint)
+        return VoicePrefix(codes[:, origin:].cpu(), words, self.tts.codec.fingerprint)
 
 
 def _speakers(entries: list[Entry], spk1: int, spk2: int) -> list[int]:

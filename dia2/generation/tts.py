@@ -40,7 +40,7 @@ from dia2.generation.loop import (
     loop_capacity,
 )
 from dia2.generation.long_form import LongForm
-from dia2.generation.voice import PrefixError, Voice, build_voice, voice_prefix
+from dia2.generation.prefix import PrefixError, VoicePrefix, build_prefix, prefix_plan
 from dia2.model.assets import DEFAULT_MODEL
 from dia2.model.checkpoint import resolve_files
 from dia2.model.config import FRAME_RATE
@@ -167,51 +167,48 @@ class Dia2:
         codec = load_codec(mimi_source, mimi is not None, device, model.config.num_codebooks)
         return cls(model, tok, codec, kernel_wrapper)
 
-    # --- scripts and voices --------------------------------------------------------------------
+    # --- scripts and voice prefixes ------------------------------------------------------------
 
     def parse(self, script: str) -> list[Entry]:
         return parse_script(script, self.tokenizer, self.ids)
 
-    def make_voice(
+    def make_prefix(
         self,
         speaker_1: str | os.PathLike | np.ndarray,
         speaker_2: str | os.PathLike | np.ndarray | None = None,
         transcriber: Transcriber | None = None,
-    ) -> Voice:
-        """Transcribe + encode prefix recordings once; store the Voice to reuse it."""
-        return build_voice(self.codec, transcriber or WhisperTranscriber(), speaker_1, speaker_2)
+    ) -> VoicePrefix:
+        """Transcribe + encode prefix recordings once; keep the prefix (in a voice folder:
+        `dia2.generation.voice`) to reuse it."""
+        return build_prefix(self.codec, transcriber or WhisperTranscriber(), speaker_1, speaker_2)
 
     # --- generation ----------------------------------------------------------------------------
 
-    def _loop(self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: EntryFeed | None) -> FrameLoop:
-        plan = self.plan(entries, config, voice, feed)
+    def _loop(self, entries: list[Entry], config: GenerationConfig, prefix: VoicePrefix | None,
+              feed: EntryFeed | None) -> FrameLoop:
+        plan = self.plan(entries, config, prefix, feed)
         return FrameLoop(self.model, plan, kernels=self._kernels(plan.config), seed=seed_of(config))
 
     def plan(
-        self, entries: list[Entry], config: GenerationConfig, voice: Voice | None, feed: EntryFeed | None
+        self, entries: list[Entry], config: GenerationConfig, prefix: VoicePrefix | None, feed: EntryFeed | None
     ) -> UtterancePlan:
         """What one utterance starts from: its state machine and state, the config (max_frames
-        within the context), the voice's prefix. Checked here, before any model work: the voice's
+        within the context), the voice prefix. Checked here, before any model work: the prefix's
         codec and a whole script's fit within the frame limit."""
         context = self.model.config.runtime.max_context_steps
         config = within_context(config, context)
         machine = StateMachine.from_config(self.model.config.data, self.ids, initial_padding=config.initial_padding)
-        prefix: Prefix | None = None
-        if voice is not None:
-            if voice.codes.shape[0] != self.model.config.num_codebooks:
-                raise PrefixError(
-                    f"the voice has {voice.codes.shape[0]} codebooks but the model uses "
-                    f"{self.model.config.num_codebooks}: it was made with another codec"
-                )
-            voice.check_codec(self.codec.fingerprint)
-            prefix_entries, prefix = voice_prefix(voice, self.tokenizer, self.ids)
+        forced: Prefix | None = None
+        if prefix is not None:
+            prefix.check_codec(self.codec.fingerprint, self.model.config.num_codebooks, self.codec.codebook_size)
+            prefix_entries, forced = prefix_plan(prefix, self.tokenizer, self.ids)
             entries = prefix_entries + entries
         if feed is None:
             # Before the loop allocates its decode state (and graphs may be captured for it).
-            capacity = loop_capacity(prefix.frames if prefix is not None else 0, config, context)
+            capacity = loop_capacity(forced.frames if forced is not None else 0, config, context)
             tail = max(self.model.config.data.delays) + machine.max_padding + config.initial_padding
             _check_fits(entries, capacity, tail, config.max_frames or context, context, config.part_words)
-        return UtterancePlan(machine, machine.new_state(entries), config, prefix, feed)
+        return UtterancePlan(machine, machine.new_state(entries), config, forced, feed)
 
     def _kernels(self, config: GenerationConfig) -> FrameKernels:
         """The frame kernels of a sampling setup. Eager: fresh ones (they hold no state).
@@ -229,10 +226,11 @@ class Dia2:
         script: str,
         config: GenerationConfig | None = None,
         *,
-        voice: Voice | None = None,
+        prefix: VoicePrefix | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> GenerationResult:
-        """Speak a whole script. `progress(frame, limit)` is called after every frame.
+        """Speak a whole script, continuing the voice of `prefix` if given. `progress(frame,
+        limit)` is called after every frame.
 
         A script longer than one generation is spoken in parts (`dia2.generation.long_form`).
         """
@@ -240,7 +238,7 @@ class Dia2:
         frames: list[torch.Tensor] = []
         words: list[tuple[str, float]] = []
         truncated = False
-        for update, limit in self._updates(script, config, voice):
+        for update, limit in self._updates(script, config, prefix):
             frames.append(update.frames)
             words += update.words
             truncated = truncated or update.truncated
@@ -248,12 +246,13 @@ class Dia2:
                 progress(update.step + 1, limit)
         return generation_result(torch.cat(frames, dim=1), self.codec, words, truncated)
 
-    def _updates(self, script: str, config: GenerationConfig, voice: Voice | None) -> Iterator[tuple[FrameUpdate, int]]:
+    def _updates(self, script: str, config: GenerationConfig,
+                 prefix: VoicePrefix | None) -> Iterator[tuple[FrameUpdate, int]]:
         """Frame updates of a whole script, part after part, with the frame limit so far.
 
         Every part draws with the one seed (an unseeded call picks one), each at its own frames.
         """
-        speech = LongForm(self, script, config, voice)
+        speech = LongForm(self, script, config, prefix)
         seed = seed_of(config)
         kernels: FrameKernels | None = None
         before = 0  # frame steps run by earlier parts
@@ -270,7 +269,7 @@ class Dia2:
         script: str | Iterable[str],
         config: GenerationConfig | None = None,
         *,
-        voice: Voice | None = None,
+        prefix: VoicePrefix | None = None,
     ) -> Iterator[AudioChunk]:
         """Yield audio as frames are generated. `script` may be a string or an iterable of text
         pieces (e.g. tokens from an LLM): speech starts before the whole script is known.
@@ -283,10 +282,10 @@ class Dia2:
         """
         config = config or GenerationConfig()
         if isinstance(script, str):
-            updates: Iterable[FrameUpdate] = (update for update, _ in self._updates(script, config, voice))
+            updates: Iterable[FrameUpdate] = (update for update, _ in self._updates(script, config, prefix))
         else:
             entries = parse_stream(iter(script), self.tokenizer, self.ids)
-            updates = self._loop([], config, voice, EntryFeed([e] for e in entries))
+            updates = self._loop([], config, prefix, EntryFeed([e] for e in entries))
         yield from decode_updates(updates, self.codec)
 
 

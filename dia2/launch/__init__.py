@@ -8,7 +8,8 @@
   published generation flags, the server's `--merge-adapter`) and the checks of shared flags
   (`--port`, repeatable `NAME=VALUE` items such as `--adapter`).
 - `model`: `ModelOptions` (which model, and how it loads), the `--tiny` and model-file checks
-  made before anything loads, `load_tts` (the runtime), `offer_adapters` (adapters served as voices).
+  made before anything loads, `load_tts` (the runtime), `read_voice_flag` (the voice folder a
+  `--voice` names, checked), `offer_adapters` (adapters served as voices).
 
 The serving engine's options are `dia2.serving.config.EngineConfig`, a section of the server's and
 the studio's options. Nothing here imports the model stack at import time: a command refuses a bad

@@ -1,6 +1,6 @@
 """The model a command speaks with: its options (`ModelOptions`: the source and how to load it),
-their checks before anything loads, loading the runtime, and the adapters a server or studio
-offers as voices.
+their checks before anything loads, loading the runtime, the voice folder a --voice names, and
+the adapters a server or studio offers as voices.
 
 The model source is one value on every command: `--model` (alias `--hf`, the published CLI's
 spelling; the trainer's model.base), a Hub repo id, a local folder, or `tiny`, the embedded demo
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from dia2.device import AUTO
+from dia2.generation.voice import Voice, VoiceError, read_voice
 from dia2.launch.flags import MODEL_FLAG, adapter_items
 from dia2.model.adapter_files import AdapterError, check_adapter_path
 from dia2.model.assets import DEFAULT_MODEL, TINY_MODEL, AssetError, ModelSource
@@ -108,6 +109,21 @@ def check_model_options(m: ModelOptions, spelling: Mapping[str, str] | None = No
         raise OptionError(str(exc)) from None
 
 
+def read_voice_flag(folder: Path, flag: str = "--voice", *, adapter_given: bool = False) -> Voice:
+    """The voice folder a flag names (`dia2.generation.voice`), read before any model loads, its
+    local adapter checked too unless `adapter_given` (--adapter replaces it): OptionError naming
+    the flag, the file at fault and the fix."""
+    try:
+        voice = read_voice(folder)
+        if voice.adapter is not None and not adapter_given:
+            check_adapter_path(voice.adapter, f"{flag} {folder}: its adapter")
+    except VoiceError as exc:
+        raise OptionError(f"{flag}: {exc}") from None
+    except AdapterError as exc:
+        raise OptionError(str(exc)) from None
+    return voice
+
+
 def check_served_model(m: ModelOptions, spelling: Mapping[str, str]) -> None:
     """`check_model_options` for a command whose engine applies adapters per request (the server,
     the studio): its model's own adapter is folded into the base, so it cannot stay unmerged."""
@@ -139,7 +155,7 @@ def load_tts(m: ModelOptions, purpose: str, *, tell: Callable[[str], None] = log
 def offer_adapters(voices: VoiceStore, items: Sequence[str]) -> None:
     """Store each `--adapter NAME=PATH` as an adapter voice (replacing an older one of that name)."""
     for name, path in adapter_items(items):
-        if name in voices.names() and voices.get(name).voice is not None:
+        if name in voices.names() and voices.get(name).prefix is not None:
             raise OptionError(f"--adapter {name}={path}: the voices folder has a recorded voice named '{name}': "
                               "offer the adapter under another name")
         voices.add_adapter(name, path, replace=True)

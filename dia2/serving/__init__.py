@@ -10,9 +10,10 @@ Imports generation and the layers below it, never evaluation or the studio.
     executor.py, rows.py
                       `FrameExecutor`, a frame's model work, over `RowTable`, the dense cache rows
                       and their positions
-    voices.py, voice_folder.py, voice_upload.py, voice_defaults.py, voice_maker.py, voice_adapters.py
-                      stored voices: the folder replicas share, upload checks, per-voice settings,
-                      making a voice from recordings, adapter voices
+    voices.py, voice_folder.py, voice_upload.py, prefix_maker.py, voice_adapters.py
+                      stored voices (`dia2.generation.voice.Voice` folders under their names): the
+                      folder replicas share, upload checks, making a voice's prefix from
+                      recordings, adapter voices
     api.py, speech.py, openai_errors.py, operations.py
                       the OpenAI-compatible HTTP API (FastAPI): routes, speech streams, errors,
                       metrics and CORS

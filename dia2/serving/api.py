@@ -42,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dia2.audio.encode import AudioEncoder
 from dia2.generation.config import GenerationConfig
+from dia2.generation.voice import MAX_SEED, VoiceDefaults
 from dia2.model.assets import hub_repo_id_problem
 from dia2.serving.engine import Engine
 from dia2.serving.openai_errors import ApiError, add_error_handlers
@@ -57,7 +58,6 @@ from dia2.serving.speech import (
     stream_sse,
 )
 from dia2.serving.voice_adapters import VoiceAdapters, load_stored_adapters  # noqa: F401 - api_server's and the studio's
-from dia2.serving.voice_defaults import MAX_SEED, VoiceDefaults
 from dia2.serving.voices import SCAN_SECONDS, StoredVoice, UploadTooLarge, VoiceNotFound, VoiceStore
 
 SPEECH_MODELS = ("dia2", "tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15")
@@ -208,7 +208,7 @@ def create_app(engine: Engine, voices: VoiceStore, settings: ApiSettings | None 
         stored, config, words = checked
         # An adapter voice another server added is loaded here first (seconds): in the shared pool.
         adapter = await run_in_threadpool(adapters.key, stored) if stored.adapter is not None else None
-        request = Request(body.input, config, stored.voice, adapter)
+        request = Request(body.input, config, stored.prefix, adapter)
         return Speech(engine.submit(request), engine.tts.codec, words, metrics, stream_threads)
 
     @app.post("/v1/audio/speech", dependencies=[Depends(authorized)], response_model=None)
@@ -266,8 +266,8 @@ async def _read_upload(upload: UploadFile | None, field_name: str, voices: Voice
 
 def _voice_record(v: StoredVoice) -> dict:
     return {"id": v.name, "name": v.name, "speakers": v.speakers, "transcript": v.transcript,
-            "adapter": v.adapter is not None, "prefix": v.voice is not None, "builtin": v.builtin,
-            "defaults": v.defaults.as_meta()}
+            "adapter": v.adapter is not None, "prefix": v.prefix is not None, "builtin": v.builtin,
+            "defaults": v.defaults.as_dict()}
 
 
 def _add_voice(voices: VoiceStore, adapters: VoiceAdapters, name: str, first: bytes | None, second: bytes | None,

@@ -305,12 +305,12 @@ class Engine:
         tts, request = self.tts, task.request
         if isinstance(request.script, str):
             if task.speech is None:
-                task.speech = LongForm(tts, request.script, request.config, request.voice)
+                task.speech = LongForm(tts, request.script, request.config, request.prefix)
             plan = task.speech.next_plan()
             assert plan is not None, "a finished script has no next part"
         else:
             feed = StreamedText(request.script, ScriptParser(tts.tokenizer, tts.ids), self._wake)
-            plan = tts.plan([], request.config, request.voice, feed)
+            plan = tts.plan([], request.config, request.prefix, feed)
         utterance = Utterance(self.model, plan)
         if utterance.capacity > self.length:
             raise EngineError(

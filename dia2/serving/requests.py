@@ -30,8 +30,8 @@ import torch
 from dia2.errors import Dia2Error
 from dia2.generation.config import GenerationConfig
 from dia2.generation.loop import FrameUpdate, needs_entries
+from dia2.generation.prefix import VoicePrefix
 from dia2.generation.tts import AudioChunk, GenerationResult, decode_updates, generation_result
-from dia2.generation.voice import Voice
 from dia2.text.script import ScriptParser
 from dia2.text.state_machine import MachineState
 
@@ -55,7 +55,7 @@ class Request:
 
     script: str | Iterable[str]
     config: GenerationConfig = field(default_factory=GenerationConfig)
-    voice: Voice | None = None
+    prefix: VoicePrefix | None = None
     adapter: str | None = None
 
 

@@ -30,9 +30,9 @@ from starlette.types import Receive, Scope, Send
 
 from dia2.audio.encode import FORMATS, AudioEncoder
 from dia2.generation.tts import AudioChunk, UpdateDecoder
+from dia2.generation.voice import MAX_SEED, VoiceDefaults
 from dia2.serving.operations import Metrics
 from dia2.serving.requests import Handle
-from dia2.serving.voice_defaults import MAX_SEED, VoiceDefaults
 
 T = TypeVar("T")
 

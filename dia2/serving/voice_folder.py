@@ -13,7 +13,7 @@ voices folder. What keeps them one consistent store:
   in it, which changes its mtime. Only when that changed does it list the folder and stat each
   voice (`stamps`), and it reloads a changed voice under a shared lock, so it never catches a
   replaced voice between its two renames.
-- A voice's settings (its meta.json) change in place (`update_json`): the new file is renamed
+- A voice's settings (its voice.json) change in place (`update_json`): the new file is renamed
   over the old under the exclusive lock, and the voices folder's mtime is set to now, so readers
   list the folder again and reload that voice.
 - Work folders are named after their owner (host and process id): tidying removes only those of
@@ -175,15 +175,20 @@ class VoiceFolder:
             self._tidy_locked()
         return old, (st.st_ino, st.st_ctime_ns, st.st_mtime_ns)
 
-    def update_json(self, name: str, file_name: str, change: Callable[[dict], dict]) -> Stamp:
-        """Rewrite the JSON file `file_name` of voice `name` as `change` returns it, under the
-        exclusive lock (the new file is renamed over the old, so a reader sees one or the other),
-        and mark the voices folder changed so every process looks at the voice again. Returns the
-        voice folder's new stamp; FileNotFoundError if the voice or the file is absent."""
+    def update_json(self, name: str, file_name: str, change: Callable[[dict | None], dict],
+                    retired: tuple[str, ...] = ()) -> Stamp:
+        """Rewrite the JSON file `file_name` of voice `name` as `change` returns it (given the
+        file's content, None when there is no such file yet), under the exclusive lock (the new
+        file is renamed over the old, so a reader sees one or the other), then remove the files
+        named in `retired` (ones the new file takes the place of), and mark the voices folder
+        changed so every process looks at the voice again. Returns the voice folder's new stamp;
+        FileNotFoundError if the voice is absent."""
         folder = self.path / name
         path = folder / file_name
         with self.locked(exclusive=True):
-            updated = change(json.loads(path.read_text()))
+            if not folder.is_dir():
+                raise FileNotFoundError(errno.ENOENT, "no such voice", str(folder))
+            updated = change(json.loads(path.read_text()) if path.is_file() else None)
             stage = folder / f".{file_name}-{_HOST}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
             try:
                 stage.write_text(json.dumps(updated, indent=1) + "\n")
@@ -191,6 +196,8 @@ class VoiceFolder:
             except BaseException:
                 stage.unlink(missing_ok=True)
                 raise
+            for old in retired:
+                (folder / old).unlink(missing_ok=True)
             # Readers stat only the voices folder until it changes: a change inside one voice must show there.
             os.utime(self.path)
             st = folder.stat()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dia2.audio.io import CLIP_LEVEL, resample
-from dia2.errors import Dia2Error
+from dia2.generation.voice import VoiceError
 from dia2.model.assets import hub_repo_id_problem
 
 MIN_SECONDS, MAX_SECONDS = 1.0, 30.0
@@ -25,17 +25,6 @@ MAX_CLIPPED = 0.001
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", re.ASCII)
 # Container formats (PyAV's first name for them) whose usual extension differs from the name.
 _SUFFIX_OF_FORMAT = {"mov": "m4a", "matroska": "webm", "mp3": "mp3", "ogg": "ogg", "wav": "wav", "flac": "flac"}
-
-
-class VoiceError(Dia2Error, ValueError):
-    """A bad upload or voice name; the message names the input and the fix. `param`: the input
-    at fault as the upload names it (a form field, or a dropped-in file's name), when one is."""
-
-    status = 400
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class VoiceNotFound(VoiceError):
@@ -138,7 +127,7 @@ def _decode_frames(container, limit: float) -> tuple[list, float | None]:
 
 def check_speech(audio: DecodedAudio, label: str) -> None:
     """VoiceError unless the recording could hold a voice: MIN_SECONDS to MAX_SECONDS long, not
-    silent, not clipped. (Whether it holds words is make_voice's to find.)"""
+    silent, not clipped. (Whether it holds words is make_prefix's to find.)"""
     if not MIN_SECONDS <= audio.seconds <= MAX_SECONDS:
         raise VoiceError(
             f"{label} is {audio.seconds:.2f} s long; a voice recording must be {MIN_SECONDS:g} to {MAX_SECONDS:g} s: "

@@ -1,19 +1,20 @@
 """Named voices for the server: uploaded or dropped-in recordings made into prefixes once, and stored.
 
-A voice here is what a request names in `voice`: a prefix (`dia2.generation.voice.Voice`: a
-recording's Mimi codes and its timed words), a LoRA adapter (a PEFT folder or Hub repo id that
-the engine loads by name), or both, and optionally generation defaults (`VoiceDefaults`: a seed,
-CFG, temperature, top-k). OpenAI's voice names are builtin aliases: no prefix and a fixed seed
-each (so "alloy" sounds the same on every request), unless the store is told to map them to
-stored voices; they are reserved names otherwise.
+A voice here is what a request names in `voice`: a `dia2.generation.voice.Voice` stored in its
+own folder under its name: a prefix (a recording's Mimi codes and its timed words), a LoRA
+adapter (a PEFT folder or Hub repo id that the engine loads by name), or both, and optionally
+sampling defaults (`VoiceDefaults`: a seed, CFG, temperature, top-k). OpenAI's voice names are
+builtin voices: no prefix and a fixed seed each (so "alloy" sounds the same on every request),
+unless the store is told to map them to stored voices; they are reserved names otherwise.
 
 Folder layout:
 
-    <folder>/<name>/meta.json          adapter, speakers, transcript (null: the prefix's words), created,
-                                       and the voice's defaults: seed, cfg, temperature, top_k (null: unset)
-    <folder>/<name>/voice.json         the prefix's timed words (Voice.save), when it has a prefix
-    <folder>/<name>/codes.npy          the prefix's Mimi codes [K, P]
-    <folder>/<name>/speaker_1.<ext>    the recording(s) as received (speaker_2.<ext> for a dialogue)
+    <folder>/<name>/                   one voice folder (`dia2.generation.voice`: voice.json, codes.npy),
+                                       with the recording(s) as received: speaker_1.<ext> (speaker_2.<ext>
+                                       for a dialogue, transcript.txt for a dropped-in file's transcript).
+                                       Any voice folder copied in is served too, e.g. a finished training
+                                       run's adapter folder, and so are the layouts written before the
+                                       one format (meta.json); a voice changed here is written in the one format
     <folder>/<stem>.wav (.mp3 ...)     dropped in by hand: made into <folder>/<stem>/ by `scan` (at start,
                                        and every few seconds while `start_scanning` runs)
     <folder>/<stem>.txt                its transcript (moved to <folder>/<stem>/transcript.txt)
@@ -26,7 +27,7 @@ Several server processes may share the folder (`voice_folder` says how it stays 
 each read of the store first checks the folder (a listing and a stat per voice) and reloads the
 voices another process added, replaced or deleted, so every replica serves the same voices.
 
-Each recording is transcribed once, when it is added: the stored Voice is what every request
+Each recording is transcribed once, when it is added: the stored prefix is what every request
 and every restart uses. Transcription takes seconds, and Whisper can hear a word differently on
 another machine or version, so re-transcribing on load would be slow and could change how a
 stored voice sounds.
@@ -34,7 +35,7 @@ stored voice sounds.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
 import shutil
@@ -43,12 +44,20 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-from dia2.generation.voice import PrefixError, Voice
+from dia2.generation.prefix import PrefixError, VoicePrefix
+from dia2.generation.voice import (
+    LEGACY_META,
+    VOICE_FILE,
+    Voice,
+    VoiceDefaults,
+    created_now,
+    read_voice,
+    voice_record,
+    write_voice,
+)
 from dia2.model.config import SAMPLE_RATE
-from dia2.serving.voice_defaults import VoiceDefaults
 from dia2.serving.voice_folder import Stamp, VoiceFolder
 from dia2.serving.voice_upload import (  # noqa: F401 - the errors and checks are this module's API too
     MAX_SECONDS,
@@ -73,7 +82,6 @@ OPENAI_VOICES = (
 work unchanged."""
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a")
 """Files dropped into the folder with these extensions become voices on `scan`."""
-META = "meta.json"
 SCAN_SECONDS = 2.0
 """How often `start_scanning` looks for dropped-in files; one is taken once it has not changed for
 as long (a file still being copied in is left for a later look)."""
@@ -81,38 +89,55 @@ as long (a file still being copied in is left for a later look)."""
 
 @dataclass(frozen=True)
 class StoredVoice:
-    """One named voice. defaults: its generation settings (a request's own win); speakers: 1 or
-    2 recordings in the prefix (0 without a prefix); transcript: the one given when it was added,
-    else the prefix's words ("" without a prefix); builtin: an OpenAI alias, not stored in the
-    folder; revision: changes whenever the stored voice is replaced or its defaults change (by any
-    process sharing the folder)."""
+    """A voice under its name. builtin: an OpenAI alias, not stored in the folder; revision:
+    changes whenever the stored voice is replaced or its defaults change (by any process sharing
+    the folder). The properties are the voice's."""
 
     name: str
-    voice: Voice | None
-    adapter: str | None
-    defaults: VoiceDefaults
-    speakers: int
-    transcript: str
+    voice: Voice
     builtin: bool = False
     revision: str = ""
 
     @property
+    def prefix(self) -> VoicePrefix | None:
+        return self.voice.prefix
+
+    @property
+    def adapter(self) -> str | None:
+        return self.voice.adapter
+
+    @property
+    def defaults(self) -> VoiceDefaults:
+        """Its sampling settings (a request's own win)."""
+        return self.voice.defaults
+
+    @property
     def seed(self) -> int | None:
         """The voice's fixed seed, if it has one."""
-        return self.defaults.seed
+        return self.voice.defaults.seed
+
+    @property
+    def speakers(self) -> int:
+        """1 or 2 recordings in the prefix (0 without a prefix)."""
+        return self.voice.speakers
+
+    @property
+    def transcript(self) -> str:
+        """The transcript given when it was added, else the prefix's words ("" without a prefix)."""
+        return self.voice.text
 
 
 def builtin_voice(name: str) -> StoredVoice:
     """An OpenAI alias with no prefix: its seed is a stable hash of its name."""
-    return StoredVoice(name, None, None, VoiceDefaults(seed=zlib.crc32(name.encode())), 0, "", builtin=True)
+    return StoredVoice(name, Voice(defaults=VoiceDefaults(seed=zlib.crc32(name.encode()))), builtin=True)
 
 
 class VoiceStore:
     """The voices in `folder` plus the OpenAI aliases; safe to call from several threads, and from
     several processes sharing the folder (each read first picks up what the others changed).
 
-    make_voice(speaker_1, speaker_2=None, transcript=None) -> Voice gets float32 mono arrays [S]
-    at `sample_rate` (the server passes a closure over `Dia2.make_voice`). aliases: OpenAI name ->
+    make_prefix(speaker_1, speaker_2=None, transcript=None) -> VoicePrefix gets float32 mono arrays
+    [S] at `sample_rate` (the server passes a closure over `Dia2.make_prefix`). aliases: OpenAI name ->
     stored voice name played instead (an alias mapped to its own name lets a stored voice take
     that name). Recordings larger than `max_upload_bytes` are refused unread.
     """
@@ -120,7 +145,7 @@ class VoiceStore:
     def __init__(
         self,
         folder: str | os.PathLike,
-        make_voice: Callable[..., Voice],
+        make_prefix: Callable[..., VoicePrefix],
         *,
         sample_rate: int = SAMPLE_RATE,
         max_upload_bytes: int = 20 * 2**20,
@@ -128,14 +153,14 @@ class VoiceStore:
     ) -> None:
         self.folder = Path(folder)
         self.sample_rate, self.max_upload_bytes = sample_rate, max_upload_bytes
-        self._make_voice = make_voice
+        self._make_prefix = make_prefix
         self._aliases = dict(aliases or {})
         unknown = sorted(set(self._aliases) - set(OPENAI_VOICES))
         if unknown:
             raise VoiceError(f"aliases name {', '.join(unknown)}, not OpenAI voices: map only {', '.join(OPENAI_VOICES)}")
         # _voices and _stamps are replaced whole, never changed in place: a reader's copy stays whole.
         self._lock = threading.Lock()
-        self._work_lock = threading.Lock()  # one make_voice at a time: it shares one transcriber and codec
+        self._work_lock = threading.Lock()  # one make_prefix at a time: it shares one transcriber and codec
         self._scan_lock = threading.Lock()
         self._refresh_lock = threading.Lock()  # one reload at a time
         self._voices: dict[str, StoredVoice] = {}
@@ -249,22 +274,28 @@ class VoiceStore:
                     defaults: VoiceDefaults | None = None) -> StoredVoice:
         """A voice that is only a LoRA adapter (a PEFT folder or Hub repo id): no prefix."""
         self.check_free(name, replace)
-        meta = _meta(check_adapter(adapter, local_adapter), 0, None, defaults or VoiceDefaults())
-        return self._commit(name, meta, None, {}, replace)
+        voice = Voice(adapter=check_adapter(adapter, local_adapter), defaults=defaults or VoiceDefaults(),
+                      created=created_now())
+        return self._commit(name, voice, {}, replace)
 
     def set_defaults(self, name: str, changes: dict) -> StoredVoice:
         """Change some of a stored voice's defaults (`VoiceDefaults` fields; None unsets one), in
-        place: every process sharing the folder serves the new ones at its next read."""
+        place: every process sharing the folder serves the new ones at its next read. A voice
+        folder of an older layout is written in the one format (its meta.json goes)."""
         VoiceDefaults().changed(changes)  # an unknown field or a bad value is refused before the disk is touched
         if name not in self._current() and name in OPENAI_VOICES:
             raise VoiceError(f"'{name}' is a builtin OpenAI voice with a fixed seed: its settings cannot change "
                              "(store a voice of your own with the settings you want)", param="name")
         if not changes:
             return self.get(name)
+        folder = self.folder / check_name(name)
+
+        def changed(_: dict | None) -> dict:
+            voice = read_voice(folder)  # under the folder's lock: another writer's change is kept
+            return voice_record(dataclasses.replace(voice, defaults=voice.defaults.changed(changes)), folder)
+
         try:
-            stamp = self._disk.update_json(
-                check_name(name), META, lambda meta: {**meta, **VoiceDefaults.from_meta(meta).changed(changes).as_meta()}
-            )
+            stamp = self._disk.update_json(name, VOICE_FILE, changed, retired=(LEGACY_META,))
         except FileNotFoundError:
             raise VoiceNotFound(f"no voice named {name!r}: use one of {', '.join(self.names())}", param="name") from None
         with self._disk.locked(exclusive=False):
@@ -362,19 +393,20 @@ class VoiceStore:
         self, name: str, audio: dict[str, DecodedAudio], files: dict[str, bytes], transcript: str | None,
         adapter: str | None, replace: bool, defaults: VoiceDefaults,
     ) -> StoredVoice:
-        """Checks, make_voice, then the commit: shared by uploads and dropped-in files."""
+        """Checks, make_prefix, then the commit: shared by uploads and dropped-in files."""
         for label, decoded in audio.items():
             check_speech(decoded, label)
         transcript = (transcript or "").strip() or None
         waves = [a.waveform for a in audio.values()]
         with self._work_lock:
             try:
-                voice = self._make_voice(waves[0], waves[1] if len(waves) > 1 else None, transcript=transcript)
+                prefix = self._make_prefix(waves[0], waves[1] if len(waves) > 1 else None, transcript=transcript)
             except PrefixError as exc:
                 raise VoiceError(f"voice '{name}': {exc}") from exc
-        if not voice.words:
+        if not prefix.words:
             raise VoiceError(f"voice '{name}': no words were heard in the recording; send a clip of the speaker talking")
-        return self._commit(name, _meta(adapter, len(waves), transcript, defaults), voice, files, replace)
+        voice = Voice(prefix=prefix, adapter=adapter, defaults=defaults, transcript=transcript, created=created_now())
+        return self._commit(name, voice, files, replace)
 
     def _adopt(self, path: Path) -> None:
         """Make the dropped-in file `path` into a voice (see `scan`)."""
@@ -398,18 +430,16 @@ class VoiceStore:
         if transcript is not None:
             text_file.unlink(missing_ok=True)
 
-    def _commit(self, name: str, meta: dict, voice: Voice | None, files: dict[str, bytes], replace: bool) -> StoredVoice:
+    def _commit(self, name: str, voice: Voice, files: dict[str, bytes], replace: bool) -> StoredVoice:
         """Write the voice's folder under a private dot name, then swap it in under the folder's
         lock (the old one stays until then; of two writers of one name, the second is refused
         unless `replace`, when the last one wins)."""
         stage = self._disk.work_path("new", name)
         try:
             stage.mkdir()
-            if voice is not None:
-                voice.save(stage)
             for file_name, data in files.items():
                 (stage / file_name).write_bytes(data)
-            (stage / META).write_text(json.dumps(meta, indent=1) + "\n")
+            write_voice(voice, stage)
             try:
                 trash, stamp = self._disk.swap_in(stage, name, replace)
             except FileExistsError:
@@ -417,7 +447,7 @@ class VoiceStore:
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
-        record = _record(name, meta, voice, _revision(stamp))
+        record = StoredVoice(name, voice, revision=_revision(stamp))
         with self._lock:
             self._stamps = {**self._stamps, name: stamp}
             self._voices = {**self._voices, name: record}
@@ -428,13 +458,12 @@ class VoiceStore:
         return record
 
     def _load(self, name: str, stamp: Stamp) -> StoredVoice | None:
-        """The stored voice in folder `name`, or None (logged) if that folder is not one."""
+        """The stored voice in folder `name` (any layout `read_voice` reads), or None (logged) if
+        that folder is not one."""
         path = self.folder / name
         try:
-            meta = json.loads((path / META).read_text())
-            voice = Voice.load(path) if (path / "voice.json").exists() else None
-            return _record(check_name(name), meta, voice, _revision(stamp))
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # PrefixError and VoiceError are ValueErrors
+            return StoredVoice(check_name(name), read_voice(path), revision=_revision(stamp))
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # VoiceError is a ValueError
             logger.warning("%s is not a stored voice, left out: %s", path, exc)
             return None
 
@@ -443,16 +472,5 @@ class VoiceStore:
             callback(name, voice)
 
 
-def _meta(adapter: str | None, speakers: int, transcript: str | None, defaults: VoiceDefaults) -> dict:
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return {"adapter": adapter, **defaults.as_meta(), "speakers": speakers, "transcript": transcript, "created": created}
-
-
 def _revision(stamp: Stamp) -> str:
     return "-".join(f"{part:x}" for part in stamp)
-
-
-def _record(name: str, meta: dict, voice: Voice | None, revision: str) -> StoredVoice:
-    defaults = VoiceDefaults.from_meta(meta)  # a VoiceError (a ValueError) names a bad value
-    transcript = meta.get("transcript") or (" ".join(w.text for w in voice.words) if voice is not None else "")
-    return StoredVoice(name, voice, meta.get("adapter"), defaults, int(meta["speakers"]), transcript, revision=revision)

@@ -233,7 +233,7 @@ def start_train(studio: Studio, corpus: str | None, preset: str | None, steps: f
         raise StudioError(_no_presets(studio))
     if not preset or preset not in presets(studio):
         raise StudioError(f"choose a training preset ({', '.join(presets(studio))})")
-    if name in studio.voices.names() and studio.voices.get(name).voice is not None:
+    if name in studio.voices.names() and studio.voices.get(name).prefix is not None:
         raise StudioError(f"a recorded voice is named '{name}': give the adapter another name")
     run = studio.work / "runs" / name
     preset_path = Path(studio.options.studio.presets) / preset

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dia2.errors import Dia2Error
-from dia2.generation.voice import Voice
+from dia2.generation.prefix import VoicePrefix
 from dia2.studio.jobs import Job, JobStore
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Studio:
         from dia2.launch.model import load_tts, offer_adapters
         from dia2.serving.engine import Engine
         from dia2.serving.voice_adapters import VoiceAdapters, load_stored_adapters
-        from dia2.serving.voice_maker import VoiceMaker
+        from dia2.serving.prefix_maker import PrefixMaker
         from dia2.serving.voices import VoiceStore
 
         self.options = options
@@ -54,10 +54,10 @@ class Studio:
         self.tts = load_tts(m, "the studio runs")
         self.sample_rate = self.tts.codec.sample_rate
         self.engine = Engine(self.tts, options.engine)
-        self._make_voice = VoiceMaker(self.tts, s.whisper_model)
+        self._make_prefix = PrefixMaker(self.tts, s.whisper_model)
         self._voice_lock = threading.Lock()  # one transcription at a time: one Whisper, one codec
-        self._heard: tuple[bytes, Voice] | None = None  # the last recording's voice, before any transcript
-        self.voices = VoiceStore(s.voices, self.make_voice, sample_rate=self.sample_rate)
+        self._heard: tuple[bytes, VoicePrefix] | None = None  # the last recording's prefix, before any transcript
+        self.voices = VoiceStore(s.voices, self.make_prefix, sample_rate=self.sample_rate)
         offer_adapters(self.voices, s.adapter)
         self.adapters = VoiceAdapters(self.engine)
         self.voices.watch(self.adapters.changed)  # a replaced or deleted voice unloads its adapter, as in the server
@@ -69,28 +69,28 @@ class Studio:
             (self.work / sub).mkdir(parents=True, exist_ok=True)
         self.jobs = JobStore(self.work / "jobs", functools.partial(on_job_end, self))
 
-    def make_voice(self, speaker_1: np.ndarray, speaker_2: np.ndarray | None = None,
-                   transcript: str | None = None) -> Voice:
+    def make_prefix(self, speaker_1: np.ndarray, speaker_2: np.ndarray | None = None,
+                    transcript: str | None = None) -> VoicePrefix:
         """Transcribe and encode recordings (float32 mono [S] at the codec's rate) into a prefix,
         with `transcript`'s words in place of the heard ones, each timed from the heard words it
         matches or replaces (`with_transcript`). The last recording's result is kept: Voices
         transcribes, aligns the corrected transcript and then stores the same recording, and
         Whisper runs once for all three."""
-        from dia2.generation.voice import with_transcript
+        from dia2.generation.prefix import with_transcript
 
         key = hashlib.sha256(b"".join(np.ascontiguousarray(w, np.float32).tobytes() + b"|"
                                       for w in (speaker_1, speaker_2) if w is not None)).digest()
         with self._voice_lock:
             if self._heard is None or self._heard[0] != key:
-                self._heard = (key, self._make_voice(speaker_1, speaker_2))
-            voice = self._heard[1]
-        return with_transcript(voice, transcript) if transcript else voice
+                self._heard = (key, self._make_prefix(speaker_1, speaker_2))
+            prefix = self._heard[1]
+        return with_transcript(prefix, transcript) if transcript else prefix
 
     # --- the voices the tabs offer -------------------------------------------------------------
 
     def prefix_voices(self) -> list[str]:
         """Stored voices with a recording (a prefix), sorted."""
-        return [v.name for v in self.voices.list() if v.voice is not None]
+        return [v.name for v in self.voices.list() if v.prefix is not None]
 
     def adapter_voices(self) -> list[str]:
         """Stored voices with a LoRA adapter (trained here, given with --adapter, or the server's)."""
@@ -112,7 +112,7 @@ class Studio:
         if stored.builtin:
             what = "a recorded voice" if kind == "recording" else "an adapter"
             raise StudioError(f"'{name}' is one of the speech server's OpenAI voice names, not {what}: {choose}")
-        if kind == "recording" and stored.voice is None:
+        if kind == "recording" and stored.prefix is None:
             raise StudioError(f"voice '{name}' has no recording, only an adapter: choose it as the Adapter, and "
                               f"for the speaker {choose}")
         if kind == "adapter" and stored.adapter is None:

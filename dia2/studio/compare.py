@@ -110,7 +110,7 @@ def compare(studio: Studio, script: str, seed_text: str, voice: str | None, adap
         raise StudioError("the prefix configurations need a voice: choose a stored voice (or untick them)")
     if adapter is None and any("adapter" in c for c in chosen):
         raise StudioError("the adapter configurations need an adapter: choose one (train it in Adapt), or untick them")
-    prefix = studio.stored_voice(voice, "recording").voice if voice else None
+    prefix = studio.stored_voice(voice, "recording").prefix if voice else None
     key = studio.adapter_key(adapter)
     g = studio.options.generation
     config = generation_config(g, cfg_scale, temperature, top_k, seed, g.max_frames)

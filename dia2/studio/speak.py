@@ -3,8 +3,9 @@ engine; the audio plays while it is generated (one player, which then gives way 
 file), with progress in words and the seed of every take, and a Stop button.
 
 A speaker's voice is a stored voice (its prefix) or a recording uploaded or recorded in the page.
-The engine takes one prefix per request, speaker 1's words then speaker 2's, so two voices are
-joined into one (`join_voices`); a recording is transcribed and encoded as the server does it.
+The engine takes one prefix per request, speaker 1's words then speaker 2's, so two speakers'
+prefixes are joined into one (`join_prefixes`); a recording is transcribed and encoded as the
+server does it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import gradio as gr
 import numpy as np
 
 from dia2.generation.config import GenerationConfig
-from dia2.generation.voice import PrefixError, Voice
+from dia2.generation.prefix import PrefixError, VoicePrefix
 from dia2.model.config import FRAME_RATE
 from dia2.studio.backend import (
     Studio,
@@ -47,18 +48,18 @@ def can_stream() -> bool:
     return shutil.which("ffmpeg") is not None
 
 
-def join_voices(first: Voice, second: Voice) -> Voice:
-    """One prefix of two single-speaker voices: `first`'s codes then `second`'s [K, P1 + P2], its
+def join_prefixes(first: VoicePrefix, second: VoicePrefix) -> VoicePrefix:
+    """One prefix of two single-speaker prefixes: `first`'s codes then `second`'s [K, P1 + P2], its
     words moved after `first`'s audio and spoken by speaker 2."""
     if first.codes.shape[0] != second.codes.shape[0] or first.codec_fingerprint != second.codec_fingerprint:
         raise PrefixError("the two speakers' voices were made with different Mimi codecs: make them again with this model")
-    offset = first.codes.shape[-1] / FRAME_RATE  # Mimi frames are 80 ms; build_voice keeps each speaker on whole frames
+    offset = first.codes.shape[-1] / FRAME_RATE  # Mimi frames are 80 ms; build_prefix keeps each speaker on whole frames
     words = tuple(dataclasses.replace(w, start=w.start + offset, end=w.end + offset, speaker=2) for w in second.words)
     codes = np.concatenate([first.codes.numpy(), second.codes.numpy()], axis=-1)
     import torch
 
     # Two recordings: the prefix rule aligns speaker 2's as its own file, from first's end.
-    return Voice(torch.from_numpy(codes), first.words + words, first.codec_fingerprint, first.codes.shape[-1])
+    return VoicePrefix(torch.from_numpy(codes), first.words + words, first.codec_fingerprint, first.codes.shape[-1])
 
 
 def _stored(studio: Studio, name: str, speaker: int) -> Any:
@@ -69,8 +70,8 @@ def _stored(studio: Studio, name: str, speaker: int) -> Any:
         raise StudioError(f"speaker {speaker}: {exc}") from None
 
 
-def speaker_voices(studio: Studio, choice_1: str | None, recording_1: str | None, choice_2: str | None,
-                   recording_2: str | None) -> Voice | None:
+def speaker_prefix(studio: Studio, choice_1: str | None, recording_1: str | None, choice_2: str | None,
+                   recording_2: str | None) -> VoicePrefix | None:
     """The prefix for the chosen voices (None: no voice for either speaker)."""
     choice_1, choice_2 = choice_1 or NO_VOICE, choice_2 or NO_VOICE
     if choice_1 == NO_VOICE:
@@ -85,17 +86,17 @@ def speaker_voices(studio: Studio, choice_1: str | None, recording_1: str | None
     if choice_1 == RECORDING and choice_2 == RECORDING:
         waves = [read_recording(r, studio.sample_rate, f"speaker {i} recording")[1]
                  for i, r in ((1, recording_1), (2, recording_2))]
-        return studio.make_voice(*waves)
-    voices = []
+        return studio.make_prefix(*waves)
+    prefixes = []
     for speaker, choice, recording in ((1, choice_1, recording_1), (2, choice_2, recording_2)):
         if choice == NO_VOICE:
             continue
         if choice == RECORDING:
             wave = read_recording(recording, studio.sample_rate, f"speaker {speaker} recording")[1]
-            voices.append(studio.make_voice(wave))
+            prefixes.append(studio.make_prefix(wave))
         else:
-            voices.append(_stored(studio, choice, speaker).voice)
-    return voices[0] if len(voices) == 1 else join_voices(*voices)
+            prefixes.append(_stored(studio, choice, speaker).prefix)
+    return prefixes[0] if len(prefixes) == 1 else join_prefixes(*prefixes)
 
 
 def generation_config(base: GenerationConfig, cfg_scale: float, temperature: float, top_k: float,
@@ -138,7 +139,7 @@ def check_script(studio: Studio, script: str | None) -> tuple[str, int]:
     return script, sum(1 for e in entries if e.text)
 
 
-def check_fits(studio: Studio, script: str, config: GenerationConfig, voice: Voice | None) -> None:
+def check_fits(studio: Studio, script: str, config: GenerationConfig, prefix: VoicePrefix | None) -> None:
     """Under a Max length, refuse a script that cannot fit it, in the page's words (the engine's
     message names the command line's --max-frames)."""
     from dia2.text.script import ScriptError
@@ -146,7 +147,7 @@ def check_fits(studio: Studio, script: str, config: GenerationConfig, voice: Voi
     if config.max_frames is None:
         return  # the whole script, in parts when it is long
     try:
-        studio.tts.plan(studio.tts.parse(script), config, voice, None)
+        studio.tts.plan(studio.tts.parse(script), config, prefix, None)
     except ScriptError:
         raise StudioError(f"the script cannot be spoken within Max length ({config.max_frames / FRAME_RATE:g} s): "
                           "raise Max length (s), or set it to 0 to speak the whole script") from None
@@ -197,10 +198,10 @@ def speak(studio: Studio, takes: Takes, page: str, script: str, choice_1: str, r
     script, total = check_script(studio, script)
     seed = take_seed(seed_text)
     config = generation_config(studio.options.generation, cfg_scale, temperature, top_k, seed, frame_limit(max_seconds))
-    voice = speaker_voices(studio, choice_1, recording_1, choice_2, recording_2)
-    check_fits(studio, script, config, voice)
+    prefix = speaker_prefix(studio, choice_1, recording_1, choice_2, recording_2)
+    check_fits(studio, script, config, prefix)
     adapter_key = studio.adapter_key(adapter if adapter and adapter != NO_VOICE else None)
-    handle = studio.engine.submit(Request(script, config, voice, adapter_key))
+    handle = studio.engine.submit(Request(script, config, prefix, adapter_key))
     pieces: list[np.ndarray] = []
     pending: list[np.ndarray] = []
     words: list[tuple[str, float]] = []

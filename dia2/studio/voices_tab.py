@@ -12,7 +12,6 @@ they replace. The page shows that table before anything is saved.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ COLUMNS = ["name", "kind", "speakers", "transcript"]
 ALIGNMENT_COLUMNS = ["typed", "heard", "start (s)", "end (s)", "how"]
 FEW_MATCHES = 0.5
 """Under this share of typed words heard as typed, the transcript may belong to other speech: the page says so."""
-VOICE_FILE = "dia2_voice.json"
-"""What a training run writes beside its adapter (finetune.outputs), naming the samples it spoke."""
 
 
 def voice_table(studio: Studio) -> list[list[Any]]:
@@ -35,7 +32,7 @@ def voice_table(studio: Studio) -> list[list[Any]]:
     for v in studio.voices.list():
         if v.builtin:
             continue
-        kind = " + ".join(k for k, present in (("recording", v.voice is not None), ("adapter", v.adapter is not None)) if present)
+        kind = " + ".join(k for k, present in (("recording", v.prefix is not None), ("adapter", v.adapter is not None)) if present)
         rows.append([v.name, kind, v.speakers, v.transcript])
     return rows
 
@@ -43,7 +40,7 @@ def voice_table(studio: Studio) -> list[list[Any]]:
 def heard_words(studio: Studio, recording: str | None) -> tuple[SpokenWord, ...]:
     """What Whisper hears in a recording (checked as an upload is); Whisper runs once per recording."""
     wave = read_recording(recording, studio.sample_rate, "the recording")[1]
-    words = studio.make_voice(wave).words
+    words = studio.make_prefix(wave).words
     if not words:
         raise StudioError("no words were heard in the recording: record the speaker talking")
     return words
@@ -100,7 +97,7 @@ def save_voice(studio: Studio, name: str, recording: str | None, transcript: str
     except VoiceExists:
         raise StudioError(f"a voice named '{name}' exists already: tick 'Replace a voice of that name' to overwrite "
                           "it, or give another name") from None
-    words = stored.voice.words
+    words = stored.prefix.words
     if table is None:
         table = align_transcript(words, " ".join(w.text for w in words)).table()
     return f"voice '{name}' saved: {' '.join(w.text for w in words)}", table
@@ -112,7 +109,7 @@ def play(studio: Studio, name: str | None) -> tuple[str | None, str]:
     if not name:
         raise StudioError("choose a voice to play")
     stored = studio.voices.get(name)
-    if stored.voice is not None:
+    if stored.prefix is not None:
         files = sorted(Path(studio.voices.folder, stored.name).glob("speaker_1.*"))
         if files:
             return str(files[0]), f"voice '{name}': its recording"
@@ -127,12 +124,14 @@ def play(studio: Studio, name: str | None) -> tuple[str | None, str]:
 
 def adapter_sample(adapter: Path) -> tuple[Path, str] | None:
     """The last sample a training run spoke with the adapter (its file, its script), if any: the
-    run's dia2_voice.json names them relative to the run folder (the adapter's parent)."""
+    run record of the adapter's voice names them relative to the run folder (the adapter's parent)."""
+    from dia2.generation.voice import VoiceError, read_voice
+
     try:
-        voice = json.loads((adapter / VOICE_FILE).read_text())
-    except (OSError, ValueError):
+        run = read_voice(adapter).run
+    except VoiceError:
         return None  # a Hub repo id, or an adapter not trained here
-    for sample in voice.get("samples", []):
+    for sample in (run or {}).get("samples", []):
         for root in (adapter.parent, adapter):
             path = root / sample["file"]
             if path.is_file():

@@ -14,7 +14,7 @@ out, marking which is published behaviour and which is ours):
 
 Nothing picks the training rule for a prefix: voice prefixes of every entry point (dia2-infer
 --prefix-speaker-* and --voice, the engine, the server, the studio, the parts of a long script)
-are aligned by `dia2.generation.voice.voice_prefix`, which uses `prefix_alignment`.
+are aligned by `dia2.generation.prefix.prefix_plan`, which uses `prefix_alignment`.
 
 Both rules keep the published relation between a word's first audio frame and its step,
 

@@ -1,7 +1,7 @@
 """The one timed-word type: what a recogniser hears, a voice stores, a corpus row holds and the
 alignment places on frames.
 
-Speech recognition (`dia2.audio.asr`), voice prefixes (`dia2.generation.voice`), data prep and
+Speech recognition (`dia2.audio.asr`), voice prefixes (`dia2.generation.prefix`), data prep and
 the corpus (`dia2.data.corpus`) all pass words as `SpokenWord`, so a word keeps its text, span,
 speaker and confidence from the recogniser to the training row. This module imports nothing from
 dia2, so every layer can use it without an import cycle.

@@ -25,7 +25,7 @@ pytest.importorskip("uvicorn")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HUB_ADAPTER = "tester/tiny-lora"
-VOICE_FILES = ("meta.json", "voice.json", "codes.npy")
+VOICE_FILES = ("voice.json", "codes.npy")
 
 
 def _free_port() -> int:
@@ -229,10 +229,10 @@ def test_concurrent_uploads_through_both_replicas_leave_one_consistent_folder(re
     assert listed_a["same"]["transcript"] in (listed_a["solo-a"]["transcript"], listed_a["solo-b"]["transcript"])
     assert _audio(a, "same") == _audio(b, "same")
     # Every voice in the folder loads on its own, as a restarted replica would load it.
-    from dia2.generation.voice import Voice
+    from dia2.generation.voice import read_voice
 
     for name in names:
-        assert Voice.load(folder / name).words
+        assert read_voice(folder / name).prefix.words
 
 
 def test_a_killed_writers_leftovers_are_tidied_and_a_live_writers_are_not(replicas):

@@ -56,7 +56,7 @@ def test_without_whisper_uploads_that_need_it_get_503_and_a_transcript_is_enough
     assert created.status_code == 201, created.text
     assert created.json()["transcript"] == TRANSCRIPT_A
     # The typed words, timed from the speech in the recording (3.44 s long): in order, inside it.
-    words = json.loads((folder / "typed" / "voice.json").read_text())["words"]
+    words = json.loads((folder / "typed" / "voice.json").read_text())["prefix"]["words"]
     assert [w["text"] for w in words] == TRANSCRIPT_A.split()
     starts = [w["start"] for w in words]
     assert starts == sorted(starts) and words[-1]["end"] <= 3.5 and words[-1]["start"] > 2.0
@@ -96,6 +96,51 @@ def test_a_file_dropped_into_the_folder_becomes_a_voice_while_serving(live, fold
         time.sleep(0.2)
     assert not (folder / "late.flac").exists() and (folder / "late" / "transcript.txt").read_text() == TRANSCRIPT_A
     assert len(speak(live.url, "late", seed=1)) > 0
+
+
+def test_a_trained_runs_adapter_folder_moved_into_the_folder_is_served_as_a_voice(live, folder, tmp_path):
+    """A finished run's adapter folder is a voice (issue 25): moved into the voices folder while the
+    server runs, it is served with its adapter and its default seed."""
+    from dia2.generation.voice import Voice, VoiceDefaults, write_voice
+    from tests.helpers.adapters import save_random_adapter
+
+    adapter = save_random_adapter(tmp_path / "runs" / "me" / "adapter")
+    write_voice(Voice(adapter=str(adapter), defaults=VoiceDefaults(seed=5), run={"base_model": "tiny"}), adapter)
+    adapter.rename(folder / "trained")  # on one filesystem a move is one rename: never seen half copied
+    assert "trained" in {v["id"] for v in httpx.get(f"{live.url}/v1/audio/voices", timeout=30).json()["voices"]}
+    listed = {v["id"]: v for v in httpx.get(f"{live.url}/v1/voices", timeout=30).json()["voices"]}
+    assert (listed["trained"]["adapter"], listed["trained"]["prefix"], listed["trained"]["defaults"]["seed"]) == (True, False, 5)
+    trained = speak(live.url, "trained")
+    assert trained == speak(live.url, "trained", seed=5), "the voice's seed is its default"
+    assert trained != speak(live.url, "alloy", seed=5), "the adapter is applied (alloy: the base, no prefix)"
+
+
+def test_a_voice_dia2_infer_saves_into_the_folder_is_served_as_it_spoke(live, folder, tiny_en, tiny_cache, tmp_path,
+                                                                        monkeypatch):
+    """`dia2-infer --save-voice voices/NAME` while the server runs (issue 25): the server lists the
+    voice with its prefix and defaults, and the official OpenAI client gets the audio dia2-infer
+    spoke with it (its prefix, its seed and CFG, the same frame limit)."""
+    import numpy as np
+    import soundfile as sf
+
+    from dia2.cli import main as infer
+
+    monkeypatch.setenv("DIA2_CACHE", str(tiny_cache))  # --tiny: the session's tiny bundle, as the server's
+    take = tmp_path / "take.wav"
+    assert infer(["--tiny", "--text", SHORT, "--max-frames", "40", "--prefix-speaker-1", str(FIXTURES / "voice_a.flac"),
+                  "--prefix-transcript", TRANSCRIPT_A, "--whisper-model", tiny_en, "--seed", "11", "--cfg", "2.5",
+                  "--save-voice", str(folder / "from-cli"), str(take)]) == 0
+    listed = {v["id"]: v for v in httpx.get(f"{live.url}/v1/voices", timeout=30).json()["voices"]}
+    mine = listed["from-cli"]
+    assert (mine["prefix"], mine["adapter"], mine["transcript"]) == (True, False, TRANSCRIPT_A)
+    assert (mine["defaults"]["seed"], mine["defaults"]["cfg"]) == (11, 2.5)
+    spoken = live.client().audio.speech.create(model="tts-1", voice="from-cli", input=SHORT, response_format="pcm")
+    served = np.frombuffer(spoken.content, dtype="<i2")
+    said = sf.read(str(take), dtype="int16")[0]
+    assert len(served) == len(said) and np.abs(served.astype(int) - said).max() <= 1  # 16-bit rounding
+    other = np.frombuffer(live.client().audio.speech.create(
+        model="tts-1", voice="from-cli", input=SHORT, response_format="pcm", extra_body={"seed": 12}).content, "<i2")
+    assert not np.array_equal(other, served), "the voice's seed is what made the take"
 
 
 def test_an_openai_voice_name_is_reserved_from_the_first_answer(live):

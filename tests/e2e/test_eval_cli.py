@@ -179,3 +179,41 @@ def test_a_missing_speaker_encoder_is_refused_before_the_model_loads(tmp_path, i
     err = capsys.readouterr().err
     assert "resemblyzer speaker encoder is not installed" in err and "--speaker-encoder none" in err, err
     assert loads == [] and not (tmp_path / "report").exists()
+
+
+def test_a_voice_folder_brings_its_adapter_and_its_cfg(tmp_path, inputs, capsys):
+    """--voice of a trained run's adapter folder (issue 25): its adapter is evaluated as one more
+    configuration, its default CFG is the generations' (the seeds stay --seeds)."""
+    from dia2.generation.voice import Voice, VoiceDefaults, write_voice
+
+    adapter = save_random_adapter(tmp_path / "runs" / "me" / "adapter", seed=3)
+    write_voice(Voice(adapter=str(adapter), defaults=VoiceDefaults(seed=9, cfg=3.0), run={"base_model": "tiny"}), adapter)
+    out = tmp_path / "report"
+    code = run(inputs, out, "--voice", str(adapter), "--seeds", "0", "--asr-model", "none", "--speaker-encoder", "none",
+               "--no-toplines")
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((out / "eval.json").read_text())
+    assert [c["name"] for c in data["configurations"]] == ["base", "adapter"]
+    assert [c["seed"] for c in data["clips"]] == [0, 0] and data["adapter_effect"][0]["passed"]
+    settings = data["settings"]
+    assert (settings["adapters"], settings["cfg_scale"], settings["voice_prefix"]) == ([str(adapter.resolve())], 3.0, "none")
+    # --cfg given wins over the voice's.
+    assert run(inputs, tmp_path / "cfg", "--voice", str(adapter), "--cfg", "1.5", "--seeds", "0", "--asr-model", "none",
+               "--speaker-encoder", "none", "--no-toplines") == 0
+    assert json.loads((tmp_path / "cfg" / "eval.json").read_text())["settings"]["cfg_scale"] == 1.5
+
+
+def test_a_voice_folder_with_a_prefix_and_an_adapter_gives_every_configuration(tmp_path, inputs, capsys, tiny_tts):
+    """--voice of a stored voice with both parts (issue 25): its prefix makes the +prefix
+    configurations and its adapter is evaluated, as --prefix and --adapter would."""
+    from dia2.generation.voice import Voice, write_voice
+    from tests.helpers.speech import one_speaker_prefix
+
+    adapter = save_random_adapter(tmp_path / "lora", seed=3)
+    folder = write_voice(Voice(prefix=one_speaker_prefix(tiny_tts), adapter=str(adapter)), tmp_path / "voices" / "me")
+    out = tmp_path / "report"
+    assert run(inputs, out, "--voice", str(folder), "--seeds", "0", "--asr-model", "none", "--speaker-encoder", "none",
+               "--no-toplines") == 0, capsys.readouterr().err
+    data = json.loads((out / "eval.json").read_text())
+    assert [c["name"] for c in data["configurations"]] == ["base", "base+prefix", "lora", "lora+prefix"]
+    assert (data["settings"]["voice_prefix"], data["settings"]["adapters"]) == (str(folder), [str(adapter.resolve())])

@@ -114,8 +114,8 @@ def test_the_preset_trains_embedding_rows_and_heads_and_records_the_language(tra
     assert config["modules_to_save"] == list(OUTPUT_HEADS)
     ids = tiny_tts.ids
     assert indices and not {ids.bos, ids.new_word, ids.pad, ids.zero} & set(indices)
-    voice = json.loads((adapter / "dia2_voice.json").read_text())
-    assert voice["language"] == "de" and voice["training"]["lora"]["train_embeddings"]
+    run = json.loads((adapter / "voice.json").read_text())["run"]
+    assert run["language"] == "de" and run["training"]["lora"]["train_embeddings"]
     assert "language: [de]" in (adapter / "README.md").read_text()  # the model card's metadata
     base = tiny_tts.model
     merged = load_adapter(copy.deepcopy(base), adapter, merge=True)

@@ -86,6 +86,12 @@ def test_push_without_a_token_is_refused_before_anything_loads(work):
     refused(proc, "no Hugging Face token")
 
 
+def test_push_names_the_broken_voice_file_of_a_run_and_the_fix(work):
+    (work / "runs" / "me" / "adapter" / "voice.json").write_text(json.dumps({"format": "dia2-voice/9"}))
+    refused(run("finetune.push", "runs/me", "--repo", "me/voice", "--consent", "A agreed.", "--dry-run", cwd=work,
+                block=PUSH_BLOCK), "runs/me/adapter/voice.json", "upgrade dia2-toolkit")
+
+
 # --- dia2-eval ------------------------------------------------------------------------------------
 
 
@@ -163,3 +169,41 @@ def test_trainer_refuses_before_the_base_loads(work, monkeypatch, capsys, overri
     assert rc == 1
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err
+
+
+# --- a voice folder: each command that reads one names the broken file in it and the fix (issue 25) -
+
+
+def broken_voice(folder: Path, damage: str) -> Path:
+    """A voice folder with a prefix, as dia2-infer --save-voice writes it, then broken by `damage`."""
+    import torch
+
+    from dia2.generation.prefix import VoicePrefix
+    from dia2.generation.voice import Voice, write_voice
+    from dia2.text.words import SpokenWord
+
+    prefix = VoicePrefix(torch.zeros(8, 20, dtype=torch.long), (SpokenWord("hello", 0.3, 0.6),))
+    write_voice(Voice(prefix=prefix), folder)
+    record = json.loads((folder / "voice.json").read_text())
+    if damage == "codes.npy missing":
+        (folder / "codes.npy").unlink()
+    elif damage == "a newer format":
+        (folder / "voice.json").write_text(json.dumps({**record, "format": "dia2-voice/9"}))
+    elif damage == "a word without its end":
+        del record["prefix"]["words"][0]["end"]
+        (folder / "voice.json").write_text(json.dumps(record))
+    return folder
+
+
+@pytest.mark.parametrize("damage,file,fix", [
+    ("codes.npy missing", "codes.npy", "copy the whole voice folder"),
+    ("a newer format", "voice.json", "upgrade dia2-toolkit"),
+    ("a word without its end", "voice.json", "make the voice again"),
+])
+def test_infer_and_eval_name_the_broken_file_of_a_voice_and_the_fix(work, damage, file, fix):
+    voice = broken_voice(work / "voices" / "me", damage)
+    said = (str(Path("voices") / "me" / file), fix)
+    refused(run("dia2.cli", "--tiny", "--voice", "voices/me", "--text", "[S1] Hello.", "out.wav", cwd=work), *said)
+    refused(run("dia2.evaluation.cli", "--model", "tiny", "--references", "my recordings", "--voice", "voices/me",
+                "out", cwd=work), *said)
+    assert not (work / "out.wav").exists() and not (work / "out").exists() and voice.is_dir()

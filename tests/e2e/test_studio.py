@@ -206,8 +206,8 @@ def test_a_corrected_transcript_is_aligned_to_the_heard_words(client, live):
     status, saved_table = client.predict("bea", upload, " ".join(typed), False, api_name="/save_voice")
     assert status.startswith(f"voice 'bea' saved: {' '.join(typed)}") and saved_table["data"] == rows
     stored = VoiceStore(live.voices, lambda *a, **k: None).get("bea")
-    assert [w.text for w in stored.voice.words] == typed
-    assert stored.voice.words[k + 1].end == pytest.approx(end, abs=0.01)
+    assert [w.text for w in stored.prefix.words] == typed
+    assert stored.prefix.words[k + 1].end == pytest.approx(end, abs=0.01)
     assert client.predict("bea", api_name="/delete_voice") == "voice 'bea' deleted"
 
 
@@ -221,7 +221,7 @@ def test_make_a_voice_use_play_and_delete_it(client, live, base):
     assert saved.startswith("voice 'bea' saved: Howdy")
     # The server's store on the same folder has it, with the corrected words.
     stored = VoiceStore(live.voices, lambda *a, **k: None).get("bea")
-    assert stored.voice is not None and stored.voice.words[0].text == "Howdy" and stored.transcript == corrected
+    assert stored.prefix is not None and stored.prefix.words[0].text == "Howdy" and stored.transcript == corrected
     table, *_ = client.predict(api_name="/list_voices")
     assert ["bea", "recording", 1, corrected] in table["data"]
     played, status = client.predict("bea", api_name="/play_voice")
@@ -236,6 +236,22 @@ def test_make_a_voice_use_play_and_delete_it(client, live, base):
     assert client.predict("bea", api_name="/delete_voice") == "voice 'bea' deleted"
     assert "no voice named 'bea'" in message(lambda: speak(client, voice_1="bea").result())
     assert not (live.voices / "bea").exists()
+
+
+def test_a_voice_dia2_infer_saves_into_the_voices_folder_is_listed_and_spoken(client, live, base, tiny_bundle_dir,
+                                                                              tiny_en, tmp_path):
+    """One voice format (issue 25): `dia2-infer --save-voice` into the studio's voices folder gives a
+    voice the studio lists as a recording, with its transcript, and speaks with."""
+    from dia2.cli import main as infer
+
+    typed = "The quick brown fox jumps over the lazy dog."  # what voice_a.flac says (espeak-ng)
+    assert infer(["--model", str(tiny_bundle_dir), "--text", SHORT, "--max-frames", "40", "--prefix-speaker-1",
+                  str(FIXTURES / "voice_a.flac"), "--prefix-transcript", typed, "--whisper-model", tiny_en,
+                  "--save-voice", str(live.voices / "from-cli"), str(tmp_path / "take.wav")]) == 0
+    table, *_ = client.predict(api_name="/list_voices")
+    assert ["from-cli", "recording", 1, typed] in table["data"]
+    assert not np.array_equal(read_wav(speak(client, voice_1="from-cli").result()[2]), base)
+    assert client.predict("from-cli", api_name="/delete_voice") == "voice 'from-cli' deleted"
 
 
 def test_bad_voice_uploads_come_back_as_messages(client, tmp_path):

@@ -310,7 +310,7 @@ def test_a_new_user_trains_a_voice_speaks_stops_reproduces_and_corrects(live, pa
     set_text(d, "voice-name", "corrected")
     d.find_element(By.ID, "voice-save").click()
     wait(d, lambda d: "saved" in text_of(d, "voice-status"), 60, what="voice-saved")
-    assert [w["text"] for w in json.loads((live.voices / "corrected" / "voice.json").read_text())["words"]] == typed
+    assert [w["text"] for w in json.loads((live.voices / "corrected" / "voice.json").read_text())["prefix"]["words"]] == typed
     screenshots(d, "Voices")
 
     # Compare: the base and the new adapter, scores named in words.

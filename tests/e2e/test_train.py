@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import finetune.checkpoint
 import finetune.train
 from dia2.generation.tts import Dia2
+from dia2.generation.voice import Voice, read_voice
 from dia2.model.adapters import AdaptedModel, load_adapter, lora_model
 from dia2.model.network import Dia2Model
 from dia2.progress import read_progress
@@ -50,7 +51,7 @@ def test_a_run_writes_exactly_its_files(finished, tiny_bundle_dir):
     checkpoint = {f"checkpoints/step_000004/{f}" for f in
                   ("optimizer.pt", "rng_rank0.pt", "scheduler.pt", "state.json", "trainable.safetensors")}
     samples = {f"samples/step_00000{s}/sample_0.wav" for s in (0, 2, 4)}
-    adapter = {f"adapter/{f}" for f in ("README.md", "adapter_config.json", "adapter_model.safetensors", "dia2_voice.json")}
+    adapter = {f"adapter/{f}" for f in ("README.md", "adapter_config.json", "adapter_model.safetensors", "voice.json")}
     # merged/ is a complete model folder, laid out like the base (its README aside).
     merged = {f"merged/{f}" for f in files_under(tiny_bundle_dir) - {"README.md"}}
     assert files_under(finished.root) == ({"config.yaml", "metrics.jsonl", "progress.json", "loss.png"}
@@ -73,7 +74,12 @@ def test_adapter_folder_is_plain_peft_with_a_voice_file_and_card(finished, tiny_
     config = json.loads((finished.adapter / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == tiny_bundle_dir.name
     assert config["r"] == 8 and config["lora_alpha"] == 16
-    voice = json.loads((finished.adapter / "dia2_voice.json").read_text())
+    record = json.loads((finished.adapter / "voice.json").read_text())
+    # The adapter folder is a voice: its voice.json names the folder itself as the adapter.
+    assert (record["format"], record["adapter"], record["prefix"]) == ("dia2-voice/2", ".", None)
+    assert read_voice(finished.adapter) == Voice(adapter=str(finished.adapter.resolve()), created=record["created"],
+                                                 run=record["run"])
+    voice = record["run"]
     assert voice["speakers"] == {"S1": ["voice-1"]}
     assert voice["corpus"]["train_utterances"] == 12 and voice["corpus"]["meta"]["asr_model"] == "given"
     training = voice["training"]
@@ -147,7 +153,7 @@ def test_overfitting_a_tiny_corpus_halves_the_loss(tiny_tts, tiny_bundle_dir, tm
     losses = [r["loss"] for r in train_losses(paths)]
     assert losses[-1] < 0.5 * losses[0], losses
     # Full fine-tuning writes a complete model folder instead of an adapter.
-    assert (paths.model / "model.safetensors").is_file() and (paths.model / "dia2_voice.json").is_file()
+    assert (paths.model / "model.safetensors").is_file() and (paths.model / "voice.json").is_file()
     assert not paths.adapter.exists()
 
 
@@ -324,7 +330,7 @@ def test_qlora_steps_run_on_cpu(tiny_bundle_dir, corpus, tmp_path):
     assert len(losses) == 3 and all(r["loss"] == r["loss"] for r in losses)
     weights = load_file(str(paths.adapter / "adapter_model.safetensors"))
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items())
-    voice = json.loads((paths.adapter / "dia2_voice.json").read_text())
+    voice = json.loads((paths.adapter / "voice.json").read_text())["run"]
     assert voice["training"]["quantization"] == "4bit"
     # The merged export folds the adapter into the float base, not the 4-bit one.
     merged = Dia2Model.from_pretrained(paths.merged)
@@ -342,7 +348,7 @@ def test_push_dry_run_lists_the_upload_with_a_card_for_the_repo(finished, capsys
     listing = json.JSONDecoder().raw_decode(capsys.readouterr().out)[0]  # the card's text follows
     assert listing["dry_run"] is True
     assert [f["path_in_repo"] for f in listing["would upload"]] == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "dia2_voice.json", "samples/sample_0.wav", "loss.png"]
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "voice.json", "samples/sample_0.wav", "loss.png"]
     card = push_run(finished.root, "me/my-voice", dry_run=True)[0].source.decode()
     assert "# my-voice" in card and "--adapter me/my-voice" in card and "[samples/sample_0.wav](samples/sample_0.wav)" in card
 
@@ -368,7 +374,7 @@ def test_push_uploads_one_commit_with_the_stored_token(finished, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     plan = push_run(finished.root, "me/my-voice", private=True)
     assert calls["token"] == "hf_test_token" and calls["repo"] == ("me/my-voice", True, True, "model")
-    generated = {"README.md", "dia2_voice.json"}
+    generated = {"README.md", "voice.json"}
     assert calls["files"] == [(u.path_in_repo, u.source if u.path_in_repo in generated else str(u.source)) for u in plan]
     assert all(Path(source).is_file() for remote, source in calls["files"] if remote not in generated)
 
@@ -380,10 +386,10 @@ def test_push_requires_a_consent_statement(finished, tmp_path):
 
     run = tmp_path / "copy"
     shutil.copytree(finished.root, run)
-    voice = json.loads((run / "adapter" / "dia2_voice.json").read_text())
-    (run / "adapter" / "dia2_voice.json").write_text(json.dumps({**voice, "consent": ""}))
+    record = json.loads((run / "adapter" / "voice.json").read_text())
+    (run / "adapter" / "voice.json").write_text(json.dumps({**record, "run": {**record["run"], "consent": ""}}))
     with pytest.raises(PushError, match="no consent statement"):
         push_run(run, "me/my-voice", dry_run=True)
     plan = {u.path_in_repo: u.source for u in push_run(run, "me/my-voice", dry_run=True, consent="Recorded with written consent.")}
     assert "Recorded with written consent." in plan["README.md"].decode()
-    assert json.loads(plan["dia2_voice.json"])["consent"] == "Recorded with written consent."
+    assert json.loads(plan["voice.json"])["run"]["consent"] == "Recorded with written consent."

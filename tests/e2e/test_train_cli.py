@@ -47,7 +47,7 @@ def test_two_process_ddp_run_keeps_replicas_in_sync(tiny_bundle_dir, corpus, tmp
     assert proc.stderr.count("on 2 process(es)") == 1
     paths = RunPaths(tmp_path / "ddp")
     assert proc.stderr.count(f"saved checkpoint {paths.checkpoints / 'step_000002'}") == 1
-    training = json.loads((paths.adapter / "dia2_voice.json").read_text())["training"]
+    training = json.loads((paths.adapter / "voice.json").read_text())["run"]["training"]
     assert training["processes"] == 2 and training["replicas_in_sync"] is True
     assert {p.name for p in (paths.checkpoints / "step_000004").iterdir()} >= {"rng_rank0.pt", "rng_rank1.pt"}
     # Each step's figures cover both processes' batches: more real frames than one batch can hold.

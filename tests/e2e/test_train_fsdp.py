@@ -98,7 +98,7 @@ def test_fsdp_lora_run_resumes_exactly_and_writes_the_usual_adapter(tiny_bundle_
     proc = launch("fsdp-lora.yaml", tmp_path, tiny_bundle_dir, corpus, "straight", "lora.dropout=0.2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     straight = RunPaths(tmp_path / "straight")
-    training = json.loads((straight.adapter / "dia2_voice.json").read_text())["training"]
+    training = json.loads((straight.adapter / "voice.json").read_text())["run"]["training"]
     assert training["processes"] == 2 and training["sharded"] is True and training["replicas_in_sync"] is None
     assert position(straight.checkpoints / "step_000002")[1] == 2
 
@@ -140,7 +140,7 @@ def test_fsdp_full_finetune_writes_the_published_model_and_resumes_on_another_pr
     trained = Dia2Model.from_pretrained(full.model)
     base = Dia2Model.from_pretrained(tiny_bundle_dir)
     assert any(not torch.equal(p, q) for p, q in zip(trained.state_dict().values(), base.state_dict().values()))
-    assert (full.model / "dia2_voice.json").is_file() and (full.model / "config.json").is_file()
+    assert (full.model / "voice.json").is_file() and (full.model / "config.json").is_file()
 
     # 2 -> 1: the sharded checkpoint resumes in one process with its weights: resumed with no step
     # left (optim.steps=2), the run writes the weights it loaded ...

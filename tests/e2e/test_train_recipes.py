@@ -40,6 +40,6 @@ def test_recipe_demo_runs_prep_train_speak(tmp_path, recipe, name, wav, speakers
     assert alarming == [], alarming
     run = tmp_path / "runs" / name
     assert (tmp_path / "corpora" / name / "corpus_meta.json").is_file()
-    assert json.loads((run / "adapter" / "dia2_voice.json").read_text())["speakers"] == speakers
+    assert json.loads((run / "adapter" / "voice.json").read_text())["run"]["speakers"] == speakers
     data, rate = sf.read(str(run / wav))
     assert rate == 24000 and len(data) > 0

@@ -55,7 +55,7 @@ def tiny_run(embedded_tiny, corpus, tmp_path_factory) -> RunPaths:
 def test_the_cards_usage_lines_work_for_an_adapter_of_the_tiny_model(tiny_run, tiny_bundle_dir, tmp_path):
     from dia2.cli import main as infer_main
 
-    voice = json.loads((tiny_run.adapter / "dia2_voice.json").read_text())
+    voice = json.loads((tiny_run.adapter / "voice.json").read_text())["run"]
     config = json.loads((tiny_run.adapter / "adapter_config.json").read_text())
     assert voice["base_model"] == "tiny" and config["base_model_name_or_path"] == "tiny"
     card = (tiny_run.adapter / "README.md").read_text().replace("path/to/adapter", str(tiny_run.adapter))
@@ -71,8 +71,26 @@ def test_the_cards_usage_lines_work_for_an_adapter_of_the_tiny_model(tiny_run, t
     assert torch.equal(tts.generate("[S1] Hello there.", config).audio_tokens, by_path.audio_tokens)
 
 
+def test_a_finished_runs_adapter_folder_is_a_voice_dia2_infer_speaks_with(tiny_run, tmp_path):
+    """A trained run yields a voice (issue 25): `dia2-infer --voice runs/NAME/adapter` applies the
+    run's adapter, as --adapter does, and its voice.json holds the run's record."""
+    from dia2.cli import main as infer_main
+    from dia2.generation.voice import read_voice
+
+    voice = read_voice(tiny_run.adapter)
+    assert voice.adapter == str(tiny_run.adapter.resolve()) and voice.prefix is None
+    assert voice.run["base_model"] == "tiny" and voice.run["consent"] == "A agreed."
+    takes = {}
+    for name, flags in (("voice", ["--voice", tiny_run.adapter]), ("adapter", ["--adapter", tiny_run.adapter]), ("base", [])):
+        out = tmp_path / f"{name}.wav"
+        assert infer_main(["--model", "tiny", "--text", "[S1] Hello there.", "--seed", "0", "--max-frames", "20",
+                           *map(str, flags), str(out)]) == 0
+        takes[name] = out.read_bytes()
+    assert takes["voice"] == takes["adapter"] != takes["base"]
+
+
 def test_records_name_the_base_and_hold_no_path_of_this_machine(tiny_run, tiny_bundle_dir):
-    for name in ("README.md", "dia2_voice.json", "adapter_config.json"):
+    for name in ("README.md", "voice.json", "adapter_config.json"):
         text = (tiny_run.adapter / name).read_text()
         assert str(tiny_bundle_dir) not in text and str(tiny_run.root.parent) not in text, name
 
@@ -91,8 +109,8 @@ def test_a_dry_run_or_failed_push_changes_nothing_in_the_run(tiny_run, monkeypat
     assert {f["path_in_repo"]: f["file"] for f in listing}["README.md"] == "(generated for this push)"
     # The upload carries the card and consent of this push; the run keeps those of its training.
     plan = {u.path_in_repo: u.source for u in push_run(tiny_run.root, "someone/else", dry_run=True, consent="B")}
-    assert "# else" in plan["README.md"].decode() and json.loads(plan["dia2_voice.json"])["consent"] == "B"
-    assert json.loads((tiny_run.adapter / "dia2_voice.json").read_text())["consent"] == "A agreed."
+    assert "# else" in plan["README.md"].decode() and json.loads(plan["voice.json"])["run"]["consent"] == "B"
+    assert json.loads((tiny_run.adapter / "voice.json").read_text())["run"]["consent"] == "A agreed."
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     with pytest.raises(PushError, match="no Hugging Face token"):
@@ -108,7 +126,7 @@ def test_resume_and_export_keep_the_runs_seconds_and_config(tiny_run, embedded_t
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run.root, run)
-    seconds = json.loads((tiny_run.adapter / "dia2_voice.json").read_text())["training"]["seconds"]
+    seconds = json.loads((tiny_run.adapter / "voice.json").read_text())["run"]["training"]["seconds"]
     config_before = (run / "config.yaml").read_bytes()
     assert seconds > 0
     saved = yaml.safe_load(config_before)["output"]
@@ -122,7 +140,7 @@ def test_resume_and_export_keep_the_runs_seconds_and_config(tiny_run, embedded_t
     # invocation itself adds only the few lines between loading the checkpoint and the record.
     checkpointed = json.loads((run / "checkpoints" / "step_000004" / "state.json").read_text())["seconds"]
     assert 0 < checkpointed <= seconds + 0.05  # the record is rounded to 0.1 s
-    resumed = json.loads((paths.adapter / "dia2_voice.json").read_text())["training"]["seconds"]
+    resumed = json.loads((paths.adapter / "voice.json").read_text())["run"]["training"]["seconds"]
     assert resumed == pytest.approx(checkpointed, abs=0.5)
     after = yaml.safe_load((paths.root / "config.yaml").read_text())
     assert after == {**yaml.safe_load(config_before), "output": {**saved, "dir": str(tmp_path)}}
@@ -130,7 +148,7 @@ def test_resume_and_export_keep_the_runs_seconds_and_config(tiny_run, embedded_t
     rc, paths = train(tmp_path, embedded_tiny, corpus, *QUIET, "optim.steps=6", "output.save_every=2",
                       "output.consent=A agreed.", "--resume")
     assert rc == 0
-    longer = json.loads((paths.adapter / "dia2_voice.json").read_text())["training"]
+    longer = json.loads((paths.adapter / "voice.json").read_text())["run"]["training"]
     assert longer["steps"] == 6 and longer["seconds"] > checkpointed  # two steps take well over the 0.05 s of rounding
     assert yaml.safe_load((paths.root / "config.yaml").read_text())["optim"]["steps"] == 6
 
@@ -178,7 +196,7 @@ def test_an_interrupted_run_names_its_checkpoint_and_the_resume_command(
     assert command[-1] == "--resume" and command[command.index("finetune/train.py") + 1:-1] == argv
     monkeypatch.undo()
     assert main(command[command.index("finetune/train.py") + 1:]) == 0
-    assert json.loads((tmp_path / "run" / "adapter" / "dia2_voice.json").read_text())["training"]["steps"] == 4
+    assert json.loads((tmp_path / "run" / "adapter" / "voice.json").read_text())["run"]["training"]["steps"] == 4
 
 
 def test_a_dry_run_shows_the_cards_text(tiny_run, capsys):
@@ -235,7 +253,7 @@ def test_more_steps_on_resume_extend_the_schedule_and_keep_the_record(tiny_run, 
     low = 3e-3 * 0.1  # the preset's lr x min_lr_ratio, reached at the first part's last step
     # No jump back up: the schedule continues from where step 4 left it (its end) to the new end.
     assert lrs[4] == pytest.approx(low) and lrs[5] == pytest.approx(low) and lrs[6] == pytest.approx(low)
-    training = json.loads((paths.adapter / "dia2_voice.json").read_text())["training"]
+    training = json.loads((paths.adapter / "voice.json").read_text())["run"]["training"]
     assert training["resumes"] == [{"step": 4, "changed": {"optim.steps": [4, 6]}}]
     assert yaml.safe_load((paths.root / "config.yaml").read_text())["optim"]["steps"] == 6
 

@@ -58,16 +58,16 @@ class ToneTranscriber:
         return segments
 
 
-def one_speaker_voice(tts):
-    """A voice of `tts` from 1.2 s of hum heard as "hello there" (speaker 1)."""
+def one_speaker_prefix(tts):
+    """A voice prefix of `tts` from 1.2 s of hum heard as "hello there" (speaker 1)."""
     t = ScriptedTranscriber([SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)])
-    return tts.make_voice(speech_like(1.2), transcriber=t)
+    return tts.make_prefix(speech_like(1.2), transcriber=t)
 
 
-def two_speaker_voice(tts):
-    """A voice of `tts` from two recordings of hum: "hello there" (speaker 1), "how are" (speaker 2)."""
+def two_speaker_prefix(tts):
+    """A voice prefix of `tts` from two recordings of hum: "hello there" (speaker 1), "how are" (speaker 2)."""
     t = ScriptedTranscriber(
         [SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)],
         [SpokenWord("how", 0.20, 0.40), SpokenWord("are", 0.50, 0.70)],
     )
-    return tts.make_voice(speech_like(1.5), speech_like(1.0, seed=1), transcriber=t)
+    return tts.make_prefix(speech_like(1.5), speech_like(1.0, seed=1), transcriber=t)

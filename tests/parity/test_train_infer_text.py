@@ -26,7 +26,7 @@ import torch
 from dia2.data.corpus import row_codes, row_words
 from dia2.data.teacher import TrainingExample, build_example, tail_frames
 from dia2.generation.config import GenerationConfig
-from dia2.generation.voice import Voice, voice_prefix
+from dia2.generation.prefix import VoicePrefix, prefix_plan
 from dia2.text.align import NEW_WORD_STEP_OFFSET
 from dia2.text.script import TextTokenIds, parse_script
 from dia2.text.state_machine import StateMachine, drive_forced, forced_text_streams
@@ -228,8 +228,8 @@ def test_a_voice_prefix_is_forced_as_published_and_the_script_follows(tiny_tts, 
     for a word at every free step, it starts the script's first word as soon as the last prefix
     word's tokens and padding are done, and not before the first free step."""
     K = tiny_tts.model.config.num_codebooks
-    voice = Voice(torch.zeros(K, frames, dtype=torch.long), tuple(PREFIX_WORDS[name]))
-    entries, prefix = voice_prefix(voice, tiny_tts.tokenizer, tiny_tts.ids)
+    voice = VoicePrefix(torch.zeros(K, frames, dtype=torch.long), tuple(PREFIX_WORDS[name]))
+    entries, prefix = prefix_plan(voice, tiny_tts.tokenizer, tiny_tts.ids)
     assert all(e.tokens for e in entries) and len(entries) == prefix.num_words == len(PREFIX_WORDS[name])
     script = tiny_tts.parse("[S1] Fine thanks.")
     machine = inference_machine(tiny_tts.model.config.data, tiny_tts.ids)
@@ -251,8 +251,8 @@ def test_a_voice_prefix_is_forced_as_published_and_the_script_follows(tiny_tts, 
 def test_generation_reports_prefix_words_at_their_times(tiny_tts):
     words = PREFIX_WORDS["two speakers"]
     K = tiny_tts.model.config.num_codebooks
-    voice = Voice(torch.randint(0, 2048, (K, 40), generator=torch.Generator().manual_seed(0)), tuple(words))
-    result = tiny_tts.generate("[S1] Fine.", GenerationConfig(seed=0, include_prefix=True, max_frames=60), voice=voice)
+    voice = VoicePrefix(torch.randint(0, 2048, (K, 40), generator=torch.Generator().manual_seed(0)), tuple(words))
+    result = tiny_tts.generate("[S1] Fine.", GenerationConfig(seed=0, include_prefix=True, max_frames=60), prefix=voice)
     reported = result.timestamps[: len(words)]
     assert [w for w, _ in reported] == [w.text for w in words]
     assert all(abs(t - w.start) <= HALF_FRAME for (_, t), w in zip(reported, words))

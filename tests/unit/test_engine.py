@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from dia2 import GenerationConfig, SamplingConfig, Voice
-from dia2.generation.voice import PrefixError
+from dia2 import GenerationConfig, SamplingConfig, VoicePrefix
+from dia2.generation.prefix import PrefixError
 from dia2.model.adapters import AdapterError
 from dia2.serving.engine import Engine, EngineConfig, EngineError, EngineFull, Request
 from dia2.text.script import ScriptError
@@ -22,10 +22,10 @@ from tests.helpers.kernels import EagerCapture
 GREEDY = SamplingConfig(0.0, 1)
 
 
-def _voice() -> Voice:
+def _voice() -> VoicePrefix:
     g = torch.Generator().manual_seed(5)
     words = (SpokenWord("hello", 0.1, 0.5, 1), SpokenWord("you", 0.7, 1.0, 2))
-    return Voice(torch.randint(0, 2048, (8, 16), generator=g), words)
+    return VoicePrefix(torch.randint(0, 2048, (8, 16), generator=g), words)
 
 
 def _pieces(script: str) -> list[str]:
@@ -46,9 +46,9 @@ CASES = [
 
 def _solo(tts, script, config, voice, streamed) -> torch.Tensor:
     if streamed:
-        chunks = list(tts.stream(iter(_pieces(script)), config, voice=voice))
+        chunks = list(tts.stream(iter(_pieces(script)), config, prefix=voice))
         return torch.cat([c.codes for c in chunks], dim=1)
-    return tts.generate(script, config, voice=voice).audio_tokens
+    return tts.generate(script, config, prefix=voice).audio_tokens
 
 
 def _request(script, config, voice, streamed, adapter=None) -> Request:
@@ -181,7 +181,7 @@ def test_a_failing_request_fails_alone(tiny_tts):
     expected = _solo(tiny_tts, *case)
     engine = Engine(tiny_tts, EngineConfig(slots=4))
     good = engine.submit(_request(*case))
-    wrong_codec = Voice(torch.zeros(4, 10, dtype=torch.long), (SpokenWord("hi", 0.1, 0.3, 1),))
+    wrong_codec = VoicePrefix(torch.zeros(4, 10, dtype=torch.long), (SpokenWord("hi", 0.1, 0.3, 1),))
     bad_voice = engine.submit(Request("[S1] Hello.", GenerationConfig(seed=1), wrong_codec))
     bad_script = engine.submit(Request("[S1] Hello [S3] there.", GenerationConfig(seed=1)))
     bad_stream = engine.submit(Request(iter(["[S1] Hello", " there", " <break time=\"x\"/>"]), GenerationConfig(seed=1)))
@@ -223,7 +223,7 @@ def test_a_voice_longer_than_a_slot_is_refused(tiny_tts):
         Engine(tiny_tts, EngineConfig(slots=1, max_prefix_frames=8))
     engine = Engine(tiny_tts, EngineConfig(slots=1))
     g = torch.Generator().manual_seed(5)
-    long_voice = Voice(torch.randint(0, 2048, (8, 300), generator=g), (SpokenWord("hello", 0.1, 0.5, 1),))
+    long_voice = VoicePrefix(torch.randint(0, 2048, (8, 300), generator=g), (SpokenWord("hello", 0.1, 0.5, 1),))
     handle = engine.submit(Request("[S1] Hi.", GenerationConfig(seed=1), long_voice))
     with pytest.raises(EngineError, match="a slot holds 1750: .*max_prefix_frames"):
         handle.result()

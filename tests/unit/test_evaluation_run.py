@@ -140,6 +140,13 @@ def test_an_adapter_recorded_for_another_base_is_refused_with_the_way_round(tmp_
     voice_only = _adapter_files(tmp_path / "voice-only", voice_base="nari-labs/Dia2-1B")
     with pytest.raises(EvalInputError, match=r"'nari-labs/Dia2-1B' \(its dia2_voice.json says so\)"):
         check_adapter_bases([voice_only], "nari-labs/Dia2-2B")
+    # A run's adapter folder in the one voice format records its base in voice.json's run record.
+    from dia2.generation.voice import Voice, write_voice
+
+    run_voice = _adapter_files(tmp_path / "run-voice")
+    write_voice(Voice(adapter=run_voice, run={"base_model": "nari-labs/Dia2-1B"}), run_voice)
+    with pytest.raises(EvalInputError, match=r"'nari-labs/Dia2-1B' \(its voice.json says so\)"):
+        check_adapter_bases([run_voice], "nari-labs/Dia2-2B")
     # A local copy of the base: its folder recorded by path, or the repo it is a copy of.
     copy = tmp_path / "models" / "Dia2-2B"
     copy.mkdir(parents=True)

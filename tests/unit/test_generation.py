@@ -7,7 +7,7 @@ import torch
 from dia2.generation.config import GenerationConfig
 from dia2.generation.sampling import SamplingConfig
 from dia2.text.script import ScriptError
-from tests.helpers.speech import one_speaker_voice, two_speaker_voice
+from tests.helpers.speech import one_speaker_prefix, two_speaker_prefix
 
 SCRIPT = "[S1] Hello there, how are you? [S2] I am doing well. <break time=\"0.4s\"/> [S1] Good."
 
@@ -162,18 +162,18 @@ VOICED_SCRIPT = "[S1] Now with a voice. [S2] And me."
 
 
 def _streamed(tts, pieces, config, voice):
-    chunks = list(tts.stream(iter(pieces), config, voice=voice))
+    chunks = list(tts.stream(iter(pieces), config, prefix=voice))
     codes = torch.cat([c.codes for c in chunks], dim=1)
     words = [w for c in chunks for w in c.words]
     return codes, words
 
 
-@pytest.mark.parametrize("make_voice", [one_speaker_voice, two_speaker_voice], ids=["one-speaker", "two-speakers"])
+@pytest.mark.parametrize("make_prefix", [one_speaker_prefix, two_speaker_prefix], ids=["one-speaker", "two-speakers"])
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.0], ids=["no-cfg", "cfg"])
-def test_streamed_text_with_a_voice_gives_the_audio_of_generate(tiny_tts, make_voice, cfg_scale):
-    voice = make_voice(tiny_tts)
+def test_streamed_text_with_a_voice_gives_the_audio_of_generate(tiny_tts, make_prefix, cfg_scale):
+    voice = make_prefix(tiny_tts)
     config = GenerationConfig(seed=0, cfg_scale=cfg_scale)
-    whole = tiny_tts.generate(VOICED_SCRIPT, config, voice=voice)
+    whole = tiny_tts.generate(VOICED_SCRIPT, config, prefix=voice)
     for pieces in ([VOICED_SCRIPT], ["[S1] Now with", " a voice. [S2]", " And me."]):
         codes, words = _streamed(tiny_tts, pieces, config, voice)
         assert torch.equal(codes, whole.audio_tokens), pieces

@@ -9,9 +9,10 @@ import torch
 
 from dia2.data.grid import delay_codes
 from dia2.generation.config import GenerationConfig
+from dia2.generation.prefix import PrefixError, VoicePrefix, prefix_plan
 from dia2.generation.sampling import SamplingConfig
 from dia2.generation.tts import Dia2
-from dia2.generation.voice import PrefixError, Voice, voice_prefix
+from dia2.generation.voice import Voice, VoiceError, read_voice, write_voice
 from dia2.model.config import FRAME_RATE
 from dia2.text.align import NEW_WORD_STEP_OFFSET
 from dia2.text.state_machine import StateMachine, forced_text_streams
@@ -19,7 +20,7 @@ from dia2.text.words import SpokenWord
 from tests.conftest import REPO_ROOT
 from tests.helpers.asr_checks import assert_heard, assert_starts_near
 from tests.helpers.kernels import NEVER, ForcedActions, expected_steps
-from tests.helpers.speech import ScriptedTranscriber, one_speaker_voice, speech_like
+from tests.helpers.speech import ScriptedTranscriber, one_speaker_prefix, speech_like
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
 
@@ -29,14 +30,14 @@ def test_two_speaker_voice_aligns_each_recording_by_the_published_rule(tiny_tts)
         [SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)],
         [SpokenWord("how", 0.0, 0.40), SpokenWord("are", 0.50, 0.70)],
     )
-    voice = tiny_tts.make_voice(speech_like(1.5), speech_like(1.0, seed=1), transcriber=t)
+    voice = tiny_tts.make_prefix(speech_like(1.5), speech_like(1.0, seed=1), transcriber=t)
     assert t.seen == [(36000, 24000), (24000, 24000)]
     # Speaker 1 spans 1.5 s = 18.75 frames, padded to 19 whole frames (1.52 s) before speaker 2.
     assert voice.codes.shape == (8, 19 + 13) and voice.speaker_2_frame == 19
     assert [(w.text, w.speaker) for w in voice.words] == [("hello", 1), ("there", 1), ("how", 2), ("are", 2)]
     assert voice.words[2].start == pytest.approx(1.52)
 
-    entries, prefix = voice_prefix(voice, tiny_tts.tokenizer, tiny_tts.ids)
+    entries, prefix = prefix_plan(voice, tiny_tts.tokenizer, tiny_tts.ids)
     assert all(e.tokens for e in entries)  # no break entries: one entry per word
     assert entries[0].tokens[0] == tiny_tts.ids.spk1 and entries[2].tokens[0] == tiny_tts.ids.spk2
     assert entries[1].tokens[0] not in (tiny_tts.ids.spk1, tiny_tts.ids.spk2)
@@ -53,10 +54,10 @@ def test_two_speaker_voice_aligns_each_recording_by_the_published_rule(tiny_tts)
 
 def test_generation_with_a_prefix_forces_its_words_and_crops_its_audio(tiny_tts):
     t = ScriptedTranscriber([SpokenWord("hello", 0.30, 0.60), SpokenWord("there", 0.70, 1.00)])
-    voice = tiny_tts.make_voice(speech_like(1.2), transcriber=t)
+    voice = tiny_tts.make_prefix(speech_like(1.2), transcriber=t)
     P = voice.codes.shape[1]
-    cropped = tiny_tts.generate("[S1] How are you?", GenerationConfig(seed=0), voice=voice)
-    kept = tiny_tts.generate("[S1] How are you?", GenerationConfig(seed=0, include_prefix=True), voice=voice)
+    cropped = tiny_tts.generate("[S1] How are you?", GenerationConfig(seed=0), prefix=voice)
+    kept = tiny_tts.generate("[S1] How are you?", GenerationConfig(seed=0, include_prefix=True), prefix=voice)
     assert torch.equal(kept.audio_tokens[:, :P], voice.codes)  # the prefix audio is kept verbatim
     assert torch.equal(kept.audio_tokens[:, P:], cropped.audio_tokens)
     assert [w for w, _ in cropped.timestamps] == ["How", "are", "you?"]
@@ -67,7 +68,7 @@ def test_generation_with_a_prefix_forces_its_words_and_crops_its_audio(tiny_tts)
 
 
 def test_prefill_runs_each_prefix_column_once(tiny_tts, monkeypatch):
-    voice = tiny_tts.make_voice(speech_like(1.2), transcriber=ScriptedTranscriber([SpokenWord("hello", 0.3, 0.6)]))
+    voice = tiny_tts.make_prefix(speech_like(1.2), transcriber=ScriptedTranscriber([SpokenWord("hello", 0.3, 0.6)]))
     calls = []
     real_prefill = tiny_tts.model.prefill
 
@@ -76,7 +77,7 @@ def test_prefill_runs_each_prefix_column_once(tiny_tts, monkeypatch):
         return real_prefill(tokens, state)
 
     monkeypatch.setattr(tiny_tts.model, "prefill", spy)
-    tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0), voice=voice)
+    tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0), prefix=voice)
     P = voice.codes.shape[1]
     assert calls[0] == (0, P)
     assert calls[1] == (P, 1)  # the first step runs column P, not the prefix's last column again
@@ -84,26 +85,26 @@ def test_prefill_runs_each_prefix_column_once(tiny_tts, monkeypatch):
 
 def test_stored_voice_round_trip_needs_no_transcriber(tiny_tts, tmp_path):
     words = (SpokenWord("hello", 0.3, 0.6, 1, 0.75), SpokenWord("you", 0.8, 1.0, 2, 0.5))
-    voice = Voice(torch.randint(0, 2048, (8, 20)), words)
-    loaded = Voice.load(voice.save(tmp_path / "v"))
+    voice = VoicePrefix(torch.randint(0, 2048, (8, 20)), words)
+    loaded = read_voice(write_voice(Voice(prefix=voice), tmp_path / "v")).prefix
     assert torch.equal(loaded.codes, voice.codes) and loaded.words == voice.words
-    a = tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=1), voice=loaded)
-    b = tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=1), voice=voice)
+    a = tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=1), prefix=loaded)
+    b = tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=1), prefix=voice)
     assert torch.equal(a.audio_tokens, b.audio_tokens)
 
 
 def test_a_voice_stored_before_word_probabilities_still_loads(tiny_tts, tmp_path):
     """voice.json files written before the word type carried a probability hold text/start/end/speaker."""
-    voice = Voice(torch.randint(0, 2048, (8, 20)), (SpokenWord("hello", 0.3, 0.6, 1, 0.75), SpokenWord("you", 0.8, 1.0, 2)))
-    folder = voice.save(tmp_path / "v")
+    voice = VoicePrefix(torch.randint(0, 2048, (8, 20)), (SpokenWord("hello", 0.3, 0.6, 1, 0.75), SpokenWord("you", 0.8, 1.0, 2)))
+    folder = write_voice(Voice(prefix=voice), tmp_path / "v")
     record = json.loads((folder / "voice.json").read_text())
-    record["words"] = [{k: w[k] for k in ("text", "start", "end", "speaker")} for w in record["words"]]
+    record["prefix"]["words"] = [{k: w[k] for k in ("text", "start", "end", "speaker")} for w in record["prefix"]["words"]]
     (folder / "voice.json").write_text(json.dumps(record))
-    loaded = Voice.load(folder)
+    loaded = read_voice(folder).prefix
     assert [(w.text, w.start, w.end, w.speaker, w.probability) for w in loaded.words] == [
         ("hello", 0.3, 0.6, 1, 1.0), ("you", 0.8, 1.0, 2, 1.0)]
     # The prefix depends on the words' text, times and speakers only.
-    (old_entries, old_prefix), (entries, prefix) = (voice_prefix(v, tiny_tts.tokenizer, tiny_tts.ids) for v in (loaded, voice))
+    (old_entries, old_prefix), (entries, prefix) = (prefix_plan(v, tiny_tts.tokenizer, tiny_tts.ids) for v in (loaded, voice))
     assert old_entries == entries and old_prefix.new_word_steps == prefix.new_word_steps
 
 
@@ -111,18 +112,18 @@ def test_missing_and_non_speech_prefixes(tiny_tts, tmp_path):
     from dia2.audio.io import AudioFileError
 
     with pytest.raises(AudioFileError, match="not found"):
-        tiny_tts.make_voice(tmp_path / "nope.wav", transcriber=ScriptedTranscriber([]))
+        tiny_tts.make_prefix(tmp_path / "nope.wav", transcriber=ScriptedTranscriber([]))
     bad = tmp_path / "notes.wav"
     bad.write_text("not audio")
     with pytest.raises(AudioFileError, match="cannot read"):
-        tiny_tts.make_voice(bad, transcriber=ScriptedTranscriber([]))
+        tiny_tts.make_prefix(bad, transcriber=ScriptedTranscriber([]))
     with pytest.raises(PrefixError, match="no recognisable speech"):
-        tiny_tts.make_voice(np.zeros(24000, np.float32), transcriber=ScriptedTranscriber([]))
-    with pytest.raises(PrefixError, match="not a stored voice"):
-        Voice.load(tmp_path)
-    wrong = Voice(torch.zeros(4, 10, dtype=torch.long), (SpokenWord("hi", 0.1, 0.3, 1),))
+        tiny_tts.make_prefix(np.zeros(24000, np.float32), transcriber=ScriptedTranscriber([]))
+    with pytest.raises(VoiceError, match="not a stored voice"):
+        read_voice(tmp_path)
+    wrong = VoicePrefix(torch.zeros(4, 10, dtype=torch.long), (SpokenWord("hi", 0.1, 0.3, 1),))
     with pytest.raises(ValueError, match="made with another codec"):
-        tiny_tts.generate("[S1] Hi.", voice=wrong)
+        tiny_tts.generate("[S1] Hi.", prefix=wrong)
 
 
 def test_prefix_with_the_real_tiny_en_whisper(tiny_tts):
@@ -136,7 +137,7 @@ def test_prefix_with_the_real_tiny_en_whisper(tiny_tts):
 
     manifest = json.loads((FIXTURES / "manifest.json").read_text())
     transcriber = WhisperTranscriber(models.get_model_path(), device="cpu", compute_type="int8")
-    voice = tiny_tts.make_voice(FIXTURES / "voice_a.flac", FIXTURES / "voice_b.flac", transcriber=transcriber)
+    voice = tiny_tts.make_prefix(FIXTURES / "voice_a.flac", FIXTURES / "voice_b.flac", transcriber=transcriber)
     assert {w.speaker for w in voice.words} == {1, 2}
     heard = {s: [w.text for w in voice.words if w.speaker == s] for s in (1, 2)}
     assert_heard(heard, {1: manifest["voice_a"]["text"], 2: manifest["voice_b"]["text"]})
@@ -147,25 +148,25 @@ def test_prefix_with_the_real_tiny_en_whisper(tiny_tts):
     assert all(w.end <= speaker_2_at + 0.1 for w in voice.words if w.speaker == 1)
     starts = [w.start for w in voice.words]
     assert starts == sorted(starts)
-    result = tiny_tts.generate("[S1] Nice to meet you.", GenerationConfig(seed=0), voice=voice)
+    result = tiny_tts.generate("[S1] Nice to meet you.", GenerationConfig(seed=0), prefix=voice)
     assert [w for w, _ in result.timestamps] == ["Nice", "to", "meet", "you."]
 
 
 def test_a_stored_voice_keeps_where_speaker_2s_recording_starts(tiny_tts, tmp_path):
     words = (SpokenWord("hello", 0.3, 0.6, 1), SpokenWord("you", 1.6, 1.9, 2))
-    voice = Voice(torch.randint(0, 2048, (8, 30)), words, speaker_2_frame=19)
-    assert Voice.load(voice.save(tmp_path / "v")).speaker_2_frame == 19
+    voice = VoicePrefix(torch.randint(0, 2048, (8, 30)), words, speaker_2_frame=19)
+    assert read_voice(write_voice(Voice(prefix=voice), tmp_path / "v")).prefix.speaker_2_frame == 19
     record = json.loads((tmp_path / "v" / "voice.json").read_text())
-    del record["speaker_2_frame"]  # a voice stored before the field: one recording
+    del record["prefix"]["speaker_2_frame"]  # a voice stored before the field: one recording
     (tmp_path / "v" / "voice.json").write_text(json.dumps(record))
-    assert Voice.load(tmp_path / "v").speaker_2_frame is None
+    assert read_voice(tmp_path / "v").prefix.speaker_2_frame is None
     for bad in (0, 30, "19", True):
-        record["speaker_2_frame"] = bad
+        record["prefix"]["speaker_2_frame"] = bad
         (tmp_path / "v" / "voice.json").write_text(json.dumps(record))
-        with pytest.raises(PrefixError, match="speaker_2_frame must be null or a frame inside the codes"):
-            Voice.load(tmp_path / "v")
+        with pytest.raises(VoiceError, match="speaker_2_frame must be null or a frame inside the codes"):
+            read_voice(tmp_path / "v")
     with pytest.raises(PrefixError, match=r"voice prefix: speaker_2_frame .* \(1\.\.29\), got 30"):
-        voice_prefix(Voice(voice.codes, words, speaker_2_frame=30), tiny_tts.tokenizer, tiny_tts.ids)
+        prefix_plan(VoicePrefix(voice.codes, words, speaker_2_frame=30), tiny_tts.tokenizer, tiny_tts.ids)
 
 
 # --- what a prefix forces: the published runtime's alignment (issue 29) ---------------------------
@@ -176,7 +177,7 @@ def test_generation_forces_a_prefix_as_the_published_runtime_does(tiny_tts):
     words alone, each padded until the next, and the words are forced at the published steps,
     so they are reported at the published frames (include_prefix)."""
     words = (SpokenWord("hello", 0.0, 0.3, 1), SpokenWord("there", 1.6, 1.9, 1))
-    voice = Voice(torch.from_numpy(np.random.default_rng(1).integers(0, 2048, (8, 40))), words)
+    voice = VoicePrefix(torch.from_numpy(np.random.default_rng(1).integers(0, 2048, (8, 40))), words)
     script = tiny_tts.parse("[S1] Fine.")
     plan = tiny_tts.plan(script, GenerationConfig(seed=0), voice, None)
     # "[S1] hello" (6 tokens) at max(1, round(0.0)) = 1, not 0; "there" at max(8, round(20.0)) = 20;
@@ -185,7 +186,7 @@ def test_generation_forces_a_prefix_as_the_published_runtime_does(tiny_tts):
     assert [(e.text, e.padding) for e in plan.machine_state.entries][:2] == [("hello", 18), ("there", 3)]
     assert list(plan.machine_state.entries)[2:] == script
     assert plan.prefix.new_word_steps == (1 + 2, 20 + 2)
-    result = tiny_tts.generate("[S1] Fine.", GenerationConfig(seed=0, include_prefix=True), voice=voice)
+    result = tiny_tts.generate("[S1] Fine.", GenerationConfig(seed=0, include_prefix=True), prefix=voice)
     assert result.timestamps[:2] == [("hello", 1 / 12.5), ("there", 20 / 12.5)]
 
 
@@ -204,9 +205,9 @@ class RecordingKernels(ForcedActions):
         return codes
 
 
-def _voice(frames: int, words: tuple[SpokenWord, ...], speaker_2_frame: int | None = None) -> Voice:
+def _voice(frames: int, words: tuple[SpokenWord, ...], speaker_2_frame: int | None = None) -> VoicePrefix:
     codes = torch.from_numpy(np.random.default_rng(7).integers(0, 2048, (8, frames)))
-    return Voice(codes, words, speaker_2_frame=speaker_2_frame)
+    return VoicePrefix(codes, words, speaker_2_frame=speaker_2_frame)
 
 
 # Each prefix's words end long before its last frame, so at the first free step the machine's
@@ -249,7 +250,7 @@ def test_a_prefixed_utterance_starts_to_sample_right_after_the_prefix(tiny_tts, 
 
     monkeypatch.setattr(StateMachine, "process", spy)
     greedy = SamplingConfig(temperature=0.0, top_k=1)
-    result = tts.generate(script, GenerationConfig(seed=0, cfg_scale=1.0, audio=greedy, include_prefix=True), voice=voice)
+    result = tts.generate(script, GenerationConfig(seed=0, cfg_scale=1.0, audio=greedy, include_prefix=True), prefix=voice)
     monkeypatch.undo()
 
     # Where sampling starts: every step once, in order; forced exactly up to P-2.
@@ -268,7 +269,7 @@ def test_a_prefixed_utterance_starts_to_sample_right_after_the_prefix(tiny_tts, 
     # The text of the first free columns: the machine forced along the prefix's and script's steps.
     data = tts.model.config.data
     machine = StateMachine.from_config(data, tts.ids)
-    prefix_entries, _ = voice_prefix(voice, tts.tokenizer, tts.ids)
+    prefix_entries, _ = prefix_plan(voice, tts.tokenizer, tts.ids)
     L = end_step + 2
     main, second = forced_text_streams(machine, prefix_entries + entries, (*prefix_steps, *script_steps, end_step), L)
     generated = kernels[0].texts
@@ -305,8 +306,8 @@ def test_every_prefix_path_uses_the_published_rule(tiny_tts, prefix_rules):
     P, words, speaker_2_frame, _ = BOUNDARY_PREFIXES["two speakers"]
     voice = _voice(P, words, speaker_2_frame)
     config = GenerationConfig(seed=0)
-    tiny_tts.generate("[S1] Hi there.", config, voice=voice)
-    list(tiny_tts.stream(iter(["[S1] Hi", " there."]), config, voice=voice))
+    tiny_tts.generate("[S1] Hi there.", config, prefix=voice)
+    list(tiny_tts.stream(iter(["[S1] Hi", " there."]), config, prefix=voice))
     Engine(tiny_tts, EngineConfig(slots=1)).submit(Request("[S1] Hi there.", config, voice)).result()
     assert [[w.text for w in aligned] for aligned in prefix_rules] == [["hello", "how"]] * 3
 
@@ -315,23 +316,23 @@ def test_two_stored_voices_joined_in_the_studio_stay_two_recordings(tiny_tts):
     """The studio joins speaker 1's and speaker 2's stored voices into one prefix: speaker 2's
     recording starts after speaker 1's frames, so its first word heard at 0.0 s into it is
     forced at the published rule's frame 1 of that recording (not at its frame 0)."""
-    from dia2.studio.speak import join_voices
+    from dia2.studio.speak import join_prefixes
 
     first = _voice(19, (SpokenWord("hello", 0.32, 0.8, 1),))
     second = _voice(13, (SpokenWord("how", 0.0, 0.3, 1),))
-    joined = join_voices(first, second)
+    joined = join_prefixes(first, second)
     assert joined.speaker_2_frame == 19 and joined.codes.shape[-1] == 32
-    _, prefix = voice_prefix(joined, tiny_tts.tokenizer, tiny_tts.ids)
+    _, prefix = prefix_plan(joined, tiny_tts.tokenizer, tiny_tts.ids)
     assert prefix.new_word_steps == (4 + 2, 19 + 1 + 2)
 
 
 def test_a_voice_made_with_another_codec_is_refused(tiny_tts, tmp_path):
-    voice = one_speaker_voice(tiny_tts)
+    voice = one_speaker_prefix(tiny_tts)
     assert voice.codec_fingerprint == tiny_tts.codec.fingerprint
-    stored = Voice.load(voice.save(tmp_path / "v"))
+    stored = read_voice(write_voice(Voice(prefix=voice), tmp_path / "v")).prefix
     assert torch.equal(stored.codes, voice.codes) and stored.codec_fingerprint == tiny_tts.codec.fingerprint
-    other = Voice(stored.codes, stored.words, "another-mimi")
+    other = VoicePrefix(stored.codes, stored.words, "another-mimi")
     with pytest.raises(PrefixError, match="made with another Mimi codec .*--mimi"):
-        tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0), voice=other)
+        tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0), prefix=other)
     # A voice stored before fingerprints were recorded is still accepted.
-    tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0, max_frames=40), voice=Voice(stored.codes, stored.words))
+    tiny_tts.generate("[S1] Hi.", GenerationConfig(seed=0, max_frames=40), prefix=VoicePrefix(stored.codes, stored.words))

