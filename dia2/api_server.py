@@ -43,11 +43,9 @@ from dia2.model.assets import HUB_TIMEOUT_S, TINY_MODEL
 from dia2.options import (
     FlagParser,
     OptionError,
-    add_flags,
+    add_section_flags,
     build,
-    field_docs,
     flag_values,
-    sections,
 )
 from dia2.serving.config import EngineConfig
 
@@ -104,12 +102,8 @@ class ServerOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     p = FlagParser(prog="python -m dia2.api_server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    docs = field_docs(ServerOptions)
     spellings = {"model": SERVED_MODEL_SPELLING, "generation": PUBLISHED_SPELLING}
-    for name, section in sections(ServerOptions).items():
-        group = p.add_argument_group(name, docs[name])
-        add_flags(group, section, dest=f"{name}.", spelling=spellings.get(name), aliases=FLAG_ALIASES)
-    return p
+    return add_section_flags(p, ServerOptions, spellings=spellings, aliases=FLAG_ALIASES)
 
 
 def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> ServerOptions:

@@ -43,11 +43,10 @@ from dia2.model.config import FRAME_RATE
 from dia2.options import (
     FlagParser,
     OptionError,
-    add_flags,
+    add_section_flags,
     build,
     field_docs,
     flag_values,
-    sections,
 )
 from dia2.output_paths import check_writable
 from dia2.progress import progress_bar
@@ -129,12 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The dia2-infer parser: the output file, then a group of flags per InferOptions section."""
     p = FlagParser(prog="dia2-infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("output", type=Path, help=f"{field_docs(InferOptions)['output']} ({', '.join(EXTENSIONS)})")
-    docs = field_docs(InferOptions)
-    for name, section in sections(InferOptions).items():
-        group = p.add_argument_group(name, docs[name])
-        add_flags(group, section, dest=f"{name}.", spelling=PUBLISHED_SPELLING if section is GenerationConfig else None,
-                  aliases=FLAG_ALIASES)
-    return p
+    return add_section_flags(p, InferOptions, spellings={"generation": PUBLISHED_SPELLING}, aliases=FLAG_ALIASES)
 
 
 def parse_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> InferOptions:

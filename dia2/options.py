@@ -311,6 +311,24 @@ class FlagParser(argparse.ArgumentParser):
         return parsed
 
 
+def add_section_flags(
+    parser: argparse.ArgumentParser,
+    options: type,
+    *,
+    spellings: Mapping[str, Mapping[str, str]] | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> argparse.ArgumentParser:
+    """A group of flags per section of a command's options (`options`: a frozen dataclass whose
+    dataclass fields are its sections), titled by the section's name and its field doc; the flags'
+    dests are `section.field`, as `flag_values` and `build` expect. spellings: section name ->
+    `add_flags`' spelling for that section."""
+    docs = field_docs(options)
+    for name, section in sections(options).items():
+        add_flags(parser.add_argument_group(name, docs[name]), section, dest=f"{name}.",
+                  spelling=(spellings or {}).get(name), aliases=aliases)
+    return parser
+
+
 def add_flags(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     cls: type,

@@ -45,11 +45,9 @@ from dia2.launch.model import ModelOptions, check_served_model, check_tiny
 from dia2.options import (
     FlagParser,
     OptionError,
-    add_flags,
+    add_section_flags,
     build,
-    field_docs,
     flag_values,
-    sections,
 )
 from dia2.serving.config import EngineConfig
 from dia2.studio.backend import ScorerFactory, Studio
@@ -98,12 +96,8 @@ class StudioOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     p = FlagParser(prog="dia2-studio", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    docs = field_docs(StudioOptions)
     spellings = {"model": SERVED_MODEL_SPELLING, "generation": PUBLISHED_SPELLING}
-    for name, section in sections(StudioOptions).items():
-        add_flags(p.add_argument_group(name, docs[name]), section, dest=f"{name}.", spelling=spellings.get(name),
-                  aliases=FLAG_ALIASES)
-    return p
+    return add_section_flags(p, StudioOptions, spellings=spellings, aliases=FLAG_ALIASES)
 
 
 def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> StudioOptions:
