@@ -6,6 +6,7 @@
     encode.py         encodings for files and streams: mp3, Opus, AAC, FLAC, wav, pcm
     recordings.py     finding recordings in a folder (data prep's input, dia2-eval's references)
     asr.py            speech -> timed words: the one faster-whisper wrapper
+    whisper_offline.py  the Whisper models that ship on PyPI (`--asr-model base-offline`)
     activity.py       where a recording holds speech, by frame energy
     dnsmos.py         DNSMOS P.835 speech quality
 """

@@ -8,6 +8,7 @@
     adapter_files.py  a LoRA adapter folder read without PEFT or torch
     adapters.py       LoRA adapters on a Dia2Model in PEFT's format: load merged or live
     lora_bank.py      several adapters side by side, one per batch row (serving)
+    row_weights.py    what an adapter replaces outright (embedding rows, whole heads), per batch row
     peft_api.py       PEFT's names, imported without bitsandbytes
     quant.py          low-VRAM mode: bitsandbytes 8-bit and 4-bit linear layers
 """

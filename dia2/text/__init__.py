@@ -9,4 +9,7 @@
     utterance.py      timed words -> entries and alignment, for a training row or a voice prefix
     parts.py          a long script cut into parts that each fit one generation
     transcript.py     a typed transcript re-aligned to the words a recogniser heard
+    normalize.py      text normalisation per language (recogniser output -> training text; WER)
+    numbers.py        numbers written as digits -> the words a speaker says (en, de, es, fr)
+    coverage.py       how well a tokenizer covers a language, and its text/audio pacing
 """
