@@ -505,3 +505,18 @@ def test_writers_on_a_network_filesystem_exclude_each_other_through_the_lock_fil
     assert faults == []
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "shared"]
     assert (tmp_path / "shared" / "a").read_text() in (f"x{rounds - 1}", f"y{rounds - 1}")
+
+
+@pytest.mark.parametrize("extension", ["m4a", "mp4", "webm", "mp3", "ogg"])
+def test_an_upload_in_any_container_is_read_by_the_one_reader(tmp_path, recordings, fake, extension):
+    """The store reads an upload as every command reads a user's audio (`decode_audio_file`): a
+    phone's m4a, a video's sound (mp4 with a video stream), a browser's webm all become voices."""
+    from dia2.audio.io import decode_audio_file
+
+    data = Path(recordings["containers"][extension]).read_bytes()
+    store = VoiceStore(tmp_path, fake)
+    store.add("memo", data)
+    expected = decode_audio_file(recordings["containers"]["wav"], RATE).samples.shape[1]
+    assert fake.calls[0][0] == pytest.approx(expected, abs=1920)  # the same speech, within a frame
+    with pytest.raises(VoiceError, match="speaker_1 holds no audio .*a video without an audio stream"):
+        store.add("silent-film", (Path(recordings["folder"]) / "bad" / "video_only.mp4").read_bytes())
