@@ -185,10 +185,13 @@ def run(layout: str, args, model: PrepModel, whisper: WhisperTranscriber) -> dic
         audio_seconds = make_inputs(Path(tmp) / "in", layout, args.minutes, language=args.language)
         runs = {stages: run_once(args, Path(tmp) / "in", Path(tmp) / f"out_{stages}", model, whisper, audio_seconds, stages)
                 for stages in args.stages.split(",")}
+    words = {stages: r.pop("words") for stages, r in runs.items()}
     out = {"audio_seconds": round(audio_seconds, 1), **runs}
     if "off" in runs:
         base = runs["off"]["wall_seconds"]
         out["slowdown_against_off"] = {k: round(r["wall_seconds"] / base, 3) for k, r in runs.items() if k != "off"}
+        # Harmless on clean speech: the same utterances say the same words with the stages on.
+        out["same_words_as_off"] = {k: w == words["off"] for k, w in words.items() if k != "off"}
     for stages, r in runs.items():
         seconds = r["stage_seconds"]
         r["stage_cost_x_real_time"] = {k: round(audio_seconds / seconds[k], 1) for k in NEW_STAGES if seconds.get(k)}
@@ -204,6 +207,7 @@ def run_once(args, input_folder: Path, output: Path, model: PrepModel, whisper: 
     words = [w for split in datasets.load_from_disk(str(output)).values() for w in words_of_rows(split)]
     report = outcome.report
     return {
+        "words": [w.text for w in words],
         "files": report["files"]["found"],
         "kept_seconds": round(report["hours"]["kept"] * 3600, 1),
         "dropped_minutes": report["minutes"]["dropped"],
