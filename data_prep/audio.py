@@ -77,7 +77,6 @@ class Recording:
         self.path = path
         self.info = probe(path)
         self.frames = self.info.frames
-        self.measured = False  # `frames` is the decoded length (`blocks` has read the file through)
         self.truncated = False
         self.nonfinite = False
         self.peak = self.clipped = 0.0
@@ -132,7 +131,7 @@ class Recording:
                 break
         seconds, stated = at / rate, self.info.seconds
         self.truncated |= stated - seconds > max(_STATED_SLACK_SECONDS, 0.02 * stated)
-        self.frames, self.measured = round(seconds * self.info.sample_rate), True
+        self.frames = round(seconds * self.info.sample_rate)
         self.clipped = clipped / at if at else 0.0
 
     def read_frames(self, start: int, stop: int) -> np.ndarray:

@@ -279,8 +279,11 @@ class RecordingPreparer:
             return TEXT_MISMATCH, f"word error rate {wer:.2f} against the reference text > --max-wer {flt.max_wer}"
         return None
 
-    def _bounds(self, group: list[SpokenWord], room: tuple[float, float], analysis: Analysis) -> tuple[float, float] | tuple[str, str]:
-        """Where the cut's audio starts and how far its real audio may run (seconds), or a problem.
+    def _bounds(
+        self, group: list[SpokenWord], room: tuple[float, float], analysis: Analysis
+    ) -> tuple[float, float, tuple[str, str] | None]:
+        """Where the cut's audio starts and how far its real audio may run (seconds), and the
+        problem that refuses the cut (None: none).
 
         Without VAD: --lead-seconds before the first word, up to the next utterance. With VAD: the
         speech around the words, --vad-pad of silence on each side, within the room the
@@ -288,11 +291,10 @@ class RecordingPreparer:
         first, last_end = group[0].start, max(w.end for w in group)
         previous_end, next_start = room
         if analysis.regions is None:
-            return max(0.0, first - self.config.segment.lead_seconds, min(previous_end, first)), max(next_start, last_end)
+            return max(0.0, first - self.config.segment.lead_seconds, min(previous_end, first)), max(next_start, last_end), None
         refined = refine_cut(first, last_end, analysis.regions, self.config.vad, lo=min(previous_end, first), hi=max(next_start, last_end))
-        if refined.reason is not None:
-            return refined.reason, f"silero-vad: {refined.reason} of the words {first:.2f}-{last_end:.2f} s"
-        return refined.start, refined.end
+        problem = None if refined.reason is None else (refined.reason, f"silero-vad: {refined.reason} of the words {first:.2f}-{last_end:.2f} s")
+        return refined.start, refined.end, problem
 
     def _candidate(
         self, recording: Recording, group: list[SpokenWord], room: tuple[float, float], analysis: Analysis,
@@ -306,10 +308,10 @@ class RecordingPreparer:
             result.skips.append(Skip(source.name, *problem, first, last_end))
 
         problem = self._length_problem(group)
-        bounds = self._bounds(group, room, analysis) if problem is None else problem
-        if isinstance(bounds[0], str):
-            return skip(bounds)
-        start, audio_end = bounds
+        if problem is None:
+            start, audio_end, problem = self._bounds(group, room, analysis)
+        if problem is not None:
+            return skip(problem)
         words = tuple(replace(w, start=_f32(w.start - start), end=_f32(w.end - start)) for w in group)
         with self.timer.stage("segment_align"):
             try:

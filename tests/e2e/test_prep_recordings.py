@@ -20,7 +20,7 @@ import pytest
 
 from data_prep.cli import main
 from data_prep.loudness import integrated_loudness, true_peak
-from data_prep.quality import LOW_QUALITY
+from data_prep.quality import LOW_QUALITY, QualityConfig
 from data_prep.results import NO_AUDIO_STREAM, OVERLAP, UNREADABLE
 from tests.conftest import REPO_ROOT
 from tests.helpers.asr_checks import assert_heard
@@ -114,7 +114,8 @@ def test_the_noisy_twin_is_dropped_by_dnsmos_and_the_clean_one_kept(voices):
     clean = [r for r in rows if r["source_file"] == "clean.wav"]
     assert clean and all(r["dnsmos_ovrl"] >= 2.5 and r["dnsmos_sig"] > 2.5 and r["dnsmos_bak"] > 3 for r in clean)
     noisy = [s for s in voices["report"]["skipped"] if s["source"] == "noisy.wav"]
-    assert noisy and {s["reason"] for s in noisy} == {LOW_QUALITY} and all("--min-dnsmos 2.5" in s["detail"] for s in noisy)
+    least = QualityConfig.min_dnsmos
+    assert noisy and {s["reason"] for s in noisy} == {LOW_QUALITY} and all(f"--min-dnsmos {least:g}" in s["detail"] for s in noisy)
     assert voices["report"]["minutes"]["dropped"][LOW_QUALITY] > 0
     # Every kept row carries its figures: the gain, its speech fraction and its DNSMOS.
     assert all(r["gain_db"] is not None and 0.5 < r["speech_fraction"] <= 1 and r["dnsmos_ovrl"] is not None for r in rows)
