@@ -292,7 +292,8 @@ class RecordingPreparer:
         previous_end, next_start = room
         if analysis.regions is None:
             return max(0.0, first - self.config.segment.lead_seconds, min(previous_end, first)), max(next_start, last_end), None
-        refined = refine_cut(first, last_end, analysis.regions, self.config.vad, lo=min(previous_end, first), hi=max(next_start, last_end))
+        lo, hi = min(previous_end, first), max(next_start, last_end)
+        refined = refine_cut(first, last_end, analysis.regions, self.config.vad, lo=lo, hi=hi)
         problem = None if refined.reason is None else (refined.reason, f"silero-vad: {refined.reason} of the words {first:.2f}-{last_end:.2f} s")
         return refined.start, refined.end, problem
 
@@ -312,7 +313,9 @@ class RecordingPreparer:
             start, audio_end, problem = self._bounds(group, room, analysis)
         if problem is not None:
             return skip(problem)
-        words = tuple(replace(w, start=_f32(w.start - start), end=_f32(w.end - start)) for w in group)
+        # A word Whisper starts before the cut (silero heard its speech start later: Whisper's first
+        # word times run early, e.g. 0.2 s on the -40 LUFS fixture) starts with the cut.
+        words = tuple(replace(w, start=_f32(max(w.start, start) - start), end=_f32(max(w.end, start) - start)) for w in group)
         with self.timer.stage("segment_align"):
             try:
                 utterance = align_utterance(words, self.tokenizer, self.ids)

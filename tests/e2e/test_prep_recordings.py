@@ -22,6 +22,7 @@ from data_prep.cli import main
 from data_prep.loudness import integrated_loudness, true_peak
 from data_prep.quality import LOW_QUALITY, QualityConfig
 from data_prep.results import NO_AUDIO_STREAM, OVERLAP, UNREADABLE
+from data_prep.vad import VadConfig
 from tests.conftest import REPO_ROOT
 from tests.helpers.asr_checks import assert_heard
 
@@ -119,6 +120,20 @@ def test_the_noisy_twin_is_dropped_by_dnsmos_and_the_clean_one_kept(voices):
     assert voices["report"]["minutes"]["dropped"][LOW_QUALITY] > 0
     # Every kept row carries its figures: the gain, its speech fraction and its DNSMOS.
     assert all(r["gain_db"] is not None and 0.5 < r["speech_fraction"] <= 1 and r["dnsmos_ovrl"] is not None for r in rows)
+
+
+def test_each_cut_starts_the_vad_pad_before_its_speech_and_holds_its_first_word(voices):
+    """alice/weather.flac (clean.wav, and quiet.wav and loud.wav at other levels) says two utterances
+    1.6 s apart: silero-vad starts each row --vad-pad (0.1 s) before its speech, and a row never
+    starts after its first word (at -40 LUFS silero hears the speech start later than Whisper does)."""
+    said = json.loads((REPO_ROOT / "tests/fixtures/prep/manifest.json").read_text())["mono"]
+    starts = [u["start"] for u in next(m for m in said if m["file"] == "alice/weather.flac")["utterances"]]
+    for name in ("clean.wav", "quiet.wav", "loud.wav"):
+        rows = sorted((r for r in voices["rows"] if r["source_file"] == name), key=lambda r: r["source_start"])
+        assert len(rows) == len(starts), name
+        for row, start in zip(rows, starts):
+            assert abs(row["source_start"] - max(0.0, start - VadConfig.speech_pad_seconds)) <= 0.12, (name, row["source_start"])
+    assert all(w["start"] >= 0 and w["end"] <= r["duration"] for r in voices["rows"] for w in r["words"])
 
 
 def test_quiet_and_loud_recordings_come_out_at_the_target_without_clipping(voices):
