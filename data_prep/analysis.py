@@ -15,13 +15,17 @@ Words get their speakers from the diarisation's turns: each word goes to the tur
 most. A word that lies mostly in speech the diarisation cut out (two voices at once, or a burst
 too short to tell whose voice it is) is left out, and the utterance is broken there: no cut
 holds overlapping speech, and none guesses a speaker.
+
+What the QC report says of a recording as a whole comes from here too: `recording_figures` (the
+pass's findings), `CutLevels` (its kept cuts' loudness) and `recording_flags`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,7 @@ import numpy as np
 from data_prep.audio import Recording
 from data_prep.config import PrepConfig
 from data_prep.diarize import Diarization, Diarizer
+from data_prep.loudness import LoudnessResult
 from data_prep.quality import QualityWindows, RecordingQuality
 from data_prep.results import OVERLAP, UNKNOWN_SPEAKER, Skip
 from data_prep.timing import StageTimer
@@ -204,6 +209,39 @@ def recording_figures(recording: Recording, analysis: Analysis) -> dict[str, Any
             "enrollment_similarity": {k: round(v, 3) for k, v in d.enrollment_similarity.items()},
         }
     return figures
+
+
+@dataclass
+class CutLevels:
+    """The loudness of a recording's kept cuts (`data_prep.loudness` results), for its line in the QC report."""
+
+    results: list[LoudnessResult] = field(default_factory=list)
+
+    def figures(self) -> dict[str, Any]:
+        heard = [r for r in self.results if math.isfinite(r.input_lufs)]
+        if not heard:
+            return {}
+        power = float(np.mean([10 ** (r.input_lufs / 10) for r in heard]))  # the cuts' mean power, as one level
+        gains = [r.gain_db for r in heard]
+        out_power = float(np.mean([10 ** (r.output_lufs / 10) for r in heard]))
+        return {
+            "input_lufs": round(10 * math.log10(power), 2), "gain_db": {"min": round(min(gains), 2), "max": round(max(gains), 2)},
+            "output_lufs": round(10 * math.log10(out_power), 2), "true_peak_dbtp": round(max(r.true_peak_dbtp for r in heard), 2),
+            "limited_db": round(max(r.limited_db for r in heard), 2), "quiet": any(r.quiet for r in self.results),
+            "excess_gain": any(r.excess_gain for r in heard),
+        }
+
+
+def recording_flags(figures: dict[str, Any], config: PrepConfig) -> list[str]:
+    """What the QC report lists a recording for: clipped, very quiet, or needing a large gain."""
+    flags, level, options = [], figures.get("loudness") or {}, config.loudness
+    if figures.get("clipped", 0.0) > config.filters.max_clipped:
+        flags.append(f"clipped: {figures['clipped']:.2%} of its samples at full scale (> --max-clipped {config.filters.max_clipped:g})")
+    if level.get("quiet"):
+        flags.append(f"very quiet: {level['input_lufs']:.1f} LUFS (< --quiet-lufs {options.quiet_lufs:g}); its gain lifts its noise too")
+    if level.get("excess_gain"):
+        flags.append(f"needed up to {level['gain_db']['max']:+.1f} dB of gain (> --max-gain-db {options.max_gain_db:g})")
+    return flags
 
 
 def _mean(values: list[float]) -> float | None:

@@ -30,16 +30,24 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from data_prep.analysis import Analysis, AnalysisModels, RecordingAnalyzer, attribute_speakers, recording_figures
+from data_prep.analysis import (
+    Analysis,
+    AnalysisModels,
+    CutLevels,
+    RecordingAnalyzer,
+    attribute_speakers,
+    recording_figures,
+    recording_flags,
+)
 from data_prep.audio import Recording, db_to_level, mix
 from data_prep.config import PrepConfig
-from data_prep.loudness import LoudnessResult, normalize_loudness
+from data_prep.loudness import normalize_loudness
 from data_prep.quality import LOW_QUALITY, quality_problem
 from data_prep.reference import check_reference
 from data_prep.results import (
@@ -90,27 +98,6 @@ class _Candidate:
     figures: dict[str, float | None]
 
 
-@dataclass
-class _Levels:
-    """The loudness of a recording's kept cuts, for its line in the QC report."""
-
-    results: list[LoudnessResult] = field(default_factory=list)
-
-    def figures(self) -> dict[str, Any]:
-        heard = [r for r in self.results if math.isfinite(r.input_lufs)]
-        if not heard:
-            return {}
-        power = float(np.mean([10 ** (r.input_lufs / 10) for r in heard]))  # the cuts' mean power, as one level
-        gains = [r.gain_db for r in heard]
-        out_power = float(np.mean([10 ** (r.output_lufs / 10) for r in heard]))
-        return {
-            "input_lufs": round(10 * math.log10(power), 2), "gain_db": {"min": round(min(gains), 2), "max": round(max(gains), 2)},
-            "output_lufs": round(10 * math.log10(out_power), 2), "true_peak_dbtp": round(max(r.true_peak_dbtp for r in heard), 2),
-            "limited_db": round(max(r.limited_db for r in heard), 2), "quiet": any(r.quiet for r in self.results),
-            "excess_gain": any(r.excess_gain for r in heard),
-        }
-
-
 class RecordingPreparer:
     """Turns recordings into rows with one codec, tokenizer, transcriber and analysis models (loaded once)."""
 
@@ -158,11 +145,11 @@ class RecordingPreparer:
                     return result
                 words = self._transcribe(recording, streams, result)
                 if words:
-                    levels = _Levels()
+                    levels = CutLevels()
                     candidates = self._candidates(recording, words, analysis, source, len(streams) > 1, result, levels)
                     result.rows = self._encode(candidates, source)
                     result.figures["loudness"] = levels.figures()
-                result.figures["flags"] = self._flags(result.figures)
+                result.figures["flags"] = recording_flags(result.figures, self.config)
         except NoAudioError as exc:
             return _skip_file(result, EMPTY, str(exc))
         except TooFewVoicesError as exc:
@@ -183,17 +170,6 @@ class RecordingPreparer:
             return [(None, source.speakers[0])]
         _skip_file(result, CHANNELS, f"{channels} channels; a dialogue file needs 2 (one speaker per channel)")
         return None
-
-    def _flags(self, figures: dict[str, Any]) -> list[str]:
-        """What the QC report lists the recording for: clipped, very quiet, or needing a large gain."""
-        flags, level, options = [], figures.get("loudness") or {}, self.config.loudness
-        if figures.get("clipped", 0.0) > self.config.filters.max_clipped:
-            flags.append(f"clipped: {figures['clipped']:.2%} of its samples at full scale (> --max-clipped {self.config.filters.max_clipped:g})")
-        if level.get("quiet"):
-            flags.append(f"very quiet: {level['input_lufs']:.1f} LUFS (< --quiet-lufs {options.quiet_lufs:g}); its gain lifts its noise too")
-        if level.get("excess_gain"):
-            flags.append(f"needed up to {level['gain_db']['max']:+.1f} dB of gain (> --max-gain-db {options.max_gain_db:g})")
-        return flags
 
     def _readable(self, recording: Recording, result: FileResult) -> bool:
         """Note what the analysis pass found wrong with the file; False when it holds no audio."""
@@ -241,7 +217,7 @@ class RecordingPreparer:
 
     def _candidates(
         self, recording: Recording, words: list[SpokenWord], analysis: Analysis, source: SourceFile, dialogue: bool,
-        result: FileResult, levels: _Levels,
+        result: FileResult, levels: CutLevels,
     ) -> Iterator[_Candidate]:
         """The utterances that pass every filter, one at a time (skips go to `result`)."""
         with self.timer.stage("segment_align"):
@@ -299,7 +275,7 @@ class RecordingPreparer:
 
     def _candidate(
         self, recording: Recording, group: list[SpokenWord], room: tuple[float, float], analysis: Analysis,
-        dialogue: bool, wer: float | None, source: SourceFile, result: FileResult, levels: _Levels,
+        dialogue: bool, wer: float | None, source: SourceFile, result: FileResult, levels: CutLevels,
     ) -> _Candidate | None:
         """The utterance's audio and words, or None (with the skip recorded). Objective checks
         (length, speech, clipping, quality) come before the recogniser's judgement (confidence, reference text)."""
@@ -343,19 +319,22 @@ class RecordingPreparer:
         if problem is not None:
             return skip(problem)
         waveform = np.zeros(frames * per_frame, np.float32)
-        mono = mix(span.samples, dialogue)[: len(waveform)]
-        figures: dict[str, float | None] = {}
-        if self.config.loudness.loudness:
-            with self.timer.stage("loudness"):
-                level = normalize_loudness(mono, rate, self.config.loudness)
-            levels.results.append(level)
-            mono, figures["gain_db"] = level.waveform, level.gain_db if math.isfinite(level.input_lufs) else 0.0
+        mono, figures = self._level(mix(span.samples, dialogue)[: len(waveform)], rate, levels)
         waveform[: len(mono)] = mono
         if analysis.regions is not None:
             figures["speech_fraction"] = speech_fraction(start, stop, analysis.regions)
         if score is not None:
             figures |= {"dnsmos_sig": score.sig, "dnsmos_bak": score.bak, "dnsmos_ovrl": score.ovrl}
         return _Candidate(waveform, frames, words, start, stop, confidence, figures)
+
+    def _level(self, mono: np.ndarray, rate: int, levels: CutLevels) -> tuple[np.ndarray, dict[str, float | None]]:
+        """The cut [S] at --loudness-target (as recorded with --no-loudness), and the gain applied."""
+        if not self.config.loudness.loudness:
+            return mono, {}
+        with self.timer.stage("loudness"):
+            level = normalize_loudness(mono, rate, self.config.loudness)
+        levels.results.append(level)
+        return level.waveform, {"gain_db": level.gain_db if math.isfinite(level.input_lufs) else 0.0}
 
     def _encode(self, candidates: Iterable[_Candidate], source: SourceFile) -> list[dict]:
         """Rows in spoken order. Candidates are encoded as they come, a batch at a time, so a
