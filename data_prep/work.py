@@ -179,11 +179,12 @@ def load_work(config: PrepConfig, sources: Sources, model: PrepModel | None, tra
 def load_analysis_models(config: PrepConfig) -> AnalysisModels:
     """silero-vad, DNSMOS and the diarizer, for the stages the config turns on, loaded now: a model
     that cannot load is the run's error, not every file's. DNSMOS runs on the cores Whisper and
-    Mimi use, in turn with them (the stages run one after the other)."""
+    Mimi use, in turn with them (the stages run one after the other); the diarizer's speaker
+    encoder on Mimi's --device."""
     diarize = config.speaker.diarize
     detector = SpeechDetector(config.vad) if config.vad.vad or diarize else None
     scorer = quality_scorer(config.quality, threads=config.run.threads or cpu_share()) if config.quality.min_dnsmos > 0 else None
-    diarizer = Diarizer(config.diarization, detector) if diarize else None
+    diarizer = Diarizer(config.diarization, detector, device=str(resolve_device(config.model.device, "--device"))) if diarize else None
     for model in (detector, scorer, diarizer):
         if model is not None:
             model.load()
