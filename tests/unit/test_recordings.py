@@ -69,4 +69,3 @@ def test_two_recordings_of_one_name_in_one_folder_are_refused_in_subfolders_too(
     tone(recordings / "day 1" / "take 1.wav")
     with pytest.raises(EvalInputError, match="take 1.flac and take 1.wav share a name"):
         read_references(recordings, 24000)
-
