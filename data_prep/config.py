@@ -3,7 +3,10 @@
 Each field's docstring (the string literal right after it) is its documentation, and the CLI
 shows it as the flag's `--help` (`dia2.options` reads it from the source, litgpt-style), so the
 defaults and their explanations live here and nowhere else. The CLI flag of a field is its name
-with dashes (`max_seconds` -> `--max-seconds`); names are unique across sections for that reason.
+with dashes (`max_seconds` -> `--max-seconds`; `FLAG_SPELLING` names the exceptions); names are
+unique across sections for that reason. The stages for real recordings keep their options beside
+their code, each a section here: `loudness.LoudnessConfig`, `vad.VadConfig`,
+`quality.QualityConfig`, `diarize.DiarizeConfig`.
 
 `PrepConfig.validate` checks what can be checked without the model; `check_context_budget`
 checks the utterance length against the model's context once its config is known.
@@ -16,6 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from data_prep.diarize import DiarizeConfig, parse_enrollment
+from data_prep.loudness import LoudnessConfig
+from data_prep.quality import QualityConfig
+from data_prep.speaker_clusters import DiarizeError
+from data_prep.vad import VadConfig
 from dia2.audio.asr import DEFAULT_WHISPER_MODEL
 from dia2.launch.model import model_name
 from dia2.model.assets import DEFAULT_MODEL, hub_repo_id_problem
@@ -127,6 +135,18 @@ class SpeakerOptions:
     speaker_map: Path | None = None
     """JSON ({"file.wav": "alice"} or {"file.wav": ["alice", "bob"]} for one speaker per channel) or
     CSV (path,speaker[,speaker_2]) giving each recording's speaker, paths relative to the input folder."""
+    diarize: bool = False
+    """Every recording is a dialogue of the two --speakers in one track (mono, or stereo mixed down):
+    find who speaks when from their voices (overlapping speech is cut out, not guessed) and write
+    [S1]/[S2] turns. Names go by --enroll clips, else by order of first appearance."""
+    enroll: tuple[str, ...] = ()
+    """With --diarize: NAME=FILE, a short clip of that speaker alone (any format), comma-separated or
+    repeated, e.g. alice=alice.m4a; names the voice in every recording that sounds like it."""
+
+    @property
+    def enrollment(self) -> dict[str, Path]:
+        """--enroll as {name: clip}, each name one of --speakers and each clip a file (DiarizeError otherwise)."""
+        return parse_enrollment(self.enroll, self.speakers) if self.enroll else {}
 
 
 @dataclass(frozen=True)
@@ -171,7 +191,11 @@ class PrepConfig:
     asr: AsrOptions = field(default_factory=AsrOptions)
     segment: SegmentOptions = field(default_factory=SegmentOptions)
     filters: FilterOptions = field(default_factory=FilterOptions)
+    loudness: LoudnessConfig = field(default_factory=LoudnessConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     speaker: SpeakerOptions = field(default_factory=SpeakerOptions)
+    diarization: DiarizeConfig = field(default_factory=DiarizeConfig)
     out: OutputOptions = field(default_factory=OutputOptions)
     run: RunOptions = field(default_factory=RunOptions)
 
@@ -229,10 +253,33 @@ class PrepConfig:
             raise PrepConfigError(
                 "give either --stereo or --speaker-map (whose entries can name two speakers per file), not both"
             )
+        self._validate_diarization()
+
+    def _validate_diarization(self) -> None:
+        speaker = self.speaker
+        if not speaker.diarize:
+            if speaker.enroll:
+                raise PrepConfigError("--enroll names the voices --diarize finds: add --diarize, or leave --enroll out")
+            return
+        if len(speaker.speakers) != 2:
+            given = f"one name ({speaker.speakers[0]})" if speaker.speakers else "no names"
+            raise PrepConfigError(
+                f"--diarize tells two speakers apart but --speakers gives {given}: give both, e.g. --speakers alice,bob "
+                "(recordings of one speaker need no --diarize)"
+            )
+        if speaker.stereo or speaker.speaker_map is not None:
+            flag = "--stereo" if speaker.stereo else "--speaker-map"
+            raise PrepConfigError(f"{flag} says who speaks where already; --diarize finds it from the voices: give one of them")
+        try:
+            speaker.enrollment
+        except DiarizeError as exc:
+            raise PrepConfigError(str(exc)) from exc
 
 
 SECTIONS = tuple(sections(PrepConfig).values())
 """The option groups of a run, in --help order."""
+FLAG_SPELLING = {"loudness": {"target_lufs": "--loudness-target"}, "vad": {"speech_pad_seconds": "--vad-pad"}}
+"""Section -> field -> flag, where the flag says more than the field's name."""
 
 
 def _positive(flag: str, value: float) -> None:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.speaker_clusters import DiarizeError, cluster_windows, match_enrollment, silhouette
+from data_prep.speaker_clusters import DiarizeError, TooFewVoicesError, cluster_windows, match_enrollment, silhouette
 from data_prep.vad import SpeechDetector, SpeechRegion
 from dia2.audio.io import AudioFileError, decode_audio_file, resample
 from dia2.evaluation.speaker import unit
@@ -62,7 +62,7 @@ split in two 0.88, a female and a male voice 0.60)."""
 
 @dataclass(frozen=True)
 class DiarizeConfig:
-    """Diarisation of mono dialogues."""
+    """Diarisation (--diarize): who speaks when in a mono dialogue, from speaker embeddings."""
 
     speaker_window_seconds: float = 1.6
     """Speaker-embedding window (seconds; resemblyzer was trained on 1.6 s)."""
@@ -182,7 +182,7 @@ class Diarizer:
         regions = list(regions)
         windows = self._embed(audio, regions)
         if len(windows.embeddings) < 2 * len(speakers):
-            raise DiarizeError(
+            raise TooFewVoicesError(
                 f"{label} holds too little speech to tell {len(speakers)} speakers apart "
                 f"({len(windows.embeddings)} windows of {self.config.speaker_window_seconds:g} s): give a longer recording"
             )

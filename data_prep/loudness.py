@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_prep.config import FilterOptions
 from dia2.audio.io import CLIP_LEVEL
 from dia2.errors import Dia2Error
 
@@ -38,8 +37,10 @@ class LoudnessError(Dia2Error, ValueError):
 
 @dataclass(frozen=True)
 class LoudnessConfig:
-    """Loudness normalisation of each cut."""
+    """Loudness: each cut brought to one integrated loudness (ITU-R BS.1770-4), true peaks limited so nothing clips."""
 
+    loudness: bool = True
+    """Normalise each cut's loudness (--no-loudness keeps the levels as recorded); the gain is recorded per row."""
     target_lufs: float = -23.0
     """Integrated loudness every cut is brought to (LUFS, ITU-R BS.1770-4; -23 is EBU R 128's target)."""
     ceiling_dbtp: float = -1.0
@@ -86,8 +87,8 @@ class LoudnessResult:
     excess_gain: bool
     clipped_fraction: float
 
-    def is_clipped(self, max_clipped: float = FilterOptions.max_clipped) -> bool:
-        """More than `max_clipped` of the input's samples at full scale (CLIP_LEVEL)."""
+    def is_clipped(self, max_clipped: float) -> bool:
+        """More than `max_clipped` (prep's --max-clipped) of the input's samples at full scale (CLIP_LEVEL)."""
         return self.clipped_fraction > max_clipped
 
 

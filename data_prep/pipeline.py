@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from data_prep.audio import probe
 from data_prep.cache import CACHE_DIR, FileCache
 from data_prep.config import PrepConfig, PrepConfigError
 from data_prep.distributed import ProcessGroup, launched_world_size
@@ -32,6 +33,8 @@ from data_prep.work import (
     write_outputs,
 )
 from data_prep.writer import check_validation_folders
+from dia2.audio.io import AudioFileError
+from dia2.audio.recordings import is_audio_file
 from dia2.data.corpus import META_FILE
 from dia2.device import resolve_device
 from dia2.output_paths import check_writable
@@ -56,11 +59,22 @@ def check_output(folder: Path, overwrite: bool) -> None:
         )
 
 
+def check_audio(path: Path) -> None:
+    """Refuse a single recording given as the input that holds no audio stream ffmpeg reads (in a
+    folder, such a file is skipped and reported instead)."""
+    try:
+        probe(path)
+    except AudioFileError as exc:
+        raise PrepConfigError(f"input {path}: {exc}") from exc
+
+
 def check_inputs(config: PrepConfig) -> Sources:
     """Refuse what can be refused before anything loads (options, the output folder, the
     recordings and their speakers); the recordings to prepare. Writes nothing."""
     config.validate()
     check_output(config.output, config.out.overwrite)
+    if config.input.is_file() and is_audio_file(config.input):
+        check_audio(config.input)
     sources = collect_sources(config.input, config.speaker, exclude=config.output)
     check_validation_folders([f.name for f in sources.files], config.out.validation_folders)
     return sources

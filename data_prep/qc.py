@@ -6,6 +6,14 @@ cover (each moment once, the grids' silent padding left out); a dialogue utteran
 shared among its speakers in proportion to their words' durations. The tokenizer-coverage section (tokens per
 word, byte fallback, the words split worst, frames per token against English) is
 `dia2.text.coverage`'s, measured on the kept words.
+
+Per recording: its level before normalisation (LUFS, the power mean of its kept cuts) and the
+gains applied, its peak and clipped share, its speech fraction (silero-vad), its DNSMOS and, with
+--diarize, each speaker's talk time and the clustering's confidence; recordings that were very
+quiet, clipped or needed more gain than --max-gain-db are listed apart. Per speaker: kept hours,
+and with --diarize talk time, turns and how sure their turns' labels are. Minutes: kept, dropped
+by reason (an utterance's span of words; a whole file's length), and the rest (pauses, speech no
+recogniser heard).
 """
 
 from __future__ import annotations
@@ -71,9 +79,46 @@ def build_report(
             for r in results
         ],
     }
+    report["recordings"] = [{**entry, **r.figures} for entry, r in zip(report["recordings"], results)]
+    report["flagged"] = {r.source: r.figures["flags"] for r in results if r.figures.get("flags")}
+    report["speakers"] = _speakers(results, report["hours"]["per_speaker"])
+    report["minutes"] = _minutes(results, skips, kept_seconds)
     if extra:
         report.update(extra)
     return report
+
+
+def _speakers(results: Sequence[FileResult], kept_hours: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Each speaker's kept hours, and (from the diarised recordings) talk time, turns and the mean
+    confidence of their turns' labels."""
+    out = {}
+    for name, hours in kept_hours.items():
+        diarized = [r.figures["diarization"] for r in results if name in r.figures.get("diarization", {}).get("talk_seconds", {})]
+        entry: dict[str, Any] = {"kept_hours": hours}
+        if diarized:
+            turns = sum(d["turns"][name] for d in diarized)
+            confidences = [(d["turns"][name], d["turn_confidence"][name]) for d in diarized if d["turn_confidence"][name] is not None]
+            entry |= {
+                "talk_seconds": round(sum(d["talk_seconds"][name] for d in diarized), 3), "turns": turns,
+                "turn_confidence": round(sum(n * c for n, c in confidences) / turns, 3) if turns and confidences else None,
+            }
+        out[name] = entry
+    return out
+
+
+def _minutes(results: Sequence[FileResult], skips: Sequence[Skip], kept_seconds: float) -> dict[str, Any]:
+    """Minutes of the input kept, dropped by reason (an utterance's words' span; a skipped file's
+    length), and the rest (pauses and speech nobody transcribed)."""
+    seconds_of = {r.source: r.seconds for r in results}
+    dropped: dict[str, float] = defaultdict(float)
+    for s in skips:
+        dropped[s.reason] += (s.end - s.start) if s.start is not None else seconds_of.get(s.source, 0.0)
+    total = sum(seconds_of.values())
+    return {
+        "input": round(total / 60, 3), "kept": round(kept_seconds / 60, 3),
+        "dropped": {reason: round(dropped[reason] / 60, 3) for reason in REASONS if reason in dropped},
+        "rest": round(max(0.0, total - kept_seconds - sum(dropped.values())) / 60, 3),
+    }
 
 
 def _kept_seconds(rows: Sequence[dict[str, Any]]) -> list[float]:
@@ -113,6 +158,7 @@ def summary_text(report: dict[str, Any]) -> str:
         f"hours: {hours['input']:.3f} read, {hours['kept']:.3f} kept",
     ]
     lines += [f"  {name}: {value:.3f} h" for name, value in hours["per_speaker"].items()]
+    lines += _minutes_text(report.get("minutes")) + _recordings_text(report) + _speakers_text(report.get("speakers", {}))
     if report["skipped_by_reason"]:
         lines += ["", "skipped, by reason:"] + [f"  {reason}: {n}" for reason, n in report["skipped_by_reason"].items()]
         lines += ["", "every skip:"]
@@ -134,6 +180,47 @@ def summary_text(report: dict[str, Any]) -> str:
     if "stage_seconds" in report:
         lines += ["", "time per stage (s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["stage_seconds"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _minutes_text(minutes: dict[str, Any] | None) -> list[str]:
+    if not minutes:
+        return []
+    rows = [("kept", minutes["kept"])] + [(f"dropped: {reason}", m) for reason, m in minutes["dropped"].items()]
+    rows.append(("pauses and untranscribed", minutes["rest"]))
+    width = max(len(name) for name, _ in rows)
+    return ["", f"minutes of {minutes['input']:.2f} read:"] + [f"  {name:<{width}}  {m:8.2f}" for name, m in rows]
+
+
+def _recordings_text(report: dict[str, Any]) -> list[str]:
+    """A line per recording with its figures (those measured), then the flagged ones."""
+    lines = ["", "recordings (level before -> gain, peak, clipped, speech, DNSMOS SIG/BAK/OVRL):"]
+    for r in report["recordings"]:
+        parts = [f"{r['seconds']:.1f} s, {r['kept_seconds']:.1f} s kept"]
+        if level := r.get("loudness"):
+            parts.append(f"{level['input_lufs']:.1f} LUFS -> {level['gain_db']['min']:+.1f}..{level['gain_db']['max']:+.1f} dB")
+        if r.get("peak_dbfs") is not None:
+            parts.append(f"peak {r['peak_dbfs']:.1f} dBFS, clipped {r['clipped']:.2%}")
+        if r.get("speech_fraction") is not None:
+            parts.append(f"speech {r['speech_fraction']:.0%}")
+        if score := r.get("dnsmos"):
+            parts.append(f"DNSMOS {score['sig']:.2f}/{score['bak']:.2f}/{score['ovrl']:.2f}")
+        if d := r.get("diarization"):
+            talk = ", ".join(f"{name} {s:.1f} s" for name, s in d["talk_seconds"].items())
+            parts.append(f"talk {talk}; clustering confidence {d['confidence']:.2f} (closest voices {d['separation']:.2f} cosine), "
+                         f"{d['overlap_seconds']:.1f} s overlap cut out")
+        lines.append(f"  {r['source']}: " + "; ".join(parts))
+    if report.get("flagged"):
+        lines += ["", "flagged recordings:"] + [f"  {name}: {'; '.join(flags)}" for name, flags in report["flagged"].items()]
+    return lines
+
+
+def _speakers_text(speakers: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+    for name, s in speakers.items():
+        if "talk_seconds" in s:
+            confidence = f", label confidence {s['turn_confidence']:.2f}" if s["turn_confidence"] is not None else ""
+            lines.append(f"  {name}: {s['talk_seconds']:.1f} s of talk in {s['turns']} turn(s){confidence}")
+    return ["", "speakers (diarised):"] + lines if lines else []
 
 
 def _splits_text(utterances: dict[str, int]) -> str:

@@ -48,8 +48,8 @@ _SHOW = 5
 class SourceFile:
     """One recording to prepare.
 
-    speakers: the speaker number of each channel ((1, 2): channel 0 is [S1], channel 1 [S2]),
-    or one number for the downmix of all channels.
+    speakers: the speaker number of each channel ((1, 2): channel 0 is [S1], channel 1 [S2]; with
+    --diarize, the two voices of the downmix), or one number for the downmix of all channels.
     """
 
     path: Path
@@ -263,7 +263,7 @@ def _speaker_names(options: SpeakerOptions, used: list[str], where: str) -> tupl
 def _numbers(entry: tuple[str, ...], names: tuple[str, ...], options: SpeakerOptions) -> tuple[int, ...]:
     if entry:
         return tuple(names.index(n) + 1 for n in entry)
-    return (1, 2) if options.stereo else (1,)
+    return (1, 2) if options.stereo or options.diarize else (1,)
 
 
 def _resolve(base: Path, text: str) -> Path:

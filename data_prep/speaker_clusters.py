@@ -30,6 +30,12 @@ class DiarizeError(Dia2Error, ValueError):
     """Speakers, enrollment clips or audio that diarisation cannot work with; the message names them and the fix."""
 
 
+class TooFewVoicesError(DiarizeError):
+    """A recording in which diarisation cannot tell N voices apart (too little speech, too few
+    distinct voices): that recording is left out; the other DiarizeErrors (speakers, enrollment
+    clips, the encoder) stop the run."""
+
+
 def cluster_windows(embeddings: np.ndarray, speakers: int, label: str = "the recording") -> tuple[np.ndarray, np.ndarray]:
     """Unit embeddings [W, D] -> (unit centroids [N, D], each window's cluster [W]) for N = `speakers`."""
     from scipy.cluster.hierarchy import fcluster, linkage
@@ -45,7 +51,7 @@ def cluster_windows(embeddings: np.ndarray, speakers: int, label: str = "the rec
         if len(big) == speakers:
             break
     else:
-        raise DiarizeError(
+        raise TooFewVoicesError(
             f"{label}: could not find {speakers} distinct voices (the windows form fewer groups of at least "
             f"{MIN_CLUSTER_SHARE:.0%} of the speech): check the number of speakers, or give a longer recording"
         )

@@ -7,9 +7,11 @@ from collections import defaultdict
 from contextlib import contextmanager
 from typing import Iterator
 
-STAGES = ("read", "transcribe", "segment_align", "encode", "write")
-"""read: decode + resample; transcribe: Whisper; segment_align: utterances, filters, alignment;
-encode: Mimi; write: cache files and the corpus."""
+STAGES = ("read", "vad", "dnsmos", "diarize", "transcribe", "segment_align", "loudness", "encode", "write")
+"""read: decode + resample; vad: silero-vad; dnsmos: DNSMOS quality windows; diarize: speaker
+embeddings and clustering (--diarize); transcribe: Whisper; segment_align: utterances, filters,
+alignment; loudness: each cut's level and true-peak limiting; encode: Mimi; write: cache files and
+the corpus."""
 
 
 class StageTimer:

@@ -42,8 +42,11 @@ class VadError(Dia2Error, ValueError):
 
 @dataclass(frozen=True)
 class VadConfig:
-    """Speech activity (silero-vad)."""
+    """Speech activity: silero-vad finds the speech, so cuts never start or end inside it."""
 
+    vad: bool = True
+    """Refine each cut's boundaries with silero-vad and measure its speech fraction (--no-vad: the
+    word times alone, with --lead-seconds before the first word); measured harmless on clean speech."""
     vad_threshold: float = 0.5
     """Speech probability (0-1) at which silero-vad hears speech start; lower hears more, noise included."""
     min_speech_seconds: float = 0.25

@@ -1,7 +1,7 @@
 """What preparing recordings takes, loaded once per process, and the steps of a run that a single
 process (`data_prep.pipeline.run_prep`) and each process of a launch (`data_prep.shards`) share:
 
-    work = load_work(config, sources, model, transcriber)      # Mimi, tokenizer, Whisper, preparer
+    work = load_work(config, sources, model, transcriber)      # Mimi, tokenizer, Whisper, VAD/DNSMOS/diarizer, preparer
     results, keys, reused = prepare_files(work, files, cache, "recordings")
     outcome = write_outputs(config, work, sources, results, extra)   # corpus, meta, QC report
 
@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from data_prep.analysis import AnalysisModels
 from data_prep.cache import (
     FileCache,
     entry_key,
@@ -39,12 +40,16 @@ from data_prep.config import (
 )
 from data_prep.distributed import cpu_share
 from data_prep.qc import JSON_FILE, TEXT_FILE, build_report, write_report
+from data_prep.diarize import Diarizer
+from data_prep.quality import quality_scorer
 from data_prep.recording import RecordingPreparer
 from data_prep.results import FAILED, FileResult, Skip
 from data_prep.sources import SourceFile, Sources
+from data_prep.speaker_clusters import DiarizeError
 from data_prep.timing import StageTimer
 from data_prep.transcribe import SegmentTranscriber, asr_transcriber
 from data_prep.writer import assign_splits, push_corpus, write_corpus
+from data_prep.vad import SpeechDetector
 from dia2.audio.asr import AsrError
 from dia2.console import is_main_process
 from dia2.data.corpus import META_FILE, CorpusMeta
@@ -162,12 +167,32 @@ def load_work(config: PrepConfig, sources: Sources, model: PrepModel | None, tra
         transcriber.load()  # a model that cannot load is the run's error, not every file's
     timer = StageTimer()
     names = sources.speaker_names
-    preparer = RecordingPreparer(config, model.codec, model.tokenizer, model.ids, transcriber, names, max_frames, tail, timer)
+    models = load_analysis_models(config)
+    preparer = RecordingPreparer(config, model.codec, model.tokenizer, model.ids, transcriber, names, max_frames, tail, timer, models)
     tokenizer_id = tokenizer_fingerprint(model.tokenizer)
     options = options_digest(config, model.codec.fingerprint, tokenizer_id, transcriber.identity, max_frames, names)
     config.output.mkdir(parents=True, exist_ok=True)
     record = ProgressFile(config.output / PROGRESS_FILE, "recording", enabled=is_main_process())
     return PrepWork(model, transcriber, preparer, options, timer, config.run.progress, record)
+
+
+def load_analysis_models(config: PrepConfig) -> AnalysisModels:
+    """silero-vad, DNSMOS and the diarizer, for the stages the config turns on, loaded now: a model
+    that cannot load is the run's error, not every file's. DNSMOS runs on the cores Whisper and
+    Mimi use, in turn with them (the stages run one after the other); the diarizer's speaker
+    encoder on Mimi's --device."""
+    diarize = config.speaker.diarize
+    detector = SpeechDetector(config.vad) if config.vad.vad or diarize else None
+    scorer = quality_scorer(config.quality, threads=config.run.threads or cpu_share()) if config.quality.min_dnsmos > 0 else None
+    diarizer = Diarizer(config.diarization, detector, device=str(resolve_device(config.model.device, "--device"))) if diarize else None
+    for model in (detector, scorer, diarizer):
+        if model is not None:
+            model.load()
+    if diarizer is not None:
+        for name, clip in config.speaker.enrollment.items():
+            diarizer.embed_clip(clip)  # an enrollment clip without speech is refused before any recording
+            logger.info("enrollment clip %s (%s) holds speech", clip, name)
+    return AnalysisModels(detector, scorer, diarizer)
 
 
 def prepare_files(
@@ -195,7 +220,7 @@ def _prepare(preparer: RecordingPreparer, source: SourceFile, cache: FileCache, 
     """Prepare one recording and cache it; an unexpected error costs the file, not the run."""
     try:
         fresh = preparer.prepare(source)
-    except AsrError:
+    except (AsrError, DiarizeError):  # the recogniser, or an --enroll clip that names no voice: the run's error
         raise
     except Exception as exc:  # a bad file must not abort the run; the error is reported, and not cached
         logger.warning("%s failed: %s", source.name, exc, exc_info=logger.isEnabledFor(logging.INFO))
@@ -217,7 +242,9 @@ def write_outputs(config: PrepConfig, work: PrepWork, sources: Sources, results:
     extra = {**extra, "stage_seconds": timer.totals(), "output": str(out)}
     if not splits:
         write_report(build_report(results, sources.ignored, sources.speaker_names, splits, extra), out)
-        raise NothingKeptError(f"no utterance was kept from {len(results)} recording(s): see {out / TEXT_FILE} for why")
+        whole = [s for r in results for s in r.skips if s.start is None][:3]
+        why = "".join(f"; {s.source}: {s.reason} ({s.detail})" for s in whole)
+        raise NothingKeptError(f"no utterance was kept from {len(results)} recording(s){why}: see {out / TEXT_FILE} for why")
     with timer.stage("write"):
         counts = write_corpus(out, results, splits, model.codec.num_codebooks)
         _meta(config, model, sources.speaker_names, counts, work.transcriber.identity).save(out)
@@ -254,8 +281,20 @@ def _meta(config: PrepConfig, model: PrepModel, speaker_names: tuple[str, ...], 
             "prefix_seconds": config.segment.prefix_seconds,
             "codec_dtype": config.model.codec_dtype,
             "language": config.asr.language,
+            "stages": stages_record(config),
         },
     )
+
+
+def stages_record(config: PrepConfig) -> dict[str, Any]:
+    """The corpus meta's record of the stages that shaped its audio (None: a stage that was off)."""
+    loudness, vad = config.loudness, config.vad
+    return {
+        "loudness": {"target_lufs": loudness.target_lufs, "ceiling_dbtp": loudness.ceiling_dbtp} if loudness.loudness else None,
+        "vad": {"speech_pad_seconds": vad.speech_pad_seconds, "vad_threshold": vad.vad_threshold} if vad.vad else None,
+        "dnsmos": {"min_ovrl": config.quality.min_dnsmos, "hop_seconds": config.quality.dnsmos_hop} if config.quality.min_dnsmos > 0 else None,
+        "diarization": {"enrolled": sorted(config.speaker.enrollment)} if config.speaker.diarize else None,
+    }
 
 
 def tool_version() -> str:

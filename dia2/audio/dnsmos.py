@@ -36,6 +36,7 @@ from dia2.errors import Dia2Error
 DNSMOS_RATE = 16000
 INPUT_SECONDS = 9.01
 """The model's input length (seconds), as in the reference code."""
+WINDOW_SAMPLES = int(INPUT_SECONDS * DNSMOS_RATE)
 HOP_SECONDS = 1.0
 """The reference's hop between windows (seconds)."""
 _BATCH_WINDOWS = 8  # windows per ONNX call: a little faster than one at a time, 4.6 MB of input
@@ -87,23 +88,29 @@ class DnsmosScorer:
         audio = resample(np.asarray(waveform, dtype=np.float32), sample_rate, DNSMOS_RATE)
         if audio.size == 0 or not np.any(audio):
             raise DnsmosError("DNSMOS cannot score silence or empty audio: give a clip with sound in it")
-        windows = _windows(audio, self.hop_seconds)
+        scores = self.score_windows(clip_windows(audio, self.hop_seconds))
+        sig, bak, ovrl = scores.mean(axis=0)
+        return DnsmosScore(float(sig), float(bak), float(ovrl), len(scores))
+
+    def score_windows(self, windows: np.ndarray) -> np.ndarray:
+        """16 kHz windows [W, WINDOW_SAMPLES] (`clip_windows`) -> each one's calibrated SIG, BAK,
+        OVRL [W, 3] (float64)."""
         session = self.load()
         batches = (windows[i : i + _BATCH_WINDOWS] for i in range(0, len(windows), _BATCH_WINDOWS))
         raw = np.concatenate([session.run(None, {"input_1": batch})[0] for batch in batches])  # [W, 3]: SIG, BAK, OVRL
-        sig, bak, ovrl = (np.polyval(poly, raw[:, k].astype(np.float64)) for k, poly in enumerate((_SIG_POLY, _BAK_POLY, _OVRL_POLY)))
-        return DnsmosScore(float(sig.mean()), float(bak.mean()), float(ovrl.mean()), len(windows))
+        return np.stack([np.polyval(poly, raw[:, k].astype(np.float64)) for k, poly in enumerate((_SIG_POLY, _BAK_POLY, _OVRL_POLY))],
+                        axis=1)
 
 
-def _windows(audio: np.ndarray, hop_seconds: float) -> np.ndarray:
-    """The reference's windows of a 16 kHz clip [S]: [W, 144160], float32."""
-    length = int(INPUT_SECONDS * DNSMOS_RATE)
-    while len(audio) < length:
+def clip_windows(audio: np.ndarray, hop_seconds: float = HOP_SECONDS) -> np.ndarray:
+    """The reference's windows of a 16 kHz clip [S] (repeated end to end while it is shorter than
+    one): [W, WINDOW_SAMPLES], float32."""
+    while len(audio) < WINDOW_SAMPLES:
         audio = np.concatenate([audio, audio])
     count = int((np.floor(len(audio) / DNSMOS_RATE) - INPUT_SECONDS) / hop_seconds) + 1
     hop = int(hop_seconds * DNSMOS_RATE)
-    starts = [i * hop for i in range(count) if i * hop + length <= len(audio)]
-    return np.stack([audio[s : s + length] for s in starts]).astype(np.float32)
+    starts = [i * hop for i in range(count) if i * hop + WINDOW_SAMPLES <= len(audio)]
+    return np.stack([audio[s : s + WINDOW_SAMPLES] for s in starts]).astype(np.float32)
 
 
 def model_path() -> Path:

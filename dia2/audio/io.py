@@ -1,8 +1,9 @@
-"""Reading and writing audio files: PyAV or soundfile reads, `dia2.audio.encode` writes, soxr resamples.
+"""Reading and writing audio files: PyAV reads, `dia2.audio.encode` writes, soxr resamples.
 
 `decode_audio_file` reads any container and codec ffmpeg's libraries decode (through PyAV: wav,
-flac, aiff, mp3, ogg Opus/Vorbis, m4a/AAC, mp4/mov/webm/mkv videos' first audio stream, wma...);
-`read_audio` reads what soundfile decodes. Every written format (wav, flac, mp3, Ogg Opus as `.ogg`/`.opus`, AAC, raw pcm) goes through
+flac, aiff, mp3, ogg Opus/Vorbis, m4a/AAC, mp4/mov/webm/mkv videos' first audio stream, wma...).
+It is the one reader of a user's audio: data prep, dia2-eval's references, voice prefixes, the
+server's and the studio's uploads (`read_audio` is its mono shorthand). Every written format (wav, flac, mp3, Ogg Opus as `.ogg`/`.opus`, AAC, raw pcm) goes through
 `dia2.audio.encode`, so a saved file and a served stream carry the same bytes. (torchaudio does not
 import beside the CPU torch build these machines use; see shared/environment.md.)
 """
@@ -33,20 +34,14 @@ class AudioFileError(Dia2Error, ValueError):
     """An audio file that cannot be read or written; the message names the file."""
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
-    """Read any file soundfile can decode as mono float32 at `sample_rate`: [S]."""
-    import soundfile as sf
+class NoAudioError(AudioFileError):
+    """A readable file with nothing to hear: no audio stream (a video without sound), or a stream
+    without samples."""
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioFileError(f"audio file {path} not found")
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise AudioFileError(f"cannot read {path} as audio ({exc}); give a wav/flac/ogg/mp3 file") from exc
-    if data.shape[0] == 0:
-        raise AudioFileError(f"{path} holds no audio samples")
-    return resample(data.mean(axis=1), rate, sample_rate)
+
+def read_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """Any file `decode_audio_file` reads, as the mono mix [S] (float32) at `sample_rate`."""
+    return decode_audio_file(path, sample_rate).waveform
 
 
 def resample(waveform: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -86,7 +81,7 @@ class DecodedAudio:
     """Decoded audio: float32 samples [C, S] at `sample_rate` (C = 1 when a mono mix was asked
     for), the stream it came from, and the peak and clipped fraction of the samples as recorded
     (all channels, before resampling). `truncated`: decoding failed part way, and `samples` holds
-    the audio before the damage."""
+    the audio before the damage. `nonfinite`: NaN or infinite samples (float files), read as 0."""
 
     samples: np.ndarray
     sample_rate: int
@@ -94,6 +89,7 @@ class DecodedAudio:
     peak: float
     clipped: float
     truncated: bool
+    nonfinite: bool = False
 
     @property
     def seconds(self) -> float:
@@ -141,14 +137,16 @@ def decode_audio_file(
         native, truncated = _decode_native(container, stream, start, stop, name)
     if native.shape[1] == 0:
         where = f" from {start:g} s" if start > 0 else ""
-        raise AudioFileError(f"{name} holds no decodable audio{where} ({info.codec} in {info.container}): give a recording with sound")
-    native = np.where(np.isfinite(native), native, 0.0).astype(np.float32)
+        raise NoAudioError(f"{name} holds no decodable audio{where} ({info.codec} in {info.container}): give a recording with sound")
+    finite = np.isfinite(native)
+    nonfinite = not finite.all()
+    native = np.where(finite, native, 0.0).astype(np.float32)
     magnitude = np.abs(native)
     peak, clipped = float(magnitude.max()), float((magnitude >= CLIP_LEVEL).mean())
     if mono and native.shape[0] > 1:
         native = native.mean(axis=0, keepdims=True)
     samples = np.stack([resample(channel, info.sample_rate, sample_rate) for channel in native])
-    return DecodedAudio(samples, sample_rate, info, peak, clipped, truncated)
+    return DecodedAudio(samples, sample_rate, info, peak, clipped, truncated, nonfinite)
 
 
 @contextmanager
@@ -173,7 +171,7 @@ def _open_container(source: str | os.PathLike | bytes, label: str | None) -> Ite
 def _audio_stream(container, name: str):
     if not container.streams.audio:
         what = "a video without an audio stream" if container.streams.video else "a file without an audio stream"
-        raise AudioFileError(f"{name} is {what}: nothing to hear; give a recording that holds sound")
+        raise NoAudioError(f"{name} is {what}: nothing to hear; give a recording that holds sound")
     return container.streams.audio[0]
 
 

@@ -15,10 +15,12 @@ from pathlib import Path
 from dia2.errors import Dia2Error
 
 AUDIO_EXTENSIONS = frozenset(
-    ".wav .wave .flac .ogg .oga .opus .mp3 .aif .aiff .aifc .au .snd .caf .w64 .rf64 .voc .wve .htk .sd2 .paf .svx"
-    " .nist .sph .avr .ircam .sf .xi .mat .mat4 .mat5 .pvf .sds .mpc".split()
+    ".wav .wave .rf64 .w64 .flac .aif .aiff .aifc .au .snd .caf .voc .paf .svx .nist .sph .avr .ircam .sf .pvf .sds"
+    " .mp3 .mp2 .ogg .oga .opus .spx .m4a .m4b .aac .wma .asf .ac3 .amr .wv .ape .tta .mpc"
+    " .mp4 .m4v .mov .qt .3gp .3g2 .webm .mkv .mka .avi".split()
 )
-"""Extensions of the formats libsndfile (soundfile) reads; RAW is left out, it has no header."""
+"""Extensions of the audio and video files `dia2.audio.io.decode_audio_file` (PyAV, ffmpeg's
+libraries) reads: a video's first audio stream is its recording. Raw PCM is left out (no header)."""
 TRANSCRIPT_SUFFIX = ".txt"
 
 

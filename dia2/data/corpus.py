@@ -12,6 +12,9 @@ A corpus is a `datasets.DatasetDict` (train / validation) saved with `save_to_di
 | source_file | str | the recording, as given to data prep |
 | source_start, source_end | float32 | the utterance's span in the recording, seconds |
 | asr_confidence | float32 | mean word probability from the transcriber (1.0 for given text) |
+| gain_db | float32 or null | loudness gain applied to the utterance (dB; null: levels kept as recorded) |
+| speech_fraction | float32 or null | share of the utterance's audio that is speech (silero-vad; null: not measured) |
+| dnsmos_sig, dnsmos_bak, dnsmos_ovrl | float32 or null | DNSMOS P.835 of its audio: speech, background, overall (1-5; null: not scored) |
 
 The meta records what the codes and words mean (codec and tokenizer fingerprints, frame rate,
 delays, ASR model, tool version); the trainer refuses a corpus whose codec or tokenizer differ
@@ -33,6 +36,9 @@ from dia2.errors import Dia2Error
 from dia2.model.config import FRAME_RATE
 from dia2.text.words import SpokenWord
 
+CUT_FIGURES = ("gain_db", "speech_fraction", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
+"""What data prep measured of each utterance's audio (null where that stage was off); the trainer
+reads none of them, and a corpus without them loads alike."""
 SCHEMA_VERSION = 2
 """2: rows hold audio up to `dia2.data.teacher.tail_frames` after the end-of-speech step of the
 alignment that spells pauses as break entries (version 1 rows were cut for the old rule)."""
@@ -60,6 +66,7 @@ def corpus_features(num_codebooks: int):
             "source_start": Value("float32"),
             "source_end": Value("float32"),
             "asr_confidence": Value("float32"),
+            **{name: Value("float32") for name in CUT_FIGURES},
         }
     )
 
@@ -129,8 +136,9 @@ def make_row(
     source_end: float,
     asr_confidence: float,
     frame_rate: float = FRAME_RATE,
+    figures: Mapping[str, float | None] | None = None,
 ) -> dict[str, Any]:
-    """One corpus row from codes [K, N] and timed words."""
+    """One corpus row from codes [K, N] and timed words; `figures`: the CUT_FIGURES measured (the others null)."""
     if codes.dim() != 2:
         raise ValueError(f"codes must be [K, N], got shape {tuple(codes.shape)}")
     return {
@@ -142,6 +150,7 @@ def make_row(
         "source_start": source_start,
         "source_end": source_end,
         "asr_confidence": asr_confidence,
+        **{name: (figures or {}).get(name) for name in CUT_FIGURES},
     }
 
 

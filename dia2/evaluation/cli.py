@@ -8,8 +8,8 @@
 
 Speaks every prompt (--prompts, or the shipped set) with every seed and configuration (base,
 base+prefix, each adapter, adapter+prefix), scores every clip (WER/CER, speaker similarity to
-the references, duration, silences, frame-limit hits, word coverage), measures the toplines (the
-references and their Mimi resynthesis), and writes OUTPUT/eval.json, OUTPUT/report.html and
+the references, DNSMOS quality, duration, silences, frame-limit hits, word coverage), measures the
+toplines (the references and their Mimi resynthesis), and writes OUTPUT/eval.json, OUTPUT/report.html and
 OUTPUT/clips/. Every input is checked before anything is generated; the output folder appears
 only when the evaluation is complete. Exit status 1 with one message on any error, including an
 adapter that changes nothing, and one whose recorded base is not --model (--allow-other-base
@@ -96,6 +96,8 @@ class EvalOptions:
     """faster-whisper model name or local CTranslate2 folder for WER/CER (none: no WER/CER)."""
     speaker_encoder: str = DEFAULT_SPEAKER_ENCODER
     """Speaker encoder for similarity: resemblyzer or none."""
+    dnsmos: bool = True
+    """Score each clip's DNSMOS P.835 OVRL (1-5, speech quality without a reference; the references' score is the topline)."""
     toplines: bool = True
     """Also score the references and their Mimi resynthesis."""
     allow_other_base: bool = False
@@ -161,7 +163,7 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
     if asr is not None:
         asr.load()  # an unloadable model is refused now, not after the first clip
     scorer = ClipScorer([r.waveform for r in references], reference_rate=READ_RATE, asr=asr,
-                        speaker=speaker, device=device, language=o.language)
+                        speaker=speaker, device=device, language=o.language, dnsmos=o.dnsmos)
     prefix = voice.prefix
     if o.prefix is not None:
         # The prefix needs word timings, which the scoring transcriber skips.
@@ -185,7 +187,7 @@ def evaluate(output: Path, o: EvalOptions) -> Path:
             "references": str(o.references), "reference_count": len(references), "references_found": found,
             "voice_prefix": str(o.prefix or (o.voice if voice.prefix is not None else None) or "none"),
             "asr_model": o.asr_model,
-            "speaker_encoder": o.speaker_encoder, "device": device, "language": o.language,
+            "speaker_encoder": o.speaker_encoder, "device": device, "language": o.language, "dnsmos": o.dnsmos,
         }
         write_report(data, work)
     return output

@@ -25,13 +25,14 @@ JSON_NAME = "eval.json"
 HTML_NAME = "report.html"
 COLUMNS = {
     "clips": ("clips", "{:d}"), "wer": ("WER", "{:.3f}"), "cer": ("CER", "{:.3f}"), "similarity": ("similarity", "{:.3f}"),
+    "dnsmos": ("DNSMOS", "{:.2f}"),
     "similarity_spread": ("sim. spread", "{:.3f}"), "duration_s": ("duration s", "{:.2f}"),
     "duration_ratio": ("dur./expected", "{:.2f}"), "leading_silence_s": ("lead sil. s", "{:.2f}"),
     "trailing_silence_s": ("trail sil. s", "{:.2f}"), "frame_limit_hits": ("frame limit", "{:d}"),
     "word_coverage": ("word cov.", "{:.2f}"),
 }
 """Aggregate columns of the summary table: key -> (heading, format)."""
-CLIP_COLUMNS = ("wer", "cer", "similarity", "duration_s", "expected_duration_s", "leading_silence_s",
+CLIP_COLUMNS = ("wer", "cer", "similarity", "dnsmos", "duration_s", "expected_duration_s", "leading_silence_s",
                 "trailing_silence_s", "hit_frame_limit", "word_coverage")
 
 

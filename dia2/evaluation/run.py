@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 """Called once per clip scored, with the clip's label (the CLI's progress bar)."""
-SCORE_FIELDS = ("wer", "cer", "similarity", "duration_s", "duration_ratio", "leading_silence_s", "trailing_silence_s", "word_coverage")
+SCORE_FIELDS = ("wer", "cer", "similarity", "dnsmos", "duration_s", "duration_ratio", "leading_silence_s", "trailing_silence_s", "word_coverage")
 """Scores averaged over a configuration's clips (None values left out)."""
 
 

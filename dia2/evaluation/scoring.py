@@ -8,6 +8,9 @@
   (`dia2.evaluation.text`), None without a recogniser;
 - similarity: cosine between the clip's speaker embedding and the references' voice
   (`dia2.evaluation.speaker`), None without references or encoder, or for a clip without speech;
+- quality: DNSMOS P.835 OVRL (`dia2.audio.dnsmos`, the reference's 1 s hop), 1-5, how clean the
+  speech sounds without a reference to compare with (the references' own score is the topline),
+  None unless asked for or for a silent clip;
 - behaviour: duration against the expected speaking rate, leading/trailing silence, whether the
   generation hit its frame limit instead of ending, and the share of the script's words that
   started inside the clip (from the generation's word timestamps).
@@ -30,6 +33,7 @@ from dia2.audio.asr import (
     Transcriber,
     WhisperTranscriber,
 )
+from dia2.audio.dnsmos import DnsmosError, DnsmosScorer
 from dia2.audio.io import resample
 from dia2.evaluation.speaker import (
     DEFAULT_SPEAKER_ENCODER,
@@ -90,6 +94,8 @@ class ClipScores:
     """Character error rate, same texts."""
     similarity: float | None
     """Cosine between the clip's speaker embedding and the references' voice."""
+    dnsmos: float | None
+    """DNSMOS P.835 OVRL of the clip (1-5): speech quality without a reference."""
     transcript: str | None
     """What the recogniser heard."""
     duration_s: float
@@ -120,6 +126,7 @@ class ClipScorer:
     references: mono float32 waveforms [S] of the target voice at `reference_rate` (None or
     empty: no similarity). asr: a faster-whisper model name or folder, or a `Transcriber`
     (None: no WER/CER). speaker: "resemblyzer", a `SpeakerEncoder`, or None (no similarity).
+    dnsmos: True (or a `DnsmosScorer`) to score each clip's DNSMOS OVRL.
     language: what the clips speak (a Whisper code; None: detected): the recogniser is told it and
     WER/CER normalise for it (numbers spelled out in it, `dia2.evaluation.text`).
     The references are embedded here, so the encoder loads once, before the first clip.
@@ -134,7 +141,9 @@ class ClipScorer:
         speaker: str | SpeakerEncoder | None = DEFAULT_SPEAKER_ENCODER,
         device: str = "cpu",
         language: str | None = None,
+        dnsmos: bool | DnsmosScorer = False,
     ) -> None:
+        self.quality = DnsmosScorer() if dnsmos is True else (dnsmos or None)
         if isinstance(asr, str):
             asr = ClipTranscriber(asr, device=device, model_option=ASR_OPTION, language=language)
         self.transcriber: Transcriber | None = asr
@@ -146,7 +155,7 @@ class ClipScorer:
         # None marks a reference without speech: it stays in place so leave_out indices hold.
         self.reference_embeddings: list[np.ndarray | None] = embedded
         self.voice = voice_embedding([e for e in embedded if e is not None])
-        self.seconds = {"asr": 0.0, "speaker": 0.0, "behaviour": 0.0}
+        self.seconds = {"asr": 0.0, "speaker": 0.0, "dnsmos": 0.0, "behaviour": 0.0}
         """Time spent per scorer so far (the benchmark's and the report's figures)."""
 
     def score(
@@ -179,6 +188,9 @@ class ClipScorer:
         similarity = self.similarity(waveform, sample_rate, leave_out)
         self.seconds["speaker"] += time.perf_counter() - started
         started = time.perf_counter()
+        dnsmos = self.dnsmos(waveform, sample_rate)
+        self.seconds["dnsmos"] += time.perf_counter() - started
+        started = time.perf_counter()
         leading, trailing = silences(waveform, sample_rate)
         words = len(normalize_words(said))
         coverage = None
@@ -187,11 +199,20 @@ class ClipScorer:
             coverage = min(1.0, inside / words) if words else None
         self.seconds["behaviour"] += time.perf_counter() - started
         return ClipScores(
-            wer=wer, cer=cer, similarity=similarity, transcript=transcript,
+            wer=wer, cer=cer, similarity=similarity, dnsmos=dnsmos, transcript=transcript,
             duration_s=duration, expected_duration_s=words / EXPECTED_WORDS_PER_SECOND,
             leading_silence_s=leading, trailing_silence_s=trailing, hit_frame_limit=hit_frame_limit,
             word_coverage=coverage,
         )
+
+    def dnsmos(self, waveform: np.ndarray, sample_rate: int) -> float | None:
+        """The clip's DNSMOS OVRL (None when not asked for, or for a silent clip)."""
+        if self.quality is None:
+            return None
+        try:
+            return self.quality.score(waveform, sample_rate).ovrl
+        except DnsmosError:
+            return None
 
     def similarity(self, waveform: np.ndarray, sample_rate: int, leave_out: int | None = None) -> float | None:
         """Cosine of the clip's embedding with the references' voice (without reference `leave_out`)."""

@@ -4,7 +4,6 @@ an adapter reference that names a PEFT folder or a Hub repo; and the errors a ba
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dia2.audio.io import CLIP_LEVEL, resample
+from dia2.audio.io import AudioFileError, NoAudioError, decode_audio_file
 from dia2.generation.voice import VoiceError
 from dia2.model.assets import hub_repo_id_problem
 
@@ -76,53 +75,25 @@ def check_name(name: str, what: str = "voice") -> str:
 
 
 def decode_audio(data: bytes, sample_rate: int, label: str, max_seconds: float = MAX_SECONDS) -> DecodedAudio:
-    """Any audio ffmpeg reads (bytes) -> DecodedAudio; VoiceError naming `label` if it is not audio.
+    """Any audio ffmpeg reads (bytes; `dia2.audio.io.decode_audio_file`, the one reader of a
+    user's audio) -> DecodedAudio; VoiceError naming `label` if it is not audio.
 
     Decoding stops a second past `max_seconds` (a small compressed file can hold hours); `seconds`
     is then the container's stated length, or what was decoded when it states none.
     """
-    import av
-
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            fmt = container.format.name.split(",")[0]
-            frames, stated = _decode_frames(container, max_seconds + 1.0)
-    except (av.FFmpegError, ValueError, OSError) as exc:
+        decoded = decode_audio_file(data, sample_rate, stop=max_seconds + 1.0, label=label)
+    except NoAudioError as exc:
+        raise VoiceError(f"{label} holds no audio ({exc}): send a wav, mp3, flac, ogg or m4a recording", param=label) from exc
+    except AudioFileError as exc:
         raise VoiceError(f"{label} cannot be decoded as audio ({exc}): send a wav, mp3, flac, ogg or m4a recording",
                          param=label) from exc
-    if not frames:
-        raise VoiceError(f"{label} holds no audio: send a wav, mp3, flac, ogg or m4a recording", param=label)
-    rate = frames[0].sample_rate
-    samples = np.concatenate([f.to_ndarray() for f in frames], axis=1)  # [C, S]
-    samples = np.where(np.isfinite(samples), samples, 0.0).astype(np.float32)
-    magnitude = np.abs(samples)
-    seconds = samples.shape[1] / rate
+    seconds, stated = decoded.seconds, decoded.stream.seconds
     if seconds > max_seconds and stated is not None:
         seconds = max(seconds, stated)
+    fmt = decoded.stream.container
     suffix = _SUFFIX_OF_FORMAT.get(fmt, fmt if re.fullmatch(r"[a-z0-9]{1,8}", fmt) else "audio")
-    return DecodedAudio(
-        resample(samples.mean(axis=0), rate, sample_rate), seconds,
-        float(magnitude.max(initial=0.0)), float((magnitude >= CLIP_LEVEL).mean()) if magnitude.size else 0.0, suffix,
-    )
-
-
-def _decode_frames(container, limit: float) -> tuple[list, float | None]:
-    """The first audio stream's frames as planar float at their own rate and channels (levels are
-    measured on the samples as recorded), up to about `limit` seconds; and the stated length."""
-    import av
-
-    if not container.streams.audio:
-        return [], None
-    stream = container.streams.audio[0]
-    stated = container.duration / av.time_base if container.duration else None
-    to_float = av.AudioResampler(format="fltp")
-    frames, seconds = [], 0.0
-    for frame in container.decode(stream):
-        frames += to_float.resample(frame)
-        seconds += frame.samples / frame.sample_rate
-        if seconds > limit:
-            return frames, stated
-    return frames + to_float.resample(None), stated
+    return DecodedAudio(decoded.waveform, seconds, decoded.peak, decoded.clipped, suffix)
 
 
 def check_speech(audio: DecodedAudio, label: str) -> None:

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dia2.audio.recordings import is_audio_file
 from dia2.generation.prefix import PrefixError, VoicePrefix
 from dia2.generation.voice import (
     LEGACY_META,
@@ -80,8 +81,6 @@ OPENAI_VOICES = (
 )
 """The voice names of OpenAI's speech API (openai 3.63's list): builtin aliases, so OpenAI clients
 work unchanged."""
-AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a")
-"""Files dropped into the folder with these extensions become voices on `scan`."""
 SCAN_SECONDS = 2.0
 """How often `start_scanning` looks for dropped-in files; one is taken once it has not changed for
 as long (a file still being copied in is left for a later look)."""
@@ -326,14 +325,15 @@ class VoiceStore:
         self._notify(name, None)
 
     def scan(self, settled_seconds: float = 0.0) -> list[str]:
-        """Make each audio file dropped into the folder (<stem>.wav ...) into voice <stem>, moving it
+        """Make each audio file dropped into the folder (<stem>.wav, .m4a ...: the formats every command
+        reads, `dia2.audio.recordings`) into voice <stem>, moving it
         (and <stem>.txt, its transcript) into the voice's folder; returns the new names. A file
         that fails is left in place, logged with the reason, and not tried again until it changes.
         Files changed less than `settled_seconds` ago are left for a later scan."""
         added = []
         with self._scan_lock:
             for path in sorted(self.folder.iterdir()):
-                if path.name.startswith(".") or path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
+                if path.name.startswith(".") or not is_audio_file(path) or not path.is_file():
                     continue
                 try:
                     stat = path.stat()

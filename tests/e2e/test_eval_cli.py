@@ -92,7 +92,10 @@ def test_full_command_writes_every_section_and_playable_clips(tmp_path, inputs, 
     assert refs[0]["wer"] <= 0.6 and refs[1]["wer"] is None
     assert len(data["toplines"]["resynthesis"]["clips"]) == 2
     assert [(e["configuration"], e["passed"]) for e in data["adapter_effect"]] == [("voice", True), ("voice+prefix", True)]
-    assert set(data["timing"]) == {"generation_s", "asr_s", "speaker_s", "behaviour_s"}
+    assert set(data["timing"]) == {"generation_s", "asr_s", "speaker_s", "dnsmos_s", "behaviour_s"}
+    # DNSMOS: the references (clean espeak speech) are the topline the tiny model's noise falls far below.
+    assert all(c["dnsmos"] is not None for c in data["clips"]) and all(c["dnsmos"] > 2.5 for c in refs)
+    assert data["toplines"]["references"]["aggregate"]["dnsmos"] > data["configurations"][0]["aggregate"]["dnsmos"]
     assert data["settings"]["references_found"] == f"2 recordings in {inputs['refs']}: 2 at its top"
 
     page = Links()

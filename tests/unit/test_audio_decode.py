@@ -128,3 +128,24 @@ def test_missing_and_non_media_files_and_bad_arguments(tmp_path, recordings):
         decode_audio_file(recordings["containers"]["wav"], 0)
     with pytest.raises(AudioFileError, match="no decodable audio from 100 s"):
         decode_audio_file(recordings["containers"]["flac"], RATE, start=100.0)
+
+
+def test_recordings_in_any_container_are_found_and_read_by_prep_and_eval_alike(tmp_path, recordings):
+    """A folder of phone memos (m4a), a video's sound (mp4), a browser recording (webm) and an mp3:
+    data prep lists them all, and dia2-eval reads each as the same speech as the wav."""
+    import shutil
+
+    from data_prep.config import SpeakerOptions
+    from data_prep.sources import collect_sources
+    from dia2.evaluation.inputs import read_references
+
+    root = tmp_path / "memos"
+    root.mkdir()
+    for ext in ("m4a", "mp4", "webm", "mp3", "wav"):
+        shutil.copy(recordings["containers"][ext], root / f"memo.{ext}" if ext == "wav" else root / f"memo {ext}.{ext}")
+    prep = collect_sources(root, SpeakerOptions())
+    assert [f.name for f in prep.files] == ["memo m4a.m4a", "memo mp3.mp3", "memo mp4.mp4", "memo webm.webm", "memo.wav"]
+    refs = read_references(root, 24000)
+    wav = decode_audio_file(root / "memo.wav", 24000).waveform
+    assert [r.name for r in refs] == ["memo m4a", "memo mp3", "memo mp4", "memo webm", "memo"]
+    assert all(abs(len(r.waveform) - len(wav)) < 1920 for r in refs)

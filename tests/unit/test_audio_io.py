@@ -45,5 +45,5 @@ def test_missing_empty_and_non_audio_files_are_refused(tmp_path):
     with pytest.raises(AudioFileError, match="cannot read .*text.wav as audio"):
         read_audio(tmp_path / "text.wav", 24000)
     sf.write(str(tmp_path / "empty.wav"), np.zeros((0, 1), np.float32), 24000)
-    with pytest.raises(AudioFileError, match="holds no audio samples"):
+    with pytest.raises(AudioFileError, match="holds no decodable audio"):
         read_audio(tmp_path / "empty.wav", 24000)

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from data_prep.quality import LOW_QUALITY, QualityConfig, QualityError, check_quality, quality_scorer
-from dia2.audio.dnsmos import DnsmosError, DnsmosScorer, _windows
+from dia2.audio.dnsmos import DnsmosError, DnsmosScorer, clip_windows
 
 # Scores of the fixture clips by the reference algorithm (microsoft/DNS-Challenge dnsmos_local.py,
 # as speechmos 0.0.1.1 implements it with librosa, on the same 16 kHz samples), taken once.
@@ -50,15 +50,15 @@ def test_the_noisy_twin_is_dropped_and_the_clean_one_kept(recordings):
 def test_windows_follow_the_reference_for_short_and_long_clips():
     rate = 16000
     short = np.arange(int(2.5 * rate), dtype=np.float32)
-    windows = _windows(short, 1.0)  # repeated end to end to 10 s: one window, the clip four times over
+    windows = clip_windows(short, 1.0)  # repeated end to end to 10 s: one window, the clip four times over
     assert windows.shape == (1, 144160)
     np.testing.assert_array_equal(windows[0, : len(short)], short)
     np.testing.assert_array_equal(windows[0, len(short) : 2 * len(short)], short)
     long = np.arange(int(30.5 * rate), dtype=np.float32)
-    windows = _windows(long, 1.0)
+    windows = clip_windows(long, 1.0)
     assert windows.shape == (int(30 - 9.01) + 1, 144160)  # every second (the reference skips 7-20, a float slip)
     assert windows[-1, 0] == 20 * rate
-    assert _windows(long, 9.01).shape == (3, 144160)
+    assert clip_windows(long, 9.01).shape == (3, 144160)
 
 
 def test_a_resampled_clip_scores_alike(scorer, recordings):

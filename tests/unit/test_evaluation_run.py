@@ -84,7 +84,7 @@ def test_the_adapter_effect_is_counted_over_every_clip(tiny_tts, tmp_path):
 
 
 def _clip(prompt: int, similarity: float | None, hit: bool = False) -> Clip:
-    scores = ClipScores(wer=0.5, cer=0.25, similarity=similarity, transcript="x", duration_s=2.0, expected_duration_s=1.0,
+    scores = ClipScores(wer=0.5, cer=0.25, similarity=similarity, dnsmos=None, transcript="x", duration_s=2.0, expected_duration_s=1.0,
                         leading_silence_s=0.1, trailing_silence_s=0.2, hit_frame_limit=hit, word_coverage=None)
     return Clip("base", prompt, "<b>hi</b>", 0, f"clips/base/p{prompt}.wav", scores)
 

@@ -161,3 +161,17 @@ def test_scorers_can_be_switched_off_and_unknown_encoders_are_refused():
     assert scores.wer is None and scores.cer is None and scores.transcript is None and scores.similarity is None
     with pytest.raises(SpeakerError, match="unknown speaker encoder 'ecapa'"):
         ClipScorer(asr=None, speaker="ecapa")
+
+
+def test_dnsmos_scores_clean_speech_above_the_same_speech_in_noise():
+    """dia2-eval's DNSMOS score (OVRL, the reference's 1 s hop): the clean fixture near 3, the same
+    speech under white noise at 0 dB SNR near 1.5 (data_prep/quality.py's table); a silent clip has none."""
+    from tests.fixtures.make_recordings import add_noise
+
+    speech = read_audio(RECORDINGS["alice/weather.flac"][0], RATE)
+    scorer = ClipScorer(asr=None, speaker=None, dnsmos=True)
+    clean, noisy = (scorer.score(w, RATE, "").dnsmos for w in (speech, add_noise(speech, 0.0)))
+    assert clean > 2.7 and noisy < 2.0
+    assert scorer.score(np.zeros(RATE, np.float32), RATE, "").dnsmos is None
+    assert ClipScorer(asr=None, speaker=None).score(speech, RATE, "").dnsmos is None  # not asked for
+    assert scorer.seconds["dnsmos"] > 0

@@ -3,6 +3,8 @@
 import json
 import math
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -124,6 +126,19 @@ def test_missing_and_non_speech_prefixes(tiny_tts, tmp_path):
     wrong = VoicePrefix(torch.zeros(4, 10, dtype=torch.long), (SpokenWord("hi", 0.1, 0.3, 1),))
     with pytest.raises(ValueError, match="made with another codec"):
         tiny_tts.generate("[S1] Hi.", prefix=wrong)
+
+
+def test_a_prefix_recording_in_any_container_is_read_by_the_one_reader(tiny_tts, recordings):
+    """dia2-infer --prefix-speaker-1 memo.m4a (or a video, or a browser's webm): the same speech
+    as the wav, to the frame, then an error naming a video without sound."""
+    from dia2.audio.io import NoAudioError
+
+    heard = [SpokenWord("quick", 0.3, 0.6)]
+    frames = {ext: tiny_tts.make_prefix(recordings["containers"][ext], transcriber=ScriptedTranscriber(heard)).codes.shape[-1]
+              for ext in ("wav", "m4a", "mp4", "webm")}
+    assert max(frames.values()) - min(frames.values()) <= 1, frames
+    with pytest.raises(NoAudioError, match="video_only.mp4 is a video without an audio stream"):
+        tiny_tts.make_prefix(Path(recordings["folder"]) / "bad" / "video_only.mp4", transcriber=ScriptedTranscriber(heard))
 
 
 def test_prefix_with_the_real_tiny_en_whisper(tiny_tts):

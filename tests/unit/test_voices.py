@@ -546,3 +546,18 @@ def test_voice_folders_of_every_older_layout_are_served_and_a_change_writes_the_
     store.set_defaults("trained", {"seed": 1})
     record = json.loads((tmp_path / "trained" / "voice.json").read_text())
     assert (record["adapter"], record["run"], record["defaults"]["seed"]) == (".", {"base_model": "tiny", "consent": "yes"}, 1)
+
+
+@pytest.mark.parametrize("extension", ["m4a", "mp4", "webm", "mp3", "ogg"])
+def test_an_upload_in_any_container_is_read_by_the_one_reader(tmp_path, recordings, fake, extension):
+    """The store reads an upload as every command reads a user's audio (`decode_audio_file`): a
+    phone's m4a, a video's sound (mp4 with a video stream), a browser's webm all become voices."""
+    from dia2.audio.io import decode_audio_file
+
+    data = Path(recordings["containers"][extension]).read_bytes()
+    store = VoiceStore(tmp_path, fake)
+    store.add("memo", data)
+    expected = decode_audio_file(recordings["containers"]["wav"], RATE).samples.shape[1]
+    assert fake.calls[0][0] == pytest.approx(expected, abs=1920)  # the same speech, within a frame
+    with pytest.raises(VoiceError, match="speaker_1 holds no audio .*a video without an audio stream"):
+        store.add("silent-film", (Path(recordings["folder"]) / "bad" / "video_only.mp4").read_bytes())
