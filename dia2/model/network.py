@@ -396,6 +396,8 @@ class Dia2Model(nn.Module):
 
         # The RoPE tables cover the state before any graph capture or compiled step reads them.
         self.transformer.rotary.reserve(max_frames, self.device)
+        if self.depformer.rotary is not None:
+            self.depformer.rotary.reserve(self.config.num_depformer_stages, self.device)
         return DecodeState(
             decoder=caches(dec.n_layer, dec.kv_heads, max_frames, dec.gqa_head_dim),
             depformer=caches(dep.n_layer, dep.kv_heads, self.config.num_depformer_stages, dep.gqa_head_dim),
