@@ -78,7 +78,7 @@ def sampling_tensors(
 
 class _Filler:
     """What an unused slot passes to a padded call: any valid settings (its draws are dropped),
-    as wide as the batch needs (graphs: the vocabulary; compiled: 1, so it widens nothing)."""
+    `width` wide (graphs: the vocabulary, the batch's fixed width; compiled: 1, so it widens nothing)."""
 
     def __init__(self, model: Dia2Model, width: int) -> None:
         self.text_params, self.audio_params, self.seed = sampling_tensors(GenerationConfig(), 0, model, width)
@@ -89,17 +89,20 @@ class FrameExecutor:
     (eager, replayed from CUDA graphs, or compiled)."""
 
     def __init__(self, model: Dia2Model, slots: int, length: int, cuda_graph: bool, torch_compile: bool = False) -> None:
-        self.model, self.slots, self.cuda_graph, self.compiled = model, slots, cuda_graph, torch_compile
+        self.model, self.slots, self.compiled = model, slots, torch_compile
         self.table: RowTable[Task] = RowTable(model, 2 * slots, length)
-        if cuda_graph:
+        # A batched call runs at least `_least` (rows, utterances), padded with rows not in use
+        # and filler slots; `_width` is the top-k width of every sampling setting (None: its own).
+        self._least, self._width = (0, 0), None
+        if cuda_graph:  # one fixed shape: every row and every slot, the vocabulary's width
             self.kernels: BatchKernels = GraphedBatchKernels(model)
-        elif torch_compile:
+            self._least, self._width = (self.table.size, slots), KEEP_ALL
+        elif torch_compile:  # no size-1 dimension, which would be specialised
             self.kernels = CompiledBatchKernels(model, self.table.size, max(slots, MIN_BATCH), length)
+            self._least = (MIN_BATCH, MIN_BATCH)
         else:
             self.kernels = BatchKernels(model)
-        self._filler = _Filler(model, KEEP_ALL if cuda_graph else 1) if cuda_graph or torch_compile else None
-        # Top-k width of the sampling settings: fixed under graphs (the vocabulary).
-        self._width = KEEP_ALL if cuda_graph else None
+        self._filler = _Filler(model, self._width or 1)
 
     def tasks(self) -> list[Task]:
         """The tasks holding cache rows, in the order of their first row."""
@@ -149,16 +152,13 @@ class FrameExecutor:
                 table.keep(task, hidden[rows], cb0[rows], 1)
 
     def _batch_rows(self) -> int:
-        """Rows one batched call runs: those in use (eager), at least MIN_BATCH (compiled), or
-        all (graphs: one fixed shape)."""
-        if self.cuda_graph:
-            return self.table.size
-        return max(len(self.table), MIN_BATCH) if self.compiled else len(self.table)
+        """Rows one batched call runs: those in use, padded up to the least."""
+        return max(len(self.table), self._least[0])
 
     def _inputs(self, tasks: list[Task], rows: int) -> FrameInputs:
-        """The frame's inputs for `tasks` over `rows` rows; padded (graphs: to every slot;
-        compiled: to MIN_BATCH) with slots that read row 0 and draw nothing anyone keeps."""
-        pad = self.slots - len(tasks) if self.cuda_graph else max(0, MIN_BATCH - len(tasks)) if self.compiled else 0
+        """The frame's inputs for `tasks` over `rows` rows, padded up to the least utterances with
+        slots that read row 0 and draw nothing anyone keeps."""
+        pad = max(0, self._least[1] - len(tasks))
         index = {id(j): i for i, j in enumerate(tasks)}
         owners = self.table.owner_of_rows(rows)
         owner = [index[id(o)] if o is not None else 0 for o in owners]
