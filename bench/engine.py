@@ -3,6 +3,7 @@ audio of a request joining a busy engine.
 
     python bench/engine.py [--streams 1,2,4,8] [--frames 16] [--repeats 3] [--threads N]
     python bench/engine.py --quick      # tiny model, few frames: a smoke test
+    python bench/engine.py --torch-compile --streams 1,4   # compiled frames (EngineConfig.torch_compile)
 
 For each stream count n: an `Engine` with n slots, n requests submitted at once (different
 seeds, a long script, CFG), one engine step to prefill them all, a few untimed warm-up steps,
@@ -15,6 +16,11 @@ Time to first audio: an engine with 5 slots runs 4 streams in its own thread (`s
 request is submitted and timed until its first update (the prefill) and until its first update
 holding a completed audio frame (max(delay) + 1 frames later). Median over `--joins` joins, each
 cancelled before the next. Codes only: no Mimi decode (bench/generation.py measures that).
+
+With `--torch-compile` one engine (as many slots as the most streams asked for, or the join
+test's) serves every point: its frames compile once, on the untimed warm-up ("compile_s"), for
+every batch size, and "recompiles" counts the graphs dynamo compiled after that (0 when streams
+joining and leaving reuse them).
 
 The model has random weights (`--config` geometry; float32 eager CPU by default, or `--device
 cuda --dtype bfloat16 --cuda-graph` as bench/gpu_check.py runs it); the tokenizer and the Mimi
@@ -78,9 +84,12 @@ def drain(handle: Handle) -> tuple[int, bool]:
     return len(updates), any(u.done for u in updates)
 
 
-def throughput(tts: Dia2, streams: int, frames: int, repeats: int, cfg_scale: float, graphs: bool = False) -> dict:
-    """Engine steps/s with `streams` requests generating at once; best of `repeats` windows."""
-    engine = Engine(tts, EngineConfig(slots=streams, cuda_graph=graphs))
+def throughput(
+    tts: Dia2, streams: int, frames: int, repeats: int, cfg_scale: float, graphs: bool = False, engine: Engine | None = None
+) -> dict:
+    """Engine steps/s with `streams` requests generating at once; best of `repeats` windows (on
+    `engine` when given, else on an engine of `streams` slots)."""
+    engine = engine or Engine(tts, EngineConfig(slots=streams, cuda_graph=graphs))
     handles = [engine.submit(Request(SCRIPT, GenerationConfig(cfg_scale=cfg_scale, seed=seed))) for seed in range(streams)]
     for _ in range(1 + WARMUP_STEPS):  # the first step prefills every request and advances it
         engine.step()
@@ -112,10 +121,14 @@ def throughput(tts: Dia2, streams: int, frames: int, repeats: int, cfg_scale: fl
     }
 
 
-def join_busy_engine(tts: Dia2, joins: int, cfg_scale: float, busy_streams: int = BUSY_STREAMS, graphs: bool = False) -> dict:
+def join_busy_engine(
+    tts: Dia2, joins: int, cfg_scale: float, busy_streams: int = BUSY_STREAMS, graphs: bool = False,
+    engine: Engine | None = None,
+) -> dict:
     """Seconds from submitting a request to an engine running `busy_streams` others until its
-    first update (prefill) and its first completed audio frame; median over `joins`."""
-    engine = Engine(tts, EngineConfig(slots=busy_streams + 1, cuda_graph=graphs)).start()
+    first update (prefill) and its first completed audio frame; median over `joins` (on `engine`
+    when given, else on one of busy_streams + 1 slots)."""
+    engine = (engine or Engine(tts, EngineConfig(slots=busy_streams + 1, cuda_graph=graphs))).start()
     busy = [engine.submit(Request(SCRIPT, GenerationConfig(cfg_scale=cfg_scale, seed=100 + i))) for i in range(busy_streams)]
     for handle in busy:  # every busy stream prefilled and a few frames in
         updates = handle.updates(timeout=600)
@@ -152,6 +165,13 @@ def join_busy_engine(tts: Dia2, joins: int, cfg_scale: float, busy_streams: int 
     }
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process (each recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs/models/dia2-100m.json")
@@ -165,6 +185,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--cuda-graph", action="store_true", help="replay each frame from CUDA graphs (EngineConfig.cuda_graph)")
+    p.add_argument("--torch-compile", action="store_true", help="compiled frames, one engine for every point (EngineConfig.torch_compile)")
     p.add_argument("--busy", type=int, default=BUSY_STREAMS, help="streams running while requests join")
     args = p.parse_args(argv)
     try:
@@ -175,6 +196,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.config, args.frames, args.repeats, args.joins = None, 4, 1, 1
     if min(args.streams) < 1 or min(args.frames, args.repeats, args.joins, args.threads) < 1:
         p.error("--streams, --frames, --repeats, --joins and --threads must be at least 1")
+    if args.cuda_graph and args.torch_compile:
+        p.error("--cuda-graph and --torch-compile: pick one")
     return args
 
 
@@ -183,14 +206,22 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     tts = build_tts(args.config, args.device, dtype)
+    shared, compile_s, recompiles = None, None, None
+    if args.torch_compile:
+        shared = Engine(tts, EngineConfig(slots=max(max(args.streams), args.busy + 1), torch_compile=True))
     with torch.inference_mode():
-        throughput(tts, 1, 2, 1, args.cfg, args.cuda_graph)  # warm-up: allocator and kernels, untimed
-        points = [throughput(tts, n, args.frames, args.repeats, args.cfg, args.cuda_graph) for n in args.streams]
+        started = time.perf_counter()
+        throughput(tts, 1, 2, 1, args.cfg, args.cuda_graph, shared)  # warm-up: allocator and kernels (compiled), untimed
+        if shared is not None:
+            compile_s, compiled = time.perf_counter() - started, compiled_graphs()
+        points = [throughput(tts, n, args.frames, args.repeats, args.cfg, args.cuda_graph, shared) for n in args.streams]
     base = next((p["aggregate_frames_per_s"] for p in points if p["streams"] == 1), None)
     for point in points:
         point["speedup_vs_1"] = None if base is None else point["aggregate_frames_per_s"] / base
     at_target = next((p["speedup_vs_1"] for p in points if p["streams"] == TARGET_STREAMS), None)
-    join = join_busy_engine(tts, args.joins, args.cfg, args.busy, args.cuda_graph)
+    join = join_busy_engine(tts, args.joins, args.cfg, args.busy, args.cuda_graph, shared)
+    if shared is not None:
+        recompiles = compiled_graphs() - compiled
     config = "tiny (dia2.tiny)" if args.config is None else args.config
     if isinstance(config, Path) and config.is_relative_to(ROOT):
         config = config.relative_to(ROOT)
@@ -202,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype,
         "device": args.device,
         "cuda_graph": args.cuda_graph,
+        "torch_compile": args.torch_compile,
+        "threads": args.threads,
+        "compile_s": compile_s,
+        "recompiles": recompiles,
         "real_time_frames_per_s": 12.5,
         "streams_faster_than_real_time": [p["streams"] for p in points if p["per_stream_frames_per_s"] >= 12.5],
         "cfg_scale": args.cfg,

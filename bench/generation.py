@@ -133,16 +133,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--int8-threshold", type=float, default=None, help="8-bit outlier threshold (0: none, as CUDA graphs need)")
     p.add_argument("--no-mimi", action="store_true", help="leave Mimi's first-frame decode out of the time to first audio")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     args = p.parse_args(argv)
     if args.int8_threshold is not None and args.low_vram != "8bit":
         p.error("--int8-threshold needs --low-vram 8bit")
-    if args.frames < 1 or args.repeats < 1:
-        p.error("--frames and --repeats must be at least 1")
+    if args.frames < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--frames, --repeats and --threads must be at least 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model = build_model(args, device, dtype)
@@ -184,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": args.frames,
         "cuda_graph": args.cuda_graph,
         "torch_compile": args.torch_compile,
+        "threads": torch.get_num_threads(),
         "first_run_s": first_run_s,
         "bare_model_frames_per_s": bare,
         "loop_frames_per_s": loop,

@@ -255,3 +255,83 @@ class GraphedBatchKernels(BatchKernels):
             fn = lambda h, c, x, *t: BatchKernels.audio(self, h, c, x, state, inputs.like(t))
             self._audio = Captured(fn, (hidden, cb0_logits, text, *inputs.tensors()), state_restorer(state), self.model.device)
         return self._audio(hidden, cb0_logits, text, *inputs.tensors())
+
+
+MIN_BATCH = 2
+"""Fewest rows and utterances a compiled batched call runs (the executor pads up to it): a
+dimension of size 1 would be specialised, and the next request to join would recompile."""
+
+
+class CompiledBatchKernels(BatchKernels):
+    """BatchKernels through torch.compile (any device), one compiled graph for every batch.
+
+    A serving batch changes shape whenever a request joins or leaves. Every dimension that moves
+    is marked dynamic within its bounds: cache rows R in [MIN_BATCH, rows], utterances J in
+    [MIN_BATCH, slots] (the executor pads both up to MIN_BATCH) and the filled cache length S in
+    [MIN_BATCH, length] (the decoder attends over the filled columns only, as eager does). So
+    once compiled, requests join and leave without a recompile. The sampling width is a host
+    number in the graph: the executor rounds it up to a power of two (`sampling_width`), so
+    other top-k settings compile once per bucket.
+
+    While the adapter bank holds adapters, frames run eager: torch.compile does not guard on
+    module hooks, so the LoRA hooks would be left out of (or stay in) a graph compiled before
+    they changed.
+    """
+
+    def __init__(self, model: Dia2Model, rows: int, slots: int, length: int, backend: str = "inductor") -> None:
+        super().__init__(model)
+        self.bounds = {"rows": rows, "slots": slots, "length": length}
+        self._head = torch.compile(BatchKernels.head, backend=backend, dynamic=None)
+        self._audio = torch.compile(BatchKernels.audio, backend=backend, dynamic=None)
+        self._told_eager = False
+
+    def _eager(self) -> bool:
+        if self.bank is None or not self.bank.names:
+            return False
+        if not self._told_eager:
+            logger.info("LoRA adapters are loaded: the engine's frames run eager (not compiled) until they are unloaded")
+            self._told_eager = True
+        return True
+
+    def head(self, columns: Tensor, state: DecodeState, inputs: FrameInputs) -> tuple[Tensor, Tensor, Tensor]:
+        if self._eager():
+            return super().head(columns, state, inputs)
+        # The filled columns only (as an eager step narrows them): a dynamic length, not the capacity.
+        end = state.filled + columns.shape[-1]
+        state = DecodeState([cache.narrow(end) for cache in state.decoder], state.depformer, state.position, state.filled)
+        self._mark_rows(columns, state.position, inputs.rows.owner, inputs.adapters)
+        for cache in state.decoder:
+            self._mark_rows(cache.k, cache.v)
+            for t in (cache.k, cache.v):
+                self._mark(t, 2, self.bounds["length"])
+        self._mark_slots(inputs)
+        return self._head(self, columns, state, inputs)
+
+    def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState, inputs: FrameInputs) -> Tensor:
+        if self._eager():
+            return super().audio(hidden, cb0_logits, text, state, inputs)
+        self._mark_rows(hidden, cb0_logits, text, inputs.rows.owner, inputs.adapters)
+        for cache in state.depformer:
+            self._mark_rows(cache.k, cache.v)
+        self._mark_slots(inputs)
+        return self._audio(self, hidden, cb0_logits, text, state, inputs)
+
+    def _mark_rows(self, *tensors: Tensor) -> None:
+        for t in tensors:
+            self._mark(t, 0, self.bounds["rows"])
+
+    def _mark_slots(self, inputs: FrameInputs) -> None:
+        r = inputs.rows
+        for t in (r.cond, r.uncond, inputs.seed, inputs.step, *inputs.text.tensors(), *inputs.audio.tensors()):
+            self._mark(t, 0, self.bounds["slots"])
+
+    @staticmethod
+    def _mark(t: Tensor, dim: int, bound: int) -> None:
+        if bound > MIN_BATCH:
+            torch._dynamo.mark_dynamic(t, dim, min=MIN_BATCH, max=bound)
+
+
+def sampling_width(width: int, vocab: int) -> int:
+    """A sampling width rounded up to a power of two (at most the vocabulary): the compiled
+    engine's graphs take it as a constant, so its few values each compile once."""
+    return min(1 << max(width - 1, 0).bit_length(), max(vocab, width))

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from dia2.generation.config import GenerationConfig
-from dia2.generation.sampling import RowSampling, TensorFields, counters, draw, sample_action
+from dia2.generation.sampling import RowSampling, TensorFields, draw_keyed, sample_action, stream_keys
 from dia2.model.network import DecoderOutput, DecodeState, Dia2Model
 
 if TYPE_CHECKING:
@@ -73,10 +73,11 @@ def sample_audio(
     """Codebooks 0..K-1 of the next column of J utterances, from the rows' decoder hidden [R, D]
     and cb0 logits [R, V] of the current column and the rows' text [R, 2] of the next one.
     seed/step [J] key the draws. Returns codes [J, K] long."""
-    codes = [draw(cb0_logits[rows.cond], cb0_logits[rows.uncond], params, seed, counters(step, 1), banned_cb0)]
+    keys = stream_keys(seed, step, range(1, 1 + model.config.num_codebooks))  # draw 1 + k: codebook k
+    codes = [draw_keyed(cb0_logits[rows.cond], cb0_logits[rows.uncond], params, keys[:, 0], banned_cb0)]
     for stage in range(model.config.num_depformer_stages):
         logits = model.depformer_step(stage, hidden, codes[-1][rows.owner], state, text=text)
-        codes.append(draw(logits[rows.cond], logits[rows.uncond], params, seed, counters(step, 2 + stage)))
+        codes.append(draw_keyed(logits[rows.cond], logits[rows.uncond], params, keys[:, 1 + stage]))
     return torch.stack(codes, dim=1)
 
 

@@ -116,6 +116,11 @@ def draw(
     """One token per row. cond, uncond [R, V] float logits (uncond = cond for rows without
     guidance); seed, counter [R] long (the noise key); `banned` ids [n] are never drawn.
     Returns [R] long."""
+    return draw_keyed(cond, uncond, params, noise_key(seed, counter), banned)
+
+
+def draw_keyed(cond: Tensor, uncond: Tensor, params: RowSampling, key: Tensor, banned: Tensor | None = None) -> Tensor:
+    """`draw` with the noise key [R] already made (`noise_key`; `stream_keys` makes a frame's at once)."""
     if banned is not None:
         # A finite floor, not -inf: CFG subtracts the branches, and -inf - -inf would be NaN.
         floor = torch.finfo(cond.dtype).min
@@ -124,17 +129,23 @@ def draw(
     filtered = cond.masked_fill(guided < _kth(guided, params.filter_k, params.width), float("-inf"))
     hot = params.temperature > 0
     tempered = filtered / torch.where(hot, params.temperature, 1.0)[:, None]
-    tempered = tempered.masked_fill(tempered < _kth(tempered, params.top_k, params.width), float("-inf"))
-    # Only the `width` largest entries can be finite (the rest are -inf): noise them alone.
+    # Top-k keeps tokens among the `width` largest entries (any others are -inf already): find
+    # them once, cut each row's to its k, and noise them alone.
     values, tokens = tempered.topk(min(params.width, tempered.shape[-1]), dim=-1)
-    pick = (values + gumbel(seed, counter, tokens)).argmax(-1, keepdim=True)
+    values = values.masked_fill(values < _kth_sorted(values, params.top_k), float("-inf"))
+    pick = (values + gumbel(key, tokens)).argmax(-1, keepdim=True)
     return torch.where(hot, tokens.gather(-1, pick)[:, 0], filtered.argmax(-1))
 
 
 def _kth(x: Tensor, k: Tensor, width: int) -> Tensor:
     """Each row's k-th largest entry, -inf where k keeps all: x [R, V], k [R] -> [R, 1]."""
-    width = min(width, x.shape[-1])
-    kth = x.topk(width, dim=-1).values.gather(-1, (k.clamp(max=width) - 1)[:, None])
+    return _kth_sorted(x.topk(min(width, x.shape[-1]), dim=-1).values, k)
+
+
+def _kth_sorted(values: Tensor, k: Tensor) -> Tensor:
+    """The k-th of each row's largest entries, sorted [R, width]; -inf where k > width."""
+    width = values.shape[-1]
+    kth = values.gather(-1, (k.clamp(max=width) - 1)[:, None])
     return torch.where(k[:, None] > width, float("-inf"), kth)
 
 
@@ -155,19 +166,28 @@ def _mix(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
+def noise_key(seed: Tensor, counter: Tensor) -> Tensor:
+    """The 32-bit key of the draws keyed by (seed, counter), elementwise (any matching shapes)."""
+    return _mix((seed & _M32) ^ _mix(((seed >> 32) & _M32) ^ _mix(counter & _M32)))
+
+
 def uniform(seed: Tensor, counter: Tensor, tokens: Tensor) -> Tensor:
     """Uniform noise in (0, 1), float32, one per entry of tokens [R, n] (token ids): a pure
     function of (seed, counter, token id), so it is the same whichever tokens are asked for."""
-    key = _mix((seed & _M32) ^ _mix(((seed >> 32) & _M32) ^ _mix(counter & _M32)))
+    return keyed_uniform(noise_key(seed, counter), tokens)
+
+
+def keyed_uniform(key: Tensor, tokens: Tensor) -> Tensor:
+    """`uniform` from the rows' noise keys [R]."""
     # Token ids are < 2**17: the golden-ratio product fits int64, and spreads them over 32 bits.
     bits = _mix(key[:, None] ^ ((tokens * 0x9E3779B9) & _M32))
     # 23 bits: k + 0.5 is exact in float32, so u < 1 strictly (no infinite Gumbel noise).
     return ((bits >> 9).float() + 0.5) * (1.0 / (1 << 23))
 
 
-def gumbel(seed: Tensor, counter: Tensor, tokens: Tensor) -> Tensor:
-    """Gumbel(0, 1) noise for tokens [R, n], keyed by (seed, counter)."""
-    return -torch.log(-torch.log(uniform(seed, counter, tokens)))
+def gumbel(key: Tensor, tokens: Tensor) -> Tensor:
+    """Gumbel(0, 1) noise for tokens [R, n], from the rows' noise keys [R]."""
+    return -torch.log(-torch.log(keyed_uniform(key, tokens)))
 
 
 STREAMS = 256
@@ -179,6 +199,14 @@ def counters(step: Tensor, stream: int) -> Tensor:
     distinct for every (frame, stream), so no two draws of an utterance share their noise."""
     assert 0 <= stream < STREAMS, stream
     return step * STREAMS + stream
+
+
+def stream_keys(seed: Tensor, step: Tensor, streams: range) -> Tensor:
+    """The noise keys of draws `streams` at frame `step`, for seed/step [J]: [J, len(streams)],
+    each what `noise_key(seed, counters(step, stream))` gives (a frame's codebooks keyed at once)."""
+    assert 0 <= streams.start and streams.stop <= STREAMS, streams
+    counter = step[:, None] * STREAMS + torch.arange(streams.start, streams.stop, device=step.device)
+    return noise_key(seed[:, None], counter)
 
 
 def sample_action(logits: Tensor, cond: Tensor, uncond: Tensor, params: RowSampling, seed: Tensor, step: Tensor) -> Tensor:

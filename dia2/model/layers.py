@@ -27,7 +27,11 @@ _ACTIVATIONS = {
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in float32; returns the dtype of its weight (the compute dtype)."""
+    """RMSNorm computed in float32; returns the dtype of its weight (the compute dtype).
+
+    x / sqrt(mean(x^2) + eps) * weight, eps inside the root as the checkpoints were trained: one
+    fused call, not five tensor ops (a frame runs ~300 of these norms).
+    """
 
     def __init__(self, dim: int, eps: float, dtype: torch.dtype | None = None, device=None) -> None:
         super().__init__()
@@ -35,33 +39,55 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x32 * self.weight.float()).to(self.weight.dtype)
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(self.weight.dtype)
 
 
 class Rotary:
-    """RoPE tables (half-split rotation) for a head dim and timescale range; holds no state.
+    """RoPE tables (half-split rotation) for a head dim and timescale range.
 
     timescale_i = min * (max/min) ** (2i / head_dim), i < head_dim/2.
+
+    cos/sin are computed once per device for positions 0..length-1 and indexed at every call
+    (a frame would otherwise rebuild them in every stack). They are a cache, not module buffers
+    (as `GroupIndex`'s indices), so a model built on the meta device never holds stale tables.
+    `reserve` grows them on the host, before any graph capture or compiled call that reads them.
     """
 
     def __init__(self, head_dim: int, min_timescale: float, max_timescale: float) -> None:
         self.head_dim = head_dim
         self.min_timescale = min_timescale
         self.max_timescale = max_timescale
+        self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
-    def tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """positions [T] or [B, T] (any int dtype, any device) -> (cos, sin), each [..., T,
-        head_dim] float32; per-row positions give [B, 1, T, head_dim] (broadcast over heads)."""
-        half = self.head_dim // 2
-        fraction = 2 * torch.arange(half, device=positions.device, dtype=torch.float32) / self.head_dim
-        timescale = self.min_timescale * (self.max_timescale / self.min_timescale) ** fraction
-        angles = positions.to(torch.float32)[..., None] / timescale
-        if angles.dim() == 3:
-            angles = angles[:, None]
-        angles = torch.cat([angles, angles], dim=-1)
-        return angles.cos(), angles.sin()
+    def reserve(self, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(cos, sin) [L, head_dim] float32 on `device` for at least positions 0..length-1."""
+        tables = self._tables.get(device)
+        if tables is None or tables[0].shape[0] < length:
+            # Normal tensors even under inference_mode: training saves what it indexes from them.
+            with torch.inference_mode(False):
+                half = self.head_dim // 2
+                fraction = 2 * torch.arange(half, device=device, dtype=torch.float32) / self.head_dim
+                timescale = self.min_timescale * (self.max_timescale / self.min_timescale) ** fraction
+                positions = torch.arange(max(length, 1), device=device, dtype=torch.float32)
+                angles = positions[:, None] / timescale
+                angles = torch.cat([angles, angles], dim=-1)
+                tables = self._tables[device] = angles.cos(), angles.sin()
+        return tables
+
+    def span(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Tables of positions start..start+length-1 known on the host: views [T, head_dim]."""
+        cos, sin = self.reserve(start + length, device)
+        return cos[start : start + length], sin[start : start + length]
+
+    def tables(self, positions: Tensor, reserved: int) -> tuple[Tensor, Tensor]:
+        """positions [T] or [B, T] (long, on the tables' device, each < `reserved`: how many the
+        caller knows it may ask for) -> (cos, sin), each [T, head_dim] float32; per-row positions
+        give [B, 1, T, head_dim] (broadcast over heads)."""
+        cos, sin = self.reserve(reserved, positions.device)
+        cos, sin = cos[positions], sin[positions]
+        if positions.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]
+        return cos, sin
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -204,10 +230,13 @@ class Attention(nn.Module):
     def _attend_cached(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, start: Tensor | int) -> Tensor:
         T = q.shape[2]
         if isinstance(start, int):
-            # Eager single-stage path (depformer): the filled prefix is a plain slice.
+            # Eager, the position known on the host (a depformer stage, one utterance's decoder
+            # step): the filled prefix is a plain slice, and one new column sees all of it.
             cache.k[:, :, start : start + T] = k
             cache.v[:, :, start : start + T] = v
             keys, values = cache.k[:, :, : start + T], cache.v[:, :, : start + T]
+            if T == 1:
+                return F.scaled_dot_product_attention(q, keys, values, scale=1.0, enable_gqa=self._gqa)
             mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(start)
         elif start.dim() == 0:
             # The position is a device tensor (CUDA graphs replay with it), so the key length
@@ -274,8 +303,10 @@ def _masked_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> 
     B, H, T, hd = q.shape
     group = H // keys.shape[1]
     folded = q.reshape(B, H // group, group * T, hd)
-    # The folded query axis is (group, T), group-major: the mask repeats along it.
-    mask = mask.repeat(group, 1) if mask.dim() == 2 else mask.repeat(1, 1, group, 1)
+    if T > 1:
+        # The folded query axis is (group, T), group-major: the mask repeats along it (one
+        # query's mask row broadcasts over it as it is).
+        mask = mask.repeat(group, 1) if mask.dim() == 2 else mask.repeat(1, 1, group, 1)
     y = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=1.0)
     # reshape, not view: CUDA's memory-efficient kernel returns a transposed, non-contiguous output.
     return y.reshape(B, H, T, hd)

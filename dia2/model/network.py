@@ -85,8 +85,12 @@ class TransformerLayer(nn.Module):
     ) -> Tensor:
         attention: Attention = getattr(self, self.attention_name)
         h = attention(self.pre_norm(x), cos, sin, cache, cache_index, group_index)
-        x = x + F.dropout(h.float(), self.dropout, self.training)
-        return x + F.dropout(self.mlp(self.post_norm(x)).float(), self.dropout, self.training)
+        x = x + self._dropout(h.float())
+        return x + self._dropout(self.mlp(self.post_norm(x)).float())
+
+    def _dropout(self, h: Tensor) -> Tensor:
+        # Decoding calls no dropout at all (a frame runs ~70 layers, two residuals each).
+        return F.dropout(h, self.dropout, True) if self.training and self.dropout else h
 
 
 class DepformerLayer(TransformerLayer):
@@ -194,16 +198,21 @@ class Decoder(nn.Module):
         return x
 
     def forward(
-        self, tokens: Tensor, caches: list[KVCache] | None = None, position: Tensor | None = None
+        self, tokens: Tensor, caches: list[KVCache] | None = None, position: Tensor | int | None = None
     ) -> DecoderOutput:
         """tokens [B, C, T]. Without caches: causal over columns 0..T-1. With caches: columns
-        position..position+T-1, attending to everything cached before them; `position` is 0-dim
-        (every row at the same column) or [B] (each row at its own, as in a serving batch)."""
+        position..position+T-1, attending to everything cached before them; `position` is an int
+        (known on the host: eager, every row at the same column), a 0-dim long tensor (the same,
+        on the device: CUDA graphs and compiled steps replay with it) or [B] (each row at its
+        own, as in a serving batch)."""
         B, C, T = tokens.shape
         assert C == self.num_codebooks + 2, f"expected {self.num_codebooks + 2} channels, got {C}"
-        offset = torch.zeros((), dtype=torch.long, device=tokens.device) if position is None else position
-        # A per-row position [B] gives per-row tables [B, 1, T, hd].
-        cos, sin = self.rotary.tables(offset[..., None] + torch.arange(T, device=tokens.device))
+        if position is None or isinstance(position, int):
+            cos, sin = self.rotary.span(position or 0, T, tokens.device)
+        else:
+            # A per-row position [B] gives per-row tables [B, 1, T, hd]; no position reaches the capacity.
+            positions = position[..., None] + torch.arange(T, device=tokens.device)
+            cos, sin = self.rotary.tables(positions, caches[0].capacity)
         x = self.embed(tokens)
         for i, layer in enumerate(self.layers):
             if caches is None and self.gradient_checkpointing and self.training:
@@ -277,7 +286,7 @@ class Depformer(nn.Module):
         )
         cos = sin = None
         if self.rotary is not None:
-            cos, sin = self.rotary.tables(torch.arange(self.num_stages, device=hidden.device))
+            cos, sin = self.rotary.span(0, self.num_stages, hidden.device)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, cos, sin, None, None, self.group_index, use_reentrant=False)
@@ -297,7 +306,7 @@ class Depformer(nn.Module):
         x = self._stage_input(stage, self.depformer_in[group](hidden), token, text)[:, None, :]
         cos = sin = None
         if self.rotary is not None:
-            cos, sin = self.rotary.tables(torch.arange(stage, stage + 1, device=hidden.device))
+            cos, sin = self.rotary.span(stage, 1, hidden.device)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cos, sin, cache, stage, group)
         return self.logits[stage](self.norm(x[:, 0]))[..., : self.logit_size].float()
@@ -385,6 +394,10 @@ class Dia2Model(nn.Module):
                 KVCache.empty(batch_size, heads, length, head_dim, self.compute_dtype, self.device) for _ in range(n)
             ]
 
+        # The RoPE tables cover the state before any graph capture or compiled step reads them.
+        self.transformer.rotary.reserve(max_frames, self.device)
+        if self.depformer.rotary is not None:
+            self.depformer.rotary.reserve(self.config.num_depformer_stages, self.device)
         return DecodeState(
             decoder=caches(dec.n_layer, dec.kv_heads, max_frames, dec.gqa_head_dim),
             depformer=caches(dep.n_layer, dep.kv_heads, self.config.num_depformer_stages, dep.gqa_head_dim),
@@ -394,10 +407,10 @@ class Dia2Model(nn.Module):
     def prefill(self, tokens: Tensor, state: DecodeState) -> DecoderOutput:
         """Run columns state.position .. +T-1 (tokens [B, C, T]) into the caches; advance."""
         T = tokens.shape[-1]
-        caches = state.decoder
+        caches, position = state.decoder, state.position
         # A host-side attribute update inside a compiled function would recompile every step.
         if not torch.compiler.is_compiling():
-            end = state.filled + T
+            start, end = state.filled, state.filled + T
             if end > state.capacity:
                 raise DecodeCapacityError(
                     f"decode state holds {state.capacity} frames but column {end - 1} was asked for: "
@@ -408,7 +421,10 @@ class Dia2Model(nn.Module):
                 # Eager: attend over the filled slots only, not the whole capacity. A CUDA graph
                 # keeps the whole capacity (a static shape; the mask hides the rest).
                 caches = [cache.narrow(end) for cache in caches]
-        out = self.transformer(tokens, caches, state.position)
+                if position.dim() == 0:
+                    # Every row at the host's count: slices, no index tensors or masks to build.
+                    position = start
+        out = self.transformer(tokens, caches, position)
         state.position.add_(T)
         return out
 

@@ -1,6 +1,6 @@
 """How a serving engine is sized, defined once: `EngineConfig` (the Python API's argument, and the
 `engine` section of the speech server's and the studio's options: `--slots`, `--max-queued`,
-`--cuda-graph`, ...). Importing it loads no model stack, so a command checks these flags first."""
+`--cuda-graph`, `--torch-compile`, ...). Importing it loads no model stack, so a command checks these flags first."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ class EngineConfig:
     cuda_graph: bool = False
     """Replay each frame's work from two CUDA graphs over every slot (CUDA only; slots not in
     use are computed and ignored). Off: eager, over the rows in use only."""
+    torch_compile: bool = False
+    """torch.compile each frame's work (any device), compiled on the first frames for every batch
+    size at once: requests join and leave without recompiling. Frames run eager while LoRA
+    adapters are loaded. Not with cuda_graph."""
 
     def __post_init__(self) -> None:
         for name in ("slots", "max_adapters", "max_adapter_rank"):
@@ -41,3 +45,7 @@ class EngineConfig:
         for name in ("max_queued", "max_prefix_frames"):
             if getattr(self, name) < 0:
                 raise EngineConfigError(f"EngineConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.cuda_graph and self.torch_compile:
+            raise EngineConfigError(
+                "EngineConfig.cuda_graph and torch_compile cannot both be on: pick one (--cuda-graph or --torch-compile)"
+            )

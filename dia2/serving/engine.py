@@ -92,7 +92,7 @@ class Engine:
                 f"{2 * carry_frames(context)} frames of each part into the next: raise it to at least that"
             )
         self.length = context + config.max_prefix_frames
-        self.executor = FrameExecutor(self.model, config.slots, self.length, config.cuda_graph)
+        self.executor = FrameExecutor(self.model, config.slots, self.length, config.cuda_graph, config.torch_compile)
         self._tasks: list[Task] = []  # tasks holding a slot
         self._queue: deque[Task] = deque()
         self._numbers = itertools.count(1)

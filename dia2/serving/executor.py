@@ -12,16 +12,19 @@ A frame's model work, in order:
 - `head`: the decoder on the stepping tasks' new columns, one batched step over all rows, each row
   at its own position; draws their next actions.
 Eager, a batched call runs the rows in use; under CUDA graphs it runs every row and every slot
-(one fixed shape), those not in use computed and ignored.
+(one fixed shape), those not in use computed and ignored; compiled, it runs the rows in use, at
+least `MIN_BATCH` rows and utterances (one compiled graph for every batch size).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import Tensor
 
 from dia2.generation.config import GenerationConfig
-from dia2.generation.graphs import GraphedBatchKernels
+from dia2.generation.graphs import MIN_BATCH, CompiledBatchKernels, GraphedBatchKernels, sampling_width
 from dia2.generation.kernels import BatchKernels, FrameInputs, Rows
 from dia2.generation.long_form import LongForm
 from dia2.generation.loop import FrameUpdate, Utterance
@@ -61,33 +64,45 @@ class Task:
 
 
 def sampling_tensors(
-    config: GenerationConfig, seed: int, model: Dia2Model, width: int | None
+    config: GenerationConfig, seed: int, model: Dia2Model, width: int | None, bucket: bool = False
 ) -> tuple[RowSampling, RowSampling, Tensor]:
-    """One utterance's action and audio sampling settings and its seed [1], on the model's device."""
+    """One utterance's action and audio sampling settings and its seed [1], on the model's device
+    (`bucket`: each width rounded up to a power of two, for compiled graphs)."""
     c, device = config, model.device
-    text_vocab, audio_vocab = model.config.data.action_vocab_size, model.config.depformer_logit_size
-    text = RowSampling.of([(c.text, c.cfg_scale, c.cfg_filter_k)], text_vocab, device, width)
-    audio = RowSampling.of([(c.audio, c.cfg_scale, c.cfg_filter_k)], audio_vocab, device, width)
-    return text, audio, torch.tensor([seed], dtype=torch.long, device=device)
+    settings = []
+    for sampling, vocab in ((c.text, model.config.data.action_vocab_size), (c.audio, model.config.depformer_logit_size)):
+        params = RowSampling.of([(sampling, c.cfg_scale, c.cfg_filter_k)], vocab, device, width)
+        settings.append(dataclasses.replace(params, width=sampling_width(params.width, vocab)) if bucket else params)
+    return *settings, torch.tensor([seed], dtype=torch.long, device=device)
 
 
 class _Filler:
-    """What an unused slot passes to a graph replay: any valid settings (its draws are dropped)."""
+    """What an unused slot passes to a padded call: any valid settings (its draws are dropped),
+    `width` wide (graphs: the vocabulary, the batch's fixed width; compiled: 1, so it widens nothing)."""
 
-    def __init__(self, model: Dia2Model) -> None:
-        self.text_params, self.audio_params, self.seed = sampling_tensors(GenerationConfig(), 0, model, KEEP_ALL)
+    def __init__(self, model: Dia2Model, width: int) -> None:
+        self.text_params, self.audio_params, self.seed = sampling_tensors(GenerationConfig(), 0, model, width)
 
 
 class FrameExecutor:
-    """`slots` tasks' cache rows (up to two each: CFG) of `length` columns, and the frame kernels."""
+    """`slots` tasks' cache rows (up to two each: CFG) of `length` columns, and the frame kernels
+    (eager, replayed from CUDA graphs, or compiled)."""
 
-    def __init__(self, model: Dia2Model, slots: int, length: int, cuda_graph: bool) -> None:
-        self.model, self.slots, self.cuda_graph = model, slots, cuda_graph
+    def __init__(self, model: Dia2Model, slots: int, length: int, cuda_graph: bool, torch_compile: bool = False) -> None:
+        self.model, self.slots, self.compiled = model, slots, torch_compile
         self.table: RowTable[Task] = RowTable(model, 2 * slots, length)
-        self.kernels = GraphedBatchKernels(model) if cuda_graph else BatchKernels(model)
-        self._filler = _Filler(model) if cuda_graph else None
-        # Top-k width of the sampling settings: fixed under graphs (the vocabulary).
-        self._width = KEEP_ALL if cuda_graph else None
+        # A batched call runs at least `_least` (rows, utterances), padded with rows not in use
+        # and filler slots; `_width` is the top-k width of every sampling setting (None: its own).
+        self._least, self._width = (0, 0), None
+        if cuda_graph:  # one fixed shape: every row and every slot, the vocabulary's width
+            self.kernels: BatchKernels = GraphedBatchKernels(model)
+            self._least, self._width = (self.table.size, slots), KEEP_ALL
+        elif torch_compile:  # no size-1 dimension, which would be specialised
+            self.kernels = CompiledBatchKernels(model, self.table.size, max(slots, MIN_BATCH), length)
+            self._least = (MIN_BATCH, MIN_BATCH)
+        else:
+            self.kernels = BatchKernels(model)
+        self._filler = _Filler(model, self._width or 1)
 
     def tasks(self) -> list[Task]:
         """The tasks holding cache rows, in the order of their first row."""
@@ -102,7 +117,9 @@ class FrameExecutor:
         with self.kernels.routed(torch.full((n,), task.adapter, device=self.model.device)):
             out = self.model.prefill(columns, rows)
         if task.seed is None:  # its sampling settings, once: a script's later parts keep them
-            task.text_params, task.audio_params, task.seed = sampling_tensors(utterance.config, task.seed_value, self.model, self._width)
+            task.text_params, task.audio_params, task.seed = sampling_tensors(
+                utterance.config, task.seed_value, self.model, self._width, bucket=self.compiled
+            )
         alone = Rows.of([n], self.model.device)
         steps = torch.tensor([utterance.draw_step], device=self.model.device)
         task.action = sample_action(out.action_logits[:, -1], alone.cond, alone.uncond, task.text_params, task.seed, steps)
@@ -135,13 +152,13 @@ class FrameExecutor:
                 table.keep(task, hidden[rows], cb0[rows], 1)
 
     def _batch_rows(self) -> int:
-        """Rows one batched call runs: those in use (eager), or all (graphs: one fixed shape)."""
-        return self.table.size if self.cuda_graph else len(self.table)
+        """Rows one batched call runs: those in use, padded up to the least."""
+        return max(len(self.table), self._least[0])
 
     def _inputs(self, tasks: list[Task], rows: int) -> FrameInputs:
-        """The frame's inputs for `tasks` over `rows` rows; under graphs padded to every slot
-        (slots not in use read row 0 and draw nothing anyone keeps)."""
-        pad = self.slots - len(tasks) if self.cuda_graph else 0
+        """The frame's inputs for `tasks` over `rows` rows, padded up to the least utterances with
+        slots that read row 0 and draw nothing anyone keeps."""
+        pad = max(0, self._least[1] - len(tasks))
         index = {id(j): i for i, j in enumerate(tasks)}
         owners = self.table.owner_of_rows(rows)
         owner = [index[id(o)] if o is not None else 0 for o in owners]

@@ -5,75 +5,39 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 import torch
 
-from dia2 import GenerationConfig, SamplingConfig, VoicePrefix
+from dia2 import GenerationConfig, VoicePrefix
 from dia2.generation.prefix import PrefixError
 from dia2.model.adapters import AdapterError
 from dia2.serving.engine import Engine, EngineConfig, EngineError, EngineFull, Request
 from dia2.text.script import ScriptError
 from dia2.text.words import SpokenWord
 from tests.helpers.adapters import save_language_adapter, save_random_adapter, tiny_model_config
+from tests.helpers.engine import (  # noqa: F401  (adapter_dirs, own_tts: fixtures)
+    CASES,
+    adapter_dirs,
+    make_request,
+    own_tts,
+    run_engine,
+    solo_tokens,
+    solo_with_adapter,
+    spoken_pieces,
+)
 from tests.helpers.kernels import EagerCapture
 
-GREEDY = SamplingConfig(0.0, 1)
-
-
-def _voice() -> VoicePrefix:
-    g = torch.Generator().manual_seed(5)
-    words = (SpokenWord("hello", 0.1, 0.5, 1), SpokenWord("you", 0.7, 1.0, 2))
-    return VoicePrefix(torch.randint(0, 2048, (8, 16), generator=g), words)
-
-
-def _pieces(script: str) -> list[str]:
-    words = script.split(" ")
-    return [words[0]] + [" " + w for w in words[1:]]
-
-
-# (script, config, voice, streamed): seeds, CFG on and off, greedy and sampled, a voice, streamed text.
-CASES = [
-    ("[S1] Hello there, how are you?", GenerationConfig(seed=1), None, False),
-    ("[S2] I am fine. [S1] Good to hear.", GenerationConfig(seed=2, cfg_scale=1.0), None, False),
-    ("[S1] One two three four five.", GenerationConfig(seed=3, text=GREEDY, audio=GREEDY), None, False),
-    ("[S2] Short and sweet.", GenerationConfig(seed=4, cfg_scale=3.0), None, True),
-    ("[S1] With a voice now.", GenerationConfig(seed=5), _voice(), False),
-    ("[S2] Greedy, guided, voiced.", GenerationConfig(seed=6, text=GREEDY, audio=GREEDY), _voice(), True),
-]
-
-
-def _solo(tts, script, config, voice, streamed) -> torch.Tensor:
-    if streamed:
-        chunks = list(tts.stream(iter(_pieces(script)), config, prefix=voice))
-        return torch.cat([c.codes for c in chunks], dim=1)
-    return tts.generate(script, config, prefix=voice).audio_tokens
-
-
-def _request(script, config, voice, streamed, adapter=None) -> Request:
-    return Request(iter(_pieces(script)) if streamed else script, config, voice, adapter)
-
-
-def _run(engine: Engine, seconds: float = 120.0) -> None:
-    """Step the engine until no request is left. Bounded by time, not by a count of steps: a step
-    while a request waits for streamed text returns at once without a frame (the text arrives from
-    another thread, later on a loaded machine), so a step count would fail a correct engine."""
-    deadline = time.monotonic() + seconds
-    while engine.step():
-        assert time.monotonic() < deadline, "the engine never finished"
-
-
 def test_overlapping_requests_equal_their_solo_runs(tiny_tts):
-    solo = [_solo(tiny_tts, *case) for case in CASES]
+    solo = [solo_tokens(tiny_tts, *case) for case in CASES]
     engine = Engine(tiny_tts, EngineConfig(slots=4))
     handles = []
     # Requests join at different frames; more requests than slots, so two wait in the queue.
     for i, case in enumerate(CASES):
-        handles.append(engine.submit(_request(*case)))
+        handles.append(engine.submit(make_request(*case)))
         for _ in range(i % 3 * 2):
             engine.step()
-    _run(engine)
+    run_engine(engine)
     for case, handle, expected in zip(CASES, handles, solo):
         got = handle.result().audio_tokens
         assert got.shape == expected.shape and torch.equal(got, expected), case[0]
@@ -96,9 +60,9 @@ def test_result_matches_generate_words_and_audio(tiny_tts):
 
 def test_cancel_frees_the_slot_and_others_go_on(tiny_tts):
     keep_case = CASES[0]
-    expected = _solo(tiny_tts, *keep_case)
+    expected = solo_tokens(tiny_tts, *keep_case)
     engine = Engine(tiny_tts, EngineConfig(slots=2))
-    keep = engine.submit(_request(*keep_case))
+    keep = engine.submit(make_request(*keep_case))
     drop = engine.submit(Request("[S2] This one is cancelled halfway through a long sentence.", GenerationConfig(seed=9)))
     for _ in range(6):
         engine.step()
@@ -108,7 +72,7 @@ def test_cancel_frees_the_slot_and_others_go_on(tiny_tts):
     assert engine.busy_slots == 1 and drop.finished.is_set()
     # The freed slot is taken at once by a new request.
     late = engine.submit(Request("[S1] Late.", GenerationConfig(seed=2)), wait=False)
-    _run(engine)
+    run_engine(engine)
     assert torch.equal(keep.result().audio_tokens, expected)
     assert list(drop.updates())  # the frames before the cancel, then the stream ends quietly
     assert late.result().audio_tokens.shape[1] > 0
@@ -119,7 +83,7 @@ def test_a_queued_request_can_be_cancelled(tiny_tts):
     first = engine.submit(Request("[S1] First.", GenerationConfig(seed=1)))
     queued = engine.submit(Request("[S1] Second.", GenerationConfig(seed=1)))
     queued.cancel()
-    _run(engine)
+    run_engine(engine)
     assert list(queued.updates()) == [] and first.result().audio_tokens.shape[1] > 0
 
 
@@ -172,22 +136,22 @@ def test_a_full_engine_refuses_or_queues(tiny_tts):
     queued = engine.submit(Request("[S1] Two.", GenerationConfig(seed=1)))
     with pytest.raises(EngineFull, match="1 requests are queued .*max_queued = 1"):
         engine.submit(Request("[S1] Three.", GenerationConfig(seed=1)))
-    _run(engine)
+    run_engine(engine)
     assert queued.result().audio_tokens.shape[1] > 0
 
 
 def test_a_failing_request_fails_alone(tiny_tts):
     case = CASES[1]
-    expected = _solo(tiny_tts, *case)
+    expected = solo_tokens(tiny_tts, *case)
     engine = Engine(tiny_tts, EngineConfig(slots=4))
-    good = engine.submit(_request(*case))
+    good = engine.submit(make_request(*case))
     wrong_codec = VoicePrefix(torch.zeros(4, 10, dtype=torch.long), (SpokenWord("hi", 0.1, 0.3, 1),))
     bad_voice = engine.submit(Request("[S1] Hello.", GenerationConfig(seed=1), wrong_codec))
     bad_script = engine.submit(Request("[S1] Hello [S3] there.", GenerationConfig(seed=1)))
     bad_stream = engine.submit(Request(iter(["[S1] Hello", " there", " <break time=\"x\"/>"]), GenerationConfig(seed=1)))
     with pytest.raises(AdapterError, match="no adapter named 'nope' is loaded"):
         engine.submit(Request("[S1] Hello.", GenerationConfig(seed=1), adapter="nope"))
-    _run(engine)
+    run_engine(engine)
     assert torch.equal(good.result().audio_tokens, expected)
     with pytest.raises(PrefixError, match="codebooks"):
         bad_voice.result()
@@ -198,10 +162,10 @@ def test_a_failing_request_fails_alone(tiny_tts):
 
 
 def test_a_failing_batched_step_fails_its_batch_and_the_queue_goes_on(tiny_tts, monkeypatch):
-    expected = _solo(tiny_tts, *CASES[0])
+    expected = solo_tokens(tiny_tts, *CASES[0])
     engine = Engine(tiny_tts, EngineConfig(slots=2))
     batch = [engine.submit(Request(f"[S{i}] In the batch.", GenerationConfig(seed=i))) for i in (1, 2)]
-    queued = engine.submit(_request(*CASES[0]))
+    queued = engine.submit(make_request(*CASES[0]))
     real, failed = tiny_tts.model.depformer_step, []
 
     def depformer_step(*args, **kwargs):  # the first batched audio pass fails, as a device error would
@@ -211,7 +175,7 @@ def test_a_failing_batched_step_fails_its_batch_and_the_queue_goes_on(tiny_tts, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tiny_tts.model, "depformer_step", depformer_step)
-    _run(engine)
+    run_engine(engine)
     for handle in batch:
         with pytest.raises(RuntimeError, match="the device fell over"):
             handle.result()
@@ -231,12 +195,12 @@ def test_a_voice_longer_than_a_slot_is_refused(tiny_tts):
 
 def test_engine_thread_streams_chunks_to_concurrent_clients(tiny_tts):
     cases = CASES[:3]
-    expected = [_solo(tiny_tts, *case) for case in cases]
+    expected = [solo_tokens(tiny_tts, *case) for case in cases]
     results: dict[int, torch.Tensor] = {}
     with Engine(tiny_tts, EngineConfig(slots=2)) as engine:
 
         def client(i: int) -> None:
-            chunks = list(engine.submit(_request(*cases[i])))
+            chunks = list(engine.submit(make_request(*cases[i])))
             assert chunks[-1].done and all(c.waveform.ndim == 1 for c in chunks)
             results[i] = torch.cat([c.codes for c in chunks], dim=1)
 
@@ -251,11 +215,11 @@ def test_engine_thread_streams_chunks_to_concurrent_clients(tiny_tts):
 
 def test_streamed_text_that_pauses_holds_its_row_while_others_go_on(tiny_tts):
     script, config = "[S1] Wait for the rest of it.", GenerationConfig(seed=8)
-    expected = _solo(tiny_tts, script, config, None, True)
+    expected = solo_tokens(tiny_tts, script, config, None, True)
     gate = threading.Event()
 
     def pieces():
-        words = _pieces(script)
+        words = spoken_pieces(script)
         yield from words[:3]
         gate.wait(timeout=60)
         yield from words[3:]
@@ -266,7 +230,7 @@ def test_streamed_text_that_pauses_holds_its_row_while_others_go_on(tiny_tts):
     while not other.finished.is_set():
         engine.step()
     gate.set()
-    _run(engine)
+    run_engine(engine)
     assert torch.equal(slow.result().audio_tokens, expected)
 
 
@@ -308,50 +272,19 @@ def test_per_row_positions_equal_separate_rows(tiny_tts):
         torch.testing.assert_close(out.cb0_logits[row, -1], alone[row], rtol=0, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def adapter_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("engine_adapters")
-    return {
-        "a": save_random_adapter(root / "a", seed=1, r=4, lora_alpha=8),
-        "b": save_random_adapter(root / "b", seed=2, r=8, lora_alpha=16),
-    }
-
-
-@pytest.fixture
-def own_tts(tiny_tts):
-    """A `Dia2` with its own copy of the tiny model (the engine hooks adapters onto it)."""
-    import copy
-
-    from dia2 import Dia2
-
-    return Dia2(copy.deepcopy(tiny_tts.model), tiny_tts.tokenizer, tiny_tts.codec)
-
-
-def _solo_with_adapter(tts, folder, case):
-    import copy
-
-    from dia2 import Dia2
-    from dia2.model.adapters import load_adapter
-
-    if folder is None:
-        return _solo(tts, *case)
-    adapted = load_adapter(copy.deepcopy(tts.model), folder, merge=False).model
-    return _solo(Dia2(adapted, tts.tokenizer, tts.codec), *case)
-
-
 def test_rows_with_different_adapters_equal_each_adapter_alone(own_tts, adapter_dirs):
     plan = [("a", CASES[0]), (None, CASES[1]), ("b", CASES[4]), ("a", CASES[3]), ("b", CASES[2])]
-    expected = [_solo_with_adapter(own_tts, adapter_dirs[name] if name else None, case) for name, case in plan]
-    base = _solo(own_tts, *CASES[0])
+    expected = [solo_with_adapter(own_tts, adapter_dirs[name] if name else None, case) for name, case in plan]
+    base = solo_tokens(own_tts, *CASES[0])
     assert not torch.equal(expected[0], base), "the adapter should change the tokens"
     engine = Engine(own_tts, EngineConfig(slots=4))
     engine.load_adapter("a", adapter_dirs["a"])
     engine.load_adapter("b", adapter_dirs["b"])
     handles = []
     for name, case in plan:
-        handles.append(engine.submit(_request(*case, adapter=name)))
+        handles.append(engine.submit(make_request(*case, adapter=name)))
         engine.step()
-    _run(engine)
+    run_engine(engine)
     for (name, case), handle, want in zip(plan, handles, expected):
         got = handle.result().audio_tokens
         assert got.shape == want.shape and torch.equal(got, want), (name, case[0])
@@ -401,9 +334,9 @@ def cpu_graphs(monkeypatch):
 
 def test_graph_mode_runs_every_slot_at_one_shape_with_the_eager_tokens(own_tts, adapter_dirs, cpu_graphs):
     plan = [(None, CASES[0]), (None, CASES[1]), (None, CASES[3]), ("a", CASES[2]), (None, CASES[5])]
-    expected = [_solo_with_adapter(own_tts, adapter_dirs[name] if name else None, case) for name, case in plan]
+    expected = [solo_with_adapter(own_tts, adapter_dirs[name] if name else None, case) for name, case in plan]
     engine = Engine(own_tts, EngineConfig(slots=3, cuda_graph=True))
-    handles = [engine.submit(_request(*case)) for _, case in plan[:3]]
+    handles = [engine.submit(make_request(*case)) for _, case in plan[:3]]
     for _ in range(4):
         engine.step()
     assert len(cpu_graphs) == 2, "head and audio are captured once"
@@ -413,8 +346,8 @@ def test_graph_mode_runs_every_slot_at_one_shape_with_the_eager_tokens(own_tts, 
     assert audio.static_inputs[0].shape[0] == 6
     assert {t.shape[0] for t in head.static_inputs[1:3]} == {3}  # cond and uncond rows per slot
     engine.load_adapter("a", adapter_dirs["a"])  # new hooks: the graphs are captured again
-    handles += [engine.submit(_request(*case, adapter=name)) for name, case in plan[3:]]
-    _run(engine)
+    handles += [engine.submit(make_request(*case, adapter=name)) for name, case in plan[3:]]
+    run_engine(engine)
     assert len(cpu_graphs) == 4
     for (name, case), handle, want in zip(plan, handles, expected):
         got = handle.result().audio_tokens
@@ -432,9 +365,9 @@ def test_cuda_graph_engine_gives_the_eager_tokens(tiny_bundle_dir):
         engine = Engine(tts, EngineConfig(slots=3, cuda_graph=graphed))
         handles = []
         for case in CASES:
-            handles.append(engine.submit(_request(*case)))
+            handles.append(engine.submit(make_request(*case)))
             engine.step()
-        _run(engine)
+        run_engine(engine)
         results[graphed] = [h.result().audio_tokens for h in handles]
     for eager, graphed in zip(results[False], results[True]):
         assert torch.equal(eager, graphed)
@@ -448,18 +381,18 @@ def test_a_language_adapter_serves_per_row_in_graph_mode(own_tts, adapter_dirs, 
     language = save_language_adapter(tmp_path / "de", seed=9, indices=ids[::2])
     dirs = {**adapter_dirs, "de": language}
     plan = [("de", CASES[0]), (None, CASES[2]), ("a", CASES[3]), ("de", CASES[4])]
-    expected = [_solo_with_adapter(own_tts, dirs[name] if name else None, case) for name, case in plan]
-    assert not torch.equal(expected[0], _solo(own_tts, *CASES[0])), "the language adapter should change the tokens"
+    expected = [solo_with_adapter(own_tts, dirs[name] if name else None, case) for name, case in plan]
+    assert not torch.equal(expected[0], solo_tokens(own_tts, *CASES[0])), "the language adapter should change the tokens"
     engine = Engine(own_tts, EngineConfig(slots=3, cuda_graph=True))
     engine.load_adapter("a", dirs["a"])
     engine.load_adapter("de", language)
-    handles = [engine.submit(_request(*case, adapter=name)) for name, case in plan]
-    _run(engine)
+    handles = [engine.submit(make_request(*case, adapter=name)) for name, case in plan]
+    run_engine(engine)
     for (name, case), handle, want in zip(plan, handles, expected):
         got = handle.result().audio_tokens
         assert got.shape == want.shape and torch.equal(got, want), (name, case[0])
     captured = len(cpu_graphs)
     engine.unload_adapter("de")
-    handle = engine.submit(_request(*CASES[3], adapter="a"))
-    _run(engine)
+    handle = engine.submit(make_request(*CASES[3], adapter="a"))
+    run_engine(engine)
     assert torch.equal(handle.result().audio_tokens, expected[2]) and len(cpu_graphs) == captured + 2

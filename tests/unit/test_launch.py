@@ -207,6 +207,7 @@ def test_the_engine_flags_are_engine_config_with_its_defaults(command):
                      "--max-adapter-rank", "16", "--cuda-graph")
     assert given.engine == EngineConfig(slots=2, max_queued=0, max_prefix_frames=300, max_adapters=3,
                                         max_adapter_rank=16, cuda_graph=True)
+    assert _options(command, "--torch-compile").engine == EngineConfig(torch_compile=True)
     parser = _parsers()[command]
     help_text = squashed(parser.format_help())
     for f in fields(EngineConfig):
@@ -230,6 +231,7 @@ def test_max_queued_has_one_default_the_one_the_server_documents():
     (["--slots", "0"], "--slots 0: EngineConfig.slots must be >= 1, got 0"),
     (["--max-queued", "-1"], "--max-queued -1: EngineConfig.max_queued must be >= 0, got -1"),
     (["--max-adapter-rank", "0", "--slots", "2"], "--max-adapter-rank 0: EngineConfig.max_adapter_rank must be >= 1"),
+    (["--cuda-graph", "--torch-compile"], r"EngineConfig.cuda_graph and torch_compile cannot both be on: pick one"),
 ])
 def test_a_bad_engine_flag_is_named_as_typed(command, args, said):
     with pytest.raises(OptionError, match=f"^{said}"):

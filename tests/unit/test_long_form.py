@@ -50,17 +50,18 @@ def plans(short_tts, monkeypatch) -> list:
 @pytest.fixture
 def draws(monkeypatch) -> list[tuple[int, int]]:
     """Every (seed, noise counter) a sampling draw used, in order: alone or in the engine, every
-    draw's noise comes from `sampling.gumbel`."""
+    draw's noise is keyed by `sampling.noise_key` (one draw at a time, or a frame's codebooks at once)."""
     from dia2.generation import sampling
 
     made = []
-    original = sampling.gumbel
+    original = sampling.noise_key
 
-    def spy(seed, counter, tokens):
-        made.extend(zip(seed.tolist(), counter.tolist()))
-        return original(seed, counter, tokens)
+    def spy(seed, counter):
+        seeds, counters = torch.broadcast_tensors(seed, counter)
+        made.extend(zip(seeds.flatten().tolist(), counters.flatten().tolist()))
+        return original(seed, counter)
 
-    monkeypatch.setattr(sampling, "gumbel", spy)
+    monkeypatch.setattr(sampling, "noise_key", spy)
     return made
 
 
