@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from data_prep.analysis import AnalysisModels
 from data_prep.cache import (
@@ -58,7 +57,7 @@ from dia2.device import resolve_device
 from dia2.errors import Dia2Error
 from dia2.model.assets import ModelSource
 from dia2.model.config import FRAME_RATE, DataConfig, load_config
-from dia2.progress import PROGRESS_FILE, Phase, ProgressFile
+from dia2.progress import PROGRESS_FILE, Phase, ProgressFile, progress_bar
 from dia2.text.coverage import coverage_report, words_of_rows
 from dia2.text.script import TextTokenIds
 from dia2.text.tokenizer import load_tokenizer, tokenizer_fingerprint, tokenizer_source
@@ -200,19 +199,21 @@ def prepare_files(
 ) -> tuple[list[FileResult], list[str], int]:
     """Each file's result (from the cache, or prepared and cached), its cache key, and how many came from the cache."""
     results, keys, reused = [], [], 0
-    bar = tqdm(files, unit="file", desc=desc, disable=not work.progress)
     work.record.write(Phase.PREPARING, 0, len(files))
-    for source in bar:
-        key = entry_key(source, file_fingerprint(source.path), work.options)
-        result = cache.load(key)
-        if result is None:
-            result = _prepare(work.preparer, source, cache, key, work.timer)
-        else:
-            reused += 1
-        results.append(result)
-        keys.append(key)
-        bar.set_postfix(utterances=sum(len(r.rows) for r in results), reused=reused)
-        work.record.write(Phase.PREPARING, len(results), len(files))
+    # On a terminal a bar; in a log or a pipe plain lines with a heartbeat (dia2.progress).
+    with progress_bar(len(files), desc, "file", disable=not work.progress) as bar:
+        for source in files:
+            key = entry_key(source, file_fingerprint(source.path), work.options)
+            result = cache.load(key)
+            if result is None:
+                result = _prepare(work.preparer, source, cache, key, work.timer)
+            else:
+                reused += 1
+            results.append(result)
+            keys.append(key)
+            bar.update()
+            bar.set_postfix(utterances=sum(len(r.rows) for r in results), reused=reused)
+            work.record.write(Phase.PREPARING, len(results), len(files))
     return results, keys, reused
 
 
