@@ -31,8 +31,8 @@ from dia2.generation.config import GenerationConfig
 from dia2.launch.command import run_main
 from dia2.launch.flags import (
     FLAG_ALIASES,
-    PUBLISHED_SPELLING,
     SERVED_MODEL_SPELLING,
+    SERVED_SECTION_SPELLINGS,
     adapter_items,
     check_port,
     join_repeated,
@@ -102,8 +102,7 @@ class ServerOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     p = FlagParser(prog="python -m dia2.api_server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    spellings = {"model": SERVED_MODEL_SPELLING, "generation": PUBLISHED_SPELLING}
-    return add_section_flags(p, ServerOptions, spellings=spellings, aliases=FLAG_ALIASES)
+    return add_section_flags(p, ServerOptions, spellings=SERVED_SECTION_SPELLINGS, aliases=FLAG_ALIASES)
 
 
 def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> ServerOptions:

@@ -24,6 +24,8 @@ PUBLISHED_SPELLING = {
 SERVED_MODEL_SPELLING = {"adapter": "--merge-adapter", "unmerged_adapter": "--keep-merge-adapter-unmerged"}
 """ModelOptions flags of a command whose engine applies adapters per request (the server, the
 studio): there --adapter NAME=PATH offers one, and the model's own adapter is --merge-adapter."""
+SERVED_SECTION_SPELLINGS = {"model": SERVED_MODEL_SPELLING, "generation": PUBLISHED_SPELLING}
+"""`add_section_flags`' spellings for the options of a command that serves (the server, the studio)."""
 
 
 def check_port(port: int) -> None:

@@ -35,8 +35,8 @@ from dia2.generation.config import GenerationConfig
 from dia2.launch.command import run_main
 from dia2.launch.flags import (
     FLAG_ALIASES,
-    PUBLISHED_SPELLING,
     SERVED_MODEL_SPELLING,
+    SERVED_SECTION_SPELLINGS,
     adapter_items,
     check_port,
     join_repeated,
@@ -96,8 +96,7 @@ class StudioOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     p = FlagParser(prog="dia2-studio", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    spellings = {"model": SERVED_MODEL_SPELLING, "generation": PUBLISHED_SPELLING}
-    return add_section_flags(p, StudioOptions, spellings=spellings, aliases=FLAG_ALIASES)
+    return add_section_flags(p, StudioOptions, spellings=SERVED_SECTION_SPELLINGS, aliases=FLAG_ALIASES)
 
 
 def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> StudioOptions:
