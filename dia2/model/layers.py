@@ -42,6 +42,42 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(self.weight.dtype)
 
 
+SMALL_BATCH_ROWS = 4
+"""Up to this many rows, a float32 CPU `Linear` multiplies as weight @ x^T (see `Linear`)."""
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` (same parameters, same checkpoint keys) with a CPU path for decoding's few rows.
+
+    A decoding step multiplies a few rows (CFG's two branches, a small serving batch) by every
+    weight. For 2-4 rows MKL computes `x @ W^T` (what `F.linear` asks for) far slower than
+    `W @ x^T`, which streams W as it lies: summed over the linear layers of one CFG frame of
+    dia2-100m on a 2-core EPYC, 16 vs 38 ms with 2 threads and 21 vs 32 ms with one (issue 28 in
+    bench/RESULTS.md). From about 6 rows on MKL's own path is the faster one, so it keeps them.
+    The products are the same sums in another order (float32 rounding, ~1e-6 relative). Autograd
+    recording (training), other dtypes and devices, and compiled graphs take `F.linear` as before.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // self.in_features if self.in_features else 0
+        if (
+            1 < rows <= SMALL_BATCH_ROWS
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32 == self.weight.dtype
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+            and not torch.compiler.is_compiling()
+        ):
+            out = torch.mm(self.weight, x.reshape(rows, self.in_features).t()).t()
+            if self.bias is not None:
+                out = out + self.bias
+            return out.reshape(*x.shape[:-1], self.out_features)
+        return F.linear(x, self.weight, self.bias)
+
+
+PLAIN_LINEARS = (nn.Linear, Linear)
+"""The float linear layer types (not a quantized subclass such as bitsandbytes')."""
+
+
 class Rotary:
     """RoPE tables (half-split rotation) for a head dim and timescale range.
 
@@ -106,8 +142,8 @@ class MLP(nn.Module):
         self.hidden = hidden
         self.act_gate = _ACTIVATIONS[activations[0]]
         self.act_up = _ACTIVATIONS[activations[1]]
-        self.wi = nn.Linear(dim, 2 * hidden, bias=False, dtype=dtype, device=device)
-        self.wo = nn.Linear(hidden, dim, bias=False, dtype=dtype, device=device)
+        self.wi = Linear(dim, 2 * hidden, bias=False, dtype=dtype, device=device)
+        self.wo = Linear(hidden, dim, bias=False, dtype=dtype, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.wi(x).split(self.hidden, dim=-1)
@@ -163,8 +199,8 @@ class Attention(nn.Module):
         q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
         self._split = (q_dim, kv_dim, kv_dim)
 
-        def linear(i: int, o: int) -> nn.Linear:
-            return nn.Linear(i, o, bias=False, dtype=dtype, device=device)
+        def linear(i: int, o: int) -> Linear:
+            return Linear(i, o, bias=False, dtype=dtype, device=device)
 
         if groups is None:
             self.q_proj = linear(dim, q_dim)

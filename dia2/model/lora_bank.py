@@ -51,6 +51,7 @@ from dia2.model.adapters import (
     token_indices,
     warn_if_other_base,
 )
+from dia2.model.layers import PLAIN_LINEARS
 from dia2.model.network import Dia2Model
 from dia2.model.peft_api import (
     BaseTunerLayer,
@@ -280,7 +281,7 @@ class LoraBank:
         module = modules.get(module_name)
         if param == "weight" and isinstance(module, nn.Embedding):
             adapter.rows[module_name] = (torch.arange(module.num_embeddings), tensor)
-        elif param == "weight" and type(module) is nn.Linear and module.bias is None:
+        elif param == "weight" and type(module) in PLAIN_LINEARS and module.bias is None:
             adapter.linears[module_name] = tensor
         else:
             kind = type(module).__name__ if module is not None else "no module"

@@ -24,7 +24,7 @@ from dia2.errors import Dia2Error
 from dia2.model.assets import ModelSource
 from dia2.model.checkpoint import ModelFiles, load_weights, resolve_files
 from dia2.model.config import Dia2Config, load_config
-from dia2.model.layers import MLP, Attention, GroupIndex, KVCache, RMSNorm, Rotary
+from dia2.model.layers import MLP, Attention, GroupIndex, KVCache, Linear, RMSNorm, Rotary
 
 
 class TextEmbedding(nn.Module):
@@ -37,8 +37,8 @@ class TextEmbedding(nn.Module):
         super().__init__()
         self.pad_id = pad_id
         self.embedding = nn.Embedding(vocab, rank, dtype=dtype, device=device)
-        self.main_proj = nn.Linear(rank, dim, bias=False, dtype=dtype, device=device)
-        self.second_proj = nn.Linear(rank, dim, bias=False, dtype=dtype, device=device)
+        self.main_proj = Linear(rank, dim, bias=False, dtype=dtype, device=device)
+        self.second_proj = Linear(rank, dim, bias=False, dtype=dtype, device=device)
 
     def forward(self, main: Tensor, second: Tensor) -> Tensor:
         """main, second [...] ints -> [..., D] float32."""
@@ -186,8 +186,8 @@ class Decoder(nn.Module):
             for _ in range(s.n_layer)
         )
         self.norm = RMSNorm(s.n_embd, m.normalization_layer_epsilon, dtype=dtype, device=device)
-        self.action_head = nn.Linear(s.n_embd, data.action_vocab_size, bias=False, dtype=dtype, device=device)
-        self.cb0_head = nn.Linear(s.n_embd, data.audio_vocab_size, bias=False, dtype=dtype, device=device)
+        self.action_head = Linear(s.n_embd, data.action_vocab_size, bias=False, dtype=dtype, device=device)
+        self.cb0_head = Linear(s.n_embd, data.audio_vocab_size, bias=False, dtype=dtype, device=device)
         self.rotary = Rotary(s.gqa_head_dim, m.rope_min_timescale, m.rope_max_timescale)
 
     def embed(self, tokens: Tensor) -> Tensor:
@@ -245,7 +245,7 @@ class Depformer(nn.Module):
             nn.Embedding(data.audio_vocab_size, d.n_embd, dtype=dtype, device=device) for _ in range(self.num_stages)
         )
         self.depformer_in = nn.ModuleList(
-            nn.Linear(m.decoder.n_embd, d.n_embd, bias=False, dtype=dtype, device=device) for _ in range(groups)
+            Linear(m.decoder.n_embd, d.n_embd, bias=False, dtype=dtype, device=device) for _ in range(groups)
         )
         self.text_embed = (
             TextEmbedding(data.text_vocab_size, d.n_embd, d.low_rank_dim or d.n_embd, data.text_pad_token_id, dtype, device)
@@ -261,7 +261,7 @@ class Depformer(nn.Module):
         )
         self.norm = RMSNorm(d.n_embd, m.normalization_layer_epsilon, dtype=dtype, device=device)
         self.logits = nn.ModuleList(
-            nn.Linear(d.n_embd, data.audio_vocab_size, bias=False, dtype=dtype, device=device)
+            Linear(d.n_embd, data.audio_vocab_size, bias=False, dtype=dtype, device=device)
             for _ in range(self.num_stages)
         )
         self.rotary = Rotary(d.gqa_head_dim, m.rope_min_timescale, m.rope_max_timescale) if d.apply_rope else None

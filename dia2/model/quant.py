@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from dia2.errors import Dia2Error
+from dia2.model.layers import PLAIN_LINEARS
 from dia2.model.network import Dia2Model
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def quantized_module_names(model: nn.Module) -> list[str]:
     return [
         name
         for name, module in model.named_modules()
-        if type(module) is nn.Linear and not KEEP_FULL_PRECISION.fullmatch(name)
+        if type(module) in PLAIN_LINEARS and not KEEP_FULL_PRECISION.fullmatch(name)
     ]
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from dia2.model.adapters import DEFAULT_TARGET_MODULES, lora_model
 from dia2.model.config import parse_config
-from dia2.model.layers import RMSNorm
+from dia2.model.layers import Linear, RMSNorm
 from dia2.model.network import Dia2Model
 from dia2.model.quant import quantize, quantized_module_names
 from tests.conftest import random_tokens, tiny_raw_config
@@ -107,7 +107,7 @@ def test_only_block_linears_are_quantized(base, mode):
             assert module.weight.dtype in (torch.int8, torch.uint8), name
         elif isinstance(module, (nn.Linear, nn.Embedding, RMSNorm)):
             # Heads, text projections, embeddings and norms keep the model's float weights.
-            assert type(module) in (nn.Linear, nn.Embedding, RMSNorm), name
+            assert type(module) in (nn.Linear, Linear, nn.Embedding, RMSNorm), name
             assert module.weight.dtype == torch.float32, name
     heads = {"transformer.action_head", "transformer.cb0_head", "depformer.logits.0"}
     assert heads.isdisjoint(names) and not any("text_embed" in n for n in names)
