@@ -75,8 +75,9 @@ def sample_audio(
     seed/step [J] key the draws. Returns codes [J, K] long."""
     keys = stream_keys(seed, step, range(1, 1 + model.config.num_codebooks))  # draw 1 + k: codebook k
     codes = [draw_keyed(cb0_logits[rows.cond], cb0_logits[rows.uncond], params, keys[:, 0], banned_cb0)]
+    inputs = model.depformer_inputs(hidden)  # once a frame, not at each stage
     for stage in range(model.config.num_depformer_stages):
-        logits = model.depformer_step(stage, hidden, codes[-1][rows.owner], state, text=text)
+        logits = model.depformer_step(stage, inputs, codes[-1][rows.owner], state, text=text)
         codes.append(draw_keyed(logits[rows.cond], logits[rows.uncond], params, keys[:, 1 + stage]))
     return torch.stack(codes, dim=1)
 

@@ -2,7 +2,7 @@
 
     config.py         config.json -> frozen `Dia2Config` (spec section 2); FRAME_RATE, SAMPLE_RATE
     layers.py         attention, MLP, norms, rotary embedding: the blocks both stacks share
-    network.py        `Dia2Model`: forward / prefill / step / depformer_step; `from_pretrained`
+    network.py        `Dia2Model`: forward / prefill / step / depformer_inputs + depformer_step; `from_pretrained`
     checkpoint.py     weight files: find them (with the manifest), check, stream in, write
     assets.py         where a model's files are: a local folder or a Hub repo id, its manifest
     adapter_files.py  a LoRA adapter folder read without PEFT or torch

@@ -34,6 +34,7 @@ from dia2.model.adapter_files import (
     read_adapter_json,
     resolve_adapter,
 )
+from dia2.model.layers import forget_packed
 from dia2.model.network import DecoderOutput, DecodeState, Dia2Model, Dia2Output
 from dia2.model.peft_api import (
     BaseTunerLayer,
@@ -103,7 +104,7 @@ class AdaptedModel:
     """A Dia2Model carrying live (unmerged) LoRA layers, switchable at run time.
 
     `model` is the Dia2Model itself, with PEFT's LoRA layers in place of the targeted linears:
-    `forward`, `prefill`, `step`, `depformer_step`, `new_state` and `config` behave as on any
+    `forward`, `prefill`, `step`, `depformer_inputs`, `depformer_step`, `new_state` and `config` behave as on any
     Dia2Model (also reachable through this handle) and include the adapter's contribution
     while it is enabled. `peft_model` is the PeftModel wrapping it (save_pretrained, more
     adapters). Switching acts on the shared weights, for every caller of the model at once:
@@ -149,8 +150,11 @@ class AdaptedModel:
     def step(self, tokens: Tensor, state: DecodeState) -> DecoderOutput:
         return self.model.step(tokens, state)
 
+    def depformer_inputs(self, hidden: Tensor) -> tuple[Tensor, ...]:
+        return self.model.depformer_inputs(hidden)
+
     def depformer_step(
-        self, stage: int, hidden: Tensor, token: Tensor, state: DecodeState, text: Tensor | None = None
+        self, stage: int, hidden: Tensor | tuple[Tensor, ...], token: Tensor, state: DecodeState, text: Tensor | None = None
     ) -> Tensor:
         return self.model.depformer_step(stage, hidden, token, state, text)
 
@@ -173,11 +177,13 @@ class AdaptedModel:
             self.enable()
         if not self.merged:
             self.peft_model.merge_adapter()
+            forget_packed(self.model)  # PEFT changes the weights through `.data`
 
     def unmerge(self) -> None:
         """Take the adapter back out of the base weights; it stays active, computed on the side."""
         if any(layer.merged for layer in self._lora_layers()):
             self.peft_model.unmerge_adapter()
+            forget_packed(self.model)
 
     def disable(self) -> None:
         """Base-model outputs from now on (unmerging first, so the base weights are clean)."""
@@ -204,7 +210,9 @@ class AdaptedModel:
     def merge_and_unload(self) -> Dia2Model:
         """Fold the adapter in for good: a plain Dia2Model, this handle is spent."""
         self.enable()
-        return self.peft_model.merge_and_unload()
+        model = self.peft_model.merge_and_unload()
+        forget_packed(model)
+        return model
 
 
 @overload
@@ -250,9 +258,8 @@ def load_adapter(
     warn_if_other_base(model, config, str(adapter))
     peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name, config=config)
     logger.info("loaded LoRA adapter %s (rank %d) from %s", adapter, config.r, folder)
-    if merge:
-        return peft_model.merge_and_unload()
-    return AdaptedModel(peft_model)
+    handle = AdaptedModel(peft_model)
+    return handle.merge_and_unload() if merge else handle
 
 
 def warn_if_other_base(model: nn.Module, config: LoraConfig, label: str) -> None:

@@ -10,6 +10,7 @@ over the given sequence; a cache means write-then-attend.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,36 +43,97 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(self.weight.dtype)
 
 
-SMALL_BATCH_ROWS = 4
+SMALL_BATCH_ROWS = 2
 """Up to this many rows, a float32 CPU `Linear` multiplies as weight @ x^T (see `Linear`)."""
+
+PACK_ROWS = 8
+"""The batch a packed weight's blocked layout is chosen for (it serves any number of rows)."""
+
+
+def _can_pack() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+CAN_PACK = _can_pack()
+"""Whether this torch has oneDNN's packed linear (`torch.ops.mkldnn`), as x86 and ARM CPU builds do."""
+
+# Each packed Linear's copy of its weight in oneDNN's blocked layout, with the weight's storage and
+# version it was made from: outside the module, so copies, pickles and state dicts never carry it.
+_PACKED: weakref.WeakKeyDictionary[Linear, tuple[tuple[int, int], Tensor]] = weakref.WeakKeyDictionary()
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` (same parameters, same checkpoint keys) with a CPU path for decoding's few rows.
+    """`nn.Linear` (same parameters, same checkpoint keys) with two CPU paths for decoding.
 
-    A decoding step multiplies a few rows (CFG's two branches, a small serving batch) by every
-    weight. For 2-4 rows MKL computes `x @ W^T` (what `F.linear` asks for) far slower than
-    `W @ x^T`, which streams W as it lies: summed over the linear layers of one CFG frame of
-    dia2-100m on a 2-core EPYC, 16 vs 38 ms with 2 threads and 21 vs 32 ms with one (issue 28 in
-    bench/RESULTS.md). From about 6 rows on MKL's own path is the faster one, so it keeps them.
+    A decoding step multiplies a few rows (CFG's two branches, a serving batch's rows) by every
+    weight, and MKL's `x @ W^T` (what `F.linear` asks for) packs W again at every call:
+    - `packed` (set by `pack_linears`, as the serving engine does on a CPU): a copy of W kept in
+      oneDNN's blocked layout multiplies any number of rows, each row's result the same whatever
+      rows share its batch. Over the linear layers of one frame of dia2-100m on one EPYC core:
+      26 vs 43 ms at 8 rows, 20 vs 37 ms at 2 (issue 28 in bench/RESULTS.md). It costs a second
+      copy of the linear weights.
+    - otherwise 2 rows (one utterance with CFG) multiply as `W @ x^T`, which streams W as it lies:
+      22 vs 37 ms a frame. From 3 rows on MKL's own path is about as fast or faster.
+
     The products are the same sums in another order (float32 rounding, ~1e-6 relative). Autograd
     recording (training), other dtypes and devices, and compiled graphs take `F.linear` as before.
     """
 
+    packed: bool = False
+    """Multiply by the packed copy of the weight (see `pack_linears`)."""
+
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.numel() // self.in_features if self.in_features else 0
         if (
-            1 < rows <= SMALL_BATCH_ROWS
-            and x.device.type == "cpu"
+            x.device.type == "cpu"
             and x.dtype == torch.float32 == self.weight.dtype
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
             and not torch.compiler.is_compiling()
         ):
-            out = torch.mm(self.weight, x.reshape(rows, self.in_features).t()).t()
-            if self.bias is not None:
-                out = out + self.bias
-            return out.reshape(*x.shape[:-1], self.out_features)
+            rows = x.numel() // self.in_features if self.in_features else 0
+            if self.packed and rows:
+                out = torch.ops.mkldnn._linear_pointwise(
+                    x.reshape(rows, self.in_features), self._packed_weight(), self.bias, "none", [], ""
+                )
+                return out.reshape(*x.shape[:-1], self.out_features)
+            if 1 < rows <= SMALL_BATCH_ROWS:
+                out = torch.mm(self.weight, x.reshape(rows, self.in_features).t()).t()
+                if self.bias is not None:
+                    out = out + self.bias
+                return out.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
+
+    def _packed_weight(self) -> Tensor:
+        """The packed copy, made again when the weight changed through autograd's view of it
+        (an optimizer step, `copy_`, a new tensor in its place); `forget_packed` for the rest."""
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version)
+        kept = _PACKED.get(self)
+        if kept is None or kept[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                kept = _PACKED[self] = key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
+        return kept[1]
+
+
+def pack_linears(model: nn.Module, enabled: bool = True) -> int:
+    """Switch every `Linear` of `model` to (or off) its packed weights for float32 CPU inference;
+    returns how many. Off, or where this torch cannot pack (`CAN_PACK`), frees the copies. A weight
+    changed in place behind autograd's back (through `.data`, as PEFT merges do) needs
+    `forget_packed` afterwards; `dia2.model.adapters` calls it after every merge and unmerge."""
+    layers = [m for m in model.modules() if isinstance(m, Linear)]
+    for layer in layers:
+        layer.packed = enabled and CAN_PACK
+        if not layer.packed:
+            _PACKED.pop(layer, None)
+    return len(layers) if enabled and CAN_PACK else 0
+
+
+def forget_packed(model: nn.Module) -> None:
+    """Drop the packed copies of `model`'s weights: each is made again from the weight at its next use."""
+    for module in model.modules():
+        _PACKED.pop(module, None)
 
 
 PLAIN_LINEARS = (nn.Linear, Linear)
@@ -84,7 +146,8 @@ class Rotary:
     timescale_i = min * (max/min) ** (2i / head_dim), i < head_dim/2.
 
     cos/sin are computed once per device for positions 0..length-1 and indexed at every call
-    (a frame would otherwise rebuild them in every stack). They are a cache, not module buffers
+    (a frame would otherwise rebuild them in every stack). `sin` is stored with its first half
+    negated, the sign of the rotation's `-x2` term: `apply_rotary` then rotates with one roll. They are a cache, not module buffers
     (as `GroupIndex`'s indices), so a model built on the meta device never holds stale tables.
     `reserve` grows them on the host, before any graph capture or compiled call that reads them.
     """
@@ -106,8 +169,8 @@ class Rotary:
                 timescale = self.min_timescale * (self.max_timescale / self.min_timescale) ** fraction
                 positions = torch.arange(max(length, 1), device=device, dtype=torch.float32)
                 angles = positions[:, None] / timescale
-                angles = torch.cat([angles, angles], dim=-1)
-                tables = self._tables[device] = angles.cos(), angles.sin()
+                sin = angles.sin()
+                tables = self._tables[device] = torch.cat([angles, angles], dim=-1).cos(), torch.cat([-sin, sin], dim=-1)
         return tables
 
     def span(self, start: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -127,11 +190,11 @@ class Rotary:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [B, H, T, hd] rotated in float32 with tables [T, hd] or [B, 1, T, hd]; returns x's dtype."""
+    """x [B, H, T, hd] rotated in float32 with `Rotary`'s tables [T, hd] or [B, 1, T, hd]; returns
+    x's dtype. Half-split: x * cos + [-x2, x1] * sin, written as x * cos + [x2, x1] * [-sin, sin]
+    (the same products: a sign moves exactly), [x2, x1] being one roll by half the head."""
     x32 = x.float()
-    x1, x2 = x32.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x32 * cos + rotated * sin).to(x.dtype)
+    return (x32 * cos + x32.roll(x.shape[-1] // 2, dims=-1) * sin).to(x.dtype)
 
 
 class MLP(nn.Module):
@@ -213,13 +276,27 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(head_dim, eps, dtype=dtype, device=device)
         self.k_norm = RMSNorm(head_dim, eps, dtype=dtype, device=device)
 
-    def _qkv(self, x: Tensor, group_index: GroupIndex | int | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _qk_v(self, x: Tensor, group_index: GroupIndex | int | None) -> tuple[Tensor, Tensor]:
+        """(queries and keys side by side [B, T, (H + H_kv) * hd], values [B, T, H_kv * hd])."""
+        q_dim, kv_dim, _ = self._split
         if self.groups is None:
-            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            return torch.cat([self.q_proj(x), self.k_proj(x)], dim=-1), self.v_proj(x)
         if isinstance(group_index, int):
-            return self.in_proj[group_index](x).split(self._split, dim=-1)
-        out = _grouped_linear(x, self.in_proj, group_index)
-        return out.split(self._split, dim=-1)
+            out = self.in_proj[group_index](x)
+        else:
+            out = _grouped_linear(x, self.in_proj, group_index)
+        return out.split((q_dim + kv_dim, kv_dim), dim=-1)
+
+    def _norm_heads(self, qk: Tensor) -> Tensor:
+        """q_norm on the query heads and k_norm on the key heads of qk [B, T, H + H_kv, hd]: one
+        norm and one weight product (a weighted norm is the unweighted one times the weight, bit
+        for bit), not two of each, when both are this model's own RMSNorm."""
+        qn, kn = self.q_norm, self.k_norm
+        if not (type(qn) is RMSNorm and type(kn) is RMSNorm and qn.eps == kn.eps):  # e.g. PEFT-wrapped
+            return torch.cat([qn(qk[:, :, : self.n_heads]), kn(qk[:, :, self.n_heads :])], dim=2)
+        hd = self.head_dim
+        weight = torch.cat([qn.weight.expand(self.n_heads, hd), kn.weight.expand(self.n_kv_heads, hd)])
+        return (F.rms_norm(qk.float(), (hd,), None, qn.eps) * weight.float()).to(qn.weight.dtype)
 
     def _out(self, y: Tensor, group_index: GroupIndex | int | None) -> Tensor:
         if self.groups is None:
@@ -246,12 +323,13 @@ class Attention(nn.Module):
         stage, or per group the positions that use it (full sequence over stages).
         """
         B, T, _ = x.shape
-        q, k, v = self._qkv(x, group_index)
-        q = self.q_norm(q.view(B, T, self.n_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(k.view(B, T, self.n_kv_heads, self.head_dim)).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        qk, v = self._qk_v(x, group_index)
+        # Queries and keys are normed and rotated together: a decoding frame runs ~70 attentions.
+        qk = self._norm_heads(qk.view(B, T, self.n_heads + self.n_kv_heads, self.head_dim)).transpose(1, 2)
         if cos is not None:
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            qk = apply_rotary(qk, cos, sin)
+        q, k = qk.split((self.n_heads, self.n_kv_heads), dim=1)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0, enable_gqa=self._gqa)
         else:

@@ -297,16 +297,26 @@ class Depformer(nn.Module):
             [head(x[:, s])[..., : self.logit_size].float() for s, head in enumerate(self.logits)], dim=1
         )
 
-    def step(self, stage: int, hidden: Tensor, token: Tensor, caches: list[KVCache], text: Tensor | None = None) -> Tensor:
-        """One stage for B frames: hidden [B, D], token [B] (codebook `stage`) -> logits [B, V_cut].
+    def project(self, hidden: Tensor) -> tuple[Tensor, ...]:
+        """The decoder hidden [B, D] through each weight group's `depformer_in`: [B, D_dep] per
+        group, what every stage of the frame starts from (one product per group and frame, not
+        one per stage)."""
+        return tuple(proj(hidden) for proj in self.depformer_in)
+
+    def step(
+        self, stage: int, hidden: Tensor | tuple[Tensor, ...], token: Tensor, caches: list[KVCache], text: Tensor | None = None
+    ) -> Tensor:
+        """One stage for B frames: hidden [B, D] (or the frame's `project(hidden)`), token [B]
+        (codebook `stage`) -> logits [B, V_cut].
 
         Stages of a frame must run in order 0..K-2 with the same caches; stage 0 starts a frame.
         """
         group = self.schedule[stage]
-        x = self._stage_input(stage, self.depformer_in[group](hidden), token, text)[:, None, :]
+        projected = hidden[group] if isinstance(hidden, tuple) else self.depformer_in[group](hidden)
+        x = self._stage_input(stage, projected, token, text)[:, None, :]
         cos = sin = None
         if self.rotary is not None:
-            cos, sin = self.rotary.span(stage, 1, hidden.device)
+            cos, sin = self.rotary.span(stage, 1, x.device)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cos, sin, cache, stage, group)
         return self.logits[stage](self.norm(x[:, 0]))[..., : self.logit_size].float()
@@ -433,11 +443,18 @@ class Dia2Model(nn.Module):
         assert tokens.shape[-1] == 1, f"step takes one column, got {tokens.shape[-1]}"
         return self.prefill(tokens, state)
 
+    def depformer_inputs(self, hidden: Tensor) -> tuple[Tensor, ...]:
+        """What a frame's depformer stages start from, computed once: hidden [B, D] (the
+        decoder's, last column) through each weight group's input projection; pass it to every
+        `depformer_step` of the frame in place of `hidden`."""
+        return self.depformer.project(hidden)
+
     def depformer_step(
-        self, stage: int, hidden: Tensor, token: Tensor, state: DecodeState, text: Tensor | None = None
+        self, stage: int, hidden: Tensor | tuple[Tensor, ...], token: Tensor, state: DecodeState, text: Tensor | None = None
     ) -> Tensor:
-        """Depformer stage `stage` for one frame: hidden [B, D] (the decoder's, last column),
-        token [B] (codebook `stage` of the frame) -> logits [B, V_cut] for codebook stage+1."""
+        """Depformer stage `stage` for one frame: hidden [B, D] (the decoder's, last column, or
+        the frame's `depformer_inputs(hidden)`), token [B] (codebook `stage` of the frame) ->
+        logits [B, V_cut] for codebook stage+1."""
         return self.depformer.step(stage, hidden, token, state.depformer, text)
 
 

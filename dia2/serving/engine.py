@@ -48,6 +48,7 @@ import torch
 from dia2.generation.long_form import LongForm, carry_frames
 from dia2.generation.loop import Utterance
 from dia2.generation.tts import Dia2, seed_of
+from dia2.model.layers import Linear, pack_linears
 from dia2.serving.config import EngineConfig
 from dia2.serving.executor import FrameExecutor, Task
 from dia2.serving.requests import (
@@ -93,6 +94,8 @@ class Engine:
             )
         self.length = context + config.max_prefix_frames
         self.executor = FrameExecutor(self.model, config.slots, self.length, config.cuda_graph, config.torch_compile)
+        if config.packed_weights and self.model.device.type == "cpu":
+            _pack_weights(self.model)
         self._tasks: list[Task] = []  # tasks holding a slot
         self._queue: deque[Task] = deque()
         self._numbers = itertools.count(1)
@@ -381,3 +384,13 @@ class Engine:
             if not isinstance(error, Cancelled):
                 logger.info("request %d failed: %s", task.channel.number, error)
             task.emit(error)
+
+
+def _pack_weights(model) -> None:
+    """Packed copies of the linear weights for eager CPU frames (EngineConfig.packed_weights)."""
+    module = model if isinstance(model, torch.nn.Module) else model.model  # an AdaptedModel's own
+    if pack_linears(module):
+        weights = [m.weight for m in module.modules() if isinstance(m, Linear) and m.weight.dtype == torch.float32]
+        megabytes = sum(w.numel() * w.element_size() for w in weights) / 2**20
+        if weights:
+            logger.info("the engine multiplies by packed copies of %d linear weights (%.0f MB more memory)", len(weights), megabytes)

@@ -132,3 +132,20 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert not missing, f"parameters without gradient: {missing[:5]}"
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("case", CASES[:2] + CASES[3:], ids=["text", "plain", "7-stages"])
+def test_a_frames_depformer_inputs_give_every_stage_what_its_hidden_gives(case):
+    """`depformer_inputs(hidden)`, made once a frame, stands for `hidden` at every stage, bit for bit."""
+    cfg, model, tokens = _model_and_tokens(case)
+    B = tokens.shape[0]
+    with torch.inference_mode():
+        hidden = model.prefill(tokens[:, :, :4], model.new_state(B, 4)).hidden[:, -1]
+        inputs = model.depformer_inputs(hidden)
+        assert len(inputs) == cfg.num_weight_groups
+        nxt = tokens[:, :, 4]
+        by_hidden, by_inputs = model.new_state(B, 1), model.new_state(B, 1)
+        for s in range(cfg.num_depformer_stages):
+            a = model.depformer_step(s, hidden, nxt[:, 2 + s], by_hidden, text=nxt[:, :2])
+            b = model.depformer_step(s, inputs, nxt[:, 2 + s], by_inputs, text=nxt[:, :2])
+            assert torch.equal(a, b), f"stage {s}"

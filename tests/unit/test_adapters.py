@@ -16,6 +16,7 @@ from dia2.model.adapters import (
     AdapterError,
     load_adapter,
 )
+from dia2.model.layers import CAN_PACK, pack_linears
 from dia2.model.network import Dia2Model
 from tests.conftest import random_tokens
 from tests.helpers.adapters import save_random_adapter, tiny_model_config
@@ -92,9 +93,14 @@ def test_merged_equals_unmerged_and_differs_from_base(base, tokens, adapter_dir)
     _assert_differ(merged_out, reference)
 
 
-def test_handle_switches_between_voice_and_base(base, tokens, adapter_dir):
-    reference = _logits(base, tokens)
-    handle = load_adapter(copy.deepcopy(base), adapter_dir, merge=False)
+@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.skipif(not CAN_PACK, reason="no oneDNN"))])
+def test_handle_switches_between_voice_and_base(base, tokens, adapter_dir, packed):
+    """Also on packed weights (the serving engine's on a CPU): a merge or unmerge changes the
+    weights behind autograd's back, and the packed copies follow."""
+    model = copy.deepcopy(base)
+    pack_linears(model, enabled=packed)
+    reference = _logits(model, tokens)
+    handle = load_adapter(model, adapter_dir, merge=False)
     adapted = _logits(handle, tokens)
     handle.disable()
     assert not handle.enabled

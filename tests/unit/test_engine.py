@@ -12,6 +12,7 @@ import torch
 from dia2 import GenerationConfig, VoicePrefix
 from dia2.generation.prefix import PrefixError
 from dia2.model.adapters import AdapterError
+from dia2.model.layers import CAN_PACK, Linear
 from dia2.serving.engine import Engine, EngineConfig, EngineError, EngineFull, Request
 from dia2.text.script import ScriptError
 from dia2.text.words import SpokenWord
@@ -42,6 +43,19 @@ def test_overlapping_requests_equal_their_solo_runs(tiny_tts):
         got = handle.result().audio_tokens
         assert got.shape == expected.shape and torch.equal(got, expected), case[0]
     assert engine.busy_slots == 0 and engine.queued == 0
+
+
+def test_an_engine_on_a_cpu_multiplies_by_packed_weights_unless_told_not_to(own_tts):
+    linears = [m for m in own_tts.model.modules() if isinstance(m, Linear)]
+    Engine(own_tts, EngineConfig(slots=2, packed_weights=False))
+    assert linears and not any(m.packed for m in linears)
+    engine = Engine(own_tts, EngineConfig(slots=2))
+    assert all(m.packed for m in linears) == CAN_PACK
+    # A request among others draws what it draws alone on the same (packed) weights.
+    handles = [engine.submit(make_request(*case)) for case in CASES[:2]]
+    run_engine(engine)
+    for case, handle in zip(CASES[:2], handles):
+        assert torch.equal(handle.result().audio_tokens, solo_tokens(own_tts, *case)), case[0]
 
 
 def test_result_matches_generate_words_and_audio(tiny_tts):

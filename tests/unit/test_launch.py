@@ -208,6 +208,7 @@ def test_the_engine_flags_are_engine_config_with_its_defaults(command):
     assert given.engine == EngineConfig(slots=2, max_queued=0, max_prefix_frames=300, max_adapters=3,
                                         max_adapter_rank=16, cuda_graph=True)
     assert _options(command, "--torch-compile").engine == EngineConfig(torch_compile=True)
+    assert _options(command, "--no-packed-weights").engine == EngineConfig(packed_weights=False)
     parser = _parsers()[command]
     help_text = squashed(parser.format_help())
     for f in fields(EngineConfig):
