@@ -99,7 +99,9 @@ class Linear(nn.Linear):
                 )
                 return out.reshape(*x.shape[:-1], self.out_features)
             if 1 < rows <= SMALL_BATCH_ROWS:
-                out = torch.mm(self.weight, x.reshape(rows, self.in_features).t()).t()
+                # Rows laid out row after row: a transposed x (what this path returns) would make
+                # x^T row-major, and MKL's kernel for that case is the slowest of all.
+                out = torch.mm(self.weight, x.reshape(rows, self.in_features).contiguous().t()).t()
                 if self.bias is not None:
                     out = out + self.bias
                 return out.reshape(*x.shape[:-1], self.out_features)

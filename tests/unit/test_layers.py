@@ -52,6 +52,15 @@ def test_the_few_rows_path_is_the_weight_times_the_rows():
     assert 2 <= SMALL_BATCH_ROWS
 
 
+def test_a_transposed_input_gives_the_products_of_its_rows():
+    """What the few-rows path returns (a transposed view) fed to the next layer."""
+    layer = _layer(bias=False)
+    x = torch.randn(96, 2).t()
+    assert not x.is_contiguous()
+    with torch.inference_mode():
+        assert torch.equal(layer(x), layer(x.contiguous()))
+
+
 def test_training_and_wide_inputs_keep_f_linear_exactly():
     layer = _layer(bias=True)
     x = torch.randn(2, 96, requires_grad=True)
