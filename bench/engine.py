@@ -4,6 +4,7 @@ audio of a request joining a busy engine.
     python bench/engine.py [--streams 1,2,4,8] [--frames 16] [--repeats 3] [--threads N]
     python bench/engine.py --quick      # tiny model, few frames: a smoke test
     python bench/engine.py --torch-compile --streams 1,4   # compiled frames (EngineConfig.torch_compile)
+    python bench/engine.py --no-packed-weights   # eager CPU frames on the plain weights (EngineConfig.packed_weights)
 
 For each stream count n: an `Engine` with n slots, n requests submitted at once (different
 seeds, a long script, CFG), one engine step to prefill them all, a few untimed warm-up steps,
@@ -36,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -85,11 +87,12 @@ def drain(handle: Handle) -> tuple[int, bool]:
 
 
 def throughput(
-    tts: Dia2, streams: int, frames: int, repeats: int, cfg_scale: float, graphs: bool = False, engine: Engine | None = None
+    tts: Dia2, streams: int, frames: int, repeats: int, cfg_scale: float, config: EngineConfig = EngineConfig(),
+    engine: Engine | None = None,
 ) -> dict:
     """Engine steps/s with `streams` requests generating at once; best of `repeats` windows (on
-    `engine` when given, else on an engine of `streams` slots)."""
-    engine = engine or Engine(tts, EngineConfig(slots=streams, cuda_graph=graphs))
+    `engine` when given, else on an engine of `config` with `streams` slots)."""
+    engine = engine or Engine(tts, replace(config, slots=streams))
     handles = [engine.submit(Request(SCRIPT, GenerationConfig(cfg_scale=cfg_scale, seed=seed))) for seed in range(streams)]
     for _ in range(1 + WARMUP_STEPS):  # the first step prefills every request and advances it
         engine.step()
@@ -122,13 +125,13 @@ def throughput(
 
 
 def join_busy_engine(
-    tts: Dia2, joins: int, cfg_scale: float, busy_streams: int = BUSY_STREAMS, graphs: bool = False,
+    tts: Dia2, joins: int, cfg_scale: float, busy_streams: int = BUSY_STREAMS, config: EngineConfig = EngineConfig(),
     engine: Engine | None = None,
 ) -> dict:
     """Seconds from submitting a request to an engine running `busy_streams` others until its
     first update (prefill) and its first completed audio frame; median over `joins` (on `engine`
-    when given, else on one of busy_streams + 1 slots)."""
-    engine = (engine or Engine(tts, EngineConfig(slots=busy_streams + 1, cuda_graph=graphs))).start()
+    when given, else on one of `config` with busy_streams + 1 slots)."""
+    engine = (engine or Engine(tts, replace(config, slots=busy_streams + 1))).start()
     busy = [engine.submit(Request(SCRIPT, GenerationConfig(cfg_scale=cfg_scale, seed=100 + i))) for i in range(busy_streams)]
     for handle in busy:  # every busy stream prefilled and a few frames in
         updates = handle.updates(timeout=600)
@@ -186,6 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--cuda-graph", action="store_true", help="replay each frame from CUDA graphs (EngineConfig.cuda_graph)")
     p.add_argument("--torch-compile", action="store_true", help="compiled frames, one engine for every point (EngineConfig.torch_compile)")
+    p.add_argument("--no-packed-weights", action="store_true", help="eager CPU frames multiply by the plain weights (EngineConfig.packed_weights off)")
     p.add_argument("--busy", type=int, default=BUSY_STREAMS, help="streams running while requests join")
     args = p.parse_args(argv)
     try:
@@ -207,19 +211,20 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     tts = build_tts(args.config, args.device, dtype)
     shared, compile_s, recompiles = None, None, None
+    engine_config = EngineConfig(cuda_graph=args.cuda_graph, packed_weights=not args.no_packed_weights)
     if args.torch_compile:
-        shared = Engine(tts, EngineConfig(slots=max(max(args.streams), args.busy + 1), torch_compile=True))
+        shared = Engine(tts, replace(engine_config, slots=max(max(args.streams), args.busy + 1), torch_compile=True))
     with torch.inference_mode():
         started = time.perf_counter()
-        throughput(tts, 1, 2, 1, args.cfg, args.cuda_graph, shared)  # warm-up: allocator and kernels (compiled), untimed
+        throughput(tts, 1, 2, 1, args.cfg, engine_config, shared)  # warm-up: allocator and kernels (compiled), untimed
         if shared is not None:
             compile_s, compiled = time.perf_counter() - started, compiled_graphs()
-        points = [throughput(tts, n, args.frames, args.repeats, args.cfg, args.cuda_graph, shared) for n in args.streams]
+        points = [throughput(tts, n, args.frames, args.repeats, args.cfg, engine_config, shared) for n in args.streams]
     base = next((p["aggregate_frames_per_s"] for p in points if p["streams"] == 1), None)
     for point in points:
         point["speedup_vs_1"] = None if base is None else point["aggregate_frames_per_s"] / base
     at_target = next((p["speedup_vs_1"] for p in points if p["streams"] == TARGET_STREAMS), None)
-    join = join_busy_engine(tts, args.joins, args.cfg, args.busy, args.cuda_graph, shared)
+    join = join_busy_engine(tts, args.joins, args.cfg, args.busy, engine_config, shared)
     if shared is not None:
         recompiles = compiled_graphs() - compiled
     config = "tiny (dia2.tiny)" if args.config is None else args.config
@@ -234,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "cuda_graph": args.cuda_graph,
         "torch_compile": args.torch_compile,
+        "packed_weights": engine_config.packed_weights,
         "threads": args.threads,
         "compile_s": compile_s,
         "recompiles": recompiles,
