@@ -23,7 +23,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, child_env
+from tests.helpers.commands import CommandChild
 from tests.helpers.studio import FIXTURES, LiveStudio, live_studio, split_longest_word, studio_scorer
 
 SHORT = "[S1] Hello there. [S2] Hi!"
@@ -280,7 +281,7 @@ def wait_for(client: Client, job_id: str, timeout: float = 300) -> tuple:
         if "result:" in status:
             return view
         assert time.monotonic() < deadline, f"job {job_id} did not end: {view[0]}\n{view[3]}"
-        time.sleep(1.0)
+        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
@@ -454,10 +455,33 @@ def sleeping_jobs(folder: Path):
     return SleepingJobs(folder)
 
 
+@pytest.fixture(scope="module")
+def check_child(tiny_cache):
+    """One child that runs the commands' check-only runs of this module's Adapt tests in turn, as
+    `python -m data_prep ... --check` would (one start-up of the model stack, not one per check);
+    `tiny` is the session's tiny bundle there. The studio's own check runs (a process each) are
+    tested through the page (`adapted`) and with `check_command` itself."""
+    child = CommandChild(child_env(DIA2_CACHE=str(tiny_cache)))
+    yield child
+    child.close()
+
+
 @pytest.fixture
-def embedded_tiny(tiny_cache, monkeypatch) -> None:
-    """`tiny` is the session's tiny bundle, for the commands' checks too (they run as children)."""
+def embedded_tiny(tiny_cache, check_child, monkeypatch) -> None:
+    """`tiny` is the session's tiny bundle, and the Adapt functions' checks run in `check_child`."""
+    from dia2.studio import adapt
+    from dia2.console import CHECK_FLAG
+    from dia2.studio.jobs import check_verdict
+
+    def check_in_child(argv, env=None):
+        command = [*map(str, argv), CHECK_FLAG]
+        assert command[1] == "-m", command
+        done = check_child.run(command[2], *command[3:], cwd=Path.cwd())
+        done.args = command
+        return check_verdict(done)
+
     monkeypatch.setenv("DIA2_CACHE", str(tiny_cache))
+    monkeypatch.setattr(adapt, "check_command", check_in_child)
 
 
 def adapt_studio(tmp_path: Path, presets: Path = REPO_ROOT / "configs" / "train", **model):

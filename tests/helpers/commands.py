@@ -8,25 +8,29 @@ import json
 import select
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from tests.conftest import CHILD_SITE
 
 
 class CommandChild:
-    """One child running commands in turn; `run` returns what `subprocess.run` would."""
+    """One child running commands in turn (calls from several threads wait for each other);
+    `run` returns what `subprocess.run` would."""
 
     def __init__(self, env: dict[str, str], timeout: float = 120.0) -> None:
         self.timeout = timeout
+        self._lock = threading.Lock()
         self.proc = subprocess.Popen([sys.executable, str(CHILD_SITE / "run_commands.py")], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def run(self, module: str, *args: object, cwd: Path) -> subprocess.CompletedProcess:
         request = {"module": module, "args": [str(a) for a in args], "cwd": str(cwd)}
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
-        line = self.proc.stdout.readline() if ready else ""
+        with self._lock:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+            line = self.proc.stdout.readline() if ready else ""
         if not line:
             self.close()
             raise AssertionError(f"python -m {module} gave no answer within {self.timeout:.0f} s in the command child "
