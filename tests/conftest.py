@@ -6,13 +6,19 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 # Without this a Hub lookup takes ~50 s to fail on these machines; tests must never reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests run tiny models: one thread avoids OpenMP spin-waits that make them slower, not faster,
-# and keeps timings steady when the two cores are shared.
+# and keeps timings steady when the two cores are shared. OMP_NUM_THREADS (read when an OpenMP
+# runtime starts, so before torch and CTranslate2 load) is also the default of a Whisper given no
+# thread count (faster-whisper's own default is 4 threads): the servers' and the studio's Whisper
+# spun 4 threads on 2 cores (a voice-upload test took 14 s instead of 4). Children inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402 - after OMP_NUM_THREADS
+
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
