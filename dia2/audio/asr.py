@@ -57,7 +57,9 @@ class WhisperTranscriber:
     CPU). language: a Whisper language code such as en or de (None: detected); an English-only
     model refuses any other. batch_size: Whisper windows decoded
     together (1: unbatched; 0: 16 on CUDA, unbatched on CPU, where batching does not pay).
-    cpu_threads: CTranslate2's threads (0: its default). model_option: how the user sets `model`,
+    cpu_threads: CTranslate2's threads (0: OMP_NUM_THREADS when set, else the cores this process
+    may use, up to CTranslate2's own 4: its 4 on a 2-core machine spin against everything else
+    running, the speech engine included). model_option: how the user sets `model`,
     named in the error when it cannot be loaded (`--asr-model` in data prep).
     """
 
@@ -111,7 +113,7 @@ class WhisperTranscriber:
             try:
                 model = WhisperModel(
                     location, device=device, device_index=int(index or 0),
-                    compute_type=self.compute_type, cpu_threads=self.cpu_threads,
+                    compute_type=self.compute_type, cpu_threads=whisper_threads(self.cpu_threads),
                 )
             except Exception as exc:  # faster-whisper raises many kinds; one clear message for all
                 raise AsrError(
@@ -154,6 +156,18 @@ class WhisperTranscriber:
     def transcribe(self, waveform: np.ndarray, sample_rate: int) -> list[SpokenWord]:
         """Mono waveform [S] -> its words, seconds from its start (the `Transcriber` protocol)."""
         return [w for segment in self.transcribe_segments(waveform, sample_rate) for w in segment]
+
+
+def whisper_threads(asked: int) -> int:
+    """The CPU threads CTranslate2 is given for `asked` (0: see `WhisperTranscriber`); 0 leaves
+    them to OMP_NUM_THREADS."""
+    if asked or os.environ.get("OMP_NUM_THREADS"):
+        return asked
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def whisper_languages() -> tuple[str, ...]:

@@ -30,3 +30,16 @@ def test_the_whisper_wrapper_checks_its_device_where_it_is_made():
     with pytest.raises(DeviceError, match=r"^--device gpu: not a device name"):
         WhisperTranscriber(device="gpu")
     assert WhisperTranscriber(device="auto").device == "cpu"
+
+
+def test_whisper_gets_the_cores_this_process_may_use_not_ctranslate2s_four(monkeypatch):
+    from dia2.audio.asr import whisper_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert whisper_threads(0) == 2  # a 2-core machine: 2, not 4
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert whisper_threads(0) == 4
+    assert whisper_threads(3) == 3  # asked for: as asked
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert whisper_threads(0) == 0  # CTranslate2 reads OMP_NUM_THREADS itself
