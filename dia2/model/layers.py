@@ -70,13 +70,13 @@ class Linear(nn.Linear):
 
     A decoding step multiplies a few rows (CFG's two branches, a serving batch's rows) by every
     weight, and MKL's `x @ W^T` (what `F.linear` asks for) packs W again at every call:
-    - `packed` (set by `pack_linears`, as the serving engine does on a CPU): a copy of W kept in
-      oneDNN's blocked layout multiplies any number of rows, each row's result the same whatever
-      rows share its batch. Over the linear layers of one frame of dia2-100m on one EPYC core:
-      26 vs 43 ms at 8 rows, 20 vs 37 ms at 2 (issue 28 in bench/RESULTS.md). It costs a second
-      copy of the linear weights.
-    - otherwise 2 rows (one utterance with CFG) multiply as `W @ x^T`, which streams W as it lies:
-      22 vs 37 ms a frame. From 3 rows on MKL's own path is about as fast or faster.
+    - 2 rows (one utterance with CFG) multiply as `W @ x^T`, which streams W as it lies: over the
+      linear layers of one frame of dia2-100m on one EPYC core, 22 vs 37 ms (issue 28 in
+      bench/RESULTS.md); with both cores it is also the fastest way there is.
+    - `packed` (set by `pack_linears`, as the serving engine does on a CPU): 3 rows and more
+      multiply by a copy of W kept in oneDNN's blocked layout: 26 vs 43 ms at 8 rows, each row's
+      result the same whatever other rows share its batch. It costs a second copy of the linear
+      weights. Unpacked, from 3 rows on MKL's own path is about as fast as `W @ x^T` or faster.
 
     The products are the same sums in another order (float32 rounding, ~1e-6 relative). Autograd
     recording (training), other dtypes and devices, and compiled graphs take `F.linear` as before.
@@ -93,7 +93,7 @@ class Linear(nn.Linear):
             and not torch.compiler.is_compiling()
         ):
             rows = x.numel() // self.in_features if self.in_features else 0
-            if self.packed and rows:
+            if self.packed and rows > SMALL_BATCH_ROWS:
                 out = torch.ops.mkldnn._linear_pointwise(
                     x.reshape(rows, self.in_features), self._packed_weight(), self.bias, "none", [], ""
                 )

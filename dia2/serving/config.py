@@ -39,10 +39,10 @@ class EngineConfig:
     adapters are loaded. On a CPU the weights are frozen into the compiled frames (packed for
     oneDNN): the engine owns its model's weights from then on. Not with cuda_graph."""
     packed_weights: bool = True
-    """On a CPU with float32 weights, eager frames multiply by copies of the linear weights in
-    oneDNN's blocked layout (`dia2.model.layers.pack_linears`): a frame of 4 streams about a
-    sixth faster, and each row's numbers the same whatever rows share its batch. Costs a second
-    copy of the linear weights in memory (--no-packed-weights spares it). No effect elsewhere."""
+    """On a CPU with float32 weights, eager frames of 2 streams and more multiply by copies of the
+    linear weights in oneDNN's blocked layout (`dia2.model.layers.pack_linears`): 4 streams about
+    a fifth faster. Costs a second copy of the linear weights in memory (--no-packed-weights spares
+    it). No effect elsewhere."""
 
     def __post_init__(self) -> None:
         for name in ("slots", "max_adapters", "max_adapter_rank"):
