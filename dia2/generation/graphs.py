@@ -285,8 +285,10 @@ class CompiledBatchKernels(BatchKernels):
         # oneDNN, as eager frames' `pack_linears` does: without it the compiled frames would lose
         # to the packed eager ones. Frozen: the weights as at the first compiled frame.
         options = {"freezing": True} if backend == "inductor" and model.device.type == "cpu" else None
-        self._head = torch.compile(BatchKernels.head, backend=backend, dynamic=None, options=options)
-        self._audio = torch.compile(BatchKernels.audio, backend=backend, dynamic=None, options=options)
+        # The model's work alone: a graph that read the adapter bank would be guarded on it and
+        # recompile (minutes on a CPU) once an adapter had come and gone.
+        self._head = torch.compile(BatchKernels.model_head, backend=backend, dynamic=None, options=options)
+        self._audio = torch.compile(BatchKernels.model_audio, backend=backend, dynamic=None, options=options)
         self._told_eager = False
 
     def _eager(self) -> bool:

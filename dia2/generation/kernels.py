@@ -174,16 +174,25 @@ class BatchKernels:
     def head(self, columns: Tensor, state: DecodeState, inputs: FrameInputs) -> tuple[Tensor, Tensor, Tensor]:
         """columns [R, C, 1] at state's per-row positions -> (action [J], hidden [R, D], cb0 logits [R, V])."""
         with self.routed(inputs.adapters):
-            out = self.model.step(columns, state)
-        r = inputs.rows
-        action = sample_action(out.action_logits[:, -1], r.cond, r.uncond, inputs.text, inputs.seed, inputs.step)
-        return action, out.hidden[:, -1], out.cb0_logits[:, -1]
+            return self.model_head(columns, state, inputs)
 
     def audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState, inputs: FrameInputs) -> Tensor:
         """Codes [J, K] of each utterance's next column from the rows' hidden [R, D], cb0 logits
         [R, V] and next-column text [R, 2]."""
         with self.routed(inputs.adapters):
-            return sample_audio(
-                self.model, hidden, cb0_logits, text, state, inputs.rows, inputs.audio, inputs.seed, inputs.step,
-                self.banned_cb0,
-            )
+            return self.model_audio(hidden, cb0_logits, text, state, inputs)
+
+    # The work itself, through the model's modules as they are (routing rows to adapters is the
+    # caller's): what a compiled engine compiles, so that its graphs never read the adapter bank.
+
+    def model_head(self, columns: Tensor, state: DecodeState, inputs: FrameInputs) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model.step(columns, state)
+        r = inputs.rows
+        action = sample_action(out.action_logits[:, -1], r.cond, r.uncond, inputs.text, inputs.seed, inputs.step)
+        return action, out.hidden[:, -1], out.cb0_logits[:, -1]
+
+    def model_audio(self, hidden: Tensor, cb0_logits: Tensor, text: Tensor, state: DecodeState, inputs: FrameInputs) -> Tensor:
+        return sample_audio(
+            self.model, hidden, cb0_logits, text, state, inputs.rows, inputs.audio, inputs.seed, inputs.step,
+            self.banned_cb0,
+        )

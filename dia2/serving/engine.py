@@ -94,8 +94,8 @@ class Engine:
             )
         self.length = context + config.max_prefix_frames
         self.executor = FrameExecutor(self.model, config.slots, self.length, config.cuda_graph, config.torch_compile)
-        if config.packed_weights and self.model.device.type == "cpu":
-            _pack_weights(self.model)
+        if self.model.device.type == "cpu":
+            _pack_weights(self.model, config.packed_weights)
         self._tasks: list[Task] = []  # tasks holding a slot
         self._queue: deque[Task] = deque()
         self._numbers = itertools.count(1)
@@ -386,10 +386,10 @@ class Engine:
             task.emit(error)
 
 
-def _pack_weights(model) -> None:
-    """Packed copies of the linear weights for eager CPU frames (EngineConfig.packed_weights)."""
+def _pack_weights(model, enabled: bool) -> None:
+    """Packed copies of the linear weights for eager CPU frames, or none (EngineConfig.packed_weights)."""
     module = model if isinstance(model, torch.nn.Module) else model.model  # an AdaptedModel's own
-    if pack_linears(module):
+    if pack_linears(module, enabled):
         weights = [m.weight for m in module.modules() if isinstance(m, Linear) and m.weight.dtype == torch.float32]
         megabytes = sum(w.numel() * w.element_size() for w in weights) / 2**20
         if weights:

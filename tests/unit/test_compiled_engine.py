@@ -80,6 +80,7 @@ def test_a_compiled_engine_serves_adapters_eager_then_the_base_as_before(own_tts
     again = engine.submit(make_request(*CASES[0]))
     run_engine(engine)
     assert torch.equal(again.result().audio_tokens, plain)
+    assert compiled_graphs() == compiled, "the base's frames compiled again after an adapter came and went"
 
 
 @pytest.mark.slow
