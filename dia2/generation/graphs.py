@@ -281,14 +281,10 @@ class CompiledBatchKernels(BatchKernels):
     def __init__(self, model: Dia2Model, rows: int, slots: int, length: int, backend: str = "inductor") -> None:
         super().__init__(model)
         self.bounds = {"rows": rows, "slots": slots, "length": length}
-        # On a CPU inductor freezes the weights into the graph and packs the linear layers for
-        # oneDNN, as eager frames' `pack_linears` does: without it the compiled frames would lose
-        # to the packed eager ones. Frozen: the weights as at the first compiled frame.
-        options = {"freezing": True} if backend == "inductor" and model.device.type == "cpu" else None
         # The model's work alone: a graph that read the adapter bank would be guarded on it and
         # recompile (minutes on a CPU) once an adapter had come and gone.
-        self._head = torch.compile(BatchKernels.model_head, backend=backend, dynamic=None, options=options)
-        self._audio = torch.compile(BatchKernels.model_audio, backend=backend, dynamic=None, options=options)
+        self._head = torch.compile(BatchKernels.model_head, backend=backend, dynamic=None)
+        self._audio = torch.compile(BatchKernels.model_audio, backend=backend, dynamic=None)
         self._told_eager = False
 
     def _eager(self) -> bool:

@@ -60,9 +60,37 @@ def _can_pack() -> bool:
 CAN_PACK = _can_pack()
 """Whether this torch has oneDNN's packed linear (`torch.ops.mkldnn`), as x86 and ARM CPU builds do."""
 
-# Each packed Linear's copy of its weight in oneDNN's blocked layout, with the weight's storage and
-# version it was made from: outside the module, so copies, pickles and state dicts never carry it.
-_PACKED: weakref.WeakKeyDictionary[Linear, tuple[tuple[int, int], Tensor]] = weakref.WeakKeyDictionary()
+# Packed copies by weight: id -> (the weight, weakly; its storage and version when packed; the
+# copy). Outside the modules, so copies, pickles and state dicts never carry them; an entry goes
+# with its weight.
+_PACKED: dict[int, tuple[weakref.ref, tuple[int, int], Tensor]] = {}
+
+
+def _packed_copy(weight: Tensor) -> Tensor:
+    """`weight`'s copy in oneDNN's blocked layout, made again when the weight changed through
+    autograd's view of it (an optimizer step, `copy_`, a new tensor in its place); `forget_packed`
+    for the rest."""
+    kept = _PACKED.get(id(weight))
+    key = (weight.data_ptr(), weight._version)
+    if kept is None or kept[0]() is not weight or kept[1] != key:
+        with torch.inference_mode(False), torch.no_grad():
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
+        if kept is None or kept[0]() is not weight:
+            weakref.finalize(weight, _PACKED.pop, id(weight), None)
+        kept = _PACKED[id(weight)] = weakref.ref(weight), key, packed
+    return kept[2]
+
+
+@torch.library.custom_op("dia2::packed_linear", mutates_args=())
+def packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x [M, K] @ weight^T (+ bias) through the weight's packed copy: one op to compiled graphs,
+    which pass it the weight itself (so the copy follows the weight, as in eager frames)."""
+    return torch.ops.mkldnn._linear_pointwise(x, _packed_copy(weight), bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty((x.shape[0], weight.shape[0]))
 
 
 class Linear(nn.Linear):
@@ -90,15 +118,19 @@ class Linear(nn.Linear):
             x.device.type == "cpu"
             and x.dtype == torch.float32 == self.weight.dtype
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            and not torch.compiler.is_compiling()
         ):
+            compiling = torch.compiler.is_compiling()
             rows = x.numel() // self.in_features if self.in_features else 0
-            if self.packed and rows > SMALL_BATCH_ROWS:
-                out = torch.ops.mkldnn._linear_pointwise(
-                    x.reshape(rows, self.in_features), self._packed_weight(), self.bias, "none", [], ""
-                )
+            # Compiled graphs take the packed copy at every batch size: a test of the (dynamic)
+            # row count would split them in two and recompile when a batch crossed it.
+            if self.packed and (compiling or rows > SMALL_BATCH_ROWS):
+                x2 = x.reshape(-1, self.in_features)
+                if compiling:
+                    out = packed_linear(x2, self.weight, self.bias)
+                else:  # the op's own body, without a custom op's dispatch at each of ~330 calls a frame
+                    out = torch.ops.mkldnn._linear_pointwise(x2, _packed_copy(self.weight), self.bias, "none", [], "")
                 return out.reshape(*x.shape[:-1], self.out_features)
-            if 1 < rows <= SMALL_BATCH_ROWS:
+            if not compiling and 1 < rows <= SMALL_BATCH_ROWS:
                 # Rows laid out row after row: a transposed x (what this path returns) would make
                 # x^T row-major, and MKL's kernel for that case is the slowest of all.
                 out = torch.mm(self.weight, x.reshape(rows, self.in_features).contiguous().t()).t()
@@ -106,17 +138,6 @@ class Linear(nn.Linear):
                     out = out + self.bias
                 return out.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
-
-    def _packed_weight(self) -> Tensor:
-        """The packed copy, made again when the weight changed through autograd's view of it
-        (an optimizer step, `copy_`, a new tensor in its place); `forget_packed` for the rest."""
-        weight = self.weight
-        key = (weight.data_ptr(), weight._version)
-        kept = _PACKED.get(self)
-        if kept is None or kept[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                kept = _PACKED[self] = key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
-        return kept[1]
 
 
 def pack_linears(model: nn.Module, enabled: bool = True) -> int:
@@ -127,15 +148,15 @@ def pack_linears(model: nn.Module, enabled: bool = True) -> int:
     layers = [m for m in model.modules() if isinstance(m, Linear)]
     for layer in layers:
         layer.packed = enabled and CAN_PACK
-        if not layer.packed:
-            _PACKED.pop(layer, None)
+    if not (enabled and CAN_PACK):
+        forget_packed(model)
     return len(layers) if enabled and CAN_PACK else 0
 
 
 def forget_packed(model: nn.Module) -> None:
     """Drop the packed copies of `model`'s weights: each is made again from the weight at its next use."""
-    for module in model.modules():
-        _PACKED.pop(module, None)
+    for parameter in model.parameters():
+        _PACKED.pop(id(parameter), None)
 
 
 PLAIN_LINEARS = (nn.Linear, Linear)
