@@ -105,9 +105,12 @@ class Linear(nn.Linear):
       multiply by a copy of W kept in oneDNN's blocked layout: 26 vs 43 ms at 8 rows, each row's
       result the same whatever other rows share its batch. It costs a second copy of the linear
       weights. Unpacked, from 3 rows on MKL's own path is about as fast as `W @ x^T` or faster.
+      Compiled graphs multiply packed layers through the `dia2::packed_linear` op at any batch
+      size (inductor alone would use plain MKL `mm`).
 
     The products are the same sums in another order (float32 rounding, ~1e-6 relative). Autograd
-    recording (training), other dtypes and devices, and compiled graphs take `F.linear` as before.
+    recording (training), other dtypes and devices, and compiled graphs of unpacked layers take
+    `F.linear` as before.
     """
 
     packed: bool = False

@@ -36,8 +36,8 @@ class EngineConfig:
     torch_compile: bool = False
     """torch.compile each frame's work (any device), compiled on the first frames for every batch
     size at once: requests join and leave without recompiling. Frames run eager while LoRA
-    adapters are loaded. On a CPU the weights are frozen into the compiled frames (packed for
-    oneDNN): the engine owns its model's weights from then on. Not with cuda_graph."""
+    adapters are loaded. On a CPU the compiled frames multiply by the packed weights too
+    (`packed_weights`). Not with cuda_graph."""
     packed_weights: bool = True
     """On a CPU with float32 weights, eager frames of 2 streams and more multiply by copies of the
     linear weights in oneDNN's blocked layout (`dia2.model.layers.pack_linears`): 4 streams about

@@ -194,3 +194,27 @@ def test_a_packed_model_copies_saves_and_unpacks_as_a_plain_one():
     assert pack_linears(model, enabled=False) == 0 and not model[0].packed
     with torch.inference_mode():
         torch.testing.assert_close(model(x), packed, rtol=1e-5, atol=1e-5)
+
+
+@needs_packing
+def test_a_compiled_packed_layer_calls_the_packed_op_with_the_weight_itself():
+    """Compiled graphs multiply through dia2::packed_linear (inductor alone would use plain mm),
+    and since the op gets the weight, the packed copy follows a changed weight there too."""
+    torch._dynamo.reset()
+    layer = _packed()[0]
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(layer, backend=backend, dynamic=True)
+    x, pair = torch.randn(5, 96), torch.randn(2, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        layer.weight.mul_(2.0)
+        torch.testing.assert_close(compiled(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
+        compiled(pair)  # a batch of 2 rows: the same graph (no test of the row count)
+    torch._dynamo.reset()
+    assert len(graphs) == 1
+    assert any(n.target is torch.ops.dia2.packed_linear.default for n in graphs[0].graph.nodes)
