@@ -102,9 +102,10 @@ class Linear(nn.Linear):
       linear layers of one frame of dia2-100m on one EPYC core, 22 vs 37 ms (issue 28 in
       bench/RESULTS.md); with both cores it is also the fastest way there is.
     - `packed` (set by `pack_linears`, as the serving engine does on a CPU): 3 rows and more
-      multiply by a copy of W kept in oneDNN's blocked layout: 26 vs 43 ms at 8 rows, each row's
-      result the same whatever other rows share its batch. It costs a second copy of the linear
-      weights. Unpacked, from 3 rows on MKL's own path is about as fast as `W @ x^T` or faster.
+      multiply by a copy of W kept in oneDNN's blocked layout: 26 vs 43 ms at 8 rows (and on the
+      machines measured, each row's result bit for bit the same whatever rows share its batch).
+      It costs a second copy of the linear weights. Unpacked, from 3 rows on MKL's own path is
+      about as fast as `W @ x^T` or faster.
       Compiled graphs multiply packed layers through the `dia2::packed_linear` op at any batch
       size (inductor alone would use plain MKL `mm`).
 

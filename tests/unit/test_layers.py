@@ -149,16 +149,18 @@ def test_packed_weights_give_f_linear_products(rows):
 
 
 @needs_packing
-def test_a_row_gets_the_same_product_in_any_packed_batch():
-    """Batch invariance from 3 rows on (where the packed copy multiplies): a row's result does not
-    depend on the rows beside it, bit for bit."""
+def test_a_row_gets_its_own_product_in_any_packed_batch():
+    """From 3 rows on (where the packed copy multiplies) a row's result does not depend on the rows
+    beside it: within float rounding everywhere (bit for bit on the machines measured, which oneDNN
+    does not promise)."""
     first = _packed()[0]
     x = torch.randn(17, 96)
     with torch.inference_mode():
         out = first(x)
         for r in range(17):
-            others = torch.randn(2, 96)  # a batch of 3 (MKL's own F.linear gives other sums there)
-            assert torch.equal(out[r], first(torch.cat([others[:1], x[r : r + 1], others[1:]]))[1]), r
+            others = torch.randn(2, 96)
+            alone = first(torch.cat([others[:1], x[r : r + 1], others[1:]]))[1]
+            torch.testing.assert_close(out[r], alone, rtol=1e-6, atol=1e-5)
 
 
 @needs_packing
