@@ -81,7 +81,8 @@ def _packed_copy(weight: Tensor) -> Tensor:
     return kept[2]
 
 
-@torch.library.custom_op("dia2::packed_linear", mutates_args=())
+# The schema is given: this module's annotations are strings, which older torch cannot read.
+@torch.library.custom_op("dia2::packed_linear", mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 def packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x [M, K] @ weight^T (+ bias) through the weight's packed copy: one op to compiled graphs,
     which pass it the weight itself (so the copy follows the weight, as in eager frames)."""
