@@ -37,6 +37,7 @@ from typing import Any, Self
 
 import torch
 
+from dia2.device import usable_cores
 from dia2.errors import Dia2Error
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,7 @@ def launched_rank() -> int:
 
 def cpu_share() -> int:
     """CPU threads for one process: the cores divided among the processes of this node."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 @dataclass(frozen=True)

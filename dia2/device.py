@@ -7,6 +7,8 @@ flag and the devices this machine has.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from dia2.errors import Dia2Error
@@ -17,6 +19,14 @@ AUTO = "auto"
 
 class DeviceError(Dia2Error, ValueError):
     """A device this machine does not have; the message names the flag and the devices it has."""
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def default_device() -> str:

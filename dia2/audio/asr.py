@@ -20,7 +20,7 @@ import numpy as np
 
 from dia2.audio.io import resample
 from dia2.audio.whisper_offline import MULTILINGUAL_BASE, OfflineModelError, resolve_whisper_model
-from dia2.device import AUTO, default_device, resolve_device
+from dia2.device import AUTO, default_device, resolve_device, usable_cores
 from dia2.errors import Dia2Error
 from dia2.text.words import SpokenWord
 
@@ -163,11 +163,7 @@ def whisper_threads(asked: int) -> int:
     them to OMP_NUM_THREADS."""
     if asked or os.environ.get("OMP_NUM_THREADS"):
         return asked
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores))
+    return min(4, usable_cores())
 
 
 def whisper_languages() -> tuple[str, ...]:

@@ -81,12 +81,17 @@ def _packed_copy(weight: Tensor) -> Tensor:
     return kept[2]
 
 
+def _packed_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x [M, K] @ weight^T (+ bias) through the weight's packed copy."""
+    return torch.ops.mkldnn._linear_pointwise(x, _packed_copy(weight), bias, "none", [], "")
+
+
 # The schema is given: this module's annotations are strings, which older torch cannot read.
 @torch.library.custom_op("dia2::packed_linear", mutates_args=(), schema="(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 def packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x [M, K] @ weight^T (+ bias) through the weight's packed copy: one op to compiled graphs,
     which pass it the weight itself (so the copy follows the weight, as in eager frames)."""
-    return torch.ops.mkldnn._linear_pointwise(x, _packed_copy(weight), bias, "none", [], "")
+    return _packed_product(x, weight, bias)
 
 
 @packed_linear.register_fake
@@ -129,11 +134,10 @@ class Linear(nn.Linear):
             # Compiled graphs take the packed copy at every batch size: a test of the (dynamic)
             # row count would split them in two and recompile when a batch crossed it.
             if self.packed and (compiling or rows > SMALL_BATCH_ROWS):
-                x2 = x.reshape(-1, self.in_features)
-                if compiling:
-                    out = packed_linear(x2, self.weight, self.bias)
-                else:  # the op's own body, without a custom op's dispatch at each of ~330 calls a frame
-                    out = torch.ops.mkldnn._linear_pointwise(x2, _packed_copy(self.weight), self.bias, "none", [], "")
+                # Eager frames call the op's body: a custom op's dispatch at each of ~330 calls a
+                # frame would cost more than it saves.
+                product = packed_linear if compiling else _packed_product
+                out = product(x.reshape(-1, self.in_features), self.weight, self.bias)
                 return out.reshape(*x.shape[:-1], self.out_features)
             if not compiling and 1 < rows <= SMALL_BATCH_ROWS:
                 # Rows laid out row after row: a transposed x (what this path returns) would make
